@@ -1,0 +1,30 @@
+# Scout Chat. The two commands of the README's quick start:
+#   make run    set up .venv (first time: builds llama.cpp) and launch the app
+#   make test   set up .venv and run the test suite (offscreen)
+PYTHON ?= python3
+
+.PHONY: run test setup lint bench screenshots clean
+
+run:
+	$(PYTHON) scripts/bootstrap.py --run $(ARGS)
+
+test:
+	$(PYTHON) scripts/bootstrap.py --test $(ARGS)
+
+setup:
+	$(PYTHON) scripts/bootstrap.py
+
+lint: setup
+	.venv/bin/ruff check app tests bench scripts
+	.venv/bin/ruff format --check app tests bench scripts
+	.venv/bin/lint-imports
+
+bench: setup
+	.venv/bin/python -m bench.generation
+	.venv/bin/python -m bench.ui_stall
+
+screenshots: setup
+	QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/screenshots.py docs
+
+clean:
+	rm -rf .venv build dist .pytest_cache .ruff_cache

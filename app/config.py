@@ -1,0 +1,212 @@
+"""Paths, user settings and logging: the only module that calls platformdirs.
+
+Every directory comes from one :class:`AppPaths`. ``--data-dir`` or ``SCOUT_CHAT_DATA_DIR``
+puts everything (models included) under one folder: tests, e2e and portable installs use it.
+Settings are a frozen dataclass saved as JSON with a ``schema_version``; migrations are pure
+functions from one version's dict to the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import logging.handlers
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+APP_NAME = "scout-chat"
+APP_AUTHOR = "ScoutChat"
+DATA_DIR_ENV = "SCOUT_CHAT_DATA_DIR"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AppPaths:
+    data_dir: Path
+    models_dir: Path
+    cache_dir: Path
+    log_dir: Path
+    config_dir: Path
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "scout-chat.sqlite3"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.config_dir / "settings.json"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def kv_state_dir(self) -> Path:
+        return self.cache_dir / "kv-state"
+
+    @property
+    def downloads_state(self) -> Path:
+        return self.data_dir / "downloads.json"
+
+    def ensure(self) -> AppPaths:
+        for path in (self.data_dir, self.models_dir, self.cache_dir, self.log_dir, self.config_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @classmethod
+    def under(cls, root: Path) -> AppPaths:
+        """Everything below one folder (portable mode, tests)."""
+        root = root.expanduser().resolve()
+        return cls(
+            data_dir=root,
+            models_dir=root / "models",
+            cache_dir=root / "cache",
+            log_dir=root / "logs",
+            config_dir=root,
+        )
+
+    @classmethod
+    def default(cls, override: str | os.PathLike[str] | None = None) -> AppPaths:
+        chosen = override or os.environ.get(DATA_DIR_ENV)
+        if chosen:
+            return cls.under(Path(chosen))
+        import platformdirs
+
+        dirs = platformdirs.PlatformDirs(APP_NAME, APP_AUTHOR)
+        data = Path(dirs.user_data_dir)
+        return cls(
+            data_dir=data,
+            models_dir=data / "models",
+            cache_dir=Path(dirs.user_cache_dir),
+            log_dir=Path(dirs.user_log_dir),
+            config_dir=Path(dirs.user_config_dir),
+        )
+
+
+SETTINGS_SCHEMA_VERSION = 1
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Scout, a helpful, accurate and concise assistant running privately on this computer."
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """User settings. A changed default bumps nothing; a rename or removal needs a migration."""
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    temperature: float = 0.6
+    top_p: float = 0.9
+    min_p: float = 0.01
+    max_tokens: int = 2048
+    n_ctx: int = 8192
+    n_threads: int = 0  # 0: automatic (physical cores)
+    last_model: str = ""
+    last_conversation: int = 0
+    models_dir: str = ""  # empty: AppPaths.models_dir
+    hf_endpoint: str = ""  # empty: huggingface_hub's default
+    theme: str = "system"  # system | light | dark
+    window_geometry: str = ""  # hex of QWidget.saveGeometry()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data["schema_version"] = SETTINGS_SCHEMA_VERSION
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Settings:
+        data = migrate_settings(dict(data))
+        known = {f.name for f in dataclasses.fields(cls)}
+        clean = {k: v for k, v in data.items() if k in known}
+        defaults = cls()
+        for key, value in list(clean.items()):
+            expected = type(getattr(defaults, key))
+            if expected is float and isinstance(value, int):
+                clean[key] = float(value)
+            elif not isinstance(value, expected):
+                log.warning("settings: ignoring %s=%r (expected %s)", key, value, expected.__name__)
+                del clean[key]
+        return cls(**clean)
+
+
+# version -> function turning that version's dict into the next version's dict
+_MIGRATIONS: dict[int, Any] = {
+    0: lambda d: {**d, "schema_version": 1},
+}
+
+
+def migrate_settings(data: dict[str, Any]) -> dict[str, Any]:
+    version = int(data.get("schema_version", 0))
+    if version > SETTINGS_SCHEMA_VERSION:
+        log.warning("settings were written by a newer Scout Chat (schema %d); reading what we know", version)
+        return data
+    while version < SETTINGS_SCHEMA_VERSION:
+        data = _MIGRATIONS[version](data)
+        version = int(data["schema_version"])
+    return data
+
+
+def load_settings(paths: AppPaths) -> Settings:
+    try:
+        text = paths.settings_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Settings()
+    except OSError:
+        log.exception("could not read %s; using defaults", paths.settings_file)
+        return Settings()
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("settings file is not a JSON object")
+        return Settings.from_dict(data)
+    except (ValueError, TypeError):
+        backup = paths.settings_file.with_suffix(".json.bad")
+        log.warning("settings file is damaged; kept a copy as %s and using defaults", backup.name)
+        with contextlib.suppress(OSError):
+            paths.settings_file.replace(backup)
+        return Settings()
+
+
+def save_settings(paths: AppPaths, settings: Settings) -> None:
+    """Atomic write: a crash never leaves a half-written settings file."""
+    paths.config_dir.mkdir(parents=True, exist_ok=True)
+    tmp = paths.settings_file.with_suffix(".json.tmp")
+    tmp.write_text(settings.to_json(), encoding="utf-8")
+    os.replace(tmp, paths.settings_file)
+
+
+_SECRET = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
+
+
+class RedactingFormatter(logging.Formatter):
+    """Hugging Face tokens never reach a log file."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _SECRET.sub("hf_***", super().format(record))
+
+
+def setup_logging(paths: AppPaths, level: int = logging.INFO) -> Path:
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    logfile = paths.log_dir / "scout-chat.log"
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_scout_chat", False):
+            root.removeHandler(handler)
+            handler.close()
+    handler = logging.handlers.RotatingFileHandler(
+        logfile, maxBytes=2_000_000, backupCount=3, encoding="utf-8"
+    )
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+    handler._scout_chat = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(min(root.level or level, level))
+    return logfile

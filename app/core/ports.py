@@ -1,0 +1,45 @@
+"""Interfaces between the layers. Workers depend on these, not on llama_cpp."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable, Iterator, Sequence
+
+    from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, SamplingParams
+
+ProgressCallback = "Callable[[float], bool]"
+
+
+class Engine(Protocol):
+    """What the inference worker needs from a model runtime (LlamaEngine, or a FakeEngine in tests)."""
+
+    @property
+    def model_info(self) -> ModelInfo | None: ...
+
+    @property
+    def last_stats(self) -> GenerationStats: ...
+
+    def load(self, params: LoadParams, progress: Callable[[float], bool] | None = None) -> ModelInfo:
+        """Load a model. ``progress`` gets 0..1 and returns False to cancel."""
+        ...
+
+    def unload(self) -> None: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens of the whole rendered prompt (chat template applied, generation prompt added)."""
+        ...
+
+    def stream_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        sampling: SamplingParams,
+        cancel: threading.Event,
+        on_prompt_progress: Callable[[int, int], None] | None = None,
+    ) -> Iterator[str]:
+        """Yield text pieces of the answer; afterwards ``last_stats`` describes the run."""
+        ...

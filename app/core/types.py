@@ -1,0 +1,146 @@
+"""Plain data shared by core, workers and UI: frozen dataclasses, no Qt, no llama_cpp."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+class Role(str, enum.Enum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message as sent to the model. ``images`` are ``data:`` URIs built by us (never paths)."""
+
+    role: str
+    content: str
+    images: tuple[str, ...] = ()
+
+    @classmethod
+    def system(cls, text: str) -> ChatMessage:
+        return cls(Role.SYSTEM.value, text)
+
+    @classmethod
+    def user(cls, text: str, images: tuple[str, ...] = ()) -> ChatMessage:
+        return cls(Role.USER.value, text, images)
+
+    @classmethod
+    def assistant(cls, text: str) -> ChatMessage:
+        return cls(Role.ASSISTANT.value, text)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings. Defaults are Meta's recommendation for Llama 4 Scout."""
+
+    temperature: float = 0.6
+    top_p: float = 0.9
+    min_p: float = 0.01
+    top_k: int = 0  # 0 = disabled (Meta's recipe uses top_p/min_p only)
+    repeat_penalty: float = 1.0
+    max_tokens: int = 2048
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TensorOverride:
+    """Keep tensors whose name matches ``pattern`` (a regex, llama.cpp's ``-ot`` syntax) on ``device``."""
+
+    pattern: str
+    device: str = "CPU"
+
+
+@dataclass(frozen=True)
+class LoadParams:
+    """Everything the engine passes to llama.cpp when loading a model. Explicit: no hidden defaults."""
+
+    model_path: Path
+    n_ctx: int = 8192
+    n_gpu_layers: int = 0
+    n_threads: int | None = None  # None: physical cores
+    n_threads_batch: int | None = None
+    n_batch: int = 512
+    n_ubatch: int = 512
+    flash_attn: bool = False
+    type_k: str = "f16"  # f16, q8_0, q4_0
+    type_v: str = "f16"  # quantized V requires flash_attn
+    swa_full: bool = False  # False: Scout's small chunked-attention cache (see SCOUT_FACTS.md)
+    use_mmap: bool = True
+    offload_kqv: bool = True
+    tensor_overrides: tuple[TensorOverride, ...] = ()
+    mmproj_path: Path | None = None
+    seed: int = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: random
+
+    def __post_init__(self) -> None:
+        if self.n_ctx <= 0:
+            # Scout's trained context is 10M tokens: n_ctx=0 ("use the trained size") would try to
+            # allocate a KV cache of terabytes.
+            raise ValueError("n_ctx must be a positive number of tokens")
+        if self.type_v != "f16" and not self.flash_attn:
+            raise ValueError("a quantized V cache requires flash attention")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the engine knows about the loaded model."""
+
+    path: Path
+    name: str
+    architecture: str
+    n_ctx: int
+    n_ctx_train: int
+    n_params: int
+    size_bytes: int
+    has_chat_template: bool
+    chat_template_note: str = ""
+    load_seconds: float = 0.0
+    has_vision: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Figures for one answer. ``prompt_tokens_evaluated`` counts what llama.cpp actually
+    processed: with KV prefix reuse it is only the new part of the prompt."""
+
+    prompt_tokens: int = 0
+    prompt_tokens_evaluated: int = 0
+    completion_tokens: int = 0
+    ttft_s: float = 0.0
+    prompt_eval_s: float = 0.0
+    generation_s: float = 0.0
+    tokens_per_s: float = 0.0
+    n_ctx: int = 0
+    context_used: int = 0
+    finish_reason: str = "stop"  # stop | length | cancelled | context
+    dropped_messages: int = 0
+
+
+@dataclass(frozen=True)
+class ContextBudget:
+    """How a conversation was fitted into the context window."""
+
+    n_ctx: int
+    prompt_tokens: int
+    reply_reserve: int
+    dropped_messages: int = 0  # how many history messages were left out (oldest first)
+
+    @property
+    def used_fraction(self) -> float:
+        return min(1.0, (self.prompt_tokens + self.reply_reserve) / max(1, self.n_ctx))
+
+
+@dataclass
+class Stopwatch:
+    start: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

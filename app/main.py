@@ -1,0 +1,217 @@
+"""Composition root: parses the command line and wires core, workers and UI, once."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from app import __version__
+from app.config import AppPaths, load_settings, setup_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from app.core.store import Store
+    from app.ui.main_window import MainWindow
+    from app.workers.controller import ChatController
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scout-chat",
+        description="Offline, private chat with Llama 4 Scout (GGUF models through llama.cpp).",
+    )
+    parser.add_argument(
+        "--model", metavar="PATH", help="GGUF model file to load (first part of a split model)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="keep all data (chats, settings, models, logs) in DIR (portable mode)",
+    )
+    parser.add_argument("--version", action="version", version=f"Scout Chat {__version__}")
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="headless check: load the model (or a generated tiny llama4 model) and stream one answer",
+    )
+    parser.add_argument("--n-ctx", type=int, default=None, help="context size in tokens (overrides settings)")
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Application:
+    """Everything the running app consists of (returned for tests and the entry point)."""
+
+    paths: AppPaths
+    store: Store
+    controller: ChatController
+    window: MainWindow
+
+
+def engine_factory() -> object:
+    from app.core.engine import LlamaEngine
+
+    return LlamaEngine()
+
+
+def build_application(args: argparse.Namespace) -> Application:
+    """Create the store, controller and main window (a QApplication must exist)."""
+    from PySide6.QtCore import QCoreApplication
+
+    from app.core.store import StorageError, Store
+    from app.ui.main_window import MainWindow
+    from app.workers.controller import ChatController
+
+    paths = AppPaths.default(args.data_dir).ensure()
+    setup_logging(paths)
+    settings = load_settings(paths)
+    if args.n_ctx:
+        settings = settings.replace(n_ctx=args.n_ctx)
+    try:
+        store = Store(paths.database)
+    except StorageError:
+        raise
+    controller = ChatController(store, paths, settings, engine_factory)  # type: ignore[arg-type]
+    window = MainWindow(controller)
+    app = QCoreApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(controller.shutdown)
+    controller.restore_session()
+    if args.model:
+        controller.load_model(str(Path(args.model).expanduser()))
+    return Application(paths=paths, store=store, controller=controller, window=window)
+
+
+def run_gui(args: argparse.Namespace) -> int:
+    from PySide6.QtGui import QIcon
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    from app.core.store import StorageError
+    from app.ui.theme import apply_theme
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("Scout Chat")
+    app.setOrganizationName("ScoutChat")
+    app.setApplicationVersion(__version__)
+    app.setDesktopFileName("scout-chat")
+    icon = Path(__file__).resolve().parent.parent / "assets" / "icons" / "scout-chat.svg"
+    if icon.exists():
+        app.setWindowIcon(QIcon(str(icon)))
+    try:
+        application = build_application(args)
+    except StorageError as exc:
+        QMessageBox.critical(None, "Scout Chat", str(exc))
+        return 2
+    apply_theme(app, application.controller.settings.theme)  # type: ignore[arg-type]
+    application.window.show()
+    code = app.exec()
+    application.store.close()
+    return int(code)
+
+
+def run_self_test(args: argparse.Namespace) -> int:
+    """Load a model and stream one answer through the same worker the window uses."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QCoreApplication, QThread, QTimer
+
+    from app.core.engine import LlamaEngine
+    from app.core.types import ChatMessage, LoadParams, SamplingParams
+    from app.workers.inference import LlamaWorker
+
+    def say(text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    qapp = QCoreApplication.instance() or QCoreApplication(sys.argv[:1])
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if args.model:
+        model = Path(args.model).expanduser()
+        say(f"self-test: model {model}")
+    else:
+        from app.core.tiny_model import write_tiny_model
+
+        tmp = tempfile.TemporaryDirectory(prefix="scout-selftest-")
+        model = write_tiny_model(Path(tmp.name) / "tiny-llama4.gguf")[0]
+        say("self-test: no --model given; generated a tiny random-weight llama4 model")
+
+    thread = QThread()
+    worker = LlamaWorker(LlamaEngine)
+    worker.moveToThread(thread)
+    result: dict[str, object] = {"text": "", "error": None, "stats": None, "info": None}
+    done = threading.Event()
+
+    def on_loaded(info: object) -> None:
+        result["info"] = info
+        messages = [
+            ChatMessage.system("You are a helpful assistant."),
+            ChatMessage.user("Say hello in one sentence."),
+        ]
+        QTimer.singleShot(0, worker, lambda: worker.generate(1, messages, SamplingParams(max_tokens=48), 64))
+
+    def on_tokens(_gen: int, text: str) -> None:
+        result["text"] = str(result["text"]) + text
+
+    def on_finished(_gen: int, stats: object) -> None:
+        result["stats"] = stats
+        done.set()
+        qapp.quit()
+
+    def on_failed(*failure: object) -> None:
+        result["error"] = failure[-2] if len(failure) >= 2 else failure
+        done.set()
+        qapp.quit()
+
+    worker.model_loaded.connect(on_loaded)
+    worker.load_failed.connect(on_failed)
+    worker.tokens_generated.connect(on_tokens)
+    worker.generation_finished.connect(on_finished)
+    worker.generation_failed.connect(on_failed)
+    thread.start()
+    n_ctx = args.n_ctx or 2048
+    try:
+        params = LoadParams(model_path=model, n_ctx=n_ctx)
+    except ValueError as exc:
+        say(f"self-test FAILED: {exc}")
+        return 2
+    QTimer.singleShot(0, worker, lambda: worker.load_model(params))
+    QTimer.singleShot(600_000, qapp.quit)  # never hang
+    qapp.exec()
+    thread.quit()
+    thread.wait(10_000)
+    if worker._engine is not None:
+        worker._engine.unload()
+    if tmp is not None:
+        tmp.cleanup()
+    if result["error"]:
+        say(f"self-test FAILED: {result['error']}")
+        return 1
+    stats = result["stats"]
+    info = result["info"]
+    text = str(result["text"])
+    if not text.strip() or stats is None or info is None:
+        say("self-test FAILED: the model produced no text")
+        return 1
+    say(f"model: {info.name} ({info.architecture}, {info.n_params / 1e6:.1f} M parameters)")  # type: ignore[attr-defined]
+    say(f"load time: {info.load_seconds:.2f} s")  # type: ignore[attr-defined]
+    say(f"time to first token: {stats.ttft_s * 1000:.0f} ms")  # type: ignore[attr-defined]
+    say(f"tokens per second: {stats.tokens_per_s:.1f} ({stats.completion_tokens} tokens)")  # type: ignore[attr-defined]
+    say(f"answer: {text[:120]!r}")
+    say("self-test OK")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.self_test:
+        return run_self_test(args)
+    return run_gui(args)

@@ -1,0 +1,156 @@
+"""The inference worker: the one thread that owns the model.
+
+``LlamaWorker`` lives in its own QThread for the life of the app. Commands arrive as queued
+signals (``*_requested`` on the controller, connected to the worker's slots); results leave as
+signals carrying plain data. Nothing is raised across threads: failures become ``*_failed``
+signals with a human message and a detail string.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QObject, Signal, Slot
+
+from app.core.context import MessageTooLongError, fit_messages
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from app.core.ports import Engine
+    from app.core.types import ChatMessage, GenerationStats, LoadParams, SamplingParams
+
+log = logging.getLogger(__name__)
+
+MAX_UI_UPDATES_PER_SECOND = 30
+
+
+def _human(exc: BaseException) -> tuple[str, str]:
+    message = getattr(exc, "message", None)
+    detail = getattr(exc, "detail", "") or f"{type(exc).__name__}: {exc}"
+    if message:
+        return str(message), str(detail)
+    return f"Something went wrong: {exc}", detail
+
+
+class LlamaWorker(QObject):
+    """Owns the engine. Lives in its own QThread.
+
+    Signals:
+        load_progress(float): model loading, 0..1.
+        model_loaded(object): ModelInfo.
+        load_failed(str, str): human message, detail.
+        context_fitted(int, int, int): gen_id, prompt tokens, history messages dropped.
+        prompt_progress(int, int, int): gen_id, prompt tokens evaluated so far, total to evaluate.
+        tokens_generated(int, str): gen_id, text (batched: at most 30 emissions per second).
+        generation_finished(int, object): gen_id, GenerationStats.
+        generation_failed(int, str, str): gen_id, human message, detail.
+        tokens_counted(int, int): request id, tokens of the rendered conversation.
+    """
+
+    load_progress = Signal(float)
+    model_loaded = Signal(object)
+    load_failed = Signal(str, str)
+    context_fitted = Signal(int, int, int)
+    prompt_progress = Signal(int, int, int)
+    tokens_generated = Signal(int, str)
+    generation_finished = Signal(int, object)
+    generation_failed = Signal(int, str, str)
+    tokens_counted = Signal(int, int)
+
+    def __init__(self, engine_factory: Callable[[], Engine]) -> None:
+        super().__init__()  # no parent: it will be moved to its thread
+        self._engine_factory = engine_factory
+        self._engine: Engine | None = None
+        self.cancel_event = threading.Event()  # set from any thread: stops generation
+        self.load_cancel_event = threading.Event()  # set from any thread: stops loading
+        self._last_progress_emit = 0.0
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._engine_factory()
+        return self._engine
+
+    @Slot(object)
+    def load_model(self, params: LoadParams) -> None:
+        self.load_cancel_event.clear()
+        self._last_progress_emit = 0.0
+
+        def progress(fraction: float) -> bool:
+            now = time.monotonic()
+            if fraction >= 1.0 or now - self._last_progress_emit >= 0.1:
+                self._last_progress_emit = now
+                self.load_progress.emit(fraction)
+            return not self.load_cancel_event.is_set()
+
+        try:
+            info = self.engine.load(params, progress)
+        except Exception as exc:  # noqa: BLE001 - thread boundary
+            message, detail = _human(exc)
+            log.warning("model load failed: %s | %s", message, detail.splitlines()[-1:] if detail else "")
+            self.load_failed.emit(message, detail)
+            return
+        self.model_loaded.emit(info)
+
+    @Slot()
+    def unload_model(self) -> None:
+        if self._engine is not None:
+            self._engine.unload()
+
+    @Slot(int, list)
+    def count_tokens(self, request_id: int, messages: list[ChatMessage]) -> None:
+        try:
+            if self.engine.model_info is None:
+                return
+            self.tokens_counted.emit(request_id, self.engine.count_chat_tokens(messages))
+        except Exception:
+            log.exception("counting tokens failed")
+
+    @Slot(int, list, object, int)
+    def generate(
+        self, gen_id: int, messages: list[ChatMessage], sampling: SamplingParams, reserve: int
+    ) -> None:
+        engine = self.engine
+        try:
+            info = engine.model_info
+            if info is None:
+                self.generation_failed.emit(gen_id, "No model is loaded. Open a GGUF model file first.", "")
+                return
+            fitted = fit_messages(messages, engine.count_chat_tokens, info.n_ctx, reserve)
+            self.context_fitted.emit(gen_id, fitted.prompt_tokens, fitted.dropped)
+            interval = 1.0 / MAX_UI_UPDATES_PER_SECOND
+            buffer: list[str] = []
+            last_emit = time.monotonic()
+
+            def on_prompt_progress(done: int, total: int) -> None:
+                self.prompt_progress.emit(gen_id, done, total)
+
+            for piece in engine.stream_chat(fitted.messages, sampling, self.cancel_event, on_prompt_progress):
+                buffer.append(piece)
+                now = time.monotonic()
+                if now - last_emit >= interval:
+                    self.tokens_generated.emit(gen_id, "".join(buffer))
+                    buffer.clear()
+                    last_emit = now
+            if buffer:
+                self.tokens_generated.emit(gen_id, "".join(buffer))
+            stats = engine.last_stats
+            if self.cancel_event.is_set() and stats.finish_reason != "cancelled":
+                stats = _replace_stats(stats, finish_reason="cancelled")
+            self.generation_finished.emit(gen_id, _replace_stats(stats, dropped_messages=fitted.dropped))
+        except MessageTooLongError as exc:
+            self.generation_failed.emit(gen_id, str(exc), "")
+        except Exception as exc:
+            message, detail = _human(exc)
+            log.exception("generation %d failed", gen_id)
+            self.generation_failed.emit(gen_id, message, detail)
+
+
+def _replace_stats(stats: GenerationStats, **changes: object) -> GenerationStats:
+    import dataclasses
+
+    return dataclasses.replace(stats, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,175 @@
+"""LlamaWorker: synchronous tests with a FakeEngine, plus real-thread tests (fake and real llama.cpp)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from app.core.engine import LlamaEngine
+from app.core.types import ChatMessage, GenerationStats, LoadParams, SamplingParams
+from app.workers.inference import MAX_UI_UPDATES_PER_SECOND, LlamaWorker
+from tests.fakes import FakeEngine
+
+
+def test_streams_then_finishes_synchronously(qtbot) -> None:
+    worker = LlamaWorker(lambda: FakeEngine(["Hel", "lo"]))
+    worker.load_model(LoadParams(Path("fake.gguf")))
+    texts: list[str] = []
+    worker.tokens_generated.connect(lambda _g, t: texts.append(t))
+    with qtbot.waitSignal(worker.generation_finished) as blocker:
+        worker.generate(3, [ChatMessage.user("hi")], SamplingParams(), 64)
+    gen_id, stats = blocker.args
+    assert gen_id == 3
+    assert isinstance(stats, GenerationStats)
+    assert "".join(texts) == "Hello"
+
+
+def test_failure_is_a_signal_not_an_exception(qtbot, caplog) -> None:
+    worker = LlamaWorker(lambda: FakeEngine(["a", "b"], fail_at=1))
+    worker.load_model(LoadParams(Path("fake.gguf")))
+    with caplog.at_level(logging.CRITICAL), qtbot.waitSignal(worker.generation_failed) as blocker:
+        worker.generate(3, [ChatMessage.user("hi")], SamplingParams(), 64)
+    assert blocker.args[0] == 3
+    assert "boom" in blocker.args[1]
+
+
+def test_generate_without_model_fails_cleanly(qtbot) -> None:
+    worker = LlamaWorker(FakeEngine)
+    with qtbot.waitSignal(worker.generation_failed) as blocker:
+        worker.generate(1, [ChatMessage.user("hi")], SamplingParams(), 64)
+    assert "No model is loaded" in blocker.args[1]
+
+
+def test_load_failure_and_cancel(qtbot, caplog) -> None:
+    worker = LlamaWorker(lambda: FakeEngine(load_error="That file is broken."))
+    with caplog.at_level(logging.CRITICAL), qtbot.waitSignal(worker.load_failed) as blocker:
+        worker.load_model(LoadParams(Path("fake.gguf")))
+    assert blocker.args == ["That file is broken.", "fake detail"]
+
+    worker = LlamaWorker(FakeEngine)
+    worker.load_progress.connect(lambda f: f >= 0.3 and worker.load_cancel_event.set())
+    with caplog.at_level(logging.CRITICAL), qtbot.waitSignal(worker.load_failed) as blocker:
+        worker.load_model(LoadParams(Path("fake.gguf")))
+    assert blocker.args[0] == "Loading was cancelled."
+
+
+def test_token_signals_are_throttled(qtbot) -> None:
+    pieces = ["x"] * 400
+    worker = LlamaWorker(lambda: FakeEngine(pieces, delay=0.001))
+    worker.load_model(LoadParams(Path("fake.gguf")))
+    emissions: list[str] = []
+    worker.tokens_generated.connect(lambda _g, t: emissions.append(t))
+    import time
+
+    started = time.monotonic()
+    with qtbot.waitSignal(worker.generation_finished, timeout=10_000):
+        worker.generate(1, [ChatMessage.user("hi")], SamplingParams(max_tokens=1000), 64)
+    elapsed = time.monotonic() - started
+    assert "".join(emissions) == "x" * 400  # nothing lost
+    assert len(emissions) <= elapsed * MAX_UI_UPDATES_PER_SECOND + 2
+
+
+def test_history_is_trimmed_to_fit(qtbot) -> None:
+    engine = FakeEngine(n_ctx=200)
+    worker = LlamaWorker(lambda: engine)
+    worker.load_model(LoadParams(Path("fake.gguf"), n_ctx=200))
+    history = [ChatMessage.system("sys")]
+    for i in range(30):
+        history += [ChatMessage.user(f"question {i} " * 5), ChatMessage.assistant(f"answer {i} " * 5)]
+    history.append(ChatMessage.user("last"))
+    with qtbot.waitSignal(worker.context_fitted) as fitted, qtbot.waitSignal(worker.generation_finished):
+        worker.generate(1, history, SamplingParams(max_tokens=50), 50)
+    _gen, prompt_tokens, dropped = fitted.args
+    assert dropped > 0
+    assert prompt_tokens <= 150
+    assert engine.seen[-1][-1].content == "last"
+
+
+class Requester(QObject):
+    """GUI-thread side: sends commands, and re-emits the worker's results on the GUI thread.
+
+    Cross-thread signals go to @Slot methods of a GUI-thread QObject (queued), never to bare
+    callables, which would run in the worker's thread.
+    """
+
+    load_requested = Signal(object)
+    generate_requested = Signal(int, list, object, int)
+    loaded = Signal(object)
+    progressed = Signal(float)
+    tokens = Signal(int, str)
+    finished = Signal(int, object)
+
+    def __init__(self, worker: LlamaWorker) -> None:
+        super().__init__()
+        self.load_requested.connect(worker.load_model)
+        self.generate_requested.connect(worker.generate)
+        worker.model_loaded.connect(self._on_worker_model_loaded)
+        worker.load_progress.connect(self._on_worker_load_progress)
+        worker.tokens_generated.connect(self._on_worker_tokens_generated)
+        worker.generation_finished.connect(self._on_worker_generation_finished)
+
+    @Slot(object)
+    def _on_worker_model_loaded(self, info: object) -> None:
+        self.loaded.emit(info)
+
+    @Slot(float)
+    def _on_worker_load_progress(self, fraction: float) -> None:
+        self.progressed.emit(fraction)
+
+    @Slot(int, str)
+    def _on_worker_tokens_generated(self, gen_id: int, text: str) -> None:
+        self.tokens.emit(gen_id, text)
+
+    @Slot(int, object)
+    def _on_worker_generation_finished(self, gen_id: int, stats: object) -> None:
+        self.finished.emit(gen_id, stats)
+
+
+@pytest.fixture
+def start_worker(qtbot):
+    started: list[tuple[QThread, LlamaWorker]] = []
+
+    def start(engine_factory):
+        thread = QThread()
+        worker = LlamaWorker(engine_factory)
+        worker.moveToThread(thread)
+        requester = Requester(worker)
+        thread.start()
+        started.append((thread, worker))
+        return worker, requester
+
+    yield start
+    for thread, worker in started:
+        worker.cancel_event.set()
+        thread.quit()
+        assert thread.wait(10_000)
+        if worker._engine is not None:
+            worker._engine.unload()
+
+
+def test_streams_in_order_across_threads(qtbot, start_worker) -> None:
+    _worker, requester = start_worker(lambda: FakeEngine(["Hel", "lo"]))
+    with qtbot.waitSignal(requester.loaded):
+        requester.load_requested.emit(LoadParams(Path("fake.gguf")))
+    with qtbot.waitSignals([requester.tokens, requester.finished], order="strict", timeout=5000):
+        requester.generate_requested.emit(7, [ChatMessage.user("hi")], SamplingParams(), 64)
+
+
+def test_real_llama_cpp_in_the_worker_thread(qtbot, start_worker, tiny_model: Path) -> None:
+    _worker, requester = start_worker(LlamaEngine)
+    progress: list[float] = []
+    requester.progressed.connect(progress.append)
+    with qtbot.waitSignal(requester.loaded, timeout=30_000) as loaded:
+        requester.load_requested.emit(LoadParams(tiny_model, n_ctx=512))
+    assert loaded.args[0].architecture == "llama4"
+    assert progress
+    assert progress[-1] == pytest.approx(1.0)
+    text: list[str] = []
+    requester.tokens.connect(lambda _g, t: text.append(t))
+    with qtbot.waitSignal(requester.finished, timeout=30_000) as finished:
+        requester.generate_requested.emit(1, [ChatMessage.user("Hello")], SamplingParams(max_tokens=32), 64)
+    assert "".join(text).strip()
+    assert finished.args[1].completion_tokens == 32
