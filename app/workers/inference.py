@@ -124,7 +124,7 @@ class LlamaWorker(QObject):
             self.context_fitted.emit(gen_id, fitted.prompt_tokens, fitted.dropped)
             interval = 1.0 / MAX_UI_UPDATES_PER_SECOND
             buffer: list[str] = []
-            last_emit = time.monotonic()
+            last_emit = 0.0  # the first piece goes out at once: it is what TTFT measures
 
             def on_prompt_progress(done: int, total: int) -> None:
                 self.prompt_progress.emit(gen_id, done, total)

@@ -17,6 +17,7 @@ from app.core.engine import (
 )
 from app.core.tiny_model import TinyModelSpec, write_tiny_model
 from app.core.types import ChatMessage, LoadParams, SamplingParams, TensorOverride
+from tests.vision_fixtures import tiny_projector  # noqa: F401
 
 SAMPLING = SamplingParams(max_tokens=24, seed=7)
 
@@ -222,3 +223,31 @@ def test_quantized_v_cache_needs_flash_attention() -> None:
 def test_quantized_kv_cache_with_flash_attention_runs(engine: LlamaEngine, tiny_model: Path) -> None:
     engine.load(LoadParams(tiny_model, n_ctx=512, flash_attn=True, type_k="q8_0", type_v="q8_0"))
     assert chat(engine, [ChatMessage.user("Hi")]).strip()
+
+
+def test_engine_answers_about_an_image_with_the_projector(tiny_model: Path, tiny_projector: Path) -> None:
+    from app.core.images import data_uri, normalize_image
+    from tests.vision_fixtures import png_bytes
+
+    engine = LlamaEngine()
+    try:
+        info = engine.load(
+            LoadParams(tiny_model, n_ctx=1024, n_threads=1, n_threads_batch=1, mmproj_path=tiny_projector)
+        )
+        assert info.has_vision
+        image = data_uri(normalize_image(png_bytes(48, 32, gradient=True)))
+        answer = chat(engine, [ChatMessage.user("What is in this picture?", images=(image,))])
+        assert answer.strip()
+        assert engine.last_stats.prompt_tokens > 10
+        # a text-only turn afterwards still works (fast path)
+        assert chat(engine, [ChatMessage.user("Thanks!")]).strip()
+    finally:
+        engine.unload()
+
+
+def test_images_without_projector_are_a_clear_error(engine: LlamaEngine, tiny_model: Path) -> None:
+    from app.core.engine import EngineError
+
+    engine.load(LoadParams(tiny_model, n_ctx=512))
+    with pytest.raises(EngineError, match="no vision projector"):
+        chat(engine, [ChatMessage.user("look", images=("data:image/png;base64,AAAA",))])

@@ -309,6 +309,7 @@ class LlamaEngine:
         self._overrides: _Overrides | None = None
         self._stats = GenerationStats()
         self._is_iswa = False
+        self._vision: Any = None  # MTMDChatHandler when the model has a vision projector
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -399,6 +400,18 @@ class LlamaEngine:
         self._overrides = overrides
         self._params = params
         self._setup_chat_format(llm)
+        if params.mmproj_path is not None:
+            from app.core.engine import vision
+
+            try:
+                handler = vision.make_chat_handler(
+                    Path(params.mmproj_path), n_threads=n_threads, use_gpu=params.n_gpu_layers > 0
+                )
+                vision.prepare_handler(llm, handler)
+            except Exception:
+                self.unload()
+                raise
+            self._vision = handler
         # Llama 4 uses chunked attention unless the file sets sliding_window to 0 (MobileLLM).
         self._is_iswa = (
             self._arch(llm) == "llama4"
@@ -417,6 +430,7 @@ class LlamaEngine:
             has_chat_template=bool(metadata.get("tokenizer.chat_template")),
             chat_template_note=self._template_note,
             load_seconds=elapsed,
+            has_vision=self._vision is not None,
         )
         log.info(
             "loaded %s in %.2fs (n_ctx=%d, gpu layers=%d)",
@@ -469,6 +483,7 @@ class LlamaEngine:
         return len(tokens) == 1
 
     def unload(self) -> None:
+        self._vision = None  # its libmtmd context is freed with the Llama it was attached to
         if self._llm is not None:
             self._llm.close()
         self._llm = None
@@ -557,6 +572,17 @@ class LlamaEngine:
     ) -> Iterator[str]:
         llama_cpp = _import_llama_cpp()
         llm = self._require()
+        if any(m.images for m in messages):
+            if self._vision is None:
+                raise EngineError(
+                    "This conversation has images, but the loaded model has no vision projector "
+                    "(an mmproj-*.gguf file next to the model). Download the projector in the model "
+                    "manager, or remove the images."
+                )
+            from app.core.engine import vision
+
+            self._stats = yield from vision.stream_image_chat(llm, self._vision, messages, sampling, cancel)
+            return
         started = time.perf_counter()
         tokens = self.prompt_tokens(messages)
         n_ctx = int(llm.n_ctx())

@@ -1,0 +1,375 @@
+"""Pictures for the vision projector: decode, orient, convert, bound, re-encode, store.
+
+Everything here is pure Pillow (no Qt, no llama.cpp) and keeps no shared state, so every function
+may run on any thread (the UI calls them from a one-shot worker, never on the GUI thread).
+
+* :func:`normalize_image` accepts PNG, JPEG, WebP, GIF (first frame), BMP and TIFF; applies the
+  EXIF orientation; converts every pixel mode (RGBA/LA/palette with transparency composited on
+  white, CMYK, 16-bit, 1-bit, float) to 8-bit RGB; downscales what is larger than the projector
+  can use; and refuses decompression bombs, empty, truncated, mislabelled and unsupported files
+  with an :class:`ImageError` whose message is a sentence for the user.
+* :func:`store_image` keeps the normalised bytes under ``<data_dir>/images/<aa>/<sha256>.<ext>``
+  (content-addressed: the same picture is stored once).
+* :func:`data_uri` builds the ``data:`` URI handed to llama-cpp-python. Never hand it a path or
+  URL: its ``MTMDChatHandler`` fetches any other URL with urllib (``file://`` included).
+
+Why 1344 px: Scout's projector (libmtmd, llava-uhd slicing) cuts an image into 336-px tiles, at
+most 3×3 of them plus a global view, so it never looks at more than 1008×1008 pixels; 1344 (4
+tiles) leaves a margin for the full-size viewer and for newer llama.cpp versions, while keeping a
+screenshot's text legible.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+TILE_SIZE = 336  # Scout's vision tile
+DEFAULT_MAX_SIDE = 4 * TILE_SIZE  # 1344
+DEFAULT_MAX_PIXELS = DEFAULT_MAX_SIDE * DEFAULT_MAX_SIDE
+# Pillow's own bomb threshold (it warns above it and refuses above twice it). Our check runs on
+# the header, before any pixel is decoded, so a bigger limit would only turn into Pillow warnings.
+DEFAULT_MAX_INPUT_PIXELS = 89_478_485
+MAX_FILE_BYTES = 200 * 1024 * 1024
+JPEG_QUALITY = 90
+
+SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # Pillow plugin names
+SUPPORTED_DESCRIPTION = "PNG, JPEG, WebP, GIF, BMP or TIFF"
+ANIMATED_GIF_NOTE = "animated GIF: only the first frame is used"
+
+# Formats people try that Pillow cannot (or should not) open here: magic bytes → name.
+_KNOWN_UNSUPPORTED: tuple[tuple[int, bytes, str], ...] = (
+    (4, b"ftypheic", "HEIC"),
+    (4, b"ftypheix", "HEIC"),
+    (4, b"ftypmif1", "HEIF"),
+    (4, b"ftypavif", "AVIF"),
+    (0, b"%PDF", "PDF"),
+    (0, b"8BPS", "Photoshop (PSD)"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (0, b"\xff\x0a", "JPEG XL"),
+    (0, b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (0, b"PK\x03\x04", "ZIP"),
+)
+
+_SUPPORTED_MAGIC = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+)
+
+
+class ImageError(Exception):
+    """A picture that cannot be used; ``message`` is a sentence for the user."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class NormalizedImage:
+    """A picture ready for the projector: 8-bit RGB, oriented, bounded, re-encoded."""
+
+    data: bytes  # PNG, or JPEG when the source was a JPEG photo
+    mime: str  # "image/png" | "image/jpeg"
+    width: int
+    height: int
+    sha256: str  # of ``data``
+    original_width: int  # as displayed (after EXIF orientation)
+    original_height: int
+    note: str = ""  # e.g. "animated GIF: only the first frame is used"; "" when nothing to say
+
+    @property
+    def extension(self) -> str:
+        return ".jpg" if self.mime == "image/jpeg" else ".png"
+
+    @property
+    def downscaled(self) -> bool:
+        return (self.width, self.height) != (self.original_width, self.original_height)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _read(source: bytes | Path, name: str) -> bytes:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source)
+    try:
+        size = source.stat().st_size
+        if source.is_dir():
+            raise ImageError(f"{name} is a folder, not a picture.")
+        if size > MAX_FILE_BYTES:
+            raise ImageError(
+                f"{name} is too large ({size / 1e6:,.0f} MB); pictures up to "
+                f"{MAX_FILE_BYTES / 1e6:,.0f} MB can be attached."
+            )
+        return source.read_bytes()
+    except FileNotFoundError as exc:
+        raise ImageError(f"{name} was not found.", str(exc)) from exc
+    except OSError as exc:
+        raise ImageError(f"{name} could not be read: {exc.strerror or exc}.", str(exc)) from exc
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head:
+        return False
+    if head.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        return True
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # A multi-byte character may be cut at the end of the sample.
+        try:
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return all(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
+
+
+def _identify_failure(data: bytes, name: str) -> ImageError:
+    """The message for bytes that none of the supported decoders recognised."""
+    head = data[:512]
+    for offset, magic, label in _KNOWN_UNSUPPORTED:
+        if head[offset : offset + len(magic)] == magic:
+            return ImageError(
+                f"{name} is a {label} file, which cannot be attached as a picture. "
+                f"Use {SUPPORTED_DESCRIPTION}."
+            )
+    if head.startswith(_SUPPORTED_MAGIC):
+        return ImageError(f"{name} is damaged or incomplete and cannot be read.")
+    stripped = head.lstrip().lower()
+    if stripped.startswith((b"<svg", b"<?xml")) and b"<svg" in data[:4096].lower():
+        return ImageError(
+            f"{name} is an SVG drawing, which cannot be attached as a picture. Export it as PNG first."
+        )
+    if _looks_like_text(head):
+        return ImageError(f"{name} is not a picture: it looks like a text file.")
+    return ImageError(
+        f"{name} is not a picture Scout Chat can read (or it is damaged). Use {SUPPORTED_DESCRIPTION}."
+    )
+
+
+def _bomb_error(name: str, width: int, height: int, limit: int) -> ImageError:
+    return ImageError(
+        f"{name} is too large to open safely ({width:,} × {height:,} pixels, "
+        f"{width * height / 1e6:,.0f} megapixels; the limit is {limit / 1e6:,.0f} megapixels). "
+        "Resize it first.",
+        "decompression bomb check",
+    )
+
+
+def _target_size(width: int, height: int, max_side: int, max_pixels: int) -> tuple[int, int]:
+    """Largest size within both bounds that keeps the aspect ratio (never upscales)."""
+    scale = min(1.0, max_side / max(width, height), (max_pixels / (width * height)) ** 0.5)
+    if scale >= 1.0:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB; transparency is composited on white."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 257.0
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+            if mode == "F" or lo < 0 or hi > 255:
+                # 32-bit integer or float data: stretch what is there to 0..255.
+                arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else arr * 0.0
+        gray = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+        return gray.convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode in ("P", "L", "RGB", "1") and "transparency" in im.info
+    )
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background.alpha_composite(rgba)
+        return background.convert("RGB")
+    return im.convert("RGB")
+
+
+def normalize_image(
+    source: bytes | Path,
+    *,
+    name: str | None = None,
+    max_side: int = DEFAULT_MAX_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+) -> NormalizedImage:
+    """Decode ``source`` and return it as an 8-bit RGB PNG (or JPEG for JPEG photos) that fits
+    in ``max_side`` × ``max_side`` and ``max_pixels``. Raises :class:`ImageError` (with a message
+    for the user) for anything that is not a usable picture. Thread-safe; CPU-bound."""
+    label = name or (source.name if isinstance(source, Path) else "The picture")
+    data = _read(source, label)
+    if not data:
+        raise ImageError(f"{label} is empty (0 bytes).")
+
+    notes: list[str] = []
+    try:
+        im = Image.open(io.BytesIO(data), formats=list(SUPPORTED_FORMATS))
+    except UnidentifiedImageError as exc:
+        raise _identify_failure(data, label) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(
+            f"{label} is too large to open safely (its header claims more than "
+            f"{max_input_pixels / 1e6:,.0f} megapixels). Resize it first.",
+            str(exc),
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{label} is damaged and cannot be read.", repr(exc)) from exc
+
+    try:
+        with im:
+            fmt = im.format or ""
+            width, height = im.size
+            if width <= 0 or height <= 0:
+                raise ImageError(f"{label} has no pixels ({width} × {height}).")
+            # Header-only size check, before a single pixel is decoded.
+            if width * height > max_input_pixels:
+                raise _bomb_error(label, width, height, max_input_pixels)
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+                if fmt == "GIF":
+                    notes.append(ANIMATED_GIF_NOTE)
+                elif fmt in ("WEBP", "PNG"):
+                    notes.append(f"animated {fmt.title()}: only the first frame is used")
+                elif fmt == "TIFF":
+                    notes.append("multi-page TIFF: only the first page is used")
+            try:
+                orientation = int(im.getexif().get(0x0112, 1))
+            except (ValueError, TypeError, OSError, SyntaxError):
+                orientation = 1
+            target = _target_size(width, height, max_side, max_pixels)
+            if fmt in ("JPEG", "MPO") and target != (width, height):
+                # libjpeg's DCT scaling: decode a 24 MP photo at 1/2, 1/4 or 1/8 size directly.
+                im.draft("RGB", target)
+            im.load()
+            oriented = ImageOps.exif_transpose(im) if orientation != 1 else im
+            rgb = _to_rgb(oriented)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{label} is too large to open safely. Resize it first.", str(exc)) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, MemoryError) as exc:
+        truncated = "truncated" in str(exc).lower() or isinstance(exc, EOFError)
+        reason = "is incomplete (the file is truncated)" if truncated else "is damaged"
+        raise ImageError(f"{label} {reason} and cannot be read.", repr(exc)) from exc
+
+    original = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    # The size is decided on the original (a JPEG may have been decoded at 1/2..1/8 scale).
+    out_size = _target_size(*original, max_side, max_pixels)
+    if rgb.size != out_size:
+        rgb = rgb.resize(out_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+    buf = io.BytesIO()
+    if fmt in ("JPEG", "MPO"):
+        rgb.save(buf, "JPEG", quality=JPEG_QUALITY)
+        mime = "image/jpeg"
+    else:
+        rgb.save(buf, "PNG")
+        mime = "image/png"
+    encoded = buf.getvalue()
+    result = NormalizedImage(
+        data=encoded,
+        mime=mime,
+        width=rgb.width,
+        height=rgb.height,
+        sha256=hashlib.sha256(encoded).hexdigest(),
+        original_width=original[0],
+        original_height=original[1],
+        note="; ".join(notes),
+    )
+    log.debug(
+        "normalised %s: %s %dx%d → %s %dx%d (%d bytes)",
+        label,
+        fmt,
+        result.original_width,
+        result.original_height,
+        mime,
+        result.width,
+        result.height,
+        len(encoded),
+    )
+    return result
+
+
+def store_image(data_dir: Path, normalized: NormalizedImage) -> Path:
+    """Save ``normalized`` under ``<data_dir>/images/<sha[:2]>/<sha>.<png|jpg>``; the same picture
+    is stored once. The write is atomic (temporary file + rename). Returns the path."""
+    folder = data_dir / "images" / normalized.sha256[:2]
+    target = folder / f"{normalized.sha256}{normalized.extension}"
+    if target.exists() and target.stat().st_size == len(normalized.data):
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=normalized.extension)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(normalized.data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_stored_image(path: Path) -> NormalizedImage:
+    """Read back a picture written by :func:`store_image` (a conversation reopened)."""
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        width, height = im.size
+        mime = "image/jpeg" if im.format == "JPEG" else "image/png"
+    return NormalizedImage(
+        data=data,
+        mime=mime,
+        width=width,
+        height=height,
+        sha256=hashlib.sha256(data).hexdigest(),
+        original_width=width,
+        original_height=height,
+    )
+
+
+def data_uri(normalized: NormalizedImage) -> str:
+    """``data:image/png;base64,…``: the only form in which pictures reach llama-cpp-python."""
+    return f"data:{normalized.mime};base64,{base64.b64encode(normalized.data).decode('ascii')}"
+
+
+def decode_data_uri(uri: str) -> bytes:
+    """The bytes inside a ``data:…;base64,`` URI built by :func:`data_uri`."""
+    header, sep, payload = uri.partition(",")
+    if not sep or not header.startswith("data:") or not header.endswith(";base64"):
+        raise ValueError("not a base64 data: URI")
+    return base64.b64decode(payload, validate=True)
+
+
+def thumbnail(normalized: NormalizedImage, size: int = 128) -> bytes:
+    """A PNG no larger than ``size`` × ``size`` (aspect kept) for chips and the chat history."""
+    with Image.open(io.BytesIO(normalized.data)) as im:
+        im.draft("RGB", (size, size))
+        small = im.convert("RGB")
+    small.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    buf = io.BytesIO()
+    small.save(buf, "PNG")
+    return buf.getvalue()
