@@ -90,10 +90,6 @@ def bench_ttft(runs: int) -> None:
     import llama_cpp
     from PIL import Image
 
-    from app.core.images import data_uri, normalize_image
-    from app.core.tiny_model import write_tiny_model
-    from app.core.tiny_vision import TinyProjectorSpec, write_tiny_projector
-    from app.core.types import ChatMessage, SamplingParams
     from app.core.engine.vision import (
         VisionGeometry,
         image_token_estimate,
@@ -101,6 +97,10 @@ def bench_ttft(runs: int) -> None:
         prepare_handler,
         stream_image_chat,
     )
+    from app.core.images import data_uri, normalize_image
+    from app.core.tiny_model import write_tiny_model
+    from app.core.tiny_vision import TinyProjectorSpec, write_tiny_projector
+    from app.core.types import ChatMessage, SamplingParams
 
     folder = Path(tempfile.mkdtemp(prefix="bench-images-"))
     model = write_tiny_model(folder / "tiny-llama4.gguf")[0]

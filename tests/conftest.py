@@ -74,6 +74,14 @@ def tiny_model(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_projector(tiny_model: Path) -> Path:
+    """The tiny llama4 vision projector (mmproj), written next to the tiny model."""
+    from app.core.tiny_vision import write_tiny_projector
+
+    return write_tiny_projector(tiny_model.with_name("mmproj-tiny-llama4.gguf"), TinyModelSpec())
+
+
+@pytest.fixture(scope="session")
 def tiny_model_q8(models_dir: Path) -> Path:
     return write_tiny_model(models_dir / "tiny-llama4-q8_0.gguf", quantized(TinyModelSpec(), "Q8_0"))[0]
 

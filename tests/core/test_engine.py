@@ -17,7 +17,6 @@ from app.core.engine import (
 )
 from app.core.tiny_model import TinyModelSpec, write_tiny_model
 from app.core.types import ChatMessage, LoadParams, SamplingParams, TensorOverride
-from tests.vision_fixtures import tiny_projector  # noqa: F401
 
 SAMPLING = SamplingParams(max_tokens=24, seed=7)
 

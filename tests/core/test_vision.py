@@ -11,10 +11,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from app.core.engine import ContextOverflowError, EngineError
-from app.core.images import data_uri, normalize_image
-from app.core.tiny_model import TinyModelSpec
-from app.core.tiny_vision import TinyProjectorSpec, write_tiny_projector
-from app.core.types import ChatMessage, SamplingParams
 from app.core.engine.vision import (
     IMAGE_FRAME_TOKENS,
     image_token_estimate,
@@ -23,7 +19,11 @@ from app.core.engine.vision import (
     stream_image_chat,
     tile_grid,
 )
-from tests.vision_fixtures import TINY_GEOMETRY, png_bytes, tiny_projector  # noqa: F401
+from app.core.images import data_uri, normalize_image
+from app.core.tiny_model import TinyModelSpec
+from app.core.tiny_vision import TinyProjectorSpec, write_tiny_projector
+from app.core.types import ChatMessage, SamplingParams
+from tests.vision_fixtures import TINY_GEOMETRY, png_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -46,7 +46,7 @@ def _open(model: Path, handler: Any, n_ctx: int = 1024) -> Any:
 
 
 @pytest.fixture(scope="module")
-def vision(tiny_model: Path, tiny_projector: Path) -> Iterator[tuple[Any, Any]]:  # noqa: F811
+def vision(tiny_model: Path, tiny_projector: Path) -> Iterator[tuple[Any, Any]]:
     handler = make_chat_handler(tiny_projector, n_threads=1, use_gpu=False)
     llm = _open(tiny_model, handler)
     prepare_handler(llm, handler)
@@ -69,7 +69,7 @@ def _run(vision: tuple[Any, Any], messages: list[ChatMessage], cancel: threading
             return "".join(pieces), stop.value
 
 
-def test_projector_file_is_small_and_matches_the_text_model(tiny_projector: Path) -> None:  # noqa: F811
+def test_projector_file_is_small_and_matches_the_text_model(tiny_projector: Path) -> None:
     import gguf
 
     reader = gguf.GGUFReader(tiny_projector)
@@ -176,7 +176,7 @@ def test_images_outside_user_messages_are_refused(vision: tuple[Any, Any]) -> No
         _run(vision, [ChatMessage("assistant", "look", (_uri(32, 32),)), ChatMessage.user("Hi")])
 
 
-def test_context_overflow_is_a_clear_error(tiny_model: Path, tiny_projector: Path) -> None:  # noqa: F811
+def test_context_overflow_is_a_clear_error(tiny_model: Path, tiny_projector: Path) -> None:
     handler = make_chat_handler(tiny_projector, n_threads=1)
     llm = _open(tiny_model, handler, n_ctx=256)
     try:
@@ -201,7 +201,7 @@ def test_a_projector_for_another_model_is_refused(tiny_model: Path, tmp_path: Pa
 
 def test_model_without_chat_template_is_a_clear_error(
     tiny_model_no_template: Path,
-    tiny_projector: Path,  # noqa: F811
+    tiny_projector: Path,
 ) -> None:
     handler = make_chat_handler(tiny_projector, n_threads=1)
     llm = _open(tiny_model_no_template, handler, n_ctx=256)
