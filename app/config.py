@@ -104,7 +104,7 @@ class Settings:
     top_p: float = 0.9
     min_p: float = 0.01
     max_tokens: int = 2048
-    n_ctx: int = 8192
+    n_ctx: int = 0  # 0: automatic (the planner's choice, 32k when it fits, shrunk to fit)
     n_threads: int = 0  # 0: automatic (physical cores)
     last_model: str = ""
     last_conversation: int = 0

@@ -64,6 +64,15 @@ def engine_factory() -> object:
     return LlamaEngine()
 
 
+def planner(request: object) -> object:
+    """Runs on the inference thread: fresh free-memory figures and llama.cpp's dry run each load."""
+    from app.core.engine.probe import measure_buffers
+    from app.core.hardware import SystemHardware
+    from app.core.planner import plan_load
+
+    return plan_load(request, SystemHardware().probe(), measure_buffers)  # type: ignore[arg-type]
+
+
 def build_application(args: argparse.Namespace) -> Application:
     """Create the store, controller and main window (a QApplication must exist)."""
     from PySide6.QtCore import QCoreApplication
@@ -81,7 +90,7 @@ def build_application(args: argparse.Namespace) -> Application:
         store = Store(paths.database)
     except StorageError:
         raise
-    controller = ChatController(store, paths, settings, engine_factory)  # type: ignore[arg-type]
+    controller = ChatController(store, paths, settings, engine_factory, planner=planner)  # type: ignore[arg-type]
     window = MainWindow(controller)
     app = QCoreApplication.instance()
     if app is not None:

@@ -64,7 +64,8 @@ class PlanOverrides:
 
     n_gpu_layers: int | None = None  # 0..n_layer+1 (n_layer+1: the output layer too)
     n_cpu_moe: int | None = None  # experts of the first N GPU layers kept in RAM
-    n_ctx: int | None = None
+    n_ctx: int | None = None  # fixed context size
+    n_ctx_target: int | None = None  # preferred context size, shrunk to fit (None: 32k)
     kv_type: str | None = None  # f16 | q8_0 | q4_0 (K and V)
     flash_attn: bool | None = None
 
@@ -368,7 +369,7 @@ def _ctx_ladder(info: GGUFInfo, target: int) -> list[int]:
 
 def _search_ladder(info: GGUFInfo, o: PlanOverrides) -> list[tuple[int, str, bool]]:
     """(n_ctx, kv type, flash attention) in order of preference."""
-    ctxs = [o.n_ctx] if o.n_ctx else _ctx_ladder(info, DEFAULT_N_CTX)
+    ctxs = [o.n_ctx] if o.n_ctx else _ctx_ladder(info, o.n_ctx_target or DEFAULT_N_CTX)
     fa_default = True if o.flash_attn is None else o.flash_attn
     steps: list[tuple[int, str, bool]] = []
     if o.kv_type:
@@ -602,3 +603,70 @@ def plan_with_dry_run(
         measurements[key] = measure(plan.to_load_params(info.path))
         plan = make_plan(info, hardware, overrides, measurements=measurements, mmproj_bytes=mmproj_bytes)
     return plan
+
+
+# --------------------------------------------------------------------------------------------
+# From a model file to load parameters (used by the inference worker, on its thread)
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What the user asked to load, and how (settings + Advanced overrides)."""
+
+    model_path: Path
+    overrides: PlanOverrides = field(default_factory=PlanOverrides)
+    n_threads: int | None = None  # None: the planner's choice (physical cores)
+    use_projector: bool = True
+
+
+@dataclass(frozen=True)
+class PlannedLoad:
+    params: LoadParams
+    plan: Plan | None
+    info: GGUFInfo | None
+
+
+def plan_load(
+    request: LoadRequest,
+    hardware: HardwareInfo,
+    measure: Callable[[LoadParams], MeasuredBuffers] | None = None,
+) -> PlannedLoad:
+    """Read the header, plan (with llama.cpp's dry run when ``measure`` is given), and build the
+    load parameters. Raises GGUFError for unreadable files."""
+    from app.core.gguf_info import find_projector, read_gguf_info
+
+    info = read_gguf_info(request.model_path)
+    projector = find_projector(info.path) if request.use_projector else None
+    mmproj_bytes = projector.stat().st_size if projector else 0
+    if measure is not None:
+        plan = plan_with_dry_run(
+            info, hardware, request.overrides, measure=measure, mmproj_bytes=mmproj_bytes
+        )
+    else:
+        plan = make_plan(info, hardware, request.overrides, mmproj_bytes=mmproj_bytes)
+    params = plan.to_load_params(info.path, mmproj_path=projector)
+    if request.n_threads:
+        params = replace(params, n_threads=request.n_threads, n_threads_batch=request.n_threads)
+    return PlannedLoad(params=params, plan=plan, info=info)
+
+
+def safer_overrides(plan: Plan, overrides: PlanOverrides) -> tuple[PlanOverrides, str] | None:
+    """The next, more conservative setting after a load failed for lack of memory, with a sentence
+    saying what changed; None when there is nothing left to give up."""
+    if plan.n_ctx > N_CTX_FLOOR:
+        smaller = max(N_CTX_FLOOR, plan.n_ctx // 2)
+        return (
+            replace(overrides, n_ctx=smaller, n_ctx_target=None),
+            f"context reduced from {_ctx_label(plan.n_ctx)} to {_ctx_label(smaller)}",
+        )
+    if plan.type_k == "f16" and overrides.kv_type is None:
+        return replace(overrides, kv_type="q8_0", flash_attn=True), "KV cache quantized to q8_0"
+    if plan.n_gpu_layers > 0 and plan.n_cpu_moe < plan.n_layer:
+        return (
+            replace(overrides, n_cpu_moe=plan.n_layer),
+            "all expert tensors kept in system RAM",
+        )
+    if plan.n_gpu_layers > 0:
+        fewer = plan.n_gpu_layers // 2
+        return replace(overrides, n_gpu_layers=fewer), f"GPU layers reduced to {fewer}"
+    return None

@@ -15,6 +15,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.config import AppPaths, Settings, save_settings
 from app.core.context import dropped_notice, reply_reserve
+from app.core.planner import LoadRequest, PlanOverrides
 from app.core.store import make_title
 from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, Role, SamplingParams
 from app.workers.inference import LlamaWorker
@@ -22,12 +23,14 @@ from app.workers.inference import LlamaWorker
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from app.core.planner import Plan, PlannedLoad
     from app.core.ports import Engine
     from app.core.store import Conversation, Store, StoredMessage
 
 log = logging.getLogger(__name__)
 
 PARTIAL_SAVE_INTERVAL_S = 0.5  # the partial answer reaches the database at least once a second
+FALLBACK_N_CTX = 8192  # without a planner, "automatic" context means this
 
 
 class ChatController(QObject):
@@ -36,6 +39,7 @@ class ChatController(QObject):
     model_load_progress(float): 0..1.
     model_loaded(object): ModelInfo.
     model_load_failed(str, str): human message, detail.
+    plan_changed(object): the offload Plan chosen for the model being loaded (planner.Plan).
     conversations_changed(): the sidebar should reload ``conversations()``.
     conversation_opened(int, list): conversation id, list[StoredMessage].
     message_added(object): StoredMessage.
@@ -53,6 +57,7 @@ class ChatController(QObject):
     model_load_progress = Signal(float)
     model_loaded = Signal(object)
     model_load_failed = Signal(str, str)
+    plan_changed = Signal(object)
     conversations_changed = Signal()
     conversation_opened = Signal(int, list)
     message_added = Signal(object)
@@ -77,6 +82,8 @@ class ChatController(QObject):
         settings: Settings,
         engine_factory: Callable[[], Engine],
         parent: QObject | None = None,
+        *,
+        planner: Callable[[LoadRequest], PlannedLoad] | None = None,
     ) -> None:
         super().__init__(parent)
         self._store = store
@@ -94,12 +101,16 @@ class ChatController(QObject):
 
         self._thread = QThread()
         self._thread.setObjectName("inference")
-        self._worker = LlamaWorker(engine_factory)
+        self._plan: Plan | None = None
+        self._planner = planner
+        self._worker = LlamaWorker(engine_factory, planner)
         self._worker.moveToThread(self._thread)
         self.load_requested.connect(self._worker.load_model)
         self.generate_requested.connect(self._worker.generate)
         self.count_requested.connect(self._worker.count_tokens)
         self._worker.load_progress.connect(self._on_worker_load_progress)
+        self._worker.plan_ready.connect(self._on_worker_plan_ready)
+        self._worker.load_notice.connect(self._on_worker_load_notice)
         self._worker.model_loaded.connect(self._on_worker_model_loaded)
         self._worker.load_failed.connect(self._on_worker_load_failed)
         self._worker.context_fitted.connect(self._on_worker_context_fitted)
@@ -118,6 +129,11 @@ class ChatController(QObject):
     @property
     def model_info(self) -> ModelInfo | None:
         return self._model_info
+
+    @property
+    def plan(self) -> Plan | None:
+        """The offload plan of the loaded (or loading) model, when the planner made one."""
+        return self._plan
 
     @property
     def current_conversation_id(self) -> int | None:
@@ -163,9 +179,15 @@ class ChatController(QObject):
             log.exception("could not save settings")
 
     # -- model ------------------------------------------------------------------------------
-    def load_params_for(self, path: str) -> LoadParams:
+    def load_params_for(self, path: str) -> LoadParams | LoadRequest:
+        """A LoadRequest for the planner (context target from settings, shrunk to fit), or plain
+        LoadParams when no planner is configured."""
         s = self._settings
-        return LoadParams(model_path=Path(path), n_ctx=s.n_ctx, n_threads=s.n_threads or None)
+        if self._planner is not None:
+            overrides = PlanOverrides(n_ctx_target=s.n_ctx or None)
+            return LoadRequest(Path(path), overrides, n_threads=s.n_threads or None)
+        n_ctx = s.n_ctx or FALLBACK_N_CTX
+        return LoadParams(model_path=Path(path), n_ctx=n_ctx, n_threads=s.n_threads or None)
 
     def load_model(self, path: str) -> None:
         if self.is_busy:
@@ -187,6 +209,15 @@ class ChatController(QObject):
     @Slot(float)
     def _on_worker_load_progress(self, fraction: float) -> None:
         self.model_load_progress.emit(fraction)
+
+    @Slot(object)
+    def _on_worker_plan_ready(self, plan: Plan) -> None:
+        self._plan = plan
+        self.plan_changed.emit(plan)
+
+    @Slot(str)
+    def _on_worker_load_notice(self, text: str) -> None:
+        self.error_occurred.emit(text)
 
     @Slot(object)
     def _on_worker_model_loaded(self, info: ModelInfo) -> None:

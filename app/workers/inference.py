@@ -8,6 +8,7 @@ signals with a human message and a detail string.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -16,10 +17,13 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QObject, Signal, Slot
 
 from app.core.context import MessageTooLongError, fit_messages
+from app.core.engine import OutOfMemoryError
+from app.core.planner import LoadRequest, safer_overrides
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from app.core.planner import PlannedLoad
     from app.core.ports import Engine
     from app.core.types import ChatMessage, GenerationStats, LoadParams, SamplingParams
 
@@ -41,6 +45,8 @@ class LlamaWorker(QObject):
 
     Signals:
         load_progress(float): model loading, 0..1.
+        plan_ready(object): the offload Plan chosen for the model (planner.Plan).
+        load_notice(str): a sentence for the user, e.g. what a retry after a memory failure changed.
         model_loaded(object): ModelInfo.
         load_failed(str, str): human message, detail.
         context_fitted(int, int, int): gen_id, prompt tokens, history messages dropped.
@@ -52,6 +58,8 @@ class LlamaWorker(QObject):
     """
 
     load_progress = Signal(float)
+    plan_ready = Signal(object)
+    load_notice = Signal(str)
     model_loaded = Signal(object)
     load_failed = Signal(str, str)
     context_fitted = Signal(int, int, int)
@@ -61,9 +69,14 @@ class LlamaWorker(QObject):
     generation_failed = Signal(int, str, str)
     tokens_counted = Signal(int, int)
 
-    def __init__(self, engine_factory: Callable[[], Engine]) -> None:
+    def __init__(
+        self,
+        engine_factory: Callable[[], Engine],
+        planner: Callable[[LoadRequest], PlannedLoad] | None = None,
+    ) -> None:
         super().__init__()  # no parent: it will be moved to its thread
         self._engine_factory = engine_factory
+        self._planner = planner
         self._engine: Engine | None = None
         self.cancel_event = threading.Event()  # set from any thread: stops generation
         self.load_cancel_event = threading.Event()  # set from any thread: stops loading
@@ -76,7 +89,8 @@ class LlamaWorker(QObject):
         return self._engine
 
     @Slot(object)
-    def load_model(self, params: LoadParams) -> None:
+    def load_model(self, request: LoadParams | LoadRequest) -> None:
+        """Load from explicit LoadParams, or plan a LoadRequest first (header, free memory, dry run)."""
         self.load_cancel_event.clear()
         self._last_progress_emit = 0.0
 
@@ -88,10 +102,36 @@ class LlamaWorker(QObject):
             return not self.load_cancel_event.is_set()
 
         try:
-            info = self.engine.load(params, progress)
+            if not isinstance(request, LoadRequest):
+                info = self.engine.load(request, progress)
+            elif self._planner is None:
+                raise RuntimeError("no planner configured for a LoadRequest")
+            else:
+                attempt = request
+                changes: list[str] = []
+                while True:
+                    planned = self._planner(attempt)
+                    if planned.plan is not None:
+                        self.plan_ready.emit(planned.plan)
+                        if not planned.plan.fits:
+                            log.warning("plan does not fit: %s", planned.plan.fits_text)
+                    try:
+                        info = self.engine.load(planned.params, progress)
+                        break
+                    except OutOfMemoryError:
+                        safer = safer_overrides(planned.plan, attempt.overrides) if planned.plan else None
+                        if safer is None or self.load_cancel_event.is_set():
+                            raise
+                        attempt = dataclasses.replace(attempt, overrides=safer[0])
+                        changes.append(safer[1])
+                        self.load_notice.emit(
+                            "Loading ran out of memory, so Scout Chat retried with a safer plan: "
+                            + "; ".join(changes)
+                            + "."
+                        )
         except Exception as exc:  # noqa: BLE001 - thread boundary
             message, detail = _human(exc)
-            log.warning("model load failed: %s | %s", message, detail.splitlines()[-1:] if detail else "")
+            log.warning("model load failed: %s", message)
             self.load_failed.emit(message, detail)
             return
         self.model_loaded.emit(info)
@@ -151,6 +191,4 @@ class LlamaWorker(QObject):
 
 
 def _replace_stats(stats: GenerationStats, **changes: object) -> GenerationStats:
-    import dataclasses
-
     return dataclasses.replace(stats, **changes)  # type: ignore[arg-type]

@@ -154,7 +154,9 @@ def test_streams_in_order_across_threads(qtbot, start_worker) -> None:
     _worker, requester = start_worker(lambda: FakeEngine(["Hel", "lo"]))
     with qtbot.waitSignal(requester.loaded):
         requester.load_requested.emit(LoadParams(Path("fake.gguf")))
-    with qtbot.waitSignals([requester.tokens, requester.finished], order="strict", timeout=5000):
+    # the first piece goes out at once (TTFT), the rest is batched: "Hel", then "lo", then finished
+    signals = [requester.tokens, requester.tokens, requester.finished]
+    with qtbot.waitSignals(signals, order="strict", timeout=5000):
         requester.generate_requested.emit(7, [ChatMessage.user("hi")], SamplingParams(), 64)
 
 
@@ -173,3 +175,74 @@ def test_real_llama_cpp_in_the_worker_thread(qtbot, start_worker, tiny_model: Pa
         requester.generate_requested.emit(1, [ChatMessage.user("Hello")], SamplingParams(max_tokens=32), 64)
     assert "".join(text).strip()
     assert finished.args[1].completion_tokens == 32
+
+
+class OomUntilSmall(FakeEngine):
+    """Fails like llama.cpp does when a buffer cannot be allocated, until the context is small."""
+
+    def __init__(self, max_ok_ctx: int) -> None:
+        super().__init__()
+        self.max_ok_ctx = max_ok_ctx
+        self.attempts: list[int] = []
+
+    def load(self, params, progress=None):
+        from app.core.engine import OutOfMemoryError
+
+        self.attempts.append(params.n_ctx)
+        if params.n_ctx > self.max_ok_ctx:
+            raise OutOfMemoryError("Not enough memory to load the model.", "failed to allocate CPU buffer")
+        return super().load(params, progress)
+
+
+def test_planned_load_retries_with_a_safer_plan_after_out_of_memory(qtbot, tiny_model: Path) -> None:
+    from app.core.hardware import SimulatedHardware
+    from app.core.planner import LoadRequest, PlanOverrides, plan_load
+
+    hardware = SimulatedHardware.cpu_only(ram_gb=32).probe()
+    engine = OomUntilSmall(max_ok_ctx=8192)
+    worker = LlamaWorker(lambda: engine, lambda request: plan_load(request, hardware))
+    plans: list[object] = []
+    notices: list[str] = []
+    worker.plan_ready.connect(plans.append)
+    worker.load_notice.connect(notices.append)
+    with qtbot.waitSignal(worker.model_loaded, timeout=10_000):
+        worker.load_model(LoadRequest(tiny_model, PlanOverrides(n_ctx_target=32768)))
+    assert engine.attempts == [32768, 16384, 8192]
+    assert len(plans) == 3
+    assert plans[0].n_ctx == 32768
+    assert "context reduced from 32k to 16k; context reduced from 16k to 8k" in notices[-1]
+
+
+def test_planned_load_gives_up_with_the_memory_message(qtbot, tiny_model: Path, caplog) -> None:
+    from app.core.hardware import SimulatedHardware
+    from app.core.planner import LoadRequest, plan_load
+
+    hardware = SimulatedHardware.cpu_only(ram_gb=32).probe()
+    engine = OomUntilSmall(max_ok_ctx=0)
+    worker = LlamaWorker(lambda: engine, lambda request: plan_load(request, hardware))
+    with caplog.at_level(logging.CRITICAL), qtbot.waitSignal(worker.load_failed, timeout=10_000) as failed:
+        worker.load_model(LoadRequest(tiny_model))
+    assert failed.args[0].startswith("Not enough memory")
+    assert engine.attempts[-1] == 4096  # shrank to the floor before giving up
+
+
+def test_planned_load_of_a_real_model_with_the_dry_run(qtbot, tiny_model: Path) -> None:
+    """The real chain: header → free memory → llama.cpp dry run → plan → load."""
+    from app.core.engine.probe import measure_buffers
+    from app.core.hardware import SystemHardware
+    from app.core.planner import LoadRequest, PlanOverrides, plan_load
+
+    hardware = SystemHardware().probe()
+    worker = LlamaWorker(LlamaEngine, lambda request: plan_load(request, hardware, measure_buffers))
+    plans: list[object] = []
+    worker.plan_ready.connect(plans.append)
+    with qtbot.waitSignal(worker.model_loaded, timeout=30_000) as loaded:
+        worker.load_model(LoadRequest(tiny_model, PlanOverrides(n_ctx_target=4096)))
+    try:
+        plan = plans[-1]
+        assert plan.fits
+        assert plan.compute_source == "measured"
+        assert loaded.args[0].n_ctx == plan.n_ctx == 4096
+        assert "CPU" in plan.verdict or "GPU" in plan.verdict
+    finally:
+        worker.engine.unload()

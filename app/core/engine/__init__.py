@@ -77,6 +77,10 @@ class ModelLoadError(EngineError):
     pass
 
 
+class OutOfMemoryError(ModelLoadError):
+    """llama.cpp could not allocate a buffer: a safer plan may load."""
+
+
 class LoadCancelled(EngineError):
     def __init__(self) -> None:
         super().__init__("Loading was cancelled.")
@@ -392,7 +396,10 @@ class LlamaEngine:
                 if cancelled.is_set():
                     raise LoadCancelled() from exc
                 detail = "\n".join(NATIVE_LOG.since(mark)[-25:]) or str(exc)
-                raise ModelLoadError(_explain_load_failure(path, detail), detail) from exc
+                message = _explain_load_failure(path, detail)
+                if message.startswith("Not enough memory"):
+                    raise OutOfMemoryError(message, detail) from exc
+                raise ModelLoadError(message, detail) from exc
             finally:
                 low.llama_model_default_params = real_defaults
         elapsed = time.perf_counter() - started
