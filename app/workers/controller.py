@@ -6,6 +6,7 @@ mutates the store and forwards streamed text, ignoring results whose ``gen_id`` 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -103,6 +104,7 @@ class ChatController(QObject):
         self._thread.setObjectName("inference")
         self._plan: Plan | None = None
         self._planner = planner
+        self._overrides: PlanOverrides | None = None
         self._worker = LlamaWorker(engine_factory, planner)
         self._worker.moveToThread(self._thread)
         self.load_requested.connect(self._worker.load_model)
@@ -129,6 +131,11 @@ class ChatController(QObject):
     @property
     def model_info(self) -> ModelInfo | None:
         return self._model_info
+
+    @property
+    def overrides(self) -> PlanOverrides | None:
+        """The Advanced plan overrides the current model was loaded with (None: automatic)."""
+        return self._overrides
 
     @property
     def plan(self) -> Plan | None:
@@ -169,7 +176,7 @@ class ChatController(QObject):
             self.error_occurred.emit(f"Your settings could not be saved: {exc.strerror or exc}")
         reload_needed = (old.n_ctx, old.n_threads) != (settings.n_ctx, settings.n_threads)
         if reload_needed and self._model_info is not None and not self.is_busy and not self._loading:
-            self.load_model(str(self._model_info.path))
+            self.load_model(str(self._model_info.path), self._overrides)
 
     def _remember(self, **changes: Any) -> None:
         self._settings = self._settings.replace(**changes)
@@ -179,21 +186,26 @@ class ChatController(QObject):
             log.exception("could not save settings")
 
     # -- model ------------------------------------------------------------------------------
-    def load_params_for(self, path: str) -> LoadParams | LoadRequest:
-        """A LoadRequest for the planner (context target from settings, shrunk to fit), or plain
-        LoadParams when no planner is configured."""
+    def load_params_for(self, path: str, overrides: PlanOverrides | None = None) -> LoadParams | LoadRequest:
+        """A LoadRequest for the planner (context target from settings, shrunk to fit, unless the
+        user's Advanced ``overrides`` fix it), or plain LoadParams when no planner is configured."""
         s = self._settings
         if self._planner is not None:
-            overrides = PlanOverrides(n_ctx_target=s.n_ctx or None)
+            if overrides is None:
+                overrides = PlanOverrides(n_ctx_target=s.n_ctx or None)
+            elif overrides.n_ctx is None and overrides.n_ctx_target is None and s.n_ctx:
+                overrides = dataclasses.replace(overrides, n_ctx_target=s.n_ctx)
             return LoadRequest(Path(path), overrides, n_threads=s.n_threads or None)
         n_ctx = s.n_ctx or FALLBACK_N_CTX
         return LoadParams(model_path=Path(path), n_ctx=n_ctx, n_threads=s.n_threads or None)
 
-    def load_model(self, path: str) -> None:
+    def load_model(self, path: str, overrides: PlanOverrides | None = None) -> None:
+        """Load (or reload) a model; ``overrides`` are the Advanced settings of the plan panel."""
         if self.is_busy:
             self.stop()
+        self._overrides = overrides
         try:
-            params = self.load_params_for(path)
+            params = self.load_params_for(path, overrides)
         except ValueError as exc:
             self.model_load_failed.emit(str(exc), "")
             return

@@ -250,3 +250,38 @@ def test_images_without_projector_are_a_clear_error(engine: LlamaEngine, tiny_mo
     engine.load(LoadParams(tiny_model, n_ctx=512))
     with pytest.raises(EngineError, match="no vision projector"):
         chat(engine, [ChatMessage.user("look", images=("data:image/png;base64,AAAA",))])
+
+
+def test_swa_guard_refuses_prefix_reuse_when_chunk_cells_were_pruned(tiny_model: Path) -> None:
+    """With swa_full=False, Scout's chunked layers keep only ~one 8192-token chunk of cells. After an
+    11k-token prompt the cells before ~2.4k are gone: resuming from a 1.7k-token shared prefix would
+    give silently wrong logits, so the engine must re-read the whole prompt. A follow-up turn on the
+    long conversation (prefix ≥ pos_min + chunk) still reuses the cache."""
+    from app.core.engine import _import_llama_cpp
+
+    llama_cpp = _import_llama_cpp()
+    greedy = SamplingParams(temperature=0.0, max_tokens=8)
+    long_text = " ".join(f"word{i % 97} the quick brown fox" for i in range(620))
+    short_text = long_text[:2500] + " and then?"
+    engine, fresh = LlamaEngine(), LlamaEngine()
+    try:
+        engine.load(LoadParams(tiny_model, n_ctx=16384, swa_full=False))
+        history = [ChatMessage.user(long_text)]
+        answer = chat(engine, history, greedy)
+        assert engine.last_stats.prompt_tokens > 8192 + 1024
+        pos_min = llama_cpp.llama_memory_seq_pos_min(llama_cpp.llama_get_memory(engine._llm.ctx), 0)
+        assert pos_min > 0  # the chunked-attention cache has pruned the oldest cells
+
+        # follow-up on the long conversation: the shared prefix is long enough, reuse is safe
+        chat(engine, [*history, ChatMessage.assistant(answer), ChatMessage.user("more?")], greedy)
+        follow = engine.last_stats
+        assert follow.prompt_tokens_evaluated < 100
+
+        # regenerate far back: shares only ~1.7k tokens, whose chunk cells were pruned → re-prefill
+        regenerated = chat(engine, [ChatMessage.user(short_text)], greedy)
+        assert engine.last_stats.prompt_tokens_evaluated == engine.last_stats.prompt_tokens
+        fresh.load(LoadParams(tiny_model, n_ctx=16384, swa_full=False))
+        assert regenerated == chat(fresh, [ChatMessage.user(short_text)], greedy)
+    finally:
+        engine.unload()
+        fresh.unload()
