@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -131,7 +130,7 @@ def run_gui(args: argparse.Namespace) -> int:
 def run_self_test(args: argparse.Namespace) -> int:
     """Load a model and stream one answer through the same worker the window uses."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtCore import QCoreApplication, QThread, QTimer
+    from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QThread, QTimer, Signal, Slot
 
     from app.core.engine import LlamaEngine
     from app.core.types import ChatMessage, LoadParams, SamplingParams
@@ -141,7 +140,53 @@ def run_self_test(args: argparse.Namespace) -> int:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
-    qapp = QCoreApplication.instance() or QCoreApplication(sys.argv[:1])
+    class Driver(QObject):
+        """GUI-thread side: sends commands to the worker (queued) and receives its results."""
+
+        load_requested = Signal(object)
+        generate_requested = Signal(int, list, object, int)
+
+        def __init__(self, worker: LlamaWorker, loop: QEventLoop) -> None:
+            super().__init__()
+            self.loop = loop
+            self.text = ""
+            self.error = ""
+            self.info: object = None
+            self.stats: object = None
+            self.load_requested.connect(worker.load_model)
+            self.generate_requested.connect(worker.generate)
+            worker.model_loaded.connect(self._on_worker_model_loaded)
+            worker.load_failed.connect(self._on_worker_load_failed)
+            worker.tokens_generated.connect(self._on_worker_tokens_generated)
+            worker.generation_finished.connect(self._on_worker_generation_finished)
+            worker.generation_failed.connect(self._on_worker_generation_failed)
+
+        @Slot(object)
+        def _on_worker_model_loaded(self, info: object) -> None:
+            self.info = info
+            messages = [ChatMessage.system("You are a helpful assistant."), ChatMessage.user("Say hello.")]
+            self.generate_requested.emit(1, messages, SamplingParams(max_tokens=48), 64)
+
+        @Slot(str, str)
+        def _on_worker_load_failed(self, message: str, _detail: str) -> None:
+            self.error = message
+            self.loop.quit()
+
+        @Slot(int, str)
+        def _on_worker_tokens_generated(self, _gen: int, text: str) -> None:
+            self.text += text
+
+        @Slot(int, object)
+        def _on_worker_generation_finished(self, _gen: int, stats: object) -> None:
+            self.stats = stats
+            self.loop.quit()
+
+        @Slot(int, str, str)
+        def _on_worker_generation_failed(self, _gen: int, message: str, _detail: str) -> None:
+            self.error = message
+            self.loop.quit()
+
+    _qapp = QCoreApplication.instance() or QCoreApplication(sys.argv[:1])
     tmp: tempfile.TemporaryDirectory[str] | None = None
     if args.model:
         model = Path(args.model).expanduser()
@@ -152,61 +197,32 @@ def run_self_test(args: argparse.Namespace) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="scout-selftest-")
         model = write_tiny_model(Path(tmp.name) / "tiny-llama4.gguf")[0]
         say("self-test: no --model given; generated a tiny random-weight llama4 model")
+    try:
+        params = LoadParams(model_path=model, n_ctx=args.n_ctx or 2048)
+    except ValueError as exc:
+        say(f"self-test FAILED: {exc}")
+        return 2
 
     thread = QThread()
     worker = LlamaWorker(LlamaEngine)
     worker.moveToThread(thread)
-    result: dict[str, object] = {"text": "", "error": None, "stats": None, "info": None}
-    done = threading.Event()
-
-    def on_loaded(info: object) -> None:
-        result["info"] = info
-        messages = [
-            ChatMessage.system("You are a helpful assistant."),
-            ChatMessage.user("Say hello in one sentence."),
-        ]
-        QTimer.singleShot(0, worker, lambda: worker.generate(1, messages, SamplingParams(max_tokens=48), 64))
-
-    def on_tokens(_gen: int, text: str) -> None:
-        result["text"] = str(result["text"]) + text
-
-    def on_finished(_gen: int, stats: object) -> None:
-        result["stats"] = stats
-        done.set()
-        qapp.quit()
-
-    def on_failed(*failure: object) -> None:
-        result["error"] = failure[-2] if len(failure) >= 2 else failure
-        done.set()
-        qapp.quit()
-
-    worker.model_loaded.connect(on_loaded)
-    worker.load_failed.connect(on_failed)
-    worker.tokens_generated.connect(on_tokens)
-    worker.generation_finished.connect(on_finished)
-    worker.generation_failed.connect(on_failed)
+    loop = QEventLoop()
+    driver = Driver(worker, loop)
     thread.start()
-    n_ctx = args.n_ctx or 2048
-    try:
-        params = LoadParams(model_path=model, n_ctx=n_ctx)
-    except ValueError as exc:
-        say(f"self-test FAILED: {exc}")
-        return 2
-    QTimer.singleShot(0, worker, lambda: worker.load_model(params))
-    QTimer.singleShot(600_000, qapp.quit)  # never hang
-    qapp.exec()
+    driver.load_requested.emit(params)
+    QTimer.singleShot(600_000, loop.quit)  # never hang
+    loop.exec()
+    worker.cancel_event.set()
     thread.quit()
-    thread.wait(10_000)
+    thread.wait(30_000)
     if worker._engine is not None:
         worker._engine.unload()
     if tmp is not None:
         tmp.cleanup()
-    if result["error"]:
-        say(f"self-test FAILED: {result['error']}")
+    if driver.error:
+        say(f"self-test FAILED: {driver.error}")
         return 1
-    stats = result["stats"]
-    info = result["info"]
-    text = str(result["text"])
+    stats, info, text = driver.stats, driver.info, driver.text
     if not text.strip() or stats is None or info is None:
         say("self-test FAILED: the model produced no text")
         return 1

@@ -94,3 +94,11 @@ def tiny_model_no_template(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_split(models_dir: Path) -> list[Path]:
     return write_tiny_model(models_dir / "tiny-llama4-split.gguf", n_shards=2)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keep each phase's report on the item, so fixtures can save a screenshot when a test failed."""
+    report = yield
+    setattr(item, "rep_" + report.when, report)
+    return report

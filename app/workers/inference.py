@@ -12,12 +12,14 @@ import dataclasses
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, Signal, Slot
 
 from app.core.context import MessageTooLongError, fit_messages
-from app.core.engine import OutOfMemoryError
+from app.core.engine import OutOfMemoryError, check_model_file, first_split_part
+from app.core.gguf_info import GGUFError
 from app.core.planner import LoadRequest, safer_overrides
 
 if TYPE_CHECKING:
@@ -33,6 +35,8 @@ MAX_UI_UPDATES_PER_SECOND = 30
 
 
 def _human(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, GGUFError):  # its text is written for the user
+        return str(exc), f"{type(exc).__name__}: {exc}"
     message = getattr(exc, "message", None)
     detail = getattr(exc, "detail", "") or f"{type(exc).__name__}: {exc}"
     if message:
@@ -107,7 +111,9 @@ class LlamaWorker(QObject):
             elif self._planner is None:
                 raise RuntimeError("no planner configured for a LoadRequest")
             else:
-                attempt = request
+                path = first_split_part(Path(request.model_path))
+                check_model_file(path)  # the same clear sentences as a direct load
+                attempt = dataclasses.replace(request, model_path=path)
                 changes: list[str] = []
                 while True:
                     planned = self._planner(attempt)

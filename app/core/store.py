@@ -1,0 +1,487 @@
+"""SQLite storage for conversations and messages (the chat repository).
+
+WAL journal, foreign keys on, a ``PRAGMA user_version`` migration ladder, parameterised SQL only,
+and an FTS5 index over message text kept in sync by triggers. No Qt here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+    from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ROLES = frozenset({"system", "user", "assistant", "notice"})
+"""``notice`` is an app marker shown in the chat but never sent to the model."""
+STATUSES = frozenset({"complete", "streaming", "cancelled", "error", "interrupted"})
+DEFAULT_TITLE = "New chat"
+BUSY_TIMEOUT_MS = 5000
+
+
+class StorageError(Exception):
+    """A storage failure worth showing to the user (damaged, locked or unwritable database)."""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    title: str
+    created_at: float
+    updated_at: float
+    model: str
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    conversation_id: int
+    role: str
+    content: str
+    created_at: float
+    model: str
+    sampling: dict[str, Any]
+    stats: dict[str, Any]
+    status: str
+
+
+# --- schema ------------------------------------------------------------------------------------------
+
+_V1_STATEMENTS: tuple[str, ...] = (
+    """
+    CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        title TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        model TEXT NOT NULL DEFAULT ''
+    )
+    """,
+    "CREATE INDEX conversations_by_updated ON conversations (updated_at DESC, id DESC)",
+    """
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant', 'notice')),
+        content TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        model TEXT NOT NULL DEFAULT '',
+        sampling TEXT NOT NULL DEFAULT '{}',
+        stats TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL DEFAULT 'complete'
+            CHECK (status IN ('complete', 'streaming', 'cancelled', 'error', 'interrupted'))
+    )
+    """,
+    "CREATE INDEX messages_by_conversation ON messages (conversation_id, id)",
+    "CREATE INDEX messages_streaming ON messages (status) WHERE status = 'streaming'",
+    # External-content FTS5 index: the text lives once, in messages.content.
+    """
+    CREATE VIRTUAL TABLE messages_fts USING fts5 (
+        content, content = 'messages', content_rowid = 'id',
+        tokenize = 'unicode61 remove_diacritics 2'
+    )
+    """,
+    """
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    END
+    """,
+    """
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+    END
+    """,
+    """
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages
+    WHEN old.content IS NOT new.content BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    END
+    """,
+)
+
+
+def _migrate_to_v1(conn: sqlite3.Connection) -> None:
+    """Create the schema: conversations, messages and the FTS5 index over message text."""
+    for statement in _V1_STATEMENTS:
+        conn.execute(statement)
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1,)
+"""``MIGRATIONS[n]`` takes the database from ``user_version`` n to n + 1. Append only."""
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_CONVERSATION_FIELDS = ("id", "title", "created_at", "updated_at", "model")
+_MESSAGE_FIELDS = (
+    "id",
+    "conversation_id",
+    "role",
+    "content",
+    "created_at",
+    "model",
+    "sampling",
+    "stats",
+    "status",
+)
+_CONVERSATION_COLUMNS = ", ".join(_CONVERSATION_FIELDS)
+_MESSAGE_COLUMNS = ", ".join(_MESSAGE_FIELDS)
+_SEARCH_COLUMNS = ", ".join([f"c.{f}" for f in _CONVERSATION_FIELDS] + [f"m.{f}" for f in _MESSAGE_FIELDS])
+
+
+# --- the repository ----------------------------------------------------------------------------------
+
+
+class Store:
+    """The chat repository over one SQLite file.
+
+    Use it from one thread at a time. It is opened with ``check_same_thread=False`` so that the GUI
+    thread may create it and hand it to a worker later; callers must never use it from two threads at
+    once. Operational failures (damaged, locked, full disk) raise ``StorageError``; misuse (unknown
+    role or status, missing conversation) raises ``ValueError``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._depth = 0
+        self._last_time = 0.0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"Could not create the folder for the chat database: {exc}") from exc
+        try:
+            self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StorageError(f"Could not open the chat database {path}: {exc}") from exc
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise StorageError(f"The chat database is damaged or locked: {path} ({exc})") from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _open(self) -> None:
+        conn = self._conn
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+        # Read before any write: a file that is not a database fails here, untouched.
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        version = self.user_version()
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"The chat database {self.path} was written by a newer version of Scout Chat "
+                f"(schema {version}, this version knows {SCHEMA_VERSION})."
+            )
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.info("journal_mode is %s, not wal, for %s", mode, self.path)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.create_function("casefold", 1, _casefold, deterministic=True)
+        self._migrate(version)
+        recovered = conn.execute(
+            "UPDATE messages SET status = 'interrupted' WHERE status = 'streaming'"
+        ).rowcount
+        if recovered:
+            log.info("marked %d message(s) left streaming as interrupted", recovered)
+
+    def _migrate(self, version: int) -> None:
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                MIGRATIONS[target - 1](self._conn)
+                self._conn.execute(f"PRAGMA user_version = {target:d}")
+            log.info("migrated %s to schema version %d", self.path, target)
+
+    # --- plumbing ---
+
+    def user_version(self) -> int:
+        """The schema version stored in the file."""
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run the block in one write transaction; nested blocks join the outermost one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        with _storage_errors():
+            self._conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._conn.rollback()
+            raise
+        self._depth = 0
+        with _storage_errors():
+            self._conn.commit()
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _now(self) -> float:
+        """time.time(), but strictly increasing within this Store so ordering by time is stable."""
+        self._last_time = max(time.time(), self._last_time + 1e-6)
+        return self._last_time
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with _storage_errors():
+            return self._conn.execute(sql, params).fetchall()
+
+    # --- conversations ---
+
+    def create_conversation(self, title: str = DEFAULT_TITLE, model: str = "") -> Conversation:
+        title = title.strip() or DEFAULT_TITLE
+        now = self._now()
+        with self.transaction(), _storage_errors():
+            cursor = self._conn.execute(
+                "INSERT INTO conversations (title, created_at, updated_at, model) VALUES (?, ?, ?, ?)",
+                (title, now, now, model),
+            )
+        assert cursor.lastrowid is not None
+        return Conversation(cursor.lastrowid, title, now, now, model)
+
+    def get_conversation(self, conversation_id: int) -> Conversation | None:
+        rows = self._query(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
+        )
+        return _conversation(rows[0]) if rows else None
+
+    def list_conversations(self, filter_text: str = "") -> list[Conversation]:
+        """Most recently updated first; ``filter_text`` matches titles case-insensitively."""
+        needle = filter_text.strip().casefold()
+        sql = f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
+        params: tuple[Any, ...] = ()
+        if needle:
+            sql += " WHERE instr(casefold(title), ?) > 0"
+            params = (needle,)
+        sql += " ORDER BY updated_at DESC, id DESC"
+        return [_conversation(row) for row in self._query(sql, params)]
+
+    def rename_conversation(self, conversation_id: int, title: str) -> None:
+        """Rename without moving the conversation in the list (updated_at is kept)."""
+        with self.transaction(), _storage_errors():
+            self._conn.execute(
+                "UPDATE conversations SET title = ? WHERE id = ?",
+                (title.strip() or DEFAULT_TITLE, conversation_id),
+            )
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        """Delete the conversation and (by cascade) its messages."""
+        with self.transaction(), _storage_errors():
+            self._conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+
+    # --- messages ---
+
+    def add_message(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        *,
+        model: str = "",
+        sampling: dict[str, Any] | None = None,
+        stats: dict[str, Any] | None = None,
+        status: str = "complete",
+    ) -> StoredMessage:
+        """Append a message and bump the conversation's ``updated_at``."""
+        _check_role(role)
+        _check_status(status)
+        sampling, stats = dict(sampling or {}), dict(stats or {})
+        now = self._now()
+        with self.transaction(), _storage_errors():
+            bumped = self._conn.execute(
+                "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
+            ).rowcount
+            if not bumped:
+                raise ValueError(f"no conversation with id {conversation_id}")
+            cursor = self._conn.execute(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (conversation_id, role, content, now, model, _dumps(sampling), _dumps(stats), status),
+            )
+        assert cursor.lastrowid is not None
+        return StoredMessage(
+            cursor.lastrowid, conversation_id, role, content, now, model, sampling, stats, status
+        )
+
+    def update_message(
+        self,
+        message_id: int,
+        *,
+        content: str | None = None,
+        stats: dict[str, Any] | None = None,
+        status: str | None = None,
+    ) -> None:
+        """Change the given fields with one UPDATE (cheap enough to call every second while streaming)."""
+        assignments: list[str] = []
+        params: list[Any] = []
+        if content is not None:
+            assignments.append("content = ?")
+            params.append(content)
+        if stats is not None:
+            assignments.append("stats = ?")
+            params.append(_dumps(stats))
+        if status is not None:
+            _check_status(status)
+            assignments.append("status = ?")
+            params.append(status)
+        if not assignments:
+            return
+        params.append(message_id)
+        with _storage_errors():
+            # Outside an explicit transaction this one statement commits on its own.
+            self._conn.execute(f"UPDATE messages SET {', '.join(assignments)} WHERE id = ?", params)
+
+    def get_message(self, message_id: int) -> StoredMessage | None:
+        rows = self._query(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
+        return _message(rows[0]) if rows else None
+
+    def messages(self, conversation_id: int) -> list[StoredMessage]:
+        """The conversation's messages in the order they were added."""
+        rows = self._query(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY id",
+            (conversation_id,),
+        )
+        return [_message(row) for row in rows]
+
+    def delete_messages_from(self, conversation_id: int, message_id: int) -> int:
+        """Delete ``message_id`` and every later message of the conversation; return how many went.
+
+        Nothing is deleted when the message is not in that conversation.
+        """
+        with self.transaction(), _storage_errors():
+            owner = self._conn.execute(
+                "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if owner is None or owner[0] != conversation_id:
+                log.debug("message %d is not in conversation %d", message_id, conversation_id)
+                return 0
+            return self._conn.execute(
+                "DELETE FROM messages WHERE conversation_id = ? AND id >= ?", (conversation_id, message_id)
+            ).rowcount
+
+    def search_messages(self, text: str, limit: int = 50) -> list[tuple[Conversation, StoredMessage]]:
+        """Full-text search over message text (every word, as a prefix), best matches first."""
+        query = _fts_query(text)
+        if not query or limit <= 0:
+            return []
+        rows = self._query(
+            f"""
+            SELECT {_SEARCH_COLUMNS}
+            FROM messages_fts
+            JOIN messages AS m ON m.id = messages_fts.rowid
+            JOIN conversations AS c ON c.id = m.conversation_id
+            WHERE messages_fts MATCH ? AND m.role != 'notice'
+            ORDER BY messages_fts.rank, m.id DESC
+            LIMIT ?
+            """,
+            (query, limit),
+        )
+        n = len(_CONVERSATION_FIELDS)
+        return [(_conversation(row[:n]), _message(row[n:])) for row in rows]
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def make_title(first_message: str, max_len: int = 48) -> str:
+    """A conversation title from its first message: first line, whitespace collapsed, cut at a word."""
+    if max_len < 2:
+        raise ValueError(f"max_len must be at least 2, not {max_len}")
+    line = ""
+    for raw in first_message.splitlines():
+        candidate = " ".join(raw.split())
+        if candidate and not candidate.startswith(("```", "~~~")):
+            line = candidate
+            break
+    if not line:
+        return DEFAULT_TITLE
+    if len(line) <= max_len:
+        return line
+    cut = line[: max_len - 1]  # leave room for the ellipsis
+    if line[max_len - 1] != " ":  # the cut falls inside a word: back up to the last space
+        space = cut.rfind(" ")
+        if space >= max_len // 2:
+            cut = cut[:space]
+    cut = cut.rstrip(" ,.;:-–—")
+    return (cut or line[: max_len - 1]) + "…"
+
+
+def _casefold(value: object) -> str | None:
+    return value.casefold() if isinstance(value, str) else None
+
+
+_WORD = re.compile(r"\w")
+
+
+def _fts_query(text: str) -> str:
+    """User text as a safe FTS5 query: each word quoted (no operators) and matched as a prefix."""
+    terms = ['"' + word.replace('"', '""') + '"*' for word in text.split() if _WORD.search(word)]
+    return " ".join(terms)
+
+
+def _dumps(value: dict[str, Any]) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {sorted(ROLES)}")
+
+
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}; expected one of {sorted(STATUSES)}")
+
+
+def _conversation(row: Sequence[Any]) -> Conversation:
+    return Conversation(int(row[0]), row[1], float(row[2]), float(row[3]), row[4])
+
+
+def _message(row: Sequence[Any]) -> StoredMessage:
+    return StoredMessage(
+        id=int(row[0]),
+        conversation_id=int(row[1]),
+        role=row[2],
+        content=row[3],
+        created_at=float(row[4]),
+        model=row[5],
+        sampling=json.loads(row[6]),
+        stats=json.loads(row[7]),
+        status=row[8],
+    )
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Turn operational SQLite failures (locked, damaged, disk full) into ``StorageError``.
+
+    Constraint and API misuse errors stay as they are: they are bugs, not conditions to show users.
+    """
+    try:
+        yield
+    except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+        raise
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"The chat database is damaged or locked: {exc}") from exc

@@ -1,0 +1,249 @@
+"""The message composer: a text box that grows with its content, and a Send / Stop button."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QFontMetrics
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.ui import theme
+
+if TYPE_CHECKING:
+    from PySide6.QtGui import QFocusEvent, QKeyEvent
+
+MAX_LINES = 8
+
+
+class ComposerEdit(QPlainTextEdit):
+    """Enter submits, Shift+Enter inserts a line break, Esc cancels.
+
+    Signals:
+        submitted(): Enter was pressed.
+        escape_pressed(): Esc was pressed.
+        focus_changed(bool): the edit gained (True) or lost focus.
+    """
+
+    submitted = Signal()
+    escape_pressed = Signal()
+    focus_changed = Signal(bool)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        key = event.key()
+        if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            if event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+                self.insertPlainText("\n")
+            else:
+                self.submitted.emit()
+            event.accept()
+            return
+        if key == Qt.Key.Key_Escape:
+            self.escape_pressed.emit()
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+    def focusInEvent(self, event: QFocusEvent) -> None:
+        super().focusInEvent(event)
+        self.focus_changed.emit(True)
+
+    def focusOutEvent(self, event: QFocusEvent) -> None:
+        super().focusOutEvent(event)
+        self.focus_changed.emit(False)
+
+
+class Composer(QFrame):
+    """Where the user writes. Send turns into Stop while an answer is being generated.
+
+    Signals:
+        send_requested(str): the text to send (already stripped; the box is cleared).
+        edit_requested(str): the new text for the last user message (edit-and-resend mode).
+        stop_requested(): stop the answer being generated.
+    """
+
+    send_requested = Signal(str)
+    edit_requested = Signal(str)
+    stop_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("composer")
+        self._busy = False
+        self._model_ready = False
+        self._editing = False
+
+        self.editing_bar = QWidget()
+        editing_layout = QHBoxLayout(self.editing_bar)
+        editing_layout.setContentsMargins(4, 0, 0, 0)
+        self.editing_label = QLabel("Editing your last message — Enter resends it, Esc cancels")
+        self.editing_label.setObjectName("editingBar")
+        self.cancel_edit_button = QToolButton()
+        self.cancel_edit_button.setObjectName("messageAction")
+        self.cancel_edit_button.setIcon(theme.icon("close", widget=self))
+        self.cancel_edit_button.setToolTip("Cancel editing")
+        self.cancel_edit_button.clicked.connect(self._on_cancel_edit_button_clicked)
+        editing_layout.addWidget(self.editing_label, 1)
+        editing_layout.addWidget(self.cancel_edit_button)
+        self.editing_bar.hide()
+
+        self.edit = ComposerEdit()
+        self.edit.setObjectName("composerEdit")
+        self.edit.setFrameShape(QFrame.Shape.NoFrame)
+        self.edit.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.edit.setTabChangesFocus(True)
+        self.edit.setPlaceholderText("Message Scout…")
+        self.edit.document().setDocumentMargin(2)
+        self.edit.textChanged.connect(self._on_edit_text_changed)
+        self.edit.submitted.connect(self._on_edit_submitted)
+        self.edit.escape_pressed.connect(self._on_edit_escape_pressed)
+        self.edit.focus_changed.connect(self._on_edit_focus_changed)
+
+        self.send_button = QToolButton()
+        self.send_button.setObjectName("sendButton")
+        self.send_button.setFixedSize(QSize(34, 34))
+        self.send_button.setIconSize(QSize(18, 18))
+        self.send_button.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.send_button.clicked.connect(self._on_send_button_clicked)
+
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(8)
+        row.addWidget(self.edit, 1)
+        row.addWidget(self.send_button, 0, Qt.AlignmentFlag.AlignBottom)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(12, 8, 8, 8)
+        layout.setSpacing(4)
+        layout.addWidget(self.editing_bar)
+        layout.addLayout(row)
+        self._fit_height()
+        self._update_button()
+
+    # -- public API -------------------------------------------------------------------------
+    @property
+    def is_busy(self) -> bool:
+        return self._busy
+
+    @property
+    def is_editing(self) -> bool:
+        return self._editing
+
+    def text(self) -> str:
+        return self.edit.toPlainText()
+
+    def set_text(self, text: str) -> None:
+        self.edit.setPlainText(text)
+        cursor = self.edit.textCursor()
+        cursor.movePosition(cursor.MoveOperation.End)
+        self.edit.setTextCursor(cursor)
+
+    def set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        self._update_button()
+
+    def set_model_ready(self, ready: bool) -> None:
+        self._model_ready = ready
+        self.edit.setPlaceholderText("Message Scout…" if ready else "Load a model to start chatting")
+        self._update_button()
+
+    def begin_edit(self, text: str) -> None:
+        """Put the last user message in the box; Enter resends it through ``edit_requested``."""
+        self._editing = True
+        self.editing_bar.show()
+        self.set_text(text)
+        self.focus()
+        self._update_button()
+
+    def cancel_edit(self) -> None:
+        if self._editing:
+            self._editing = False
+            self.editing_bar.hide()
+            self.edit.clear()
+            self._update_button()
+
+    def focus(self) -> None:
+        self.edit.setFocus(Qt.FocusReason.ShortcutFocusReason)
+
+    def can_send(self) -> bool:
+        return self._model_ready and not self._busy and bool(self.text().strip())
+
+    # -- internals --------------------------------------------------------------------------
+    def _submit(self) -> None:
+        if not self.can_send():
+            return
+        text = self.text().strip()
+        editing = self._editing
+        self._editing = False
+        self.editing_bar.hide()
+        self.edit.clear()
+        if editing:
+            self.edit_requested.emit(text)
+        else:
+            self.send_requested.emit(text)
+
+    def _update_button(self) -> None:
+        if self._busy:
+            self.send_button.setIcon(theme.icon("stop", "#ffffff"))
+            self.send_button.setToolTip("Stop (Esc)")
+            self.send_button.setAccessibleName("Stop")
+            self.send_button.setEnabled(True)
+        else:
+            self.send_button.setIcon(theme.icon("send", "#ffffff"))
+            self.send_button.setToolTip("Resend (Enter)" if self._editing else "Send (Enter)")
+            self.send_button.setAccessibleName("Send")
+            self.send_button.setEnabled(self.can_send())
+        self.send_button.setProperty("busy", self._busy)
+        self.send_button.style().unpolish(self.send_button)
+        self.send_button.style().polish(self.send_button)
+
+    def _fit_height(self) -> None:
+        metrics = QFontMetrics(self.edit.font())
+        wanted = self._visual_lines()
+        lines = max(1, min(MAX_LINES, wanted))
+        self.edit.setVerticalScrollBarPolicy(
+            Qt.ScrollBarPolicy.ScrollBarAsNeeded
+            if wanted > MAX_LINES
+            else Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+        )
+        margins = int(self.edit.document().documentMargin() * 2) + 6
+        self.edit.setFixedHeight(lines * metrics.lineSpacing() + margins)
+
+    def _visual_lines(self) -> int:
+        document = self.edit.document()
+        return max(document.blockCount(), document.lineCount())
+
+    # -- slots ------------------------------------------------------------------------------
+    def _on_edit_text_changed(self) -> None:
+        self._fit_height()
+        self._update_button()
+
+    def _on_edit_submitted(self) -> None:
+        self._submit()
+
+    def _on_edit_escape_pressed(self) -> None:
+        if self._busy:
+            self.stop_requested.emit()
+        elif self._editing:
+            self.cancel_edit()
+
+    def _on_edit_focus_changed(self, focused: bool) -> None:
+        self.setProperty("focused", focused)
+        self.style().unpolish(self)
+        self.style().polish(self)
+
+    def _on_send_button_clicked(self) -> None:
+        if self._busy:
+            self.stop_requested.emit()
+        else:
+            self._submit()
+
+    def _on_cancel_edit_button_clicked(self) -> None:
+        self.cancel_edit()

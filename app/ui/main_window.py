@@ -1,0 +1,629 @@
+"""The main window: conversation sidebar, chat view, composer, status bar and menus.
+
+It talks to a ``ChatController`` (app/workers/controller.py) only through its public methods and
+signals, and owns no state the controller also keeps: the sidebar is re-read on
+``conversations_changed``, the chat view is filled from ``conversation_opened`` / ``message_added``.
+"""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import QByteArray, QEvent, QObject, QSize, Qt, QTimer
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence, QMouseEvent
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.ui import theme
+from app.ui.about_dialog import AboutDialog
+from app.ui.chat_view import ChatView
+from app.ui.composer import Composer
+from app.ui.plan_panel import PlanPanel
+from app.ui.settings_dialog import SettingsDialog
+from app.ui.sidebar import ConversationSidebar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from PySide6.QtGui import QCloseEvent
+
+    from app.config import Settings
+    from app.core.hardware import HardwareProbe
+    from app.core.planner import Plan
+    from app.core.types import GenerationStats, ModelInfo
+
+log = logging.getLogger(__name__)
+
+COMPOSER_MAX_WIDTH = 860
+ACTIVITY_MESSAGE_MS = 2500
+
+
+def format_tokens(count: int) -> str:
+    if count >= 10_000:
+        return f"{count / 1000:.0f}k"
+    if count >= 1000:
+        return f"{count / 1000:.1f}k"
+    return str(count)
+
+
+def choose_model_file(parent: QWidget, start_dir: str) -> str:
+    path, _filter = QFileDialog.getOpenFileName(
+        parent, "Open model file", start_dir, "GGUF models (*.gguf);;All files (*)"
+    )
+    return path
+
+
+class ErrorBanner(QFrame):
+    """A dismissible error message shown above the chat (never modal)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("errorBanner")
+        self.icon = QLabel()
+        self.icon.setPixmap(theme.icon("warning", theme.LIGHT["danger"]).pixmap(18, 18))
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.close_button = QToolButton()
+        self.close_button.setObjectName("errorBannerClose")
+        self.close_button.setIcon(theme.icon("close", theme.LIGHT["danger"]))
+        self.close_button.setIconSize(QSize(14, 14))
+        self.close_button.setToolTip("Dismiss")
+        self.close_button.setAccessibleName("Dismiss error")
+        self.close_button.clicked.connect(self._on_close_button_clicked)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(12, 8, 8, 8)
+        layout.setSpacing(10)
+        layout.addWidget(self.icon, 0, Qt.AlignmentFlag.AlignTop)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
+        self.hide()
+
+    def show_message(self, message: str, detail: str = "") -> None:
+        self.label.setText(message)
+        self.label.setToolTip(detail)
+        self.show()
+
+    def text(self) -> str:
+        return self.label.text()
+
+    def _on_close_button_clicked(self) -> None:
+        self.hide()
+
+
+class MainWindow(QMainWindow):
+    """Scout Chat's window, driven by a ChatController.
+
+    ``choose_model_file(parent, start_dir) -> str`` picks a GGUF (a file dialog; tests replace it).
+    """
+
+    def __init__(self, controller: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.choose_model_file: Callable[[QWidget, str], str] = choose_model_file
+        self.hardware_probe: HardwareProbe | None = None  # the plan panel's (tests inject one)
+        self._plan_panel: PlanPanel | None = None
+        self._model_tip = ""
+        self._plan_tip = ""
+        self._busy = False
+        self._conversation_id: int | None = None
+        self.setWindowTitle("Scout Chat")
+        self.setWindowIcon(theme.app_icon())
+        self.setMinimumSize(QSize(720, 480))
+
+        # -- widgets ------------------------------------------------------------------------
+        self.sidebar = ConversationSidebar(self.controller.conversations)
+        self.chat_view = ChatView()
+        self.error_banner = ErrorBanner()
+        self.composer = Composer()
+
+        chat_panel = QWidget()
+        chat_panel.setObjectName("chatPage")
+        chat_layout = QVBoxLayout(chat_panel)
+        chat_layout.setContentsMargins(0, 0, 0, 0)
+        chat_layout.setSpacing(0)
+        banner_row = QHBoxLayout()
+        banner_row.setContentsMargins(16, 10, 16, 0)
+        banner_row.addWidget(self.error_banner)
+        chat_layout.addLayout(banner_row)
+        chat_layout.addWidget(self.chat_view, 1)
+        composer_row = QHBoxLayout()
+        composer_row.setContentsMargins(24, 6, 24, 14)
+        composer_row.addStretch(1)
+        self.composer.setMaximumWidth(COMPOSER_MAX_WIDTH)
+        composer_row.addWidget(self.composer, 100)
+        composer_row.addStretch(1)
+        chat_layout.addLayout(composer_row)
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.setHandleWidth(1)
+        self.splitter.addWidget(self.sidebar)
+        self.splitter.addWidget(chat_panel)
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([260, 900])
+        self.setCentralWidget(self.splitter)
+
+        self._build_status_bar()
+        self._build_actions()
+        self._build_menus()
+        self._connect()
+
+        self._activity_timer = QTimer(self)
+        self._activity_timer.setSingleShot(True)
+        self._activity_timer.setInterval(ACTIVITY_MESSAGE_MS)
+        self._activity_timer.timeout.connect(self._on_activity_timer_timeout)
+
+        self._restore_geometry()
+        self._set_model(self.controller.model_info)
+        if getattr(self.controller, "is_loading", False):
+            self._show_loading("")
+        self._set_busy(bool(self.controller.is_busy))
+        self.sidebar.set_current(self.controller.current_conversation_id)
+
+    # -- construction -----------------------------------------------------------------------
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        bar.setSizeGripEnabled(False)
+        bar.setContentsMargins(6, 0, 10, 0)
+        self.model_label = QLabel("No model")
+        self.model_label.setObjectName("modelLabel")
+        self.model_label.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.model_label.installEventFilter(self)  # a click opens Memory & offload
+        self.speed_label = QLabel()
+        self.speed_label.setObjectName("speedLabel")
+        self.speed_label.setToolTip("Speed of the last answer")
+        self.activity_label = QLabel()
+        self.activity_label.setObjectName("activityLabel")
+        self.load_label = QLabel()
+        self.load_progress = QProgressBar()
+        self.load_progress.setObjectName("loadProgress")
+        self.load_progress.setRange(0, 1000)
+        self.load_progress.setTextVisible(False)
+        self.load_progress.setFixedSize(QSize(140, 6))
+        self.cancel_load_button = QPushButton("Cancel")
+        self.cancel_load_button.setObjectName("cancelLoadButton")
+        self.cancel_load_button.clicked.connect(self._on_cancel_load_button_clicked)
+        self.context_label = QLabel()
+        self.context_label.setObjectName("contextLabel")
+        self.context_label.setToolTip("Context used by this conversation / context size (tokens)")
+        self.context_meter = QProgressBar()
+        self.context_meter.setObjectName("contextMeter")
+        self.context_meter.setRange(0, 1000)
+        self.context_meter.setTextVisible(False)
+        self.context_meter.setFixedSize(QSize(90, 6))
+        self.context_meter.setToolTip(self.context_label.toolTip())
+        bar.addWidget(self.model_label)
+        bar.addWidget(self.speed_label)
+        bar.addWidget(self.activity_label, 1)
+        bar.addPermanentWidget(self.load_label)
+        bar.addPermanentWidget(self.load_progress)
+        bar.addPermanentWidget(self.cancel_load_button)
+        bar.addPermanentWidget(self.context_label)
+        bar.addPermanentWidget(self.context_meter)
+        for widget in (self.load_label, self.load_progress, self.cancel_load_button):
+            widget.hide()
+        self.context_label.hide()
+        self.context_meter.hide()
+
+    def _action(self, text: str, slot: Callable[[], None], shortcut: Any = None, tip: str = "") -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        if tip:
+            action.setStatusTip(tip)
+            action.setToolTip(tip)
+        action.triggered.connect(slot)
+        self.addAction(action)  # shortcuts work with the menu bar hidden too
+        return action
+
+    def _build_actions(self) -> None:
+        self.new_chat_action = self._action("&New chat", self._on_new_chat_action_triggered, "Ctrl+N")
+        self.open_model_action = self._action(
+            "&Open model file…", self._on_open_model_action_triggered, "Ctrl+O", "Load a local GGUF model"
+        )
+        self.quit_action = self._action(
+            "&Quit", self._on_quit_action_triggered, QKeySequence.StandardKey.Quit
+        )
+        self.quit_action.setMenuRole(QAction.MenuRole.QuitRole)
+        self.copy_answer_action = self._action("&Copy last answer", self._on_copy_answer_action_triggered)
+        self.settings_action = self._action("&Settings…", self._on_settings_action_triggered, "Ctrl+,")
+        self.settings_action.setMenuRole(QAction.MenuRole.PreferencesRole)
+        self.focus_composer_action = self._action(
+            "&Focus composer", self._on_focus_composer_action_triggered, "Ctrl+L"
+        )
+        self.search_action = self._action("&Search conversations", self._on_search_action_triggered, "Ctrl+F")
+        self.stop_action = self._action("&Stop", self._on_stop_action_triggered, "Esc")
+        self.regenerate_action = self._action("&Regenerate", self._on_regenerate_action_triggered, "Ctrl+R")
+        self.edit_last_action = self._action("&Edit last message", self._on_edit_last_action_triggered)
+        self.about_action = self._action("&About Scout Chat", self._on_about_action_triggered)
+        self.about_action.setMenuRole(QAction.MenuRole.AboutRole)
+        self.plan_panel_action = self._action(
+            "&Memory && offload…",
+            self._on_plan_panel_action_triggered,
+            tip="How the model fits this machine's memory; GPU layers, context, KV cache",
+        )
+
+    def _build_menus(self) -> None:
+        menus = self.menuBar()
+        file_menu = menus.addMenu("&File")
+        file_menu.addAction(self.new_chat_action)
+        file_menu.addAction(self.open_model_action)
+        file_menu.addAction(self.plan_panel_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_action)
+        edit_menu = menus.addMenu("&Edit")
+        edit_menu.addAction(self.copy_answer_action)
+        edit_menu.addSeparator()
+        edit_menu.addAction(self.settings_action)
+        view_menu = menus.addMenu("&View")
+        view_menu.addAction(self.focus_composer_action)
+        view_menu.addAction(self.search_action)
+        chat_menu = menus.addMenu("&Chat")
+        chat_menu.addAction(self.stop_action)
+        chat_menu.addAction(self.regenerate_action)
+        chat_menu.addAction(self.edit_last_action)
+        help_menu = menus.addMenu("&Help")
+        help_menu.addAction(self.about_action)
+
+    def _connect(self) -> None:
+        c = self.controller
+        c.model_load_started.connect(self._on_controller_model_load_started)
+        c.model_load_progress.connect(self._on_controller_model_load_progress)
+        c.model_loaded.connect(self._on_controller_model_loaded)
+        c.model_load_failed.connect(self._on_controller_model_load_failed)
+        c.conversations_changed.connect(self._on_controller_conversations_changed)
+        c.conversation_opened.connect(self._on_controller_conversation_opened)
+        c.message_added.connect(self._on_controller_message_added)
+        c.message_removed.connect(self._on_controller_message_removed)
+        c.tokens_streamed.connect(self._on_controller_tokens_streamed)
+        c.generation_finished.connect(self._on_controller_generation_finished)
+        c.generation_failed.connect(self._on_controller_generation_failed)
+        c.prompt_progress.connect(self._on_controller_prompt_progress)
+        c.context_changed.connect(self._on_controller_context_changed)
+        c.busy_changed.connect(self._on_controller_busy_changed)
+        c.error_occurred.connect(self._on_controller_error_occurred)
+        plan_changed = getattr(c, "plan_changed", None)
+        if plan_changed is not None:
+            plan_changed.connect(self._on_controller_plan_changed)
+
+        self.sidebar.new_chat_requested.connect(self._on_sidebar_new_chat_requested)
+        self.sidebar.conversation_selected.connect(self._on_sidebar_conversation_selected)
+        self.sidebar.rename_requested.connect(self._on_sidebar_rename_requested)
+        self.sidebar.delete_requested.connect(self._on_sidebar_delete_requested)
+        self.composer.send_requested.connect(self._on_composer_send_requested)
+        self.composer.edit_requested.connect(self._on_composer_edit_requested)
+        self.composer.stop_requested.connect(self._on_composer_stop_requested)
+        self.chat_view.open_model_requested.connect(self._on_chat_view_open_model_requested)
+        self.chat_view.edit_requested.connect(self._on_chat_view_edit_requested)
+        self.chat_view.regenerate_requested.connect(self._on_chat_view_regenerate_requested)
+        self.chat_view.copied.connect(self._on_chat_view_copied)
+
+    # -- public API -------------------------------------------------------------------------
+    def open_plan_panel(self) -> PlanPanel:
+        """Show the (single, non-modal) Memory & offload panel."""
+        if self._plan_panel is None:
+            self._plan_panel = PlanPanel(self.controller, self, hardware_probe=self.hardware_probe)
+        self._plan_panel.show()
+        self._plan_panel.raise_()
+        self._plan_panel.activateWindow()
+        return self._plan_panel
+
+    def open_model_file(self) -> None:
+        """Ask for a GGUF file and load it."""
+        last = str(self.controller.settings.last_model or "")
+        start_dir = str(Path(last).parent) if last else str(Path.home())
+        path = self.choose_model_file(self, start_dir)
+        if path:
+            self.controller.load_model(path)
+
+    def open_settings(self) -> SettingsDialog:
+        """Show the settings dialog (window-modal, non-blocking); applied when accepted."""
+        dialog = SettingsDialog(self.controller.settings, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(self._on_settings_dialog_accepted)
+        dialog.open()
+        self._settings_dialog = dialog
+        return dialog
+
+    def show_error(self, message: str, detail: str = "") -> None:
+        self.error_banner.show_message(message, detail)
+
+    def show_activity(self, text: str) -> None:
+        self.activity_label.setText(text)
+        self._activity_timer.start()
+
+    def start_edit_last_message(self) -> None:
+        last_user = self.chat_view.last_message("user")
+        if last_user is None or self._busy:
+            return
+        self.composer.begin_edit(last_user.text)
+
+    # -- state ------------------------------------------------------------------------------
+    def _set_model(self, info: ModelInfo | None) -> None:
+        loaded = info is not None
+        if info is not None:
+            self.model_label.setText(info.name)
+            self._model_tip = (
+                f"{info.path}\n{info.architecture}, {info.n_params / 1e9:.2f} B parameters, "
+                f"context {info.n_ctx:,} of {info.n_ctx_train:,} tokens"
+            )
+        else:
+            self.model_label.setText("No model")
+            self._model_tip = "File → Open model file… (Ctrl+O)"
+        self._update_model_tooltip()
+        self.chat_view.set_model_loaded(loaded)
+        self.composer.set_model_ready(loaded)
+        self._update_actions()
+
+    def _set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        self.composer.set_busy(busy)
+        self.chat_view.set_busy(busy)
+        if not busy:
+            self.activity_label.clear()
+        self._update_actions()
+
+    def _update_actions(self) -> None:
+        loaded = self.controller.model_info is not None
+        has_user = self.chat_view.last_message("user") is not None
+        self.stop_action.setEnabled(self._busy)
+        self.regenerate_action.setEnabled(loaded and not self._busy and has_user)
+        self.edit_last_action.setEnabled(loaded and not self._busy and has_user)
+        self.copy_answer_action.setEnabled(self.chat_view.last_message("assistant") is not None)
+
+    def _show_loading(self, path: str) -> None:
+        name = Path(path).name if path else "model"
+        self.load_label.setText(f"Loading {name}…")
+        self.load_progress.setValue(0)
+        for widget in (self.load_label, self.load_progress, self.cancel_load_button):
+            widget.show()
+        self.cancel_load_button.setEnabled(True)
+
+    def _hide_loading(self) -> None:
+        for widget in (self.load_label, self.load_progress, self.cancel_load_button):
+            widget.hide()
+
+    def _update_title(self) -> None:
+        title = ""
+        if self._conversation_id:
+            title = self.sidebar.model.title(self._conversation_id)
+        self.setWindowTitle(f"{title} — Scout Chat" if title else "Scout Chat")
+
+    def _restore_geometry(self) -> None:
+        saved = self.controller.settings.window_geometry
+        if saved:
+            try:
+                restored = self.restoreGeometry(QByteArray.fromHex(saved.encode("ascii")))
+            except (UnicodeEncodeError, ValueError):
+                restored = False
+            if restored:
+                return
+        self.resize(1180, 780)
+
+    def geometry_hex(self) -> str:
+        return bytes(self.saveGeometry().toHex().data()).decode("ascii")
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        settings: Settings = self.controller.settings
+        geometry = self.geometry_hex()
+        if geometry != settings.window_geometry:
+            self.controller.update_settings(settings.replace(window_geometry=geometry))
+        super().closeEvent(event)
+
+    def _update_model_tooltip(self) -> None:
+        tip = "\n\n".join(t for t in (self._model_tip, self._plan_tip) if t)
+        self.model_label.setToolTip(f"{tip}\n\nClick for Memory & offload")
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if (
+            watched is self.model_label
+            and event.type() == QEvent.Type.MouseButtonRelease
+            and isinstance(event, QMouseEvent)
+            and event.button() == Qt.MouseButton.LeftButton
+        ):
+            self.open_plan_panel()
+            return True
+        return super().eventFilter(watched, event)
+
+    # -- controller slots -------------------------------------------------------------------
+    def _on_controller_plan_changed(self, plan: Plan) -> None:
+        self._plan_tip = f"Memory: {plan.fits_text}\n" + textwrap.fill(plan.explanation, 80)
+        self._update_model_tooltip()
+
+    def _on_controller_model_load_started(self, path: str) -> None:
+        self._show_loading(path)
+
+    def _on_controller_model_load_progress(self, fraction: float) -> None:
+        self.load_progress.setValue(round(max(0.0, min(1.0, fraction)) * 1000))
+
+    def _on_controller_model_loaded(self, info: ModelInfo) -> None:
+        self._hide_loading()
+        self._set_model(info)
+        self.show_activity(f"Loaded {info.name} in {info.load_seconds:.1f} s")
+        self.composer.focus()
+
+    def _on_controller_model_load_failed(self, message: str, detail: str) -> None:
+        self._hide_loading()
+        self._set_model(self.controller.model_info)
+        self.show_error(message, detail)
+
+    def _on_controller_conversations_changed(self) -> None:
+        self.sidebar.reload()
+        self._update_title()
+
+    def _on_controller_conversation_opened(self, conversation_id: int, messages: list[Any]) -> None:
+        self._conversation_id = conversation_id or None
+        self.composer.cancel_edit()
+        self.chat_view.set_messages(messages)
+        self.sidebar.set_current(self._conversation_id)
+        self._update_title()
+        self._update_actions()
+
+    def _on_controller_message_added(self, message: Any) -> None:
+        self.chat_view.add_message(message)
+        self._update_actions()
+
+    def _on_controller_message_removed(self, message_id: int) -> None:
+        self.chat_view.remove_message(message_id)
+        self._update_actions()
+
+    def _on_controller_tokens_streamed(self, message_id: int, text: str) -> None:
+        if self.activity_label.text():
+            self.activity_label.clear()
+        self.chat_view.append_delta(message_id, text)
+
+    def _on_controller_generation_finished(self, message_id: int, stats: GenerationStats) -> None:
+        self.chat_view.finish_message(message_id, stats)
+        if stats.tokens_per_s > 0:
+            self.speed_label.setText(f"{stats.tokens_per_s:.1f} tok/s")
+            self.speed_label.setToolTip(
+                f"Last answer: {stats.completion_tokens} tokens at {stats.tokens_per_s:.1f} tokens/s, "
+                f"first token after {stats.ttft_s * 1000:.0f} ms"
+            )
+        self._update_actions()
+
+    def _on_controller_generation_failed(self, message_id: int, message: str, detail: str) -> None:
+        self.chat_view.fail_message(message_id, message)
+        self.show_error(message, detail)
+        self._update_actions()
+
+    def _on_controller_prompt_progress(self, fraction: float) -> None:
+        self.activity_label.setText(f"Reading the prompt… {round(fraction * 100)}%")
+
+    def _on_controller_context_changed(self, used: int, n_ctx: int) -> None:
+        if n_ctx <= 0:
+            self.context_label.hide()
+            self.context_meter.hide()
+            return
+        fraction = max(0.0, min(1.0, used / n_ctx))
+        self.context_label.setText(f"Context {format_tokens(used)} / {format_tokens(n_ctx)}")
+        self.context_meter.setValue(round(fraction * 1000))
+        self.context_meter.setProperty("level", "high" if fraction >= 0.9 else "normal")
+        self.context_meter.style().unpolish(self.context_meter)
+        self.context_meter.style().polish(self.context_meter)
+        self.context_label.show()
+        self.context_meter.show()
+
+    def _on_controller_busy_changed(self, busy: bool) -> None:
+        self._set_busy(busy)
+
+    def _on_controller_error_occurred(self, message: str) -> None:
+        self.show_error(message)
+
+    # -- widget slots -----------------------------------------------------------------------
+    def _on_sidebar_new_chat_requested(self) -> None:
+        self.controller.new_conversation()
+        self.composer.focus()
+
+    def _on_sidebar_conversation_selected(self, conversation_id: int) -> None:
+        self.controller.open_conversation(conversation_id)
+
+    def _on_sidebar_rename_requested(self, conversation_id: int, title: str) -> None:
+        self.controller.rename_conversation(conversation_id, title)
+
+    def _on_sidebar_delete_requested(self, conversation_id: int) -> None:
+        self.controller.delete_conversation(conversation_id)
+
+    def _on_composer_send_requested(self, text: str) -> None:
+        self.controller.send(text)
+
+    def _on_composer_edit_requested(self, text: str) -> None:
+        self.controller.edit_last_user_message(text)
+
+    def _on_composer_stop_requested(self) -> None:
+        self.controller.stop()
+
+    def _on_chat_view_open_model_requested(self) -> None:
+        self.open_model_file()
+
+    def _on_chat_view_edit_requested(self, _message_id: int) -> None:
+        self.start_edit_last_message()
+
+    def _on_chat_view_regenerate_requested(self) -> None:
+        self.controller.regenerate()
+
+    def _on_chat_view_copied(self, what: str) -> None:
+        self.show_activity("Code copied to the clipboard" if what == "code" else "Message copied")
+
+    def _on_cancel_load_button_clicked(self) -> None:
+        self.controller.cancel_load()
+        self.load_label.setText("Cancelling…")
+        self.cancel_load_button.setEnabled(False)
+
+    def _on_settings_dialog_accepted(self) -> None:
+        dialog = self.sender()
+        if not isinstance(dialog, SettingsDialog):
+            return
+        old = self.controller.settings
+        new = dialog.result_settings()
+        if new != old:
+            self.controller.update_settings(new)
+        if new.theme != old.theme:
+            app = QApplication.instance()
+            if isinstance(app, QApplication):
+                theme.apply_theme(app, new.theme)
+
+    def _on_activity_timer_timeout(self) -> None:
+        self.activity_label.clear()
+
+    # -- action slots -----------------------------------------------------------------------
+    def _on_new_chat_action_triggered(self) -> None:
+        self._on_sidebar_new_chat_requested()
+
+    def _on_open_model_action_triggered(self) -> None:
+        self.open_model_file()
+
+    def _on_quit_action_triggered(self) -> None:
+        self.close()
+        app = QApplication.instance()
+        if app is not None:
+            app.quit()
+
+    def _on_copy_answer_action_triggered(self) -> None:
+        last = self.chat_view.last_message("assistant")
+        if last is not None:
+            QGuiApplication.clipboard().setText(last.text)
+            self.show_activity("Answer copied")
+
+    def _on_settings_action_triggered(self) -> None:
+        self.open_settings()
+
+    def _on_focus_composer_action_triggered(self) -> None:
+        self.composer.focus()
+
+    def _on_search_action_triggered(self) -> None:
+        self.sidebar.focus_filter()
+
+    def _on_stop_action_triggered(self) -> None:
+        self.controller.stop()
+
+    def _on_regenerate_action_triggered(self) -> None:
+        self.controller.regenerate()
+
+    def _on_edit_last_action_triggered(self) -> None:
+        self.start_edit_last_message()
+
+    def _on_plan_panel_action_triggered(self) -> None:
+        self.open_plan_panel()
+
+    def _on_about_action_triggered(self) -> None:
+        dialog = AboutDialog(self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()

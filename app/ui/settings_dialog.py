@@ -1,0 +1,143 @@
+"""Settings: system prompt, sampling (Meta's Scout defaults one click away), context size, theme."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.config import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+THEMES: Sequence[tuple[str, str]] = (
+    ("system", "Follow the system"),
+    ("light", "Light"),
+    ("dark", "Dark"),
+)
+SCOUT_DEFAULTS = Settings()  # temperature 0.6, top_p 0.9, min_p 0.01 (Meta's recommendation)
+
+
+class SettingsDialog(QDialog):
+    """Edits a copy of ``settings``; ``result_settings()`` returns the new frozen Settings."""
+
+    def __init__(self, settings: Settings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self.setMinimumWidth(520)
+        self._settings = settings
+
+        self.system_prompt = QPlainTextEdit(settings.system_prompt)
+        self.system_prompt.setPlaceholderText("Instructions sent before every conversation (optional)")
+        self.system_prompt.setMinimumHeight(90)
+        self.system_prompt.setTabChangesFocus(True)
+
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(0.0, 2.0)
+        self.temperature.setSingleStep(0.05)
+        self.temperature.setDecimals(2)
+        self.temperature.setToolTip("Higher is more varied, lower more deterministic (Scout: 0.6)")
+        self.top_p = QDoubleSpinBox()
+        self.top_p.setRange(0.0, 1.0)
+        self.top_p.setSingleStep(0.05)
+        self.top_p.setDecimals(2)
+        self.top_p.setToolTip(
+            "Nucleus sampling: keep the most likely tokens up to this probability (Scout: 0.9)"
+        )
+        self.min_p = QDoubleSpinBox()
+        self.min_p.setRange(0.0, 1.0)
+        self.min_p.setSingleStep(0.01)
+        self.min_p.setDecimals(3)
+        self.min_p.setToolTip("Drop tokens less likely than this fraction of the best one (Scout: 0.01)")
+        self.max_tokens = QSpinBox()
+        self.max_tokens.setRange(16, 131_072)
+        self.max_tokens.setSingleStep(256)
+        self.max_tokens.setSuffix(" tokens")
+        self.max_tokens.setToolTip("The longest answer the model may write")
+        self.n_ctx = QSpinBox()
+        self.n_ctx.setRange(512, 10_485_760)
+        self.n_ctx.setSingleStep(1024)
+        self.n_ctx.setSuffix(" tokens")
+        self.n_ctx.setToolTip(
+            "Context window; a larger one needs more memory. Changing it reloads the model."
+        )
+        self.theme = QComboBox()
+        for key, label in THEMES:
+            self.theme.addItem(label, key)
+
+        self.restore_button = QPushButton("Restore Scout defaults")
+        self.restore_button.setToolTip(
+            "Temperature 0.6, top-p 0.9, min-p 0.01 (Meta's recommendation for Scout)"
+        )
+        self.restore_button.clicked.connect(self._on_restore_button_clicked)
+
+        form = QFormLayout()
+        form.setVerticalSpacing(10)
+        form.setHorizontalSpacing(14)
+        form.addRow("System prompt", self.system_prompt)
+        form.addRow("Temperature", self.temperature)
+        form.addRow("Top-p", self.top_p)
+        form.addRow("Min-p", self.min_p)
+        form.addRow("Max answer length", self.max_tokens)
+        form.addRow("Context size", self.n_ctx)
+        note = QLabel("Changing the context size reloads the model.")
+        note.setObjectName("emptyText")
+        form.addRow("", note)
+        form.addRow("Theme", self.theme)
+
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        buttons.addButton(self.restore_button, QDialogButtonBox.ButtonRole.ResetRole)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        self.buttons = buttons
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(18, 18, 18, 14)
+        layout.addLayout(form)
+        layout.addSpacing(6)
+        layout.addWidget(buttons)
+        self._load(settings)
+
+    def _load(self, settings: Settings) -> None:
+        self.temperature.setValue(settings.temperature)
+        self.top_p.setValue(settings.top_p)
+        self.min_p.setValue(settings.min_p)
+        self.max_tokens.setValue(settings.max_tokens)
+        self.n_ctx.setValue(settings.n_ctx)
+        index = self.theme.findData(settings.theme)
+        self.theme.setCurrentIndex(max(0, index))
+
+    def restore_scout_defaults(self) -> None:
+        self.temperature.setValue(SCOUT_DEFAULTS.temperature)
+        self.top_p.setValue(SCOUT_DEFAULTS.top_p)
+        self.min_p.setValue(SCOUT_DEFAULTS.min_p)
+        self.max_tokens.setValue(SCOUT_DEFAULTS.max_tokens)
+
+    def result_settings(self) -> Settings:
+        return self._settings.replace(
+            system_prompt=self.system_prompt.toPlainText().strip(),
+            temperature=round(self.temperature.value(), 2),
+            top_p=round(self.top_p.value(), 2),
+            min_p=round(self.min_p.value(), 3),
+            max_tokens=self.max_tokens.value(),
+            n_ctx=self.n_ctx.value(),
+            theme=str(self.theme.currentData()),
+        )
+
+    def _on_restore_button_clicked(self) -> None:
+        self.restore_scout_defaults()

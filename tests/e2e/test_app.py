@@ -1,0 +1,191 @@
+"""The whole app on a generated tiny llama4 model: real entry point wiring, real planner (with
+llama.cpp's dry run), real llama.cpp in the inference thread, real SQLite, real widgets offscreen."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.config import load_settings
+from app.core.tiny_model import TinyModelSpec, write_tiny_model
+from app.main import Application, build_application, parse_args
+
+pytestmark = pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints")
+
+ARTIFACTS = Path(os.environ.get("SCOUT_TEST_ARTIFACTS", "artifacts"))
+
+
+@pytest.fixture
+def start_app(qtbot, request):
+    """Start the app like `scout-chat --data-dir DIR [--model PATH]`; close it cleanly afterwards."""
+    running: list[Application] = []
+
+    def start(data_dir: Path, *extra: str) -> Application:
+        application = build_application(parse_args(["--data-dir", str(data_dir), *extra]))
+        qtbot.addWidget(application.window)
+        application.window.resize(1100, 760)
+        application.window.show()
+        running.append(application)
+        return application
+
+    def close(application: Application) -> None:
+        application.controller.shutdown()
+        application.window.close()
+        application.store.close()
+        running.remove(application)
+
+    start.close = close  # type: ignore[attr-defined]
+    yield start
+    failed = getattr(request.node, "rep_call", None)
+    for application in list(running):
+        if failed is not None and failed.failed:
+            ARTIFACTS.mkdir(exist_ok=True)
+            application.window.grab().save(str(ARTIFACTS / f"{request.node.name}.png"))
+        close(application)
+
+
+def wait_loaded(qtbot, application: Application) -> None:
+    if application.controller.model_info is None:
+        with qtbot.waitSignal(application.controller.model_loaded, timeout=60_000):
+            pass
+
+
+def type_and_send(qtbot, application: Application, text: str) -> None:
+    edit = application.window.composer.edit
+    edit.setFocus()
+    qtbot.keyClicks(edit, text)
+    qtbot.keyClick(edit, Qt.Key.Key_Return)
+
+
+def test_chat_stop_regenerate_close_and_reopen(qtbot, start_app, tiny_model: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    app = start_app(data, "--model", str(tiny_model))
+    wait_loaded(qtbot, app)
+    controller, window = app.controller, app.window
+    assert controller.model_info.architecture == "llama4"
+    assert controller.plan is not None
+    assert controller.plan.fits
+    assert "Tiny Llama 4" in window.model_label.text()
+
+    # 1. a streamed answer
+    streamed: list[str] = []
+    controller.tokens_streamed.connect(lambda _m, t: streamed.append(t))
+    with qtbot.waitSignal(controller.generation_finished, timeout=60_000) as done:
+        type_and_send(qtbot, app, "Hello Scout, what is the capital of France?")
+    first_id, stats = done.args
+    assert len(streamed) >= 1
+    assert stats.completion_tokens > 0
+    answer = window.chat_view.message_widget(first_id)
+    assert answer is not None
+    assert answer.text == "".join(streamed)
+    assert answer.text.strip()
+
+    # 2. stop a long answer mid-way: the partial text stays
+    controller.update_settings(controller.settings.replace(max_tokens=100_000))
+    streamed.clear()
+    with qtbot.waitSignal(controller.tokens_streamed, timeout=60_000):
+        type_and_send(qtbot, app, "Now tell me a very long story.")
+    with qtbot.waitSignal(controller.generation_finished, timeout=60_000) as stopped:
+        qtbot.keyClick(window.composer.edit, Qt.Key.Key_Escape)
+    long_id, long_stats = stopped.args
+    assert long_stats.finish_reason == "cancelled"
+    partial = controller.store.get_message(long_id)
+    assert partial.status == "cancelled"
+    assert partial.content == "".join(streamed)
+    assert 0 < long_stats.completion_tokens < 100_000
+
+    # 3. regenerate the last answer
+    controller.update_settings(controller.settings.replace(max_tokens=40))
+    with qtbot.waitSignal(controller.generation_finished, timeout=60_000) as regenerated:
+        window.regenerate_action.trigger()
+    assert regenerated.args[0] != long_id
+    assert window.chat_view.message_widget(long_id) is None
+    conversation_id = controller.current_conversation_id
+    contents = [m.content for m in controller.messages()]
+    assert len(contents) == 4
+
+    # 4. close and reopen with the same data dir: the conversation and the model come back
+    start_app.close(app)
+    assert load_settings(app.paths).last_model == str(tiny_model)
+    again = start_app(data)
+    wait_loaded(qtbot, again)
+    assert again.controller.current_conversation_id == conversation_id
+    assert [m.content for m in again.controller.messages()] == contents
+    assert again.controller.conversations()[0].title.startswith("Hello Scout")
+    shown = [w.text for w in again.window.chat_view.message_widgets() if hasattr(w, "text")]
+    assert shown[:1] == [contents[0]]
+
+
+def test_conversation_outgrowing_a_small_context_keeps_working(
+    qtbot, start_app, tiny_model, tmp_path
+) -> None:
+    app = start_app(tmp_path / "data", "--model", str(tiny_model), "--n-ctx", "512")
+    wait_loaded(qtbot, app)
+    controller = app.controller
+    assert controller.model_info.n_ctx == 512
+    controller.update_settings(controller.settings.replace(max_tokens=48))
+    for i in range(8):
+        with qtbot.waitSignal(controller.generation_finished, timeout=60_000) as done:
+            type_and_send(qtbot, app, f"Question {i}: tell me about the quick brown fox and the lazy dog.")
+        assert done.args[1].finish_reason in ("length", "stop")
+    notices = [
+        w for w in app.window.chat_view.message_widgets() if not hasattr(w, "role") or w.role == "notice"
+    ]
+    assert notices, "a marker says that earlier messages were left out"
+    assert any(m.role == "notice" and "left out" in m.content for m in controller.messages())
+
+
+def test_model_without_chat_template_still_answers(
+    qtbot, start_app, tiny_model_no_template, tmp_path
+) -> None:
+    app = start_app(tmp_path / "data", "--model", str(tiny_model_no_template))
+    wait_loaded(qtbot, app)
+    assert "no chat template" in app.window.error_banner.text()
+    with qtbot.waitSignal(app.controller.generation_finished, timeout=60_000) as done:
+        type_and_send(qtbot, app, "Hello?")
+    assert done.args[1].completion_tokens > 0
+    assert app.controller.store.get_message(done.args[0]).content.strip()
+
+
+@pytest.mark.parametrize("kind", ["text-renamed", "truncated", "missing"])
+def test_bad_model_files_show_a_clear_message_and_the_app_stays_usable(
+    qtbot, start_app, tiny_model: Path, tmp_path: Path, kind: str
+) -> None:
+    bad = tmp_path / "model.gguf"
+    if kind == "text-renamed":
+        bad.write_text("this is a shopping list, not a model\n")
+        expected = "not a GGUF model file"
+    elif kind == "truncated":
+        bad.write_bytes(tiny_model.read_bytes()[:4096])
+        expected = "model.gguf"
+    else:
+        expected = "not found"
+    app = start_app(tmp_path / "data")
+    with qtbot.waitSignal(app.controller.model_load_failed, timeout=60_000) as failed:
+        app.controller.load_model(str(bad))
+    assert expected in failed.args[0]
+    assert expected in app.window.error_banner.text()
+    assert app.window.error_banner.isVisible()
+    # still usable: a good model loads and answers
+    with qtbot.waitSignal(app.controller.model_loaded, timeout=60_000):
+        app.controller.load_model(str(tiny_model))
+    with qtbot.waitSignal(app.controller.generation_finished, timeout=60_000):
+        type_and_send(qtbot, app, "Are you there?")
+
+
+def test_self_test_command(capsys, tmp_path: Path) -> None:
+    from app.main import main
+
+    assert main(["--self-test"]) == 0
+    out = capsys.readouterr().out
+    assert "self-test OK" in out
+    assert "tokens per second" in out
+    model = write_tiny_model(tmp_path / "other.gguf", TinyModelSpec(seed=5, dtype="Q8_0"))[0]
+    assert main(["--self-test", "--model", str(model)]) == 0
+    bad = tmp_path / "bad.gguf"
+    bad.write_text("nope")
+    assert main(["--self-test", "--model", str(bad)]) == 1
+    assert "not a GGUF model file" in capsys.readouterr().out

@@ -1,0 +1,347 @@
+"""PlanPanel on Scout-shaped sparse GGUFs and simulated machines: verdicts, bars, live projection,
+applying overrides through the controller, and the main window's entry points."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from PySide6.QtCore import QPoint, Qt, Signal
+from PySide6.QtWidgets import QApplication
+
+from app.core.hardware import SimulatedHardware
+from app.core.planner import GB, PlanOverrides, make_plan
+from app.core.scout_shape import write_scout_shape
+from app.ui import theme
+from app.ui.main_window import MainWindow
+from app.ui.plan_panel import PlanPanel, context_choices, ctx_label
+from tests.qt.test_ui_doubles import FakeController, model_info
+
+if TYPE_CHECKING:
+    from app.core.planner import Plan
+
+pytestmark = pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints")
+
+SHOTS = Path(os.environ.get("SCOUT_UI_SHOTS", "/tmp/ui_shots"))
+
+
+class PlanController(FakeController):
+    """FakeController plus the planner-facing part of ChatController's contract."""
+
+    plan_changed = Signal(object)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plan: Plan | None = None
+        self.overrides: PlanOverrides | None = None
+        self.is_loading = False
+
+    def load_model(self, path: str, overrides: PlanOverrides | None = None) -> None:
+        self.calls.append(("load_model", path, overrides))
+
+
+@pytest.fixture(scope="module")
+def scout_q4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_scout_shape(tmp_path_factory.mktemp("scout") / "Llama-4-Scout-Q4_K_M.gguf", "Q4_K_M")[0]
+
+
+@pytest.fixture
+def controller(scout_q4: Path) -> PlanController:
+    c = PlanController()
+    c.model_info = dataclasses.replace(model_info(), path=scout_q4)
+    return c
+
+
+def make_panel(qtbot: Any, controller: Any, hardware: SimulatedHardware) -> PlanPanel:
+    panel = PlanPanel(controller, hardware_probe=hardware)
+    qtbot.addWidget(panel)
+    panel.resize(640, 10)
+    panel.show()
+    qtbot.waitExposed(panel)
+    return panel
+
+
+def set_combo_data(combo: Any, value: object) -> None:
+    index = combo.findData(value)
+    assert index >= 0, value
+    combo.setCurrentIndex(index)
+
+
+def shoot(panel: PlanPanel, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    QApplication.processEvents()
+    layout = panel.layout()
+    assert layout is not None
+    assert panel.height() >= layout.totalHeightForWidth(panel.width())  # nothing squeezed
+    target = SHOTS / f"plan_{name}.png"
+    assert panel.grab().save(str(target))
+    return target
+
+
+# -- verdicts and bars ----------------------------------------------------------------------
+
+
+def test_24gb_gpu_splits_with_one_bar_per_device(qtbot, controller, scout_q4) -> None:
+    hw = SimulatedHardware.nvidia(24, 64)
+    panel = make_panel(qtbot, controller, hw)
+    expected = make_plan(panel.info, hw.probe())
+    assert panel.verdict_text() == "Split GPU + RAM"
+    assert panel.verdict_label.property("kind") == "split"
+    assert [r.usage.name for r in panel.device_rows] == ["CUDA0", "RAM"]
+    gpu, ram = panel.device_rows
+    assert gpu.amount_label.text() == f"{gpu.usage.total / GB:.1f} of {gpu.usage.budget / GB:.1f} GB"
+    assert gpu.bar.parts() == (gpu.usage.weights, gpu.usage.kv, gpu.usage.compute, gpu.usage.other)
+    assert not gpu.over
+    assert not ram.over
+    assert panel.explanation_label.text() == expected.explanation
+    assert "all 48 layers on the NVIDIA GeForce RTX 4090" in panel.explanation_label.text()
+    assert panel.speed_label.text().startswith("≈ ")
+    assert panel.speed_label.text().endswith("tok/s (estimate)")
+    assert "Q4_K_M" in panel.model_detail.text()
+    assert "48 layers" in panel.model_detail.text()
+    assert panel.gpu_layers_spin.specialValueText() == f"Auto ({expected.n_gpu_layers})"
+    assert panel.apply_button.isEnabled()
+
+
+def test_cpu_only_machines(qtbot, controller) -> None:
+    small = make_panel(qtbot, controller, SimulatedHardware.cpu_only(32))
+    assert small.verdict_text().startswith("Won't fit: needs ")
+    assert [r.usage.name for r in small.device_rows] == ["RAM"]
+    assert small.device_rows[0].over
+    assert not small.gpu_layers_spin.isEnabled()
+    big = make_panel(qtbot, controller, SimulatedHardware.cpu_only(128))
+    assert big.verdict_text() == "CPU only"
+    assert big.verdict_label.property("kind") == "cpu"
+    assert [r.usage.name for r in big.device_rows] == ["RAM"]
+
+
+def test_wont_fit_shows_the_shortfall(qtbot, controller) -> None:
+    panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(8, 16))
+    plan = panel.plan
+    assert plan is not None
+    assert not plan.fits
+    assert panel.verdict_text() == f"Won't fit: needs {plan.shortfall_bytes / GB:.1f} GB more"
+    assert panel.verdict_label.property("kind") == "danger"
+    ram = panel.device_rows[-1]
+    assert ram.over
+    assert ram.amount_label.property("over") is True
+    assert ram.amount_label.text().endswith(f"— {ram.usage.over / GB:.1f} GB over")
+
+
+def test_full_offload_on_a_big_card(qtbot, controller) -> None:
+    panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(80, 128, name="NVIDIA H100"))
+    assert panel.verdict_text() == "Fits fully on GPU"
+    assert panel.verdict_label.property("kind") == "ok"
+
+
+# -- live projection ------------------------------------------------------------------------
+
+
+def test_context_128k_grows_the_kv_cache_live(qtbot, controller) -> None:
+    panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
+    before = panel.plan
+    assert before is not None
+    assert before.n_ctx == 32768
+    with qtbot.waitSignal(panel.plan_projected, timeout=1000) as blocker:
+        set_combo_data(panel.context_combo, 131072)
+    after: Plan = blocker.args[0]
+    assert after is panel.plan
+    assert after.n_ctx == 131072
+    assert after.devices[0].kv > before.devices[0].kv
+    assert panel.device_rows[0].usage.kv == after.devices[0].kv
+    assert "128k context" in panel.explanation_label.text()
+    assert panel.overrides() == PlanOverrides(n_ctx=131072)
+
+
+def test_edits_are_debounced_into_one_projection(qtbot, controller) -> None:
+    panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
+    seen: list[Plan] = []
+    panel.plan_projected.connect(seen.append)
+    set_combo_data(panel.context_combo, 65536)
+    set_combo_data(panel.kv_combo, "q8_0")
+    panel.gpu_layers_spin.setValue(40)
+    assert seen == []
+    qtbot.waitUntil(lambda: len(seen) == 1, timeout=1000)
+    qtbot.wait(120)
+    assert len(seen) == 1
+    assert (seen[0].n_ctx, seen[0].type_k, seen[0].n_gpu_layers) == (65536, "q8_0", 40)
+
+
+def test_forcing_48_gpu_layers_on_an_8gb_card_shows_the_gpu_shortfall(qtbot, controller) -> None:
+    panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(8, 96))
+    assert panel.plan is not None
+    assert panel.plan.fits
+    panel.gpu_layers_spin.setValue(48)
+    panel.cpu_moe_spin.setValue(0)
+    panel.recompute()
+    gpu = panel.device_rows[0]
+    assert gpu.usage.name == "CUDA0"
+    assert gpu.over
+    assert "GB over" in gpu.amount_label.text()
+    assert panel.verdict_label.property("kind") == "danger"
+    assert panel.verdict_text().startswith("Won't fit: needs ")
+    assert panel.plan is not None
+    assert panel.plan.n_gpu_layers == 48
+    assert gpu.bar.budget() < sum(gpu.bar.parts())
+
+
+def test_quantized_kv_with_flash_attention_off_explains_itself(qtbot, controller) -> None:
+    panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
+    panel.advanced_button.setChecked(True)
+    set_combo_data(panel.kv_combo, "q4_0")
+    set_combo_data(panel.flash_combo, False)
+    panel.recompute()
+    assert panel.advanced_note.isVisible()
+    assert panel.plan is not None
+    assert panel.plan.flash_attn
+
+
+# -- apply, reset, choose -------------------------------------------------------------------
+
+
+def test_apply_and_reload_passes_the_overrides(qtbot, controller, scout_q4) -> None:
+    panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
+    panel.advanced_button.setChecked(True)
+    panel.gpu_layers_spin.setValue(30)
+    panel.cpu_moe_spin.setValue(12)
+    set_combo_data(panel.context_combo, 16384)
+    set_combo_data(panel.kv_combo, "q8_0")
+    set_combo_data(panel.flash_combo, True)
+    qtbot.mouseClick(panel.apply_button, Qt.MouseButton.LeftButton)
+    expected = PlanOverrides(n_gpu_layers=30, n_cpu_moe=12, n_ctx=16384, kv_type="q8_0", flash_attn=True)
+    assert controller.called("load_model") == [(str(scout_q4), expected)]
+
+
+def test_reset_to_automatic_clears_the_overrides(qtbot, controller, scout_q4) -> None:
+    controller.overrides = PlanOverrides(n_gpu_layers=20, n_ctx=8192)
+    panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
+    assert panel.advanced_button.isChecked()  # the model was loaded with overrides: show them
+    assert panel.overrides() == PlanOverrides(n_gpu_layers=20, n_ctx=8192)
+    assert panel.plan is not None
+    assert panel.plan.n_gpu_layers == 20
+    qtbot.mouseClick(panel.reset_button, Qt.MouseButton.LeftButton)
+    assert panel.overrides() == PlanOverrides()
+    assert panel.gpu_layers_spin.value() == -1
+    assert panel.plan is not None
+    assert panel.plan.n_gpu_layers == 49
+    qtbot.mouseClick(panel.apply_button, Qt.MouseButton.LeftButton)
+    assert controller.called("load_model") == [(str(scout_q4), None)]
+
+
+def test_auto_context_follows_the_settings_like_the_controller(qtbot, controller) -> None:
+    controller.update_settings(controller.settings.replace(n_ctx=8192))
+    panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
+    assert panel.plan is not None
+    assert panel.plan.n_ctx == 8192
+    assert panel.context_combo.itemText(0) == "Auto (8k)"
+
+
+def test_choose_model_reads_another_file_and_reports_bad_ones(qtbot, controller, tmp_path, scout_q4) -> None:
+    controller.model_info = None
+    panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
+    assert panel.empty_label.isVisible()
+    assert not panel.apply_button.isEnabled()
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf at all" * 10)
+    panel.choose_model_file = lambda _parent, _start: str(bad)
+    qtbot.mouseClick(panel.choose_button, Qt.MouseButton.LeftButton)
+    assert panel.error_label.isVisible()
+    assert "broken.gguf" in panel.error_label.text()
+    assert not panel.plan_box.isVisible()
+    assert not panel.apply_button.isEnabled()
+    panel.choose_model_file = lambda _parent, _start: str(scout_q4)
+    qtbot.mouseClick(panel.choose_button, Qt.MouseButton.LeftButton)
+    assert not panel.error_label.isVisible()
+    assert panel.plan_box.isVisible()
+    assert panel.verdict_text() == "Split GPU + RAM"
+    qtbot.mouseClick(panel.apply_button, Qt.MouseButton.LeftButton)
+    assert controller.called("load_model") == [(str(scout_q4), None)]
+
+
+def test_plan_changed_shows_the_last_load(qtbot, controller) -> None:
+    hw = SimulatedHardware.nvidia(24, 64)
+    panel = make_panel(qtbot, controller, hw)
+    assert not panel.loaded_label.isVisible()
+    assert panel.info is not None
+    loaded = make_plan(panel.info, hw.probe(), PlanOverrides(n_ctx=16384))
+    controller.plan_changed.emit(loaded)
+    assert panel.loaded_label.isVisible()
+    assert panel.loaded_label.text() == "Last load: split GPU+RAM, 16k context"
+
+
+def test_context_choices() -> None:
+    assert [ctx_label(n) for n in context_choices(10_485_760)][:3] == ["4k", "8k", "16k"]
+    assert ctx_label(context_choices(10_485_760)[-1]) == "8M"
+    assert context_choices(8192) == [4096, 8192]
+
+
+# -- main window ----------------------------------------------------------------------------
+
+
+@pytest.mark.qt_log_ignore(
+    "This plugin does not support propagateSizeHints", "This plugin does not support raise"
+)
+def test_main_window_menu_status_click_and_plan_tooltip(qtbot, controller) -> None:
+    window = MainWindow(controller)
+    window.hardware_probe = SimulatedHardware.nvidia(24, 64)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    controller.load(controller.model_info)
+    assert window.plan_panel_action in window.menuBar().actions()[0].menu().actions()
+    window.plan_panel_action.trigger()
+    panel = window.findChild(PlanPanel)
+    assert panel is not None
+    assert panel.isVisible()
+    assert not panel.isModal()
+    assert panel.verdict_text() == "Split GPU + RAM"
+    panel.close()
+    qtbot.mouseClick(window.model_label, Qt.MouseButton.LeftButton, pos=QPoint(5, 5))
+    assert panel.isVisible()
+    assert window.findChildren(PlanPanel) == [panel]  # one panel, re-shown
+    assert panel.info is not None
+    plan = make_plan(panel.info, SimulatedHardware.nvidia(8, 16).probe())
+    controller.plan_changed.emit(plan)
+    tip = window.model_label.toolTip()
+    assert f"Memory: {plan.fits_text}" in tip
+    assert controller.model_info is not None
+    assert str(controller.model_info.path) in tip
+
+
+# -- screenshots ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def themed(qapp: QApplication) -> Any:
+    palette, sheet, style = qapp.palette(), qapp.styleSheet(), qapp.style().name()
+
+    def apply(mode: str) -> None:
+        theme.apply_theme(qapp, mode)
+
+    yield apply
+    from PySide6.QtWidgets import QStyleFactory
+
+    restored = QStyleFactory.create(style)
+    if restored is not None:
+        qapp.setStyle(restored)
+    qapp.setStyleSheet(sheet)
+    qapp.setPalette(palette)
+
+
+@pytest.mark.parametrize("mode", ["light", "dark"])
+def test_screenshots(qtbot, controller, themed, mode: str) -> None:
+    themed(mode)
+    split = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
+    split.advanced_button.setChecked(True)
+    assert shoot(split, f"24gb_{mode}").stat().st_size > 0
+    no_fit = make_panel(qtbot, controller, SimulatedHardware.nvidia(8, 16))
+    assert shoot(no_fit, f"wont_fit_{mode}").stat().st_size > 0
+    forced = make_panel(qtbot, controller, SimulatedHardware.nvidia(8, 96))
+    forced.advanced_button.setChecked(True)
+    forced.gpu_layers_spin.setValue(48)
+    forced.cpu_moe_spin.setValue(0)
+    forced.recompute()
+    assert shoot(forced, f"gpu_over_{mode}").stat().st_size > 0

@@ -1,0 +1,134 @@
+"""ConversationSidebar and its ConversationListModel."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.ui.sidebar import ConversationListModel, ConversationRole, ConversationSidebar
+from tests.qt.test_ui_doubles import Conv, FakeController
+
+# The offscreen platform cannot resize windows to size hints; not an app problem.
+pytestmark = pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints")
+
+
+def _convs() -> list[Conv]:
+    return [
+        Conv(1, "Old chat about Python", updated_at="2024-01-01T09:00:00"),
+        Conv(2, "Newest: Lisbon trip", updated_at="2025-06-01T09:00:00"),
+        Conv(3, "Middle: MoE routing", updated_at="2025-01-01T09:00:00"),
+    ]
+
+
+def test_model_passes_modeltester(qtmodeltester) -> None:
+    model = ConversationListModel()
+    model.set_conversations(_convs())
+    qtmodeltester.check(model)
+
+
+def test_most_recent_first_and_roles() -> None:
+    model = ConversationListModel()
+    model.set_conversations(_convs())
+    ids = [model.index(r).data(ConversationRole.ID) for r in range(model.rowCount())]
+    assert ids == [2, 3, 1]
+    assert model.index(0).data() == "Newest: Lisbon trip"
+    assert model.index(0).data(ConversationRole.MODEL) == "tiny"
+
+
+def test_filter_reloads_with_the_text(qtbot) -> None:
+    controller = FakeController(_convs())
+    sidebar = ConversationSidebar(controller.conversations)
+    qtbot.addWidget(sidebar)
+    assert sidebar.model.rowCount() == 3
+    qtbot.keyClicks(sidebar.filter_edit, "moe")
+    assert sidebar.model.rowCount() == 1
+    assert sidebar.model.index(0).data() == "Middle: MoE routing"
+    sidebar.filter_edit.setText("nothing like this")
+    assert sidebar.model.rowCount() == 0
+    assert not sidebar.empty_label.isHidden()
+    assert sidebar.empty_label.text() == "No matches"
+
+
+def test_selecting_emits_and_set_current_does_not(qtbot) -> None:
+    controller = FakeController(_convs())
+    sidebar = ConversationSidebar(controller.conversations)
+    qtbot.addWidget(sidebar)
+    with qtbot.assertNotEmitted(sidebar.conversation_selected):
+        sidebar.set_current(3)
+    assert sidebar.list_view.currentIndex().data(ConversationRole.ID) == 3
+    with qtbot.waitSignal(sidebar.conversation_selected) as blocker:
+        sidebar.list_view.setCurrentIndex(sidebar.model.index(0))
+    assert blocker.args == [2]
+
+
+def test_rename_inline_with_f2(qtbot) -> None:
+    controller = FakeController(_convs())
+    sidebar = ConversationSidebar(controller.conversations)
+    qtbot.addWidget(sidebar)
+    sidebar.show()
+    qtbot.waitExposed(sidebar)
+    sidebar.set_current(1)
+    sidebar.list_view.setFocus()
+    qtbot.keyClick(sidebar.list_view, Qt.Key.Key_F2)
+    editor = sidebar.list_view.focusWidget()
+    assert editor is not sidebar.list_view
+    editor.selectAll()
+    qtbot.keyClicks(editor, "Renamed  chat ")
+    with qtbot.waitSignal(sidebar.rename_requested) as blocker:
+        qtbot.keyClick(editor, Qt.Key.Key_Return)
+    assert blocker.args == [1, "Renamed chat"]
+
+
+def test_rename_through_the_model_rejects_empty_titles() -> None:
+    model = ConversationListModel()
+    model.set_conversations(_convs())
+    edited = []
+    model.title_edited.connect(lambda cid, title: edited.append((cid, title)))
+    assert not model.setData(model.index(0), "   ")
+    assert model.setData(model.index(0), "Trip")
+    assert edited == [(2, "Trip")]
+    assert model.index(0).data() == "Trip"
+
+
+def test_delete_asks_and_respects_the_answer(qtbot) -> None:
+    controller = FakeController(_convs())
+    sidebar = ConversationSidebar(controller.conversations)
+    qtbot.addWidget(sidebar)
+    asked: list[str] = []
+
+    def decline(_parent, title: str) -> bool:
+        asked.append(title)
+        return False
+
+    sidebar.confirm_delete = decline
+    sidebar.set_current(3)
+    with qtbot.assertNotEmitted(sidebar.delete_requested):
+        assert sidebar.delete() is False
+    assert asked == ["Middle: MoE routing"]
+
+    sidebar.confirm_delete = lambda _parent, _title: True
+    with qtbot.waitSignal(sidebar.delete_requested) as blocker:
+        assert sidebar.delete() is True
+    assert blocker.args == [3]
+
+
+def test_delete_key_triggers_confirmation(qtbot) -> None:
+    controller = FakeController(_convs())
+    sidebar = ConversationSidebar(controller.conversations)
+    qtbot.addWidget(sidebar)
+    sidebar.show()
+    qtbot.waitExposed(sidebar)
+    sidebar.set_current(2)
+    sidebar.list_view.setFocus()
+    sidebar.confirm_delete = lambda _parent, _title: True
+    with qtbot.waitSignal(sidebar.delete_requested) as blocker:
+        qtbot.keyClick(sidebar.list_view, Qt.Key.Key_Delete)
+    assert blocker.args == [2]
+
+
+def test_new_chat_button(qtbot) -> None:
+    sidebar = ConversationSidebar(lambda _f: [])
+    qtbot.addWidget(sidebar)
+    assert sidebar.empty_label.text() == "No conversations yet"
+    with qtbot.waitSignal(sidebar.new_chat_requested):
+        qtbot.mouseClick(sidebar.new_button, Qt.MouseButton.LeftButton)
