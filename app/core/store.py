@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
+    from app.core.retrieval import ChunkIndex
+
 log = logging.getLogger(__name__)
 
 ROLES = frozenset({"system", "user", "assistant", "notice"})
@@ -52,6 +54,26 @@ class StoredMessage:
     sampling: dict[str, Any]
     stats: dict[str, Any]
     status: str
+
+
+ATTACHMENT_KINDS = frozenset({"image", "document"})
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """An image or a document attached to a conversation. ``message_id`` is None while it waits in
+    the composer (it survives restarts there too); ``meta`` holds kind-specific figures (image:
+    width, height, note; document: kind, pages, tokens, chars, note)."""
+
+    id: int
+    conversation_id: int
+    message_id: int | None
+    kind: str
+    name: str
+    path: str
+    sha256: str
+    meta: dict[str, Any]
+    created_at: float
 
 
 # --- schema ------------------------------------------------------------------------------------------
@@ -116,7 +138,44 @@ def _migrate_to_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1,)
+def _migrate_to_v2(conn: sqlite3.Connection) -> None:
+    """Attachments (images and documents) and the chunk index of documents (FTS5, BM25)."""
+    from app.core.retrieval import _SCHEMA as CHUNK_SCHEMA
+
+    conn.execute(
+        """
+        CREATE TABLE attachments (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            message_id INTEGER REFERENCES messages (id) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('image', 'document')),
+            name TEXT NOT NULL,
+            path TEXT NOT NULL DEFAULT '',
+            sha256 TEXT NOT NULL DEFAULT '',
+            meta TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX attachments_by_message ON attachments (message_id, id)")
+    conn.execute("CREATE INDEX attachments_by_conversation ON attachments (conversation_id, id)")
+    statement = ""
+    for line in CHUNK_SCHEMA.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    # A document's chunks go with it (also when its conversation or message is deleted).
+    conn.execute(
+        """
+        CREATE TRIGGER attachments_drop_chunks AFTER DELETE ON attachments BEGIN
+            DELETE FROM doc_chunks WHERE doc_id = old.id;
+        END
+        """
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1, _migrate_to_v2)
 """``MIGRATIONS[n]`` takes the database from ``user_version`` n to n + 1. Append only."""
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -133,6 +192,7 @@ _MESSAGE_FIELDS = (
     "status",
 )
 _CONVERSATION_COLUMNS = ", ".join(_CONVERSATION_FIELDS)
+_ATTACHMENT_COLUMNS = "id, conversation_id, message_id, kind, name, path, sha256, meta, created_at"
 _MESSAGE_COLUMNS = ", ".join(_MESSAGE_FIELDS)
 _SEARCH_COLUMNS = ", ".join([f"c.{f}" for f in _CONVERSATION_FIELDS] + [f"m.{f}" for f in _MESSAGE_FIELDS])
 
@@ -381,6 +441,99 @@ class Store:
                 "DELETE FROM messages WHERE conversation_id = ? AND id >= ?", (conversation_id, message_id)
             ).rowcount
 
+    # --- attachments ---
+
+    def add_attachment(
+        self,
+        conversation_id: int,
+        kind: str,
+        name: str,
+        *,
+        path: str = "",
+        sha256: str = "",
+        meta: dict[str, Any] | None = None,
+        message_id: int | None = None,
+    ) -> Attachment:
+        if kind not in ATTACHMENT_KINDS:
+            raise ValueError(f"unknown attachment kind {kind!r}")
+        meta = dict(meta or {})
+        now = self._now()
+        with self.transaction(), _storage_errors():
+            cursor = self._conn.execute(
+                f"INSERT INTO attachments ({_ATTACHMENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (conversation_id, message_id, kind, name, path, sha256, _dumps(meta), now),
+            )
+        assert cursor.lastrowid is not None
+        return Attachment(cursor.lastrowid, conversation_id, message_id, kind, name, path, sha256, meta, now)
+
+    def update_attachment(
+        self, attachment_id: int, *, meta: dict[str, Any] | None = None, path: str | None = None,
+        sha256: str | None = None,
+    ) -> None:  # fmt: skip
+        sets, params = [], []
+        for column, value in (
+            ("meta", None if meta is None else _dumps(meta)),
+            ("path", path),
+            ("sha256", sha256),
+        ):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                params.append(value)
+        if not sets:
+            return
+        with self.transaction(), _storage_errors():
+            self._conn.execute(
+                f"UPDATE attachments SET {', '.join(sets)} WHERE id = ?", (*params, attachment_id)
+            )
+
+    def link_attachments(self, attachment_ids: Sequence[int], message_id: int) -> None:
+        """Attach composer attachments to the message they were sent with."""
+        with self.transaction(), _storage_errors():
+            self._conn.executemany(
+                "UPDATE attachments SET message_id = ? WHERE id = ?",
+                [(message_id, a) for a in attachment_ids],
+            )
+
+    def get_attachment(self, attachment_id: int) -> Attachment | None:
+        rows = self._query(f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE id = ?", (attachment_id,))
+        return _attachment(rows[0]) if rows else None
+
+    def attachments(self, conversation_id: int) -> list[Attachment]:
+        """Every attachment of the conversation, sent or pending, in the order added."""
+        rows = self._query(
+            f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE conversation_id = ? ORDER BY id",
+            (conversation_id,),
+        )
+        return [_attachment(row) for row in rows]
+
+    def pending_attachments(self, conversation_id: int) -> list[Attachment]:
+        return [a for a in self.attachments(conversation_id) if a.message_id is None]
+
+    def message_attachments(self, message_ids: Sequence[int]) -> dict[int, list[Attachment]]:
+        out: dict[int, list[Attachment]] = {}
+        if not message_ids:
+            return out
+        marks = ",".join("?" * len(message_ids))
+        rows = self._query(
+            f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE message_id IN ({marks}) ORDER BY id",
+            tuple(message_ids),
+        )
+        for row in rows:
+            attachment = _attachment(row)
+            assert attachment.message_id is not None
+            out.setdefault(attachment.message_id, []).append(attachment)
+        return out
+
+    def delete_attachment(self, attachment_id: int) -> None:
+        with self.transaction(), _storage_errors():
+            self._conn.execute("DELETE FROM attachments WHERE id = ?", (attachment_id,))
+
+    def chunk_index(self) -> ChunkIndex:
+        """The FTS5 index of document chunks, on this database (doc_id = attachment id)."""
+        from app.core.retrieval import ChunkIndex
+
+        return ChunkIndex(self._conn)
+
     def search_messages(self, text: str, limit: int = 50) -> list[tuple[Conversation, StoredMessage]]:
         """Full-text search over message text (every word, as a prefix), best matches first."""
         query = _fts_query(text)
@@ -470,6 +623,20 @@ def _message(row: Sequence[Any]) -> StoredMessage:
         sampling=json.loads(row[6]),
         stats=json.loads(row[7]),
         status=row[8],
+    )
+
+
+def _attachment(row: Sequence[Any]) -> Attachment:
+    return Attachment(
+        id=int(row[0]),
+        conversation_id=int(row[1]),
+        message_id=None if row[2] is None else int(row[2]),
+        kind=row[3],
+        name=row[4],
+        path=row[5],
+        sha256=row[6],
+        meta=json.loads(row[7]),
+        created_at=float(row[8]),
     )
 
 

@@ -9,27 +9,36 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.config import AppPaths, Settings, save_settings
+from app.core.chunking import estimate_tokens
 from app.core.context import dropped_notice, reply_reserve
+from app.core.engine.vision import image_token_estimate
+from app.core.images import data_uri, load_stored_image
 from app.core.planner import LoadRequest, PlanOverrides
+from app.core.retrieval import DocumentChunks, compose_document_context
 from app.core.store import make_title
 from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, Role, SamplingParams
 from app.workers.inference import LlamaWorker
+from app.workers.ingest import IngestWorker, is_image_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from app.core.planner import Plan, PlannedLoad
     from app.core.ports import Engine
-    from app.core.store import Conversation, Store, StoredMessage
+    from app.core.store import Attachment, Conversation, Store, StoredMessage
+    from app.workers.ingest import DocumentResult, ImageResult
 
 log = logging.getLogger(__name__)
 
+MAX_IMAGES_TESTED = 5  # Meta tested Scout with up to 5 images per prompt
+MAX_SOURCES_KEPT = 40  # retrieved passages remembered per answer (citations, "what the model saw")
 PARTIAL_SAVE_INTERVAL_S = 0.5  # the partial answer reaches the database at least once a second
 FALLBACK_N_CTX = 8192  # without a planner, "automatic" context means this
 
@@ -52,6 +61,13 @@ class ChatController(QObject):
     context_changed(int, int): tokens used, n_ctx.
     busy_changed(bool): True while generating.
     error_occurred(str): a human message for the user.
+    info_message(str): a passing note for the status bar (e.g. "image turns re-read the history").
+    attachment_added(object): an Attachment waiting in the composer (meta["state"]: processing|ready).
+    attachment_updated(object): the Attachment after ingest (thumbnail, pages, tokens, mode…).
+    attachment_removed(int): attachment id.
+    attachment_progress(int, float): attachment id, 0..1 while a document is read.
+    attachment_failed(str, str, int): file name, human message, attachment id (0 if none) — when
+        the id is not 0 the attachment stays, waiting for a password (meta["needs_password"]).
     """
 
     model_load_started = Signal(str)
@@ -70,11 +86,19 @@ class ChatController(QObject):
     context_changed = Signal(int, int)
     busy_changed = Signal(bool)
     error_occurred = Signal(str)
+    info_message = Signal(str)
+    attachment_added = Signal(object)
+    attachment_updated = Signal(object)
+    attachment_removed = Signal(int)
+    attachment_progress = Signal(int, float)
+    attachment_failed = Signal(str, str, int)
 
     # commands to the worker (queued across threads)
     load_requested = Signal(object)
     generate_requested = Signal(int, list, object, int)
     count_requested = Signal(int, list)
+    ingest_image_requested = Signal(int, object, str)
+    ingest_document_requested = Signal(int, str, object)
 
     def __init__(
         self,
@@ -103,6 +127,9 @@ class ChatController(QObject):
         self._thread = QThread()
         self._thread.setObjectName("inference")
         self._plan: Plan | None = None
+        self._documents: ComposedDocuments | None = None
+        self._jobs: dict[int, int] = {}  # ingest job id -> attachment id
+        self._job_seq = 0
         self._planner = planner
         self._overrides: PlanOverrides | None = None
         self._worker = LlamaWorker(engine_factory, planner)
@@ -122,6 +149,20 @@ class ChatController(QObject):
         self._worker.generation_failed.connect(self._on_worker_generation_failed)
         self._worker.tokens_counted.connect(self._on_worker_tokens_counted)
         self._thread.start()
+
+        self._ingest_thread = QThread()
+        self._ingest_thread.setObjectName("ingest")
+        self._ingest = IngestWorker(paths.images_dir)
+        self._ingest.moveToThread(self._ingest_thread)
+        self.ingest_image_requested.connect(self._ingest.ingest_image)
+        self.ingest_document_requested.connect(self._ingest.ingest_document)
+        self._ingest.progress.connect(self._on_ingest_progress)
+        self._ingest.image_ready.connect(self._on_ingest_image_ready)
+        self._ingest.document_ready.connect(self._on_ingest_document_ready)
+        self._ingest.failed.connect(self._on_ingest_failed)
+        self._ingest.cancelled.connect(self._on_ingest_cancelled)
+        self._ingest_thread.start()
+        self._chunks = store.chunk_index()
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -265,6 +306,8 @@ class ChatController(QObject):
         self._conversation_id = conversation_id
         self._remember(last_conversation=conversation_id)
         self.conversation_opened.emit(conversation_id, self._store.messages(conversation_id))
+        for attachment in self._store.pending_attachments(conversation_id):
+            self.attachment_added.emit(attachment)  # what waited in the composer is still there
         self._request_context_count()
 
     def rename_conversation(self, conversation_id: int, title: str) -> None:
@@ -301,17 +344,57 @@ class ChatController(QObject):
             temperature=s.temperature, top_p=s.top_p, min_p=s.min_p, max_tokens=s.max_tokens
         )
 
-    def _model_messages(self, stored: list[StoredMessage]) -> list[ChatMessage]:
+    def _model_messages(
+        self, stored: list[StoredMessage], documents: ComposedDocuments | None = None
+    ) -> list[ChatMessage]:
+        """What the model sees: system prompt, the turns, images as data: URIs, documents composed
+        into the user message that carried them (whole) or into the question (retrieval)."""
         out: list[ChatMessage] = []
         if self._settings.system_prompt.strip():
             out.append(ChatMessage.system(self._settings.system_prompt.strip()))
+        attachments = self._store.message_attachments([m.id for m in stored if m.role == Role.USER.value])
         for m in stored:
             if m.role not in (Role.USER.value, Role.ASSISTANT.value):
                 continue
             if m.role == Role.ASSISTANT.value and (m.status == "streaming" or not m.content.strip()):
                 continue
-            out.append(ChatMessage(m.role, m.content))
+            content = m.content
+            if documents is not None and m.id == documents.host_message_id and documents.text:
+                content = f"{documents.text}\n\n{content}"
+            images = tuple(
+                uri
+                for a in attachments.get(m.id, [])
+                if a.kind == "image" and (uri := _image_uri(a)) is not None
+            )
+            out.append(ChatMessage(m.role, content, images if m.role == Role.USER.value else ()))
         return out
+
+    def _compose_documents(
+        self, stored: list[StoredMessage], sampling: SamplingParams
+    ) -> ComposedDocuments | None:
+        """Whole documents when they fit the context budget, else retrieved passages (BM25)."""
+        user_ids = [m.id for m in stored if m.role == Role.USER.value]
+        by_message = self._store.message_attachments(user_ids)
+        docs = [(mid, a) for mid in user_ids for a in by_message.get(mid, []) if a.kind == "document"]
+        docs = [(mid, a) for mid, a in docs if a.meta.get("state") == "ready"]
+        if not docs or self._model_info is None:
+            return None
+        n_ctx = self._model_info.n_ctx
+        history = sum(estimate_tokens(m.content) + 8 for m in stored) + estimate_tokens(
+            self._settings.system_prompt
+        )
+        budget = max(256, n_ctx - reply_reserve(n_ctx, sampling.max_tokens) - history - 64)
+        chunks = [DocumentChunks(a.id, a.name, tuple(self._chunks.chunks(a.id))) for _mid, a in docs]
+        question = next((m.content for m in reversed(stored) if m.role == Role.USER.value), "")
+        composed = compose_document_context(chunks, question, budget, index=self._chunks)
+        # Whole documents sit at a stable place (the first message that brought one), so later
+        # turns reuse the KV cache; retrieved passages change with each question and go with it.
+        host = docs[0][0] if composed.mode == "whole" else user_ids[-1]
+        sources = [
+            {"doc": p.doc_name, "anchor": p.anchor, "page": p.page, "text": p.text[:4000]}
+            for p in composed.citations[:MAX_SOURCES_KEPT]
+        ]
+        return ComposedDocuments(composed.text, composed.mode, host, composed.tokens, sources)
 
     def send(self, text: str) -> None:
         text = text.strip()
@@ -322,15 +405,40 @@ class ChatController(QObject):
             return
         if self.is_busy:
             return
+        pending = self._store.pending_attachments(self._conversation_id) if self._conversation_id else []
+        if any(a.meta.get("state") != "ready" for a in pending):
+            self.error_occurred.emit("Wait until the attachments are ready (or remove them), then send.")
+            return
+        images = [a for a in pending if a.kind == "image"]
+        if images and not self._model_info.has_vision:
+            self.error_occurred.emit(
+                "This model has no vision projector, so it cannot see images. Download the projector "
+                "(mmproj) for it in the model manager, or remove the images."
+            )
+            return
         if self._conversation_id is None:
             conversation = self._store.create_conversation(make_title(text), self._model_info.name)
             self._conversation_id = conversation.id
             self._remember(last_conversation=conversation.id)
             self.conversations_changed.emit()
             self.conversation_opened.emit(conversation.id, [])
+        else:
+            conversation = self._store.get_conversation(self._conversation_id)
+            if conversation is not None and conversation.title == "New chat":
+                self._store.rename_conversation(conversation.id, make_title(text))
+                self.conversations_changed.emit()
         user = self._store.add_message(
             self._conversation_id, Role.USER.value, text, model=self._model_info.name
         )
+        if pending:
+            self._store.link_attachments([a.id for a in pending], user.id)
+            for a in pending:
+                self.attachment_removed.emit(a.id)  # leaves the composer, now shown with the message
+        if len(images) > MAX_IMAGES_TESTED:
+            self.info_message.emit(
+                f"{len(images)} images in one message: Meta tested Scout with up to {MAX_IMAGES_TESTED}; "
+                "answers may get less reliable."
+            )
         self.message_added.emit(user)
         self._start_generation()
 
@@ -338,8 +446,15 @@ class ChatController(QObject):
         assert self._conversation_id is not None
         assert self._model_info is not None
         history = self._store.messages(self._conversation_id)
-        messages = self._model_messages(history)
         sampling = self._sampling()
+        documents = self._compose_documents(history, sampling)
+        messages = self._model_messages(history, documents)
+        if any(m.images for m in messages):
+            self.info_message.emit(
+                "This conversation has images: each answer re-reads the whole conversation "
+                "(the vision path cannot reuse the cache), so it starts more slowly."
+            )
+        self._documents = documents
         placeholder = self._store.add_message(
             self._conversation_id,
             Role.ASSISTANT.value,
@@ -389,6 +504,142 @@ class ChatController(QObject):
                 self.message_removed.emit(m.id)
         self.send(text)
 
+    # -- attachments ------------------------------------------------------------------------
+    def _ensure_conversation(self) -> int:
+        if self._conversation_id is None:
+            conversation = self._store.create_conversation(
+                "New chat", self._model_info.name if self._model_info else ""
+            )
+            self._conversation_id = conversation.id
+            self._remember(last_conversation=conversation.id)
+            self.conversations_changed.emit()
+        return self._conversation_id
+
+    def pending_attachments(self) -> list[Attachment]:
+        return self._store.pending_attachments(self._conversation_id) if self._conversation_id else []
+
+    def message_attachments(self, message_ids: list[int]) -> dict[int, list[Attachment]]:
+        return self._store.message_attachments(message_ids)
+
+    def attach_files(self, paths: list[str]) -> None:
+        """Images and documents dropped, pasted as files or picked: read off the GUI thread."""
+        for raw in paths:
+            path = Path(raw)
+            if not path.is_file():
+                self.attachment_failed.emit(path.name or raw, f"{path.name or raw} is not a file.", 0)
+                continue
+            kind = "image" if is_image_path(path) else "document"
+            attachment = self._store.add_attachment(
+                self._ensure_conversation(), kind, path.name, path=str(path), meta={"state": "processing"}
+            )
+            self.attachment_added.emit(attachment)
+            job = self._next_job(attachment.id)
+            if kind == "image":
+                self.ingest_image_requested.emit(job, str(path), path.name)
+            else:
+                self.ingest_document_requested.emit(job, str(path), None)
+
+    def attach_image_data(self, data: bytes, name: str = "pasted image.png") -> None:
+        """A screenshot pasted from the clipboard, or an image dragged from a browser."""
+        attachment = self._store.add_attachment(
+            self._ensure_conversation(), "image", name, meta={"state": "processing"}
+        )
+        self.attachment_added.emit(attachment)
+        self.ingest_image_requested.emit(self._next_job(attachment.id), bytes(data), name)
+
+    def unlock_document(self, attachment_id: int, password: str) -> None:
+        attachment = self._store.get_attachment(attachment_id)
+        if attachment is None or attachment.kind != "document":
+            return
+        self._store.update_attachment(attachment_id, meta={"state": "processing"})
+        self.attachment_updated.emit(self._store.get_attachment(attachment_id))
+        self.ingest_document_requested.emit(self._next_job(attachment_id), attachment.path, password)
+
+    def remove_attachment(self, attachment_id: int) -> None:
+        for job, target in list(self._jobs.items()):
+            if target == attachment_id:
+                self._ingest.cancel(job)
+                del self._jobs[job]
+        attachment = self._store.get_attachment(attachment_id)
+        if attachment is not None and attachment.message_id is None:
+            self._store.delete_attachment(attachment_id)
+        self.attachment_removed.emit(attachment_id)
+
+    def _next_job(self, attachment_id: int) -> int:
+        self._job_seq += 1
+        self._jobs[self._job_seq] = attachment_id
+        return self._job_seq
+
+    def _job_attachment(self, job: int, *, finished: bool = True) -> Attachment | None:
+        attachment_id = self._jobs.pop(job, None) if finished else self._jobs.get(job)
+        return None if attachment_id is None else self._store.get_attachment(attachment_id)
+
+    @Slot(int, int, int)
+    def _on_ingest_progress(self, job: int, done: int, total: int) -> None:
+        attachment_id = self._jobs.get(job)
+        if attachment_id is not None and total > 0:
+            self.attachment_progress.emit(attachment_id, done / total)
+
+    @Slot(int, object)
+    def _on_ingest_image_ready(self, job: int, result: ImageResult) -> None:
+        attachment = self._job_attachment(job)
+        if attachment is None:
+            return
+        meta = {
+            "state": "ready",
+            "width": result.width,
+            "height": result.height,
+            "original_width": result.original_width,
+            "original_height": result.original_height,
+            "note": result.note,
+            "tokens": image_token_estimate(result.width, result.height),
+        }
+        self._store.update_attachment(attachment.id, meta=meta, path=result.path, sha256=result.sha256)
+        self.attachment_updated.emit(self._store.get_attachment(attachment.id))
+        if self._model_info is not None and not self._model_info.has_vision:
+            self.info_message.emit(
+                "The loaded model has no vision projector: download it in the model manager "
+                "to ask about images."
+            )
+
+    @Slot(int, object)
+    def _on_ingest_document_ready(self, job: int, result: DocumentResult) -> None:
+        attachment = self._job_attachment(job)
+        if attachment is None:
+            return
+        self._chunks.add_document(attachment.id, result.chunks)
+        n_ctx = self._model_info.n_ctx if self._model_info else self._settings.n_ctx or 8192
+        budget = n_ctx - reply_reserve(n_ctx, self._settings.max_tokens)
+        meta = {
+            "state": "ready",
+            "kind": result.kind,
+            "pages": result.pages,
+            "chars": result.chars,
+            "tokens": result.tokens,
+            "note": result.note,
+            "mode": "whole" if result.tokens <= budget else "retrieval",
+        }
+        self._store.update_attachment(attachment.id, meta=meta)
+        self.attachment_updated.emit(self._store.get_attachment(attachment.id))
+
+    @Slot(int, str, bool)
+    def _on_ingest_failed(self, job: int, message: str, needs_password: bool) -> None:
+        attachment = self._job_attachment(job)
+        if attachment is None:
+            return
+        if needs_password:
+            self._store.update_attachment(attachment.id, meta={"state": "locked", "needs_password": True})
+            self.attachment_updated.emit(self._store.get_attachment(attachment.id))
+            self.attachment_failed.emit(attachment.name, message, attachment.id)
+            return
+        self._store.delete_attachment(attachment.id)
+        self.attachment_removed.emit(attachment.id)
+        self.attachment_failed.emit(attachment.name, message, 0)
+
+    @Slot(int)
+    def _on_ingest_cancelled(self, job: int) -> None:
+        self._jobs.pop(job, None)
+
     # -- worker results ---------------------------------------------------------------------
     @Slot(int, int, int)
     def _on_worker_context_fitted(self, gen_id: int, prompt_tokens: int, dropped: int) -> None:
@@ -436,8 +687,13 @@ class ChatController(QObject):
             return
         message_id = self._streaming_message
         status = "cancelled" if stats.finish_reason == "cancelled" else "complete"
+        saved_stats = _stats_dict(stats)
+        if self._documents is not None:
+            saved_stats["context_mode"] = self._documents.mode
+            saved_stats["document_tokens"] = self._documents.tokens
+            saved_stats["sources"] = self._documents.sources
         self._store.update_message(
-            message_id, content="".join(self._streaming_text), stats=_stats_dict(stats), status=status
+            message_id, content="".join(self._streaming_text), stats=saved_stats, status=status
         )
         self._streaming_message = None
         self._streaming_text = []
@@ -483,14 +739,34 @@ class ChatController(QObject):
                 )
             except Exception:
                 log.exception("could not save the partial answer at shutdown")
-        if self._thread.isRunning():
-            self._thread.quit()
-            if not self._thread.wait(15000):
-                log.error("inference thread did not stop within 15 s")
+        for job in list(self._jobs):
+            self._ingest.cancel(job)
+        for thread, name in ((self._thread, "inference"), (self._ingest_thread, "ingest")):
+            if thread.isRunning():
+                thread.quit()
+                if not thread.wait(15000):
+                    log.error("%s thread did not stop within 15 s", name)
         # The worker's engine is released in the thread that owns it being gone: close it here.
         engine = self._worker._engine
         if engine is not None:
             engine.unload()
+
+
+@dataclass(frozen=True)
+class ComposedDocuments:
+    text: str
+    mode: str  # whole | retrieval
+    host_message_id: int  # the user message whose content carries the documents
+    tokens: int
+    sources: list[dict[str, Any]]
+
+
+def _image_uri(attachment: Attachment) -> str | None:
+    try:
+        return data_uri(load_stored_image(Path(attachment.path)))
+    except (OSError, ValueError) as exc:
+        log.warning("image %s is no longer readable: %s", attachment.path, exc)
+        return None
 
 
 def _sampling_dict(sampling: SamplingParams) -> dict[str, Any]:

@@ -53,6 +53,20 @@ def wait_loaded(qtbot, application: Application) -> None:
             pass
 
 
+def wait_answer(qtbot, application: Application, action, timeout: int = 60_000) -> tuple[int, object]:
+    """Run ``action`` and wait for the answer; a generation failure fails the test with its text."""
+    result: dict[str, tuple] = {}
+    controller = application.controller
+    controller.generation_finished.connect(lambda m, s: result.setdefault("done", (m, s)))
+    controller.generation_failed.connect(
+        lambda m, text, detail: result.setdefault("failed", (m, text, detail))
+    )
+    action()
+    qtbot.waitUntil(lambda: bool(result), timeout=timeout)
+    assert "failed" not in result, f"generation failed: {result.get('failed')}"
+    return result["done"]
+
+
 def type_and_send(qtbot, application: Application, text: str) -> None:
     edit = application.window.composer.edit
     edit.setFocus()
@@ -73,9 +87,9 @@ def test_chat_stop_regenerate_close_and_reopen(qtbot, start_app, tiny_model: Pat
     # 1. a streamed answer
     streamed: list[str] = []
     controller.tokens_streamed.connect(lambda _m, t: streamed.append(t))
-    with qtbot.waitSignal(controller.generation_finished, timeout=60_000) as done:
-        type_and_send(qtbot, app, "Hello Scout, what is the capital of France?")
-    first_id, stats = done.args
+    first_id, stats = wait_answer(
+        qtbot, app, lambda: type_and_send(qtbot, app, "Hello Scout, the capital of France?")
+    )
     assert len(streamed) >= 1
     assert stats.completion_tokens > 0
     answer = window.chat_view.message_widget(first_id)
@@ -99,9 +113,8 @@ def test_chat_stop_regenerate_close_and_reopen(qtbot, start_app, tiny_model: Pat
 
     # 3. regenerate the last answer
     controller.update_settings(controller.settings.replace(max_tokens=40))
-    with qtbot.waitSignal(controller.generation_finished, timeout=60_000) as regenerated:
-        window.regenerate_action.trigger()
-    assert regenerated.args[0] != long_id
+    regenerated_id, _stats = wait_answer(qtbot, app, window.regenerate_action.trigger)
+    assert regenerated_id != long_id
     assert window.chat_view.message_widget(long_id) is None
     conversation_id = controller.current_conversation_id
     contents = [m.content for m in controller.messages()]
@@ -128,9 +141,12 @@ def test_conversation_outgrowing_a_small_context_keeps_working(
     assert controller.model_info.n_ctx == 512
     controller.update_settings(controller.settings.replace(max_tokens=48))
     for i in range(8):
-        with qtbot.waitSignal(controller.generation_finished, timeout=60_000) as done:
-            type_and_send(qtbot, app, f"Question {i}: tell me about the quick brown fox and the lazy dog.")
-        assert done.args[1].finish_reason in ("length", "stop")
+        _mid, stats = wait_answer(
+            qtbot,
+            app,
+            lambda i=i: type_and_send(qtbot, app, f"Question {i}: the quick brown fox?"),
+        )
+        assert stats.finish_reason in ("length", "stop")
     notices = [
         w for w in app.window.chat_view.message_widgets() if not hasattr(w, "role") or w.role == "notice"
     ]
@@ -189,3 +205,35 @@ def test_self_test_command(capsys, tmp_path: Path) -> None:
     bad.write_text("nope")
     assert main(["--self-test", "--model", str(bad)]) == 1
     assert "not a GGUF model file" in capsys.readouterr().out
+
+
+def test_image_and_document_turn_with_the_vision_projector(
+    qtbot, start_app, tiny_model: Path, tiny_projector: Path, tmp_path: Path
+) -> None:
+    from tests.vision_fixtures import png_bytes
+
+    assert tiny_projector.parent == tiny_model.parent  # found beside the model, like a real download
+    app = start_app(tmp_path / "data", "--model", str(tiny_model))
+    wait_loaded(qtbot, app)
+    controller = app.controller
+    assert controller.model_info.has_vision
+    picture = tmp_path / "chart.png"
+    picture.write_bytes(png_bytes(96, 64, gradient=True))
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Notes\n\nThe chart shows sales by month.\n", encoding="utf-8")
+    ready: list[object] = []
+    controller.attachment_updated.connect(lambda a: a.meta.get("state") == "ready" and ready.append(a))
+    controller.attach_files([str(picture), str(notes)])
+    qtbot.waitUntil(lambda: len(ready) == 2, timeout=30_000)
+    infos: list[str] = []
+    controller.info_message.connect(infos.append)
+    message_id, stats = wait_answer(
+        qtbot, app, lambda: type_and_send(qtbot, app, "What does the chart show?")
+    )
+    assert stats.completion_tokens > 0
+    assert stats.prompt_tokens > 20  # the image's tokens and the document are in the prompt
+    assert any("re-reads the whole conversation" in text for text in infos)
+    user = controller.messages()[0]
+    kinds = sorted(a.kind for a in controller.message_attachments([user.id])[user.id])
+    assert kinds == ["document", "image"]
+    assert controller.store.get_message(message_id).stats["context_mode"] == "whole"
