@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_IMAGES_TESTED = 5  # Meta tested Scout with up to 5 images per prompt
 MAX_SOURCES_KEPT = 40  # retrieved passages remembered per answer (citations, "what the model saw")
+KV_SAVE_MIN_PROMPT_TOKENS = 2048  # after a prompt this long, keep its KV cache on disk
 PARTIAL_SAVE_INTERVAL_S = 0.5  # the partial answer reaches the database at least once a second
 FALLBACK_N_CTX = 8192  # without a planner, "automatic" context means this
 
@@ -97,6 +98,8 @@ class ChatController(QObject):
     load_requested = Signal(object)
     generate_requested = Signal(int, list, object, int)
     count_requested = Signal(int, list)
+    save_session_requested = Signal(int, str)
+    restore_session_requested = Signal(int, str)
     ingest_image_requested = Signal(int, object, str)
     ingest_document_requested = Signal(int, str, object)
 
@@ -137,6 +140,8 @@ class ChatController(QObject):
         self.load_requested.connect(self._worker.load_model)
         self.generate_requested.connect(self._worker.generate)
         self.count_requested.connect(self._worker.count_tokens)
+        self.save_session_requested.connect(self._worker.save_session)
+        self.restore_session_requested.connect(self._worker.restore_session)
         self._worker.load_progress.connect(self._on_worker_load_progress)
         self._worker.plan_ready.connect(self._on_worker_plan_ready)
         self._worker.load_notice.connect(self._on_worker_load_notice)
@@ -280,6 +285,8 @@ class ChatController(QObject):
         self.model_loaded.emit(info)
         if info.chat_template_note:
             self.error_occurred.emit(info.chat_template_note)
+        if self._conversation_id is not None:
+            self._restore_kv(self._conversation_id)
         self._request_context_count()
 
     @Slot(str, str)
@@ -308,7 +315,13 @@ class ChatController(QObject):
         self.conversation_opened.emit(conversation_id, self._store.messages(conversation_id))
         for attachment in self._store.pending_attachments(conversation_id):
             self.attachment_added.emit(attachment)  # what waited in the composer is still there
+        self._restore_kv(conversation_id)
         self._request_context_count()
+
+    def _restore_kv(self, conversation_id: int) -> None:
+        """Reopening a long-document conversation reads its KV cache back instead of the prompt."""
+        if self._model_info is not None and not self._loading:
+            self.restore_session_requested.emit(conversation_id, str(self._paths.kv_state_dir))
 
     def rename_conversation(self, conversation_id: int, title: str) -> None:
         title = " ".join(title.split())
@@ -324,6 +337,8 @@ class ChatController(QObject):
             self._conversation_id = None
             self.conversation_opened.emit(0, [])
         self._store.delete_conversation(conversation_id)
+        for stale in self._paths.kv_state_dir.glob(f"conversation-{conversation_id}-*.llamastate"):
+            stale.unlink(missing_ok=True)
         self.conversations_changed.emit()
 
     def restore_session(self) -> None:
@@ -698,6 +713,8 @@ class ChatController(QObject):
         self._streaming_message = None
         self._streaming_text = []
         self.generation_finished.emit(message_id, stats)
+        if stats.prompt_tokens >= KV_SAVE_MIN_PROMPT_TOKENS and self._conversation_id is not None:
+            self.save_session_requested.emit(self._conversation_id, str(self._paths.kv_state_dir))
         self.context_changed.emit(stats.context_used, stats.n_ctx or self._n_ctx())
         self.busy_changed.emit(False)
         self.conversations_changed.emit()

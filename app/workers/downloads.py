@@ -280,7 +280,7 @@ class DownloadController(QObject):
         self._worker.download_stopped.connect(self._on_worker_download_stopped)
         self._worker.files_changed.connect(self._on_worker_files_changed)
         self._worker.operation_failed.connect(self._on_worker_operation_failed)
-        self._thread.start()
+        # The thread starts with the first command: an app that never downloads never runs it.
 
     # -- queries ----------------------------------------------------------------------------
     def builds(self) -> list[Build]:
@@ -366,6 +366,7 @@ class DownloadController(QObject):
             self.queue_changed.emit()
         self.queue_state.remove(build_id)
         if not keep_partial:
+            self._ensure_thread()
             self.discard_partial_requested.emit(self._builds[build_id])
         self._progress.pop(build_id, None)
         self._set_state(build_id, CANCELLED)
@@ -383,10 +384,12 @@ class DownloadController(QObject):
         self._progress.pop(build_id, None)
         self._messages.pop(build_id, None)
         self._states.pop(build_id, None)
+        self._ensure_thread()
         self.delete_requested.emit(self._builds[build_id])
 
     def redownload(self, build_id: str) -> None:
         """After a failed verification: delete the kept damaged data, then download again."""
+        self._ensure_thread()
         self.delete_corrupt_requested.emit(self._builds[build_id])
         self.enqueue(build_id)
 
@@ -394,6 +397,7 @@ class DownloadController(QObject):
         """Store the Hugging Face token (keyring or a private file) and use it from now on."""
         token = token.strip()
         self._token_store.set(token)
+        self._ensure_thread()
         self.token_changed.emit(token)
 
     def add_custom_build(self, repo_id: str, file_path: str, projector_path: str = "") -> Build:
@@ -440,6 +444,10 @@ class DownloadController(QObject):
         self._builds[build.id] = build
         return build
 
+    def _ensure_thread(self) -> None:
+        if not self._thread.isRunning() and not self._shut_down:
+            self._thread.start()
+
     def shutdown(self) -> None:
         """Pause the running transfer (its ``.part`` survives for the next start) and stop the thread."""
         if self._shut_down:
@@ -463,6 +471,7 @@ class DownloadController(QObject):
         self._job_seq += 1
         self._current = (self._job_seq, build_id)
         self._timer.start()
+        self._ensure_thread()
         self.download_requested.emit(self._job_seq, self._builds[build_id])
         self.queue_changed.emit()
 
@@ -561,6 +570,7 @@ class DownloadController(QObject):
             self._delete_after_stop.discard(build_id)
             self._states.pop(build_id, None)
             self._progress.pop(build_id, None)
+            self._ensure_thread()
             self.delete_requested.emit(self._builds[build_id])
         else:
             if outcome == CANCELLED:

@@ -59,6 +59,8 @@ class LlamaWorker(QObject):
         generation_finished(int, object): gen_id, GenerationStats.
         generation_failed(int, str, str): gen_id, human message, detail.
         tokens_counted(int, int): request id, tokens of the rendered conversation.
+        session_saved(int, int): conversation id, tokens of KV cache written to disk.
+        session_restored(int, int): conversation id, tokens of KV cache read back (0: none).
     """
 
     load_progress = Signal(float)
@@ -72,6 +74,8 @@ class LlamaWorker(QObject):
     generation_finished = Signal(int, object)
     generation_failed = Signal(int, str, str)
     tokens_counted = Signal(int, int)
+    session_saved = Signal(int, int)
+    session_restored = Signal(int, int)
 
     def __init__(
         self,
@@ -155,6 +159,37 @@ class LlamaWorker(QObject):
             self.tokens_counted.emit(request_id, self.engine.count_chat_tokens(messages))
         except Exception:
             log.exception("counting tokens failed")
+
+    # -- KV state of a conversation on disk (long documents reopen without re-reading) ---------
+    def _session_file(self, conversation_id: int, directory: str) -> Path | None:
+        key_fn = getattr(self.engine, "state_key", None)
+        if key_fn is None or self.engine.model_info is None:
+            return None
+        return Path(directory) / f"conversation-{conversation_id}-{key_fn()}.llamastate"
+
+    @Slot(int, str)
+    def save_session(self, conversation_id: int, directory: str) -> None:
+        try:
+            path = self._session_file(conversation_id, directory)
+            if path is None:
+                return
+            tokens = self.engine.save_state(path)  # type: ignore[attr-defined]
+            for stale in path.parent.glob(f"conversation-{conversation_id}-*.llamastate"):
+                if stale != path:
+                    stale.unlink(missing_ok=True)  # made for another model or plan
+            self.session_saved.emit(conversation_id, tokens)
+        except Exception:
+            log.exception("saving the KV state of conversation %d failed", conversation_id)
+
+    @Slot(int, str)
+    def restore_session(self, conversation_id: int, directory: str) -> None:
+        try:
+            path = self._session_file(conversation_id, directory)
+            tokens = self.engine.load_state(path) if path is not None else 0  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("restoring the KV state of conversation %d failed", conversation_id)
+            tokens = 0
+        self.session_restored.emit(conversation_id, tokens)
 
     @Slot(int, list, object, int)
     def generate(

@@ -285,3 +285,51 @@ def test_swa_guard_refuses_prefix_reuse_when_chunk_cells_were_pruned(tiny_model:
     finally:
         engine.unload()
         fresh.unload()
+
+
+def test_saved_kv_state_restores_a_long_prompt_with_identical_output(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Reopening a long-document conversation reads the cache back instead of re-processing it."""
+    document = " ".join(f"item{i % 50} is on shelf {i % 7}." for i in range(300))
+    first_turn = [ChatMessage.system("Be brief."), ChatMessage.user(document + "\n\nWhere is item3?")]
+    greedy = SamplingParams(temperature=0.0, max_tokens=12)
+    state = tmp_path / "kv" / "conversation.llamastate"
+    saver, restored, fresh = LlamaEngine(), LlamaEngine(), LlamaEngine()
+    try:
+        saver.load(LoadParams(tiny_model, n_ctx=8192))
+        answer = chat(saver, first_turn, greedy)
+        assert saver.last_stats.prompt_tokens > 3000
+        assert saver.save_state(state) == saver.n_tokens_cached
+        follow_up = [*first_turn, ChatMessage.assistant(answer), ChatMessage.user("And item4?")]
+
+        restored.load(LoadParams(tiny_model, n_ctx=8192))
+        assert restored.state_key() == saver.state_key()
+        assert restored.load_state(state) == saver.n_tokens_cached
+        from_state = chat(restored, follow_up, greedy)
+        assert restored.last_stats.prompt_tokens_evaluated < 100  # only the new turn
+
+        fresh.load(LoadParams(tiny_model, n_ctx=8192))
+        assert chat(fresh, follow_up, greedy) == from_state  # same output as re-processing
+        assert fresh.last_stats.prompt_tokens_evaluated == fresh.last_stats.prompt_tokens
+    finally:
+        for engine in (saver, restored, fresh):
+            engine.unload()
+
+
+def test_state_key_changes_with_the_plan_and_bad_state_files_are_ignored(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    engine = LlamaEngine()
+    try:
+        engine.load(LoadParams(tiny_model, n_ctx=1024))
+        key = engine.state_key()
+        engine.load(LoadParams(tiny_model, n_ctx=2048))
+        assert engine.state_key() != key  # another plan: the old state is stale
+        junk = tmp_path / "junk.llamastate"
+        junk.write_bytes(b"not a llama state")
+        assert engine.load_state(junk) == 0
+        assert engine.load_state(tmp_path / "missing.llamastate") == 0
+        assert chat(engine, [ChatMessage.user("still fine")]).strip()
+    finally:
+        engine.unload()

@@ -246,3 +246,33 @@ def test_planned_load_of_a_real_model_with_the_dry_run(qtbot, tiny_model: Path) 
         assert "CPU" in plan.verdict or "GPU" in plan.verdict
     finally:
         worker.engine.unload()
+
+
+def test_session_state_saved_and_restored_by_conversation(qtbot, tiny_model: Path, tmp_path: Path) -> None:
+    first = LlamaWorker(LlamaEngine)
+    second = LlamaWorker(LlamaEngine)
+    try:
+        first.load_model(LoadParams(tiny_model, n_ctx=1024))
+        with qtbot.waitSignal(first.generation_finished, timeout=30_000):
+            first.generate(
+                1, [ChatMessage.user("Remember this conversation.")], SamplingParams(max_tokens=8), 64
+            )
+        with qtbot.waitSignal(first.session_saved) as saved:
+            first.save_session(42, str(tmp_path))
+        assert saved.args[0] == 42
+        assert saved.args[1] > 0
+        files = list(tmp_path.glob("conversation-42-*.llamastate"))
+        assert len(files) == 1
+
+        second.load_model(LoadParams(tiny_model, n_ctx=1024))
+        with qtbot.waitSignal(second.session_restored) as restored:
+            second.restore_session(42, str(tmp_path))
+        assert restored.args == [42, saved.args[1]]
+
+        second.load_model(LoadParams(tiny_model, n_ctx=2048))  # another plan: the state does not apply
+        with qtbot.waitSignal(second.session_restored) as none:
+            second.restore_session(42, str(tmp_path))
+        assert none.args == [42, 0]
+    finally:
+        first.engine.unload()
+        second.engine.unload()

@@ -529,6 +529,66 @@ class LlamaEngine:
     def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self.prompt_tokens(messages))
 
+    # -- KV state on disk -------------------------------------------------------------------
+    def state_key(self) -> str:
+        """Identifies what a saved KV state is valid for: the model file and every parameter that
+        shapes the cache. A different model or plan gives a different key (the old state is stale)."""
+        import hashlib
+
+        import llama_cpp
+
+        self._require()
+        assert self._info is not None
+        assert self._params is not None
+        p = self._params
+        try:
+            stat = Path(self._info.path).stat()
+            identity = f"{Path(self._info.path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        except OSError:
+            identity = str(self._info.path)
+        shape = f"{p.n_ctx}|{p.type_k}|{p.type_v}|{p.flash_attn}|{p.swa_full}|{llama_cpp.__version__}"
+        return hashlib.sha256(f"{identity}|{shape}".encode()).hexdigest()[:16]
+
+    def save_state(self, path: Path) -> int:
+        """Write the KV cache and its tokens to ``path`` (atomically); return the tokens saved."""
+        llama_cpp = _import_llama_cpp()
+        llm = self._require()
+        n = int(llm.n_tokens)
+        if n == 0:
+            return 0
+        tokens = (llama_cpp.llama_token * n)(*[int(t) for t in llm._input_ids[:n]])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        if not llama_cpp.llama_state_save_file(llm.ctx, str(tmp).encode(), tokens, n):
+            tmp.unlink(missing_ok=True)
+            raise EngineError(
+                "The conversation's cache could not be saved.", f"llama_state_save_file({tmp}) failed"
+            )
+        os.replace(tmp, path)
+        return n
+
+    def load_state(self, path: Path) -> int:
+        """Restore a state saved by :meth:`save_state` for this model and plan; return the tokens
+        restored (0 when the file is missing, damaged or does not fit: the cache is then empty)."""
+        llama_cpp = _import_llama_cpp()
+        llm = self._require()
+        if not path.is_file():
+            return 0
+        capacity = int(llm.n_ctx())
+        tokens = (llama_cpp.llama_token * capacity)()
+        count = ctypes.c_size_t(0)
+        ok = llama_cpp.llama_state_load_file(
+            llm.ctx, str(path).encode(), tokens, capacity, ctypes.byref(count)
+        )
+        if not ok or count.value == 0 or count.value > capacity:
+            log.warning("saved state %s could not be restored; the prompt will be re-read", path.name)
+            self._reset_cache()
+            return 0
+        n = int(count.value)
+        llm.input_ids[:n] = tokens[:n]
+        llm.n_tokens = n
+        return n
+
     def perf_counters(self) -> tuple[int, int]:
         """llama.cpp's own counters since the last reset: (prompt tokens evaluated, tokens decoded)."""
         llama_cpp = _import_llama_cpp()
