@@ -122,5 +122,71 @@ def main() -> None:
     )
 
 
+def bench_long_context(doc_tokens: int = 4000, runs: int = 3) -> None:
+    """Follow-up TTFT with a long document in context vs without it (KV prefix reuse), and
+    reopening a long-document conversation from its saved KV state vs re-processing the prompt.
+    Uses the generated Q8_0 llama4 model of bench/generation.py (a token takes milliseconds)."""
+    import statistics
+    import threading
+
+    from app.core.engine import LlamaEngine
+    from app.core.types import ChatMessage, LoadParams, SamplingParams
+    from bench.generation import make_model
+
+    greedy = SamplingParams(temperature=0.0, max_tokens=8)
+
+    def ttft(engine: LlamaEngine, messages: list[ChatMessage]) -> float:
+        for _ in engine.stream_chat(messages, greedy, threading.Event()):
+            pass
+        return engine.last_stats.ttft_s
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = make_model(Path(tmp))
+        params = LoadParams(model, n_ctx=8192, flash_attn=True)
+        engine = LlamaEngine()
+        engine.load(params)
+        words = "The committee reviewed the budget line by line and recorded every decision."
+        lines = max(1, doc_tokens // 75)  # the generated vocabulary needs ~75 tokens per line
+        document = "\n\n".join(f"[p. {i // 3 + 1}] {words} Item {i}." for i in range(lines))
+        with_doc = [ChatMessage.user(document + "\n\nSummarise item 3.")]
+        without = [ChatMessage.user("Summarise item 3.")]
+        engine_tokens = engine.count_chat_tokens(with_doc)
+        follow_doc, follow_plain, reopen_state, reopen_full = [], [], [], []
+        for run in range(runs):
+            question = f"And what about item {run + 4}?"
+            # with the document: turn 1 fills the cache, the follow-up reuses it
+            ttft(engine, with_doc)
+            answer = ChatMessage.assistant("Item 3 was approved.")
+            follow_doc.append(ttft(engine, [*with_doc, answer, ChatMessage.user(question)]))
+            state = Path(tmp) / f"state-{run}.llamastate"
+            ttft(engine, with_doc)
+            engine.save_state(state)
+            # without it
+            ttft(engine, without)
+            follow_plain.append(ttft(engine, [*without, answer, ChatMessage.user(question)]))
+            # reopening: restore the saved state, or re-read everything
+            follow = [*with_doc, answer, ChatMessage.user(question)]
+            engine.load(params)
+            started = time.perf_counter()
+            engine.load_state(state)
+            restore_s = time.perf_counter() - started
+            reopen_state.append(restore_s + ttft(engine, follow))
+            engine.load(params)
+            reopen_full.append(ttft(engine, follow))
+        engine.unload()
+    doc_ttft, plain_ttft = statistics.median(follow_doc), statistics.median(follow_plain)
+    state_s, full_s = statistics.median(reopen_state), statistics.median(reopen_full)
+    print(f"long document in context: {engine_tokens} prompt tokens")
+    print(
+        f"follow-up TTFT with the document {doc_ttft * 1000:.0f} ms vs without {plain_ttft * 1000:.0f} ms: "
+        f"ratio {doc_ttft / plain_ttft:.2f} (target <= 1.2)"
+    )
+    print(
+        f"reopen from saved KV state {state_s * 1000:.0f} ms vs re-processing {full_s * 1000:.0f} ms: "
+        f"{full_s / state_s:.1f}x faster (target >= 10x)"
+    )
+
+
 if __name__ == "__main__":
     main()
+    bench_long_context()

@@ -117,6 +117,9 @@ class LlamaWorker(QObject):
             else:
                 path = first_split_part(Path(request.model_path))
                 check_model_file(path)  # the same clear sentences as a direct load
+                # Plan against the memory that will really be free: a loaded model (on a reload,
+                # say) would otherwise count against the new plan's budget.
+                self.engine.unload()
                 attempt = dataclasses.replace(request, model_path=path)
                 changes: list[str] = []
                 while True:
