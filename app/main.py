@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app import __version__
-from app.config import AppPaths, load_settings, setup_logging
+from app.config import AppPaths, Settings, load_settings, setup_logging
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from app.core.store import Store
     from app.ui.main_window import MainWindow
     from app.workers.controller import ChatController
+    from app.workers.downloads import DownloadController
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="headless check: load the model (or a generated tiny llama4 model) and stream one answer",
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="print versions, llama.cpp backends, devices and memory, directories, installed models "
+        "and the plan for each, then exit",
+    )
     parser.add_argument("--n-ctx", type=int, default=None, help="context size in tokens (overrides settings)")
     return parser.parse_args(argv)
 
@@ -55,6 +62,7 @@ class Application:
     store: Store
     controller: ChatController
     window: MainWindow
+    downloads: DownloadController | None = None
 
 
 def engine_factory() -> object:
@@ -91,13 +99,62 @@ def build_application(args: argparse.Namespace) -> Application:
         raise
     controller = ChatController(store, paths, settings, engine_factory, planner=planner)  # type: ignore[arg-type]
     window = MainWindow(controller)
+    window.app_paths = paths
+    if not args.model and is_first_run(paths, settings):
+        from app.ui.welcome import WelcomePage
+
+        models_dir = Path(settings.models_dir).expanduser() if settings.models_dir else paths.models_dir
+        window.set_welcome_page(WelcomePage(models_dir))
+    downloads = make_download_controller(paths, settings)
+    if downloads is not None:
+        window.set_download_controller(downloads)
     app = QCoreApplication.instance()
     if app is not None:
         app.aboutToQuit.connect(controller.shutdown)
+        if downloads is not None:
+            app.aboutToQuit.connect(downloads.shutdown)
     controller.restore_session()
     if args.model:
         controller.load_model(str(Path(args.model).expanduser()))
-    return Application(paths=paths, store=store, controller=controller, window=window)
+    return Application(paths=paths, store=store, controller=controller, window=window, downloads=downloads)
+
+
+def make_download_controller(paths: AppPaths, settings: Settings) -> DownloadController | None:
+    """The one DownloadController (its thread starts with the first download); None without a manifest."""
+    from app.core.downloads import TokenStore
+    from app.core.manifest import ManifestError, load_manifest
+    from app.workers.downloads import DownloadController
+
+    try:
+        manifest = load_manifest()
+    except (ManifestError, OSError):
+        log.exception("the models manifest is unreadable: the model manager is disabled")
+        return None
+    models_dir = Path(settings.models_dir).expanduser() if settings.models_dir else paths.models_dir
+    return DownloadController(
+        manifest,
+        models_dir,
+        paths.downloads_state,
+        TokenStore(paths.data_dir),
+        endpoint=settings.hf_endpoint or None,  # empty: HF_ENDPOINT, else huggingface_hub's default
+        custom_builds_file=paths.data_dir / "custom_models.json",
+    )
+
+
+def is_first_run(paths: AppPaths, settings: Settings) -> bool:
+    """No model to load: none installed in the models folder and no last model on disk."""
+    from app.core.manifest import ManifestError, load_manifest
+    from app.diagnostics import installed_models
+
+    if settings.last_model and Path(settings.last_model).expanduser().is_file():
+        return False
+    models_dir = Path(settings.models_dir).expanduser() if settings.models_dir else paths.models_dir
+    try:
+        manifest = load_manifest()
+    except (ManifestError, OSError):
+        log.warning("manifest unreadable; looking for loose GGUF files only", exc_info=True)
+        manifest = None
+    return not any(m.usable for m in installed_models(models_dir, manifest, with_plans=False))
 
 
 def run_gui(args: argparse.Namespace) -> int:
@@ -122,6 +179,9 @@ def run_gui(args: argparse.Namespace) -> int:
         return 2
     apply_theme(app, application.controller.settings.theme)  # type: ignore[arg-type]
     application.window.show()
+    from PySide6.QtCore import QTimer
+
+    QTimer.singleShot(0, application.window.offer_resume_downloads)  # asks; never resumes by itself
     code = app.exec()
     application.store.close()
     return int(code)
@@ -146,13 +206,16 @@ def run_self_test(args: argparse.Namespace) -> int:
         load_requested = Signal(object)
         generate_requested = Signal(int, list, object, int)
 
-        def __init__(self, worker: LlamaWorker, loop: QEventLoop) -> None:
+        def __init__(self, worker: LlamaWorker, loop: QEventLoop, image_uri: str = "") -> None:
             super().__init__()
             self.loop = loop
             self.text = ""
             self.error = ""
             self.info: object = None
             self.stats: object = None
+            self.image_uri = image_uri  # non-empty: a second turn asks about this picture
+            self.image_text = ""
+            self.image_stats: object = None
             self.load_requested.connect(worker.load_model)
             self.generate_requested.connect(worker.generate)
             worker.model_loaded.connect(self._on_worker_model_loaded)
@@ -173,12 +236,22 @@ def run_self_test(args: argparse.Namespace) -> int:
             self.loop.quit()
 
         @Slot(int, str)
-        def _on_worker_tokens_generated(self, _gen: int, text: str) -> None:
-            self.text += text
+        def _on_worker_tokens_generated(self, gen: int, text: str) -> None:
+            if gen == 2:
+                self.image_text += text
+            else:
+                self.text += text
 
         @Slot(int, object)
-        def _on_worker_generation_finished(self, _gen: int, stats: object) -> None:
-            self.stats = stats
+        def _on_worker_generation_finished(self, gen: int, stats: object) -> None:
+            if gen == 2:
+                self.image_stats = stats
+            else:
+                self.stats = stats
+                if self.image_uri:
+                    image_turn = [ChatMessage.user("What is in this picture?", (self.image_uri,))]
+                    self.generate_requested.emit(2, image_turn, SamplingParams(max_tokens=16), 16)
+                    return
             self.loop.quit()
 
         @Slot(int, str, str)
@@ -197,8 +270,24 @@ def run_self_test(args: argparse.Namespace) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="scout-selftest-")
         model = write_tiny_model(Path(tmp.name) / "tiny-llama4.gguf")[0]
         say("self-test: no --model given; generated a tiny random-weight llama4 model")
+    from app.core.gguf_info import find_projector
+
+    projector = find_projector(model)
+    image_uri = ""
     try:
-        params = LoadParams(model_path=model, n_ctx=args.n_ctx or 2048)
+        if projector is None:
+            params = LoadParams(model_path=model, n_ctx=args.n_ctx or 2048)
+        else:
+            # Image encoding with more threads than cores crawls on small machines: one thread.
+            params = LoadParams(
+                model_path=model,
+                n_ctx=args.n_ctx or 2048,
+                mmproj_path=projector,
+                n_threads=1,
+                n_threads_batch=1,
+            )
+            image_uri = _self_test_image_uri()
+            say(f"self-test: vision projector {projector.name}")
     except ValueError as exc:
         say(f"self-test FAILED: {exc}")
         return 2
@@ -207,7 +296,7 @@ def run_self_test(args: argparse.Namespace) -> int:
     worker = LlamaWorker(LlamaEngine)
     worker.moveToThread(thread)
     loop = QEventLoop()
-    driver = Driver(worker, loop)
+    driver = Driver(worker, loop, image_uri)
     thread.start()
     driver.load_requested.emit(params)
     QTimer.singleShot(600_000, loop.quit)  # never hang
@@ -231,12 +320,48 @@ def run_self_test(args: argparse.Namespace) -> int:
     say(f"time to first token: {stats.ttft_s * 1000:.0f} ms")  # type: ignore[attr-defined]
     say(f"tokens per second: {stats.tokens_per_s:.1f} ({stats.completion_tokens} tokens)")  # type: ignore[attr-defined]
     say(f"answer: {text[:120]!r}")
+    if image_uri:
+        image_stats = driver.image_stats
+        if image_stats is None or not driver.image_text.strip() or not info.has_vision:  # type: ignore[attr-defined]
+            say("self-test FAILED: the vision projector produced no answer about the picture")
+            return 1
+        say(f"image turn: {image_stats.prompt_tokens} prompt tokens, {image_stats.completion_tokens} tokens")  # type: ignore[attr-defined]
+        say(f"image answer: {driver.image_text[:120]!r}")
     say("self-test OK")
     return 0
 
 
+def _self_test_image_uri() -> str:
+    """A small generated picture (PIL), normalised exactly as a dropped image would be."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from app.core.images import data_uri, normalize_image
+
+    im = Image.new("RGB", (64, 48), (240, 240, 235))
+    draw = ImageDraw.Draw(im)
+    draw.rectangle((8, 8, 40, 36), fill=(200, 30, 30))
+    draw.ellipse((30, 12, 58, 40), fill=(30, 90, 200))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return data_uri(normalize_image(buf.getvalue(), name="self-test.png"))
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``--check``: the system report (app/diagnostics.py) on stdout; exit code 0."""
+    from app.diagnostics import run_check as write_report
+
+    paths = AppPaths.default(args.data_dir)
+    settings = load_settings(paths)
+    extra = [Path(p).expanduser() for p in (args.model, settings.last_model) if p]
+    return write_report(paths, extra_models=extra)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.check:
+        return run_check(args)
     if args.self_test:
         return run_self_test(args)
     return run_gui(args)

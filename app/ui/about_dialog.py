@@ -1,10 +1,19 @@
-"""About Scout Chat: version, licence and credits."""
+"""About Scout Chat (version, licences, credits) and the System information dialog."""
 
 from __future__ import annotations
 
 from PySide6 import __version__ as pyside_version
 from PySide6.QtCore import Qt, qVersion
-from PySide6.QtWidgets import QDialog, QDialogButtonBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtGui import QFontDatabase, QGuiApplication
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app import __version__
 from app.ui import theme
@@ -17,11 +26,17 @@ ABOUT_HTML = """
 <p><b>Built with</b><br>
 <a href="https://github.com/ggml-org/llama.cpp">llama.cpp</a> (MIT) and
 <a href="https://github.com/abetlen/llama-cpp-python">llama-cpp-python</a> (MIT)<br>
-Qt {qt} and PySide6 {pyside} (LGPLv3)<br>
-markdown-it-py (MIT), Pygments (BSD)</p>
-<p style="color:gray;">Llama 4 is licensed under the Llama 4 Community License,
-Copyright © Meta Platforms, Inc. All Rights Reserved. Model files you load are subject to
-their own licence; Scout Chat does not include any model weights.</p>
+Qt {qt} and PySide6 {pyside} (LGPLv3; Qt's sources: <a href="https://download.qt.io">download.qt.io</a>)<br>
+huggingface_hub, platformdirs (Apache-2.0 / MIT), gguf (MIT), NumPy (BSD)<br>
+Pillow (MIT-CMU), pypdfium2 (Apache-2.0 / BSD; PDFium: BSD), python-docx (MIT)<br>
+markdown-it-py (MIT), Pygments (BSD), charset-normalizer (MIT)</p>
+<p><b>Llama 4 models.</b> Llama 4 is licensed under the
+<a href="https://github.com/meta-llama/llama-models/blob/main/models/llama4/LICENSE">
+Llama 4 Community License</a>,
+Copyright © Meta Platforms, Inc. All Rights Reserved. Downloading a Scout
+build from the model manager or the welcome page means accepting that licence and Meta's
+<a href="https://www.llama.com/llama4/use-policy/">acceptable use policy</a>; products built with
+it must show “Built with Llama”. Scout Chat itself includes no model weights.</p>
 """
 
 
@@ -48,3 +63,33 @@ class AboutDialog(QDialog):
         layout.setContentsMargins(20, 20, 20, 14)
         layout.addLayout(row)
         layout.addWidget(buttons)
+
+
+class SystemInfoDialog(QDialog):
+    """Help → System information…: the ``scout-chat --check`` report, read-only, with a Copy button."""
+
+    def __init__(self, text: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("System information")
+        self.resize(760, 560)
+        intro = QLabel("Paste this into a bug report: it says exactly what this machine and install are.")
+        intro.setWordWrap(True)
+        self.text_edit = QPlainTextEdit(text)
+        self.text_edit.setReadOnly(True)
+        self.text_edit.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        self.text_edit.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        self.copy_button = buttons.addButton("Copy", QDialogButtonBox.ButtonRole.ActionRole)
+        self.copy_button.clicked.connect(self._on_copy_button_clicked)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(intro)
+        layout.addWidget(self.text_edit, 1)
+        layout.addWidget(buttons)
+
+    def text(self) -> str:
+        return self.text_edit.toPlainText()
+
+    def _on_copy_button_clicked(self) -> None:
+        QGuiApplication.clipboard().setText(self.text())
+        self.copy_button.setText("Copied")

@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.ui import theme
+from app.ui.attachments import CITE_SCHEME, MessageAttachmentsWidget, link_citations, max_source_page
 from app.ui.markdown_render import (
     COPY_SCHEME,
     MarkdownColors,
@@ -48,6 +49,8 @@ from app.ui.markdown_render import (
 
 if TYPE_CHECKING:
     from PySide6.QtGui import QResizeEvent, QWheelEvent
+
+    from app.core.store import Attachment
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +81,11 @@ class RichTextSegment(QTextBrowser):
 
     Signals:
         code_copied(int): the index of the code block whose "Copy" link was clicked.
+        citation_clicked(int): the page of a "p. 12" citation link that was clicked.
     """
 
     code_copied = Signal(int)
+    citation_clicked = Signal(int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -164,6 +169,11 @@ class RichTextSegment(QTextBrowser):
                 return
             QGuiApplication.clipboard().setText(code)
             self.code_copied.emit(index)
+        elif url.scheme() == CITE_SCHEME:
+            try:
+                self.citation_clicked.emit(int(url.path()))
+            except ValueError:
+                log.warning("citation link %s names no page", url.toString())
         elif url.scheme() in ("http", "https", "mailto"):
             QDesktopServices.openUrl(url)
 
@@ -176,12 +186,16 @@ class MessageWidget(QFrame):
         edit_requested(int): message id (the last user message's "Edit").
         regenerate_requested(int): message id (the last answer's "Regenerate").
         code_copied(str): the code that was copied.
+        citation_clicked(int, int): message id, page of the clicked "p. 12" citation.
+        sources_requested(int): message id ("What the model saw").
     """
 
     copy_requested = Signal(int)
     edit_requested = Signal(int)
     regenerate_requested = Signal(int)
     code_copied = Signal(str)
+    citation_clicked = Signal(int, int)
+    sources_requested = Signal(int)
 
     def __init__(self, message: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -196,6 +210,7 @@ class MessageWidget(QFrame):
         self._frozen_len = 0  # characters of self.text rendered into frozen segments
         self._live_rendered: str | None = None
         self.segments: list[RichTextSegment] = []
+        self.attachments_widget: MessageAttachmentsWidget | None = None
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 6, 0, 6)
@@ -236,8 +251,10 @@ class MessageWidget(QFrame):
         self.copy_button = self._action("copy", "Copy message", self._on_copy_button_clicked)
         self.edit_button = self._action("edit", "Edit and resend", self._on_edit_button_clicked)
         self.regenerate_button = self._action("regenerate", "Regenerate", self._on_regenerate_button_clicked)
+        self.sources_button = self._action("eye", "What the model saw", self._on_sources_button_clicked)
         self.edit_button.hide()
         self.regenerate_button.hide()
+        self.sources_button.hide()
 
         if self.role == "user":
             self.bubble = QFrame()
@@ -245,6 +262,7 @@ class MessageWidget(QFrame):
             bubble_layout = QVBoxLayout(self.bubble)
             bubble_layout.setContentsMargins(14, 10, 14, 10)
             bubble_layout.addWidget(self.body)
+            self.bubble_layout = bubble_layout
             self.bubble.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Preferred)
             row = QHBoxLayout()
             row.addStretch(1)
@@ -261,6 +279,7 @@ class MessageWidget(QFrame):
             outer.addWidget(self.error_label)
             self.actions_row.addWidget(self.copy_button)
             self.actions_row.addWidget(self.regenerate_button)
+            self.actions_row.addWidget(self.sources_button)
             self.actions_row.addSpacing(6)
             self.actions_row.addWidget(self.stats_label)
             self.actions_row.addStretch(1)
@@ -284,6 +303,7 @@ class MessageWidget(QFrame):
     def _new_segment(self) -> RichTextSegment:
         segment = RichTextSegment(self.body)
         segment.code_copied.connect(self._on_segment_code_copied)
+        segment.citation_clicked.connect(self._on_segment_citation_clicked)
         self.body_layout.addWidget(segment)
         self.segments.append(segment)
         return segment
@@ -296,8 +316,11 @@ class MessageWidget(QFrame):
             widest = max((metrics.horizontalAdvance(line) for line in source.splitlines() or [""]), default=0)
             segment.set_natural_width(widest + 6)
         else:
-            rendered = render_markdown(source, _colors_for(self))
+            colors = _colors_for(self)
+            rendered = render_markdown(source, colors)
             segment.set_html(rendered.html, rendered.code_blocks)
+            if self.stats.get("sources") and self.status != "streaming":
+                link_citations(segment.document(), colors.link, max_source_page(self.stats))
 
     # -- content ----------------------------------------------------------------------------
     def render_all(self) -> None:
@@ -343,6 +366,23 @@ class MessageWidget(QFrame):
         self.render_all()
         self._update_decorations()
 
+    def set_attachments(self, attachments: list[Attachment]) -> None:
+        """Show the images and documents this (user) message was sent with, above its text."""
+        if self.attachments_widget is not None:
+            self.attachments_widget.hide()
+            self.attachments_widget.deleteLater()
+            self.attachments_widget = None
+        if not attachments or self.bubble is None:
+            return
+        self.attachments_widget = MessageAttachmentsWidget(attachments, self.bubble)
+        self.bubble_layout.insertWidget(0, self.attachments_widget)
+
+    def set_document_stats(self, stats: dict[str, Any]) -> None:
+        """Stats saved with the answer (context mode, sources): citations become links."""
+        self.stats = {**self.stats, **stats}
+        self.render_all()
+        self._update_decorations()
+
     def finish(self, status: str, stats: dict[str, Any] | None = None, error: str = "") -> None:
         self.status = status
         if stats is not None:
@@ -368,6 +408,9 @@ class MessageWidget(QFrame):
         self.error_label.setVisible(self.status == "error" and bool(self.error_text))
         self.stats_label.setText(self._stats_text())
         self.copy_button.setVisible(not streaming or bool(self.text))
+        self.sources_button.setVisible(
+            self.role == "assistant" and not streaming and bool(self.stats.get("sources"))
+        )
 
     def _stats_text(self) -> str:
         if self.status == "streaming" or self.role != "assistant":
@@ -403,6 +446,12 @@ class MessageWidget(QFrame):
 
     def _on_regenerate_button_clicked(self) -> None:
         self.regenerate_requested.emit(self.message_id)
+
+    def _on_sources_button_clicked(self) -> None:
+        self.sources_requested.emit(self.message_id)
+
+    def _on_segment_citation_clicked(self, page: int) -> None:
+        self.citation_clicked.emit(self.message_id, page)
 
     def _on_segment_code_copied(self, index: int) -> None:
         segment = self.sender()
@@ -474,12 +523,16 @@ class ChatView(QWidget):
         edit_requested(int): message id of the last user message to edit and resend.
         regenerate_requested(): answer the last user message again.
         copied(str): what was copied, for a status message ("message" or "code").
+        citation_clicked(int, int): message id, page of a clicked citation in an answer.
+        sources_requested(int): message id of the answer whose "What the model saw" was clicked.
     """
 
     open_model_requested = Signal()
     edit_requested = Signal(int)
     regenerate_requested = Signal()
     copied = Signal(str)
+    citation_clicked = Signal(int, int)
+    sources_requested = Signal(int)
 
     PAGE_NO_MODEL, PAGE_EMPTY, PAGE_MESSAGES = range(3)
 
@@ -640,6 +693,18 @@ class ChatView(QWidget):
             widget.finish("error", error=error)
         self._refresh_actions()
 
+    def set_attachments(self, message_id: int, attachments: list[Attachment]) -> None:
+        """The images and documents a user message was sent with (shown in its bubble)."""
+        widget = self._widgets.get(message_id)
+        if isinstance(widget, MessageWidget):
+            widget.set_attachments(attachments)
+
+    def set_message_stats(self, message_id: int, stats: dict[str, Any]) -> None:
+        """The saved stats of an answer (sources make its page citations clickable)."""
+        widget = self._widgets.get(message_id)
+        if isinstance(widget, MessageWidget):
+            widget.set_document_stats(stats)
+
     def message_widget(self, message_id: int) -> MessageWidget | NoticeWidget | None:
         return self._widgets.get(message_id)
 
@@ -680,6 +745,8 @@ class ChatView(QWidget):
             widget.edit_requested.connect(self._on_message_edit_requested)
             widget.regenerate_requested.connect(self._on_message_regenerate_requested)
             widget.code_copied.connect(self._on_message_code_copied)
+            widget.citation_clicked.connect(self._on_message_citation_clicked)
+            widget.sources_requested.connect(self._on_message_sources_requested)
         else:
             return  # system prompts are not shown in the conversation
         self._widgets[message.id] = widget
@@ -749,3 +816,9 @@ class ChatView(QWidget):
 
     def _on_message_code_copied(self, _code: str) -> None:
         self.copied.emit("code")
+
+    def _on_message_citation_clicked(self, message_id: int, page: int) -> None:
+        self.citation_clicked.emit(message_id, page)
+
+    def _on_message_sources_requested(self, message_id: int) -> None:
+        self.sources_requested.emit(message_id)

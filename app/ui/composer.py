@@ -1,4 +1,5 @@
-"""The message composer: a text box that grows with its content, and a Send / Stop button."""
+"""The message composer: attachment chips, a paperclip, a text box that grows with its content,
+and a Send / Stop button."""
 
 from __future__ import annotations
 
@@ -17,25 +18,40 @@ from PySide6.QtWidgets import (
 )
 
 from app.ui import theme
+from app.ui.attachments import AttachmentsBar, has_attachments, mime_attachments
 
 if TYPE_CHECKING:
+    from PySide6.QtCore import QMimeData
     from PySide6.QtGui import QFocusEvent, QKeyEvent
 
 MAX_LINES = 8
 
 
 class ComposerEdit(QPlainTextEdit):
-    """Enter submits, Shift+Enter inserts a line break, Esc cancels.
+    """Enter submits, Shift+Enter inserts a line break, Esc cancels. Files and images pasted or
+    dropped here become attachments; plain text still pastes as text.
 
     Signals:
         submitted(): Enter was pressed.
         escape_pressed(): Esc was pressed.
         focus_changed(bool): the edit gained (True) or lost focus.
+        attachments_pasted(object): DroppedItems (files, image bytes, web addresses).
     """
 
     submitted = Signal()
     escape_pressed = Signal()
     focus_changed = Signal(bool)
+    attachments_pasted = Signal(object)
+
+    def canInsertFromMimeData(self, source: QMimeData) -> bool:
+        return has_attachments(source) or super().canInsertFromMimeData(source)
+
+    def insertFromMimeData(self, source: QMimeData) -> None:
+        items = mime_attachments(source) if has_attachments(source) else None
+        if items and (items.paths or items.images or not source.hasText()):
+            self.attachments_pasted.emit(items)
+            return
+        super().insertFromMimeData(source)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         key = event.key()
@@ -68,11 +84,13 @@ class Composer(QFrame):
         send_requested(str): the text to send (already stripped; the box is cleared).
         edit_requested(str): the new text for the last user message (edit-and-resend mode).
         stop_requested(): stop the answer being generated.
+        attachments_pasted(object): DroppedItems pasted or dropped into the text box.
     """
 
     send_requested = Signal(str)
     edit_requested = Signal(str)
     stop_requested = Signal()
+    attachments_pasted = Signal(object)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -106,6 +124,17 @@ class Composer(QFrame):
         self.edit.submitted.connect(self._on_edit_submitted)
         self.edit.escape_pressed.connect(self._on_edit_escape_pressed)
         self.edit.focus_changed.connect(self._on_edit_focus_changed)
+        self.edit.attachments_pasted.connect(self._on_edit_attachments_pasted)
+
+        self.attachments_bar = AttachmentsBar()
+        self.attach_button = QToolButton()
+        self.attach_button.setObjectName("attachButton")
+        self.attach_button.setFixedSize(QSize(34, 34))
+        self.attach_button.setIconSize(QSize(18, 18))
+        self.attach_button.setIcon(theme.icon("paperclip", widget=self))
+        self.attach_button.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.attach_button.setToolTip("Attach images or documents")
+        self.attach_button.setAccessibleName("Attach files")
 
         self.send_button = QToolButton()
         self.send_button.setObjectName("sendButton")
@@ -117,12 +146,14 @@ class Composer(QFrame):
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.setSpacing(8)
+        row.addWidget(self.attach_button, 0, Qt.AlignmentFlag.AlignBottom)
         row.addWidget(self.edit, 1)
         row.addWidget(self.send_button, 0, Qt.AlignmentFlag.AlignBottom)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 8, 8, 8)
         layout.setSpacing(4)
         layout.addWidget(self.editing_bar)
+        layout.addWidget(self.attachments_bar)
         layout.addLayout(row)
         self._fit_height()
         self._update_button()
@@ -247,3 +278,6 @@ class Composer(QFrame):
 
     def _on_cancel_edit_button_clicked(self) -> None:
         self.cancel_edit()
+
+    def _on_edit_attachments_pasted(self, items: object) -> None:
+        self.attachments_pasted.emit(items)

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMainWindow,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QSplitter,
@@ -29,11 +30,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.export import export_conversation, suggested_filename, to_json, to_markdown
 from app.ui import theme
-from app.ui.about_dialog import AboutDialog
+from app.ui.about_dialog import AboutDialog, SystemInfoDialog
+from app.ui.attachments import WindowAttachments
 from app.ui.chat_view import ChatView
 from app.ui.composer import Composer
 from app.ui.plan_panel import PlanPanel
+from app.ui.search_dialog import SearchDialog
 from app.ui.settings_dialog import SettingsDialog
 from app.ui.sidebar import ConversationSidebar
 
@@ -42,10 +46,11 @@ if TYPE_CHECKING:
 
     from PySide6.QtGui import QCloseEvent
 
-    from app.config import Settings
+    from app.config import AppPaths, Settings
     from app.core.hardware import HardwareProbe
     from app.core.planner import Plan
     from app.core.types import GenerationStats, ModelInfo
+    from app.ui.welcome import WelcomePage
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,27 @@ def choose_model_file(parent: QWidget, start_dir: str) -> str:
         parent, "Open model file", start_dir, "GGUF models (*.gguf);;All files (*)"
     )
     return path
+
+
+def choose_export_file(parent: QWidget, suggested: str) -> str:
+    """A save dialog for Markdown or JSON; the extension follows the chosen filter if none was typed."""
+    path, chosen = QFileDialog.getSaveFileName(
+        parent, "Export conversation", suggested, "Markdown (*.md);;JSON (*.json)"
+    )
+    if path and not Path(path).suffix:
+        path += ".json" if "json" in chosen.lower() else ".md"
+    return path
+
+
+def ask_resume_downloads(parent: QWidget, names: list[str]) -> bool:
+    answer = QMessageBox.question(
+        parent,
+        "Resume downloads",
+        "These downloads were not finished when Scout Chat last closed:\n\n"
+        + "\n".join(f"• {n}" for n in names)
+        + "\n\nResume them now? (They continue from where they stopped.)",
+    )
+    return answer == QMessageBox.StandardButton.Yes
 
 
 class ErrorBanner(QFrame):
@@ -117,6 +143,17 @@ class MainWindow(QMainWindow):
         self.controller = controller
         self.choose_model_file: Callable[[QWidget, str], str] = choose_model_file
         self.hardware_probe: HardwareProbe | None = None  # the plan panel's (tests inject one)
+        self.app_paths: AppPaths | None = None  # set by the composition root (System information…)
+        self.choose_export_file: Callable[[QWidget, str], str] = choose_export_file
+        # Welcome page "Download <build>": the model manager's download entry point, once wired.
+        self.download_build_handler: Callable[[str], None] | None = None
+        self.downloads: Any = None  # a DownloadController, see set_download_controller()
+        self.ask_resume_downloads: Callable[[QWidget, list[str]], bool] = ask_resume_downloads
+        self._model_manager: Any = None
+        self.welcome_page: WelcomePage | None = None
+        self._welcome_done = False
+        self._model_loading = False
+        self._search_dialog: SearchDialog | None = None
         self._plan_panel: PlanPanel | None = None
         self._model_tip = ""
         self._plan_tip = ""
@@ -137,6 +174,7 @@ class MainWindow(QMainWindow):
         chat_layout = QVBoxLayout(chat_panel)
         chat_layout.setContentsMargins(0, 0, 0, 0)
         chat_layout.setSpacing(0)
+        self._chat_layout = chat_layout
         banner_row = QHBoxLayout()
         banner_row.setContentsMargins(16, 10, 16, 0)
         banner_row.addWidget(self.error_banner)
@@ -169,6 +207,9 @@ class MainWindow(QMainWindow):
         self._activity_timer.setSingleShot(True)
         self._activity_timer.setInterval(ACTIVITY_MESSAGE_MS)
         self._activity_timer.timeout.connect(self._on_activity_timer_timeout)
+        # paperclip, drops anywhere in the window, paste, chips, citations (after _connect: its slots
+        # run after the chat view got the message)
+        self.attachments = WindowAttachments(self)
 
         self._restore_geometry()
         self._set_model(self.controller.model_info)
@@ -249,6 +290,23 @@ class MainWindow(QMainWindow):
             "&Focus composer", self._on_focus_composer_action_triggered, "Ctrl+L"
         )
         self.search_action = self._action("&Search conversations", self._on_search_action_triggered, "Ctrl+F")
+        self.global_search_action = self._action(
+            "Search &all conversations…",
+            self._on_global_search_action_triggered,
+            "Ctrl+Shift+F",
+            "Find text in every conversation",
+        )
+        self.export_action = self._action(
+            "&Export conversation…",
+            self._on_export_action_triggered,
+            "Ctrl+Shift+E",
+            "Save this conversation as Markdown or JSON",
+        )
+        self.system_info_action = self._action(
+            "System &information…",
+            self._on_system_info_action_triggered,
+            tip="Versions, llama.cpp backends, devices, memory and installed models (copyable)",
+        )
         self.stop_action = self._action("&Stop", self._on_stop_action_triggered, "Esc")
         self.regenerate_action = self._action("&Regenerate", self._on_regenerate_action_triggered, "Ctrl+R")
         self.edit_last_action = self._action("&Edit last message", self._on_edit_last_action_triggered)
@@ -259,13 +317,19 @@ class MainWindow(QMainWindow):
             self._on_plan_panel_action_triggered,
             tip="How the model fits this machine's memory; GPU layers, context, KV cache",
         )
+        self.models_action = self._action(
+            "&Models…", self._on_models_action_triggered, "Ctrl+M", "Download and manage Scout builds"
+        )
+        self.models_action.setEnabled(False)  # until set_download_controller()
 
     def _build_menus(self) -> None:
         menus = self.menuBar()
         file_menu = menus.addMenu("&File")
         file_menu.addAction(self.new_chat_action)
         file_menu.addAction(self.open_model_action)
+        file_menu.addAction(self.models_action)
         file_menu.addAction(self.plan_panel_action)
+        file_menu.addAction(self.export_action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
         edit_menu = menus.addMenu("&Edit")
@@ -275,11 +339,13 @@ class MainWindow(QMainWindow):
         view_menu = menus.addMenu("&View")
         view_menu.addAction(self.focus_composer_action)
         view_menu.addAction(self.search_action)
+        view_menu.addAction(self.global_search_action)
         chat_menu = menus.addMenu("&Chat")
         chat_menu.addAction(self.stop_action)
         chat_menu.addAction(self.regenerate_action)
         chat_menu.addAction(self.edit_last_action)
         help_menu = menus.addMenu("&Help")
+        help_menu.addAction(self.system_info_action)
         help_menu.addAction(self.about_action)
 
     def _connect(self) -> None:
@@ -324,6 +390,105 @@ class MainWindow(QMainWindow):
         self._plan_panel.raise_()
         self._plan_panel.activateWindow()
         return self._plan_panel
+
+    def set_download_controller(self, downloads: Any) -> None:
+        """Enable File → Models… (and the welcome page's Download) with a DownloadController."""
+        self.downloads = downloads
+        self.models_action.setEnabled(True)
+        if self.download_build_handler is None:
+            self.download_build_handler = self._download_build
+
+    def open_model_manager(self) -> Any:
+        """Show the (single, non-modal) model manager; "Use this model" loads through the controller."""
+        from app.ui.model_manager import ModelManagerDialog
+
+        if self._model_manager is None:
+            self._model_manager = ModelManagerDialog(self.downloads, self, hardware_probe=self.hardware_probe)
+            self._model_manager.load_requested.connect(self._on_model_manager_load_requested)
+        self._model_manager.show()
+        self._model_manager.raise_()
+        self._model_manager.activateWindow()
+        return self._model_manager
+
+    def offer_resume_downloads(self) -> None:
+        """At start: ask whether to resume the downloads left unfinished last time (never automatic)."""
+        pending = self.downloads.pending_from_last_session() if self.downloads is not None else []
+        if not pending:
+            return
+        names = [self.downloads.build(b).display_name for b in pending]
+        if self.ask_resume_downloads(self, names):
+            for build_id in pending:
+                self.downloads.enqueue(build_id)
+            self.open_model_manager()
+
+    def _download_build(self, build_id: str) -> None:
+        self.open_model_manager()
+        self.downloads.enqueue(build_id)
+
+    def set_welcome_page(self, page: WelcomePage) -> None:
+        """Show ``page`` in place of the chat until a model loads (first run: nothing installed)."""
+        self.welcome_page = page
+        self._chat_layout.insertWidget(self._chat_layout.indexOf(self.chat_view), page, 1)
+        page.download_requested.connect(self._on_welcome_page_download_requested)
+        page.open_file_requested.connect(self._on_welcome_page_open_file_requested)
+        self._update_welcome()
+
+    def open_global_search(self) -> SearchDialog | None:
+        """The (single, non-modal) search over every conversation's text."""
+        store = getattr(self.controller, "store", None)
+        if store is None:
+            return None
+        if self._search_dialog is None:
+            self._search_dialog = SearchDialog(store.search_messages, self)
+            self._search_dialog.conversation_requested.connect(self._on_search_dialog_conversation_requested)
+        dialog = self._search_dialog
+        dialog.show()
+        dialog.raise_()
+        dialog.activateWindow()
+        dialog.query_edit.setFocus()
+        dialog.query_edit.selectAll()
+        return dialog
+
+    def export_current_conversation(self) -> Path | None:
+        """Ask for a file and write the open conversation as Markdown (.md) or JSON (.json)."""
+        store = getattr(self.controller, "store", None)
+        if not self._conversation_id or store is None:
+            self.show_activity("Open a conversation to export it")
+            return None
+        exported = export_conversation(store, self._conversation_id)
+        start = Path(self.controller.settings.last_model or Path.home() / "x").parent
+        if not start.is_dir():
+            start = Path.home()
+        path = self.choose_export_file(self, str(start / suggested_filename(exported.conversation, "md")))
+        if not path:
+            return None
+        target = Path(path)
+        as_json = target.suffix.lower() == ".json"
+        maker = to_json if as_json else to_markdown
+        try:
+            target.write_text(maker(exported.conversation, exported.messages), encoding="utf-8")
+        except OSError as exc:
+            self.show_error(f"Could not export the conversation: {exc}")
+            return None
+        self.show_activity(f"Exported to {target.name}")
+        return target
+
+    def system_information_text(self) -> str:
+        from app.config import AppPaths
+        from app.diagnostics import collect_report, format_report
+
+        paths = self.app_paths or AppPaths.default()
+        last = self.controller.settings.last_model
+        report = collect_report(
+            paths, hardware_probe=self.hardware_probe, extra_models=[Path(last)] if last else []
+        )
+        return format_report(report)
+
+    def open_system_information(self) -> SystemInfoDialog:
+        dialog = SystemInfoDialog(self.system_information_text(), self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        return dialog
 
     def open_model_file(self) -> None:
         """Ask for a GGUF file and load it."""
@@ -371,6 +536,16 @@ class MainWindow(QMainWindow):
         self.chat_view.set_model_loaded(loaded)
         self.composer.set_model_ready(loaded)
         self._update_actions()
+        self._update_welcome()
+
+    def _update_welcome(self) -> None:
+        page = self.welcome_page
+        if page is None:
+            return
+        show = not self._welcome_done and self.controller.model_info is None and not self._model_loading
+        page.setVisible(show)
+        self.chat_view.setVisible(not show)
+        self.composer.setVisible(not show)
 
     def _set_busy(self, busy: bool) -> None:
         self._busy = busy
@@ -387,6 +562,7 @@ class MainWindow(QMainWindow):
         self.regenerate_action.setEnabled(loaded and not self._busy and has_user)
         self.edit_last_action.setEnabled(loaded and not self._busy and has_user)
         self.copy_answer_action.setEnabled(self.chat_view.last_message("assistant") is not None)
+        self.export_action.setEnabled(bool(self._conversation_id))
 
     def _show_loading(self, path: str) -> None:
         name = Path(path).name if path else "model"
@@ -448,18 +624,23 @@ class MainWindow(QMainWindow):
         self._update_model_tooltip()
 
     def _on_controller_model_load_started(self, path: str) -> None:
+        self._model_loading = True
+        self._update_welcome()
         self._show_loading(path)
 
     def _on_controller_model_load_progress(self, fraction: float) -> None:
         self.load_progress.setValue(round(max(0.0, min(1.0, fraction)) * 1000))
 
     def _on_controller_model_loaded(self, info: ModelInfo) -> None:
+        self._model_loading = False
+        self._welcome_done = True
         self._hide_loading()
         self._set_model(info)
         self.show_activity(f"Loaded {info.name} in {info.load_seconds:.1f} s")
         self.composer.focus()
 
     def _on_controller_model_load_failed(self, message: str, detail: str) -> None:
+        self._model_loading = False
         self._hide_loading()
         self._set_model(self.controller.model_info)
         self.show_error(message, detail)
@@ -470,6 +651,9 @@ class MainWindow(QMainWindow):
 
     def _on_controller_conversation_opened(self, conversation_id: int, messages: list[Any]) -> None:
         self._conversation_id = conversation_id or None
+        if conversation_id and not self._welcome_done:
+            self._welcome_done = True  # an older chat was opened: show it rather than the welcome
+            self._update_welcome()
         self.composer.cancel_edit()
         self.chat_view.set_messages(messages)
         self.sidebar.set_current(self._conversation_id)
@@ -622,6 +806,47 @@ class MainWindow(QMainWindow):
 
     def _on_plan_panel_action_triggered(self) -> None:
         self.open_plan_panel()
+
+    def _on_models_action_triggered(self) -> None:
+        if self.downloads is not None:
+            self.open_model_manager()
+
+    def _on_model_manager_load_requested(self, path: str) -> None:
+        self.controller.load_model(path)
+
+    def _on_global_search_action_triggered(self) -> None:
+        self.open_global_search()
+
+    def _on_search_dialog_conversation_requested(self, conversation_id: int, _message_id: int) -> None:
+        self.controller.open_conversation(conversation_id)
+
+    def _on_export_action_triggered(self) -> None:
+        self.export_current_conversation()
+
+    def _on_system_info_action_triggered(self) -> None:
+        self.open_system_information()
+
+    def _on_welcome_page_open_file_requested(self) -> None:
+        self.open_model_file()
+
+    def _on_welcome_page_download_requested(self, build_id: str) -> None:
+        """Route "Download <build>" to the model manager; never download from here directly."""
+        if self.download_build_handler is not None:
+            self.download_build_handler(build_id)
+            return
+        for action in self.actions():
+            label = action.text().replace("&", "").lower()
+            if label.startswith(("models", "model manager")) and action.isEnabled():
+                action.trigger()
+                return
+        page = self.welcome_page
+        build = page.selected_build if page is not None else None
+        where = f"https://huggingface.co/{build.repo_id}" if build is not None else "Hugging Face"
+        name = build.display_name if build is not None else "the build"
+        self.show_error(
+            f"Downloads are not available in this version yet. Download {name} from {where} "
+            "(the model file and the mmproj projector), then click “I already have a GGUF file…”."
+        )
 
     def _on_about_action_triggered(self) -> None:
         dialog = AboutDialog(self)

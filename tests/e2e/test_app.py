@@ -213,9 +213,12 @@ def test_image_and_document_turn_with_the_vision_projector(
     from tests.vision_fixtures import png_bytes
 
     assert tiny_projector.parent == tiny_model.parent  # found beside the model, like a real download
-    app = start_app(tmp_path / "data", "--model", str(tiny_model))
-    wait_loaded(qtbot, app)
+    app = start_app(tmp_path / "data")
     controller = app.controller
+    # one thread, as SCOUT_FACTS advises for image encoding on a 2-core machine (Settings → threads)
+    controller.update_settings(controller.settings.replace(n_threads=1))
+    with qtbot.waitSignal(controller.model_loaded, timeout=60_000):
+        controller.load_model(str(tiny_model))
     assert controller.model_info.has_vision
     picture = tmp_path / "chart.png"
     picture.write_bytes(png_bytes(96, 64, gradient=True))

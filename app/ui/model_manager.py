@@ -1,0 +1,842 @@
+"""The model manager: the catalog of Scout builds, their downloads, and what fits this machine.
+
+A non-modal :class:`ModelManagerDialog` over a :class:`~app.workers.downloads.DownloadController`:
+one card per build, grouped by repository, with size, bits per weight, a vision badge, the state on
+disk (installed / partial N % / not installed / corrupt), a fit badge for this machine, the
+"who is this for" line and the licence note, per-row actions and a progress bar while downloading.
+Questions (keep the partial data? delete? re-download?) and file pickers are attributes so tests
+can replace them.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QSize, Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core.downloads import BuildState, Phase, format_gb
+from app.core.gguf_info import find_projector
+from app.core.manifest import Manifest, ManifestError
+from app.core.planner import (
+    APP_RAM,
+    GPU_MARGIN_FRACTION,
+    GPU_MARGIN_MIN,
+    RAM_MARGIN,
+    VERDICT_CPU,
+    VERDICT_FULL,
+    VERDICT_NO,
+    VERDICT_SPLIT,
+)
+from app.ui import theme
+from app.workers import downloads as dl
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from app.core.downloads import DownloadProgress, InstalledBuild
+    from app.core.hardware import HardwareInfo, HardwareProbe
+    from app.core.manifest import Build
+    from app.workers.downloads import DownloadController
+
+log = logging.getLogger(__name__)
+
+# Context (KV cache) and compute buffers of a modest-context session, on top of the weights.
+RUNTIME_OVERHEAD = 2 * 1024**3
+_URL = re.compile(r"https?://[^\s)]+[^\s).,;]")
+
+
+# --------------------------------------------------------------------------- fit estimate
+
+
+@dataclass(frozen=True)
+class FitEstimate:
+    verdict: str  # planner.VERDICT_*
+    text: str  # badge text
+    tooltip: str
+
+
+def estimate_fit(size_bytes: int, hw: HardwareInfo) -> FitEstimate:
+    """RAM + VRAM against the download size (a build not on disk has no header to plan from).
+
+    Weights plus ~2 GiB of context/compute; GPU memory keeps the planner's safety margin, RAM keeps
+    room for the app and the OS. Total RAM is used (not what is free right now): it is an estimate
+    for choosing a download, and the planner re-checks free memory when the model loads.
+    """
+    need = size_bytes + RUNTIME_OVERHEAD
+    gpus = [d for d in hw.devices if not d.unified]
+    unified = [d for d in hw.devices if d.unified]
+    ram = max(0, hw.ram_total_bytes - APP_RAM - RAM_MARGIN)
+    vram = sum(
+        max(0, d.total_bytes - max(GPU_MARGIN_MIN, int(d.total_bytes * GPU_MARGIN_FRACTION))) for d in gpus
+    )
+    basis = f"{format_gb(size_bytes)} of weights + ~{format_gb(RUNTIME_OVERHEAD)} for context, against "
+    if unified:
+        budget = max(d.free_bytes for d in unified)
+        basis += f"{format_gb(budget)} usable unified memory"
+        if need <= budget:
+            return FitEstimate(VERDICT_FULL, "Fits on GPU", basis)
+        if need <= ram:
+            return FitEstimate(VERDICT_CPU, "CPU only", basis)
+        return FitEstimate(VERDICT_NO, f"Won't fit (+{format_gb(need - max(budget, ram))})", basis)
+    basis += f"{format_gb(vram)} VRAM + {format_gb(ram)} RAM"
+    if gpus and need <= vram:
+        return FitEstimate(VERDICT_FULL, "Fits on GPU", basis)
+    if gpus and need <= vram + ram:
+        return FitEstimate(VERDICT_SPLIT, "Split GPU + RAM", basis)
+    if need <= ram:
+        return FitEstimate(VERDICT_CPU, "CPU only", basis)
+    return FitEstimate(VERDICT_NO, f"Won't fit (+{format_gb(need - vram - ram)})", basis)
+
+
+def plan_fit(installed: InstalledBuild, hw: HardwareInfo) -> FitEstimate | None:
+    """The planner's verdict for a build on disk (reads the GGUF header only); None if unreadable."""
+    try:
+        from app.core.gguf_info import read_gguf_info
+        from app.core.planner import make_plan
+
+        info = read_gguf_info(installed.model_path)
+        mmproj = installed.projector.stat().st_size if installed.projector else 0
+        plan = make_plan(info, hw, mmproj_bytes=mmproj)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file: fall back to the estimate
+        log.info("no plan for %s: %s", installed.model_path.name, exc)
+        return None
+    text = {VERDICT_FULL: "Fits on GPU", VERDICT_SPLIT: "Split GPU + RAM", VERDICT_CPU: "CPU only"}.get(
+        plan.verdict, plan.fits_text
+    )
+    if not plan.fits:
+        text = f"Won't fit (+{plan.shortfall_bytes / 1e9:.1f} GB)"
+    return FitEstimate(plan.verdict if plan.fits else VERDICT_NO, text, plan.explanation)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = max(0, int(seconds))
+    if seconds < 1:
+        return "almost done"
+    if seconds < 60:
+        return f"{seconds} s left"
+    if seconds < 3600:
+        return f"{seconds // 60} min left"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min left"
+
+
+def format_speed(bps: float) -> str:
+    return f"{bps / 1e6:.1f} MB/s" if bps > 0 else ""
+
+
+def progress_text(p: DownloadProgress) -> str:
+    if p.phase is Phase.RESOLVING:
+        return "Checking the files on the Hub…"
+    if p.phase is Phase.VERIFYING:
+        return f"Verifying {p.file_name}…"
+    if p.phase is Phase.REHASHING:
+        return f"Checking the data already downloaded ({format_gb(p.build_done)})…"
+    parts = [f"{format_gb(p.build_done)} of {format_gb(p.build_total)}"]
+    if p.file_count > 1:
+        parts.append(f"file {p.file_index + 1} of {p.file_count}")
+    parts += [s for s in (format_speed(p.speed_bps), format_eta(p.eta_s)) if s]
+    return " · ".join(parts)
+
+
+def linkify(text: str) -> str:
+    """Plain text to rich text with clickable URLs."""
+    out, last = [], 0
+    for m in _URL.finditer(text):
+        out.append(html.escape(text[last : m.start()]))
+        url = m.group(0)
+        out.append(f'<a href="{html.escape(url)}">{html.escape(url)}</a>')
+        last = m.end()
+    out.append(html.escape(text[last:]))
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- questions (injectable)
+
+
+def ask_keep_partial(parent: QWidget, build_name: str) -> bool | None:
+    """True: keep the downloaded part for later; False: delete it; None: don't cancel."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle("Cancel download")
+    box.setText(f"Cancel the download of {build_name}?")
+    box.setInformativeText("Keep the downloaded part for later? A later download continues from it.")
+    keep = box.addButton("Keep for later", QMessageBox.ButtonRole.YesRole)
+    delete = box.addButton("Delete it", QMessageBox.ButtonRole.DestructiveRole)
+    box.addButton("Don't cancel", QMessageBox.ButtonRole.RejectRole)
+    box.setDefaultButton(keep)
+    box.exec()
+    clicked = box.clickedButton()
+    return True if clicked is keep else False if clicked is delete else None
+
+
+def confirm(parent: QWidget, title: str, text: str) -> bool:
+    answer = QMessageBox.question(
+        parent, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def choose_gguf_file(parent: QWidget, start_dir: str) -> str:
+    path, _filter = QFileDialog.getOpenFileName(
+        parent, "Add a GGUF file", start_dir, "GGUF models (*.gguf);;All files (*)"
+    )
+    return path
+
+
+class HuggingFaceSourceDialog(QDialog):
+    """Asks for a repo id, a file (the first part of a split model brings the others) and a projector."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Add from Hugging Face")
+        self.repo_edit = QLineEdit()
+        self.repo_edit.setPlaceholderText("owner/name, e.g. unsloth/Llama-4-Scout-17B-16E-Instruct-GGUF")
+        self.file_edit = QLineEdit()
+        self.file_edit.setPlaceholderText("path/in/repo/model-Q4_K_M-00001-of-00002.gguf")
+        self.projector_edit = QLineEdit()
+        self.projector_edit.setPlaceholderText("optional: mmproj-…-f16.gguf")
+        form = QFormLayout()
+        form.addRow("Repository", self.repo_edit)
+        form.addRow("GGUF file", self.file_edit)
+        form.addRow("Vision projector", self.projector_edit)
+        hint = QLabel("For a split model, give the first part: the other parts are added automatically.")
+        hint.setWordWrap(True)
+        hint.setObjectName("mutedLabel")
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(hint)
+        layout.addWidget(buttons)
+        self.resize(560, self.sizeHint().height())
+
+
+def ask_hf_source(parent: QWidget) -> tuple[str, str, str] | None:
+    dialog = HuggingFaceSourceDialog(parent)
+    if dialog.exec() != QDialog.DialogCode.Accepted:
+        return None
+    return dialog.repo_edit.text(), dialog.file_edit.text(), dialog.projector_edit.text()
+
+
+# --------------------------------------------------------------------------- one row
+
+
+def _badge(text: str, kind: str) -> QLabel:
+    label = QLabel(text)
+    label.setObjectName("modelBadge")
+    label.setProperty("kind", kind)
+    return label
+
+
+class BuildRowWidget(QFrame):
+    """One build: description, badges, state, progress and actions.
+
+    Signals:
+        action_requested(str build_id, str action): download, pause, resume, cancel, delete,
+            reveal, use, redownload.
+    """
+
+    action_requested = Signal(str, str)
+
+    ACTIONS = (
+        ("download", "Download"),
+        ("pause", "Pause"),
+        ("resume", "Resume"),
+        ("cancel", "Cancel"),
+        ("redownload", "Re-download"),
+        ("use", "Use this model"),
+        ("reveal", "Show folder"),
+        ("delete", "Delete"),
+    )
+
+    def __init__(self, build: Build, custom: bool, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.build = build
+        self.setObjectName("modelRow")
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.name_label = QLabel(build.display_name)
+        self.name_label.setObjectName("modelName")
+        font = self.name_label.font()
+        font.setBold(True)
+        font.setPointSizeF(font.pointSizeF() + 1)
+        self.name_label.setFont(font)
+        size = Manifest.total_size(build)
+        if custom:
+            size_text = "size known at download"
+        elif size is not None:
+            size_text = format_gb(size)
+        else:
+            size_text = f"≈ {format_gb(Manifest.estimated_size(build))}"
+        self.quant_badge = _badge(build.quantization, "quant")
+        self.bits_badge = _badge("" if custom else f"{build.bits_per_weight:.2f} bits/weight", "info")
+        self.bits_badge.setVisible(not custom)
+        self.size_badge = _badge(size_text, "info")
+        self.size_badge.setToolTip(
+            "Model files plus the vision projector" + ("" if size is not None else " (estimated)")
+        )
+        self.vision_badge = _badge("vision", "vision")
+        self.vision_badge.setToolTip("Comes with a vision projector: you can attach images")
+        self.vision_badge.setVisible(build.projector is not None)
+        self.fit_badge = _badge("", "fit")
+        self.state_label = QLabel()
+        self.state_label.setObjectName("modelState")
+        self.state_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+
+        top = QHBoxLayout()
+        top.setSpacing(6)
+        top.addWidget(self.name_label, 1)
+        top.addWidget(self.state_label)
+        badges = QHBoxLayout()
+        badges.setSpacing(6)
+        for badge in (self.quant_badge, self.bits_badge, self.size_badge, self.vision_badge, self.fit_badge):
+            badges.addWidget(badge)
+        badges.addStretch(1)
+
+        self.who_label = QLabel(build.who_for)
+        self.who_label.setWordWrap(True)
+        lic = build.licence
+        link = f'<a href="{html.escape(lic.url)}">{html.escape(lic.name)}</a>'
+        note = html.escape(lic.note)
+        note = note.replace(html.escape(lic.name), link, 1) if lic.name in lic.note else f"{link}. {note}"
+        self.licence_label = QLabel(("<b>Gated.</b> " if build.gated else "") + note)
+        self.licence_label.setObjectName("mutedLabel")
+        self.licence_label.setWordWrap(True)
+        self.licence_label.setOpenExternalLinks(True)
+        self.licence_label.setTextFormat(Qt.TextFormat.RichText)
+
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setObjectName("downloadProgress")
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setFixedHeight(8)
+        self.progress_label = QLabel()
+        self.progress_label.setObjectName("progressLabel")
+        self.message_label = QLabel()
+        self.message_label.setObjectName("rowMessage")
+        self.message_label.setWordWrap(True)
+        self.message_label.setOpenExternalLinks(True)
+        self.message_label.setTextFormat(Qt.TextFormat.RichText)
+        self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+
+        self.buttons: dict[str, QPushButton] = {}
+        actions = QHBoxLayout()
+        actions.setSpacing(6)
+        actions.addStretch(1)
+        for action, text in self.ACTIONS:
+            button = QPushButton(text)
+            button.setObjectName(f"{action}Button")
+            button.setProperty("action", action)
+            button.clicked.connect(self._on_button_clicked)
+            if action in ("download", "resume", "use"):
+                button.setProperty("primary", True)
+            self.buttons[action] = button
+            actions.addWidget(button)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(12, 10, 12, 10)
+        layout.setSpacing(4)
+        layout.addLayout(top)
+        layout.addLayout(badges)
+        layout.addWidget(self.who_label)
+        layout.addWidget(self.licence_label)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.progress_label)
+        layout.addWidget(self.message_label)
+        layout.addLayout(actions)
+        self.progress_bar.hide()
+        self.progress_label.hide()
+        self.message_label.hide()
+
+    def _on_button_clicked(self) -> None:
+        button = self.sender()
+        if isinstance(button, QPushButton):
+            self.action_requested.emit(self.build.id, str(button.property("action")))
+
+    def set_fit(self, fit: FitEstimate, estimated: bool) -> None:
+        self.fit_badge.setText(f"{fit.text} (estimate)" if estimated else fit.text)
+        self.fit_badge.setProperty("verdict", fit.verdict)
+        self.fit_badge.setToolTip(("Estimate: " if estimated else "Planner: ") + fit.tooltip)
+        _restyle(self.fit_badge)
+
+    def set_progress(self, progress: DownloadProgress | None) -> None:
+        if progress is None:
+            self.progress_bar.hide()
+            self.progress_label.hide()
+            return
+        total = max(progress.build_total, 1)
+        self.progress_bar.setValue(int(1000 * progress.build_done / total) if progress.build_total else 0)
+        self.progress_label.setText(progress_text(progress))
+        self.progress_bar.show()
+        self.progress_label.show()
+
+    def set_message(self, message: str) -> None:
+        self.message_label.setText(linkify(message))
+        self.message_label.setVisible(bool(message))
+
+    def set_state(self, text: str, visible_actions: set[str]) -> None:
+        self.state_label.setText(text)
+        for action, button in self.buttons.items():
+            button.setVisible(action in visible_actions)
+
+
+def _restyle(widget: QWidget) -> None:
+    style = widget.style()
+    style.unpolish(widget)
+    style.polish(widget)
+
+
+# --------------------------------------------------------------------------- the dialog
+
+
+class ModelManagerDialog(QDialog):
+    """Browse, download and manage Scout builds (non-modal).
+
+    ``hardware_probe`` gives the machine's memory for the fit badges (tests inject a simulated one);
+    ``ask_keep_partial``, ``confirm``, ``choose_gguf_file``, ``ask_hf_source`` and ``open_url`` are
+    replaceable attributes (tests answer the questions without message boxes).
+
+    Signals:
+        load_requested(str path): load this model (the first shard of a split model).
+    """
+
+    load_requested = Signal(str)
+
+    def __init__(
+        self,
+        downloads: DownloadController,
+        parent: QWidget | None = None,
+        *,
+        hardware_probe: HardwareProbe | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.downloads = downloads
+        self.ask_keep_partial: Callable[[QWidget, str], bool | None] = ask_keep_partial
+        self.confirm: Callable[[QWidget, str, str], bool] = confirm
+        self.choose_gguf_file: Callable[[QWidget, str], str] = choose_gguf_file
+        self.ask_hf_source: Callable[[QWidget], tuple[str, str, str] | None] = ask_hf_source
+        self.open_url: Callable[[QUrl], bool] = QDesktopServices.openUrl
+        self._probe = hardware_probe
+        self._hardware: HardwareInfo | None = None
+        self._plan_fits: dict[str, FitEstimate | None] = {}
+        self.rows: dict[str, BuildRowWidget] = {}
+        self.setWindowTitle("Models")
+        self.setObjectName("modelManager")
+        self.setModal(False)
+        self.setMinimumSize(QSize(760, 520))
+        self.resize(980, 720)
+
+        # -- header: token and imports -------------------------------------------------------
+        intro = QLabel(
+            "Download a Llama 4 Scout build, or use a GGUF file you already have. Fit badges compare "
+            "each build with this machine's memory."
+        )
+        intro.setWordWrap(True)
+        self.token_edit = QLineEdit()
+        self.token_edit.setObjectName("tokenEdit")
+        self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token_edit.setPlaceholderText(
+            "Hugging Face token (only needed for gated models)"
+            if not downloads.has_token()
+            else "A token is saved; paste a new one to replace it"
+        )
+        self.token_edit.setClearButtonEnabled(True)
+        self.token_edit.returnPressed.connect(self._on_save_token_button_clicked)
+        self.save_token_button = QPushButton("Save token")
+        self.save_token_button.clicked.connect(self._on_save_token_button_clicked)
+        self.add_file_button = QPushButton("Add a GGUF file…")
+        self.add_file_button.clicked.connect(self._on_add_file_button_clicked)
+        self.add_hf_button = QPushButton("Add from Hugging Face…")
+        self.add_hf_button.clicked.connect(self._on_add_hf_button_clicked)
+        token_row = QHBoxLayout()
+        token_row.addWidget(QLabel("Token"))
+        token_row.addWidget(self.token_edit, 1)
+        token_row.addWidget(self.save_token_button)
+        token_row.addSpacing(12)
+        token_row.addWidget(self.add_file_button)
+        token_row.addWidget(self.add_hf_button)
+
+        self.banner = QLabel()
+        self.banner.setObjectName("managerBanner")
+        self.banner.setWordWrap(True)
+        self.banner.setOpenExternalLinks(True)
+        self.banner.setTextFormat(Qt.TextFormat.RichText)
+        self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        self.banner.hide()
+        self.hardware_label = QLabel()
+        self.hardware_label.setObjectName("mutedLabel")
+        self.hardware_label.setWordWrap(True)
+
+        # -- rows ------------------------------------------------------------------------------
+        self.rows_widget = QWidget()
+        self.rows_widget.setObjectName("modelRows")
+        self.rows_layout = QVBoxLayout(self.rows_widget)
+        self.rows_layout.setContentsMargins(0, 0, 8, 0)
+        self.rows_layout.setSpacing(8)
+        self.rows_layout.addStretch(1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setWidget(self.rows_widget)
+        self._section_labels: dict[str, QLabel] = {}
+
+        # -- footer ----------------------------------------------------------------------------
+        self.total_label = QLabel()
+        self.total_label.setObjectName("totalLabel")
+        self.total_progress = QProgressBar()
+        self.total_progress.setObjectName("downloadProgress")
+        self.total_progress.setRange(0, 1000)
+        self.total_progress.setTextVisible(False)
+        self.total_progress.setFixedSize(QSize(160, 8))
+        self.total_progress.hide()
+        close = QPushButton("Close")
+        close.clicked.connect(self.close)
+        footer = QHBoxLayout()
+        footer.addWidget(self.total_label, 1)
+        footer.addWidget(self.total_progress)
+        footer.addSpacing(12)
+        footer.addWidget(close)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(16, 14, 16, 12)
+        layout.setSpacing(10)
+        layout.addWidget(intro)
+        layout.addLayout(token_row)
+        layout.addWidget(self.hardware_label)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.scroll, 1)
+        layout.addLayout(footer)
+        self._apply_style()
+
+        for build in downloads.builds():
+            self._add_row(build)
+        downloads.progress_changed.connect(self._on_downloads_progress_changed)
+        downloads.state_changed.connect(self._on_downloads_state_changed)
+        downloads.download_failed.connect(self._on_downloads_download_failed)
+        downloads.download_finished.connect(self._on_downloads_download_finished)
+        downloads.queue_changed.connect(self._on_downloads_queue_changed)
+        self.refresh()
+
+    # -- public -----------------------------------------------------------------------------
+    def hardware(self) -> HardwareInfo:
+        if self._hardware is None:
+            if self._probe is None:
+                from app.core.hardware import SystemHardware
+
+                self._probe = SystemHardware()
+            self._hardware = self._probe.probe()
+        return self._hardware
+
+    def refresh(self) -> None:
+        """Re-read every row's state from the controller and the disk."""
+        hw = self.hardware()
+        gpus = ", ".join(f"{d.label} {d.total_bytes / 1024**3:.0f} GB" for d in hw.devices) or "no GPU"
+        self.hardware_label.setText(
+            f"This machine: {gpus}; {hw.ram_total_bytes / 1024**3:.0f} GB RAM. "
+            "Fit badges of builds not downloaded yet are estimates from their size."
+        )
+        for build_id in self.rows:
+            self._refresh_row(build_id)
+        self._update_total()
+
+    def show_banner(self, message: str) -> None:
+        self.banner.setText(linkify(message))
+        self.banner.setVisible(bool(message))
+
+    def row_state_text(self, build_id: str) -> str:
+        return self.rows[build_id].state_label.text()
+
+    # -- rows -------------------------------------------------------------------------------
+    def _add_row(self, build: Build) -> BuildRowWidget:
+        section = "Your additions" if self.downloads.is_custom(build.id) else build.repo_id
+        if section not in self._section_labels:
+            label = QLabel(section)
+            label.setObjectName("sectionHeader")
+            font = label.font()
+            font.setBold(True)
+            label.setFont(font)
+            self._section_labels[section] = label
+            self.rows_layout.insertWidget(self.rows_layout.count() - 1, label)
+            insert_at = self.rows_layout.count() - 1
+        else:
+            # after the last row of this section
+            insert_at = self.rows_layout.indexOf(self._section_labels[section]) + 1
+            while insert_at < self.rows_layout.count() - 1:
+                item = self.rows_layout.itemAt(insert_at)
+                widget = item.widget() if item is not None else None
+                if not isinstance(widget, BuildRowWidget):
+                    break
+                insert_at += 1
+        row = BuildRowWidget(build, self.downloads.is_custom(build.id))
+        row.action_requested.connect(self._on_row_action_requested)
+        self.rows_layout.insertWidget(insert_at, row)
+        self.rows[build.id] = row
+        return row
+
+    def _fit_for(self, build: Build, installed: InstalledBuild | None) -> tuple[FitEstimate, bool]:
+        hw = self.hardware()
+        if installed is not None:
+            if build.id not in self._plan_fits:
+                self._plan_fits[build.id] = plan_fit(installed, hw)
+            planned = self._plan_fits[build.id]
+            if planned is not None:
+                return planned, False
+            size = sum(p.stat().st_size for p in installed.model_files)
+            return estimate_fit(size, hw), True
+        return estimate_fit(Manifest.estimated_size(build), hw), True
+
+    def _refresh_row(self, build_id: str) -> None:
+        row = self.rows[build_id]
+        build = row.build
+        c = self.downloads
+        live = c.live_state(build_id)
+        installed = c.installed(build_id)
+        disk = BuildState.INSTALLED if installed is not None else c.disk_state(build_id)
+        custom = c.is_custom(build_id)
+        if custom and installed is None:
+            row.fit_badge.setVisible(False)
+        else:
+            row.fit_badge.setVisible(True)
+            row.set_fit(*self._fit_for(build, installed))
+        actions: set[str] = set()
+        if live in (dl.QUEUED, dl.RESOLVING, dl.DOWNLOADING, dl.VERIFYING) and c.is_active(build_id):
+            progress = c.progress(build_id)
+            text = {
+                dl.QUEUED: "Queued",
+                dl.RESOLVING: "Checking…",
+                dl.DOWNLOADING: "Downloading",
+                dl.VERIFYING: "Verifying…",
+            }[live]
+            if live == dl.DOWNLOADING and progress is not None and progress.build_total:
+                text = f"Downloading {100 * progress.build_done // progress.build_total}%"
+            actions = {"pause", "cancel"}
+            row.set_progress(progress if live != dl.QUEUED else None)
+        else:
+            row.set_progress(None)
+            if disk is BuildState.INSTALLED:
+                text = "Installed"
+                actions = {"use", "reveal", "delete"}
+            elif disk is BuildState.CORRUPT:
+                text = "Corrupt: failed verification"
+                actions = {"redownload", "reveal", "delete"}
+            elif disk is BuildState.PARTIAL:
+                done = c.partial_bytes(build_id)
+                total = Manifest.total_size(build) or Manifest.estimated_size(build)
+                pct = min(99, 100 * done // total) if total > 1 else 0
+                text = f"Paused: partial {pct}%" if live == dl.PAUSED else f"Partial {pct}%"
+                if custom:
+                    text = f"{'Paused: partial' if live == dl.PAUSED else 'Partial'} {format_gb(done)}"
+                actions = {"resume", "cancel", "reveal", "delete"}
+            else:
+                text = "Not installed"
+                actions = {"download"}
+            if live == dl.FAILED and disk is not BuildState.INSTALLED:
+                text = "Failed" if disk is not BuildState.CORRUPT else text
+        row.buttons["resume"].setText("Retry" if live == dl.FAILED else "Resume")
+        row.set_state(text, actions)
+        message = c.last_message(build_id) if live == dl.FAILED or disk is BuildState.CORRUPT else ""
+        row.set_message(message)
+
+    def _update_total(self) -> None:
+        c = self.downloads
+        queued = c.queued()
+        running = c.running()
+        progress = c.progress(running) if running else None
+        if not queued:
+            self.total_label.setText(self._installed_summary())
+            self.total_progress.hide()
+            return
+        waiting = len(queued) - (1 if running else 0)
+        parts = []
+        if running is not None:
+            parts.append(f"Downloading {c.build(running).display_name}")
+            if progress is not None and progress.build_total:
+                parts.append(f"{format_gb(progress.build_done)} of {format_gb(progress.build_total)}")
+                parts += [s for s in (format_speed(progress.speed_bps), format_eta(progress.eta_s)) if s]
+                self.total_progress.setValue(int(1000 * progress.build_done / progress.build_total))
+                self.total_progress.show()
+        if waiting:
+            parts.append(f"{waiting} more queued")
+        self.total_label.setText(" · ".join(parts))
+
+    def _installed_summary(self) -> str:
+        installed = [b for b in self.rows if self.downloads.installed(b) is not None]
+        if not installed:
+            return "No build downloaded yet."
+        return f"{len(installed)} installed."
+
+    # -- actions ----------------------------------------------------------------------------
+    def _on_row_action_requested(self, build_id: str, action: str) -> None:
+        c = self.downloads
+        build = c.build(build_id)
+        if action in ("download", "resume"):
+            self.show_banner("")
+            c.enqueue(build_id)
+        elif action == "pause":
+            c.pause(build_id)
+        elif action == "cancel":
+            keep = self.ask_keep_partial(self, build.display_name)
+            if keep is not None:
+                c.cancel(build_id, keep)
+        elif action == "delete":
+            if self.confirm(
+                self,
+                "Delete model",
+                f"Delete {build.display_name} and all its files from {c.build_dir(build_id)}?",
+            ):
+                self._plan_fits.pop(build_id, None)
+                c.delete(build_id)
+        elif action == "redownload":
+            if self.confirm(
+                self,
+                "Download again",
+                f"Delete the damaged data of {build.display_name} and download it again?",
+            ):
+                self.show_banner("")
+                c.redownload(build_id)
+        elif action == "reveal":
+            folder = c.build_dir(build_id)
+            self.open_url(QUrl.fromLocalFile(str(folder if folder.is_dir() else c.models_dir)))
+        elif action == "use":
+            installed = c.installed(build_id)
+            if installed is not None:
+                self.load_requested.emit(str(installed.model_path))
+        self._refresh_row(build_id)
+        self._update_total()
+
+    def _on_save_token_button_clicked(self) -> None:
+        token = self.token_edit.text().strip()
+        if not token:
+            return
+        self.downloads.set_token(token)
+        self.token_edit.clear()
+        self.token_edit.setPlaceholderText("A token is saved; paste a new one to replace it")
+        self.show_banner("")
+
+    def _on_add_file_button_clicked(self) -> None:
+        path = self.choose_gguf_file(self, str(Path.home()))
+        if not path:
+            return
+        model = Path(path)
+        if model.suffix.lower() != ".gguf" or not model.is_file():
+            self.show_banner(f"{model.name} is not a GGUF file.")
+            return
+        projector = find_projector(model)
+        log.info("using local model %s (projector: %s)", model, projector)
+        self.show_banner("")
+        self.total_label.setText(
+            f"Loading {model.name}" + (f" with its vision projector {projector.name}" if projector else "")
+        )
+        self.load_requested.emit(str(model))
+
+    def _on_add_hf_button_clicked(self) -> None:
+        answer = self.ask_hf_source(self)
+        if answer is None:
+            return
+        repo_id, file_path, projector_path = answer
+        try:
+            build = self.downloads.add_custom_build(repo_id, file_path, projector_path)
+        except ManifestError as exc:
+            self.show_banner(str(exc))
+            return
+        if build.id not in self.rows:
+            self._add_row(build)
+        self.show_banner("")
+        self.downloads.enqueue(build.id)
+        self._refresh_row(build.id)
+        self.scroll.ensureWidgetVisible(self.rows[build.id])
+
+    # -- controller slots -------------------------------------------------------------------
+    def _on_downloads_progress_changed(self, build_id: str, progress: DownloadProgress) -> None:
+        row = self.rows.get(build_id)
+        if row is None:
+            return
+        self._refresh_row(build_id)
+        self._update_total()
+
+    def _on_downloads_state_changed(self, build_id: str, state: str) -> None:
+        if build_id not in self.rows:
+            if build_id not in {b.id for b in self.downloads.builds()}:
+                return
+            self._add_row(self.downloads.build(build_id))
+        if state == dl.DELETED:
+            self._plan_fits.pop(build_id, None)
+        self._refresh_row(build_id)
+        self._update_total()
+
+    def _on_downloads_download_failed(self, build_id: str, message: str, _detail: str) -> None:
+        name = self.downloads.build(build_id).display_name if build_id in self.rows else build_id
+        self.show_banner(f"{name}: {message}")
+        if build_id in self.rows:
+            self._refresh_row(build_id)
+
+    def _on_downloads_download_finished(self, build_id: str, _installed: object) -> None:
+        self._plan_fits.pop(build_id, None)
+        if build_id in self.rows:
+            self._refresh_row(build_id)
+        self._update_total()
+
+    def _on_downloads_queue_changed(self) -> None:
+        for build_id in self.rows:
+            self._refresh_row(build_id)
+        self._update_total()
+
+    # -- style ------------------------------------------------------------------------------
+    def _apply_style(self) -> None:
+        c = theme.scheme_colors(theme.is_dark(self.palette()))
+        self.setStyleSheet(
+            f"""
+            QFrame#modelRow {{ background: {c["alt_base"]}; border: 1px solid {c["border"]};
+                               border-radius: 8px; }}
+            QFrame#modelRow QLabel {{ background: transparent; }}
+            QLabel#modelBadge {{ border-radius: 4px; padding: 1px 6px; background: {c["hover"]};
+                                 color: {c["text"]}; }}
+            QLabel#modelBadge[kind="quant"] {{ background: {c["accent_soft"]}; color: {c["accent"]};
+                                               font-weight: bold; }}
+            QLabel#modelBadge[kind="vision"] {{ background: #e0f2f1; color: #00695c; }}
+            QLabel#modelBadge[verdict="{VERDICT_FULL}"] {{ background: #e3f4e4; color: #1b5e20; }}
+            QLabel#modelBadge[verdict="{VERDICT_SPLIT}"] {{ background: #e8f0fe; color: #1a4fa0; }}
+            QLabel#modelBadge[verdict="{VERDICT_CPU}"] {{ background: #fff4e0; color: #8a5300; }}
+            QLabel#modelBadge[verdict="{VERDICT_NO}"] {{ background: {c["danger_bg"]};
+                                                        color: {c["danger"]}; }}
+            QLabel#mutedLabel {{ color: {c["muted"]}; }}
+            QLabel#modelState {{ font-weight: bold; }}
+            QLabel#progressLabel {{ color: {c["muted"]}; }}
+            QLabel#rowMessage, QLabel#managerBanner {{ color: {c["danger"]}; background: {c["danger_bg"]};
+                border: 1px solid {c["danger_border"]}; border-radius: 6px; padding: 6px 8px; }}
+            QLabel#sectionHeader {{ color: {c["muted"]}; padding-top: 6px; }}
+            QProgressBar#downloadProgress {{ border: none; border-radius: 4px; background: {c["border"]}; }}
+            QProgressBar#downloadProgress::chunk {{ border-radius: 4px; background: {c["accent"]}; }}
+            """
+        )
+        self.rows_widget.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)

@@ -1,0 +1,197 @@
+"""SIGKILL the app (a child process with the real ChatController, Store and LlamaEngine) at random
+moments while it streams an answer or ingests a document; the database must always come back.
+
+Figures (kills, worst loss) are printed with ``-s`` and recorded in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.core.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAT_KILLS = int(os.environ.get("SCOUT_RELIABILITY_KILLS", "10"))
+INGEST_KILLS = 4
+SAVE_WINDOW_S = 1.0  # at most one second of streamed text may be lost
+
+
+def _spawn(*args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.reliability.chat_child", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _read_side(side: Path) -> list[str]:
+    try:
+        return side.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def _wait_for(side: Path, proc: subprocess.Popen[bytes], predicate, timeout: float = 30.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = _read_side(side)
+        if predicate(lines):
+            return lines
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            pytest.fail(f"child exited early ({proc.returncode}): {lines[-5:]}\n{err[-3000:]}")
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"child never got there: {_read_side(side)[-5:]}")
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> float:
+    killed_at = time.monotonic()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    if proc.stderr:
+        proc.stderr.close()
+    return killed_at
+
+
+def _integrity(db: Path) -> str:
+    conn = sqlite3.connect(str(db))
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _token_lines(lines: list[str]) -> list[tuple[float, int]]:
+    out = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 2 and parts[0][0].isdigit():
+            out.append((float(parts[0]), int(parts[1])))
+    return out
+
+
+def test_sigkill_while_streaming_loses_at_most_one_second(tiny_model: Path, tmp_path: Path) -> None:
+    rng = random.Random(int(os.environ.get("SCOUT_RELIABILITY_SEED", "9")))
+    worst_lag = 0.0
+    summary = []
+    for run in range(CHAT_KILLS):
+        data = tmp_path / f"run{run}"
+        side = tmp_path / f"run{run}.side"
+        proc = _spawn("chat", str(data), str(tiny_model), str(side))
+        _wait_for(side, proc, lambda ls: len(_token_lines(ls)) >= 1)
+        time.sleep(rng.uniform(0.05, 2.5))
+        killed_at = _kill(proc)
+
+        db = data / "scout-chat.sqlite3"
+        assert _integrity(db) == "ok", f"run {run}: integrity_check failed"
+        ticks = _token_lines(_read_side(side))
+        before = [chars for t, chars in ticks if t <= killed_at - SAVE_WINDOW_S]
+        must_have = before[-1] if before else 0
+        streamed = ticks[-1][1] if ticks else 0
+
+        with Store(db) as store:  # reopening marks the answer left streaming as interrupted
+            conversations = store.list_conversations()
+            assert len(conversations) == 1, f"run {run}: conversation lost"
+            messages = store.messages(conversations[0].id)
+            roles = [m.role for m in messages]
+            assert roles[0] == "user" and "lighthouse" in messages[0].content
+            assert roles[-1] == "assistant", f"run {run}: {roles}"
+            answer = messages[-1]
+            assert answer.status == "interrupted"
+            assert len(answer.content) >= must_have, (
+                f"run {run}: saved {len(answer.content)} chars, but {must_have} had streamed "
+                f"{SAVE_WINDOW_S} s before the kill (of {streamed})"
+            )
+        # what was lost, in seconds of streaming: from the first unsaved delta to the kill
+        unsaved = [t for t, chars in ticks if chars > len(answer.content)]
+        lag = killed_at - unsaved[0] if unsaved else 0.0
+        worst_lag = max(worst_lag, lag)
+        summary.append((run, streamed, len(answer.content), round(lag, 3)))
+        assert _integrity(db) == "ok"
+    print(f"\nstreaming kills: {CHAT_KILLS}, worst loss {worst_lag:.3f} s")
+    for row in summary:
+        print("  run %d: streamed %d chars, saved %d, lost the last %.3f s" % row)
+
+
+@pytest.fixture(scope="module")
+def big_markdown(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = random.Random(2)
+    words = "alpha beta gamma delta lighthouse keeper storm harbour ship lantern rope tide".split()
+    path = tmp_path_factory.mktemp("docs") / "big notes.md"
+    with path.open("w", encoding="utf-8") as fh:
+        for s in range(9000):
+            fh.write(f"## Section {s}\n\n")
+            for _p in range(5):
+                fh.write(" ".join(rng.choice(words) for _ in range(60)) + "\n\n")
+    return path
+
+
+def test_sigkill_while_ingesting_a_document(tiny_model: Path, big_markdown: Path, tmp_path: Path) -> None:
+    """The attachment row may be left 'processing', but the database and the conversation survive."""
+    rng = random.Random(5)
+    states = []
+    for run in range(INGEST_KILLS):
+        data = tmp_path / f"ingest{run}"
+        side = tmp_path / f"ingest{run}.side"
+        proc = _spawn("ingest", str(data), str(tiny_model), str(side), str(big_markdown))
+        _wait_for(side, proc, lambda ls: any(line.startswith("attached") for line in ls))
+        time.sleep(rng.uniform(0.0, 2.5))
+        if proc.poll() is None:
+            _kill(proc)
+        db = data / "scout-chat.sqlite3"
+        assert _integrity(db) == "ok"
+        with Store(db) as store:
+            conversations = store.list_conversations()
+            assert len(conversations) == 1
+            attachments = store.attachments(conversations[0].id)
+            assert [a.name for a in attachments] == [big_markdown.name]
+            states.append(attachments[0].meta.get("state"))
+            # chunks are either all there or none (one transaction)
+            n_chunks = len(store.chunk_index().chunks(attachments[0].id))
+            assert (n_chunks > 0) == (states[-1] == "ready"), (states[-1], n_chunks)
+        assert _integrity(db) == "ok"
+    print(f"\ningest kills: {INGEST_KILLS}, attachment states after the kill: {states}")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="app bug: after a crash mid-ingest the attachment stays 'processing' forever on reopen "
+    "(restore_session re-emits it but starts no ingest job), and send() refuses until it is removed",
+)
+def test_an_attachment_left_processing_by_a_crash_is_recovered_on_reopen(
+    qtbot, tiny_model: Path, big_markdown: Path, tmp_path: Path
+) -> None:
+    from app.config import AppPaths, load_settings
+    from app.workers.controller import ChatController
+    from tests.fakes import FakeEngine
+
+    data = tmp_path / "ingest-reopen"
+    side = tmp_path / "ingest-reopen.side"
+    proc = _spawn("ingest", str(data), str(tiny_model), str(side), str(big_markdown))
+    _wait_for(side, proc, lambda ls: any(line.startswith("attached") for line in ls))
+    _kill(proc)
+    paths = AppPaths.under(data).ensure()
+    store = Store(paths.database)
+    controller = ChatController(store, paths, load_settings(paths), lambda: FakeEngine())
+    try:
+        controller.restore_session()
+        qtbot.wait(3000)  # room for a re-ingest, were one started
+        states = [a.meta.get("state") for a in controller.pending_attachments()]
+    finally:
+        controller.shutdown()
+        store.close()
+    assert states and all(state != "processing" for state in states), states

@@ -1,0 +1,116 @@
+"""Export to Markdown and JSON; the JSON imports back into a fresh store unchanged."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+
+from app.core.store import Store
+from app.export import (
+    ExportFormatError,
+    export_conversation,
+    import_json,
+    parse_json,
+    suggested_filename,
+    to_json,
+    to_markdown,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+ANSWER = "Here is code:\n\n```python\nprint('hi')\n```\n\nAnd a table:\n\n| a | b |\n|---|---|\n| 1 | 2 |"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    with Store(tmp_path / "a.sqlite3") as s:
+        yield s
+
+
+def _fill(store: Store) -> int:
+    conv = store.create_conversation("Pandas & «unicode» ✓", model="Scout Q4_K_M")
+    store.add_message(conv.id, "system", "You are Scout.\nBe brief.")
+    store.add_message(conv.id, "user", "# not a heading\nShow me code 🐍", model="Scout Q4_K_M")
+    store.add_message(
+        conv.id,
+        "assistant",
+        ANSWER,
+        model="Scout Q4_K_M",
+        sampling={"temperature": 0.6, "top_p": 0.9},
+        stats={"completion_tokens": 42, "tokens_per_s": 12.5},
+    )
+    store.add_message(conv.id, "notice", "Older messages were left out.")
+    store.add_message(conv.id, "user", "And more?")
+    store.add_message(conv.id, "assistant", "Partial ans", status="cancelled")
+    return conv.id
+
+
+def test_json_round_trips_into_a_fresh_store(store: Store, tmp_path: Path) -> None:
+    conv_id = _fill(store)
+    exported = export_conversation(store, conv_id)
+    text = to_json(exported.conversation, exported.messages)
+    assert json.loads(text)["format"] == "scout-chat.conversation"
+    with Store(tmp_path / "fresh.sqlite3") as fresh:
+        imported = import_json(fresh, text)
+        assert imported.title == exported.conversation.title
+        assert imported.model == exported.conversation.model
+        again = fresh.messages(imported.id)
+
+        def fields(messages: list) -> list[tuple]:
+            return [(m.role, m.content, m.model, m.sampling, m.stats, m.status) for m in messages]
+
+        assert fields(again) == fields(list(exported.messages))
+        # and the export of the import is the same document (but for times)
+        second = json.loads(to_json(imported, again))
+        first = json.loads(text)
+        for doc in (first, second):
+            doc.pop("exported_at")
+            doc["conversation"].pop("created_at")
+            doc["conversation"].pop("updated_at")
+            for m in doc["messages"]:
+                m.pop("created_at")
+        assert first == second
+        # imported text is searchable like any other
+        assert sorted(m.role for _c, m in fresh.search_messages("code")) == ["assistant", "user"]
+
+
+def test_markdown_has_title_turns_and_code(store: Store) -> None:
+    exported = export_conversation(store, _fill(store))
+    md = to_markdown(exported.conversation, exported.messages)
+    assert md.startswith("# Pandas & «unicode» ✓\n")
+    assert "model: Scout Q4_K_M" in md
+    assert md.count("## You") == 2
+    assert md.count("## Scout") == 2
+    assert "> You are Scout.\n> Be brief." in md
+    assert "```python\nprint('hi')\n```" in md
+    assert "| a | b |" in md
+    assert "```text\n# not a heading\nShow me code 🐍\n```" in md  # not turned into a heading
+    assert "> Older messages were left out." in md
+    assert "*(answer cancelled)*" in md
+
+
+def test_bad_json_is_refused_with_a_reason(store: Store) -> None:
+    with pytest.raises(ExportFormatError, match="not valid JSON"):
+        parse_json("{")
+    with pytest.raises(ExportFormatError, match="not a Scout Chat"):
+        parse_json('{"messages": []}')
+    doc = {
+        "format": "scout-chat.conversation",
+        "version": 1,
+        "conversation": {"title": "x"},
+        "messages": [{}],
+    }
+    with pytest.raises(ExportFormatError, match=r"messages\[0\]\.role: missing"):
+        import_json(store, json.dumps(doc))
+    assert store.list_conversations() == []
+    with pytest.raises(KeyError):
+        export_conversation(store, 999)
+
+
+def test_suggested_filename(store: Store) -> None:
+    conv = store.create_conversation("What is 2/3 of π? <draft>")
+    assert suggested_filename(conv, "md") == "What-is-2-3-of-π-draft.md"
+    assert suggested_filename(store.create_conversation("???"), ".json") == "conversation.json"
