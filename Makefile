@@ -22,6 +22,10 @@ lint: setup
 bench: setup
 	.venv/bin/python -m bench.generation
 	.venv/bin/python -m bench.ui_stall
+	.venv/bin/python -m bench.planner
+	.venv/bin/python -m bench.documents
+	.venv/bin/python -m bench.images
+	.venv/bin/python -m bench.download
 
 screenshots: setup
 	QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/screenshots.py docs

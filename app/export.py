@@ -8,8 +8,10 @@ stored field of every message, so :func:`import_json` rebuilds the conversation 
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import __version__
@@ -17,7 +19,7 @@ from app import __version__
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from app.core.store import Conversation, Store, StoredMessage
+    from app.core.store import Attachment, Conversation, Store, StoredMessage
 
 EXPORT_FORMAT = "scout-chat.conversation"
 EXPORT_VERSION = 1
@@ -34,6 +36,7 @@ class Exported:
 
     conversation: Conversation
     messages: tuple[StoredMessage, ...]
+    attachments: dict[int, list[Attachment]] = field(default_factory=dict)  # by message id
 
 
 def _iso(timestamp: float) -> str:
@@ -49,7 +52,12 @@ def _fence(text: str) -> str:
     return "`" * max(3, longest + 1)
 
 
-def to_markdown(conversation: Conversation, messages: Sequence[StoredMessage]) -> str:
+def to_markdown(
+    conversation: Conversation,
+    messages: Sequence[StoredMessage],
+    attachments: dict[int, list[Attachment]] | None = None,
+    files_dir: str = "",
+) -> str:
     """A readable Markdown document: title, date and model, then each turn under a heading.
 
     Answers are Markdown already and go in as they are; system prompts and notices are quoted.
@@ -72,6 +80,13 @@ def to_markdown(conversation: Conversation, messages: Sequence[StoredMessage]) -
             lines += [fence + "text", body, fence]
         else:
             lines.append(body)
+        for attachment in (attachments or {}).get(message.id, []):
+            if attachment.kind == "image" and files_dir:
+                lines += ["", f"![{attachment.name}]({files_dir}/{_attachment_file(attachment)})"]
+            else:
+                pages = attachment.meta.get("pages")
+                extra = f", {pages} pages" if pages else ""
+                lines += ["", f"*Attached {attachment.kind}: {attachment.name}{extra}*"]
         if message.status in ("cancelled", "interrupted"):
             lines += ["", f"*(answer {message.status})*"]
         elif message.status == "error":
@@ -81,8 +96,10 @@ def to_markdown(conversation: Conversation, messages: Sequence[StoredMessage]) -
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _message_dict(message: StoredMessage) -> dict[str, Any]:
-    return {
+def _message_dict(
+    message: StoredMessage, attachments: Sequence[Attachment] = (), files_dir: str = ""
+) -> dict[str, Any]:
+    out = {
         "role": message.role,
         "content": message.content,
         "created_at": message.created_at,
@@ -91,9 +108,26 @@ def _message_dict(message: StoredMessage) -> dict[str, Any]:
         "stats": message.stats,
         "status": message.status,
     }
+    if attachments:
+        out["attachments"] = [
+            {
+                "kind": a.kind,
+                "name": a.name,
+                "sha256": a.sha256,
+                "meta": a.meta,
+                "file": f"{files_dir}/{_attachment_file(a)}" if a.kind == "image" and files_dir else None,
+            }
+            for a in attachments
+        ]
+    return out
 
 
-def to_json_dict(conversation: Conversation, messages: Sequence[StoredMessage]) -> dict[str, Any]:
+def to_json_dict(
+    conversation: Conversation,
+    messages: Sequence[StoredMessage],
+    attachments: dict[int, list[Attachment]] | None = None,
+    files_dir: str = "",
+) -> dict[str, Any]:
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -105,12 +139,43 @@ def to_json_dict(conversation: Conversation, messages: Sequence[StoredMessage]) 
             "updated_at": conversation.updated_at,
             "model": conversation.model,
         },
-        "messages": [_message_dict(m) for m in messages],
+        "messages": [_message_dict(m, (attachments or {}).get(m.id, []), files_dir) for m in messages],
     }
 
 
-def to_json(conversation: Conversation, messages: Sequence[StoredMessage]) -> str:
-    return json.dumps(to_json_dict(conversation, messages), ensure_ascii=False, indent=2) + "\n"
+def to_json(
+    conversation: Conversation,
+    messages: Sequence[StoredMessage],
+    attachments: dict[int, list[Attachment]] | None = None,
+    files_dir: str = "",
+) -> str:
+    data = to_json_dict(conversation, messages, attachments, files_dir)
+    return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+
+
+def _attachment_file(attachment: Attachment) -> str:
+    suffix = Path(attachment.path).suffix or ".png"
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in Path(attachment.name).stem)[:40]
+    return f"{attachment.id}-{stem or 'image'}{suffix}"
+
+
+def write_export(exported: Exported, target: Path) -> Path:
+    """Write ``target`` (.md, or .json) and copy the conversation's images into a folder beside it
+    (``<stem>_files/``), referenced from the document. Returns the file written."""
+    images = [a for items in exported.attachments.values() for a in items if a.kind == "image" and a.path]
+    files_dir = f"{target.stem}_files" if images else ""
+    if images:
+        folder = target.parent / files_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        for image in images:
+            source = Path(image.path)
+            if source.is_file():
+                shutil.copyfile(source, folder / _attachment_file(image))
+    maker = to_json if target.suffix.lower() == ".json" else to_markdown
+    target.write_text(
+        maker(exported.conversation, exported.messages, exported.attachments, files_dir), encoding="utf-8"
+    )
+    return target
 
 
 def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -174,7 +239,9 @@ def export_conversation(store: Store, conversation_id: int) -> Exported:
     conversation = store.get_conversation(conversation_id)
     if conversation is None:
         raise KeyError(conversation_id)
-    return Exported(conversation, tuple(store.messages(conversation_id)))
+    messages = tuple(store.messages(conversation_id))
+    attachments = store.message_attachments([m.id for m in messages])
+    return Exported(conversation, messages, attachments)
 
 
 def suggested_filename(conversation: Conversation, extension: str) -> str:

@@ -114,3 +114,35 @@ def test_suggested_filename(store: Store) -> None:
     conv = store.create_conversation("What is 2/3 of π? <draft>")
     assert suggested_filename(conv, "md") == "What-is-2-3-of-π-draft.md"
     assert suggested_filename(store.create_conversation("???"), ".json") == "conversation.json"
+
+
+def test_markdown_export_includes_images_as_files_beside_it(tmp_path) -> None:
+    from app.core.store import Store
+    from app.export import export_conversation, write_export
+    from tests.vision_fixtures import png_bytes
+
+    picture = tmp_path / "stored.png"
+    picture.write_bytes(png_bytes(8, 8))
+    with Store(tmp_path / "db.sqlite3") as store:
+        conversation = store.create_conversation("With a picture")
+        user = store.add_message(conversation.id, "user", "What is this?")
+        store.add_message(conversation.id, "assistant", "A red square.")
+        image = store.add_attachment(
+            conversation.id, "image", "photo.png", path=str(picture), meta={"state": "ready"}
+        )
+        doc = store.add_attachment(
+            conversation.id, "document", "report.pdf", meta={"state": "ready", "pages": 3}
+        )
+        store.link_attachments([image.id, doc.id], user.id)
+        exported = export_conversation(store, conversation.id)
+    out = tmp_path / "out" / "chat.md"
+    out.parent.mkdir()
+    write_export(exported, out)
+    text = out.read_text(encoding="utf-8")
+    copied = list((tmp_path / "out" / "chat_files").iterdir())
+    assert len(copied) == 1
+    assert copied[0].read_bytes() == picture.read_bytes()
+    assert f"![photo.png](chat_files/{copied[0].name})" in text
+    assert "*Attached document: report.pdf, 3 pages*" in text
+    as_json = write_export(exported, tmp_path / "out" / "chat.json").read_text(encoding="utf-8")
+    assert '"name": "photo.png"' in as_json

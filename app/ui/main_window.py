@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.export import export_conversation, suggested_filename, to_json, to_markdown
+from app.export import export_conversation, suggested_filename, write_export
 from app.ui import theme
 from app.ui.about_dialog import AboutDialog, SystemInfoDialog
 from app.ui.attachments import WindowAttachments
@@ -463,10 +463,8 @@ class MainWindow(QMainWindow):
         if not path:
             return None
         target = Path(path)
-        as_json = target.suffix.lower() == ".json"
-        maker = to_json if as_json else to_markdown
         try:
-            target.write_text(maker(exported.conversation, exported.messages), encoding="utf-8")
+            write_export(exported, target)  # images are copied into "<name>_files/" beside it
         except OSError as exc:
             self.show_error(f"Could not export the conversation: {exc}")
             return None

@@ -314,6 +314,9 @@ class ChatController(QObject):
         self._remember(last_conversation=conversation_id)
         self.conversation_opened.emit(conversation_id, self._store.messages(conversation_id))
         for attachment in self._store.pending_attachments(conversation_id):
+            if attachment.meta.get("state") == "processing" and not self._is_ingesting(attachment.id):
+                self._resume_ingest(attachment)  # the app stopped while reading it
+                continue
             self.attachment_added.emit(attachment)  # what waited in the composer is still there
         self._restore_kv(conversation_id)
         self._request_context_count()
@@ -579,6 +582,29 @@ class ChatController(QObject):
         if attachment is not None and attachment.message_id is None:
             self._store.delete_attachment(attachment_id)
         self.attachment_removed.emit(attachment_id)
+
+    def _is_ingesting(self, attachment_id: int) -> bool:
+        return attachment_id in self._jobs.values()
+
+    def _resume_ingest(self, attachment: Attachment) -> None:
+        """An attachment left half-read (the app was closed or killed while ingesting): read the
+        original file again, or drop it with a message when it cannot be read again."""
+        source = Path(attachment.path) if attachment.path else None
+        if source is None or not source.is_file():
+            self._store.delete_attachment(attachment.id)
+            self.attachment_failed.emit(
+                attachment.name,
+                f"{attachment.name} was still being read when Scout Chat closed, and the original is no "
+                "longer available. Attach it again.",
+                0,
+            )
+            return
+        self.attachment_added.emit(attachment)
+        job = self._next_job(attachment.id)
+        if attachment.kind == "image":
+            self.ingest_image_requested.emit(job, str(source), attachment.name)
+        else:
+            self.ingest_document_requested.emit(job, str(source), None)
 
     def _next_job(self, attachment_id: int) -> int:
         self._job_seq += 1

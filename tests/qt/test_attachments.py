@@ -165,3 +165,29 @@ def test_removing_an_attachment_deletes_its_chunks(make_controller, qtbot, tmp_p
     controller.remove_attachment(ready.id)
     assert controller.pending_attachments() == []
     assert index.chunks(ready.id) == []
+
+
+def test_attachment_left_processing_by_a_crash_is_read_again_on_reopen(
+    make_controller, qtbot, tmp_path
+) -> None:
+    controller = loaded(make_controller(), qtbot)
+    doc = tmp_path / "report.md"
+    doc.write_text("# Report\n\nQuarterly figures.\n", encoding="utf-8")
+    conversation = controller.store.create_conversation("crashed")
+    stuck = controller.store.add_attachment(
+        conversation.id, "document", "report.md", path=str(doc), meta={"state": "processing"}
+    )
+    lost = controller.store.add_attachment(
+        conversation.id, "image", "pasted.png", meta={"state": "processing"}
+    )
+    ready: list[object] = []
+    failed: list[tuple] = []
+    controller.attachment_updated.connect(lambda a: a.meta.get("state") == "ready" and ready.append(a))
+    controller.attachment_failed.connect(lambda *args: failed.append(args))
+    controller.open_conversation(conversation.id)
+    qtbot.waitUntil(lambda: bool(ready), timeout=10_000)
+    assert ready[0].id == stuck.id
+    assert failed[0][0] == "pasted.png"
+    assert "Attach it again" in failed[0][1]
+    assert [a.id for a in controller.pending_attachments()] == [stuck.id]
+    assert controller.store.get_attachment(lost.id) is None
