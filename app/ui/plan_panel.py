@@ -308,6 +308,7 @@ class PlanPanel(QDialog):
         self._mmproj_bytes = 0
         self._plan: Plan | None = None
         self._n_ctx_target: int | None = None  # kept from the controller's overrides (no widget)
+        self._restyling = False
         self._styled_dark: bool | None = None
         self.device_rows: list[DeviceRow] = []
 
@@ -813,8 +814,13 @@ class PlanPanel(QDialog):
 
     def changeEvent(self, event: QEvent) -> None:
         super().changeEvent(event)
-        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.StyleChange):
-            self._apply_local_style()
+        # setStyleSheet() itself sends StyleChange (and may change the palette): never recurse.
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.StyleChange) and not self._restyling:
+            self._restyling = True
+            try:
+                self._apply_local_style()
+            finally:
+                self._restyling = False
 
     # -- slots ------------------------------------------------------------------------------
     def _on_recompute_timer_timeout(self) -> None:

@@ -418,32 +418,38 @@ def test_image_thumbnail_in_history_opens_the_viewer(qtbot, make_window, files) 
 
 # -- screenshots ------------------------------------------------------------------------------------
 def test_screenshots(qtbot, qapp, make_window, files) -> None:
+    old_palette, old_sheet, old_style = qapp.palette(), qapp.styleSheet(), qapp.style().name()
     theme.apply_theme(qapp, "light")
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    env = make_window(
-        VisionFakeEngine(["The vault code is **PURPLE-ELEPHANT-42** (p. 2). ", "See also page 1."])
-    )
-    env.window.resize(1180, 760)
-    drop(env.window, url_mime(files.image, files.pdf))
-    wait_ready(qtbot, env.bar, 2)
-    env.window.composer.set_text("What does the handbook say about the vault, and what is in the photo?")
-    qtbot.wait(50)
-    assert env.window.grab().save(str(SHOTS / "attach_composer_chips.png"))
+    try:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        env = make_window(
+            VisionFakeEngine(["The vault code is **PURPLE-ELEPHANT-42** (p. 2). ", "See also page 1."])
+        )
+        env.window.resize(1180, 760)
+        drop(env.window, url_mime(files.image, files.pdf))
+        wait_ready(qtbot, env.bar, 2)
+        env.window.composer.set_text("What does the handbook say about the vault, and what is in the photo?")
+        qtbot.wait(50)
+        assert env.window.grab().save(str(SHOTS / "attach_composer_chips.png"))
 
-    send(qtbot, env, env.window.composer.text())
-    qtbot.wait(50)
-    assert env.window.grab().save(str(SHOTS / "attach_conversation.png"))
-    answer = env.window.chat_view.last_message("assistant")
-    assert answer is not None
-    qtbot.mouseClick(answer.sources_button, Qt.MouseButton.LeftButton)
-    dialog = env.window.attachments.last_dialog
-    assert dialog is not None
-    qtbot.waitExposed(dialog)
-    assert dialog.grab().save(str(SHOTS / "attach_what_the_model_saw.png"))
-    dialog.close()
-    click_citation(qtbot, answer, 2)
-    popup = env.window.attachments.last_dialog
-    assert popup is not None
-    qtbot.waitExposed(popup)
-    assert popup.grab().save(str(SHOTS / "attach_citation.png"))
-    popup.close()
+        send(qtbot, env, env.window.composer.text())
+        qtbot.wait(50)
+        assert env.window.grab().save(str(SHOTS / "attach_conversation.png"))
+        answer = env.window.chat_view.last_message("assistant")
+        assert answer is not None
+        qtbot.mouseClick(answer.sources_button, Qt.MouseButton.LeftButton)
+        dialog = env.window.attachments.last_dialog
+        assert dialog is not None
+        qtbot.waitExposed(dialog)
+        assert dialog.grab().save(str(SHOTS / "attach_what_the_model_saw.png"))
+        dialog.close()
+        click_citation(qtbot, answer, 2)
+        popup = env.window.attachments.last_dialog
+        assert popup is not None
+        qtbot.waitExposed(popup)
+        assert popup.grab().save(str(SHOTS / "attach_citation.png"))
+        popup.close()
+    finally:  # leave the application as the next tests expect it
+        qapp.setStyleSheet(old_sheet)
+        qapp.setPalette(old_palette)
+        qapp.setStyle(old_style)
