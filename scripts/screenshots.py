@@ -11,14 +11,17 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.core.types import GenerationStats, ModelInfo  # noqa: E402
+from app.core.types import GenerationStats, ModelInfo
+
+if TYPE_CHECKING:
+    import threading
 
 MODEL_NAME = "Llama-4-Scout-17B-16E-Instruct-Q4_K_M"
 
@@ -150,7 +153,7 @@ def main() -> int:
             controller.load_model(f"/models/{MODEL_NAME}.gguf")
             settle(0.5)
             done: list[int] = []
-            controller.generation_finished.connect(lambda m, _s: done.append(m))
+            controller.generation_finished.connect(lambda m, _s, done=done: done.append(m))
             controller.send("How do I read a CSV file in Python and average one column?")
             while not done:
                 settle(0.05)

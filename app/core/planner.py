@@ -5,21 +5,44 @@ Order of operations (llama.cpp's own ``--fit``, tools/fit-params/README.md, adap
 1. everything on the GPU(s) if it fits with a safety margin;
 2. else every layer's dense part (attention, norms, router, shared expert) on the GPU and the
    routed experts of the *fewest* layers in system RAM (tensor overrides ``blk\\.N\\.ffn_*_exps``);
-3. else fewer GPU layers (the last layers go to the GPU, as llama.cpp assigns them);
+3. else fewer GPU layers (llama.cpp offloads the output layer first, then the last repeating
+   layers: n_gpu_layers = k puts k - 1 repeating layers + the output layer on the GPU);
 4. else CPU only;
 5. and if nothing fits, shrink the context down to a floor, then quantize the KV cache to q8_0
    (flash attention on), before giving up with "won't fit: needs X GB more".
 
 The projection per device: weights (exact GGUF tensor bytes), KV cache (llama.cpp's cell counts:
 n_ctx padded to 256 for global layers, ``min(n_ctx, chunk + n_ubatch)`` padded for Llama 4's
-chunked layers with ``swa_full=False``), compute buffer (llama.cpp's own dry-run figure when
-measured — see engine_probe.py — else a labelled formula), vision projector, safety margins. RAM
-counts the CPU-resident weights too: mmapped weights must be resident to run at speed.
+chunked layers with ``swa_full=False``), compute buffers (llama.cpp's own dry-run figures per
+backend buffer when measured — see engine/probe.py — else labelled formulas), vision projector,
+safety margins. RAM counts the CPU-resident weights too: mmapped weights must be resident to run at
+speed.
+
+How this follows llama.cpp 0.3.36 (vendor/llama.cpp/src):
+
+* Layers (llama-model.cpp, load_tensors): ``n_gpu_layers`` counts the *output* layer as one of
+  its layers: ``i_gpu_start = max(n_layer + 1 - n_gpu_layers, 0)``, and of the layers
+  ``0 .. n_layer`` (index ``n_layer`` = output) those ``>= i_gpu_start`` go to the GPUs. So
+  ``n_gpu_layers = k`` (1 ≤ k ≤ n_layer) puts the last ``k - 1`` repeating layers *and* the output
+  layer on the GPU; ``k ≥ n_layer + 1`` puts everything there; the input embedding always stays on
+  the CPU. With ``offload_kqv`` (always on here) a layer's KV cache lives on its layer's device.
+* Compute buffers (``sched_reserve``): one per backend. With a GPU, ``CUDA0`` (the graph on the
+  GPU) and ``CUDA_Host`` (pinned RAM: inputs and the attention masks, ``n_kv × n_ubatch`` f16 with
+  flash attention, f32 without, one mask per KV cache — they grow with n_ctx). Even with
+  ``n_gpu_layers = 0`` a GPU build keeps a GPU compute buffer: big matmuls are offloaded to the
+  first GPU (``op_offload``), which copies the weights they use into it.
+* Mapped weights (llama-model-loader.cpp, ``get_mapping_range``): with mmap, the CPU weights of a
+  file become one ``CPU_Mapped`` buffer spanning the file range from the first to the last CPU
+  tensor, GPU tensors in between included (they are read once at load, then never touched). The
+  planner projects that range (:attr:`DeviceUsage.mapped`) but counts only the CPU tensors in the
+  RAM budget: the rest is clean, file-backed page cache the kernel may drop under pressure without
+  slowing generation. The plan's notes say so when the two differ.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -44,6 +67,7 @@ DEFAULT_N_CTX = 32768
 N_CTX_FLOOR = 4096
 N_UBATCH = 512
 N_BATCH = 512
+GGUF_ALIGNMENT = 32  # general.alignment's default: tensor data offsets are multiples of it
 GPU_MARGIN_MIN = 512 * 1024**2  # CUDA context, fragmentation, other apps' growth
 GPU_MARGIN_FRACTION = 0.05
 RAM_MARGIN = 1 * GIB  # the app itself (Python, Qt), the OS's breathing room
@@ -81,6 +105,9 @@ class DeviceUsage:
     compute: int
     other: int  # projector, output/logits buffers, app overhead
     budget: int  # free memory minus the safety margin (shared pool already deducted)
+    # RAM only: address space of the mmapped CPU_Mapped buffer(s), >= the CPU weights. Not part of
+    # ``total``: the GPU tensors inside the range are reclaimable page cache (see module docstring).
+    mapped: int = 0
 
     @property
     def total(self) -> int:
@@ -192,6 +219,27 @@ def compute_formula(info: GGUFInfo, n_ctx: int, flash_attn: bool, n_ubatch: int 
     return base + max(scores, logits)
 
 
+def host_compute_formula(info: GGUFInfo, n_ctx: int, flash_attn: bool, n_ubatch: int = N_UBATCH) -> int:
+    """A labelled estimate of the *host* compute buffer of a GPU build (``CUDA_Host`` …).
+
+    It holds the graph inputs that stay on the CPU: one attention mask per KV cache,
+    ``n_kv × n_ubatch`` f16 with flash attention (f32 without) — for Llama 4 the global cache
+    (n_ctx padded to 256) and the chunked one (``chunk + n_ubatch`` padded) — plus the input
+    embeddings (two ``n_ubatch × n_embd`` f32). Scales with n_ctx; the H100 check measured
+    43.52 MiB at 32k on an n_embd=768 replica, where this gives 43.50 MiB.
+    """
+    base, swa = kv_cells(info, n_ctx, n_ubatch=n_ubatch)
+    chunked = info.attention != "full" and any(info.swa_layers)
+    n_kv = (base if not chunked or not all(info.swa_layers) else 0) + (swa if chunked else 0)
+    mask = 2 if flash_attn else 4
+    return n_kv * n_ubatch * mask + 2 * n_ubatch * info.n_embd * 4
+
+
+def gpu_layers_repeating(n_layer: int, n_gpu_layers: int) -> int:
+    """How many *repeating* layers ``n_gpu_layers`` puts on the GPU (the output layer counts as one)."""
+    return max(0, min(n_gpu_layers, n_layer + 1) - 1)
+
+
 def expert_override_pattern(layers: range | list[int]) -> str:
     """llama.cpp's expert pattern for the layers: ``blk\\.(0|1)\\.ffn_(up|down|gate|gate_up)_(ch|)exps``."""
     ids = "|".join(str(i) for i in layers)
@@ -228,8 +276,11 @@ class _Projection:
 def _layer_devices(n_layer: int, n_gpu_layers: int, gpus: tuple[Device, ...]) -> list[int]:
     """Device index per layer (-1 = CPU) + one entry for the output layer: llama.cpp's assignment.
 
-    The last ``n_gpu_layers`` layers go to the GPUs, split in proportion to their free memory
-    (llama.cpp's default tensor_split), upper_bound over the cumulative fractions.
+    llama-model.cpp (load_tensors): of the ``n_layer + 1`` layers (repeating layers, then the
+    output layer) those from ``i_gpu_start = max(n_layer + 1 - n_gpu_layers, 0)`` on go to the
+    GPUs, split in proportion to their free memory (the default tensor_split): the device is
+    upper_bound(cumulative fractions, (il - i_gpu_start) / act_gpu_layers). So the output layer is
+    the first to be offloaded and n_gpu_layers = 4 on 8 layers means layers 5..7 + output.
     """
     out = [-1] * (n_layer + 1)
     if not gpus or n_gpu_layers <= 0:
@@ -239,15 +290,39 @@ def _layer_devices(n_layer: int, n_gpu_layers: int, gpus: tuple[Device, ...]) ->
     for g in gpus:
         acc += max(1, g.free_bytes) / total_free
         splits.append(acc)
-    i_gpu_start = max(n_layer - n_gpu_layers, 0)
+    i_gpu_start = max(n_layer + 1 - n_gpu_layers, 0)
     act = min(n_gpu_layers, n_layer + 1)
     for il in range(i_gpu_start, n_layer + 1):
-        if il == n_layer and n_gpu_layers <= n_layer:
-            break
         frac = (il - i_gpu_start) / act
-        idx = next((k for k, s in enumerate(splits) if s > frac), len(gpus) - 1)
-        out[il] = idx
+        out[il] = next((k for k, s in enumerate(splits) if s > frac), len(gpus) - 1)
     return out
+
+
+@dataclass(frozen=True)
+class _Compute:
+    """Compute buffers of one (n_ctx, flash attention, KV type) configuration."""
+
+    gpu: tuple[int, ...]  # per GPU, when it holds layers
+    gpu_no_layers: int  # the first GPU when no layer is offloaded (op offload of big matmuls)
+    host: int  # system RAM: CPU / CUDA_Host …
+    source: str  # "measured" | "estimate"
+
+
+def _device_index(buffer: str, gpus: tuple[Device, ...]) -> int:
+    """The GPU a device buffer (``CUDA1``, ``MTL0``, ``Vulkan0_Private`` …) belongs to."""
+    for i, g in enumerate(gpus):
+        if g.name == buffer or buffer.split("_")[0] == g.name:
+            return i
+    found = re.match(r"([A-Za-z]+)(\d*)", buffer)
+    if found:
+        prefix, num = found.group(1).lower(), int(found.group(2) or 0)
+        backend = {"mtl": "metal", "hip": "rocm"}.get(prefix, prefix)
+        same = [
+            i for i, g in enumerate(gpus) if g.backend.lower() == backend or g.name.lower().startswith(prefix)
+        ]
+        if num < len(same):
+            return same[num]
+    return 0
 
 
 class _Projector:
@@ -259,7 +334,7 @@ class _Projector:
         hardware: HardwareInfo,
         *,
         mmproj_bytes: int,
-        compute_for: Callable[[int, bool, str], tuple[int, str]],
+        compute_for: Callable[[int, bool, str], _Compute],
     ) -> None:
         self.info = info
         self.hw = hardware
@@ -276,6 +351,50 @@ class _Projector:
         self.ram_budget = max(0, hardware.ram_available_bytes - RAM_MARGIN)
         self._kv_cache: dict[tuple[int, str], list[int]] = {}
         self._order_cache: dict[tuple[int, ...], list[int]] = {}
+        self._spans: list[tuple[int, int, int, str, int]] | None = None
+
+    def spans(self) -> list[tuple[int, int, int, str, int]]:
+        """(shard, start, end, kind, layer) per tensor: the offsets in the file's data section.
+
+        GGUF writers (gguf-py, llama.cpp) lay the data out in the order of the tensor infos, each
+        tensor aligned to ``general.alignment`` (32 by default), so the offsets follow from the
+        order and the sizes (gguf_info keeps both). kind: embd | out | other | dense | expert.
+        """
+        if self._spans is None:
+            spans = []
+            offset: dict[int, int] = {}
+            for t in self.info.tensors:
+                start = offset.get(t.shard, 0)
+                offset[t.shard] = pad(start + t.n_bytes, GGUF_ALIGNMENT)
+                if t.layer is not None:
+                    kind = "expert" if t.is_expert else "dense"
+                elif t.name.startswith("token_embd."):
+                    kind = "embd"
+                elif t.name.startswith(("output.", "output_norm.")):
+                    kind = "out"
+                else:
+                    kind = "other"
+                spans.append((t.shard, start, start + t.n_bytes, kind, -1 if t.layer is None else t.layer))
+            self._spans = spans
+        return self._spans
+
+    def mapped_bytes(self, cfg: _Config) -> int:
+        """Size of the CPU_Mapped buffer(s) llama.cpp creates for ``cfg`` with mmap: per file, the
+        range from the first to the last CPU tensor (llama_model_loader::get_mapping_range)."""
+        where = _layer_devices(self.info.n_layer, cfg.n_gpu_layers, self.gpus)
+        moe_cpu = set(self.expert_order(where)[: cfg.n_cpu_moe])
+        ranges: dict[int, tuple[int, int]] = {}
+        for shard, start, end, kind, il in self.spans():
+            if kind == "out":
+                on_cpu = where[self.info.n_layer] < 0
+            elif kind in ("dense", "expert") and 0 <= il < self.info.n_layer:
+                on_cpu = where[il] < 0 or (kind == "expert" and il in moe_cpu)
+            else:  # input embedding and anything else outside the layers: CPU
+                on_cpu = True
+            if on_cpu:
+                lo, hi = ranges.get(shard, (start, end))
+                ranges[shard] = (min(lo, start), max(hi, end))
+        return sum(hi - lo for lo, hi in ranges.values())
 
     def kv(self, n_ctx: int, kv_type: str) -> list[int]:
         key = (n_ctx, kv_type)
@@ -325,12 +444,14 @@ class _Projector:
             w[out_dev] += info.output_bytes + info.output_norm_bytes
         else:
             ram_w += info.output_bytes + info.output_norm_bytes
-        compute, _source = self.compute_for(cfg.n_ctx, cfg.flash_attn, cfg.kv_type)
+        c = self.compute_for(cfg.n_ctx, cfg.flash_attn, cfg.kv_type)
         used = [w[i] > 0 for i in range(n_gpu)]
-        gpu_compute = [compute if used[i] else 0 for i in range(n_gpu)]
+        gpu_compute = [c.gpu[i] if used[i] else 0 for i in range(n_gpu)]
         any_gpu = any(used)
-        # With GPUs the CPU keeps a small host compute buffer (inputs, CPU-side expert ops).
-        host_compute = N_UBATCH * info.n_embd * 4 * 4 if any_gpu else compute
+        if n_gpu and not any_gpu:
+            # a GPU build still offloads big matmuls to the first GPU with no layer on it
+            gpu_compute[0] = c.gpu_no_layers
+        host_compute = c.host
         gpu_other = [0] * n_gpu
         ram_other = APP_RAM + N_BATCH * info.vocab_size * 4  # llama-cpp-python's logits array
         if self.mmproj_bytes:
@@ -387,7 +508,9 @@ def _candidates(n_layer: int, has_gpu: bool, o: PlanOverrides) -> list[list[tupl
     full = n_layer + 1
     if o.n_gpu_layers is not None:
         g = max(0, min(o.n_gpu_layers, full)) if has_gpu else 0
-        es = [o.n_cpu_moe] if o.n_cpu_moe is not None else list(range(0, min(g, n_layer) + 1))
+        es = (
+            [o.n_cpu_moe] if o.n_cpu_moe is not None else list(range(0, gpu_layers_repeating(n_layer, g) + 1))
+        )
         return [[(g, max(0, min(e, n_layer))) for e in es]]
     if not has_gpu:
         return [[(0, 0)]]
@@ -433,17 +556,57 @@ def make_plan(
     started = time.perf_counter()
     o = overrides or PlanOverrides()
     measurements = measurements or {}
-    ratios = {
-        fa: m.compute_bytes / max(1, compute_formula(info, ctx, fa))
-        for (ctx, fa, _kv), m in measurements.items()
-        if m.compute_bytes
-    }
+    gpus = hardware.devices
+    largest_layer = max((lay.total_bytes for lay in info.layers), default=0)
 
-    def compute_for(n_ctx: int, fa: bool, kv: str) -> tuple[int, str]:
+    def host_formula(n_ctx: int, fa: bool) -> int:
+        # CPU only: the one CPU compute buffer is the whole graph
+        return host_compute_formula(info, n_ctx, fa) if gpus else compute_formula(info, n_ctx, fa)
+
+    def split(m: MeasuredBuffers) -> tuple[dict[int, int], int | None]:
+        """Measured compute per GPU index, and in RAM (None: not measured for this machine)."""
+        if not gpus:
+            return {}, m.compute_bytes
+        from app.core.engine.probe import is_host_buffer
+
+        per_gpu: dict[int, int] = {}
+        for buf, size in m.compute.items():
+            if not is_host_buffer(buf):
+                i = _device_index(buf, gpus)
+                per_gpu[i] = per_gpu.get(i, 0) + size
+        if not per_gpu:  # measured by a build without these GPUs: its one figure is the whole graph
+            return dict.fromkeys(range(len(gpus)), m.compute_bytes), None
+        return per_gpu, sum(v for k, v in m.compute.items() if is_host_buffer(k))
+
+    gpu_ratio: dict[bool, float] = {}
+    host_ratio: dict[bool, float] = {}
+    for (ctx, fa, _kv), m in measurements.items():
+        if not m.compute_bytes:
+            continue
+        per_gpu, host = split(m)
+        if per_gpu:
+            gpu_ratio[fa] = max(per_gpu.values()) / max(1, compute_formula(info, ctx, fa))
+        if host is not None:
+            host_ratio[fa] = host / max(1, host_formula(ctx, fa))
+
+    def compute_for(n_ctx: int, fa: bool, kv: str) -> _Compute:
+        gpu_est = int(compute_formula(info, n_ctx, fa) * gpu_ratio.get(fa, 1.0))
+        host_est = int(host_formula(n_ctx, fa) * host_ratio.get(fa, 1.0))
+        # with no layer on the GPUs, op offload copies the weights of a big matmul into the first
+        # GPU's compute buffer: a layer's worth on top of the graph (a labelled estimate)
+        offload_est = gpu_est + largest_layer
         m = measurements.get((n_ctx, fa, kv))
         if m is not None and m.compute_bytes:
-            return max(m.compute.values()), "measured"
-        return int(compute_formula(info, n_ctx, fa) * ratios.get(fa, 1.0)), "estimate"
+            per_gpu, host = split(m)
+            return _Compute(
+                gpu=tuple(per_gpu.get(i, gpu_est) for i in range(len(gpus))),
+                gpu_no_layers=per_gpu.get(0, offload_est),
+                host=host_est if host is None else host,
+                source="measured",
+            )
+        return _Compute(
+            gpu=(gpu_est,) * len(gpus), gpu_no_layers=offload_est, host=host_est, source="estimate"
+        )
 
     proj = _Projector(info, hardware, mmproj_bytes=mmproj_bytes, compute_for=compute_for)
     groups = _candidates(info.n_layer, bool(hardware.devices), o)
@@ -469,7 +632,7 @@ def make_plan(
         assert best_fail is not None
         chosen = best_fail[1]
     projection = proj.project(chosen)
-    _, source = compute_for(chosen.n_ctx, chosen.flash_attn, chosen.kv_type)
+    source = compute_for(chosen.n_ctx, chosen.flash_attn, chosen.kv_type).source
     plan = _finish(info, hardware, proj, chosen, projection, fits, source)
     plan = replace(plan, plan_seconds=time.perf_counter() - started)
     log.debug("plan for %s: %s in %.1f ms", info.path.name, plan.fits_text, plan.plan_seconds * 1000)
@@ -481,8 +644,7 @@ def _finish(
 ) -> Plan:
     n_layer = info.n_layer
     g = cfg.n_gpu_layers if hw.devices else 0
-    gpu_layers = min(g, n_layer)
-    e = min(cfg.n_cpu_moe, gpu_layers)
+    e = min(cfg.n_cpu_moe, gpu_layers_repeating(n_layer, g))
     overrides: tuple[TensorOverride, ...] = ()
     if e > 0 and info.expert_bytes:
         layers = sorted(proj.expert_order(_layer_devices(n_layer, g, hw.devices))[:e])
@@ -496,6 +658,21 @@ def _finish(
     else:
         verdict = VERDICT_SPLIT
     tps = _speed(info, hw, p, cfg)
+    mapped = proj.mapped_bytes(cfg)
+    p = replace(p, ram=replace(p.ram, mapped=mapped))
+    notes: list[str] = []
+    if mapped - p.ram.weights > max(1024**2, p.ram.weights // 20):
+        notes.append(
+            f"llama.cpp maps {_size(mapped)} of the model file for the CPU weights (CPU_Mapped: the "
+            "file range from the first to the last CPU tensor). The GPU tensors inside it are read "
+            "once at load and stay only as page cache the system can reclaim, so the RAM figure "
+            f"counts just the {_size(p.ram.weights)} of weights the CPU uses."
+        )
+    if hw.devices and g == 0 and p.devices and p.devices[0].compute:
+        notes.append(
+            f"With no layer offloaded llama.cpp still uses the {p.devices[0].label} for prompt "
+            f"processing (large matrix multiplications): {_size(p.devices[0].compute)} of GPU memory."
+        )
     plan = Plan(
         verdict=verdict,
         fits=fits,
@@ -515,6 +692,7 @@ def _finish(
         compute_source=source,
         explanation="",
         n_layer=n_layer,
+        notes=tuple(notes),
     )
     return replace(plan, explanation=explain(plan, info, hw))
 
@@ -549,19 +727,29 @@ def gb(n: int) -> str:
     return f"{n / GB:.1f} GB"
 
 
+def _size(n: int) -> str:
+    return gb(n) if n >= GB else f"{n / 1024**2:.1f} MiB"
+
+
 def explain(plan: Plan, info: GGUFInfo, hw: HardwareInfo) -> str:
     """One paragraph for the user; every figure in it is a field of the plan."""
     n = info.n_layer
     kv = "f16" if plan.type_k == "f16" else plan.type_k
     ctx = f"{_ctx_label(plan.n_ctx)} context ({kv} KV cache{', flash attention' if plan.flash_attn else ''})"
     gpus = " + ".join(d.label for d, u in zip(hw.devices, plan.devices, strict=True) if u.weights) or "GPU"
+    on_gpu = gpu_layers_repeating(n, plan.n_gpu_layers)
     if plan.n_gpu_layers == 0:
         where = f"all {n} layers on the CPU"
+        if any(d.compute for d in plan.devices):
+            where += f" (the {hw.devices[0].label} only for prompt-processing matmuls)"
     elif plan.n_gpu_layers > n:
         where = f"all {n} layers on the {gpus}"
+    elif on_gpu == 0:
+        where = f"the output layer on the {gpus}, all {n} layers on the CPU"
     else:
+        # llama.cpp counts the output layer as one of n_gpu_layers
         where = (
-            f"{plan.n_gpu_layers} of {n} layers on the {gpus}, the other {n - plan.n_gpu_layers} on the CPU"
+            f"{on_gpu} of {n} layers and the output layer on the {gpus}, the other {n - on_gpu} on the CPU"
         )
     if plan.n_cpu_moe:
         where += f", experts of {plan.n_cpu_moe} layers in RAM"
@@ -661,7 +849,7 @@ def safer_overrides(plan: Plan, overrides: PlanOverrides) -> tuple[PlanOverrides
         )
     if plan.type_k == "f16" and overrides.kv_type is None:
         return replace(overrides, kv_type="q8_0", flash_attn=True), "KV cache quantized to q8_0"
-    if plan.n_gpu_layers > 0 and plan.n_cpu_moe < plan.n_layer:
+    if plan.n_gpu_layers > 0 and plan.n_cpu_moe < gpu_layers_repeating(plan.n_layer, plan.n_gpu_layers):
         return (
             replace(overrides, n_cpu_moe=plan.n_layer),
             "all expert tensors kept in system RAM",

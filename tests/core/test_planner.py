@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pytest
 
-from app.core.engine.probe import measure_buffers
+from app.core.engine.probe import MeasuredBuffers, measure_buffers
 from app.core.gguf_info import GGUFInfo, read_gguf_info
 from app.core.hardware import GIB, Device, SimulatedHardware
 from app.core.planner import (
@@ -19,10 +20,15 @@ from app.core.planner import (
     VERDICT_SPLIT,
     Plan,
     PlanOverrides,
+    _layer_devices,
+    compute_formula,
+    host_compute_formula,
     make_plan,
     plan_with_dry_run,
+    safer_overrides,
 )
 from app.core.scout_shape import write_scout_shape
+from app.core.tiny_model import TinyModelSpec, write_tiny_model
 from app.core.types import LoadParams
 
 if TYPE_CHECKING:
@@ -144,7 +150,8 @@ def _check_explanation(plan: Plan) -> None:
 def _check_dense_before_experts(info: GGUFInfo, plan: Plan) -> None:
     """Experts leave the GPU before any dense part does: fewer GPU layers only once all experts are in RAM."""
     if 0 < plan.n_gpu_layers <= info.n_layer and plan.fits:
-        assert plan.n_cpu_moe == plan.n_gpu_layers
+        # n_gpu_layers counts the output layer: n_gpu_layers - 1 repeating layers on the GPU
+        assert plan.n_cpu_moe == plan.n_gpu_layers - 1
     if plan.n_cpu_moe:
         (override,) = plan.tensor_overrides
         found = re.match(r"blk\\\.\(([\d|]+)\)", override.pattern)
@@ -278,3 +285,180 @@ def test_scout_real_load_matches_projection(scout: dict[str, GGUFInfo]) -> None:
     assert _close(info.total_bytes, real.model_bytes, 0.001)
     assert _close(plan.ram.kv, real.kv_bytes, 0.001)
     assert _close(plan.ram.compute, real.compute_bytes, 0.001)
+
+
+# --------------------------------------------------------------------------------------------
+# Against llama.cpp on a real GPU: an NVIDIA H100 with the CUDA build of llama.cpp 0.3.36 ran the
+# benchmark replica below (bench/generation.py's BENCH_SPEC) and logged these buffers. There is no
+# GPU here: the figures are replayed through MeasuredBuffers with CUDA buffer names.
+
+MIB = 1024**2
+BENCH_SPEC = {
+    "n_layer": 8,
+    "n_embd": 768,
+    "n_head": 12,
+    "n_head_kv": 4,
+    "n_expert": 4,
+    "n_ff_exp": 1536,
+    "dtype": "Q8_0",
+    "seed": 99,
+    "name": "bench llama4",
+}
+H100 = SimulatedHardware.nvidia(80, 128, name="NVIDIA H100 80GB HBM3").probe()
+H100_32K = (32768, True, "f16")
+
+
+def _mib(x: float) -> int:
+    return round(x * MIB)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> GGUFInfo:
+    path = tmp_path_factory.mktemp("bench") / "bench-llama4-q8_0.gguf"
+    return read_gguf_info(write_tiny_model(path, TinyModelSpec(**BENCH_SPEC))[0])  # type: ignore[arg-type]
+
+
+def _at_32k(info: GGUFInfo, n_gpu_layers: int, n_cpu_moe: int | None = None, **kw: object) -> Plan:
+    o = PlanOverrides(
+        n_gpu_layers=n_gpu_layers, n_cpu_moe=n_cpu_moe, n_ctx=32768, kv_type="f16", flash_attn=True
+    )
+    return make_plan(info, H100, o, **kw)  # type: ignore[arg-type]
+
+
+def test_layer_devices_follow_llama_cpp() -> None:
+    """i_gpu_start = max(n_layer + 1 - n_gpu_layers, 0): the output layer is one of n_gpu_layers."""
+    gpu = SimulatedHardware.nvidia(24).probe().devices
+    cpu = [-1] * 9
+    assert _layer_devices(8, 0, gpu) == cpu
+    assert _layer_devices(8, 1, gpu) == [-1] * 8 + [0]  # the output layer only
+    # "offloading 3 repeating layers to GPU", "offloading output layer to GPU", "offloaded 4/9 layers"
+    assert _layer_devices(8, 4, gpu) == [-1] * 5 + [0, 0, 0] + [0]
+    assert _layer_devices(8, 8, gpu) == [-1] + [0] * 8
+    assert _layer_devices(8, 9, gpu) == [0] * 9
+    assert _layer_devices(8, 999, gpu) == [0] * 9
+    assert _layer_devices(8, 4, ()) == cpu
+    two = SimulatedHardware.nvidia(24, n=2).probe().devices
+    # act_gpu_layers = 9: fractions 0/9 .. 8/9 against the split points 0.5, 1.0
+    assert _layer_devices(8, 9, two) == [0] * 5 + [1] * 4
+    assert _layer_devices(8, 4, two) == [-1] * 5 + [0, 0, 1, 1]
+
+
+def test_partial_offload_matches_the_h100_layers(bench: GGUFInfo) -> None:
+    """n_gpu_layers=4 on 8 layers: layers 5..7 + output on CUDA0 (was 4..7, output on the CPU:
+    GPU weights +32.6 %, GPU KV +17.3 %)."""
+    plan = _at_32k(bench, 4)
+    layer = bench.layers[0].total_bytes
+    gpu, ram = plan.devices[0], plan.ram
+    assert gpu.weights == 3 * layer + bench.output_bytes + bench.output_norm_bytes
+    assert ram.weights == 5 * layer + bench.token_embd_bytes
+    swa_layer, global_layer = _mib(8.5), _mib(32)  # 8704 and 32768 cells × 1 KiB (f16 K + V)
+    assert gpu.kv == 2 * swa_layer + global_layer  # layers 5, 6 chunked; 7 global
+    assert ram.kv == 4 * swa_layer + global_layer  # layers 0, 1, 2, 4 chunked; 3 global
+    assert plan.n_cpu_moe == 0
+    assert "3 of 8 layers and the output layer on the NVIDIA H100 80GB HBM3" in plan.explanation
+    assert "the other 5 on the CPU" in plan.explanation
+    only_output = _at_32k(bench, 1)
+    assert only_output.devices[0].weights == bench.output_bytes + bench.output_norm_bytes
+    assert "the output layer on the NVIDIA H100 80GB HBM3, all 8 layers on the CPU" in only_output.explanation
+    # experts can only leave the GPU's repeating layers (3 of them here)
+    assert _at_32k(bench, 4, 8).n_cpu_moe == 3
+
+
+def test_compute_buffers_go_to_their_devices(bench: GGUFInfo) -> None:
+    """CUDA0 on the GPU, CUDA_Host (pinned RAM) in RAM: never the max of the two on both."""
+    measured = MeasuredBuffers(compute={"CUDA0": _mib(55.52), "CUDA_Host": _mib(43.52)})
+    plan = _at_32k(bench, 4, measurements={H100_32K: measured})
+    assert plan.compute_source == "measured"
+    assert plan.devices[0].compute == _mib(55.52)
+    assert plan.ram.compute == _mib(43.52)
+    assert measured.host_compute_bytes == _mib(43.52)
+    assert measured.device_compute == {"CUDA0": _mib(55.52)}
+
+
+def test_host_compute_formula_scales_with_n_ctx(bench: GGUFInfo) -> None:
+    """f16 masks: n_ctx × n_ubatch × 2 (global) + 8704 × n_ubatch × 2 (chunked) + the inputs.
+    The old fixed 512·n_embd·16 bytes (6 MiB) was −86 % at 32k."""
+    host = host_compute_formula(bench, 32768, True)
+    assert _close(host, _mib(43.52), 0.01)
+    assert _at_32k(bench, 4).ram.compute == host  # the estimate when nothing was measured
+    assert host_compute_formula(bench, 65536, True) - host == 32768 * 512 * 2
+    assert host_compute_formula(bench, 32768, False) > host  # f32 masks without flash attention
+    # other sizes: scaled by the measured/formula ratio of a measured configuration
+    measured = MeasuredBuffers(compute={"CUDA0": _mib(55.52), "CUDA_Host": _mib(43.52)})
+    o = PlanOverrides(n_gpu_layers=4, n_ctx=16384, kv_type="f16", flash_attn=True)
+    at_16k = make_plan(bench, H100, o, measurements={H100_32K: measured})
+    assert at_16k.compute_source == "estimate"
+    assert _close(at_16k.ram.compute, host_compute_formula(bench, 16384, True), 0.01)
+    assert at_16k.ram.compute < _mib(43.52)
+    assert at_16k.devices[0].compute < _mib(55.52)
+
+
+def test_zero_gpu_layers_still_uses_the_gpu(bench: GGUFInfo) -> None:
+    """A GPU build with n_gpu_layers=0 offloads big matmuls: CUDA0 87.60 MiB + CUDA_Host 43.52."""
+    measured = MeasuredBuffers(compute={"CUDA0": _mib(87.60), "CUDA_Host": _mib(43.52)})
+    plan = _at_32k(bench, 0, measurements={H100_32K: measured})
+    assert plan.verdict == VERDICT_CPU
+    gpu = plan.devices[0]
+    assert (gpu.weights, gpu.kv, gpu.compute) == (0, 0, _mib(87.60))
+    assert plan.ram.compute == _mib(43.52)
+    assert plan.ram.weights == bench.total_bytes
+    assert plan.vram_bytes == _mib(87.60)
+    assert "prompt" in plan.explanation
+    # without a measurement: a formula, on the GPU's budget, not 0
+    estimate = _at_32k(bench, 0).devices[0].compute
+    assert estimate >= compute_formula(bench, 32768, True)
+    assert _close(estimate, _mib(87.60), 0.10)
+    _check_explanation(_at_32k(bench, 0))
+    # CPU-only machines: one CPU compute buffer, all in RAM
+    cpu = make_plan(bench, CPU_BOX, PlanOverrides(n_ctx=32768, kv_type="f16", flash_attn=True))
+    assert cpu.ram.compute == compute_formula(bench, 32768, True)
+
+
+def test_per_device_compute_with_two_gpus_and_metal(bench: GGUFInfo) -> None:
+    two = SimulatedHardware.nvidia(24, 64, n=2).probe()
+    measured = MeasuredBuffers(compute={"CUDA0": _mib(40), "CUDA1": _mib(50), "CUDA_Host": _mib(43.52)})
+    o = PlanOverrides(n_gpu_layers=9, n_ctx=32768, kv_type="f16", flash_attn=True)
+    plan = make_plan(bench, two, o, measurements={H100_32K: measured})
+    assert [d.compute for d in plan.devices] == [_mib(40), _mib(50)]
+    assert plan.ram.compute == _mib(43.52)
+    apple = SimulatedHardware.apple(64).probe()
+    metal = MeasuredBuffers(compute={"MTL0": _mib(60), "CPU": _mib(43.52)})
+    plan = make_plan(bench, apple, o, measurements={H100_32K: metal})
+    assert (plan.devices[0].compute, plan.ram.compute) == (_mib(60), _mib(43.52))
+
+
+def test_mapped_range_spans_gpu_tensors(bench: GGUFInfo) -> None:
+    """n_cpu_moe=3 on a full offload: CPU_Mapped 55.30 MiB on the H100 — token_embd to blk.2's
+    experts, blk.0..2's dense (GPU) tensors included — while the CPU weights are 43.32 MiB."""
+    from app.core.gguf_info import _read_ggml
+
+    plan = _at_32k(bench, 9, 3)
+    assert _close(plan.ram.weights, _mib(43.32), 0.001)
+    assert _close(plan.ram.mapped, _mib(55.30), 0.001)
+    ram = plan.ram  # the gap is page cache: not in the RAM budget
+    assert ram.total == ram.weights + ram.kv + ram.compute + ram.other
+    assert any("CPU_Mapped" in note and "page cache" in note and "55.3 MiB" in note for note in plan.notes)
+    # the offsets the planner derives from tensor order + alignment are the file's
+    raw = _read_ggml(bench.path)
+    offset = 0
+    for (name, _type, n_bytes, real), t in zip(raw.tensors, bench.tensors, strict=True):
+        assert (name, real) == (t.name, offset)
+        offset = -(-(offset + n_bytes) // 32) * 32
+    # everything on the CPU: the mapping is the whole data section
+    assert _at_32k(bench, 0).ram.mapped == offset - (-(-bench.output_bytes // 32) * 32 - bench.output_bytes)
+    assert not _at_32k(bench, 0).notes[:-1]
+
+
+def test_safer_overrides_with_the_output_layer_counted(bench: GGUFInfo) -> None:
+    plan = _at_32k(bench, 4)
+    assert plan.n_cpu_moe == 0
+    nxt = safer_overrides(replace(plan, n_ctx=4096), PlanOverrides(n_gpu_layers=4, kv_type="f16"))
+    assert nxt is not None
+    assert nxt[0].n_cpu_moe == bench.n_layer  # all experts of the GPU layers to RAM
+    all_out = _at_32k(bench, 4, 3)
+    assert all_out.n_cpu_moe == 3  # every GPU repeating layer's experts: nothing more to move
+    nxt = safer_overrides(
+        replace(all_out, n_ctx=4096), PlanOverrides(n_gpu_layers=4, n_cpu_moe=3, kv_type="f16")
+    )
+    assert nxt is not None
+    assert (nxt[0].n_gpu_layers, nxt[1]) == (2, "GPU layers reduced to 2")

@@ -57,7 +57,13 @@ class ProbeError(RuntimeError):
 
 @dataclass(frozen=True)
 class MeasuredBuffers:
-    """Bytes per buffer type (``CPU``, ``CPU_Mapped``, ``CUDA0``, ``CUDA_Host`` …) as llama.cpp logs them."""
+    """Bytes per buffer type (``CPU``, ``CPU_Mapped``, ``CUDA0``, ``CUDA_Host`` …) as llama.cpp logs them.
+
+    ``compute`` keeps one figure per backend buffer (``sched_reserve`` logs each once): with a GPU
+    there are two, e.g. ``CUDA0`` (graph intermediates on the GPU, also with ``n_gpu_layers=0``
+    because big matmuls are offloaded) and ``CUDA_Host`` (pinned RAM: inputs and the f16/f32
+    attention masks, which grow with n_ctx). Never collapse them into one number.
+    """
 
     model: dict[str, int] = field(default_factory=dict)
     kv: dict[str, int] = field(default_factory=dict)
@@ -81,6 +87,27 @@ class MeasuredBuffers:
 
     def compute_on(self, device_prefix: str) -> int:
         return sum(v for k, v in self.compute.items() if k.startswith(device_prefix))
+
+    @property
+    def host_compute_bytes(self) -> int:
+        """Compute buffers in system RAM: ``CPU`` and the GPU backends' pinned ``*_Host`` buffers."""
+        return sum(v for k, v in self.compute.items() if is_host_buffer(k))
+
+    @property
+    def device_compute(self) -> dict[str, int]:
+        """Compute buffers in accelerator memory, by buffer name (``CUDA0``, ``MTL0``, ``Vulkan1`` …)."""
+        return {k: v for k, v in self.compute.items() if not is_host_buffer(k)}
+
+
+def is_host_buffer(name: str) -> bool:
+    """Whether a llama.cpp buffer type lives in system RAM.
+
+    ``CPU``, ``CPU_Mapped``, ``CPU_REPACK`` … and the pinned host buffers of the GPU backends
+    (``CUDA_Host``, ``ROCm_Host``, ``Vulkan_Host``, ``SYCL_Host`` …) are RAM; ``CUDA0``, ``ROCm0``,
+    ``Vulkan0``, ``MTL0`` … are the accelerator's own memory (on Apple silicon that is the same
+    physical pool, which the planner accounts for separately).
+    """
+    return name.upper().startswith("CPU") or name.endswith("_Host")
 
 
 def parse_buffer_lines(lines: list[str], *, dry_run: bool) -> MeasuredBuffers:
