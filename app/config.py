@@ -184,7 +184,7 @@ def save_settings(paths: AppPaths, settings: Settings) -> None:
     os.replace(tmp, paths.settings_file)
 
 
-_SECRET = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
+_SECRET = re.compile(r"\bhf_[A-Za-z0-9_-]{8,}")
 
 
 class RedactingFormatter(logging.Formatter):

@@ -89,11 +89,19 @@ def _section_chunks(
     spans = _split(text, 0, len(text), max_tokens, count, level=0, force=True)
     out: list[tuple[str, str, int]] = []
     line_ranges = section.start_line is not None and section.anchor.startswith("lines ")
+    # Line numbers are counted on from the previous chunk (chunks come in order): counting from the
+    # section start every time was quadratic on long sections.
+    counted_to, lines_before = 0, 0
     for start, end, tokens in _pack(text, spans, max_tokens, count):
         anchor = section.anchor
         if line_ranges:
             assert section.start_line is not None
-            first = section.start_line + text.count("\n", 0, start)
+            if start >= counted_to:
+                lines_before += text.count("\n", counted_to, start)
+            else:  # overlapping chunks (never produced today): count afresh
+                lines_before = text.count("\n", 0, start)
+            counted_to = start
+            first = section.start_line + lines_before
             last = first + text.count("\n", start, end)
             anchor = f"lines {first}–{last}" if last > first else f"line {first}"
         out.append((anchor, text[start:end], tokens))

@@ -68,7 +68,9 @@ def main(argv: list[str]) -> int:
     controller.generation_failed.connect(on_failed)
     controller.attachment_added.connect(lambda a: log_line(f"attached {a.id} {a.meta.get('state')}"))
     controller.attachment_progress.connect(lambda aid, f: log_line(f"progress {aid} {f:.3f}"))
-    controller.attachment_updated.connect(lambda a: (log_line(f"updated {a.id} {a.meta.get('state')}"), app.quit()))
+    controller.attachment_updated.connect(
+        lambda a: (log_line(f"updated {a.id} {a.meta.get('state')}"), app.quit())
+    )
     controller.attachment_failed.connect(lambda *a: (log_line(f"attach-failed {a!r}"), app.quit()))
     controller.load_model(model)
     QTimer.singleShot(120_000, app.quit)  # never outlive a broken parent

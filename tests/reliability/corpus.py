@@ -7,9 +7,12 @@ import os
 import random
 import struct
 import zlib
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 MARKER = "/tmp/scout-chat-pwned-marker"
 EVIL_TEMPLATES = {
@@ -33,7 +36,9 @@ def _s(text: str | bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def gguf(version: int = 3, n_tensors: int = 0, n_kv: int = 0, body: bytes = b"", magic: bytes = b"GGUF") -> bytes:
+def gguf(
+    version: int = 3, n_tensors: int = 0, n_kv: int = 0, body: bytes = b"", magic: bytes = b"GGUF"
+) -> bytes:
     return magic + struct.pack("<IQQ", version, n_tensors, n_kv) + body
 
 
@@ -75,10 +80,14 @@ def write_gguf_corpus(folder: Path, tiny_model: Path) -> dict[str, Path]:
             n_tensors=1, n_kv=1, body=arch + _s("token_embd.weight") + struct.pack("<I", 1000) + b"\1" * 64
         ),
         "tensor-type-999": gguf(
-            n_tensors=1, n_kv=1, body=arch + _s("token_embd.weight") + struct.pack("<IQQIQ", 2, 64, 64, 999, 0)
+            n_tensors=1,
+            n_kv=1,
+            body=arch + _s("token_embd.weight") + struct.pack("<IQQIQ", 2, 64, 64, 999, 0),
         ),
         "tensor-offset-past-eof": gguf(
-            n_tensors=1, n_kv=1, body=arch + _s("token_embd.weight") + struct.pack("<IQQIQ", 2, 64, 64, 0, 1 << 50)
+            n_tensors=1,
+            n_kv=1,
+            body=arch + _s("token_embd.weight") + struct.pack("<IQQIQ", 2, 64, 64, 0, 1 << 50),
         ),
         "random-after-header": real[:64] + random.Random(1).randbytes(4096),
     }
@@ -97,13 +106,20 @@ def write_gguf_corpus(folder: Path, tiny_model: Path) -> dict[str, Path]:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\0" * 64)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def png_bomb(width: int = 10000, height: int = 10000) -> bytes:
@@ -112,7 +128,12 @@ def png_bomb(width: int = 10000, height: int = 10000) -> bytes:
     comp = zlib.compressobj(9)
     body = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", body)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def write_image_corpus(folder: Path) -> dict[str, Path]:
@@ -164,7 +185,10 @@ def _pdf(objects: list[bytes], root: int = 1, *, trailer_extra: bytes = b"", xre
         out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
         for off in offsets:
             out.write(b"%010d 00000 n \n" % off)
-    out.write(b"trailer\n<< /Size %d /Root %d 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, root, trailer_extra, start))
+    out.write(
+        b"trailer\n<< /Size %d /Root %d 0 R %s>>\nstartxref\n%d\n%%%%EOF\n"
+        % (len(objects) + 1, root, trailer_extra, start)
+    )
     return out.getvalue()
 
 
@@ -264,7 +288,10 @@ def write_text_corpus(folder: Path) -> dict[str, Path]:
     put("only-whitespace.txt", b"   \n\n\t  \n")
     put("long-line.txt", b"x" * 5_000_000)
     put("binary.docx", b"PK\x03\x04" + random.Random(7).randbytes(3000))
-    put("evil.html", b"<html><script>alert(1)</script><body><p>visible text</p>" + b"<div>" * 20000 + b"</body></html>")
+    put(
+        "evil.html",
+        b"<html><script>alert(1)</script><body><p>visible text</p>" + b"<div>" * 20000 + b"</body></html>",
+    )
     sparse = folder / "sparse-2GB.txt"
     with sparse.open("wb") as fh:
         fh.truncate(2 * 1024**3)  # apparent size 2 GB, nothing written

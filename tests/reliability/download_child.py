@@ -12,10 +12,8 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from app.core.downloads import Downloader
+    from app.core.downloads import Downloader, DownloadProgress, Phase
     from app.core.manifest import parse_manifest
-
-    from app.core.downloads import DownloadProgress, Phase
 
     endpoint, models_dir, manifest, chunk, side = argv
     out = open(side, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process

@@ -13,6 +13,11 @@ import time
 from pathlib import Path
 
 
+def say(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
 def main(argv: list[str]) -> int:
     from app.core.engine import LlamaEngine
     from app.core.gguf_info import read_gguf_info
@@ -20,12 +25,12 @@ def main(argv: list[str]) -> int:
 
     cases = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     for name, case in cases.items():
-        print(json.dumps({"case": name, "phase": "start"}), flush=True)
+        say({"case": name, "phase": "start"})
         result: dict[str, object] = {"case": name}
         path = Path(case["path"])
         for label, fn in (
-            ("info", lambda: read_gguf_info(path)),
-            ("info_py", lambda: read_gguf_info(path, prefer_ggml=False)),
+            ("info", lambda path=path: read_gguf_info(path)),
+            ("info_py", lambda path=path: read_gguf_info(path, prefer_ggml=False)),
         ):
             if case.get("chat"):
                 continue
@@ -54,7 +59,7 @@ def main(argv: list[str]) -> int:
         finally:
             engine.unload()
         result["load_s"] = round(time.monotonic() - t0, 3)
-        print(json.dumps(result), flush=True)
+        say(result)
     return 0
 
 

@@ -32,7 +32,11 @@ def build_doc(data: bytes, *, build_id: str = "rel-q2", size: int | None = None)
                 "approx_size_bytes": len(data),
                 "files": [{"path": FILE, "size": size or len(data), "sha256": sha256_of(data)}],
                 "gated": False,
-                "licence": {"name": "Llama 4 Community License", "url": "https://example.invalid", "note": "n"},
+                "licence": {
+                    "name": "Llama 4 Community License",
+                    "url": "https://example.invalid",
+                    "note": "n",
+                },
                 "recommended": {"context": 8192, "temperature": 0.6, "top_p": 0.9, "min_p": 0.01},
                 "who_for": "tests",
             }

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from app.core.store import Store
+from tests.reliability.figures import emit
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT_KILLS = int(os.environ.get("SCOUT_RELIABILITY_KILLS", "10"))
@@ -87,8 +88,11 @@ def _token_lines(lines: list[str]) -> list[tuple[float, int]]:
 def test_sigkill_while_streaming_loses_at_most_one_second(tiny_model: Path, tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("SCOUT_RELIABILITY_SEED", "9")))
     worst_lag = 0.0
-    summary = []
-    for run in range(CHAT_KILLS):
+    summary: list[tuple[int, int, int, float]] = []
+    finished_first = 0
+    for run in range(CHAT_KILLS * 2):
+        if len(summary) == CHAT_KILLS:
+            break
         data = tmp_path / f"run{run}"
         side = tmp_path / f"run{run}.side"
         proc = _spawn("chat", str(data), str(tiny_model), str(side))
@@ -98,7 +102,15 @@ def test_sigkill_while_streaming_loses_at_most_one_second(tiny_model: Path, tmp_
 
         db = data / "scout-chat.sqlite3"
         assert _integrity(db) == "ok", f"run {run}: integrity_check failed"
-        ticks = _token_lines(_read_side(side))
+        lines = _read_side(side)
+        ticks = _token_lines(lines)
+        if "finished" in lines:  # the answer ended before the kill: it must be complete and whole
+            with Store(db) as store:
+                answer = store.messages(store.list_conversations()[0].id)[-1]
+                assert answer.status == "complete"
+                assert len(answer.content) == ticks[-1][1]
+            finished_first += 1
+            continue
         before = [chars for t, chars in ticks if t <= killed_at - SAVE_WINDOW_S]
         must_have = before[-1] if before else 0
         streamed = ticks[-1][1] if ticks else 0
@@ -108,7 +120,8 @@ def test_sigkill_while_streaming_loses_at_most_one_second(tiny_model: Path, tmp_
             assert len(conversations) == 1, f"run {run}: conversation lost"
             messages = store.messages(conversations[0].id)
             roles = [m.role for m in messages]
-            assert roles[0] == "user" and "lighthouse" in messages[0].content
+            assert roles[0] == "user"
+            assert "lighthouse" in messages[0].content
             assert roles[-1] == "assistant", f"run {run}: {roles}"
             answer = messages[-1]
             assert answer.status == "interrupted"
@@ -122,15 +135,28 @@ def test_sigkill_while_streaming_loses_at_most_one_second(tiny_model: Path, tmp_
         worst_lag = max(worst_lag, lag)
         summary.append((run, streamed, len(answer.content), round(lag, 3)))
         assert _integrity(db) == "ok"
-    print(f"\nstreaming kills: {CHAT_KILLS}, worst loss {worst_lag:.3f} s")
-    for row in summary:
-        print("  run %d: streamed %d chars, saved %d, lost the last %.3f s" % row)
+    emit(f"streaming kills: {len(summary)} (+{finished_first} finished first), worst loss {worst_lag:.3f} s")
+    for n, streamed, saved, lost in summary:
+        emit(f"  run {n}: streamed {streamed} chars, saved {saved}, lost the last {lost:.3f} s")
 
 
 @pytest.fixture(scope="module")
 def big_markdown(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = random.Random(2)
-    words = "alpha beta gamma delta lighthouse keeper storm harbour ship lantern rope tide".split()
+    words = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "lighthouse",
+        "keeper",
+        "storm",
+        "harbour",
+        "ship",
+        "lantern",
+        "rope",
+        "tide",
+    ]
     path = tmp_path_factory.mktemp("docs") / "big notes.md"
     with path.open("w", encoding="utf-8") as fh:
         for s in range(9000):
@@ -149,9 +175,13 @@ def test_sigkill_while_ingesting_a_document(tiny_model: Path, big_markdown: Path
         side = tmp_path / f"ingest{run}.side"
         proc = _spawn("ingest", str(data), str(tiny_model), str(side), str(big_markdown))
         _wait_for(side, proc, lambda ls: any(line.startswith("attached") for line in ls))
-        time.sleep(rng.uniform(0.0, 2.5))
+        time.sleep(rng.uniform(0.0, 1.2))  # during reading, chunking or storing the chunks
         if proc.poll() is None:
             _kill(proc)
+        else:  # it finished first
+            proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
         db = data / "scout-chat.sqlite3"
         assert _integrity(db) == "ok"
         with Store(db) as store:
@@ -164,17 +194,13 @@ def test_sigkill_while_ingesting_a_document(tiny_model: Path, big_markdown: Path
             n_chunks = len(store.chunk_index().chunks(attachments[0].id))
             assert (n_chunks > 0) == (states[-1] == "ready"), (states[-1], n_chunks)
         assert _integrity(db) == "ok"
-    print(f"\ningest kills: {INGEST_KILLS}, attachment states after the kill: {states}")
+    emit(f"ingest kills: {INGEST_KILLS}, attachment states after the kill: {states}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: after a crash mid-ingest the attachment stays 'processing' forever on reopen "
-    "(restore_session re-emits it but starts no ingest job), and send() refuses until it is removed",
-)
 def test_an_attachment_left_processing_by_a_crash_is_recovered_on_reopen(
     qtbot, tiny_model: Path, big_markdown: Path, tmp_path: Path
 ) -> None:
+    """Found by this suite, fixed in f64b383: a reopen must not leave the chip 'processing' forever."""
     from app.config import AppPaths, load_settings
     from app.workers.controller import ChatController
     from tests.fakes import FakeEngine
@@ -194,4 +220,5 @@ def test_an_attachment_left_processing_by_a_crash_is_recovered_on_reopen(
     finally:
         controller.shutdown()
         store.close()
-    assert states and all(state != "processing" for state in states), states
+    assert states, "the attachment row is gone"
+    assert all(state != "processing" for state in states), states

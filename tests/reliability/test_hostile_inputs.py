@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from pytestqt.exceptions import TimeoutError as QtTimeoutError
 
 from app.core.documents import DocumentError, extract
 from app.core.images import ImageError, normalize_image
 from app.core.tiny_model import TinyModelSpec, write_tiny_model
 from tests.reliability import corpus
+from tests.reliability.figures import emit
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT_S = 5.0
@@ -26,9 +28,13 @@ def test_hostile_gguf_files_and_sandbox_escaping_templates(tiny_model: Path, tmp
     """Run in a child process: a native abort in llama.cpp fails this test instead of killing pytest."""
     marker = Path(corpus.MARKER)
     marker.unlink(missing_ok=True)
-    cases = {name: {"path": str(p)} for name, p in corpus.write_gguf_corpus(tmp_path / "gguf", tiny_model).items()}
+    cases = {
+        name: {"path": str(p)} for name, p in corpus.write_gguf_corpus(tmp_path / "gguf", tiny_model).items()
+    }
     for name, template in corpus.EVIL_TEMPLATES.items():
-        path = write_tiny_model(tmp_path / "gguf" / f"tpl-{name}.gguf", TinyModelSpec(chat_template=template))[0]
+        path = write_tiny_model(
+            tmp_path / "gguf" / f"tpl-{name}.gguf", TinyModelSpec(chat_template=template)
+        )[0]
         cases[f"template-{name}"] = {"path": str(path), "chat": True}
     spec = tmp_path / "cases.json"
     spec.write_text(json.dumps(cases), encoding="utf-8")
@@ -40,7 +46,9 @@ def test_hostile_gguf_files_and_sandbox_escaping_templates(tiny_model: Path, tmp
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     started = [r["case"] for r in lines if r.get("phase") == "start"]
     results = {r["case"]: r for r in lines if "phase" not in r}
-    assert proc.returncode == 0, f"child died ({proc.returncode}) in case {started[-1]!r}: {proc.stderr[-2000:]}"
+    assert proc.returncode == 0, (
+        f"child died ({proc.returncode}) in case {started[-1]!r}: {proc.stderr[-2000:]}"
+    )
     assert set(results) == set(cases)
     assert not marker.exists(), "a chat template ran code"
     for name, r in results.items():
@@ -56,7 +64,9 @@ def test_hostile_gguf_files_and_sandbox_escaping_templates(tiny_model: Path, tmp
                 assert len(message) > 20, (name, key, r)
         for key in ("info_s", "info_py_s", "load_s"):
             assert r.get(key, 0) < LIMIT_S, (name, key, r)
-    print(f"\nGGUF corpus: {len(results)} files, slowest {max(r['load_s'] for r in results.values()):.3f} s")
+    emit(
+        f"GGUF corpus: {len(results)} files, slowest load {max(r['load_s'] for r in results.values()):.3f} s"
+    )
 
 
 def _timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -83,7 +93,7 @@ EXPECTED_DOCS = {  # name -> expected outcome: "ok" or a fragment of the message
     "corrupt.pdf": "damaged",
     "not-a-pdf.pdf": "damaged",
     "no-xref.pdf": "ok|damaged",
-    "xref-prev-loop.pdf": "ok|damaged",
+    "xref-prev-loop.pdf": "ok|damaged|scanned",  # its one page has no text
     "page-tree-loop.pdf": "damaged|no text|scanned",
     "flate-bomb.pdf": "ok|no text|scanned|damaged",
     "scanned.pdf": "scanned",
@@ -132,7 +142,7 @@ def test_hostile_documents(documents: dict[str, Path]) -> None:
         )
         report.append(f"{name}: {seconds:.2f} s: {outcome[:90]}")
         assert ok, f"{name}: expected {expected!r}, got {outcome!r}"
-    print("\n" + "\n".join(report))
+    emit("\n".join(report))
 
 
 def test_a_5000_page_pdf_respects_cancel(documents: dict[str, Path]) -> None:
@@ -167,13 +177,14 @@ def test_hostile_images(tmp_path: Path) -> None:
         value, seconds = _timed(normalize_image, path)
         outcome = _outcome(value)
         if outcome == "ok":
-            assert value.width > 0 and value.height > 0  # type: ignore[attr-defined]
+            assert value.width > 0
+            assert value.height > 0
         report.append(f"{name}: {seconds:.2f} s: {outcome[:90]}")
         assert any(
             (frag == "ok" and outcome == "ok") or (frag != "ok" and frag.lower() in outcome.lower())
             for frag in EXPECTED_IMAGES[name].split("|")
         ), f"{name}: expected {EXPECTED_IMAGES[name]!r}, got {outcome!r}"
-    print("\n" + "\n".join(report))
+    emit("\n".join(report))
 
 
 def test_hostile_files_through_the_app_leave_the_conversation_intact(
@@ -197,15 +208,20 @@ def test_hostile_files_through_the_app_leave_the_conversation_intact(
         with qtbot.waitSignal(controller.generation_finished, timeout=10_000):
             controller.send("a first message that must survive")
         conversation = controller.current_conversation_id
+        timings: list[str] = []
         files = {**documents, **images}
         files.pop("flate-bomb.pdf")  # ~1 s of decompression; covered by test_hostile_documents
         for name, path in files.items():
             t0 = time.monotonic()
             controller.attach_files([str(path)])
             expected = path.name
-            qtbot.waitUntil(lambda expected=expected: expected in outcomes, timeout=int(LIMIT_S * 1000))
-            assert time.monotonic() - t0 < LIMIT_S, name
-            assert outcomes[expected] and outcomes[expected] != "processing", (name, outcomes[expected])
+            try:
+                qtbot.waitUntil(lambda expected=expected: expected in outcomes, timeout=int(LIMIT_S * 1000))
+            except QtTimeoutError:
+                pytest.fail(f"{name}: no chip and no message within {LIMIT_S} s")
+            timings.append(f"{name}: {time.monotonic() - t0:.2f} s: {outcomes[expected][:80]}")
+            assert outcomes[expected], name
+            assert outcomes[expected] != "processing", name
         assert controller.current_conversation_id == conversation
         assert [m.content for m in controller.messages()][:1] == ["a first message that must survive"]
         for a in controller.pending_attachments():
@@ -213,6 +229,16 @@ def test_hostile_files_through_the_app_leave_the_conversation_intact(
         with qtbot.waitSignal(controller.generation_finished, timeout=10_000):
             controller.send("still talking")
         assert [m.role for m in controller.messages()] == ["user", "assistant", "user", "assistant"]
+        emit("\n".join(timings))
     finally:
         controller.shutdown()
         store.close()
+
+
+def test_chunking_a_5_mb_single_line_document_is_fast(documents: dict[str, Path]) -> None:
+    from app.core.chunking import chunk_document
+
+    doc = extract(documents["long-line.txt"])
+    value, seconds = _timed(chunk_document, doc)
+    assert not isinstance(value, Exception)
+    assert seconds < 2.0, f"{seconds:.1f} s"

@@ -1,0 +1,124 @@
+"""Soak test: repeated chat turns on the tiny model through the real app (window offscreen).
+
+``python -m bench.soak --minutes 60`` (default 2). Reports RSS after warm-up vs at the end (target:
+growth ≤ 5 %) and GUI stalls measured by a 10 ms heartbeat timer (target: none > 100 ms). Exit code 1
+when a target is missed. Conversations rotate every 20 turns so context never fills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak")
+    parser.add_argument("--minutes", type=float, default=2.0)
+    parser.add_argument("--warmup-turns", type=int, default=20)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = parser.parse_args(argv)
+
+    from PySide6.QtCore import QElapsedTimer, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from app.core.tiny_model import write_tiny_model
+    from app.main import build_application, parse_args
+
+    qapp = QApplication.instance() or QApplication(sys.argv[:1])
+    tmp = tempfile.TemporaryDirectory(prefix="scout-soak-")
+    model = write_tiny_model(Path(tmp.name) / "tiny-llama4.gguf")[0]
+    application = build_application(
+        parse_args(["--data-dir", str(Path(tmp.name) / "data"), "--model", str(model)])
+    )
+    application.window.resize(1100, 760)
+    application.window.show()
+    controller = application.controller
+
+    gaps: list[float] = []
+    clock = QElapsedTimer()
+    clock.start()
+    last = [clock.nsecsElapsed()]
+
+    def beat() -> None:
+        now = clock.nsecsElapsed()
+        gaps.append((now - last[0]) / 1e6)
+        last[0] = now
+
+    heartbeat = QTimer()
+    heartbeat.setInterval(10)
+    heartbeat.timeout.connect(beat)
+
+    state = {"turns": 0, "rss_warm": 0, "stalls_warm": 0, "start": 0.0, "tokens": 0}
+    deadline = time.monotonic() + args.minutes * 60
+
+    def next_turn(*_args: object) -> None:
+        if time.monotonic() >= deadline:
+            qapp.quit()
+            return
+        state["turns"] += 1
+        if state["turns"] == args.warmup_turns:
+            state["rss_warm"] = rss_bytes()
+            state["stalls_warm"] = len(gaps)
+        if state["turns"] % 20 == 0:
+            controller.new_conversation()
+        QTimer.singleShot(0, lambda: controller.send(f"Turn {state['turns']}: tell me about lighthouses."))
+
+    def on_finished(_mid: int, stats: object) -> None:
+        state["tokens"] += getattr(stats, "completion_tokens", 0)
+        next_turn()
+
+    def on_loaded(_info: object) -> None:
+        controller.update_settings(controller.settings.replace(max_tokens=args.max_tokens))
+        state["start"] = time.monotonic()
+        last[0] = clock.nsecsElapsed()
+        heartbeat.start()
+        next_turn()
+
+    controller.generation_finished.connect(on_finished)
+    controller.generation_failed.connect(
+        lambda _m, text, _d: (print(f"generation failed: {text}"), qapp.quit())
+    )
+    controller.model_load_failed.connect(lambda text, _d: (print(f"load failed: {text}"), qapp.quit()))
+    if controller.model_info is not None:
+        on_loaded(controller.model_info)
+    else:
+        controller.model_loaded.connect(on_loaded)
+    qapp.exec()
+    heartbeat.stop()
+    rss_end = rss_bytes()
+    controller.shutdown()
+    application.window.close()
+    application.store.close()
+    tmp.cleanup()
+
+    after = gaps[state["stalls_warm"] :]
+    worst_all = max(gaps, default=0.0)
+    worst = max(after, default=0.0)
+    stalls = sum(1 for g in after if g > 100)
+    growth = (rss_end - state["rss_warm"]) / state["rss_warm"] * 100 if state["rss_warm"] else float("nan")
+    elapsed = time.monotonic() - state["start"] if state["start"] else 0.0
+    lines = [
+        f"soak: {elapsed / 60:.1f} min, {state['turns']} turns, {state['tokens']} tokens",
+        f"RSS after {args.warmup_turns} warm-up turns: {state['rss_warm'] / 2**20:.1f} MiB; "
+        f"at the end: {rss_end / 2**20:.1f} MiB; growth {growth:+.2f} % (target ≤ 5 %)",
+        f"heartbeat (10 ms): {len(after)} beats after warm-up, worst gap {worst:.1f} ms "
+        f"(worst incl. warm-up/load {worst_all:.1f} ms), gaps > 100 ms: {stalls} (target 0)",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0 if growth <= 5 and stalls == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The offline guarantee (no socket touched in a full session) and secrets (no token in logs or settings)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+import pytest
+from PIL import Image
+
+from app.config import AppPaths, RedactingFormatter, load_settings, save_settings, setup_logging
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"  # the shape of a real token: hf_ + 34 alphanumerics
+
+
+def test_a_full_session_opens_no_socket(
+    qtbot, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[str] = []
+    real_connect = socket.socket.connect  # already the suite's loopback guard: record before it
+
+    def record(name: str, real):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            attempts.append(f"{name}{args[1:] if name == 'connect' else args!r}")
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", record("connect", real_connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", record("connect_ex", socket.socket.connect_ex))
+    monkeypatch.setattr(socket, "create_connection", record("create_connection", socket.create_connection))
+    monkeypatch.setattr(socket, "getaddrinfo", record("getaddrinfo", socket.getaddrinfo))
+
+    from app.main import build_application, parse_args
+
+    data = tmp_path / "data"
+    doc = tmp_path / "notes about the lighthouse.md"
+    doc.write_text("# Lighthouse\n\nThe keeper lights the lamp at dusk.\n", encoding="utf-8")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "PNG")
+    for round_ in range(2):  # the second round is the restart
+        application = build_application(parse_args(["--data-dir", str(data), "--model", str(tiny_model)]))
+        qtbot.addWidget(application.window)
+        controller = application.controller
+        try:
+            if controller.model_info is None:
+                with qtbot.waitSignal(controller.model_loaded, timeout=60_000):
+                    pass
+            with qtbot.waitSignal(controller.attachment_updated, timeout=10_000):
+                controller.attach_files([str(doc)])
+            with qtbot.waitSignal(controller.attachment_updated, timeout=10_000):
+                controller.attach_image_data(buf.getvalue(), "pasted.png")
+            controller.remove_attachment(controller.pending_attachments()[-1].id)  # no projector: drop it
+            controller.update_settings(controller.settings.replace(max_tokens=16))
+            with qtbot.waitSignal(controller.generation_finished, timeout=60_000):
+                controller.send(f"Round {round_}: what does the keeper do?")
+        finally:
+            controller.shutdown()
+            application.window.close()
+            application.store.close()
+    assert attempts == [], attempts
+
+
+def test_the_token_never_reaches_the_log_or_the_settings(tmp_path: Path) -> None:
+    from app.core.downloads import Downloader, DownloadError, TokenStore
+
+    paths = AppPaths.under(tmp_path / "data").ensure()
+    logfile = setup_logging(paths)
+    try:
+        store = TokenStore(paths.data_dir, use_keyring=False)
+        store.set(TOKEN)
+        assert store.get() == TOKEN
+        downloader = Downloader(paths.models_dir, token=store.get(), endpoint="http://127.0.0.1:9")
+        log = logging.getLogger("app.core.downloads")
+        log.warning("request failed for token %s", downloader.token)
+        try:
+            raise DownloadError(f"401 for Authorization: Bearer {TOKEN}", detail=f"token={TOKEN}")
+        except DownloadError:
+            log.exception("download failed")
+        logging.getLogger("huggingface_hub").error("headers: {'authorization': 'Bearer %s'}", TOKEN)
+        save_settings(paths, load_settings(paths).replace(hf_endpoint="http://127.0.0.1:9"))
+    finally:
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+    text = logfile.read_text(encoding="utf-8")
+    assert "hf_***" in text
+    assert TOKEN not in text
+    assert TOKEN[3:] not in text
+    assert TOKEN not in paths.settings_file.read_text(encoding="utf-8")
+    for path in paths.data_dir.rglob("*"):
+        if path.is_file() and path.name != "hf_token":
+            assert TOKEN.encode() not in path.read_bytes(), path
+    assert (paths.data_dir / "hf_token").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "leaked"),
+    [
+        (f"token {TOKEN} end", TOKEN),
+        (f"Bearer {TOKEN}", TOKEN),
+        (f"url?token={TOKEN}&x=1", TOKEN),
+        (f'{{"token": "{TOKEN}"}}', TOKEN),
+    ],
+)
+def test_the_redacting_formatter_masks_tokens(text: str, leaked: str) -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, text, None, None)
+    assert leaked not in RedactingFormatter("%(message)s").format(record)
+
+
+def test_the_redacting_formatter_masks_tokens_with_underscores() -> None:
+    token = "hf_secret_test_token_123"
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, f"token {token}", None, None)
+    assert token not in RedactingFormatter("%(message)s").format(record)
