@@ -124,6 +124,35 @@ class GenerationStats:
     dropped_messages: int = 0
 
 
+def timed_stats(
+    *,
+    started: float,
+    prompt_done: float,
+    first_token_at: float | None,
+    ended: float,
+    prompt_tokens: int,
+    prompt_tokens_evaluated: int,
+    completion_tokens: int,
+    n_ctx: int,
+    context_used: int,
+    finish_reason: str,
+) -> GenerationStats:
+    """Stats of one answer from its timestamps (perf_counter seconds)."""
+    generation_s = max(1e-9, ended - prompt_done)
+    return GenerationStats(
+        prompt_tokens=prompt_tokens,
+        prompt_tokens_evaluated=prompt_tokens_evaluated,
+        completion_tokens=completion_tokens,
+        ttft_s=(first_token_at or ended) - started,
+        prompt_eval_s=prompt_done - started,
+        generation_s=generation_s,
+        tokens_per_s=completion_tokens / generation_s if completion_tokens else 0.0,
+        n_ctx=n_ctx,
+        context_used=context_used,
+        finish_reason=finish_reason,
+    )
+
+
 @dataclass(frozen=True)
 class ContextBudget:
     """How a conversation was fitted into the context window."""

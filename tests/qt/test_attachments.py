@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from app.config import AppPaths, Settings
-from app.core.store import Store
-from app.workers.controller import ChatController
+from app.config import Settings
 from tests.fakes import FakeEngine
 from tests.vision_fixtures import png_bytes
 
+if TYPE_CHECKING:
+    from app.workers.controller import ChatController
+
 NEEDLE = "The secret launch code is PURPLE-ELEPHANT-42."
-
-
-@pytest.fixture
-def make_controller(app_paths: AppPaths):
-    made: list[tuple[ChatController, Store]] = []
-
-    def make(engine: FakeEngine | None = None, settings: Settings | None = None) -> ChatController:
-        store = Store(app_paths.database)
-        fake = engine or FakeEngine(["Answer."])
-        controller = ChatController(store, app_paths, settings or Settings(), lambda: fake)
-        made.append((controller, store))
-        return controller
-
-    yield make
-    for controller, store in made:
-        controller.shutdown()
-        store.close()
 
 
 def loaded(controller: ChatController, qtbot) -> ChatController:

@@ -5,32 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import pytest
-
 from app.config import AppPaths, Settings, load_settings
-from app.core.store import Store
-from app.workers.controller import ChatController
 from tests.fakes import FakeEngine
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-
-@pytest.fixture
-def make_controller(app_paths: AppPaths, qtbot):
-    made: list[tuple[ChatController, Store]] = []
-
-    def make(engine: FakeEngine | None = None, settings: Settings | None = None) -> ChatController:
-        store = Store(app_paths.database)
-        fake = engine or FakeEngine()
-        controller = ChatController(store, app_paths, settings or Settings(), lambda: fake)
-        made.append((controller, store))
-        return controller
-
-    yield make
-    for controller, store in made:
-        controller.shutdown()
-        store.close()
+    from app.workers.controller import ChatController
 
 
 def load(controller: ChatController, qtbot) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, SamplingParams
+from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, SamplingParams, timed_stats
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -741,16 +741,14 @@ class LlamaEngine:
             if first_token_at is None:
                 first_token_at = time.perf_counter()
             yield tail
-        ended = time.perf_counter()
-        generation_s = max(1e-9, ended - prompt_done)
-        self._stats = GenerationStats(
+        self._stats = timed_stats(
+            started=started,
+            prompt_done=prompt_done,
+            first_token_at=first_token_at,
+            ended=time.perf_counter(),
             prompt_tokens=len(tokens),
             prompt_tokens_evaluated=done,
             completion_tokens=completion,
-            ttft_s=(first_token_at or ended) - started,
-            prompt_eval_s=prompt_done - started,
-            generation_s=generation_s,
-            tokens_per_s=completion / generation_s if completion else 0.0,
             n_ctx=n_ctx,
             context_used=int(llm.n_tokens),
             finish_reason=finish,

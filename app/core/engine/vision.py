@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.core.engine import NATIVE_LOG, ContextOverflowError, EngineError, _import_llama_cpp
-from app.core.types import ChatMessage, GenerationStats, Role, SamplingParams
+from app.core.types import ChatMessage, GenerationStats, Role, SamplingParams, timed_stats
 
 if TYPE_CHECKING:
     import threading
@@ -301,17 +301,14 @@ def stream_image_chat(
                     break
     finally:
         stream.close()
-    ended = time.perf_counter()
-    completion = max(0, int(llm.n_tokens) - prompt_tokens) or pieces
-    generation_s = max(1e-9, ended - prompt_done)
-    return GenerationStats(
+    return timed_stats(
+        started=started,
+        prompt_done=prompt_done,
+        first_token_at=first_at,
+        ended=time.perf_counter(),
         prompt_tokens=prompt_tokens,
-        prompt_tokens_evaluated=prompt_tokens,
-        completion_tokens=completion,
-        ttft_s=(first_at or ended) - started,
-        prompt_eval_s=prompt_done - started,
-        generation_s=generation_s,
-        tokens_per_s=completion / generation_s if completion else 0.0,
+        prompt_tokens_evaluated=prompt_tokens,  # the vision path re-reads the whole conversation
+        completion_tokens=max(0, int(llm.n_tokens) - prompt_tokens) or pieces,
         n_ctx=n_ctx,
         context_used=int(llm.n_tokens),
         finish_reason=finish,
