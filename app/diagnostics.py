@@ -400,7 +400,8 @@ class Report:
         return format_report(self)
 
 
-def _free_disk(path: Path) -> int | None:
+def free_disk(path: Path) -> int | None:
+    """Free bytes on the disk that holds ``path`` (or its nearest existing parent); None if unknown."""
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -428,7 +429,7 @@ def collect_report(
     hardware_probe: HardwareProbe | None = None,
     manifest: Manifest | None = None,
     extra_models: Sequence[Path] = (),
-    free_space: Callable[[Path], int | None] = _free_disk,
+    free_space: Callable[[Path], int | None] = free_disk,
 ) -> Report:
     """Gather everything ``--check`` prints. Never raises for a missing part."""
     from app.core.hardware import SystemHardware

@@ -182,7 +182,7 @@ def write_scout_shape(
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFWriter, Keys
 
-    from app.core.tiny_model import LLAMA4_CHAT_TEMPLATE, build_vocabulary
+    from app.core.tiny_model import LLAMA4_CHAT_TEMPLATE, build_vocabulary, write_llama4_hparams
 
     tensors = scout_tensors(build, shape)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,20 +199,21 @@ def write_scout_shape(
         if k == 0:
             writer.add_name(f"Llama 4 Scout 17B 16E Instruct (shape replica, {build})")
             writer.add_file_type(_FTYPE[build])
-            writer.add_context_length(shape.context_length)
-            writer.add_embedding_length(shape.n_embd)
-            writer.add_block_count(shape.n_layer)
-            writer.add_feed_forward_length(shape.n_ff)
-            writer.add_head_count(shape.n_head)
-            writer.add_head_count_kv(shape.n_head_kv)
-            writer.add_rope_dimension_count(shape.head_dim)
-            writer.add_rope_freq_base(500000.0)
-            writer.add_layer_norm_rms_eps(1e-5)
-            writer.add_expert_count(shape.n_expert)
-            writer.add_expert_used_count(shape.n_expert_used)
-            writer.add_expert_feed_forward_length(shape.n_ff_exp)
-            writer.add_interleave_moe_layer_step(1)
-            writer.add_vocab_size(shape.n_vocab)
+            write_llama4_hparams(
+                writer,
+                context_length=shape.context_length,
+                n_embd=shape.n_embd,
+                n_layer=shape.n_layer,
+                n_ff=shape.n_ff,
+                n_head=shape.n_head,
+                n_head_kv=shape.n_head_kv,
+                head_dim=shape.head_dim,
+                n_expert=shape.n_expert,
+                n_expert_used=shape.n_expert_used,
+                n_ff_exp=shape.n_ff_exp,
+                moe_every=1,
+                n_vocab=shape.n_vocab,
+            )
             writer.add_tokenizer_model("gpt2")
             writer.add_tokenizer_pre("llama4")
             writer.add_token_list(tokens)

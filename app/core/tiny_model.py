@@ -317,20 +317,21 @@ def _write_metadata(writer: object, spec: TinyModelSpec, vocab: Vocabulary) -> N
     file_type = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7}[spec.dtype]
     writer.add_name(spec.name)
     writer.add_file_type(file_type)
-    writer.add_context_length(spec.context_length)
-    writer.add_embedding_length(spec.n_embd)
-    writer.add_block_count(spec.n_layer)
-    writer.add_feed_forward_length(spec.n_ff)
-    writer.add_head_count(spec.n_head)
-    writer.add_head_count_kv(spec.n_head_kv)
-    writer.add_rope_dimension_count(spec.head_dim)
-    writer.add_rope_freq_base(500000.0)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_expert_count(spec.n_expert)
-    writer.add_expert_used_count(spec.n_expert_used)
-    writer.add_expert_feed_forward_length(spec.n_ff_exp)
-    writer.add_interleave_moe_layer_step(spec.moe_every)
-    writer.add_vocab_size(len(vocab.tokens))
+    write_llama4_hparams(
+        writer,
+        context_length=spec.context_length,
+        n_embd=spec.n_embd,
+        n_layer=spec.n_layer,
+        n_ff=spec.n_ff,
+        n_head=spec.n_head,
+        n_head_kv=spec.n_head_kv,
+        head_dim=spec.head_dim,
+        n_expert=spec.n_expert,
+        n_expert_used=spec.n_expert_used,
+        n_ff_exp=spec.n_ff_exp,
+        moe_every=spec.moe_every,
+        n_vocab=len(vocab.tokens),
+    )
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("llama4")
     writer.add_token_list(list(vocab.tokens))
@@ -345,6 +346,43 @@ def _write_metadata(writer: object, spec: TinyModelSpec, vocab: Vocabulary) -> N
         writer.add_chat_template(spec.chat_template)
     for key, value in spec.extra_metadata.items():
         writer.add_string(key, value)
+
+
+def write_llama4_hparams(
+    writer: object,
+    *,
+    context_length: int,
+    n_embd: int,
+    n_layer: int,
+    n_ff: int,
+    n_head: int,
+    n_head_kv: int,
+    head_dim: int,
+    n_expert: int,
+    n_expert_used: int,
+    n_ff_exp: int,
+    moe_every: int,
+    n_vocab: int,
+) -> None:
+    """The llama4 hyperparameter keys, as convert_hf_to_gguf writes them for Scout (no
+    sliding-window key: llama.cpp then uses Scout's chunked attention)."""
+    import gguf
+
+    assert isinstance(writer, gguf.GGUFWriter)
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(500000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_expert_count(n_expert)
+    writer.add_expert_used_count(n_expert_used)
+    writer.add_expert_feed_forward_length(n_ff_exp)
+    writer.add_interleave_moe_layer_step(moe_every)
+    writer.add_vocab_size(n_vocab)
 
 
 def quantized(spec: TinyModelSpec, dtype: str = "Q8_0") -> TinyModelSpec:

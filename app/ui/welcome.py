@@ -9,7 +9,6 @@ user clicks "Download".
 from __future__ import annotations
 
 import logging
-import shutil
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QEvent, Qt, Signal
@@ -26,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.diagnostics import GB, Recommendation, recommend_build
+from app.diagnostics import GB, Recommendation, free_disk, recommend_build
 from app.ui import theme
 
 if TYPE_CHECKING:
@@ -56,16 +55,6 @@ LICENCE_NOTE = (
 
 def _gb(n_bytes: float) -> str:
     return f"{n_bytes / GB:.1f} GB"
-
-
-def _default_free_space(path: Path) -> int | None:
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        return shutil.disk_usage(probe).free
-    except OSError:
-        return None
 
 
 def hardware_lines(hardware: HardwareInfo) -> list[str]:
@@ -100,7 +89,7 @@ class WelcomePage(QWidget):
         *,
         hardware_probe: HardwareProbe | None = None,
         manifest: Manifest | None = None,
-        free_space: Callable[[Path], int | None] = _default_free_space,
+        free_space: Callable[[Path], int | None] = free_disk,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)

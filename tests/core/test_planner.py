@@ -30,6 +30,7 @@ from app.core.planner import (
 from app.core.scout_shape import write_scout_shape
 from app.core.tiny_model import TinyModelSpec, write_tiny_model
 from app.core.types import LoadParams
+from bench.generation import BENCH_SPEC  # the replica the H100 ran
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -293,17 +294,6 @@ def test_scout_real_load_matches_projection(scout: dict[str, GGUFInfo]) -> None:
 # GPU here: the figures are replayed through MeasuredBuffers with CUDA buffer names.
 
 MIB = 1024**2
-BENCH_SPEC = {
-    "n_layer": 8,
-    "n_embd": 768,
-    "n_head": 12,
-    "n_head_kv": 4,
-    "n_expert": 4,
-    "n_ff_exp": 1536,
-    "dtype": "Q8_0",
-    "seed": 99,
-    "name": "bench llama4",
-}
 H100 = SimulatedHardware.nvidia(80, 128, name="NVIDIA H100 80GB HBM3").probe()
 H100_32K = (32768, True, "f16")
 
