@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any Qt import
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
+import gc
 import socket
 import threading
 from typing import TYPE_CHECKING
@@ -40,6 +41,14 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_connect(self, address)  # type: ignore[arg-type]
 
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_on_the_main_thread() -> object:
+    """A test's garbage (Qt objects in cycles among it) is collected here, on the main thread,
+    not later by whichever worker thread of the next test crosses a GC threshold."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

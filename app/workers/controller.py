@@ -24,6 +24,7 @@ from app.core.planner import LoadRequest, PlanOverrides
 from app.core.retrieval import DocumentChunks, compose_document_context
 from app.core.store import make_title
 from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, Role, SamplingParams
+from app.workers.gc_guard import MainThreadGarbageCollector
 from app.workers.inference import LlamaWorker
 from app.workers.ingest import IngestWorker, is_image_path
 
@@ -168,6 +169,8 @@ class ChatController(QObject):
         self._ingest.cancelled.connect(self._on_ingest_cancelled)
         self._ingest_thread.start()
         self._chunks = store.chunk_index()
+        self._gc = MainThreadGarbageCollector(self)  # worker threads must never finalize Qt objects
+        self._gc.start()
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -789,6 +792,7 @@ class ChatController(QObject):
                 thread.quit()
                 if not thread.wait(15000):
                     log.error("%s thread did not stop within 15 s", name)
+        self._gc.stop()
         # The worker's engine is released in the thread that owns it being gone: close it here.
         engine = self._worker._engine
         if engine is not None:
