@@ -578,10 +578,14 @@ class Downloader:
     def installed(self, build: Build) -> InstalledBuild | None:
         """The build's paths if every file is in place (files are only put there after verifying)."""
         paths = [self.dest_path(build, f) for f in build.all_files]
-        if not all(p.is_file() for p in paths):
-            return None
         for f, p in zip(build.all_files, paths, strict=True):
-            if f.size is not None and p.stat().st_size != f.size:
+            # One stat per file: the download thread may move or delete files meanwhile, so a
+            # separate exists-then-stat check could see a file vanish in between.
+            try:
+                st = p.stat()
+            except OSError:
+                return None
+            if not stat.S_ISREG(st.st_mode) or (f.size is not None and st.st_size != f.size):
                 return None
         n = len(build.files)
         return InstalledBuild(
@@ -594,7 +598,10 @@ class Downloader:
         folder = self.build_dir(build)
         if not folder.is_dir():
             return BuildState.ABSENT
-        names = {p.name for p in folder.iterdir()}
+        try:
+            names = {p.name for p in folder.iterdir()}
+        except OSError:  # deleted meanwhile by the download thread
+            return BuildState.ABSENT
         if any(".corrupt" in n for n in names):
             return BuildState.CORRUPT
         if any(f.name in names or f"{f.name}.part" in names for f in build.all_files):

@@ -582,3 +582,33 @@ def test_an_unreachable_hub_gives_the_offline_message_promptly(
     assert time.monotonic() - t0 < 5.0
     assert "cannot be reached" in err.value.message
     assert QueueState(tmp_path / "downloads.json").entries()[0]["state"] == "failed"
+
+
+def test_installed_treats_a_file_vanishing_meanwhile_as_not_installed(tmp_path, monkeypatch) -> None:
+    """The GUI thread asks while the download thread moves or deletes files: no exception."""
+    from pathlib import Path
+
+    from app.core.downloads import BuildState, Downloader
+    from app.core.manifest import load_manifest
+
+    build = load_manifest().builds[0]
+    downloader = Downloader(tmp_path)
+    for file in build.all_files:
+        target = downloader.dest_path(build, file)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"")
+    real_stat = Path.stat
+    looks: dict[str, int] = {}
+
+    def vanishing_stat(self, *args, **kwargs):
+        # the projector is there at the first look and gone at the next (moved/deleted meanwhile)
+        if self.name == build.all_files[-1].name:
+            looks[self.name] = looks.get(self.name, 0) + 1
+            if looks[self.name] > 1:
+                raise FileNotFoundError(self)
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", vanishing_stat)
+    assert downloader.installed(build) is None  # sizes differ from the manifest: not installed
+    looks.clear()
+    assert downloader.state(build) is not BuildState.INSTALLED  # and no exception either way
