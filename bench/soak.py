@@ -8,14 +8,65 @@ when a target is missed. Conversations rotate every 20 turns so context never fi
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+class StallTracer:
+    """Samples the GUI thread's Python stack while the heartbeat is late (a poor man's profiler
+    that only looks at stalls). Started on the GUI thread; ``beat()`` from the heartbeat."""
+
+    def __init__(self, threshold_ms: float = 40.0, interval_s: float = 0.005) -> None:
+        self._gui = threading.get_ident()
+        self._threshold_s = threshold_ms / 1000
+        self._interval_s = interval_s
+        self._last = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-tracer", daemon=True)
+        self.samples: collections.Counter[str] = collections.Counter()  # innermost app frames
+        self.stacks: dict[str, str] = {}
+
+    def start(self) -> None:
+        self._last = time.perf_counter()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def beat(self) -> None:
+        self._last = time.perf_counter()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            if time.perf_counter() - self._last < self._threshold_s:
+                continue
+            frame = sys._current_frames().get(self._gui)
+            if frame is None:
+                continue
+            stack = traceback.extract_stack(frame)
+            ours = [f for f in stack if "/app/" in f.filename or "/bench/" in f.filename]
+            key = " < ".join(f"{Path(f.filename).stem}.{f.name}:{f.lineno}" for f in reversed(ours[-3:]))
+            self.samples[key or "(Qt, outside Python)"] += 1
+            self.stacks.setdefault(key, "".join(traceback.format_list(stack[-14:])))
+
+    def report(self, top: int = 8) -> str:
+        total = sum(self.samples.values())
+        if not total:
+            return "stall tracer: no samples over the threshold"
+        lines = [f"stall tracer: {total} samples of {self._interval_s * 1000:.0f} ms while the GUI was late"]
+        for key, n in self.samples.most_common(top):
+            lines.append(f"  {n:5d}  {key}")
+        return "\n".join(lines)
 
 
 def rss_bytes() -> int:
@@ -28,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=2.0)
     parser.add_argument("--warmup-turns", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--trace", action="store_true", help="sample the GUI thread's stack during stalls")
     args = parser.parse_args(argv)
 
     from PySide6.QtCore import QElapsedTimer, QTimer
@@ -51,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     clock.start()
     last = [clock.nsecsElapsed()]
 
+    tracer = StallTracer() if args.trace else None
+
     def beat() -> None:
+        if tracer is not None:
+            tracer.beat()
         now = clock.nsecsElapsed()
         gaps.append((now - last[0]) / 1e6)
         last[0] = now
@@ -84,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         state["start"] = time.monotonic()
         last[0] = clock.nsecsElapsed()
         heartbeat.start()
+        if tracer is not None:
+            tracer.start()
         next_turn()
 
     controller.generation_finished.connect(on_finished)
@@ -97,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         controller.model_loaded.connect(on_loaded)
     qapp.exec()
     heartbeat.stop()
+    if tracer is not None:
+        tracer.stop()
     rss_end = rss_bytes()
     controller.shutdown()
     application.window.close()
@@ -116,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         f"heartbeat (10 ms): {len(after)} beats after warm-up, worst gap {worst:.1f} ms "
         f"(worst incl. warm-up/load {worst_all:.1f} ms), gaps > 100 ms: {stalls} (target 0)",
     ]
+    if tracer is not None:
+        lines.append(tracer.report())
     sys.stdout.write("\n".join(lines) + "\n")
     return 0 if growth <= 5 and stalls == 0 else 1
 

@@ -488,18 +488,25 @@ def _ctx_ladder(info: GGUFInfo, target: int) -> list[int]:
     return ladder
 
 
-def _search_ladder(info: GGUFInfo, o: PlanOverrides) -> list[tuple[int, str, bool]]:
-    """(n_ctx, kv type, flash attention) in order of preference."""
+def _search_ladder(info: GGUFInfo, o: PlanOverrides, has_gpu: bool) -> list[tuple[int, str, bool]]:
+    """(n_ctx, kv type, flash attention) in order of preference.
+
+    On a GPU flash attention is faster and saves memory. On the CPU, llama.cpp's flash-attention
+    kernel is slower than its matrix-multiply attention (bench/attention.py, Scout's attention
+    shape over a 4k-token cache: a follow-up prompt 3.0x, the next token 1.6x slower; q8_0 KV slower
+    still), so a CPU-only plan leaves it off when the larger f32 attention buffers fit, at each
+    context size, and turns it on before giving up context.
+    """
     ctxs = [o.n_ctx] if o.n_ctx else _ctx_ladder(info, o.n_ctx_target or DEFAULT_N_CTX)
-    fa_default = True if o.flash_attn is None else o.flash_attn
+    preferred = [True] if has_gpu else [False, True]
+    fa_order = [o.flash_attn] if o.flash_attn is not None else preferred
     steps: list[tuple[int, str, bool]] = []
-    if o.kv_type:
-        fa = True if o.kv_type != "f16" else fa_default
-        steps += [(c, o.kv_type, fa) for c in ctxs]
+    if o.kv_type and o.kv_type != "f16":
+        steps += [(c, o.kv_type, True) for c in ctxs]  # a quantized V needs flash attention
     else:
-        steps += [(c, "f16", fa_default) for c in ctxs]
-        if o.flash_attn is not False:
-            steps.append((ctxs[-1], "q8_0", True))  # quantized V needs flash attention
+        steps += [(c, "f16", fa) for c in ctxs for fa in fa_order]
+        if not o.kv_type and o.flash_attn is not False:
+            steps.append((ctxs[-1], "q8_0", True))
     return steps
 
 
@@ -612,7 +619,7 @@ def make_plan(
     groups = _candidates(info.n_layer, bool(hardware.devices), o)
     chosen: _Config | None = None
     best_fail: tuple[int, _Config] | None = None
-    for ctx, kv, fa in _search_ladder(info, o):
+    for ctx, kv, fa in _search_ladder(info, o, bool(hardware.devices)):
         for group in groups:
             cfg = _first_fit(proj, group, ctx, kv, fa)
             candidates = [cfg] if cfg is not None else [_Config(*group[-1], ctx, kv, fa)]
@@ -735,7 +742,13 @@ def explain(plan: Plan, info: GGUFInfo, hw: HardwareInfo) -> str:
     """One paragraph for the user; every figure in it is a field of the plan."""
     n = info.n_layer
     kv = "f16" if plan.type_k == "f16" else plan.type_k
-    ctx = f"{_ctx_label(plan.n_ctx)} context ({kv} KV cache{', flash attention' if plan.flash_attn else ''})"
+    if plan.flash_attn:
+        attention = ", flash attention"
+    elif not hw.devices:
+        attention = "; flash attention off: slower on a CPU"
+    else:
+        attention = ""
+    ctx = f"{_ctx_label(plan.n_ctx)} context ({kv} KV cache{attention})"
     gpus = " + ".join(d.label for d, u in zip(hw.devices, plan.devices, strict=True) if u.weights) or "GPU"
     on_gpu = gpu_layers_repeating(n, plan.n_gpu_layers)
     if plan.n_gpu_layers == 0:

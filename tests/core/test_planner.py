@@ -14,6 +14,7 @@ from app.core.gguf_info import GGUFInfo, read_gguf_info
 from app.core.hardware import GIB, Device, SimulatedHardware
 from app.core.planner import (
     KV_QUALITY,
+    RAM_MARGIN,
     VERDICT_CPU,
     VERDICT_FULL,
     VERDICT_NO,
@@ -452,3 +453,29 @@ def test_safer_overrides_with_the_output_layer_counted(bench: GGUFInfo) -> None:
     )
     assert nxt is not None
     assert (nxt[0].n_gpu_layers, nxt[1]) == (2, "GPU layers reduced to 2")
+
+
+def test_flash_attention_is_off_on_the_cpu_when_its_buffers_fit(scout: dict[str, GGUFInfo]) -> None:
+    """llama.cpp's CPU flash-attention kernel is slower than its matmul attention (bench/
+    attention.py); a CPU-only plan keeps it off unless memory needs it, a GPU plan keeps it on."""
+    info = scout["UD-IQ1_S"]
+    roomy = make_plan(info, SimulatedHardware.cpu_only(128).probe())
+    assert roomy.fits
+    assert not roomy.flash_attn
+    assert roomy.type_v == "f16"
+    assert "flash attention off: slower on a CPU" in roomy.explanation
+    gpu = make_plan(info, SimulatedHardware.nvidia(24, 128).probe())
+    assert gpu.flash_attn
+    # where only flash attention's smaller buffers fit, the context is kept and flash attention used
+    no_fa = make_plan(info, CPU_BOX, PlanOverrides(n_ctx=roomy.n_ctx, kv_type="f16", flash_attn=False))
+    fa = make_plan(info, CPU_BOX, PlanOverrides(n_ctx=roomy.n_ctx, kv_type="f16", flash_attn=True))
+    assert no_fa.ram.compute > fa.ram.compute
+    between = (no_fa.ram.total + fa.ram.total) // 2 + RAM_MARGIN  # a budget between the two
+    tight = SimulatedHardware([], ram_total_gb=256, ram_available_gb=between / GIB)
+    plan = make_plan(info, tight.probe(), PlanOverrides(n_ctx=roomy.n_ctx))
+    assert plan.fits
+    assert plan.flash_attn
+    assert plan.n_ctx == roomy.n_ctx
+    # the user's choice wins
+    chosen = make_plan(info, SimulatedHardware.nvidia(24, 128).probe(), PlanOverrides(flash_attn=False))
+    assert not chosen.flash_attn

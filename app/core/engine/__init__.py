@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.core.engine.tokens import PromptTokenizer
 from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, SamplingParams, timed_stats
 
 if TYPE_CHECKING:
@@ -286,6 +287,27 @@ _PARAMS_LOCK = threading.Lock()
 # --------------------------------------------------------------------------------------------
 
 
+def tokenize_bytes(llm: Any, data: bytes, *, add_bos: bool, special: bool) -> list[int]:
+    """llama.cpp's tokenizer with an output buffer sized to the text.
+
+    ``Llama.tokenize`` allocates a buffer of ``n_ctx_train`` tokens on every call: for Scout
+    (trained context 10,485,760) that is 40 MB zeroed per call, ~40 ms before any text is read. A
+    token covers at least one byte, so ``len(data)`` plus the added BOS/EOS always suffices; the
+    retry on a negative count (the size llama.cpp needs) is kept anyway.
+    """
+    llama_cpp = _import_llama_cpp()
+    vocab = llm._model.vocab
+    size = len(data) + 4
+    for _ in range(2):
+        buf = (llama_cpp.llama_token * size)()
+        n = int(llama_cpp.llama_tokenize(vocab, data, len(data), buf, size, add_bos, special))
+        if n >= 0:
+            return buf[:n]
+        size = -n
+    detail = f"llama_tokenize returned {n} for {len(data)} bytes"
+    raise EngineError("The text could not be tokenized.", detail)
+
+
 def _messages_as_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for m in messages:
@@ -314,6 +336,7 @@ class LlamaEngine:
         self._stats = GenerationStats()
         self._is_iswa = False
         self._vision: Any = None  # MTMDChatHandler when the model has a vision projector
+        self._tokenizer: PromptTokenizer | None = None
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -407,6 +430,7 @@ class LlamaEngine:
         self._overrides = overrides
         self._params = params
         self._setup_chat_format(llm)
+        self._tokenizer = self._build_prompt_tokenizer(llm)
         if params.mmproj_path is not None:
             from app.core.engine import vision
 
@@ -478,6 +502,36 @@ class LlamaEngine:
         self._template_source = template
         self._stop_strings = ("\nUser:",) if template is PLAIN_FALLBACK_TEMPLATE else ()
 
+    def _build_prompt_tokenizer(self, llm: Any) -> PromptTokenizer:
+        """A tokenizer that keeps the tokens of long prompt pieces (documents) between turns."""
+        llama_cpp = _import_llama_cpp()
+        vocab = llm._model.vocab
+        special_attrs = (
+            llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+            | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+            | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        )
+        specials: dict[str, int] = {}
+        for tid in range(int(llama_cpp.llama_vocab_n_tokens(vocab))):
+            if int(llama_cpp.llama_vocab_get_attr(vocab, tid)) & special_attrs:
+                text = (llama_cpp.llama_vocab_get_text(vocab, tid) or b"").decode("utf-8", "replace")
+                specials.setdefault(text, tid)
+
+        def tokenize(data: bytes, add_bos: bool) -> list[int]:
+            return tokenize_bytes(llm, data, add_bos=add_bos, special=True)
+
+        sample = [
+            ChatMessage.system("Be brief.\n"),
+            ChatMessage.user("  A document:\n\n[p. 1] text.  "),
+            ChatMessage.assistant("An answer.\n"),
+            ChatMessage.user("Why?"),
+        ]
+        try:
+            probes = [self.render_prompt(sample)]
+        except EngineError:
+            probes = []
+        return PromptTokenizer(tokenize, specials, probes)
+
     @staticmethod
     def _token_text(llm: Any, token: int) -> str:
         if token < 0:
@@ -486,7 +540,7 @@ class LlamaEngine:
 
     @staticmethod
     def _vocab_has(llm: Any, text: str) -> bool:
-        tokens = llm.tokenize(text.encode(), add_bos=False, special=True)
+        tokens = tokenize_bytes(llm, text.encode(), add_bos=False, special=True)
         return len(tokens) == 1
 
     def unload(self) -> None:
@@ -497,6 +551,7 @@ class LlamaEngine:
         self._info = None
         self._overrides = None
         self._formatter = None
+        self._tokenizer = None
 
     # -- tokens -----------------------------------------------------------------------------
     def _require(self) -> Any:
@@ -506,7 +561,7 @@ class LlamaEngine:
 
     def count_tokens(self, text: str) -> int:
         llm = self._require()
-        return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        return len(tokenize_bytes(llm, text.encode("utf-8"), add_bos=False, special=False))
 
     def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
         self._require()
@@ -524,7 +579,9 @@ class LlamaEngine:
         prompt = self.render_prompt(messages)
         bos = self._token_text(llm, llm.token_bos())
         add_bos = not (bos and prompt.startswith(bos))
-        return list(llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True))
+        if self._tokenizer is not None:
+            return self._tokenizer.tokens(prompt, add_bos)
+        return tokenize_bytes(llm, prompt.encode("utf-8"), add_bos=add_bos, special=True)
 
     def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self.prompt_tokens(messages))
@@ -702,11 +759,14 @@ class LlamaEngine:
             if sampling.seed is not None:
                 llm.set_seed(sampling.seed)
             finish = "length"
+            evaluate_next: list[int] = []
             try:
                 for _ in range(max_new):
                     if cancel.is_set():
                         finish = "cancelled"
                         break
+                    if evaluate_next:
+                        llm.eval([evaluate_next.pop()])
                     token = llm._sampler.sample(llm._ctx, -1)
                     if llama_cpp.llama_vocab_is_eog(vocab, token):
                         finish = "stop"
@@ -715,7 +775,9 @@ class LlamaEngine:
                     if llm.n_tokens + 1 >= n_ctx:
                         finish = "context"
                         break
-                    llm.eval([token])
+                    # The token is shown before it is evaluated: the evaluation (the cost of a
+                    # token) runs when the caller asks for the next piece, not before this one.
+                    evaluate_next.append(token)
                     piece = decoder.decode(bytes(llm._model.token_to_piece(token)).rstrip(b"\0"))
                     if not piece:
                         continue
@@ -734,6 +796,8 @@ class LlamaEngine:
                         if first_token_at is None:
                             first_token_at = time.perf_counter()
                         yield emit
+                if evaluate_next and finish != "cancelled":
+                    llm.eval([evaluate_next.pop()])  # the cache holds the whole answer
             finally:
                 llm._sampler = None
         tail = pending + decoder.decode(b"", final=True)

@@ -1,0 +1,129 @@
+"""Prompt tokenization that does not re-read a long document on every turn.
+
+Each chat turn renders the whole conversation with the chat template and tokenizes it, and the
+worker does it twice per turn (once to fit the context, once to generate). With a 400-page document
+in the conversation that is ~250k tokens of byte-level BPE each time: about a second per turn on a
+laptop, spent before the first new token is evaluated.
+
+llama.cpp tokenizes a prompt with ``parse_special`` by first cutting it at every special token
+(control, user-defined and unknown tokens: ``tokenizer_st_partition``) and then running BPE on each
+raw piece on its own. So a prompt's tokens are the concatenation of the tokens of its pieces, and the
+tokens of a long piece (a document, a long answer) can be kept and reused while that exact text comes
+back. :class:`PromptTokenizer` does that, and remembers the last whole prompt too.
+
+Whether the equivalence holds for a vocabulary is checked when the tokenizer is built: a probe that
+puts every special token of the chat template against text and whitespace on both sides is tokenized
+both ways. Vocabularies where it does not hold (SentencePiece's space prefix, tokens that strip the
+whitespace next to them) fall back to tokenizing the whole prompt.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import logging
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+# Pieces shorter than this are tokenized again each time: cheaper than hashing and caching them.
+MIN_CACHED_CHARS = 1024
+# At most this many tokens are kept (4 bytes each): a few long documents and their conversations.
+MAX_CACHED_TOKENS = 4_000_000
+
+
+class PromptTokenizer:
+    """Tokenizes rendered prompts; see the module docstring for why the pieces can be cached.
+
+    ``tokenize(text, add_bos)`` is llama.cpp's tokenizer with special tokens parsed; ``specials``
+    maps each special token's text to its id.
+    """
+
+    def __init__(
+        self,
+        tokenize: Callable[[bytes, bool], list[int]],
+        specials: dict[str, int],
+        probe_texts: Sequence[str] = (),
+    ) -> None:
+        self._tokenize = tokenize
+        self._specials = {text: tid for text, tid in specials.items() if text}
+        # leftmost match, the longest special first where several start at the same place
+        ordered = sorted(self._specials, key=len, reverse=True)
+        self._split_re = re.compile("|".join(re.escape(s) for s in ordered)) if ordered else None
+        self._pieces: collections.OrderedDict[str, array.array[int]] = collections.OrderedDict()
+        self._cached_tokens = 0
+        self._last: tuple[str, bool, list[int]] | None = None
+        self.hits = 0  # pieces served from the cache (for tests and benchmarks)
+        self.enabled = self._split_re is not None and self._consistent(probe_texts)
+
+    def _consistent(self, probe_texts: Sequence[str]) -> bool:
+        specials = list(self._specials)
+        around = ["", " ", "\n", "\n\n", "a", " a ", "word\n", "  x", "é"]
+        probes = list(probe_texts)
+        for i, special in enumerate(specials[:64]):
+            left, right = around[i % len(around)], around[(i * 5 + 3) % len(around)]
+            probes.append(f"{left}{special}{right}text {special}\n\n{left}")
+        probes.append("".join(f"{a}{s}" for a, s in zip(around * 8, specials[:64], strict=False)) + " end ")
+        for text in probes:
+            for add_bos in (True, False):
+                whole = list(self._tokenize(text.encode("utf-8"), add_bos))
+                pieced = self._tokens_by_pieces(text, add_bos, cache=False)
+                if whole != pieced:
+                    log.info("piecewise tokenization differs for this vocabulary; tokenizing whole prompts")
+                    return False
+        return True
+
+    def tokens(self, text: str, add_bos: bool) -> list[int]:
+        """The tokens of ``text`` (special tokens parsed), as llama.cpp's tokenizer gives them."""
+        last = self._last
+        if last is not None and last[1] == add_bos and last[0] == text:
+            return list(last[2])
+        if self.enabled:
+            result = self._tokens_by_pieces(text, add_bos, cache=True)
+        else:
+            result = list(self._tokenize(text.encode("utf-8"), add_bos))
+        self._last = (text, add_bos, result)
+        return list(result)
+
+    def clear(self) -> None:
+        self._pieces.clear()
+        self._cached_tokens = 0
+        self._last = None
+
+    def _tokens_by_pieces(self, text: str, add_bos: bool, *, cache: bool) -> list[int]:
+        assert self._split_re is not None
+        out: list[int] = []
+        bos_pending = add_bos
+        pos = 0
+        for match in self._split_re.finditer(text):
+            if match.start() > pos:
+                out += self._raw(text[pos : match.start()], bos_pending, cache)
+            elif bos_pending:
+                out += self._tokenize(b"", True)  # just the BOS
+            bos_pending = False
+            out.append(self._specials[match.group()])
+            pos = match.end()
+        if pos < len(text) or bos_pending:
+            out += self._raw(text[pos:], bos_pending, cache)
+        return out
+
+    def _raw(self, piece: str, add_bos: bool, cache: bool) -> list[int]:
+        if not cache or add_bos or len(piece) < MIN_CACHED_CHARS:
+            return list(self._tokenize(piece.encode("utf-8"), add_bos))
+        hit = self._pieces.get(piece)
+        if hit is not None:
+            self._pieces.move_to_end(piece)
+            self.hits += 1
+            return hit.tolist()
+        tokens = list(self._tokenize(piece.encode("utf-8"), False))
+        if len(tokens) <= MAX_CACHED_TOKENS:
+            self._pieces[piece] = array.array("i", tokens)
+            self._cached_tokens += len(tokens)
+            while self._cached_tokens > MAX_CACHED_TOKENS:
+                _text, old = self._pieces.popitem(last=False)
+                self._cached_tokens -= len(old)
+        return tokens
