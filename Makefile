@@ -24,6 +24,7 @@ bench: setup
 	.venv/bin/python -m bench.ui_stall
 	.venv/bin/python -m bench.planner
 	.venv/bin/python -m bench.documents
+	.venv/bin/python -m bench.attention
 	.venv/bin/python -m bench.images
 	.venv/bin/python -m bench.download
 
