@@ -479,6 +479,10 @@ class PlanPanel(QDialog):
         self.flash_combo = QComboBox()
         for label, value in FLASH_CHOICES:
             self.flash_combo.addItem(label, value)
+        self.flash_combo.setToolTip(
+            "Auto: on with a GPU (faster, smaller buffers); off on a CPU-only machine when its "
+            "larger buffers fit, because llama.cpp's CPU flash attention is slower"
+        )
         self.flash_combo.currentIndexChanged.connect(self._on_flash_combo_current_index_changed)
         self.advanced_note = QLabel()
         self.advanced_note.setObjectName("planMuted")

@@ -20,6 +20,7 @@ import codecs
 import collections
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import re
@@ -288,15 +289,17 @@ _PARAMS_LOCK = threading.Lock()
 
 
 def tokenize_bytes(llm: Any, data: bytes, *, add_bos: bool, special: bool) -> list[int]:
-    """llama.cpp's tokenizer with an output buffer sized to the text.
+    """llama.cpp's tokenizer with an output buffer sized to the text (see :func:`_tokenize_vocab`)."""
+    return _tokenize_vocab(llm._model.vocab, data, add_bos, special)
 
-    ``Llama.tokenize`` allocates a buffer of ``n_ctx_train`` tokens on every call: for Scout
+
+def _tokenize_vocab(vocab: Any, data: bytes, add_bos: bool, special: bool) -> list[int]:
+    """``Llama.tokenize`` allocates a buffer of ``n_ctx_train`` tokens on every call: for Scout
     (trained context 10,485,760) that is 40 MB zeroed per call, ~40 ms before any text is read. A
     token covers at least one byte, so ``len(data)`` plus the added BOS/EOS always suffices; the
-    retry on a negative count (the size llama.cpp needs) is kept anyway.
-    """
+    retry on a negative count (the size llama.cpp needs) is kept anyway. Installed in place of
+    ``LlamaModel.tokenize`` on every loaded model, so llama-cpp-python's own callers use it too."""
     llama_cpp = _import_llama_cpp()
-    vocab = llm._model.vocab
     size = len(data) + 4
     for _ in range(2):
         buf = (llama_cpp.llama_token * size)()
@@ -429,6 +432,8 @@ class LlamaEngine:
         self._llm = llm
         self._overrides = overrides
         self._params = params
+        # the vocab pointer, not the model: no reference cycle through the model's own attribute
+        llm._model.tokenize = functools.partial(_tokenize_vocab, llm._model.vocab)
         self._setup_chat_format(llm)
         self._tokenizer = self._build_prompt_tokenizer(llm)
         if params.mmproj_path is not None:
