@@ -141,3 +141,20 @@ def test_a_follow_up_does_not_tokenize_the_document_again(engine: LlamaEngine) -
         assert sum(sizes) < first / 100  # the document was not tokenized again
     finally:
         tokenizer._tokenize = real
+
+
+def test_the_special_token_pattern_finds_what_a_longest_first_alternation_finds() -> None:
+    import random
+    import re
+
+    from app.core.engine.tokens import _trie_pattern
+
+    rng = random.Random(3)
+    words = [f"<|reserved_special_token_{i}|>" for i in range(300)] + ["<|eot|>", "<|eo", "ab", "abc", "<s>"]
+    alphabet = ["<", "|", "e", "o", "t", ">", "a", "b", "c", "s", " ", "\n", "é", *words[:5], *words[-5:]]
+    text = "".join(rng.choice(alphabet) for _ in range(20_000))
+    longest_first = re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)))
+    trie = re.compile(_trie_pattern(words))
+    expected = [(m.start(), m.group()) for m in longest_first.finditer(text)]
+    assert [(m.start(), m.group()) for m in trie.finditer(text)] == expected
+    assert len(expected) > 1000

@@ -23,10 +23,10 @@ import array
 import collections
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 MIN_CACHED_CHARS = 1024
 # At most this many tokens are kept (4 bytes each): a few long documents and their conversations.
 MAX_CACHED_TOKENS = 4_000_000
+# Scout has ~2k special tokens; a vocabulary with far more (the sparse Scout replica pads its vocab
+# with 200k) is tokenized whole rather than compiling a huge pattern at load.
+MAX_SPECIALS = 20_000
 
 
 class PromptTokenizer:
@@ -51,9 +54,8 @@ class PromptTokenizer:
     ) -> None:
         self._tokenize = tokenize
         self._specials = {text: tid for text, tid in specials.items() if text}
-        # leftmost match, the longest special first where several start at the same place
-        ordered = sorted(self._specials, key=len, reverse=True)
-        self._split_re = re.compile("|".join(re.escape(s) for s in ordered)) if ordered else None
+        usable = 0 < len(self._specials) <= MAX_SPECIALS
+        self._split_re = re.compile(_trie_pattern(self._specials)) if usable else None
         self._pieces: collections.OrderedDict[str, array.array[int]] = collections.OrderedDict()
         self._cached_tokens = 0
         self._last: tuple[str, bool, list[int]] | None = None
@@ -127,3 +129,25 @@ class PromptTokenizer:
                 _text, old = self._pieces.popitem(last=False)
                 self._cached_tokens -= len(old)
         return tokens
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    """A regex matching any of ``words``, the longest where several start at the same place (as a
+    longest-first alternation would), built as a trie: at a ``<`` in code that is not followed by
+    ``|`` it fails after one character instead of trying thousands of alternatives (4x faster
+    over a megabyte of C++ with Scout's 2k specials)."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # a word ends here
+
+    def build(node: dict[str, Any]) -> str:
+        branches = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body  # greedy: the longer word first
+
+    return build(trie)
