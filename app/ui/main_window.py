@@ -355,6 +355,7 @@ class MainWindow(QMainWindow):
         c.model_loaded.connect(self._on_controller_model_loaded)
         c.model_load_failed.connect(self._on_controller_model_load_failed)
         c.conversations_changed.connect(self._on_controller_conversations_changed)
+        c.conversation_updated.connect(self._on_controller_conversation_updated)
         c.conversation_opened.connect(self._on_controller_conversation_opened)
         c.message_added.connect(self._on_controller_message_added)
         c.message_removed.connect(self._on_controller_message_removed)
@@ -645,6 +646,10 @@ class MainWindow(QMainWindow):
 
     def _on_controller_conversations_changed(self) -> None:
         self.sidebar.reload()
+        self._update_title()
+
+    def _on_controller_conversation_updated(self, conversation: Any) -> None:
+        self.sidebar.conversation_updated(conversation)
         self._update_title()
 
     def _on_controller_conversation_opened(self, conversation_id: int, messages: list[Any]) -> None:

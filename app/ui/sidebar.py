@@ -100,6 +100,22 @@ class ConversationListModel(QAbstractListModel):
         self._titles = {c.id: c.title for c in self._rows}
         self.endResetModel()
 
+    def put_first(self, conversation: Conversation) -> None:
+        """Show ``conversation`` (new, or updated just now) as the most recent, without a reset:
+        a move (or an insert) and one changed row, whatever the number of conversations."""
+        row = self.row_of(conversation.id)
+        if row < 0:
+            self.beginInsertRows(QModelIndex(), 0, 0)
+            self._rows.insert(0, conversation)
+            self.endInsertRows()
+        elif row > 0:
+            self.beginMoveRows(QModelIndex(), row, row, QModelIndex(), 0)
+            self._rows.insert(0, self._rows.pop(row))
+            self.endMoveRows()
+        self._rows[0] = conversation
+        self._titles[conversation.id] = conversation.title
+        self.dataChanged.emit(self.index(0), self.index(0))
+
     def conversation_id(self, row: int) -> int:
         return int(self._rows[row].id)
 
@@ -278,6 +294,20 @@ class ConversationSidebar(QFrame):
         empty = self.model.rowCount() == 0
         self.empty_label.setText("No matches" if self.filter_edit.text().strip() else "No conversations yet")
         self.empty_label.setVisible(empty)
+
+    def conversation_updated(self, conversation: Conversation) -> None:
+        """A conversation just had activity: move it to the top (a filtered list is reloaded, as
+        the filter decides whether it shows)."""
+        if self.filter_edit.text().strip():
+            self.reload()
+            return
+        self._syncing = True
+        try:
+            self.model.put_first(conversation)
+            self._select(self._current_id)
+        finally:
+            self._syncing = False
+        self.empty_label.setVisible(False)
 
     def set_current(self, conversation_id: int | None) -> None:
         """Show ``conversation_id`` as selected without emitting ``conversation_selected``."""

@@ -53,6 +53,8 @@ class ChatController(QObject):
     model_load_failed(str, str): human message, detail.
     plan_changed(object): the offload Plan chosen for the model being loaded (planner.Plan).
     conversations_changed(): the sidebar should reload ``conversations()``.
+    conversation_updated(object): a Conversation that just had activity (an answer): it moves to
+        the top of the list, without reloading the list (users keep thousands of conversations).
     conversation_opened(int, list): conversation id, list[StoredMessage].
     message_added(object): StoredMessage.
     message_removed(int): message id.
@@ -78,6 +80,7 @@ class ChatController(QObject):
     model_load_failed = Signal(str, str)
     plan_changed = Signal(object)
     conversations_changed = Signal()
+    conversation_updated = Signal(object)
     conversation_opened = Signal(int, list)
     message_added = Signal(object)
     message_removed = Signal(int)
@@ -746,7 +749,11 @@ class ChatController(QObject):
             self.save_session_requested.emit(self._conversation_id, str(self._paths.kv_state_dir))
         self.context_changed.emit(stats.context_used, stats.n_ctx or self._n_ctx())
         self.busy_changed.emit(False)
-        self.conversations_changed.emit()
+        conversation = (
+            self._store.get_conversation(self._conversation_id) if self._conversation_id is not None else None
+        )
+        if conversation is not None:
+            self.conversation_updated.emit(conversation)
 
     @Slot(int, str, str)
     def _on_worker_generation_failed(self, gen_id: int, message: str, detail: str) -> None:

@@ -26,8 +26,11 @@ def test_send_streams_and_saves(make_controller, qtbot) -> None:
     controller.message_added.connect(added.append)
     streamed: list[str] = []
     controller.tokens_streamed.connect(lambda _m, t: streamed.append(t))
+    updated = []
+    controller.conversation_updated.connect(updated.append)
     with qtbot.waitSignal(controller.generation_finished, timeout=5000) as finished:
         controller.send("  What is Scout?  ")
+    qtbot.waitUntil(lambda: bool(updated))
     assert [m.role for m in added] == ["user", "assistant"]
     assert added[0].content == "What is Scout?"
     assert added[1].status == "streaming"
@@ -41,6 +44,7 @@ def test_send_streams_and_saves(make_controller, qtbot) -> None:
     conversations = controller.conversations()
     assert len(conversations) == 1
     assert conversations[0].title == "What is Scout?"
+    assert updated == conversations  # the sidebar moves it to the top without reloading the list
     assert not controller.is_busy
 
 

@@ -70,6 +70,7 @@ class FakeController(QObject):
     model_loaded = Signal(object)
     model_load_failed = Signal(str, str)
     conversations_changed = Signal()
+    conversation_updated = Signal(object)
     conversation_opened = Signal(int, list)
     message_added = Signal(object)
     message_removed = Signal(int)

@@ -132,3 +132,32 @@ def test_new_chat_button(qtbot) -> None:
     assert sidebar.empty_label.text() == "No conversations yet"
     with qtbot.waitSignal(sidebar.new_chat_requested):
         qtbot.mouseClick(sidebar.new_button, Qt.MouseButton.LeftButton)
+
+
+def test_an_updated_conversation_moves_to_the_top_without_a_reset(qtbot, qtmodeltester) -> None:
+    controller = FakeController(_convs())
+    sidebar = ConversationSidebar(controller.conversations)
+    qtbot.addWidget(sidebar)
+    qtmodeltester.check(sidebar.model)  # keeps checking the model through the moves below
+    sidebar.set_current(3)
+    loads: list[str] = []
+    sidebar._load = lambda text: loads.append(text) or controller.conversations(text)
+    resets: list[bool] = []
+    sidebar.model.modelReset.connect(lambda: resets.append(True))
+    with qtbot.assertNotEmitted(sidebar.conversation_selected):
+        sidebar.conversation_updated(Conv(1, "Old chat, now answered", updated_at="2026-11-23T10:00:00"))
+    ids = [sidebar.model.index(r).data(ConversationRole.ID) for r in range(3)]
+    assert ids == [1, 2, 3]
+    assert sidebar.model.index(0).data() == "Old chat, now answered"
+    assert sidebar.list_view.currentIndex().data(ConversationRole.ID) == 3  # selection kept
+    sidebar.conversation_updated(Conv(4, "Brand new", updated_at="2026-11-23T10:01:00"))
+    assert [sidebar.model.index(r).data(ConversationRole.ID) for r in range(4)] == [4, 1, 2, 3]
+    sidebar.conversation_updated(Conv(4, "Brand new", updated_at="2026-11-23T10:02:00"))  # already first
+    assert sidebar.model.rowCount() == 4
+    assert (loads, resets) == ([], [])  # no query, no reset
+    # with a filter the list is asked again: the filter decides whether the conversation shows
+    sidebar.filter_edit.setText("lisbon")
+    loads.clear()
+    sidebar.conversation_updated(Conv(3, "Middle: MoE routing", updated_at="2026-11-23T10:03:00"))
+    assert loads == ["lisbon"]
+    assert [sidebar.model.index(r).data(ConversationRole.ID) for r in range(sidebar.model.rowCount())] == [2]
