@@ -444,13 +444,15 @@ class ChatController(QObject):
             conversation = self._store.create_conversation(make_title(text), self._model_info.name)
             self._conversation_id = conversation.id
             self._remember(last_conversation=conversation.id)
-            self.conversations_changed.emit()
+            self.conversation_updated.emit(conversation)  # one row in, not a reload of thousands
             self.conversation_opened.emit(conversation.id, [])
         else:
             conversation = self._store.get_conversation(self._conversation_id)
             if conversation is not None and conversation.title == "New chat":
                 self._store.rename_conversation(conversation.id, make_title(text))
-                self.conversations_changed.emit()
+                renamed = self._store.get_conversation(conversation.id)
+                if renamed is not None:
+                    self.conversation_updated.emit(renamed)
         user = self._store.add_message(
             self._conversation_id, Role.USER.value, text, model=self._model_info.name
         )
@@ -536,7 +538,7 @@ class ChatController(QObject):
             )
             self._conversation_id = conversation.id
             self._remember(last_conversation=conversation.id)
-            self.conversations_changed.emit()
+            self.conversation_updated.emit(conversation)
         return self._conversation_id
 
     def pending_attachments(self) -> list[Attachment]:
