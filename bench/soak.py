@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-turns", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--trace", action="store_true", help="sample the GUI thread's stack during stalls")
+    parser.add_argument(
+        "--conversations", type=int, default=0, help="start with this many saved conversations (a heavy user)"
+    )
     args = parser.parse_args(argv)
 
     from PySide6.QtCore import QElapsedTimer, QTimer
@@ -94,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     application = build_application(
         parse_args(["--data-dir", str(Path(tmp.name) / "data"), "--model", str(model)])
     )
+    store = application.store
+    for n in range(args.conversations):
+        conversation = store.create_conversation(f"Earlier chat {n}: planning the harbour survey", "tiny")
+        store.add_message(conversation.id, "user", "What did the survey find?")
+        store.add_message(conversation.id, "assistant", "The east pier needs repairs.")
+    if args.conversations:
+        application.controller.conversations_changed.emit()
     application.window.resize(1100, 760)
     application.window.show()
     controller = application.controller
