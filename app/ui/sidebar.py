@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from enum import IntEnum, auto
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from PySide6.QtWidgets import (
 from app.ui import theme
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from PySide6.QtCore import QPoint
 
@@ -285,12 +286,8 @@ class ConversationSidebar(QFrame):
     # -- public API -------------------------------------------------------------------------
     def reload(self) -> None:
         """Ask for the conversations again (keeps the selection)."""
-        self._syncing = True
-        try:
+        with self._selection_kept():
             self.model.set_conversations(list(self._load(self.filter_edit.text().strip())))
-            self._select(self._current_id)
-        finally:
-            self._syncing = False
         empty = self.model.rowCount() == 0
         self.empty_label.setText("No matches" if self.filter_edit.text().strip() else "No conversations yet")
         self.empty_label.setVisible(empty)
@@ -301,22 +298,15 @@ class ConversationSidebar(QFrame):
         if self.filter_edit.text().strip():
             self.reload()
             return
-        self._syncing = True
-        try:
+        with self._selection_kept():
             self.model.put_first(conversation)
-            self._select(self._current_id)
-        finally:
-            self._syncing = False
         self.empty_label.setVisible(False)
 
     def set_current(self, conversation_id: int | None) -> None:
         """Show ``conversation_id`` as selected without emitting ``conversation_selected``."""
         self._current_id = conversation_id or None
-        self._syncing = True
-        try:
-            self._select(self._current_id)
-        finally:
-            self._syncing = False
+        with self._selection_kept():
+            pass  # the model is unchanged: only the selection follows the new current id
 
     def current_id(self) -> int | None:
         return self._current_id
@@ -361,6 +351,17 @@ class ConversationSidebar(QFrame):
         return super().eventFilter(watched, event)
 
     # -- internals --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _selection_kept(self) -> Iterator[None]:
+        """Model changes made inside end with the current conversation selected again, and
+        neither they nor the re-selection emit ``conversation_selected``."""
+        self._syncing = True
+        try:
+            yield
+            self._select(self._current_id)
+        finally:
+            self._syncing = False
+
     def _select(self, conversation_id: int | None) -> None:
         selection = self.list_view.selectionModel()
         row = self.model.row_of(conversation_id) if conversation_id else -1

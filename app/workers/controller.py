@@ -441,18 +441,13 @@ class ChatController(QObject):
             )
             return
         if self._conversation_id is None:
-            conversation = self._store.create_conversation(make_title(text), self._model_info.name)
-            self._conversation_id = conversation.id
-            self._remember(last_conversation=conversation.id)
-            self.conversation_updated.emit(conversation)  # one row in, not a reload of thousands
+            conversation = self._start_conversation(make_title(text))
             self.conversation_opened.emit(conversation.id, [])
         else:
             conversation = self._store.get_conversation(self._conversation_id)
             if conversation is not None and conversation.title == "New chat":
                 self._store.rename_conversation(conversation.id, make_title(text))
-                renamed = self._store.get_conversation(conversation.id)
-                if renamed is not None:
-                    self.conversation_updated.emit(renamed)
+                self._announce(conversation.id)
         user = self._store.add_message(
             self._conversation_id, Role.USER.value, text, model=self._model_info.name
         )
@@ -533,13 +528,23 @@ class ChatController(QObject):
     # -- attachments ------------------------------------------------------------------------
     def _ensure_conversation(self) -> int:
         if self._conversation_id is None:
-            conversation = self._store.create_conversation(
-                "New chat", self._model_info.name if self._model_info else ""
-            )
-            self._conversation_id = conversation.id
-            self._remember(last_conversation=conversation.id)
-            self.conversation_updated.emit(conversation)
+            self._start_conversation("New chat")
         return self._conversation_id
+
+    def _start_conversation(self, title: str) -> Conversation:
+        """Create the current conversation and put it in the sidebar (one row, not a reload)."""
+        model = self._model_info.name if self._model_info else ""
+        conversation = self._store.create_conversation(title, model)
+        self._conversation_id = conversation.id
+        self._remember(last_conversation=conversation.id)
+        self.conversation_updated.emit(conversation)
+        return conversation
+
+    def _announce(self, conversation_id: int) -> None:
+        """Tell the sidebar that a conversation changed (it moves to the top as one row)."""
+        conversation = self._store.get_conversation(conversation_id)
+        if conversation is not None:
+            self.conversation_updated.emit(conversation)
 
     def pending_attachments(self) -> list[Attachment]:
         return self._store.pending_attachments(self._conversation_id) if self._conversation_id else []
@@ -751,11 +756,8 @@ class ChatController(QObject):
             self.save_session_requested.emit(self._conversation_id, str(self._paths.kv_state_dir))
         self.context_changed.emit(stats.context_used, stats.n_ctx or self._n_ctx())
         self.busy_changed.emit(False)
-        conversation = (
-            self._store.get_conversation(self._conversation_id) if self._conversation_id is not None else None
-        )
-        if conversation is not None:
-            self.conversation_updated.emit(conversation)
+        if self._conversation_id is not None:
+            self._announce(self._conversation_id)
 
     @Slot(int, str, str)
     def _on_worker_generation_failed(self, gen_id: int, message: str, detail: str) -> None:

@@ -764,14 +764,15 @@ class LlamaEngine:
             if sampling.seed is not None:
                 llm.set_seed(sampling.seed)
             finish = "length"
-            evaluate_next: list[int] = []
+            unevaluated: int | None = None  # sampled and shown, not yet fed to the model
             try:
                 for _ in range(max_new):
                     if cancel.is_set():
                         finish = "cancelled"
                         break
-                    if evaluate_next:
-                        llm.eval([evaluate_next.pop()])
+                    if unevaluated is not None:
+                        llm.eval([unevaluated])
+                        unevaluated = None
                     token = llm._sampler.sample(llm._ctx, -1)
                     if llama_cpp.llama_vocab_is_eog(vocab, token):
                         finish = "stop"
@@ -782,7 +783,7 @@ class LlamaEngine:
                         break
                     # The token is shown before it is evaluated: the evaluation (the cost of a
                     # token) runs when the caller asks for the next piece, not before this one.
-                    evaluate_next.append(token)
+                    unevaluated = token
                     piece = decoder.decode(bytes(llm._model.token_to_piece(token)).rstrip(b"\0"))
                     if not piece:
                         continue
@@ -801,8 +802,8 @@ class LlamaEngine:
                         if first_token_at is None:
                             first_token_at = time.perf_counter()
                         yield emit
-                if evaluate_next and finish != "cancelled":
-                    llm.eval([evaluate_next.pop()])  # the cache holds the whole answer
+                if unevaluated is not None and finish != "cancelled":
+                    llm.eval([unevaluated])  # the cache holds the whole answer
             finally:
                 llm._sampler = None
         tail = pending + decoder.decode(b"", final=True)
