@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from app.core.engine import LlamaEngine, tokenize_bytes
-from app.core.engine.tokens import MIN_CACHED_CHARS, PromptTokenizer
+from app.core.engine.tokens import BREAK, MIN_CACHED_CHARS, LiteralSpecials, PromptTokenizer
 from app.core.types import ChatMessage, LoadParams
 
 if TYPE_CHECKING:
@@ -158,3 +158,23 @@ def test_the_special_token_pattern_finds_what_a_longest_first_alternation_finds(
     expected = [(m.start(), m.group()) for m in longest_first.finditer(text)]
     assert [(m.start(), m.group()) for m in trie.finditer(text)] == expected
     assert len(expected) > 1000
+
+
+def test_literal_specials_break_only_whole_control_tokens() -> None:
+    guard = LiteralSpecials(["<|eot|>", "<|header_start|>", "<s>", "[INST]", "<__media__>", "|", ""])
+    zw = BREAK
+    assert guard("a<|eot|>b") == f"a<{zw}|eot|>b"
+    assert guard("<<|header_start|>>") == f"<<{zw}|header_start|>>"
+    assert guard("<s>[INST] x [/INST]") == f"<{zw}s>[{zw}INST] x [/INST]"
+    assert guard("see <__media__> here") == f"see <{zw}__media__> here"
+    # look-alikes that are not tokens of the vocabulary, and single characters, are left alone
+    for text in ["<|not_a_token|>", "a | b", "<|eot|", "|eot|>", "<div>", "if (a<b) {}", "", "plain"]:
+        assert guard(text) == text
+    assert LiteralSpecials([])("<|eot|>") == "<|eot|>"
+
+
+def test_literal_specials_handle_a_vocabulary_padded_with_thousands_of_reserved_tokens() -> None:
+    reserved = [f"<|reserved_special_token_{i}|>" for i in range(200_000)]
+    guard = LiteralSpecials([*reserved, "<|eot|>"])
+    text = "x <|reserved_special_token_199999|> y <|reserved_special_token_200000|> z"
+    assert guard(text) == f"x <{BREAK}|reserved_special_token_199999|> y <|reserved_special_token_200000|> z"

@@ -7,7 +7,8 @@ inference worker's). It adds what the high-level API lacks:
 * tensor buffer overrides (``-ot``: keep MoE expert tensors in system RAM), filled into
   ``llama_model_params.tensor_buft_overrides`` through ctypes;
 * a chat prompt rendered with the GGUF's own template in a sandboxed Jinja environment, with a
-  sensible fallback when the file has none;
+  sensible fallback when the file has none, and control-token text in message contents kept as
+  text (a document cannot end the turn or open a system turn: ``tokens.LiteralSpecials``);
 * a generation loop that evaluates the prompt in batches (progress, cancellation between batches)
   and samples token by token (cancellation between tokens), reusing the KV cache prefix of the
   previous turn — guarded for the chunked/sliding-window cache, where cells far back are pruned;
@@ -20,6 +21,7 @@ import codecs
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import logging
 import os
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.core.engine.tokens import PromptTokenizer
+from app.core.engine.tokens import LiteralSpecials, PromptTokenizer
 from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, SamplingParams, timed_stats
 
 if TYPE_CHECKING:
@@ -340,6 +342,7 @@ class LlamaEngine:
         self._is_iswa = False
         self._vision: Any = None  # MTMDChatHandler when the model has a vision projector
         self._tokenizer: PromptTokenizer | None = None
+        self._literal = LiteralSpecials(())  # guards message text against control-token injection
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -435,7 +438,9 @@ class LlamaEngine:
         # the vocab pointer, not the model: no reference cycle through the model's own attribute
         llm._model.tokenize = functools.partial(_tokenize_vocab, llm._model.vocab)
         self._setup_chat_format(llm)
-        self._tokenizer = self._build_prompt_tokenizer(llm)
+        specials, controls = self._special_tokens(llm)
+        self._literal = LiteralSpecials(controls)
+        self._tokenizer = self._build_prompt_tokenizer(llm, specials)
         if params.mmproj_path is not None:
             from app.core.engine import vision
 
@@ -448,6 +453,7 @@ class LlamaEngine:
                 self.unload()
                 raise
             self._vision = handler
+            self._literal = LiteralSpecials([*controls, vision.media_marker(handler)])
         # Llama 4 uses chunked attention unless the file sets sliding_window to 0 (MobileLLM).
         self._is_iswa = (
             self._arch(llm) == "llama4"
@@ -507,20 +513,27 @@ class LlamaEngine:
         self._template_source = template
         self._stop_strings = ("\nUser:",) if template is PLAIN_FALLBACK_TEMPLATE else ()
 
-    def _build_prompt_tokenizer(self, llm: Any) -> PromptTokenizer:
-        """A tokenizer that keeps the tokens of long prompt pieces (documents) between turns."""
+    @staticmethod
+    def _special_tokens(llm: Any) -> tuple[dict[str, int], list[str]]:
+        """The texts llama.cpp cuts a prompt at when it parses special tokens (control,
+        user-defined and unknown tokens) with their ids, and the control tokens' texts alone."""
         llama_cpp = _import_llama_cpp()
         vocab = llm._model.vocab
-        special_attrs = (
-            llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
-            | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
-            | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
-        )
+        control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+        special_attrs = control | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
         specials: dict[str, int] = {}
+        controls: list[str] = []
         for tid in range(int(llama_cpp.llama_vocab_n_tokens(vocab))):
-            if int(llama_cpp.llama_vocab_get_attr(vocab, tid)) & special_attrs:
+            attr = int(llama_cpp.llama_vocab_get_attr(vocab, tid))
+            if attr & special_attrs:
                 text = (llama_cpp.llama_vocab_get_text(vocab, tid) or b"").decode("utf-8", "replace")
                 specials.setdefault(text, tid)
+                if attr & control:
+                    controls.append(text)
+        return specials, controls
+
+    def _build_prompt_tokenizer(self, llm: Any, specials: dict[str, int]) -> PromptTokenizer:
+        """A tokenizer that keeps the tokens of long prompt pieces (documents) between turns."""
 
         def tokenize(data: bytes, add_bos: bool) -> list[int]:
             return tokenize_bytes(llm, data, add_bos=add_bos, special=True)
@@ -557,6 +570,7 @@ class LlamaEngine:
         self._overrides = None
         self._formatter = None
         self._tokenizer = None
+        self._literal = LiteralSpecials(())
 
     # -- tokens -----------------------------------------------------------------------------
     def _require(self) -> Any:
@@ -571,13 +585,18 @@ class LlamaEngine:
     def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
         self._require()
         try:
-            result = self._formatter(messages=_messages_as_dicts(messages))
+            result = self._formatter(messages=_messages_as_dicts(self._as_text(messages)))
         except Exception as exc:
             raise EngineError(
                 "The model's chat template failed to format this conversation.",
                 f"{type(exc).__name__}: {exc}",
             ) from exc
         return str(result.prompt)
+
+    def _as_text(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+        """``messages`` with any control-token text in their contents made plain text (see
+        :class:`LiteralSpecials`): only the chat template puts control tokens in a prompt."""
+        return [dataclasses.replace(m, content=self._literal(m.content)) for m in messages]
 
     def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
         llm = self._require()
@@ -710,7 +729,9 @@ class LlamaEngine:
                 )
             from app.core.engine import vision
 
-            self._stats = yield from vision.stream_image_chat(llm, self._vision, messages, sampling, cancel)
+            self._stats = yield from vision.stream_image_chat(
+                llm, self._vision, self._as_text(messages), sampling, cancel
+            )
             return
         started = time.perf_counter()
         tokens = self.prompt_tokens(messages)

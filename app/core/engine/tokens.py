@@ -151,3 +151,45 @@ def _trie_pattern(words: Iterable[str]) -> str:
         return f"(?:{body})?" if "" in node else body  # greedy: the longer word first
 
     return build(trie)
+
+
+# Control tokens shaped like Llama 3/4's (``<|eot|>``, ``<|header_start|>``, ``<|reserved_…|>``): one
+# pattern for all of them, however many the vocabulary has; other shapes go through a trie.
+_PIPE_TOKEN = r"<\|[A-Za-z0-9_.:\-]{1,120}\|>"
+# What :class:`LiteralSpecials` puts after a special token's first character: invisible, and no
+# token of any vocabulary starts with it, so the text no longer matches the token.
+BREAK = "\u200b"  # ZERO WIDTH SPACE
+
+
+class LiteralSpecials:
+    """Makes the text of control tokens in message contents stay text.
+
+    The whole rendered prompt is tokenized with special tokens parsed (the template's own
+    ``<|header_start|>`` and ``<|eot|>`` must become control tokens), so a document, a web page
+    or a pasted answer that contains ``<|eot|><|header_start|>system<|header_end|>`` would end
+    the turn and open a system turn of its own: a prompt injection through a file. Contents are
+    passed through this before the template sees them: each control token's text gets a zero
+    width space after its first character, so it is read as the characters it is made of. The
+    vision path's image marker (``<__media__>``) is guarded the same way, so text cannot claim an
+    image slot.
+    """
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        words = {t for t in texts if len(t) >= 2}
+        self._words = frozenset(words)
+        shape = re.compile(_PIPE_TOKEN)
+        others = sorted(w for w in words if not shape.fullmatch(w))
+        if len(others) > MAX_SPECIALS:
+            log.warning("%d control tokens of unusual shape are not guarded in message text", len(others))
+            others = []
+        alternatives = [_PIPE_TOKEN] + ([_trie_pattern(others)] if others else [])
+        self._re = re.compile("|".join(f"(?:{a})" for a in alternatives)) if words else None
+
+    def _break(self, match: re.Match[str]) -> str:
+        text = match.group()
+        return text[0] + BREAK + text[1:] if text in self._words else text
+
+    def __call__(self, text: str) -> str:
+        if self._re is None or not text:
+            return text
+        return self._re.sub(self._break, text)

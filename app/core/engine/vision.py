@@ -200,6 +200,11 @@ def _explain_projector_failure(detail: str) -> str:
     return "The vision projector could not be loaded. The file may be damaged or belong to another model."
 
 
+def media_marker(handler: Any) -> str:
+    """The text that stands for an image in the prompt the handler hands to libmtmd."""
+    return bytes(handler._mtmd_cpp.mtmd_default_marker()).decode("utf-8")
+
+
 def prepare_handler(llm: Any, handler: Any) -> None:
     """Load the projector now (seconds for Scout's 1.7 GB file) instead of on the first image."""
     handler._init_mtmd_context(llm)
