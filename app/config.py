@@ -26,6 +26,17 @@ DATA_DIR_ENV = "SCOUT_CHAT_DATA_DIR"
 log = logging.getLogger(__name__)
 
 
+def kv_state_files(directory: Path, conversation_id: int) -> list[Path]:
+    """Files ``conversation-<id>-<key>.llamastate`` in ``directory``. A prefix test, not a glob: a
+    glob pattern per conversation id is compiled and cached anew for every conversation."""
+    prefix = f"conversation-{conversation_id}-"
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return []
+    return [e for e in entries if e.name.startswith(prefix) and e.name.endswith(".llamastate")]
+
+
 @dataclass(frozen=True)
 class AppPaths:
     data_dir: Path
@@ -49,6 +60,10 @@ class AppPaths:
     @property
     def kv_state_dir(self) -> Path:
         return self.cache_dir / "kv-state"
+
+    def kv_state_files(self, conversation_id: int) -> list[Path]:
+        """The saved KV states of one conversation (one per model and plan it was saved for)."""
+        return kv_state_files(self.kv_state_dir, conversation_id)
 
     @property
     def downloads_state(self) -> Path:

@@ -109,6 +109,18 @@ def python_growth(before: tracemalloc.Snapshot, top: int = 8) -> str:
     return "\n".join(lines)
 
 
+def trimmed_rss() -> int:
+    """RSS after a full collection and glibc's ``malloc_trim(0)`` (0 where there is no glibc)."""
+    import ctypes
+
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        return 0
+    return rss_bytes()
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm", encoding="ascii") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -127,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         "--tracemalloc",
         action="store_true",
         help="trace Python allocations from warm-up to the end and print where memory grew (slower)",
+    )
+    parser.add_argument(
+        "--rss-every", type=float, default=5.0, help="minutes between RSS samples in the report (0: none)"
     )
     args = parser.parse_args(argv)
 
@@ -176,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     state = {"turns": 0, "rss_warm": 0, "start": 0.0, "tokens": 0}
     deadline = time.monotonic() + args.minutes * 60
 
+    rss_samples: list[tuple[float, int, int]] = []  # (minutes, turns, RSS): one every few minutes
+
+    def sample_rss() -> None:
+        rss_samples.append(((time.monotonic() - state["start"]) / 60, state["turns"], rss_bytes()))
+
+    sampler = QTimer()
+    sampler.timeout.connect(sample_rss)
+
     def next_turn(*_args: object) -> None:
         nonlocal gaps
         if time.monotonic() >= deadline:
@@ -202,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         state["start"] = time.monotonic()
         last[0] = clock.nsecsElapsed()
         heartbeat.start()
+        if args.rss_every > 0:
+            sampler.start(int(args.rss_every * 60_000))
         if tracer is not None:
             tracer.start()
         next_turn()
@@ -219,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     heartbeat.stop()
     if tracer is not None:
         tracer.stop()
+    sampler.stop()
     rss_end = rss_bytes()
+    rss_trimmed = trimmed_rss()
     growth_report = python_growth(snapshots[0]) if snapshots else ""
     controller.shutdown()
     application.window.close()
@@ -237,6 +264,17 @@ def main(argv: list[str] | None = None) -> int:
         f"heartbeat (10 ms): {after.count} beats after warm-up, worst gap {worst:.1f} ms "
         f"(worst incl. warm-up/load {worst_all:.1f} ms), gaps > 100 ms: {stalls} (target 0)",
     ]
+    if rss_trimmed:
+        lines.append(
+            f"RSS at the end after gc + malloc_trim(0): {rss_trimmed / 2**20:.1f} MiB "
+            f"({(rss_trimmed - state['rss_warm']) / max(1, state['rss_warm']) * 100:+.2f} % against warm-up; "
+            "the difference to the end figure is memory the C allocator held free)"
+        )
+    if rss_samples:
+        lines.append(
+            "RSS over time (min / turns / MiB): "
+            + ", ".join(f"{m:.0f}/{t}/{r / 2**20:.1f}" for m, t, r in rss_samples)
+        )
     if tracer is not None:
         lines.append(tracer.report())
     if growth_report:

@@ -346,7 +346,7 @@ class ChatController(QObject):
             self._conversation_id = None
             self.conversation_opened.emit(0, [])
         self._store.delete_conversation(conversation_id)
-        for stale in self._paths.kv_state_dir.glob(f"conversation-{conversation_id}-*.llamastate"):
+        for stale in self._paths.kv_state_files(conversation_id):
             stale.unlink(missing_ok=True)
         self.conversations_changed.emit()
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, Signal, Slot
 
+from app.config import kv_state_files
 from app.core.context import MessageTooLongError, fit_messages
 from app.core.engine import OutOfMemoryError, check_model_file, first_split_part
 from app.core.gguf_info import GGUFError
@@ -177,7 +178,7 @@ class LlamaWorker(QObject):
             if path is None:
                 return
             tokens = self.engine.save_state(path)  # type: ignore[attr-defined]
-            for stale in path.parent.glob(f"conversation-{conversation_id}-*.llamastate"):
+            for stale in kv_state_files(path.parent, conversation_id):
                 if stale != path:
                     stale.unlink(missing_ok=True)  # made for another model or plan
             self.session_saved.emit(conversation_id, tokens)

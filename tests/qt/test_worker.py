@@ -273,6 +273,19 @@ def test_session_state_saved_and_restored_by_conversation(qtbot, tiny_model: Pat
         with qtbot.waitSignal(second.session_restored) as none:
             second.restore_session(42, str(tmp_path))
         assert none.args == [42, 0]
+
+        # saving under the new plan replaces conversation 42's stale state, and only that one
+        decoys = [tmp_path / f"conversation-{n}-0123abcd.llamastate" for n in (4, 420)]
+        for decoy in decoys:
+            decoy.write_bytes(b"another conversation")
+        with qtbot.waitSignal(second.generation_finished, timeout=30_000):
+            second.generate(2, [ChatMessage.user("Remember this one.")], SamplingParams(max_tokens=8), 64)
+        with qtbot.waitSignal(second.session_saved):
+            second.save_session(42, str(tmp_path))
+        fresh = list(tmp_path.glob("conversation-42-*.llamastate"))
+        assert len(fresh) == 1
+        assert fresh != files
+        assert all(decoy.exists() for decoy in decoys)
     finally:
         first.engine.unload()
         second.engine.unload()

@@ -21,8 +21,9 @@ from app.core.store import Store
 from tests.reliability.figures import emit
 
 ROOT = Path(__file__).resolve().parents[2]
-CHAT_KILLS = int(os.environ.get("SCOUT_RELIABILITY_KILLS", "10"))
-INGEST_KILLS = 4
+# 20 SIGKILLs of the app in all (issue 9): 14 while streaming an answer, 6 while ingesting a document.
+CHAT_KILLS = int(os.environ.get("SCOUT_RELIABILITY_KILLS", "14"))
+INGEST_KILLS = 6
 SAVE_WINDOW_S = 1.0  # at most one second of streamed text may be lost
 
 
