@@ -21,6 +21,7 @@ from app.config import kv_state_files
 from app.core.context import MessageTooLongError, fit_messages
 from app.core.engine import OutOfMemoryError, check_model_file, first_split_part
 from app.core.gguf_info import GGUFError
+from app.core.hardware import release_free_heap
 from app.core.planner import LoadRequest, safer_overrides
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_UI_UPDATES_PER_SECOND = 30
+TRIM_INTERVAL_S = 30.0  # at most this often, freed heap memory is handed back after an answer
 
 
 def _human(exc: BaseException) -> tuple[str, str]:
@@ -90,6 +92,7 @@ class LlamaWorker(QObject):
         self.cancel_event = threading.Event()  # set from any thread: stops generation
         self.load_cancel_event = threading.Event()  # set from any thread: stops loading
         self._last_progress_emit = 0.0
+        self._trimmed_at = 0.0
 
     @property
     def engine(self) -> Engine:
@@ -154,6 +157,15 @@ class LlamaWorker(QObject):
     def unload_model(self) -> None:
         if self._engine is not None:
             self._engine.unload()
+            self._release_free_heap(force=True)
+
+    def _release_free_heap(self, force: bool = False) -> None:
+        """Return freed heap memory to the OS after an answer (at most every ``TRIM_INTERVAL_S``)
+        or an unload, on this thread so the GUI thread never waits for it."""
+        now = time.monotonic()
+        if force or now - self._trimmed_at >= TRIM_INTERVAL_S:
+            self._trimmed_at = now
+            release_free_heap()
 
     @Slot(int, list)
     def count_tokens(self, request_id: int, messages: list[ChatMessage]) -> None:
@@ -227,6 +239,7 @@ class LlamaWorker(QObject):
             if self.cancel_event.is_set() and stats.finish_reason != "cancelled":
                 stats = _replace_stats(stats, finish_reason="cancelled")
             self.generation_finished.emit(gen_id, _replace_stats(stats, dropped_messages=fitted.dropped))
+            self._release_free_heap()
         except MessageTooLongError as exc:
             self.generation_failed.emit(gen_id, str(exc), "")
         except Exception as exc:
