@@ -84,6 +84,7 @@ def build_application(args: argparse.Namespace) -> Application:
     """Create the store, controller and main window (a QApplication must exist)."""
     from PySide6.QtCore import QCoreApplication
 
+    from app.core.heap import freeze_long_lived
     from app.core.store import StorageError, Store
     from app.ui.main_window import MainWindow
     from app.workers.controller import ChatController
@@ -116,6 +117,7 @@ def build_application(args: argparse.Namespace) -> Application:
     controller.restore_session()
     if args.model:
         controller.load_model(str(Path(args.model).expanduser()))
+    freeze_long_lived()  # the window, modules and Qt wrappers: full collections skip them from now on
     return Application(paths=paths, store=store, controller=controller, window=window, downloads=downloads)
 
 

@@ -145,11 +145,42 @@ def python_growth(before: tracemalloc.Snapshot, top: int = 8) -> str:
     return "\n".join(lines)
 
 
+class GcTimes:
+    """Pauses of Python's cyclic garbage collector, by generation (a gen-2 pass walks every
+    tracked object: with a big Qt tree it can take long enough to be a GUI stall)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.worst_ms = [0.0, 0.0, 0.0]
+        self.total_ms = [0.0, 0.0, 0.0]
+        self.collected = [0, 0, 0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        gen = info["generation"]
+        took = (time.perf_counter() - self._started) * 1000
+        self.count[gen] += 1
+        self.total_ms[gen] += took
+        self.worst_ms[gen] = max(self.worst_ms[gen], took)
+        self.collected[gen] += info["collected"]
+
+    def report(self) -> str:
+        return "garbage collector: " + "; ".join(
+            f"gen {g}: {self.count[g]} passes, worst {self.worst_ms[g]:.1f} ms, "
+            f"{self.total_ms[g]:.0f} ms in all, {self.collected[g]} objects freed"
+            for g in range(3)
+        )
+
+
 def trimmed_rss() -> int:
     """RSS after a full collection and glibc's ``malloc_trim(0)`` (0 where there is no glibc)."""
     import ctypes
 
-    gc.collect()
+    freed = gc.collect()
+    sys.stdout.write(f"RSS after gc.collect() alone: {rss_bytes() / 2**20:.1f} MiB ({freed} objects freed)\n")
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
@@ -236,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     def sample_rss() -> None:
         rss_samples.append(((time.monotonic() - state["start"]) / 60, state["turns"], rss_bytes()))
 
+    gc_times = GcTimes()
+    gc.callbacks.append(gc_times)
     sampler = QTimer()
     sampler.timeout.connect(sample_rss)
 
@@ -286,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if tracer is not None:
         tracer.stop()
     sampler.stop()
+    gc.callbacks.remove(gc_times)
     rss_end = rss_bytes()
     rss_trimmed = trimmed_rss()
     growth_report = python_growth(snapshots[0]) if snapshots else ""
@@ -306,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(worst incl. warm-up/load {worst_all:.1f} ms), gaps > 100 ms: {stalls} (target 0)",
     ]
     lines.append(after.report())
+    lines.append(gc_times.report())
     if rss_trimmed:
         lines.append(
             f"RSS at the end after gc + malloc_trim(0): {rss_trimmed / 2**20:.1f} MiB "

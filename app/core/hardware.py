@@ -9,14 +9,13 @@ On Apple silicon the Metal device shares system memory (``unified=True``).
 from __future__ import annotations
 
 import ctypes
-import functools
 import logging
 import os
 import platform
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from app.core import ggml_lib
 
@@ -92,34 +91,6 @@ def ram_bytes() -> tuple[int, int]:
         return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
     except (ValueError, OSError, AttributeError):
         return 0, 0
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim = ctypes.CDLL(None).malloc_trim  # glibc; musl has none
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
-
-
-def release_free_heap() -> bool:
-    """Give the memory the C allocator holds free back to the OS (glibc's ``malloc_trim(0)``).
-
-    glibc keeps freed memory in its heaps for reuse, and after big transient buffers (a prompt
-    evaluation, a saved KV state, a rendered conversation) a long session's RSS creeps up with
-    memory nobody uses: after 15 minutes of chat on the tiny model, 24 MiB of the app's 171 MiB
-    were free heap (bench/soak.py). Takes a few milliseconds; False where there is no glibc.
-    """
-    trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True
 
 
 def _ram_windows() -> tuple[int, int]:

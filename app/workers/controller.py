@@ -19,6 +19,7 @@ from app.config import AppPaths, Settings, save_settings
 from app.core.chunking import estimate_tokens
 from app.core.context import dropped_notice, reply_reserve
 from app.core.engine.vision import image_token_estimate
+from app.core.heap import freeze_long_lived
 from app.core.images import data_uri, load_stored_image
 from app.core.planner import LoadRequest, PlanOverrides
 from app.core.retrieval import DocumentChunks, compose_document_context
@@ -289,6 +290,7 @@ class ChatController(QObject):
         self._model_info = info
         self._remember(last_model=str(info.path))
         self.model_loaded.emit(info)
+        freeze_long_lived()  # llama_cpp's modules and the model's Python side live until the next load
         if info.chat_template_note:
             self.error_occurred.emit(info.chat_template_note)
         if self._conversation_id is not None:

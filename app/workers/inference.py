@@ -21,7 +21,7 @@ from app.config import kv_state_files
 from app.core.context import MessageTooLongError, fit_messages
 from app.core.engine import OutOfMemoryError, check_model_file, first_split_part
 from app.core.gguf_info import GGUFError
-from app.core.hardware import release_free_heap
+from app.core.heap import release_free_heap
 from app.core.planner import LoadRequest, safer_overrides
 
 if TYPE_CHECKING:
