@@ -176,17 +176,12 @@ class GcTimes:
 
 
 def trimmed_rss() -> int:
-    """RSS after a full collection and glibc's ``malloc_trim(0)`` (0 where there is no glibc)."""
-    import ctypes
+    """RSS after a full collection and glibc's ``malloc_trim(0)``: the memory in use, without what
+    the allocator holds free (0 where there is no glibc)."""
+    from app.core.heap import release_free_heap
 
-    freed = gc.collect()
-    sys.stdout.write(f"RSS after gc.collect() alone: {rss_bytes() / 2**20:.1f} MiB ({freed} objects freed)\n")
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return 0
-    trim(0)
-    return rss_bytes()
+    gc.collect()
+    return rss_bytes() if release_free_heap() else 0
 
 
 def rss_bytes() -> int:
@@ -259,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     heartbeat.timeout.connect(beat)
 
     snapshots: list[tracemalloc.Snapshot] = []
-    state = {"turns": 0, "rss_warm": 0, "start": 0.0, "tokens": 0}
+    state = {"turns": 0, "rss_warm": 0, "live_warm": 0, "start": 0.0, "tokens": 0}
     deadline = time.monotonic() + args.minutes * 60
 
     rss_samples: list[tuple[float, int, int]] = []  # (minutes, turns, RSS): one every few minutes
@@ -284,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 tracemalloc.start(8)
                 snapshots.append(tracemalloc.take_snapshot())
             state["rss_warm"] = rss_bytes()
+            state["live_warm"] = trimmed_rss()
             gaps = after
         if state["turns"] % 20 == 0:
             controller.new_conversation()
@@ -341,11 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     lines.append(after.report())
     lines.append(gc_times.report())
-    if rss_trimmed:
+    if rss_trimmed and state["live_warm"]:
+        live_growth = (rss_trimmed - state["live_warm"]) / state["live_warm"] * 100
         lines.append(
-            f"RSS at the end after gc + malloc_trim(0): {rss_trimmed / 2**20:.1f} MiB "
-            f"({(rss_trimmed - state['rss_warm']) / max(1, state['rss_warm']) * 100:+.2f} % against warm-up; "
-            "the difference to the end figure is memory the C allocator held free)"
+            f"memory in use (RSS after gc + malloc_trim(0)): {state['live_warm'] / 2**20:.1f} MiB after "
+            f"warm-up, {rss_trimmed / 2**20:.1f} MiB at the end ({live_growth:+.2f} %)"
         )
     if rss_samples:
         lines.append(

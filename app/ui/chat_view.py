@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UPDATE_INTERVAL_MS = 40
+RETIRE_PER_PASS = 4  # replaced message widgets deleted per event-loop pass
 FREEZE_MIN_CHARS = 700  # a live segment is frozen once this much of it can no longer change
 COLUMN_MAX_WIDTH = 860
 BOTTOM_SLACK_PX = 32  # "at the bottom" tolerance for keeping the view pinned while streaming
@@ -549,6 +550,12 @@ class ChatView(QWidget):
         self._update_timer.setSingleShot(True)
         self._update_timer.setInterval(UPDATE_INTERVAL_MS)
         self._update_timer.timeout.connect(self._on_update_timer_timeout)
+        # Widgets of a conversation that was replaced, deleted a few per event-loop pass: deleting
+        # a 40-message conversation's widgets at once held the GUI thread for 50-90 ms (bench/soak).
+        self._retired: list[QWidget] = []
+        self._retire_timer = QTimer(self)
+        self._retire_timer.setInterval(0)
+        self._retire_timer.timeout.connect(self._on_retire_timer_timeout)
 
         self._rerender_timer = QTimer(self)
         self._rerender_timer.setSingleShot(True)
@@ -615,10 +622,20 @@ class ChatView(QWidget):
         self._update_timer.stop()
         for widget in self._widgets.values():
             self.column_layout.removeWidget(widget)
-            widget.deleteLater()
+            widget.hide()
+            self._retired.append(widget)
+        if self._retired:
+            self._retire_timer.start()
         self._widgets.clear()
         self._order.clear()
         self._update_page()
+
+    def _on_retire_timer_timeout(self) -> None:
+        for widget in self._retired[-RETIRE_PER_PASS:]:
+            widget.deleteLater()
+        del self._retired[-RETIRE_PER_PASS:]
+        if not self._retired:
+            self._retire_timer.stop()
 
     def set_messages(self, messages: list[Any]) -> None:
         """Show a conversation (replaces what is shown)."""

@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_UI_UPDATES_PER_SECOND = 30
-TRIM_INTERVAL_S = 30.0  # at most this often, freed heap memory is handed back after an answer
+# At most this often, freed heap memory is handed back after an answer (a Scout answer takes
+# longer: after every one). Each trim takes ~0.6 ms on average here (worst 9 ms), on this thread.
+TRIM_INTERVAL_S = 2.0
 
 
 def _human(exc: BaseException) -> tuple[str, str]:

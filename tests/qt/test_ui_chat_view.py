@@ -8,7 +8,14 @@ import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QGuiApplication, QTextCursor
 
-from app.ui.chat_view import UPDATE_INTERVAL_MS, ChatView, MessageWidget, NoticeWidget, RichTextSegment
+from app.ui.chat_view import (
+    RETIRE_PER_PASS,
+    UPDATE_INTERVAL_MS,
+    ChatView,
+    MessageWidget,
+    NoticeWidget,
+    RichTextSegment,
+)
 from app.ui.markdown_render import chunk_text, render_markdown, split_stable
 from tests.qt.test_ui_doubles import msg, stats
 
@@ -195,6 +202,22 @@ def test_removing_messages_and_empty_states(view: ChatView) -> None:
     assert view.current_page() == ChatView.PAGE_EMPTY
     view.set_model_loaded(False)
     assert view.current_page() == ChatView.PAGE_NO_MODEL
+
+
+def test_a_replaced_conversation_is_hidden_at_once_and_deleted_a_few_per_pass(qtbot, view: ChatView) -> None:
+    old = [msg("user" if i % 2 == 0 else "assistant", f"message {i}") for i in range(40)]
+    view.set_messages(old)
+    widgets = list(view._widgets.values())
+    destroyed: list[int] = []
+    for widget in widgets:
+        widget.destroyed.connect(lambda *_a: destroyed.append(1))
+    view.set_messages([msg("user", "a new conversation")])
+    assert not any(w.isVisible() for w in widgets)  # gone from the screen at once
+    assert len(view._widgets) == 1
+    qtbot.wait(1)
+    assert len(destroyed) <= RETIRE_PER_PASS * 2  # not all at once
+    qtbot.waitUntil(lambda: len(destroyed) == len(widgets), timeout=5000)
+    assert not view._retire_timer.isActive()
 
 
 def test_long_streamed_answer_renders_incrementally_and_stays_at_bottom(qtbot, view: ChatView) -> None:
