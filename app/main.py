@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from app.core.store import Store
     from app.ui.main_window import MainWindow
-    from app.workers.controller import ChatController
+    from app.workers.controller import AppController
     from app.workers.downloads import DownloadController
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Application:
 
     paths: AppPaths
     store: Store
-    controller: ChatController
+    controller: AppController
     window: MainWindow
     downloads: DownloadController | None = None
 
@@ -87,7 +87,7 @@ def build_application(args: argparse.Namespace) -> Application:
     from app.core.heap import freeze_long_lived
     from app.core.store import StorageError, Store
     from app.ui.main_window import MainWindow
-    from app.workers.controller import ChatController
+    from app.workers.controller import AppController
 
     paths = AppPaths.default(args.data_dir).ensure()
     setup_logging(paths)
@@ -98,7 +98,7 @@ def build_application(args: argparse.Namespace) -> Application:
         store = Store(paths.database)
     except StorageError:
         raise
-    controller = ChatController(store, paths, settings, engine_factory, planner=planner)  # type: ignore[arg-type]
+    controller = AppController(store, paths, settings, engine_factory, planner=planner)  # type: ignore[arg-type]
     window = MainWindow(controller)
     window.app_paths = paths
     if not args.model and is_first_run(paths, settings):
@@ -116,7 +116,7 @@ def build_application(args: argparse.Namespace) -> Application:
             app.aboutToQuit.connect(downloads.shutdown)
     controller.restore_session()
     if args.model:
-        controller.load_model(str(Path(args.model).expanduser()))
+        controller.models.load_model(str(Path(args.model).expanduser()))
     freeze_long_lived()  # the window, modules and Qt wrappers: full collections skip them from now on
     return Application(paths=paths, store=store, controller=controller, window=window, downloads=downloads)
 

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         store.add_message(conversation.id, "user", "What did the survey find?")
         store.add_message(conversation.id, "assistant", "The east pier needs repairs.")
     if args.conversations:
-        application.controller.conversations_changed.emit()
+        application.controller.conversations.conversations_changed.emit()
     application.window.resize(1100, 760)
     application.window.show()
     controller = application.controller
@@ -282,8 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             state["live_warm"] = trimmed_rss()
             gaps = after
         if state["turns"] % 20 == 0:
-            controller.new_conversation()
-        QTimer.singleShot(0, lambda: controller.send(f"Turn {state['turns']}: tell me about lighthouses."))
+            controller.conversations.new_conversation()
+        QTimer.singleShot(
+            0, lambda: controller.conversations.send(f"Turn {state['turns']}: tell me about lighthouses.")
+        )
 
     def on_finished(_mid: int, stats: object) -> None:
         state["tokens"] += getattr(stats, "completion_tokens", 0)
@@ -301,15 +303,15 @@ def main(argv: list[str] | None = None) -> int:
             tracer.start()
         next_turn()
 
-    controller.generation_finished.connect(on_finished)
-    controller.generation_failed.connect(
+    controller.conversations.generation_finished.connect(on_finished)
+    controller.conversations.generation_failed.connect(
         lambda _m, text, _d: (print(f"generation failed: {text}"), qapp.quit())
     )
-    controller.model_load_failed.connect(lambda text, _d: (print(f"load failed: {text}"), qapp.quit()))
-    if controller.model_info is not None:
-        on_loaded(controller.model_info)
+    controller.models.model_load_failed.connect(lambda text, _d: (print(f"load failed: {text}"), qapp.quit()))
+    if controller.models.model_info is not None:
+        on_loaded(controller.models.model_info)
     else:
-        controller.model_loaded.connect(on_loaded)
+        controller.models.model_loaded.connect(on_loaded)
     qapp.exec()
     heartbeat.stop()
     if tracer is not None:

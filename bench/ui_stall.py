@@ -1,6 +1,6 @@
 """GUI event-loop stalls while the window streams a long Markdown answer.
 
-The real pipeline — inference worker on its QThread → ChatController → MainWindow (chat view with
+The real pipeline — inference worker on its QThread → AppController → MainWindow (chat view with
 Markdown, Pygments-highlighted code blocks) — streams a ~4,000-token answer full of code blocks,
 lists and tables. The engine is a stand-in that emits tokens at a fixed rate (a CPU-bound model
 would compete with the GUI for the two cores and measure the machine, not the UI). A 5 ms heartbeat
@@ -82,7 +82,7 @@ def main() -> int:
     from app.core.store import Store
     from app.ui.main_window import MainWindow
     from app.ui.theme import apply_theme
-    from app.workers.controller import ChatController
+    from app.workers.controller import AppController
     from tests.fakes import FakeEngine
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -92,7 +92,7 @@ def main() -> int:
         store = Store(paths.database)
         pieces = markdown_answer(args.tokens)
         engine = FakeEngine(pieces, delay=1.0 / args.rate)
-        controller = ChatController(store, paths, Settings(max_tokens=args.tokens + 10), lambda: engine)
+        controller = AppController(store, paths, Settings(max_tokens=args.tokens + 10), lambda: engine)
         window = MainWindow(controller)
         window.resize(1200, 820)
         window.show()
@@ -124,12 +124,12 @@ def main() -> int:
             heartbeat.stop()
             return list(lateness)
 
-        controller.load_model("stand-in.gguf")
+        controller.models.load_model("stand-in.gguf")
         idle = measure(1.5)  # baseline: idle window, same run
 
         finished = [False]
-        controller.generation_finished.connect(lambda *_: finished.__setitem__(0, True))
-        controller.send("Show me, in many parts, how to read a CSV file and average a column.")
+        controller.conversations.generation_finished.connect(lambda *_: finished.__setitem__(0, True))
+        controller.conversations.send("Show me, in many parts, how to read a CSV file and average a column.")
         lateness.clear()
         clock.start()
         last[0] = 0.0

@@ -128,7 +128,7 @@ def main() -> int:
     from app.core.store import Store
     from app.ui.main_window import MainWindow
     from app.ui.theme import apply_theme
-    from app.workers.controller import ChatController
+    from app.workers.controller import AppController
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
 
@@ -146,18 +146,18 @@ def main() -> int:
             for title in ("Explain mixture-of-experts routing", "Summarise the lease agreement"):
                 store.create_conversation(title, MODEL_NAME)
             engine = DemoEngine([ANSWER_1, ANSWER_2])
-            controller = ChatController(store, paths, Settings(theme=theme), lambda engine=engine: engine)
+            controller = AppController(store, paths, Settings(theme=theme), lambda engine=engine: engine)
             window = MainWindow(controller)
             window.resize(1200, 800)
             window.show()
-            controller.load_model(f"/models/{MODEL_NAME}.gguf")
+            controller.models.load_model(f"/models/{MODEL_NAME}.gguf")
             settle(0.5)
             done: list[int] = []
-            controller.generation_finished.connect(lambda m, _s, done=done: done.append(m))
-            controller.send("How do I read a CSV file in Python and average one column?")
+            controller.conversations.generation_finished.connect(lambda m, _s, done=done: done.append(m))
+            controller.conversations.send("How do I read a CSV file in Python and average one column?")
             while not done:
                 settle(0.05)
-            controller.send("And with pandas, for a file too big for memory?")
+            controller.conversations.send("And with pandas, for a file too big for memory?")
             settle(0.9)  # mid-answer: the screenshot shows streaming
             window.grab().save(str(out / f"screenshot-{theme}.png"))
             while len(done) < 2:

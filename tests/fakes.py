@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Iterator, Sequence
 
+    from app.core.turns import TurnRequest
+
 
 class FakeEngine:
     """Implements app.core.ports.Engine: one 'token' per character-group, 4 tokens per word."""
@@ -106,3 +108,18 @@ class FakeEngine:
             context_used=prompt + produced,
             finish_reason=finish,
         )
+
+
+def turn_request(messages: Sequence[ChatMessage], *, max_tokens: int = 64) -> TurnRequest:
+    """A TurnRequest for plain chat messages (a leading system message becomes the system prompt),
+    for tests that drive the inference worker without a store."""
+    from app.core.store import StoredMessage
+    from app.core.turns import TurnRequest
+
+    system = messages[0].content if messages and messages[0].role == "system" else ""
+    rest = messages[1:] if system else messages
+    stored = tuple(
+        StoredMessage(i, 1, m.role, m.content, float(i), "", {}, {}, "complete")
+        for i, m in enumerate(rest, start=1)
+    )
+    return TurnRequest(stored, {}, system, max_tokens)

@@ -29,8 +29,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from app.core.store import Attachment
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +358,15 @@ def load_stored_image(path: Path) -> NormalizedImage:
 def data_uri(normalized: NormalizedImage) -> str:
     """``data:image/png;base64,…``: the only form in which pictures reach llama-cpp-python."""
     return f"data:{normalized.mime};base64,{base64.b64encode(normalized.data).decode('ascii')}"
+
+
+def image_uri(attachment: Attachment) -> str | None:
+    """The ``data:`` URI of a stored picture attachment, or None (logged) when it is unreadable."""
+    try:
+        return data_uri(load_stored_image(Path(attachment.path)))
+    except (OSError, ValueError) as exc:
+        log.warning("image %s is no longer readable: %s", attachment.path, exc)
+        return None
 
 
 def decode_data_uri(uri: str) -> bytes:

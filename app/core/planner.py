@@ -94,6 +94,15 @@ class PlanOverrides:
     flash_attn: bool | None = None
 
 
+def with_settings_context(overrides: PlanOverrides | None, n_ctx_setting: int) -> PlanOverrides:
+    """The overrides a load uses: the user's Advanced ones, with the Settings context size
+    (``n_ctx_setting``, 0 = automatic) as the preferred size unless they fix one themselves."""
+    o = overrides or PlanOverrides()
+    if o.n_ctx is None and o.n_ctx_target is None and n_ctx_setting:
+        return replace(o, n_ctx_target=n_ctx_setting)
+    return o
+
+
 @dataclass(frozen=True)
 class DeviceUsage:
     """Projected bytes on one memory pool (a GPU, or ``RAM``)."""

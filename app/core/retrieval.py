@@ -24,6 +24,9 @@ from app.core.chunking import Chunk, estimate_tokens
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
+    from pathlib import Path
+
+    from app.core.turns import DocumentSource
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +86,25 @@ class RetrievedChunk(Chunk):
 
 
 class ChunkIndex:
-    """Chunks of many documents, searchable with FTS5 BM25. Owns no connection: the caller closes it."""
+    """Chunks of many documents, searchable with FTS5 BM25. Owns no connection unless it was
+    made by :meth:`open`: the caller closes it."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, *, owned: bool = False) -> None:
         self._db = connection
+        self._owned = owned
         self._db.executescript(_SCHEMA)
+
+    @classmethod
+    def open(cls, database: Path) -> ChunkIndex:
+        """An index on a connection of its own to ``database`` (WAL: it reads while the app's
+        store writes), for the thread that calls it; :meth:`close` closes that connection."""
+        connection = sqlite3.connect(str(database), isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA busy_timeout = 5000")
+        return cls(connection, owned=True)
+
+    def close(self) -> None:
+        if self._owned:
+            self._db.close()
 
     def add_document(self, doc_id: int, chunks: Iterable[Chunk]) -> None:
         """Store (or replace) the chunks of ``doc_id``."""
@@ -250,10 +267,12 @@ def compose_document_context(
     budget_tokens: int,
     *,
     count_tokens: Callable[[str], int] = estimate_tokens,
-    index: ChunkIndex | None = None,
+    index: ChunkIndex | DocumentSource | None = None,
     neighbours: int = 1,
+    retrieval_budget: int | None = None,
 ) -> ComposedContext:
-    """The document part of the prompt: whole documents if they fit ``budget_tokens``, else retrieval.
+    """The document part of the prompt: whole documents if they fit ``budget_tokens``, else the
+    passages that best match ``question`` within ``retrieval_budget`` (default: ``budget_tokens``).
 
     ``index`` is a :class:`ChunkIndex` that already holds these documents (the app's store); without
     one, a temporary in-memory index is built for this call.
@@ -276,6 +295,8 @@ def compose_document_context(
             return ComposedContext(text, "whole", tuple(used), tuple(_passages(docs, used)), tokens)
 
     instruction = RETRIEVAL_INSTRUCTION.format(s="s" if plural else "")
+    if retrieval_budget is not None:
+        budget_tokens = retrieval_budget
     overhead = count_tokens(_render(instruction, docs, [], excerpts=True))
     search_budget = max(0, budget_tokens - overhead)
     found = _retrieve(docs, question, search_budget, index, neighbours)
@@ -293,7 +314,11 @@ def compose_document_context(
 
 
 def _retrieve(
-    docs: Sequence[DocumentChunks], question: str, budget: int, index: ChunkIndex | None, neighbours: int
+    docs: Sequence[DocumentChunks],
+    question: str,
+    budget: int,
+    index: ChunkIndex | DocumentSource | None,
+    neighbours: int,
 ) -> list[RetrievedChunk]:
     doc_ids = [d.doc_id for d in docs]
     if index is not None:

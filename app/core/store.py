@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from pathlib import Path
 
+    from app.core.chunking import Chunk
     from app.core.retrieval import ChunkIndex
 
 log = logging.getLogger(__name__)
@@ -533,6 +534,14 @@ class Store:
         from app.core.retrieval import ChunkIndex
 
         return ChunkIndex(self._conn)
+
+    def finish_document(self, attachment_id: int, chunks: Iterable[Chunk], meta: dict[str, Any]) -> None:
+        """Store a read document's chunks and its new ``meta`` in one transaction: a crash leaves
+        both or neither, never chunks under an attachment still marked as being read."""
+        index = self.chunk_index()  # outside the transaction: creating it runs a script, which commits
+        with self.transaction():
+            index.add_document(attachment_id, chunks)
+            self.update_attachment(attachment_id, meta=meta)
 
     def search_messages(self, text: str, limit: int = 50) -> list[tuple[Conversation, StoredMessage]]:
         """Full-text search over message text (every word, as a prefix), best matches first."""

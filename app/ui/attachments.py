@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from PySide6.QtGui import QMouseEvent, QTextDocument
 
     from app.core.store import Attachment
+    from app.ui.main_window import MainWindow
 
 log = logging.getLogger(__name__)
 
@@ -860,17 +861,18 @@ def open_sources_dialog(
 
 # -- wiring -----------------------------------------------------------------------------------------
 class WindowAttachments(QObject):
-    """Connects a MainWindow's attachment UI to its ChatController: the paperclip, drops anywhere in
+    """Connects a MainWindow's attachment UI to its AppController: the paperclip, drops anywhere in
     the window, paste, chips, locked PDFs, attachments and citations in the history, info messages.
 
     ``choose_files(parent) -> list[str]`` and ``ask_password(parent, name) -> str | None`` are
     dialogs; tests replace them.
     """
 
-    def __init__(self, window: Any) -> None:
+    def __init__(self, window: MainWindow) -> None:
         super().__init__(window)
         self._window = window
         self._controller = window.controller
+        self._attachments = window.controller.attachments
         self.composer = window.composer
         self.chat_view = window.chat_view
         self.bar: AttachmentsBar = window.composer.attachments_bar
@@ -878,23 +880,18 @@ class WindowAttachments(QObject):
         self.ask_password: Callable[[QWidget, str], str | None] = ask_password
         self.last_dialog: QDialog | None = None
 
-        c = self._controller
-        for name, slot in (
-            ("attachment_added", self._on_controller_attachment_added),
-            ("attachment_updated", self._on_controller_attachment_updated),
-            ("attachment_removed", self._on_controller_attachment_removed),
-            ("attachment_progress", self._on_controller_attachment_progress),
-            ("attachment_failed", self._on_controller_attachment_failed),
-            ("info_message", self._on_controller_info_message),
-            ("conversation_opened", self._on_controller_conversation_opened),
-            ("message_added", self._on_controller_message_added),
-            ("generation_finished", self._on_controller_generation_finished),
-            ("model_loaded", self._on_controller_model_loaded),
-            ("model_load_failed", self._on_controller_model_load_failed),
-        ):
-            signal = getattr(c, name, None)
-            if signal is not None:
-                signal.connect(slot)
+        a, c, m = self._attachments, self._controller.conversations, self._controller.models
+        a.attachment_added.connect(self._on_attachments_attachment_added)
+        a.attachment_updated.connect(self._on_attachments_attachment_updated)
+        a.attachment_removed.connect(self._on_attachments_attachment_removed)
+        a.attachment_progress.connect(self._on_attachments_attachment_progress)
+        a.attachment_failed.connect(self._on_attachments_attachment_failed)
+        self._controller.notices.info_message.connect(self._on_notices_info_message)
+        c.conversation_opened.connect(self._on_conversations_conversation_opened)
+        c.message_added.connect(self._on_conversations_message_added)
+        c.generation_finished.connect(self._on_conversations_generation_finished)
+        m.model_loaded.connect(self._on_models_model_loaded)
+        m.model_load_failed.connect(self._on_models_model_load_failed)
         self.composer.attach_button.clicked.connect(self._on_attach_button_clicked)
         self.composer.attachments_pasted.connect(self._on_composer_attachments_pasted)
         self.bar.remove_requested.connect(self._on_bar_remove_requested)
@@ -926,9 +923,9 @@ class WindowAttachments(QObject):
     def attach(self, items: DroppedItems) -> None:
         """Hand what was dropped or pasted to the controller."""
         if items.paths:
-            self._controller.attach_files(list(items.paths))
+            self._attachments.attach_files(list(items.paths))
         for data, name in items.images:
-            self._controller.attach_image_data(data, name)
+            self._attachments.attach_image_data(data, name)
         if items.remote and not items.paths and not items.images:
             self._window.show_error(
                 f"{items.remote[0]} is on the web, and Scout Chat does not download it. "
@@ -945,20 +942,18 @@ class WindowAttachments(QObject):
 
     # -- internals --------------------------------------------------------------------------
     def _pending(self) -> list[Attachment]:
-        pending = getattr(self._controller, "pending_attachments", None)
-        return list(pending()) if pending is not None else []
+        return self._attachments.pending_attachments()
 
     def _has_vision(self) -> bool | None:
-        info = getattr(self._controller, "model_info", None)
-        return None if info is None else bool(getattr(info, "has_vision", False))
+        info = self._controller.models.model_info
+        return None if info is None else info.has_vision
 
-    def _models_action(self) -> QAction | None:
-        action = getattr(self._window, "models_action", None)
-        return action if isinstance(action, QAction) else None
+    def _models_action(self) -> QAction:
+        return self._window.models_action
 
     def _update_vision(self) -> None:
         has_vision = self._has_vision()
-        self.bar.set_vision(has_vision, models_available=self._models_action() is not None)
+        self.bar.set_vision(has_vision, models_available=True)
         tip = (
             "Attach images or documents (PDF, Word, HTML, Markdown, text, code).\n"
             "You can also drop or paste them anywhere in the window."
@@ -971,10 +966,9 @@ class WindowAttachments(QObject):
         self.composer.attach_button.setToolTip(tip)
 
     def _show_message_attachments(self, message_ids: list[int]) -> None:
-        fetch = getattr(self._controller, "message_attachments", None)
-        if fetch is None or not message_ids:
+        if not message_ids:
             return
-        for message_id, attachments in fetch(message_ids).items():
+        for message_id, attachments in self._attachments.message_attachments(message_ids).items():
             if attachments:
                 self.chat_view.set_attachments(message_id, attachments)
 
@@ -995,53 +989,50 @@ class WindowAttachments(QObject):
         return super().eventFilter(watched, event)
 
     # -- controller slots -------------------------------------------------------------------
-    def _on_controller_attachment_added(self, attachment: Attachment) -> None:
+    def _on_attachments_attachment_added(self, attachment: Attachment) -> None:
         if attachment.message_id is None:
             self.bar.add_attachment(attachment)
 
-    def _on_controller_attachment_updated(self, attachment: Attachment) -> None:
+    def _on_attachments_attachment_updated(self, attachment: Attachment) -> None:
         if attachment.message_id is None:
             self.bar.update_attachment(attachment)
 
-    def _on_controller_attachment_removed(self, attachment_id: int) -> None:
+    def _on_attachments_attachment_removed(self, attachment_id: int) -> None:
         self.bar.remove_attachment(attachment_id)
 
-    def _on_controller_attachment_progress(self, attachment_id: int, fraction: float) -> None:
+    def _on_attachments_attachment_progress(self, attachment_id: int, fraction: float) -> None:
         self.bar.set_progress(attachment_id, fraction)
 
-    def _on_controller_attachment_failed(self, name: str, message: str, _attachment_id: int) -> None:
+    def _on_attachments_attachment_failed(self, name: str, message: str, _attachment_id: int) -> None:
         self._window.show_error(message if name in message else f"{name}: {message}")
 
-    def _on_controller_info_message(self, text: str) -> None:
+    def _on_notices_info_message(self, text: str) -> None:
         self._window.show_activity(text)
 
-    def _on_controller_conversation_opened(self, _conversation_id: int, messages: list[Any]) -> None:
+    def _on_conversations_conversation_opened(self, _conversation_id: int, messages: list[Any]) -> None:
         self.bar.clear()  # the controller re-announces what waits in the composer of this conversation
         self._show_message_attachments([m.id for m in messages if m.role == "user"])
 
-    def _on_controller_message_added(self, message: Any) -> None:
+    def _on_conversations_message_added(self, message: Any) -> None:
         if message.role == "user":
             self._show_message_attachments([message.id])
 
-    def _on_controller_generation_finished(self, message_id: int, _stats: object) -> None:
-        store = getattr(self._controller, "store", None)
-        if store is None:
-            return
-        stored = store.get_message(message_id)
+    def _on_conversations_generation_finished(self, message_id: int, _stats: object) -> None:
+        stored = self._controller.store.get_message(message_id)
         if stored is not None and stored.stats and stored.stats.get("sources"):
             self.chat_view.set_message_stats(message_id, stored.stats)
 
-    def _on_controller_model_loaded(self, _info: object) -> None:
+    def _on_models_model_loaded(self, _info: object) -> None:
         self._update_vision()
 
-    def _on_controller_model_load_failed(self, _message: str, _detail: str) -> None:
+    def _on_models_model_load_failed(self, _message: str, _detail: str) -> None:
         self._update_vision()
 
     # -- widget slots -----------------------------------------------------------------------
     def _on_attach_button_clicked(self) -> None:
         paths = self.choose_files(self._window)
         if paths:
-            self._controller.attach_files(paths)
+            self._attachments.attach_files(paths)
 
     def _on_composer_attachments_pasted(self, items: DroppedItems) -> None:
         self.attach(items)
@@ -1052,28 +1043,26 @@ class WindowAttachments(QObject):
             self.composer.edit.paste()
 
     def _on_bar_remove_requested(self, attachment_id: int) -> None:
-        self._controller.remove_attachment(attachment_id)
+        self._attachments.remove_attachment(attachment_id)
 
     def _on_bar_unlock_requested(self, attachment_id: int) -> None:
         chip = self.bar.chip(attachment_id)
         name = chip.attachment.name if chip is not None else "This document"
         password = self.ask_password(self._window, name)
         if password:
-            self._controller.unlock_document(attachment_id, password)
+            self._attachments.unlock_document(attachment_id, password)
 
     def _on_bar_models_requested(self) -> None:
         action = self._models_action()
-        if action is not None and action.isEnabled():
+        if action.isEnabled():
             action.trigger()
         else:
             self._window.show_activity("Download the model's vision projector (mmproj) to ask about images")
 
     def _on_chat_view_citation_clicked(self, message_id: int, page: int) -> None:
-        widget = self.chat_view.message_widget(message_id)
-        stats = getattr(widget, "stats", None) or {}
+        stats = self.chat_view.message_stats(message_id)
         self.last_dialog = open_sources_dialog(self._window, stats, page)
 
     def _on_chat_view_sources_requested(self, message_id: int) -> None:
-        widget = self.chat_view.message_widget(message_id)
-        stats = getattr(widget, "stats", None) or {}
+        stats = self.chat_view.message_stats(message_id)
         self.last_dialog = open_sources_dialog(self._window, stats)

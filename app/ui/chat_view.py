@@ -725,6 +725,11 @@ class ChatView(QWidget):
     def message_widget(self, message_id: int) -> MessageWidget | NoticeWidget | None:
         return self._widgets.get(message_id)
 
+    def message_stats(self, message_id: int) -> dict[str, Any]:
+        """The figures shown with an answer (sources, context mode…); empty for other messages."""
+        widget = self._widgets.get(message_id)
+        return widget.stats if isinstance(widget, MessageWidget) else {}
+
     def message_widgets(self) -> list[MessageWidget | NoticeWidget]:
         return [self._widgets[i] for i in self._order]
 

@@ -1,7 +1,8 @@
 """The main window: conversation sidebar, chat view, composer, status bar and menus.
 
-It talks to a ``ChatController`` (app/workers/controller.py) only through its public methods and
-signals, and owns no state the controller also keeps: the sidebar is re-read on
+It talks to an :class:`~app.workers.controller.AppController` (its ``models``, ``conversations`` and
+``attachments`` controllers, ``preferences`` and ``notices``) only through their public methods and
+signals, and owns no state the controllers also keep: the sidebar is re-read on
 ``conversations_changed``, the chat view is filled from ``conversation_opened`` / ``message_added``.
 """
 
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from app.core.planner import Plan
     from app.core.types import GenerationStats, ModelInfo
     from app.ui.welcome import WelcomePage
+    from app.workers.controller import AppController
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +135,16 @@ class ErrorBanner(QFrame):
 
 
 class MainWindow(QMainWindow):
-    """Scout Chat's window, driven by a ChatController.
+    """Scout Chat's window, driven by an AppController.
 
     ``choose_model_file(parent, start_dir) -> str`` picks a GGUF (a file dialog; tests replace it).
     """
 
-    def __init__(self, controller: Any, parent: QWidget | None = None) -> None:
+    def __init__(self, controller: AppController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.controller = controller
+        self.models = controller.models
+        self.conversations = controller.conversations
         self.choose_model_file: Callable[[QWidget, str], str] = choose_model_file
         self.hardware_probe: HardwareProbe | None = None  # the plan panel's (tests inject one)
         self.app_paths: AppPaths | None = None  # set by the composition root (System information…)
@@ -164,7 +168,7 @@ class MainWindow(QMainWindow):
         self.setMinimumSize(QSize(720, 480))
 
         # -- widgets ------------------------------------------------------------------------
-        self.sidebar = ConversationSidebar(self.controller.conversations)
+        self.sidebar = ConversationSidebar(self.conversations.conversations)
         self.chat_view = ChatView()
         self.error_banner = ErrorBanner()
         self.composer = Composer()
@@ -212,11 +216,11 @@ class MainWindow(QMainWindow):
         self.attachments = WindowAttachments(self)
 
         self._restore_geometry()
-        self._set_model(self.controller.model_info)
-        if getattr(self.controller, "is_loading", False):
+        self._set_model(self.models.model_info)
+        if self.models.is_loading:
             self._show_loading("")
-        self._set_busy(bool(self.controller.is_busy))
-        self.sidebar.set_current(self.controller.current_conversation_id)
+        self._set_busy(self.conversations.is_busy)
+        self.sidebar.set_current(self.conversations.current_conversation_id)
 
     # -- construction -----------------------------------------------------------------------
     def _build_status_bar(self) -> None:
@@ -349,26 +353,25 @@ class MainWindow(QMainWindow):
         help_menu.addAction(self.about_action)
 
     def _connect(self) -> None:
-        c = self.controller
-        c.model_load_started.connect(self._on_controller_model_load_started)
-        c.model_load_progress.connect(self._on_controller_model_load_progress)
-        c.model_loaded.connect(self._on_controller_model_loaded)
-        c.model_load_failed.connect(self._on_controller_model_load_failed)
-        c.conversations_changed.connect(self._on_controller_conversations_changed)
-        c.conversation_updated.connect(self._on_controller_conversation_updated)
-        c.conversation_opened.connect(self._on_controller_conversation_opened)
-        c.message_added.connect(self._on_controller_message_added)
-        c.message_removed.connect(self._on_controller_message_removed)
-        c.tokens_streamed.connect(self._on_controller_tokens_streamed)
-        c.generation_finished.connect(self._on_controller_generation_finished)
-        c.generation_failed.connect(self._on_controller_generation_failed)
-        c.prompt_progress.connect(self._on_controller_prompt_progress)
-        c.context_changed.connect(self._on_controller_context_changed)
-        c.busy_changed.connect(self._on_controller_busy_changed)
-        c.error_occurred.connect(self._on_controller_error_occurred)
-        plan_changed = getattr(c, "plan_changed", None)
-        if plan_changed is not None:
-            plan_changed.connect(self._on_controller_plan_changed)
+        m = self.models
+        m.model_load_started.connect(self._on_models_model_load_started)
+        m.model_load_progress.connect(self._on_models_model_load_progress)
+        m.model_loaded.connect(self._on_models_model_loaded)
+        m.model_load_failed.connect(self._on_models_model_load_failed)
+        m.plan_changed.connect(self._on_models_plan_changed)
+        c = self.conversations
+        c.conversations_changed.connect(self._on_conversations_conversations_changed)
+        c.conversation_updated.connect(self._on_conversations_conversation_updated)
+        c.conversation_opened.connect(self._on_conversations_conversation_opened)
+        c.message_added.connect(self._on_conversations_message_added)
+        c.message_removed.connect(self._on_conversations_message_removed)
+        c.tokens_streamed.connect(self._on_conversations_tokens_streamed)
+        c.generation_finished.connect(self._on_conversations_generation_finished)
+        c.generation_failed.connect(self._on_conversations_generation_failed)
+        c.prompt_progress.connect(self._on_conversations_prompt_progress)
+        c.context_changed.connect(self._on_conversations_context_changed)
+        c.busy_changed.connect(self._on_conversations_busy_changed)
+        self.controller.notices.error_occurred.connect(self._on_notices_error_occurred)
 
         self.sidebar.new_chat_requested.connect(self._on_sidebar_new_chat_requested)
         self.sidebar.conversation_selected.connect(self._on_sidebar_conversation_selected)
@@ -434,13 +437,10 @@ class MainWindow(QMainWindow):
         page.open_file_requested.connect(self._on_welcome_page_open_file_requested)
         self._update_welcome()
 
-    def open_global_search(self) -> SearchDialog | None:
+    def open_global_search(self) -> SearchDialog:
         """The (single, non-modal) search over every conversation's text."""
-        store = getattr(self.controller, "store", None)
-        if store is None:
-            return None
         if self._search_dialog is None:
-            self._search_dialog = SearchDialog(store.search_messages, self)
+            self._search_dialog = SearchDialog(self.controller.store.search_messages, self)
             self._search_dialog.conversation_requested.connect(self._on_search_dialog_conversation_requested)
         dialog = self._search_dialog
         dialog.show()
@@ -452,11 +452,10 @@ class MainWindow(QMainWindow):
 
     def export_current_conversation(self) -> Path | None:
         """Ask for a file and write the open conversation as Markdown (.md) or JSON (.json)."""
-        store = getattr(self.controller, "store", None)
-        if not self._conversation_id or store is None:
+        if not self._conversation_id:
             self.show_activity("Open a conversation to export it")
             return None
-        exported = export_conversation(store, self._conversation_id)
+        exported = export_conversation(self.controller.store, self._conversation_id)
         start = Path(self.controller.settings.last_model or Path.home() / "x").parent
         if not start.is_dir():
             start = Path.home()
@@ -495,7 +494,7 @@ class MainWindow(QMainWindow):
         start_dir = str(Path(last).parent) if last else str(Path.home())
         path = self.choose_model_file(self, start_dir)
         if path:
-            self.controller.load_model(path)
+            self.models.load_model(path)
 
     def open_settings(self) -> SettingsDialog:
         """Show the settings dialog (window-modal, non-blocking); applied when accepted."""
@@ -541,7 +540,7 @@ class MainWindow(QMainWindow):
         page = self.welcome_page
         if page is None:
             return
-        show = not self._welcome_done and self.controller.model_info is None and not self._model_loading
+        show = not self._welcome_done and self.models.model_info is None and not self._model_loading
         page.setVisible(show)
         self.chat_view.setVisible(not show)
         self.composer.setVisible(not show)
@@ -555,7 +554,7 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _update_actions(self) -> None:
-        loaded = self.controller.model_info is not None
+        loaded = self.models.model_info is not None
         has_user = self.chat_view.last_message("user") is not None
         self.stop_action.setEnabled(self._busy)
         self.regenerate_action.setEnabled(loaded and not self._busy and has_user)
@@ -618,19 +617,19 @@ class MainWindow(QMainWindow):
         return super().eventFilter(watched, event)
 
     # -- controller slots -------------------------------------------------------------------
-    def _on_controller_plan_changed(self, plan: Plan) -> None:
+    def _on_models_plan_changed(self, plan: Plan) -> None:
         self._plan_tip = f"Memory: {plan.fits_text}\n" + textwrap.fill(plan.explanation, 80)
         self._update_model_tooltip()
 
-    def _on_controller_model_load_started(self, path: str) -> None:
+    def _on_models_model_load_started(self, path: str) -> None:
         self._model_loading = True
         self._update_welcome()
         self._show_loading(path)
 
-    def _on_controller_model_load_progress(self, fraction: float) -> None:
+    def _on_models_model_load_progress(self, fraction: float) -> None:
         self.load_progress.setValue(round(max(0.0, min(1.0, fraction)) * 1000))
 
-    def _on_controller_model_loaded(self, info: ModelInfo) -> None:
+    def _on_models_model_loaded(self, info: ModelInfo) -> None:
         self._model_loading = False
         self._welcome_done = True
         self._hide_loading()
@@ -638,21 +637,21 @@ class MainWindow(QMainWindow):
         self.show_activity(f"Loaded {info.name} in {info.load_seconds:.1f} s")
         self.composer.focus()
 
-    def _on_controller_model_load_failed(self, message: str, detail: str) -> None:
+    def _on_models_model_load_failed(self, message: str, detail: str) -> None:
         self._model_loading = False
         self._hide_loading()
-        self._set_model(self.controller.model_info)
+        self._set_model(self.models.model_info)
         self.show_error(message, detail)
 
-    def _on_controller_conversations_changed(self) -> None:
+    def _on_conversations_conversations_changed(self) -> None:
         self.sidebar.reload()
         self._update_title()
 
-    def _on_controller_conversation_updated(self, conversation: Any) -> None:
+    def _on_conversations_conversation_updated(self, conversation: Any) -> None:
         self.sidebar.conversation_updated(conversation)
         self._update_title()
 
-    def _on_controller_conversation_opened(self, conversation_id: int, messages: list[Any]) -> None:
+    def _on_conversations_conversation_opened(self, conversation_id: int, messages: list[Any]) -> None:
         self._conversation_id = conversation_id or None
         if conversation_id and not self._welcome_done:
             self._welcome_done = True  # an older chat was opened: show it rather than the welcome
@@ -663,20 +662,20 @@ class MainWindow(QMainWindow):
         self._update_title()
         self._update_actions()
 
-    def _on_controller_message_added(self, message: Any) -> None:
+    def _on_conversations_message_added(self, message: Any) -> None:
         self.chat_view.add_message(message)
         self._update_actions()
 
-    def _on_controller_message_removed(self, message_id: int) -> None:
+    def _on_conversations_message_removed(self, message_id: int) -> None:
         self.chat_view.remove_message(message_id)
         self._update_actions()
 
-    def _on_controller_tokens_streamed(self, message_id: int, text: str) -> None:
+    def _on_conversations_tokens_streamed(self, message_id: int, text: str) -> None:
         if self.activity_label.text():
             self.activity_label.clear()
         self.chat_view.append_delta(message_id, text)
 
-    def _on_controller_generation_finished(self, message_id: int, stats: GenerationStats) -> None:
+    def _on_conversations_generation_finished(self, message_id: int, stats: GenerationStats) -> None:
         self.chat_view.finish_message(message_id, stats)
         if stats.tokens_per_s > 0:
             self.speed_label.setText(f"{stats.tokens_per_s:.1f} tok/s")
@@ -686,15 +685,15 @@ class MainWindow(QMainWindow):
             )
         self._update_actions()
 
-    def _on_controller_generation_failed(self, message_id: int, message: str, detail: str) -> None:
+    def _on_conversations_generation_failed(self, message_id: int, message: str, detail: str) -> None:
         self.chat_view.fail_message(message_id, message)
         self.show_error(message, detail)
         self._update_actions()
 
-    def _on_controller_prompt_progress(self, fraction: float) -> None:
+    def _on_conversations_prompt_progress(self, fraction: float) -> None:
         self.activity_label.setText(f"Reading the prompt… {round(fraction * 100)}%")
 
-    def _on_controller_context_changed(self, used: int, n_ctx: int) -> None:
+    def _on_conversations_context_changed(self, used: int, n_ctx: int) -> None:
         if n_ctx <= 0:
             self.context_label.hide()
             self.context_meter.hide()
@@ -708,34 +707,34 @@ class MainWindow(QMainWindow):
         self.context_label.show()
         self.context_meter.show()
 
-    def _on_controller_busy_changed(self, busy: bool) -> None:
+    def _on_conversations_busy_changed(self, busy: bool) -> None:
         self._set_busy(busy)
 
-    def _on_controller_error_occurred(self, message: str) -> None:
+    def _on_notices_error_occurred(self, message: str) -> None:
         self.show_error(message)
 
     # -- widget slots -----------------------------------------------------------------------
     def _on_sidebar_new_chat_requested(self) -> None:
-        self.controller.new_conversation()
+        self.conversations.new_conversation()
         self.composer.focus()
 
     def _on_sidebar_conversation_selected(self, conversation_id: int) -> None:
-        self.controller.open_conversation(conversation_id)
+        self.conversations.open_conversation(conversation_id)
 
     def _on_sidebar_rename_requested(self, conversation_id: int, title: str) -> None:
-        self.controller.rename_conversation(conversation_id, title)
+        self.conversations.rename_conversation(conversation_id, title)
 
     def _on_sidebar_delete_requested(self, conversation_id: int) -> None:
-        self.controller.delete_conversation(conversation_id)
+        self.conversations.delete_conversation(conversation_id)
 
     def _on_composer_send_requested(self, text: str) -> None:
-        self.controller.send(text)
+        self.conversations.send(text)
 
     def _on_composer_edit_requested(self, text: str) -> None:
-        self.controller.edit_last_user_message(text)
+        self.conversations.edit_last_user_message(text)
 
     def _on_composer_stop_requested(self) -> None:
-        self.controller.stop()
+        self.conversations.stop()
 
     def _on_chat_view_open_model_requested(self) -> None:
         self.open_model_file()
@@ -744,13 +743,13 @@ class MainWindow(QMainWindow):
         self.start_edit_last_message()
 
     def _on_chat_view_regenerate_requested(self) -> None:
-        self.controller.regenerate()
+        self.conversations.regenerate()
 
     def _on_chat_view_copied(self, what: str) -> None:
         self.show_activity("Code copied to the clipboard" if what == "code" else "Message copied")
 
     def _on_cancel_load_button_clicked(self) -> None:
-        self.controller.cancel_load()
+        self.models.cancel_load()
         self.load_label.setText("Cancelling…")
         self.cancel_load_button.setEnabled(False)
 
@@ -799,10 +798,10 @@ class MainWindow(QMainWindow):
         self.sidebar.focus_filter()
 
     def _on_stop_action_triggered(self) -> None:
-        self.controller.stop()
+        self.conversations.stop()
 
     def _on_regenerate_action_triggered(self) -> None:
-        self.controller.regenerate()
+        self.conversations.regenerate()
 
     def _on_edit_last_action_triggered(self) -> None:
         self.start_edit_last_message()
@@ -815,13 +814,13 @@ class MainWindow(QMainWindow):
             self.open_model_manager()
 
     def _on_model_manager_load_requested(self, path: str) -> None:
-        self.controller.load_model(path)
+        self.models.load_model(path)
 
     def _on_global_search_action_triggered(self) -> None:
         self.open_global_search()
 
     def _on_search_dialog_conversation_requested(self, conversation_id: int, _message_id: int) -> None:
-        self.controller.open_conversation(conversation_id)
+        self.conversations.open_conversation(conversation_id)
 
     def _on_export_action_triggered(self) -> None:
         self.export_current_conversation()

@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from app.core.gguf_info import GGUFInfo
     from app.core.hardware import HardwareInfo, HardwareProbe
     from app.core.planner import DeviceUsage, Plan
+    from app.core.types import ModelInfo
+    from app.workers.controller import AppController
 
 log = logging.getLogger(__name__)
 
@@ -274,9 +276,8 @@ class DeviceRow(QWidget):
 class PlanPanel(QDialog):
     """Non-modal "Memory & offload" dialog for the loaded model or any GGUF the user picks.
 
-    ``controller``: ChatController (or a double) — ``model_info``, ``overrides``, ``settings``,
-    ``plan``, ``load_model(path, overrides)`` and the ``plan_changed`` / ``model_loaded`` signals
-    are used when present. ``choose_model_file(parent, start_dir) -> str`` picks a GGUF (tests
+    ``controller``: the AppController — its ``models`` (the loaded model, its plan and overrides,
+    ``load_model``) and its settings (the context size). ``choose_model_file(parent, start_dir) -> str`` picks a GGUF (tests
     replace it).
 
     Signals:
@@ -287,7 +288,7 @@ class PlanPanel(QDialog):
 
     def __init__(
         self,
-        controller: Any,
+        controller: AppController,
         parent: QWidget | None = None,
         *,
         hardware_probe: HardwareProbe | None = None,
@@ -321,12 +322,12 @@ class PlanPanel(QDialog):
         self._apply_local_style()
         self._connect_controller()
 
-        info = getattr(controller, "model_info", None)
+        info = controller.models.model_info
         if info is not None:
-            self.set_model_path(info.path, getattr(controller, "overrides", None))
+            self.set_model_path(info.path, controller.models.overrides)
         else:
             self._show_empty()
-        current = getattr(controller, "plan", None)
+        current = controller.models.plan
         if current is not None:
             self._show_loaded_plan(current)
 
@@ -507,12 +508,8 @@ class PlanPanel(QDialog):
         return box
 
     def _connect_controller(self) -> None:
-        plan_changed = getattr(self.controller, "plan_changed", None)
-        if plan_changed is not None:
-            plan_changed.connect(self._on_controller_plan_changed)
-        model_loaded = getattr(self.controller, "model_loaded", None)
-        if model_loaded is not None:
-            model_loaded.connect(self._on_controller_model_loaded)
+        self.controller.models.plan_changed.connect(self._on_models_plan_changed)
+        self.controller.models.model_loaded.connect(self._on_models_model_loaded)
 
     def _apply_local_style(self) -> None:
         """Badge, error and muted colours for the current scheme (re-applied when it flips)."""
@@ -667,10 +664,9 @@ class PlanPanel(QDialog):
     # -- display ----------------------------------------------------------------------------
     def _projection_overrides(self) -> PlanOverrides:
         """What the controller will hand the planner: the settings' context as the target when
-        the user fixed none (ChatController.load_params_for does the same)."""
+        the user fixed none (ModelController.load_params_for does the same)."""
         o = self.overrides()
-        settings = getattr(self.controller, "settings", None)
-        n_ctx_setting = getattr(settings, "n_ctx", 0) or 0
+        n_ctx_setting = self.controller.settings.n_ctx
         if o.n_ctx is None and o.n_ctx_target is None and n_ctx_setting:
             return PlanOverrides(
                 n_gpu_layers=o.n_gpu_layers,
@@ -860,7 +856,9 @@ class PlanPanel(QDialog):
         if self._path is None or self._info is None:
             return
         overrides = self.overrides()
-        self.controller.load_model(str(self._path), None if overrides == PlanOverrides() else overrides)
+        self.controller.models.load_model(
+            str(self._path), None if overrides == PlanOverrides() else overrides
+        )
 
     def _on_choose_button_clicked(self) -> None:
         start = self._path.parent if self._path else Path.home()
@@ -868,9 +866,9 @@ class PlanPanel(QDialog):
         if path:
             self.set_model_path(path, None)
 
-    def _on_controller_plan_changed(self, plan: Plan) -> None:
+    def _on_models_plan_changed(self, plan: Plan) -> None:
         self._show_loaded_plan(plan)
 
-    def _on_controller_model_loaded(self, info: Any) -> None:
+    def _on_models_model_loaded(self, info: ModelInfo) -> None:
         if self._info is None and self._path is None:
-            self.set_model_path(info.path, getattr(self.controller, "overrides", None))
+            self.set_model_path(info.path, self.controller.models.overrides)

@@ -15,21 +15,25 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.config import kv_state_files
-from app.core.context import MessageTooLongError, fit_messages
+from app.core.context import MessageTooLongError
 from app.core.engine import OutOfMemoryError, check_model_file, first_split_part
 from app.core.gguf_info import GGUFError
 from app.core.heap import release_free_heap
+from app.core.images import image_uri
 from app.core.planner import LoadRequest, safer_overrides
+from app.core.turns import ModelLimits, build_turn
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from app.core.planner import PlannedLoad
     from app.core.ports import Engine
-    from app.core.types import ChatMessage, GenerationStats, LoadParams, SamplingParams
+    from app.core.retrieval import ChunkIndex
+    from app.core.turns import Turn, TurnRequest
+    from app.core.types import LoadParams, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +62,12 @@ class LlamaWorker(QObject):
         load_notice(str): a sentence for the user, e.g. what a retry after a memory failure changed.
         model_loaded(object): ModelInfo.
         load_failed(str, str): human message, detail.
-        context_fitted(int, int, int): gen_id, prompt tokens, history messages dropped.
+        turn_built(int, object): gen_id, the Turn decided for it (before any text streams).
+        turn_previewed(int, object): request id, the Turn the conversation would send now.
         prompt_progress(int, int, int): gen_id, prompt tokens evaluated so far, total to evaluate.
         tokens_generated(int, str): gen_id, text (batched: at most 30 emissions per second).
         generation_finished(int, object): gen_id, GenerationStats.
         generation_failed(int, str, str): gen_id, human message, detail.
-        tokens_counted(int, int): request id, tokens of the rendered conversation.
         session_saved(int, int): conversation id, tokens of KV cache written to disk.
         session_restored(int, int): conversation id, tokens of KV cache read back (0: none).
     """
@@ -73,12 +77,12 @@ class LlamaWorker(QObject):
     load_notice = Signal(str)
     model_loaded = Signal(object)
     load_failed = Signal(str, str)
-    context_fitted = Signal(int, int, int)
+    turn_built = Signal(int, object)
+    turn_previewed = Signal(int, object)
     prompt_progress = Signal(int, int, int)
     tokens_generated = Signal(int, str)
     generation_finished = Signal(int, object)
     generation_failed = Signal(int, str, str)
-    tokens_counted = Signal(int, int)
     session_saved = Signal(int, int)
     session_restored = Signal(int, int)
 
@@ -86,6 +90,7 @@ class LlamaWorker(QObject):
         self,
         engine_factory: Callable[[], Engine],
         planner: Callable[[LoadRequest], PlannedLoad] | None = None,
+        documents: Callable[[], ChunkIndex] | None = None,
     ) -> None:
         super().__init__()  # no parent: it will be moved to its thread
         self._engine_factory = engine_factory
@@ -95,6 +100,8 @@ class LlamaWorker(QObject):
         self.load_cancel_event = threading.Event()  # set from any thread: stops loading
         self._last_progress_emit = 0.0
         self._trimmed_at = 0.0
+        self._open_documents = documents  # opened lazily, in this worker's thread
+        self._document_source: ChunkIndex | None = None
 
     @property
     def engine(self) -> Engine:
@@ -169,14 +176,34 @@ class LlamaWorker(QObject):
             self._trimmed_at = now
             release_free_heap()
 
-    @Slot(int, list)
-    def count_tokens(self, request_id: int, messages: list[ChatMessage]) -> None:
+    # -- turns: what the model sees, decided where the tokenizer lives ---------------------------
+    def _limits(self) -> ModelLimits | None:
+        info = self.engine.model_info
+        if info is None:
+            return None
+        return ModelLimits(
+            info.n_ctx, info.has_vision, self.engine.count_chat_tokens, self.engine.count_tokens
+        )
+
+    def _documents(self) -> ChunkIndex | None:
+        if self._document_source is None and self._open_documents is not None:
+            self._document_source = self._open_documents()
+        return self._document_source
+
+    @Slot(int, object)
+    def preview_turn(self, request_id: int, request: TurnRequest) -> None:
+        """The turn as it would be sent now (the context meter, the document chips' mode)."""
         try:
-            if self.engine.model_info is None:
+            limits = self._limits()
+            if limits is None:
                 return
-            self.tokens_counted.emit(request_id, self.engine.count_chat_tokens(messages))
+            turn = build_turn(request, limits, self._documents(), image_uri)
+        except MessageTooLongError:
+            return  # nothing to preview until the user shortens the system prompt
         except Exception:
-            log.exception("counting tokens failed")
+            log.exception("previewing the turn failed")
+            return
+        self.turn_previewed.emit(request_id, turn)
 
     # -- KV state of a conversation on disk (long documents reopen without re-reading) ---------
     def _session_file(self, conversation_id: int, directory: str) -> Path | None:
@@ -209,39 +236,17 @@ class LlamaWorker(QObject):
             tokens = 0
         self.session_restored.emit(conversation_id, tokens)
 
-    @Slot(int, list, object, int)
-    def generate(
-        self, gen_id: int, messages: list[ChatMessage], sampling: SamplingParams, reserve: int
-    ) -> None:
-        engine = self.engine
+    @Slot(int, object, object)
+    def answer(self, gen_id: int, request: TurnRequest, sampling: SamplingParams) -> None:
+        """Decide the turn (:func:`app.core.turns.build_turn`), announce it, then stream the answer."""
         try:
-            info = engine.model_info
-            if info is None:
+            limits = self._limits()
+            if limits is None:
                 self.generation_failed.emit(gen_id, "No model is loaded. Open a GGUF model file first.", "")
                 return
-            fitted = fit_messages(messages, engine.count_chat_tokens, info.n_ctx, reserve)
-            self.context_fitted.emit(gen_id, fitted.prompt_tokens, fitted.dropped)
-            interval = 1.0 / MAX_UI_UPDATES_PER_SECOND
-            buffer: list[str] = []
-            last_emit = 0.0  # the first piece goes out at once: it is what TTFT measures
-
-            def on_prompt_progress(done: int, total: int) -> None:
-                self.prompt_progress.emit(gen_id, done, total)
-
-            for piece in engine.stream_chat(fitted.messages, sampling, self.cancel_event, on_prompt_progress):
-                buffer.append(piece)
-                now = time.monotonic()
-                if now - last_emit >= interval:
-                    self.tokens_generated.emit(gen_id, "".join(buffer))
-                    buffer.clear()
-                    last_emit = now
-            if buffer:
-                self.tokens_generated.emit(gen_id, "".join(buffer))
-            stats = engine.last_stats
-            if self.cancel_event.is_set() and stats.finish_reason != "cancelled":
-                stats = _replace_stats(stats, finish_reason="cancelled")
-            self.generation_finished.emit(gen_id, _replace_stats(stats, dropped_messages=fitted.dropped))
-            self._release_free_heap()
+            turn = build_turn(request, limits, self._documents(), image_uri)
+            self.turn_built.emit(gen_id, turn)
+            self._stream(gen_id, turn, sampling)
         except MessageTooLongError as exc:
             self.generation_failed.emit(gen_id, str(exc), "")
         except Exception as exc:
@@ -249,6 +254,70 @@ class LlamaWorker(QObject):
             log.exception("generation %d failed", gen_id)
             self.generation_failed.emit(gen_id, message, detail)
 
+    def _stream(self, gen_id: int, turn: Turn, sampling: SamplingParams) -> None:
+        engine = self.engine
+        interval = 1.0 / MAX_UI_UPDATES_PER_SECOND
+        buffer: list[str] = []
+        last_emit = 0.0  # the first piece goes out at once: it is what TTFT measures
 
-def _replace_stats(stats: GenerationStats, **changes: object) -> GenerationStats:
-    return dataclasses.replace(stats, **changes)  # type: ignore[arg-type]
+        def on_prompt_progress(done: int, total: int) -> None:
+            self.prompt_progress.emit(gen_id, done, total)
+
+        for piece in engine.stream_chat(turn.messages, sampling, self.cancel_event, on_prompt_progress):
+            buffer.append(piece)
+            now = time.monotonic()
+            if now - last_emit >= interval:
+                self.tokens_generated.emit(gen_id, "".join(buffer))
+                buffer.clear()
+                last_emit = now
+        if buffer:
+            self.tokens_generated.emit(gen_id, "".join(buffer))
+        stats = engine.last_stats
+        if self.cancel_event.is_set() and stats.finish_reason != "cancelled":
+            stats = dataclasses.replace(stats, finish_reason="cancelled")
+        self.generation_finished.emit(gen_id, dataclasses.replace(stats, dropped_messages=turn.dropped))
+        self._release_free_heap()
+
+    def close(self) -> None:
+        """Release what the worker opened in its thread (call after the thread has finished)."""
+        if self._document_source is not None:
+            self._document_source.close()
+            self._document_source = None
+
+
+class InferenceThread:
+    """The inference thread and the :class:`LlamaWorker` living on it, for the life of the app.
+
+    The model and conversation controllers both talk to this one worker (one owner of the model);
+    ``generating`` tells them whether an answer is being written.
+    """
+
+    def __init__(
+        self,
+        engine_factory: Callable[[], Engine],
+        planner: Callable[[LoadRequest], PlannedLoad] | None = None,
+        documents: Callable[[], ChunkIndex] | None = None,
+    ) -> None:
+        self.worker = LlamaWorker(engine_factory, planner, documents)
+        self.generating = False
+        self._thread = QThread()
+        self._thread.setObjectName("inference")
+        self.worker.moveToThread(self._thread)
+        self._thread.start()
+
+    def cancel_generation(self) -> None:
+        self.worker.cancel_event.set()
+
+    def shutdown(self, timeout_ms: int = 15000) -> None:
+        """Stop generating and loading, stop the thread, then release the model here."""
+        self.worker.cancel_event.set()
+        self.worker.load_cancel_event.set()
+        if self._thread.isRunning():
+            self._thread.quit()
+            if not self._thread.wait(timeout_ms):
+                log.error("inference thread did not stop within %d s", timeout_ms // 1000)
+                return
+        self.worker.close()
+        engine = self.worker._engine
+        if engine is not None:
+            engine.unload()

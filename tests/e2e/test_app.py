@@ -48,8 +48,8 @@ def start_app(qtbot, request):
 
 
 def wait_loaded(qtbot, application: Application) -> None:
-    if application.controller.model_info is None:
-        with qtbot.waitSignal(application.controller.model_loaded, timeout=60_000):
+    if application.controller.models.model_info is None:
+        with qtbot.waitSignal(application.controller.models.model_loaded, timeout=60_000):
             pass
 
 
@@ -57,8 +57,8 @@ def wait_answer(qtbot, application: Application, action, timeout: int = 60_000) 
     """Run ``action`` and wait for the answer; a generation failure fails the test with its text."""
     result: dict[str, tuple] = {}
     controller = application.controller
-    controller.generation_finished.connect(lambda m, s: result.setdefault("done", (m, s)))
-    controller.generation_failed.connect(
+    controller.conversations.generation_finished.connect(lambda m, s: result.setdefault("done", (m, s)))
+    controller.conversations.generation_failed.connect(
         lambda m, text, detail: result.setdefault("failed", (m, text, detail))
     )
     action()
@@ -79,14 +79,14 @@ def test_chat_stop_regenerate_close_and_reopen(qtbot, start_app, tiny_model: Pat
     app = start_app(data, "--model", str(tiny_model))
     wait_loaded(qtbot, app)
     controller, window = app.controller, app.window
-    assert controller.model_info.architecture == "llama4"
-    assert controller.plan is not None
-    assert controller.plan.fits
+    assert controller.models.model_info.architecture == "llama4"
+    assert controller.models.plan is not None
+    assert controller.models.plan.fits
     assert "Tiny Llama 4" in window.model_label.text()
 
     # 1. a streamed answer
     streamed: list[str] = []
-    controller.tokens_streamed.connect(lambda _m, t: streamed.append(t))
+    controller.conversations.tokens_streamed.connect(lambda _m, t: streamed.append(t))
     first_id, stats = wait_answer(
         qtbot, app, lambda: type_and_send(qtbot, app, "Hello Scout, the capital of France?")
     )
@@ -100,9 +100,9 @@ def test_chat_stop_regenerate_close_and_reopen(qtbot, start_app, tiny_model: Pat
     # 2. stop a long answer mid-way: the partial text stays
     controller.update_settings(controller.settings.replace(max_tokens=100_000))
     streamed.clear()
-    with qtbot.waitSignal(controller.tokens_streamed, timeout=60_000):
+    with qtbot.waitSignal(controller.conversations.tokens_streamed, timeout=60_000):
         type_and_send(qtbot, app, "Now tell me a very long story.")
-    with qtbot.waitSignal(controller.generation_finished, timeout=60_000) as stopped:
+    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=60_000) as stopped:
         qtbot.keyClick(window.composer.edit, Qt.Key.Key_Escape)
     long_id, long_stats = stopped.args
     assert long_stats.finish_reason == "cancelled"
@@ -116,8 +116,8 @@ def test_chat_stop_regenerate_close_and_reopen(qtbot, start_app, tiny_model: Pat
     regenerated_id, _stats = wait_answer(qtbot, app, window.regenerate_action.trigger)
     assert regenerated_id != long_id
     assert window.chat_view.message_widget(long_id) is None
-    conversation_id = controller.current_conversation_id
-    contents = [m.content for m in controller.messages()]
+    conversation_id = controller.conversations.current_conversation_id
+    contents = [m.content for m in controller.conversations.messages()]
     assert len(contents) == 4
 
     # 4. close and reopen with the same data dir: the conversation and the model come back
@@ -125,9 +125,9 @@ def test_chat_stop_regenerate_close_and_reopen(qtbot, start_app, tiny_model: Pat
     assert load_settings(app.paths).last_model == str(tiny_model)
     again = start_app(data)
     wait_loaded(qtbot, again)
-    assert again.controller.current_conversation_id == conversation_id
-    assert [m.content for m in again.controller.messages()] == contents
-    assert again.controller.conversations()[0].title.startswith("Hello Scout")
+    assert again.controller.conversations.current_conversation_id == conversation_id
+    assert [m.content for m in again.controller.conversations.messages()] == contents
+    assert again.controller.conversations.conversations()[0].title.startswith("Hello Scout")
     shown = [w.text for w in again.window.chat_view.message_widgets() if hasattr(w, "text")]
     assert shown[:1] == [contents[0]]
 
@@ -138,7 +138,7 @@ def test_conversation_outgrowing_a_small_context_keeps_working(
     app = start_app(tmp_path / "data", "--model", str(tiny_model), "--n-ctx", "512")
     wait_loaded(qtbot, app)
     controller = app.controller
-    assert controller.model_info.n_ctx == 512
+    assert controller.models.model_info.n_ctx == 512
     controller.update_settings(controller.settings.replace(max_tokens=48))
     for i in range(8):
         _mid, stats = wait_answer(
@@ -151,7 +151,7 @@ def test_conversation_outgrowing_a_small_context_keeps_working(
         w for w in app.window.chat_view.message_widgets() if not hasattr(w, "role") or w.role == "notice"
     ]
     assert notices, "a marker says that earlier messages were left out"
-    assert any(m.role == "notice" and "left out" in m.content for m in controller.messages())
+    assert any(m.role == "notice" and "left out" in m.content for m in controller.conversations.messages())
 
 
 def test_model_without_chat_template_still_answers(
@@ -160,7 +160,7 @@ def test_model_without_chat_template_still_answers(
     app = start_app(tmp_path / "data", "--model", str(tiny_model_no_template))
     wait_loaded(qtbot, app)
     assert "no chat template" in app.window.error_banner.text()
-    with qtbot.waitSignal(app.controller.generation_finished, timeout=60_000) as done:
+    with qtbot.waitSignal(app.controller.conversations.generation_finished, timeout=60_000) as done:
         type_and_send(qtbot, app, "Hello?")
     assert done.args[1].completion_tokens > 0
     assert app.controller.store.get_message(done.args[0]).content.strip()
@@ -180,15 +180,15 @@ def test_bad_model_files_show_a_clear_message_and_the_app_stays_usable(
     else:
         expected = "not found"
     app = start_app(tmp_path / "data")
-    with qtbot.waitSignal(app.controller.model_load_failed, timeout=60_000) as failed:
-        app.controller.load_model(str(bad))
+    with qtbot.waitSignal(app.controller.models.model_load_failed, timeout=60_000) as failed:
+        app.controller.models.load_model(str(bad))
     assert expected in failed.args[0]
     assert expected in app.window.error_banner.text()
     assert app.window.error_banner.isVisible()
     # still usable: a good model loads and answers
-    with qtbot.waitSignal(app.controller.model_loaded, timeout=60_000):
-        app.controller.load_model(str(tiny_model))
-    with qtbot.waitSignal(app.controller.generation_finished, timeout=60_000):
+    with qtbot.waitSignal(app.controller.models.model_loaded, timeout=60_000):
+        app.controller.models.load_model(str(tiny_model))
+    with qtbot.waitSignal(app.controller.conversations.generation_finished, timeout=60_000):
         type_and_send(qtbot, app, "Are you there?")
 
 
@@ -217,26 +217,28 @@ def test_image_and_document_turn_with_the_vision_projector(
     controller = app.controller
     # one thread, as SCOUT_FACTS advises for image encoding on a 2-core machine (Settings → threads)
     controller.update_settings(controller.settings.replace(n_threads=1))
-    with qtbot.waitSignal(controller.model_loaded, timeout=60_000):
-        controller.load_model(str(tiny_model))
-    assert controller.model_info.has_vision
+    with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
+        controller.models.load_model(str(tiny_model))
+    assert controller.models.model_info.has_vision
     picture = tmp_path / "chart.png"
     picture.write_bytes(png_bytes(96, 64, gradient=True))
     notes = tmp_path / "notes.md"
     notes.write_text("# Notes\n\nThe chart shows sales by month.\n", encoding="utf-8")
     ready: list[object] = []
-    controller.attachment_updated.connect(lambda a: a.meta.get("state") == "ready" and ready.append(a))
-    controller.attach_files([str(picture), str(notes)])
+    controller.attachments.attachment_updated.connect(
+        lambda a: a.meta.get("state") == "ready" and ready.append(a)
+    )
+    controller.attachments.attach_files([str(picture), str(notes)])
     qtbot.waitUntil(lambda: len(ready) == 2, timeout=30_000)
     infos: list[str] = []
-    controller.info_message.connect(infos.append)
+    controller.notices.info_message.connect(infos.append)
     message_id, stats = wait_answer(
         qtbot, app, lambda: type_and_send(qtbot, app, "What does the chart show?")
     )
     assert stats.completion_tokens > 0
     assert stats.prompt_tokens > 20  # the image's tokens and the document are in the prompt
     assert any("re-reads the whole conversation" in text for text in infos)
-    user = controller.messages()[0]
-    kinds = sorted(a.kind for a in controller.message_attachments([user.id])[user.id])
+    user = controller.conversations.messages()[0]
+    kinds = sorted(a.kind for a in controller.attachments.message_attachments([user.id])[user.id])
     assert kinds == ["document", "image"]
     assert controller.store.get_message(message_id).stats["context_mode"] == "whole"

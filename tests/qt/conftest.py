@@ -6,20 +6,20 @@ import pytest
 
 from app.config import AppPaths, Settings
 from app.core.store import Store
-from app.workers.controller import ChatController
+from app.workers.controller import AppController
 from tests.fakes import FakeEngine
 
 
 @pytest.fixture
 def make_controller(app_paths: AppPaths):
-    """Build real ChatControllers (real Store, worker and ingest threads) around a FakeEngine;
+    """Build real AppControllers (real Store, worker and ingest threads) around a FakeEngine;
     shut them down and close their stores afterwards."""
-    made: list[tuple[ChatController, Store]] = []
+    made: list[tuple[AppController, Store]] = []
 
-    def make(engine: FakeEngine | None = None, settings: Settings | None = None) -> ChatController:
+    def make(engine: FakeEngine | None = None, settings: Settings | None = None) -> AppController:
         store = Store(app_paths.database)
         fake = engine or FakeEngine()
-        controller = ChatController(store, app_paths, settings or Settings(), lambda: fake)
+        controller = AppController(store, app_paths, settings or Settings(), lambda: fake)
         made.append((controller, store))
         return controller
 

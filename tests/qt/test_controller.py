@@ -1,4 +1,4 @@
-"""ChatController with the real SQLite store and a real worker thread (FakeEngine for speed and
+"""AppController with the real SQLite store and a real worker thread (FakeEngine for speed and
 determinism; the real engine goes through the same controller in tests/e2e)."""
 
 from __future__ import annotations
@@ -11,25 +11,25 @@ from tests.fakes import FakeEngine
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from app.workers.controller import ChatController
+    from app.workers.controller import AppController
 
 
-def load(controller: ChatController, qtbot) -> None:
-    with qtbot.waitSignal(controller.model_loaded, timeout=5000):
-        controller.load_model("fake.gguf")
+def load(controller: AppController, qtbot) -> None:
+    with qtbot.waitSignal(controller.models.model_loaded, timeout=5000):
+        controller.models.load_model("fake.gguf")
 
 
 def test_send_streams_and_saves(make_controller, qtbot) -> None:
     controller = make_controller(FakeEngine(["Hel", "lo", "!"]))
     load(controller, qtbot)
     added = []
-    controller.message_added.connect(added.append)
+    controller.conversations.message_added.connect(added.append)
     streamed: list[str] = []
-    controller.tokens_streamed.connect(lambda _m, t: streamed.append(t))
+    controller.conversations.tokens_streamed.connect(lambda _m, t: streamed.append(t))
     updated = []
-    controller.conversation_updated.connect(updated.append)
-    with qtbot.waitSignal(controller.generation_finished, timeout=5000) as finished:
-        controller.send("  What is Scout?  ")
+    controller.conversations.conversation_updated.connect(updated.append)
+    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000) as finished:
+        controller.conversations.send("  What is Scout?  ")
     qtbot.waitUntil(lambda: len(updated) == 2)
     assert [m.role for m in added] == ["user", "assistant"]
     assert added[0].content == "What is Scout?"
@@ -41,13 +41,13 @@ def test_send_streams_and_saves(make_controller, qtbot) -> None:
     assert saved.status == "complete"
     assert saved.stats["completion_tokens"] == 3
     assert saved.sampling["temperature"] == 0.6
-    conversations = controller.conversations()
+    conversations = controller.conversations.conversations()
     assert len(conversations) == 1
     assert conversations[0].title == "What is Scout?"
     # created, then answered: each time the sidebar puts it first without reloading the list
     assert [c.id for c in updated] == [conversations[0].id] * 2
     assert updated[-1] == conversations[0]
-    assert not controller.is_busy
+    assert not controller.conversations.is_busy
 
 
 def test_sent_messages_include_system_prompt_and_history(make_controller, qtbot) -> None:
@@ -55,8 +55,8 @@ def test_sent_messages_include_system_prompt_and_history(make_controller, qtbot)
     controller = make_controller(engine, Settings(system_prompt="Be terse."))
     load(controller, qtbot)
     for text in ("one", "two"):
-        with qtbot.waitSignal(controller.generation_finished, timeout=5000):
-            controller.send(text)
+        with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000):
+            controller.conversations.send(text)
     roles = [(m.role, m.content) for m in engine.seen[-1]]
     assert roles == [("system", "Be terse."), ("user", "one"), ("assistant", "ok"), ("user", "two")]
 
@@ -65,11 +65,11 @@ def test_stop_keeps_partial_answer(make_controller, qtbot) -> None:
     controller = make_controller(FakeEngine(["word "] * 400, delay=0.005))
     load(controller, qtbot)
     streamed: list[str] = []
-    controller.tokens_streamed.connect(lambda _m, t: streamed.append(t))
-    with qtbot.waitSignal(controller.tokens_streamed, timeout=5000):
-        controller.send("Tell me a long story")
-    with qtbot.waitSignal(controller.generation_finished, timeout=5000) as finished:
-        controller.stop()
+    controller.conversations.tokens_streamed.connect(lambda _m, t: streamed.append(t))
+    with qtbot.waitSignal(controller.conversations.tokens_streamed, timeout=5000):
+        controller.conversations.send("Tell me a long story")
+    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000) as finished:
+        controller.conversations.stop()
     message_id, stats = finished.args
     assert stats.finish_reason == "cancelled"
     saved = controller.store.get_message(message_id)
@@ -81,29 +81,29 @@ def test_stop_keeps_partial_answer(make_controller, qtbot) -> None:
 def test_partial_answer_is_saved_while_streaming(make_controller, qtbot) -> None:
     controller = make_controller(FakeEngine(["x"] * 300, delay=0.01))
     load(controller, qtbot)
-    with qtbot.waitSignal(controller.tokens_streamed, timeout=5000) as first:
-        controller.send("go")
+    with qtbot.waitSignal(controller.conversations.tokens_streamed, timeout=5000) as first:
+        controller.conversations.send("go")
     message_id = first.args[0]
     qtbot.wait(1300)
     partial = controller.store.get_message(message_id)
     assert partial.status == "streaming"
     assert len(partial.content) > 0  # a crash now would lose at most the last second
-    with qtbot.waitSignal(controller.generation_finished, timeout=10_000):
-        controller.stop()
+    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=10_000):
+        controller.conversations.stop()
 
 
 def test_regenerate_replaces_the_last_answer(make_controller, qtbot) -> None:
     controller = make_controller(FakeEngine(["A"]))
     load(controller, qtbot)
-    with qtbot.waitSignal(controller.generation_finished, timeout=5000) as first:
-        controller.send("question")
+    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000) as first:
+        controller.conversations.send("question")
     removed: list[int] = []
-    controller.message_removed.connect(removed.append)
-    with qtbot.waitSignal(controller.generation_finished, timeout=5000) as second:
-        controller.regenerate()
+    controller.conversations.message_removed.connect(removed.append)
+    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000) as second:
+        controller.conversations.regenerate()
     assert removed == [first.args[0]]
     assert second.args[0] != first.args[0]
-    roles = [m.role for m in controller.messages()]
+    roles = [m.role for m in controller.conversations.messages()]
     assert roles == ["user", "assistant"]
 
 
@@ -111,11 +111,11 @@ def test_edit_last_user_message_resends(make_controller, qtbot) -> None:
     engine = FakeEngine(["A"])
     controller = make_controller(engine)
     load(controller, qtbot)
-    with qtbot.waitSignal(controller.generation_finished, timeout=5000):
-        controller.send("wrong question")
-    with qtbot.waitSignal(controller.generation_finished, timeout=5000):
-        controller.edit_last_user_message("right question")
-    contents = [m.content for m in controller.messages()]
+    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000):
+        controller.conversations.send("wrong question")
+    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000):
+        controller.conversations.edit_last_user_message("right question")
+    contents = [m.content for m in controller.conversations.messages()]
     assert contents == ["right question", "A"]
     assert engine.seen[-1][-1].content == "right question"
 
@@ -125,13 +125,13 @@ def test_overflowing_history_gets_a_visible_marker(make_controller, qtbot) -> No
     controller = make_controller(engine, Settings(n_ctx=300, max_tokens=64))
     load(controller, qtbot)
     for i in range(8):
-        with qtbot.waitSignal(controller.generation_finished, timeout=5000):
-            controller.send(f"question number {i} " * 8)
-    roles = [m.role for m in controller.messages()]
+        with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000):
+            controller.conversations.send(f"question number {i} " * 8)
+    roles = [m.role for m in controller.conversations.messages()]
     assert "notice" in roles
     notice_index = len(roles) - 1 - roles[::-1].index("notice")
     assert roles[notice_index + 1] == "assistant"  # the marker sits right above the answer it concerns
-    notice = controller.messages()[notice_index]
+    notice = controller.conversations.messages()[notice_index]
     assert "left out" in notice.content
     # what the model saw: the system prompt, the first question, the newest turns, never a notice
     seen = engine.seen[-1]
@@ -144,29 +144,29 @@ def test_overflowing_history_gets_a_visible_marker(make_controller, qtbot) -> No
 def test_message_too_long_is_a_clear_failure(make_controller, qtbot) -> None:
     controller = make_controller(FakeEngine(n_ctx=300), Settings(n_ctx=300, max_tokens=64))
     load(controller, qtbot)
-    with qtbot.waitSignal(controller.generation_failed, timeout=5000) as failed:
-        controller.send("word " * 2000)
+    with qtbot.waitSignal(controller.conversations.generation_failed, timeout=5000) as failed:
+        controller.conversations.send("word " * 2000)
     assert "too long for the context window" in failed.args[1]
     assert controller.store.get_message(failed.args[0]).status == "error"
-    assert not controller.is_busy
-    with qtbot.waitSignal(controller.generation_finished, timeout=5000):
-        controller.send("short")  # still usable
+    assert not controller.conversations.is_busy
+    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000):
+        controller.conversations.send("short")  # still usable
 
 
 def test_send_without_model_says_so(make_controller, qtbot) -> None:
     controller = make_controller()
-    with qtbot.waitSignal(controller.error_occurred) as error:
-        controller.send("hello")
+    with qtbot.waitSignal(controller.notices.error_occurred) as error:
+        controller.conversations.send("hello")
     assert "Load a model first" in error.args[0]
-    assert controller.conversations() == []
+    assert controller.conversations.conversations() == []
 
 
 def test_load_failure_is_reported(make_controller, qtbot) -> None:
     controller = make_controller(FakeEngine(load_error="That is not a model."))
-    with qtbot.waitSignal(controller.model_load_failed, timeout=5000) as failed:
-        controller.load_model("bad.gguf")
+    with qtbot.waitSignal(controller.models.model_load_failed, timeout=5000) as failed:
+        controller.models.load_model("bad.gguf")
     assert failed.args[0] == "That is not a model."
-    assert controller.model_info is None
+    assert controller.models.model_info is None
 
 
 def test_last_model_and_conversation_are_remembered(
@@ -175,19 +175,19 @@ def test_last_model_and_conversation_are_remembered(
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
     controller = make_controller(FakeEngine(["hi"]))
-    with qtbot.waitSignal(controller.model_loaded, timeout=5000):
-        controller.load_model(str(model))
-    with qtbot.waitSignal(controller.generation_finished, timeout=5000):
-        controller.send("remember me")
-    conversation_id = controller.current_conversation_id
+    with qtbot.waitSignal(controller.models.model_loaded, timeout=5000):
+        controller.models.load_model(str(model))
+    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000):
+        controller.conversations.send("remember me")
+    conversation_id = controller.conversations.current_conversation_id
     saved = load_settings(app_paths)
     assert saved.last_model == str(model)
     assert saved.last_conversation == conversation_id
 
     again = make_controller(FakeEngine(["hi"]), saved)
     with (
-        qtbot.waitSignal(again.conversation_opened, timeout=5000) as opened,
-        qtbot.waitSignal(again.model_loaded, timeout=5000),
+        qtbot.waitSignal(again.conversations.conversation_opened, timeout=5000) as opened,
+        qtbot.waitSignal(again.models.model_loaded, timeout=5000),
     ):
         again.restore_session()
     assert opened.args[0] == conversation_id
@@ -197,12 +197,12 @@ def test_last_model_and_conversation_are_remembered(
 def test_rename_and_delete(make_controller, qtbot) -> None:
     controller = make_controller(FakeEngine(["x"]))
     load(controller, qtbot)
-    with qtbot.waitSignal(controller.generation_finished, timeout=5000):
-        controller.send("first chat")
-    cid = controller.current_conversation_id
-    controller.rename_conversation(cid, "  Renamed   chat ")
-    assert controller.conversations()[0].title == "Renamed chat"
-    with qtbot.waitSignal(controller.conversation_opened) as opened:
-        controller.delete_conversation(cid)
+    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000):
+        controller.conversations.send("first chat")
+    cid = controller.conversations.current_conversation_id
+    controller.conversations.rename_conversation(cid, "  Renamed   chat ")
+    assert controller.conversations.conversations()[0].title == "Renamed chat"
+    with qtbot.waitSignal(controller.conversations.conversation_opened) as opened:
+        controller.conversations.delete_conversation(cid)
     assert opened.args == [0, []]
-    assert controller.conversations() == []
+    assert controller.conversations.conversations() == []

@@ -1,4 +1,4 @@
-"""Attachments in the window, end to end through the REAL ChatController (ingest thread, SQLite):
+"""Attachments in the window, end to end through the REAL AppController (ingest thread, SQLite):
 drop / paste / pick, chips, locked PDFs, failures, history chips and thumbnails, page citations and
 "What the model saw". Screenshots go to $SCOUT_UI_SHOTS (default /tmp/ui_shots)."""
 
@@ -28,7 +28,7 @@ from app.ui.attachments import (
 )
 from app.ui.chat_view import MessageWidget
 from app.ui.main_window import MainWindow
-from app.workers.controller import ChatController
+from app.workers.controller import AppController
 from tests.core.test_documents import encrypted_pdf, write_pdf
 from tests.fakes import FakeEngine
 from tests.vision_fixtures import png_bytes
@@ -56,19 +56,19 @@ class VisionFakeEngine(FakeEngine):
 
 @pytest.fixture
 def make_window(qtbot, app_paths: AppPaths):
-    made: list[tuple[MainWindow, ChatController, Store]] = []
+    made: list[tuple[MainWindow, AppController, Store]] = []
 
     def make(engine: FakeEngine | None = None) -> SimpleNamespace:
         store = Store(app_paths.database)
         fake = engine or FakeEngine(ANSWER)
-        controller = ChatController(store, app_paths, Settings(), lambda: fake)
+        controller = AppController(store, app_paths, Settings(), lambda: fake)
         window = MainWindow(controller)
         qtbot.addWidget(window)
         window.show()
         qtbot.waitExposed(window)
         made.append((window, controller, store))
-        with qtbot.waitSignal(controller.model_loaded, timeout=5000):
-            controller.load_model("fake.gguf")
+        with qtbot.waitSignal(controller.models.model_loaded, timeout=5000):
+            controller.models.load_model("fake.gguf")
         return SimpleNamespace(
             window=window, controller=controller, engine=fake, bar=window.composer.attachments_bar
         )
@@ -165,7 +165,7 @@ def citation_links(message: MessageWidget) -> list[str]:
 
 def send(qtbot, env: SimpleNamespace, text: str) -> int:
     env.window.composer.set_text(text)
-    with qtbot.waitSignal(env.controller.generation_finished, timeout=10_000) as done:
+    with qtbot.waitSignal(env.controller.conversations.generation_finished, timeout=10_000) as done:
         qtbot.keyClick(env.window.composer.edit, Qt.Key.Key_Return)
     return int(done.args[0])
 
@@ -200,7 +200,7 @@ def test_dropped_files_become_chips_anywhere_in_the_window(qtbot, make_window, f
 
     qtbot.mouseClick(image_chip.remove_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: len(bar.chips()) == 1)
-    assert [a.name for a in env.controller.pending_attachments()] == ["handbook.pdf"]
+    assert [a.name for a in env.controller.attachments.pending_attachments()] == ["handbook.pdf"]
     assert not bar.vision_row.isVisible()
 
     # onto the sidebar's filter box (a line edit would otherwise take the path as text)
@@ -280,7 +280,7 @@ def test_bad_file_shows_a_message_and_nothing_else_is_lost(qtbot, make_window, f
     broken.write_bytes(b"%PDF-1.7\n1 0 obj <<")
     drop(env.window, url_mime(files.pdf))
     wait_ready(qtbot, env.bar, 1)
-    with qtbot.waitSignal(env.controller.attachment_failed, timeout=10_000):
+    with qtbot.waitSignal(env.controller.attachments.attachment_failed, timeout=10_000):
         drop(env.window, url_mime(broken))
     qtbot.waitUntil(lambda: len(env.bar.chips()) == 1)
     assert env.window.error_banner.isVisible()
@@ -301,7 +301,7 @@ def test_locked_pdf_asks_for_its_password(qtbot, make_window, files) -> None:
         return "open sesame"
 
     env.window.attachments.ask_password = ask
-    with qtbot.waitSignal(env.controller.attachment_failed, timeout=10_000):
+    with qtbot.waitSignal(env.controller.attachments.attachment_failed, timeout=10_000):
         drop(env.window, url_mime(locked))
     (chip,) = env.bar.chips()
     qtbot.waitUntil(lambda: chip.state == "locked")
@@ -317,7 +317,7 @@ def test_locked_pdf_asks_for_its_password(qtbot, make_window, files) -> None:
 def test_progress_cancel_and_many_images_note(qtbot, make_window, files) -> None:
     env = make_window()
     for i in range(6):
-        env.controller.attach_image_data(png_bytes(40 + i, 30, gradient=True), f"shot {i}.png")
+        env.controller.attachments.attach_image_data(png_bytes(40 + i, 30, gradient=True), f"shot {i}.png")
     chips = wait_ready(qtbot, env.bar, 6)
     assert env.bar.note_label.isVisible()
     assert "tested with up to 5 images" in env.bar.note_label.text()
@@ -325,7 +325,7 @@ def test_progress_cancel_and_many_images_note(qtbot, make_window, files) -> None
     qtbot.waitUntil(lambda: len(env.bar.chips()) == 5)
     assert not env.bar.note_label.isVisible()
 
-    env.controller.attach_files([str(files.pdf)])
+    env.controller.attachments.attach_files([str(files.pdf)])
     chip = env.bar.chips()[-1]
     assert chip.state == "processing"  # the chip is there at once, before the document is read
     assert chip.progress.isVisible()
@@ -338,7 +338,7 @@ def test_progress_cancel_and_many_images_note(qtbot, make_window, files) -> None
 
 def test_info_messages_go_to_the_status_bar(qtbot, make_window) -> None:
     env = make_window()
-    env.controller.info_message.emit("Image turns re-read the history")
+    env.controller.notices.info_message.emit("Image turns re-read the history")
     assert env.window.activity_label.text() == "Image turns re-read the history"
 
 
@@ -384,9 +384,9 @@ def test_sent_document_is_shown_with_the_message_and_citations_open_passages(
     saw.close()
 
     # reopening the conversation shows the same (from the store)
-    conversation_id = env.controller.current_conversation_id
-    env.controller.new_conversation()
-    env.controller.open_conversation(conversation_id)
+    conversation_id = env.controller.conversations.current_conversation_id
+    env.controller.conversations.new_conversation()
+    env.controller.conversations.open_conversation(conversation_id)
     user = env.window.chat_view.last_message("user")
     assert user is not None
     assert user.attachments_widget is not None

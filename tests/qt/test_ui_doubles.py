@@ -1,4 +1,4 @@
-"""A controller double with ChatController's signals and commands, plus message/conversation records.
+"""A controller double with AppController's signals and commands, plus message/conversation records.
 
 Shared by the tests/qt/test_ui_*.py files (this module holds no tests itself).
 """
@@ -63,7 +63,7 @@ def stats(tps: float = 42.5, reason: str = "stop", tokens: int = 120) -> Generat
 
 
 class FakeController(QObject):
-    """ChatController's contract: same signals, commands recorded in ``calls``."""
+    """AppController's contract: same signals, commands recorded in ``calls``."""
 
     model_load_started = Signal(str)
     model_load_progress = Signal(float)

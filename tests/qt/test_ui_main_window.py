@@ -1,4 +1,4 @@
-"""MainWindow against a ChatController double: empty state, loading, status bar, errors, settings."""
+"""MainWindow against a AppController double: empty state, loading, status bar, errors, settings."""
 
 from __future__ import annotations
 
@@ -54,24 +54,24 @@ def test_empty_state_has_a_working_open_button(qtbot, window: MainWindow, contro
 
 
 def test_load_progress_cancel_and_loaded(qtbot, window: MainWindow, controller) -> None:
-    controller.model_load_started.emit("/models/scout.gguf")
+    controller.models.model_load_started.emit("/models/scout.gguf")
     assert window.load_progress.isVisible()
     assert window.cancel_load_button.isVisible()
     assert "scout.gguf" in window.load_label.text()
-    controller.model_load_progress.emit(0.25)
+    controller.models.model_load_progress.emit(0.25)
     assert window.load_progress.value() == 250
     qtbot.mouseClick(window.cancel_load_button, Qt.MouseButton.LeftButton)
     assert controller.called("cancel_load") == [()]
-    controller.model_load_failed.emit("Loading was cancelled.", "")
+    controller.models.model_load_failed.emit("Loading was cancelled.", "")
     assert not window.load_progress.isVisible()
     assert window.error_banner.isVisible()
 
-    controller.model_load_started.emit("/models/scout.gguf")
+    controller.models.model_load_started.emit("/models/scout.gguf")
     info = controller.load()
     assert not window.load_progress.isVisible()
     assert window.model_label.text() == info.name
     assert window.chat_view.current_page() == ChatView.PAGE_EMPTY
-    controller.context_changed.emit(2048, 8192)
+    controller.conversations.context_changed.emit(2048, 8192)
     assert window.context_label.text() == "Context 2.0k / 8.2k"
     assert window.context_meter.value() == 250
 
@@ -79,22 +79,22 @@ def test_load_progress_cancel_and_loaded(qtbot, window: MainWindow, controller) 
 def test_conversation_streaming_and_status_bar(qtbot, window: MainWindow, controller) -> None:
     controller.load()
     question = msg("user", "Hello?")
-    controller.conversation_opened.emit(1, [question])
+    controller.conversations.conversation_opened.emit(1, [question])
     assert window.sidebar.current_id() == 1
     assert window.windowTitle() == "First chat — Scout Chat"
     placeholder = msg("assistant", "", status="streaming")
-    controller.message_added.emit(placeholder)
-    controller.busy_changed.emit(True)
+    controller.conversations.message_added.emit(placeholder)
+    controller.conversations.busy_changed.emit(True)
     assert window.composer.is_busy
     assert window.stop_action.isEnabled()
-    controller.tokens_streamed.emit(placeholder.id, "Hi ")
-    controller.tokens_streamed.emit(placeholder.id, "there")
+    controller.conversations.tokens_streamed.emit(placeholder.id, "Hi ")
+    controller.conversations.tokens_streamed.emit(placeholder.id, "there")
     widget = window.chat_view.message_widget(placeholder.id)
     qtbot.waitUntil(lambda: widget.text == "Hi there", timeout=2000)
     window.stop_action.trigger()
     assert controller.called("stop") == [()]
-    controller.generation_finished.emit(placeholder.id, stats(tps=37.25))
-    controller.busy_changed.emit(False)
+    controller.conversations.generation_finished.emit(placeholder.id, stats(tps=37.25))
+    controller.conversations.busy_changed.emit(False)
     assert window.speed_label.text() == "37.2 tok/s"
     assert window.regenerate_action.isEnabled()
     window.regenerate_action.trigger()
@@ -109,7 +109,9 @@ def test_send_and_edit_last_message(qtbot, window: MainWindow, controller) -> No
     qtbot.keyClicks(window.composer.edit, "What is Scout?")
     qtbot.keyClick(window.composer.edit, Qt.Key.Key_Return)
     assert controller.called("send") == [("What is Scout?",)]
-    controller.conversation_opened.emit(1, [msg("user", "What is Scout?"), msg("assistant", "A model.")])
+    controller.conversations.conversation_opened.emit(
+        1, [msg("user", "What is Scout?"), msg("assistant", "A model.")]
+    )
     window.edit_last_action.trigger()
     assert window.composer.is_editing
     assert window.composer.text() == "What is Scout?"
@@ -127,18 +129,18 @@ def test_sidebar_commands_reach_the_controller(qtbot, window: MainWindow, contro
     window.sidebar.delete(2)
     assert controller.called("delete_conversation") == [(2,)]
     controller.convs.append(Conv(3, "Third chat", updated_at="2026-01-01T00:00:00"))
-    controller.conversations_changed.emit()
+    controller.conversations.conversations_changed.emit()
     assert window.sidebar.model.rowCount() == 3
 
 
 def test_error_banner_shows_and_dismisses(qtbot, window: MainWindow, controller) -> None:
     assert not window.error_banner.isVisible()
-    controller.error_occurred.emit("The model file is not a GGUF file.")
+    controller.notices.error_occurred.emit("The model file is not a GGUF file.")
     assert window.error_banner.isVisible()
     assert window.error_banner.text() == "The model file is not a GGUF file."
     qtbot.mouseClick(window.error_banner.close_button, Qt.MouseButton.LeftButton)
     assert not window.error_banner.isVisible()
-    controller.generation_failed.emit(5, "Out of memory", "ggml_alloc failed")
+    controller.conversations.generation_failed.emit(5, "Out of memory", "ggml_alloc failed")
     assert window.error_banner.text() == "Out of memory"
     assert window.error_banner.label.toolTip() == "ggml_alloc failed"
 

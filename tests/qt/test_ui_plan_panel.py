@@ -29,7 +29,7 @@ SHOTS = Path(os.environ.get("SCOUT_UI_SHOTS", "/tmp/ui_shots"))
 
 
 class PlanController(FakeController):
-    """FakeController plus the planner-facing part of ChatController's contract."""
+    """FakeController plus the planner-facing part of AppController's contract."""
 
     plan_changed = Signal(object)
 
@@ -51,7 +51,7 @@ def scout_q4(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def controller(scout_q4: Path) -> PlanController:
     c = PlanController()
-    c.model_info = dataclasses.replace(model_info(), path=scout_q4)
+    c.models.model_info = dataclasses.replace(model_info(), path=scout_q4)
     return c
 
 
@@ -216,7 +216,7 @@ def test_apply_and_reload_passes_the_overrides(qtbot, controller, scout_q4) -> N
 
 
 def test_reset_to_automatic_clears_the_overrides(qtbot, controller, scout_q4) -> None:
-    controller.overrides = PlanOverrides(n_gpu_layers=20, n_ctx=8192)
+    controller.models.overrides = PlanOverrides(n_gpu_layers=20, n_ctx=8192)
     panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
     assert panel.advanced_button.isChecked()  # the model was loaded with overrides: show them
     assert panel.overrides() == PlanOverrides(n_gpu_layers=20, n_ctx=8192)
@@ -240,7 +240,7 @@ def test_auto_context_follows_the_settings_like_the_controller(qtbot, controller
 
 
 def test_choose_model_reads_another_file_and_reports_bad_ones(qtbot, controller, tmp_path, scout_q4) -> None:
-    controller.model_info = None
+    controller.models.model_info = None
     panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
     assert panel.empty_label.isVisible()
     assert not panel.apply_button.isEnabled()
@@ -267,7 +267,7 @@ def test_plan_changed_shows_the_last_load(qtbot, controller) -> None:
     assert not panel.loaded_label.isVisible()
     assert panel.info is not None
     loaded = make_plan(panel.info, hw.probe(), PlanOverrides(n_ctx=16384))
-    controller.plan_changed.emit(loaded)
+    controller.models.plan_changed.emit(loaded)
     assert panel.loaded_label.isVisible()
     assert panel.loaded_label.text() == "Last load: split GPU+RAM, 16k context"
 
@@ -290,7 +290,7 @@ def test_main_window_menu_status_click_and_plan_tooltip(qtbot, controller) -> No
     qtbot.addWidget(window)
     window.show()
     qtbot.waitExposed(window)
-    controller.load(controller.model_info)
+    controller.load(controller.models.model_info)
     assert window.plan_panel_action in window.menuBar().actions()[0].menu().actions()
     window.plan_panel_action.trigger()
     panel = window.findChild(PlanPanel)
@@ -304,11 +304,11 @@ def test_main_window_menu_status_click_and_plan_tooltip(qtbot, controller) -> No
     assert window.findChildren(PlanPanel) == [panel]  # one panel, re-shown
     assert panel.info is not None
     plan = make_plan(panel.info, SimulatedHardware.nvidia(8, 16).probe())
-    controller.plan_changed.emit(plan)
+    controller.models.plan_changed.emit(plan)
     tip = window.model_label.toolTip()
     assert f"Memory: {plan.fits_text}" in tip
-    assert controller.model_info is not None
-    assert str(controller.model_info.path) in tip
+    assert controller.models.model_info is not None
+    assert str(controller.models.model_info.path) in tip
 
 
 # -- screenshots ----------------------------------------------------------------------------

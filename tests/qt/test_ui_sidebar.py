@@ -37,7 +37,7 @@ def test_most_recent_first_and_roles() -> None:
 
 def test_filter_reloads_with_the_text(qtbot) -> None:
     controller = FakeController(_convs())
-    sidebar = ConversationSidebar(controller.conversations)
+    sidebar = ConversationSidebar(controller.conversations.conversations)
     qtbot.addWidget(sidebar)
     assert sidebar.model.rowCount() == 3
     qtbot.keyClicks(sidebar.filter_edit, "moe")
@@ -51,7 +51,7 @@ def test_filter_reloads_with_the_text(qtbot) -> None:
 
 def test_selecting_emits_and_set_current_does_not(qtbot) -> None:
     controller = FakeController(_convs())
-    sidebar = ConversationSidebar(controller.conversations)
+    sidebar = ConversationSidebar(controller.conversations.conversations)
     qtbot.addWidget(sidebar)
     with qtbot.assertNotEmitted(sidebar.conversation_selected):
         sidebar.set_current(3)
@@ -63,7 +63,7 @@ def test_selecting_emits_and_set_current_does_not(qtbot) -> None:
 
 def test_rename_inline_with_f2(qtbot) -> None:
     controller = FakeController(_convs())
-    sidebar = ConversationSidebar(controller.conversations)
+    sidebar = ConversationSidebar(controller.conversations.conversations)
     qtbot.addWidget(sidebar)
     sidebar.show()
     qtbot.waitExposed(sidebar)
@@ -92,7 +92,7 @@ def test_rename_through_the_model_rejects_empty_titles() -> None:
 
 def test_delete_asks_and_respects_the_answer(qtbot) -> None:
     controller = FakeController(_convs())
-    sidebar = ConversationSidebar(controller.conversations)
+    sidebar = ConversationSidebar(controller.conversations.conversations)
     qtbot.addWidget(sidebar)
     asked: list[str] = []
 
@@ -114,7 +114,7 @@ def test_delete_asks_and_respects_the_answer(qtbot) -> None:
 
 def test_delete_key_triggers_confirmation(qtbot) -> None:
     controller = FakeController(_convs())
-    sidebar = ConversationSidebar(controller.conversations)
+    sidebar = ConversationSidebar(controller.conversations.conversations)
     qtbot.addWidget(sidebar)
     sidebar.show()
     qtbot.waitExposed(sidebar)
@@ -136,12 +136,12 @@ def test_new_chat_button(qtbot) -> None:
 
 def test_an_updated_conversation_moves_to_the_top_without_a_reset(qtbot, qtmodeltester) -> None:
     controller = FakeController(_convs())
-    sidebar = ConversationSidebar(controller.conversations)
+    sidebar = ConversationSidebar(controller.conversations.conversations)
     qtbot.addWidget(sidebar)
     qtmodeltester.check(sidebar.model)  # keeps checking the model through the moves below
     sidebar.set_current(3)
     loads: list[str] = []
-    sidebar._load = lambda text: loads.append(text) or controller.conversations(text)
+    sidebar._load = lambda text: loads.append(text) or controller.conversations.conversations(text)
     resets: list[bool] = []
     sidebar.model.modelReset.connect(lambda: resets.append(True))
     with qtbot.assertNotEmitted(sidebar.conversation_selected):

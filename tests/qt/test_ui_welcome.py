@@ -144,7 +144,7 @@ def test_first_run_shows_welcome_until_a_gguf_is_opened(
     assert list((tmp_path / "data" / "models").iterdir()) == []  # a click never downloads by itself
 
     window.choose_model_file = lambda _parent, _start: str(tiny_model)
-    with qtbot.waitSignal(app.controller.model_loaded, timeout=60_000):
+    with qtbot.waitSignal(app.controller.models.model_loaded, timeout=60_000):
         qtbot.mouseClick(page.open_button, Qt.MouseButton.LeftButton)
     assert not page.isVisible()
     assert window.chat_view.isVisible()

@@ -11,7 +11,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from app.core.engine import LlamaEngine
 from app.core.types import ChatMessage, GenerationStats, LoadParams, SamplingParams
 from app.workers.inference import MAX_UI_UPDATES_PER_SECOND, LlamaWorker
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, turn_request
 
 
 def test_streams_then_finishes_synchronously(qtbot) -> None:
@@ -20,7 +20,7 @@ def test_streams_then_finishes_synchronously(qtbot) -> None:
     texts: list[str] = []
     worker.tokens_generated.connect(lambda _g, t: texts.append(t))
     with qtbot.waitSignal(worker.generation_finished) as blocker:
-        worker.generate(3, [ChatMessage.user("hi")], SamplingParams(), 64)
+        worker.answer(3, turn_request([ChatMessage.user("hi")], max_tokens=64), SamplingParams())
     gen_id, stats = blocker.args
     assert gen_id == 3
     assert isinstance(stats, GenerationStats)
@@ -31,7 +31,7 @@ def test_failure_is_a_signal_not_an_exception(qtbot, caplog) -> None:
     worker = LlamaWorker(lambda: FakeEngine(["a", "b"], fail_at=1))
     worker.load_model(LoadParams(Path("fake.gguf")))
     with caplog.at_level(logging.CRITICAL), qtbot.waitSignal(worker.generation_failed) as blocker:
-        worker.generate(3, [ChatMessage.user("hi")], SamplingParams(), 64)
+        worker.answer(3, turn_request([ChatMessage.user("hi")], max_tokens=64), SamplingParams())
     assert blocker.args[0] == 3
     assert "boom" in blocker.args[1]
 
@@ -39,7 +39,7 @@ def test_failure_is_a_signal_not_an_exception(qtbot, caplog) -> None:
 def test_generate_without_model_fails_cleanly(qtbot) -> None:
     worker = LlamaWorker(FakeEngine)
     with qtbot.waitSignal(worker.generation_failed) as blocker:
-        worker.generate(1, [ChatMessage.user("hi")], SamplingParams(), 64)
+        worker.answer(1, turn_request([ChatMessage.user("hi")], max_tokens=64), SamplingParams())
     assert "No model is loaded" in blocker.args[1]
 
 
@@ -66,7 +66,7 @@ def test_token_signals_are_throttled(qtbot) -> None:
 
     started = time.monotonic()
     with qtbot.waitSignal(worker.generation_finished, timeout=10_000):
-        worker.generate(1, [ChatMessage.user("hi")], SamplingParams(max_tokens=1000), 64)
+        worker.answer(1, turn_request([ChatMessage.user("hi")], max_tokens=64), SamplingParams(max_tokens=1000))
     elapsed = time.monotonic() - started
     assert "".join(emissions) == "x" * 400  # nothing lost
     assert len(emissions) <= elapsed * MAX_UI_UPDATES_PER_SECOND + 2
@@ -80,11 +80,11 @@ def test_history_is_trimmed_to_fit(qtbot) -> None:
     for i in range(30):
         history += [ChatMessage.user(f"question {i} " * 5), ChatMessage.assistant(f"answer {i} " * 5)]
     history.append(ChatMessage.user("last"))
-    with qtbot.waitSignal(worker.context_fitted) as fitted, qtbot.waitSignal(worker.generation_finished):
-        worker.generate(1, history, SamplingParams(max_tokens=50), 50)
-    _gen, prompt_tokens, dropped = fitted.args
-    assert dropped > 0
-    assert prompt_tokens <= 150
+    with qtbot.waitSignal(worker.turn_built) as built, qtbot.waitSignal(worker.generation_finished):
+        worker.answer(1, turn_request(history, max_tokens=50), SamplingParams(max_tokens=50))
+    _gen, turn = built.args
+    assert turn.dropped > 0
+    assert turn.prompt_tokens <= 150
     assert engine.seen[-1][-1].content == "last"
 
 
@@ -96,7 +96,7 @@ class Requester(QObject):
     """
 
     load_requested = Signal(object)
-    generate_requested = Signal(int, list, object, int)
+    generate_requested = Signal(int, object, object)
     loaded = Signal(object)
     progressed = Signal(float)
     tokens = Signal(int, str)
@@ -105,7 +105,7 @@ class Requester(QObject):
     def __init__(self, worker: LlamaWorker) -> None:
         super().__init__()
         self.load_requested.connect(worker.load_model)
-        self.generate_requested.connect(worker.generate)
+        self.generate_requested.connect(worker.answer)
         worker.model_loaded.connect(self._on_worker_model_loaded)
         worker.load_progress.connect(self._on_worker_load_progress)
         worker.tokens_generated.connect(self._on_worker_tokens_generated)
@@ -157,7 +157,7 @@ def test_streams_in_order_across_threads(qtbot, start_worker) -> None:
     # the first piece goes out at once (TTFT), the rest is batched: "Hel", then "lo", then finished
     signals = [requester.tokens, requester.tokens, requester.finished]
     with qtbot.waitSignals(signals, order="strict", timeout=5000):
-        requester.generate_requested.emit(7, [ChatMessage.user("hi")], SamplingParams(), 64)
+        requester.generate_requested.emit(7, turn_request([ChatMessage.user("hi")], max_tokens=64), SamplingParams())
 
 
 def test_real_llama_cpp_in_the_worker_thread(qtbot, start_worker, tiny_model: Path) -> None:
@@ -172,7 +172,7 @@ def test_real_llama_cpp_in_the_worker_thread(qtbot, start_worker, tiny_model: Pa
     text: list[str] = []
     requester.tokens.connect(lambda _g, t: text.append(t))
     with qtbot.waitSignal(requester.finished, timeout=30_000) as finished:
-        requester.generate_requested.emit(1, [ChatMessage.user("Hello")], SamplingParams(max_tokens=32), 64)
+        requester.generate_requested.emit(1, turn_request([ChatMessage.user("Hello")], max_tokens=64), SamplingParams(max_tokens=32))
     assert "".join(text).strip()
     assert finished.args[1].completion_tokens == 32
 
@@ -254,9 +254,7 @@ def test_session_state_saved_and_restored_by_conversation(qtbot, tiny_model: Pat
     try:
         first.load_model(LoadParams(tiny_model, n_ctx=1024))
         with qtbot.waitSignal(first.generation_finished, timeout=30_000):
-            first.generate(
-                1, [ChatMessage.user("Remember this conversation.")], SamplingParams(max_tokens=8), 64
-            )
+            first.answer(1, turn_request([ChatMessage.user("Remember this conversation.")], max_tokens=64), SamplingParams(max_tokens=8))
         with qtbot.waitSignal(first.session_saved) as saved:
             first.save_session(42, str(tmp_path))
         assert saved.args[0] == 42
@@ -279,7 +277,7 @@ def test_session_state_saved_and_restored_by_conversation(qtbot, tiny_model: Pat
         for decoy in decoys:
             decoy.write_bytes(b"another conversation")
         with qtbot.waitSignal(second.generation_finished, timeout=30_000):
-            second.generate(2, [ChatMessage.user("Remember this one.")], SamplingParams(max_tokens=8), 64)
+            second.answer(2, turn_request([ChatMessage.user("Remember this one.")], max_tokens=64), SamplingParams(max_tokens=8))
         with qtbot.waitSignal(second.session_saved):
             second.save_session(42, str(tmp_path))
         fresh = list(tmp_path.glob("conversation-42-*.llamastate"))

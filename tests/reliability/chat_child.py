@@ -1,4 +1,4 @@
-"""Child process for the crash-safety tests: the real ChatController + Store + LlamaEngine.
+"""Child process for the crash-safety tests: the real AppController + Store + LlamaEngine.
 
 ``python -m tests.reliability.chat_child chat DATA_DIR MODEL SIDE_FILE``
     loads the tiny model, sends one message and streams a long answer; every streamed delta
@@ -27,14 +27,14 @@ def main(argv: list[str]) -> int:
     from app.config import AppPaths, Settings
     from app.core.engine import LlamaEngine
     from app.core.store import Store
-    from app.workers.controller import ChatController
+    from app.workers.controller import AppController
 
     mode, data_dir, model, side = argv[0], Path(argv[1]), argv[2], argv[3]
     app = QCoreApplication([])
     paths = AppPaths.under(data_dir).ensure()
     store = Store(paths.database)
     settings = Settings(max_tokens=100_000, n_ctx=32768, n_threads=1, temperature=1.0, top_p=1.0, min_p=0.0)
-    controller = ChatController(store, paths, settings, LlamaEngine)
+    controller = AppController(store, paths, settings, LlamaEngine)
     out = open(side, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
     streamed = [0]
 
@@ -49,9 +49,9 @@ def main(argv: list[str]) -> int:
     def on_loaded(_info: object) -> None:
         log_line("loaded")
         if mode == "chat":
-            controller.send("Tell me a very long story about a lighthouse keeper.")
+            controller.conversations.send("Tell me a very long story about a lighthouse keeper.")
         else:
-            controller.attach_files([argv[4]])
+            controller.attachments.attach_files([argv[4]])
 
     def on_finished(*_args: object) -> None:
         log_line("finished")
@@ -61,18 +61,22 @@ def main(argv: list[str]) -> int:
         log_line(f"failed {args!r}")
         app.quit()
 
-    controller.model_loaded.connect(on_loaded)
-    controller.model_load_failed.connect(on_failed)
-    controller.tokens_streamed.connect(on_tokens)
-    controller.generation_finished.connect(on_finished)
-    controller.generation_failed.connect(on_failed)
-    controller.attachment_added.connect(lambda a: log_line(f"attached {a.id} {a.meta.get('state')}"))
-    controller.attachment_progress.connect(lambda aid, f: log_line(f"progress {aid} {f:.3f}"))
-    controller.attachment_updated.connect(
+    controller.models.model_loaded.connect(on_loaded)
+    controller.models.model_load_failed.connect(on_failed)
+    controller.conversations.tokens_streamed.connect(on_tokens)
+    controller.conversations.generation_finished.connect(on_finished)
+    controller.conversations.generation_failed.connect(on_failed)
+    controller.attachments.attachment_added.connect(
+        lambda a: log_line(f"attached {a.id} {a.meta.get('state')}")
+    )
+    controller.attachments.attachment_progress.connect(lambda aid, f: log_line(f"progress {aid} {f:.3f}"))
+    controller.attachments.attachment_updated.connect(
         lambda a: (log_line(f"updated {a.id} {a.meta.get('state')}"), app.quit())
     )
-    controller.attachment_failed.connect(lambda *a: (log_line(f"attach-failed {a!r}"), app.quit()))
-    controller.load_model(model)
+    controller.attachments.attachment_failed.connect(
+        lambda *a: (log_line(f"attach-failed {a!r}"), app.quit())
+    )
+    controller.models.load_model(model)
     QTimer.singleShot(120_000, app.quit)  # never outlive a broken parent
     app.exec()
     controller.shutdown()

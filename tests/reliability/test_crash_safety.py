@@ -1,4 +1,4 @@
-"""SIGKILL the app (a child process with the real ChatController, Store and LlamaEngine) at random
+"""SIGKILL the app (a child process with the real AppController, Store and LlamaEngine) at random
 moments while it streams an answer or ingests a document; the database must always come back.
 
 Figures (kills, worst loss) are printed with ``-s`` and recorded in docs/reliability.md.
@@ -203,7 +203,7 @@ def test_an_attachment_left_processing_by_a_crash_is_recovered_on_reopen(
 ) -> None:
     """Found by this suite, fixed in f64b383: a reopen must not leave the chip 'processing' forever."""
     from app.config import AppPaths, load_settings
-    from app.workers.controller import ChatController
+    from app.workers.controller import AppController
     from tests.fakes import FakeEngine
 
     data = tmp_path / "ingest-reopen"
@@ -213,11 +213,11 @@ def test_an_attachment_left_processing_by_a_crash_is_recovered_on_reopen(
     _kill(proc)
     paths = AppPaths.under(data).ensure()
     store = Store(paths.database)
-    controller = ChatController(store, paths, load_settings(paths), lambda: FakeEngine())
+    controller = AppController(store, paths, load_settings(paths), lambda: FakeEngine())
     try:
         controller.restore_session()
         qtbot.wait(3000)  # room for a re-ingest, were one started
-        states = [a.meta.get("state") for a in controller.pending_attachments()]
+        states = [a.meta.get("state") for a in controller.attachments.pending_attachments()]
     finally:
         controller.shutdown()
         store.close()

@@ -193,27 +193,31 @@ def test_hostile_files_through_the_app_leave_the_conversation_intact(
     """Every file dropped on the real controller (real ingest thread): a chip or a message, in time."""
     from app.config import Settings
     from app.core.store import Store
-    from app.workers.controller import ChatController
+    from app.workers.controller import AppController
     from tests.fakes import FakeEngine
 
     images = corpus.write_image_corpus(tmp_path / "images")
     store = Store(app_paths.database)
-    controller = ChatController(store, app_paths, Settings(), lambda: FakeEngine())
+    controller = AppController(store, app_paths, Settings(), lambda: FakeEngine())
     outcomes: dict[str, str] = {}
-    controller.attachment_failed.connect(lambda name, message, _id: outcomes.__setitem__(name, message))
-    controller.attachment_updated.connect(lambda a: outcomes.__setitem__(a.name, a.meta.get("state", "")))
+    controller.attachments.attachment_failed.connect(
+        lambda name, message, _id: outcomes.__setitem__(name, message)
+    )
+    controller.attachments.attachment_updated.connect(
+        lambda a: outcomes.__setitem__(a.name, a.meta.get("state", ""))
+    )
     try:
-        with qtbot.waitSignal(controller.model_loaded, timeout=10_000):
-            controller.load_model(str(tmp_path / "fake.gguf"))
-        with qtbot.waitSignal(controller.generation_finished, timeout=10_000):
-            controller.send("a first message that must survive")
-        conversation = controller.current_conversation_id
+        with qtbot.waitSignal(controller.models.model_loaded, timeout=10_000):
+            controller.models.load_model(str(tmp_path / "fake.gguf"))
+        with qtbot.waitSignal(controller.conversations.generation_finished, timeout=10_000):
+            controller.conversations.send("a first message that must survive")
+        conversation = controller.conversations.current_conversation_id
         timings: list[str] = []
         files = {**documents, **images}
         files.pop("flate-bomb.pdf")  # ~1 s of decompression; covered by test_hostile_documents
         for name, path in files.items():
             t0 = time.monotonic()
-            controller.attach_files([str(path)])
+            controller.attachments.attach_files([str(path)])
             expected = path.name
             try:
                 qtbot.waitUntil(lambda expected=expected: expected in outcomes, timeout=int(LIMIT_S * 1000))
@@ -222,13 +226,20 @@ def test_hostile_files_through_the_app_leave_the_conversation_intact(
             timings.append(f"{name}: {time.monotonic() - t0:.2f} s: {outcomes[expected][:80]}")
             assert outcomes[expected], name
             assert outcomes[expected] != "processing", name
-        assert controller.current_conversation_id == conversation
-        assert [m.content for m in controller.messages()][:1] == ["a first message that must survive"]
-        for a in controller.pending_attachments():
-            controller.remove_attachment(a.id)
-        with qtbot.waitSignal(controller.generation_finished, timeout=10_000):
-            controller.send("still talking")
-        assert [m.role for m in controller.messages()] == ["user", "assistant", "user", "assistant"]
+        assert controller.conversations.current_conversation_id == conversation
+        assert [m.content for m in controller.conversations.messages()][:1] == [
+            "a first message that must survive"
+        ]
+        for a in controller.attachments.pending_attachments():
+            controller.attachments.remove_attachment(a.id)
+        with qtbot.waitSignal(controller.conversations.generation_finished, timeout=10_000):
+            controller.conversations.send("still talking")
+        assert [m.role for m in controller.conversations.messages()] == [
+            "user",
+            "assistant",
+            "user",
+            "assistant",
+        ]
         emit("\n".join(timings))
     finally:
         controller.shutdown()

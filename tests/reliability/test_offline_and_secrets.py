@@ -49,17 +49,19 @@ def test_a_full_session_opens_no_socket(
         qtbot.addWidget(application.window)
         controller = application.controller
         try:
-            if controller.model_info is None:
-                with qtbot.waitSignal(controller.model_loaded, timeout=60_000):
+            if controller.models.model_info is None:
+                with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
                     pass
-            with qtbot.waitSignal(controller.attachment_updated, timeout=10_000):
-                controller.attach_files([str(doc)])
-            with qtbot.waitSignal(controller.attachment_updated, timeout=10_000):
-                controller.attach_image_data(buf.getvalue(), "pasted.png")
-            controller.remove_attachment(controller.pending_attachments()[-1].id)  # no projector: drop it
+            with qtbot.waitSignal(controller.attachments.attachment_updated, timeout=10_000):
+                controller.attachments.attach_files([str(doc)])
+            with qtbot.waitSignal(controller.attachments.attachment_updated, timeout=10_000):
+                controller.attachments.attach_image_data(buf.getvalue(), "pasted.png")
+            controller.attachments.remove_attachment(
+                controller.attachments.pending_attachments()[-1].id
+            )  # no projector: drop it
             controller.update_settings(controller.settings.replace(max_tokens=16))
-            with qtbot.waitSignal(controller.generation_finished, timeout=60_000):
-                controller.send(f"Round {round_}: what does the keeper do?")
+            with qtbot.waitSignal(controller.conversations.generation_finished, timeout=60_000):
+                controller.conversations.send(f"Round {round_}: what does the keeper do?")
         finally:
             controller.shutdown()
             application.window.close()

@@ -1,0 +1,158 @@
+"""ModelController: the model's lifecycle on the GUI thread: load, plan, reload, failure."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QObject, Signal, Slot
+
+from app.core.planner import LoadRequest, PlanOverrides, with_settings_context
+from app.core.types import LoadParams
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from app.config import Settings
+    from app.core.planner import Plan, PlannedLoad
+    from app.core.types import ModelInfo
+    from app.workers.inference import InferenceThread
+    from app.workers.preferences import Notices, Preferences
+
+log = logging.getLogger(__name__)
+
+FALLBACK_N_CTX = 8192  # without a planner, "automatic" context means this
+
+
+class ModelController(QObject):
+    """Loads models through the inference worker and remembers the plan they were loaded with.
+
+    Signals:
+        model_load_started(str): model path.
+        model_load_progress(float): 0..1.
+        model_loaded(object): ModelInfo.
+        model_load_failed(str, str): human message, detail.
+        plan_changed(object): the offload Plan chosen for the model being loaded (planner.Plan).
+    """
+
+    model_load_started = Signal(str)
+    model_load_progress = Signal(float)
+    model_loaded = Signal(object)
+    model_load_failed = Signal(str, str)
+    plan_changed = Signal(object)
+
+    load_requested = Signal(object)  # to the worker (queued across threads)
+
+    def __init__(
+        self,
+        inference: InferenceThread,
+        preferences: Preferences,
+        notices: Notices,
+        planner: Callable[[LoadRequest], PlannedLoad] | None = None,
+    ) -> None:
+        super().__init__()
+        self._inference = inference
+        self._preferences = preferences
+        self._notices = notices
+        self._planner = planner
+        self._model_info: ModelInfo | None = None
+        self._plan: Plan | None = None
+        self._overrides: PlanOverrides | None = None
+        self._loading = False
+
+        worker = inference.worker
+        self.load_requested.connect(worker.load_model)
+        worker.load_progress.connect(self._on_worker_load_progress)
+        worker.plan_ready.connect(self._on_worker_plan_ready)
+        worker.load_notice.connect(self._on_worker_load_notice)
+        worker.model_loaded.connect(self._on_worker_model_loaded)
+        worker.load_failed.connect(self._on_worker_load_failed)
+        preferences.settings_changed.connect(self._on_preferences_settings_changed)
+
+    @property
+    def model_info(self) -> ModelInfo | None:
+        """The loaded model (None while none is)."""
+        return self._model_info
+
+    @property
+    def plan(self) -> Plan | None:
+        """The offload plan of the loaded (or loading) model, when the planner made one."""
+        return self._plan
+
+    @property
+    def overrides(self) -> PlanOverrides | None:
+        """The Advanced plan overrides the current model was loaded with (None: automatic)."""
+        return self._overrides
+
+    @property
+    def is_loading(self) -> bool:
+        return self._loading
+
+    @property
+    def n_ctx(self) -> int:
+        """The context size of the loaded model, else the one the settings ask for (0: automatic)."""
+        return self._model_info.n_ctx if self._model_info else self._preferences.settings.n_ctx
+
+    def load_params_for(self, path: str, overrides: PlanOverrides | None = None) -> LoadParams | LoadRequest:
+        """A LoadRequest for the planner (context target from settings, shrunk to fit, unless the
+        user's Advanced ``overrides`` fix it), or plain LoadParams when no planner is configured."""
+        s = self._preferences.settings
+        if self._planner is not None:
+            return LoadRequest(
+                Path(path), with_settings_context(overrides, s.n_ctx), n_threads=s.n_threads or None
+            )
+        n_ctx = s.n_ctx or FALLBACK_N_CTX
+        return LoadParams(model_path=Path(path), n_ctx=n_ctx, n_threads=s.n_threads or None)
+
+    def load_model(self, path: str, overrides: PlanOverrides | None = None) -> None:
+        """Load (or reload) a model; ``overrides`` are the Advanced settings of the plan panel."""
+        self._inference.cancel_generation()  # an answer being written stops first
+        self._overrides = overrides
+        try:
+            params = self.load_params_for(path, overrides)
+        except ValueError as exc:
+            self.model_load_failed.emit(str(exc), "")
+            return
+        self._loading = True
+        self._inference.worker.load_cancel_event.clear()
+        self.model_load_started.emit(path)
+        self.load_requested.emit(params)
+
+    def cancel_load(self) -> None:
+        self._inference.worker.load_cancel_event.set()
+
+    @Slot(object, object)
+    def _on_preferences_settings_changed(self, old: Settings, new: Settings) -> None:
+        reload_needed = (old.n_ctx, old.n_threads) != (new.n_ctx, new.n_threads)
+        if reload_needed and self._model_info is not None and not self._loading:
+            if not self._inference.generating:
+                self.load_model(str(self._model_info.path), self._overrides)
+
+    @Slot(float)
+    def _on_worker_load_progress(self, fraction: float) -> None:
+        self.model_load_progress.emit(fraction)
+
+    @Slot(object)
+    def _on_worker_plan_ready(self, plan: Plan) -> None:
+        self._plan = plan
+        self.plan_changed.emit(plan)
+
+    @Slot(str)
+    def _on_worker_load_notice(self, text: str) -> None:
+        self._notices.error_occurred.emit(text)
+
+    @Slot(object)
+    def _on_worker_model_loaded(self, info: ModelInfo) -> None:
+        self._loading = False
+        self._model_info = info
+        self._preferences.remember(last_model=str(info.path))
+        self.model_loaded.emit(info)
+        if info.chat_template_note:
+            self._notices.error_occurred.emit(info.chat_template_note)
+
+    @Slot(str, str)
+    def _on_worker_load_failed(self, message: str, detail: str) -> None:
+        self._loading = False
+        self._model_info = None
+        self.model_load_failed.emit(message, detail)
