@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from app.config import AppPaths, Settings
 from app.core.store import Store
 from app.workers.controller import AppController
 from tests.fakes import FakeEngine
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from app.core.planner import LoadRequest, PlannedLoad, PlanOverrides
+    from app.core.types import ModelInfo
 
 
 @pytest.fixture
@@ -16,10 +25,15 @@ def make_controller(app_paths: AppPaths):
     shut them down and close their stores afterwards."""
     made: list[tuple[AppController, Store]] = []
 
-    def make(engine: FakeEngine | None = None, settings: Settings | None = None) -> AppController:
+    def make(
+        engine: FakeEngine | None = None,
+        settings: Settings | None = None,
+        *,
+        planner: Callable[[LoadRequest], PlannedLoad] | None = None,
+    ) -> AppController:
         store = Store(app_paths.database)
         fake = engine or FakeEngine()
-        controller = AppController(store, app_paths, settings or Settings(), lambda: fake)
+        controller = AppController(store, app_paths, settings or Settings(), lambda: fake, planner=planner)
         made.append((controller, store))
         return controller
 
@@ -27,3 +41,18 @@ def make_controller(app_paths: AppPaths):
     for controller, store in made:
         controller.shutdown()
         store.close()
+
+
+@pytest.fixture
+def load_fake_model(qtbot):
+    """Load a model through ``controller.models`` (a FakeEngine takes any path) and wait until it
+    is loaded; returns its ModelInfo."""
+
+    def load(
+        controller: AppController, path: str | Path = "fake.gguf", overrides: PlanOverrides | None = None
+    ) -> ModelInfo:
+        with qtbot.waitSignal(controller.models.model_loaded, timeout=5000) as loaded:
+            controller.models.load_model(str(path), overrides)
+        return loaded.args[0]
+
+    return load

@@ -6,7 +6,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from app.ui.sidebar import ConversationListModel, ConversationRole, ConversationSidebar
-from tests.qt.test_ui_doubles import Conv, FakeController
+from tests.qt.test_ui_doubles import Conv
 
 # The offscreen platform cannot resize windows to size hints; not an app problem.
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints")
@@ -18,6 +18,12 @@ def _convs() -> list[Conv]:
         Conv(2, "Newest: Lisbon trip", updated_at="2025-06-01T09:00:00"),
         Conv(3, "Middle: MoE routing", updated_at="2025-01-01T09:00:00"),
     ]
+
+
+def _load(filter_text: str = "") -> list[Conv]:
+    """What the sidebar asks for: the conversations whose title contains the filter text."""
+    needle = filter_text.lower()
+    return [c for c in _convs() if needle in c.title.lower()]
 
 
 def test_model_passes_modeltester(qtmodeltester) -> None:
@@ -36,8 +42,7 @@ def test_most_recent_first_and_roles() -> None:
 
 
 def test_filter_reloads_with_the_text(qtbot) -> None:
-    controller = FakeController(_convs())
-    sidebar = ConversationSidebar(controller.conversations.conversations)
+    sidebar = ConversationSidebar(_load)
     qtbot.addWidget(sidebar)
     assert sidebar.model.rowCount() == 3
     qtbot.keyClicks(sidebar.filter_edit, "moe")
@@ -50,8 +55,7 @@ def test_filter_reloads_with_the_text(qtbot) -> None:
 
 
 def test_selecting_emits_and_set_current_does_not(qtbot) -> None:
-    controller = FakeController(_convs())
-    sidebar = ConversationSidebar(controller.conversations.conversations)
+    sidebar = ConversationSidebar(_load)
     qtbot.addWidget(sidebar)
     with qtbot.assertNotEmitted(sidebar.conversation_selected):
         sidebar.set_current(3)
@@ -62,8 +66,7 @@ def test_selecting_emits_and_set_current_does_not(qtbot) -> None:
 
 
 def test_rename_inline_with_f2(qtbot) -> None:
-    controller = FakeController(_convs())
-    sidebar = ConversationSidebar(controller.conversations.conversations)
+    sidebar = ConversationSidebar(_load)
     qtbot.addWidget(sidebar)
     sidebar.show()
     qtbot.waitExposed(sidebar)
@@ -91,8 +94,7 @@ def test_rename_through_the_model_rejects_empty_titles() -> None:
 
 
 def test_delete_asks_and_respects_the_answer(qtbot) -> None:
-    controller = FakeController(_convs())
-    sidebar = ConversationSidebar(controller.conversations.conversations)
+    sidebar = ConversationSidebar(_load)
     qtbot.addWidget(sidebar)
     asked: list[str] = []
 
@@ -113,8 +115,7 @@ def test_delete_asks_and_respects_the_answer(qtbot) -> None:
 
 
 def test_delete_key_triggers_confirmation(qtbot) -> None:
-    controller = FakeController(_convs())
-    sidebar = ConversationSidebar(controller.conversations.conversations)
+    sidebar = ConversationSidebar(_load)
     qtbot.addWidget(sidebar)
     sidebar.show()
     qtbot.waitExposed(sidebar)
@@ -135,13 +136,12 @@ def test_new_chat_button(qtbot) -> None:
 
 
 def test_an_updated_conversation_moves_to_the_top_without_a_reset(qtbot, qtmodeltester) -> None:
-    controller = FakeController(_convs())
-    sidebar = ConversationSidebar(controller.conversations.conversations)
+    sidebar = ConversationSidebar(_load)
     qtbot.addWidget(sidebar)
     qtmodeltester.check(sidebar.model)  # keeps checking the model through the moves below
     sidebar.set_current(3)
     loads: list[str] = []
-    sidebar._load = lambda text: loads.append(text) or controller.conversations.conversations(text)
+    sidebar._load = lambda text: loads.append(text) or _load(text)
     resets: list[bool] = []
     sidebar.model.modelReset.connect(lambda: resets.append(True))
     with qtbot.assertNotEmitted(sidebar.conversation_selected):

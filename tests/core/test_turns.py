@@ -1,0 +1,197 @@
+"""The turn builder: one decision for the prompt, the document chip and the context meter."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from typing import TYPE_CHECKING
+
+import pytest
+
+from app.core.chunking import Chunk
+from app.core.context import MessageTooLongError
+from app.core.retrieval import ChunkIndex
+from app.core.store import Attachment, StoredMessage
+from app.core.turns import (
+    DRAFT_ID,
+    QUESTION_ALLOWANCE,
+    DocumentMode,
+    ModelLimits,
+    TurnRequest,
+    build_turn,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from app.core.types import ChatMessage
+
+NEEDLE = "The vault combination is 31-17-42."
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def chat_tokens(messages: Sequence[ChatMessage]) -> int:
+    """A deterministic stand-in tokenizer: a word is a token, each message costs 4 more."""
+    return sum(4 + words(m.content) + 100 * len(m.images) for m in messages) + 3
+
+
+def limits(n_ctx: int, *, vision: bool = True, scale: int = 1) -> ModelLimits:
+    """``scale`` > 1 is another model whose tokenizer makes more tokens of the same text."""
+    return ModelLimits(
+        n_ctx,
+        vision,
+        lambda ms: scale * chat_tokens(ms),
+        lambda text: scale * words(text),
+    )
+
+
+@pytest.fixture
+def index() -> Iterator[ChunkIndex]:
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        yield ChunkIndex(db)
+
+
+def document(index: ChunkIndex, doc_id: int, paragraphs: int, message_id: int | None = None) -> Attachment:
+    chunks = []
+    for i in range(paragraphs):
+        text = NEEDLE if i == paragraphs // 2 else f"Paragraph {i} talks about item {i} of the budget."
+        chunks.append(Chunk(i, f"p. {i + 1}", i + 1, text, words(text)))
+    index.add_document(doc_id, chunks)
+    meta = {"state": "ready", "tokens": sum(c.tokens for c in chunks)}
+    return Attachment(doc_id, 1, message_id, "document", f"doc{doc_id}.txt", "", "", meta, 0.0)
+
+
+def message(mid: int, role: str, text: str) -> StoredMessage:
+    return StoredMessage(mid, 1, role, text, float(mid), "", {}, {}, "complete")
+
+
+def history(turns: int) -> list[StoredMessage]:
+    out: list[StoredMessage] = []
+    for i in range(turns):
+        out.append(message(2 * i + 1, "user", f"question {i} " * 5))
+        out.append(message(2 * i + 2, "assistant", f"answer {i} " * 8))
+    return out
+
+
+def no_images(_attachment: Attachment) -> str | None:
+    raise AssertionError("no image should be read")
+
+
+def test_plain_conversation_passes_through_with_the_system_prompt(index) -> None:
+    request = TurnRequest(tuple(history(2)) + (message(9, "user", "and now?"),), {}, "Be brief.", 64)
+    turn = build_turn(request, limits(4096), index, no_images)
+    assert [m.role for m in turn.messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert turn.messages[0].content == "Be brief."
+    assert turn.dropped == 0
+    assert turn.documents is None
+    assert turn.prompt_tokens == chat_tokens(turn.messages)
+
+
+def test_answers_being_written_or_empty_are_left_out(index) -> None:
+    rows = (
+        message(1, "user", "hi"),
+        StoredMessage(2, 1, "assistant", "half an ans", 2.0, "", {}, {}, "streaming"),
+        message(3, "assistant", "   "),
+        message(4, "notice", "earlier messages were left out"),
+        message(5, "user", "again"),
+    )
+    turn = build_turn(TurnRequest(rows, {}, "", 64), limits(4096), index, no_images)
+    assert [m.content for m in turn.messages] == ["hi", "again"]
+
+
+def test_long_history_is_dropped_oldest_first_and_counted(index) -> None:
+    rows = (*history(40), message(99, "user", "last question"))
+    turn = build_turn(TurnRequest(rows, {}, "", 50), limits(400), index, no_images)
+    assert turn.dropped > 0
+    assert turn.messages[-1].content == "last question"
+    assert turn.messages[0].content == rows[0].content  # the first message is kept
+    assert turn.prompt_tokens <= 400 - turn.reserve
+
+
+def test_a_question_too_long_for_the_window_raises(index) -> None:
+    rows = (message(1, "user", "word " * 1000),)
+    with pytest.raises(MessageTooLongError):
+        build_turn(TurnRequest(rows, {}, "", 64), limits(512), index, no_images)
+
+
+def test_small_document_goes_whole_into_its_message_and_stays_there(index) -> None:
+    doc = document(index, 7, 10, message_id=1)
+    rows = (message(1, "user", "read this"), message(2, "assistant", "done"), message(3, "user", "the code?"))
+    turn = build_turn(TurnRequest(rows, {1: (doc,)}, "", 64), limits(4096), index, no_images)
+    assert turn.documents is not None
+    assert turn.documents.mode is DocumentMode.WHOLE
+    assert turn.documents.host_message_id == 1  # a stable place: later turns reuse the KV cache
+    assert NEEDLE in turn.messages[0].content
+    assert NEEDLE not in turn.messages[-1].content
+    assert turn.documents.sources
+    assert "whole document" in turn.documents.reason
+
+
+def test_long_document_is_searched_with_the_question(index) -> None:
+    doc = document(index, 7, 400, message_id=1)
+    rows = (message(1, "user", "What is the vault combination?"),)
+    turn = build_turn(TurnRequest(rows, {1: (doc,)}, "", 64), limits(1024), index, no_images)
+    assert turn.documents is not None
+    assert turn.documents.mode is DocumentMode.RETRIEVAL
+    assert NEEDLE in turn.messages[-1].content
+    assert turn.prompt_tokens <= 1024 - turn.reserve
+    assert "Too long to read whole" in turn.documents.reason
+
+
+def test_images_are_not_sent_to_a_model_without_vision(index) -> None:
+    picture = Attachment(5, 1, 1, "image", "cat.png", "/nowhere/cat.png", "", {"state": "ready"}, 0.0)
+    rows = (message(1, "user", "what is this?"),)
+    request = TurnRequest(rows, {1: (picture,)}, "", 64)
+    text_only = build_turn(request, limits(4096, vision=False), index, no_images)
+    assert text_only.images_left_out == 1
+    assert text_only.messages[-1].images == ()
+    seeing = build_turn(request, limits(4096), index, lambda _a: "data:image/png;base64,AAAA")
+    assert seeing.messages[-1].images == ("data:image/png;base64,AAAA",)
+    assert seeing.prompt_tokens > text_only.prompt_tokens  # the meter counts what is really sent
+
+
+def test_preview_counts_the_composer_attachments_as_the_next_question(index) -> None:
+    doc = document(index, 7, 10)
+    rows = tuple(history(1))
+    preview = build_turn(
+        TurnRequest(rows, {}, "", 64, draft="", pending=(doc,)), limits(4096), index, no_images
+    )
+    assert preview.documents is not None
+    assert preview.documents.host_message_id == DRAFT_ID
+    assert preview.documents.doc_ids == (7,)
+    unready = Attachment(8, 1, None, "document", "x", "", "", {"state": "processing"}, 0.0)
+    empty = build_turn(
+        TurnRequest(rows, {}, "", 64, draft="", pending=(unready,)), limits(4096), index, no_images
+    )
+    assert empty.documents is None
+
+
+@pytest.mark.parametrize("n_ctx", [512, 1024, 2048, 4096, 8192])
+@pytest.mark.parametrize("turns", [0, 3, 12])
+@pytest.mark.parametrize("paragraphs", [5, 40, 120, 400])
+@pytest.mark.parametrize("scale", [1, 2])
+def test_chip_and_prompt_agree(index, n_ctx: int, turns: int, paragraphs: int, scale: int) -> None:
+    """The chip shows the preview's decision (an empty draft with the document in the composer); the
+    prompt uses the send's. They agree across budgets, history lengths, document sizes and model
+    swaps (another tokenizer), for any question up to the allowance."""
+    doc = document(index, 7, paragraphs)
+    rows = tuple(history(turns))
+    model = limits(n_ctx, scale=scale)
+    try:
+        preview = build_turn(
+            TurnRequest(rows, {}, "", 128, draft="", pending=(doc,)), model, index, no_images
+        )
+    except MessageTooLongError:
+        pytest.skip("the history alone does not fit this window")
+    for question in ("Code?", "What is the vault combination written in this document, exactly? " * 3):
+        assert scale * words(question) <= QUESTION_ALLOWANCE
+        sent = (*rows, message(1000, "user", question))
+        sent_doc = Attachment(7, 1, 1000, "document", doc.name, "", "", doc.meta, 0.0)
+        turn = build_turn(TurnRequest(sent, {1000: (sent_doc,)}, "", 128), model, index, no_images)
+        assert preview.documents is not None
+        assert turn.documents is not None
+        assert turn.documents.mode is preview.documents.mode, (n_ctx, turns, paragraphs, question)
+        assert turn.prompt_tokens <= n_ctx - turn.reserve
