@@ -16,7 +16,6 @@ import platform
 import shutil
 import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from app import __version__
@@ -24,6 +23,7 @@ from app.core.units import format_context, format_gb
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from pathlib import Path
 
     from app.config import AppPaths
     from app.core.fit import Fit
@@ -361,7 +361,11 @@ def device_lines(hardware: HardwareInfo) -> list[tuple[str, str]]:
     for d in hardware.devices:
         shared = ", shares system RAM" if d.unified else ""
         lines.append(
-            (d.name, f"{d.label} ({d.backend}) — {format_gb(d.free_bytes)} free of {format_gb(d.total_bytes)}{shared}")
+            (
+                d.name,
+                f"{d.label} ({d.backend}) — {format_gb(d.free_bytes)} free of "
+                f"{format_gb(d.total_bytes)}{shared}",
+            )
         )
     return lines
 
@@ -410,7 +414,11 @@ def collect_report(
     if hardware is not None:
         sections[SECTION_DEVICES] = device_lines(hardware)
         sections[SECTION_MEMORY] = [
-            ("RAM", f"{format_gb(hardware.ram_available_bytes)} available of {format_gb(hardware.ram_total_bytes)}"),
+            (
+                "RAM",
+                f"{format_gb(hardware.ram_available_bytes)} available of "
+                f"{format_gb(hardware.ram_total_bytes)}",
+            ),
             (
                 "CPU",
                 f"{hardware.cpu_name or 'unknown'} — {hardware.physical_cores} physical cores, "

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from app.core.manifest import Build
     from app.core.planner import Plan
 
+
 @dataclass(frozen=True)
 class Fit:
     """The planner's answer for one model on one machine."""

@@ -82,7 +82,11 @@ VERDICT_FULL = "full GPU"
 VERDICT_SPLIT = "split GPU+RAM"
 VERDICT_CPU = "CPU only"
 VERDICT_NO = "won't fit"
-_VERDICT_LABELS = {VERDICT_FULL: "Fits fully on GPU", VERDICT_SPLIT: "Split GPU + RAM", VERDICT_CPU: "CPU only"}
+_VERDICT_LABELS = {
+    VERDICT_FULL: "Fits fully on GPU",
+    VERDICT_SPLIT: "Split GPU + RAM",
+    VERDICT_CPU: "CPU only",
+}
 
 
 @dataclass(frozen=True)

@@ -411,6 +411,8 @@ def compute_model(
                 host=host_est if host is None else host,
                 source="measured",
             )
-        return Compute(gpu=(gpu_est,) * len(gpus), gpu_no_layers=offload_est, host=host_est, source="estimate")
+        return Compute(
+            gpu=(gpu_est,) * len(gpus), gpu_no_layers=offload_est, host=host_est, source="estimate"
+        )
 
     return compute_for

@@ -54,3 +54,8 @@ def format_context(n_ctx: int) -> str:
     if n_ctx >= 1024 and n_ctx % 1024 == 0:
         return f"{n_ctx // 1024}k"
     return f"{n_ctx:,}"
+
+
+def format_rate(bytes_per_s: float) -> str:
+    """A download speed: ``12.3 MB/s`` (empty when nothing is moving)."""
+    return f"{bytes_per_s / MB:.1f} MB/s" if bytes_per_s > 0 else ""

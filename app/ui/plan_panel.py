@@ -24,7 +24,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSizePolicy,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -62,12 +61,13 @@ log = logging.getLogger(__name__)
 RECOMPUTE_DELAY_MS = 50
 KV_CHOICES = (("Auto", None), ("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"))
 FLASH_CHOICES = (("Auto", None), ("On", True), ("Off", False))
+
+
 def choose_model_file(parent: QWidget, start_dir: str) -> str:
     path, _filter = QFileDialog.getOpenFileName(
         parent, "Choose a model file", start_dir, "GGUF models (*.gguf);;All files (*)"
     )
     return path
-
 
 
 def _label(object_name: str) -> QLabel:
@@ -294,7 +294,13 @@ class PlanPanel(QDialog):
         form.setVerticalSpacing(8)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
         form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
-        for widget in (self.gpu_layers_spin, self.cpu_moe_spin, self.context_combo, self.kv_combo, self.flash_combo):
+        for widget in (
+            self.gpu_layers_spin,
+            self.cpu_moe_spin,
+            self.context_combo,
+            self.kv_combo,
+            self.flash_combo,
+        ):
             widget.setMinimumWidth(130)
         form.addRow("GPU layers", self.gpu_layers_spin)
         form.addRow("Experts in RAM (layers)", self.cpu_moe_spin)

@@ -58,12 +58,14 @@ def intro_text(rec: Recommendation | None) -> str:
     if rec is None or rec.smallest is None:
         return INTRO.format(downloads="", memory="")
     sizes = [f.download_bytes for f in rec.fits]
-    downloads = f" ({formatformat_gb(min(sizes))} to {formatformat_gb(max(sizes))})"
+    downloads = f" ({format_gb(min(sizes))} to {format_gb(max(sizes))})"
     memory = (
-        f": the smallest build needs about {formatformat_gb(rec.smallest.memory_bytes)} of RAM and GPU "
+        f": the smallest build needs about {format_gb(rec.smallest.memory_bytes)} of RAM and GPU "
         "memory together on this machine"
     )
     return INTRO.format(downloads=downloads, memory=memory)
+
+
 LICENCE_NOTE = (
     "Model files come from Hugging Face and are licensed by Meta under the Llama 4 Community License; "
     "downloading one means accepting it. Nothing is downloaded until you click Download."
@@ -164,7 +166,7 @@ class WelcomePage(QWidget):
         layout.addSpacing(6)
 
     def _build_machine_card(self) -> QFrame:
-        """"This machine": GPUs, RAM and cores, and the free disk space in the models folder."""
+        """ "This machine": GPUs, RAM and cores, and the free disk space in the models folder."""
         self.machine_card, card = _card()
         card.addWidget(_heading("This machine"))
         self.hardware_label = _label("welcomeHardware")
@@ -315,12 +317,13 @@ class WelcomePage(QWidget):
         else:
             verdict = fit.fit.label
             self.recommendation_label.setText(
-                f"{fit.build.display_name}, a {format_gb(fit.download_bytes)} download — {verdict} on this machine."
+                f"{fit.build.display_name}, a {format_gb(fit.download_bytes)} download — "
+                f"{verdict} on this machine."
             )
         detail = [fit.build.who_for + "."]
         if fit.fits:
             detail.append(fit.plan.explanation.split(" (Compute buffer estimated")[0])
-        else:
+        elif not too_small:  # when too small, the summary above already gives the figure
             detail.append(fit.fit.sentence)
         if self._free_disk is not None and self._free_disk < fit.download_bytes:
             detail.append(
@@ -329,7 +332,9 @@ class WelcomePage(QWidget):
             )
         self.detail_label.setText(" ".join(detail))
         anyway = " anyway" if not fit.fits else ""
-        self.download_button.setText(f"Download {fit.build.display_name} ({format_gb(fit.download_bytes)}){anyway}")
+        self.download_button.setText(
+            f"Download {fit.build.display_name} ({format_gb(fit.download_bytes)}){anyway}"
+        )
         self.download_button.setObjectName("primaryButton" if fit.fits else "")
         self.download_button.style().unpolish(self.download_button)
         self.download_button.style().polish(self.download_button)
