@@ -370,6 +370,45 @@ def device_lines(hardware: HardwareInfo) -> list[tuple[str, str]]:
     return lines
 
 
+def _hardware_sections(
+    probe: HardwareProbe, sections: dict[str, list[tuple[str, str]]]
+) -> HardwareInfo | None:
+    """Fill the Devices and Memory sections; the probed hardware, or None when the probe failed."""
+    try:
+        hardware = probe.probe()
+    except Exception as exc:
+        log.exception("hardware probe failed")
+        sections[SECTION_DEVICES] = [("Accelerators", f"unavailable ({exc})")]
+        sections[SECTION_MEMORY] = [("RAM", "unavailable")]
+        return None
+    sections[SECTION_DEVICES] = device_lines(hardware)
+    sections[SECTION_MEMORY] = [
+        (
+            "RAM",
+            f"{format_gb(hardware.ram_available_bytes)} available of {format_gb(hardware.ram_total_bytes)}",
+        ),
+        (
+            "CPU",
+            f"{hardware.cpu_name or 'unknown'} — {hardware.physical_cores} physical cores, "
+            f"{hardware.logical_cores} logical",
+        ),
+    ]
+    sections[SECTION_DEVICES] += [("Note", note) for note in hardware.notes]
+    return hardware
+
+
+def _model_lines(models: Sequence[InstalledModel]) -> list[tuple[str, str]]:
+    lines: list[tuple[str, str]] = []
+    for m in models:
+        kind = f"{m.state}, build {m.build_id}" if m.build_id else "GGUF file"
+        lines.append((m.name, f"{kind} — {m.path}"))
+        if m.projector is not None:
+            lines.append(("  vision projector", str(m.projector)))
+        if m.plan_text:
+            lines.append(("  plan", m.plan_text))
+    return lines
+
+
 def collect_report(
     paths: AppPaths,
     *,
@@ -402,31 +441,7 @@ def collect_report(
         ("System info", info),
     ]
 
-    probe = hardware_probe or SystemHardware()
-    hardware: HardwareInfo | None
-    try:
-        hardware = probe.probe()
-    except Exception as exc:
-        log.exception("hardware probe failed")
-        hardware = None
-        sections[SECTION_DEVICES] = [("Accelerators", f"unavailable ({exc})")]
-        sections[SECTION_MEMORY] = [("RAM", "unavailable")]
-    if hardware is not None:
-        sections[SECTION_DEVICES] = device_lines(hardware)
-        sections[SECTION_MEMORY] = [
-            (
-                "RAM",
-                f"{format_gb(hardware.ram_available_bytes)} available of "
-                f"{format_gb(hardware.ram_total_bytes)}",
-            ),
-            (
-                "CPU",
-                f"{hardware.cpu_name or 'unknown'} — {hardware.physical_cores} physical cores, "
-                f"{hardware.logical_cores} logical",
-            ),
-        ]
-        sections[SECTION_DEVICES] += [("Note", note) for note in hardware.notes]
-
+    hardware = _hardware_sections(hardware_probe or SystemHardware(), sections)
     free = free_space(paths.models_dir)
     sections[SECTION_DIRECTORIES] = [
         ("Data", str(paths.data_dir)),
@@ -448,15 +463,7 @@ def collect_report(
             notes.append(f"model manifest unreadable: {exc}")
             manifest = None
     models = installed_models(paths.models_dir, manifest, hardware, extra=extra_models)
-    lines: list[tuple[str, str]] = []
-    for m in models:
-        kind = f"{m.state}, build {m.build_id}" if m.build_id else "GGUF file"
-        lines.append((m.name, f"{kind} — {m.path}"))
-        if m.projector is not None:
-            lines.append(("  vision projector", str(m.projector)))
-        if m.plan_text:
-            lines.append(("  plan", m.plan_text))
-    sections[SECTION_MODELS] = lines or [("Models", f"none found in {paths.models_dir}")]
+    sections[SECTION_MODELS] = _model_lines(models) or [("Models", f"none found in {paths.models_dir}")]
 
     if manifest is not None and hardware is not None:
         try:

@@ -3,7 +3,8 @@
 It reads the model's header once (``read_gguf_info``, ~30–60 ms even for Scout), probes the
 hardware once per model through an injectable probe, and recomputes the projection with the pure,
 fast ``make_plan`` on the GUI thread whenever an Advanced setting changes (debounced). "Apply and
-reload" hands the overrides to the controller; nothing here loads a model itself.
+reload" hands the overrides to the controller; nothing here loads a model itself. The bars, rows
+and colours are in :mod:`app.ui.plan_widgets`; this file (~620 lines) is the one dialog and its state.
 """
 
 from __future__ import annotations
