@@ -16,23 +16,22 @@ import platform
 import shutil
 import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from app import __version__
+from app.core.units import format_context, format_gb
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from pathlib import Path
 
     from app.config import AppPaths
-    from app.core.gguf_info import GGUFInfo
+    from app.core.fit import Fit
     from app.core.hardware import HardwareInfo, HardwareProbe
     from app.core.manifest import Build, Manifest
     from app.core.planner import Plan
 
 log = logging.getLogger(__name__)
-
-GB = 1e9
 
 SECTION_VERSIONS = "Versions"
 SECTION_LLAMA = "llama.cpp"
@@ -50,10 +49,6 @@ SECTIONS = (
     SECTION_MODELS,
     SECTION_RECOMMENDATION,
 )
-
-
-def gb(n_bytes: float) -> str:
-    return f"{n_bytes / GB:.1f} GB"
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,60 +126,6 @@ def cpu_features(system_info: str) -> list[str]:
 # Build advice: every manifest build planned on the machine (no download needed)
 
 
-def build_shape_info(build: Build) -> GGUFInfo:
-    """A header-equivalent :class:`GGUFInfo` for a manifest build that is not on disk.
-
-    Scout's real tensor layout (:mod:`app.core.scout_shape`) with the build's quantization recipe;
-    builds without a recipe there take the Q4_K_M layout scaled to the manifest's size.
-    """
-    from app.core import gguf_info
-    from app.core.gguf_info import EXPERT_RE, LAYER_RE, TensorInfo
-    from app.core.manifest import Manifest
-    from app.core.scout_shape import _FTYPE, BUILDS, SCOUT, scout_tensors, tensor_bytes
-
-    quant = build.quantization.upper()
-    recipe = next((b for b in BUILDS if b.upper() == quant), "Q4_K_M")
-    raw = [(name, tensor_bytes(ne, type_name), type_name) for name, ne, type_name in scout_tensors(recipe)]
-    size = (Manifest.total_size(build) or 0) - (build.projector.size or 0 if build.projector else 0)
-    target = size if size > 0 else build.approx_size_bytes
-    scale = target / sum(n for _, n, _ in raw) if recipe.upper() != quant and target else 1.0
-    tensors = []
-    for name, n_bytes, type_name in raw:
-        layer, expert = LAYER_RE.match(name), EXPERT_RE.match(name)
-        tensors.append(
-            TensorInfo(
-                name,
-                type_name.lower(),
-                int(n_bytes * scale),
-                int(layer.group(1)) if layer else None,
-                expert is not None,
-            )
-        )
-    a = "llama4."
-    kv: dict[str, Any] = {
-        "general.architecture": "llama4",
-        "general.name": build.display_name,
-        "general.file_type": _FTYPE.get(recipe),
-        a + "block_count": SCOUT.n_layer,
-        a + "embedding_length": SCOUT.n_embd,
-        a + "attention.head_count": SCOUT.n_head,
-        a + "attention.head_count_kv": SCOUT.n_head_kv,
-        a + "attention.key_length": SCOUT.head_dim,
-        a + "attention.value_length": SCOUT.head_dim,
-        a + "expert_count": SCOUT.n_expert,
-        a + "expert_used_count": SCOUT.n_expert_used,
-        a + "expert_feed_forward_length": SCOUT.n_ff_exp,
-        a + "context_length": SCOUT.context_length,
-        a + "vocab_size": SCOUT.n_vocab,
-    }
-    path = Path(build.files[0].name)
-    # _build_info turns header key/values + tensor sizes into GGUFInfo exactly as for a real file.
-    info = gguf_info._build_info(path, (path,), kv, tensors, target, "manifest")
-    if recipe.upper() != quant:
-        info = replace(info, quant_name=build.quantization)
-    return info
-
-
 @dataclass(frozen=True)
 class BuildFit:
     """How one manifest build would run on the machine."""
@@ -198,9 +139,16 @@ class BuildFit:
         return self.plan.fits
 
     @property
+    def fit(self) -> Fit:
+        """The planner's verdict, label, sentence and memory figure (what every screen shows)."""
+        from app.core.fit import fit_of_plan
+
+        return fit_of_plan(self.plan)
+
+    @property
     def memory_bytes(self) -> int:
         """RAM + VRAM the plan needs (the weights plus KV cache, compute buffers, margins' overhead)."""
-        return self.plan.ram.total + self.plan.vram_bytes
+        return self.fit.memory_bytes
 
 
 @dataclass(frozen=True)
@@ -220,31 +168,27 @@ class Recommendation:
     def summary(self) -> str:
         """One or two sentences for people: the build and why, or what the machine lacks."""
         if self.best is not None:
-            plan = self.best.plan
-            ctx = f"{plan.n_ctx // 1024}k" if plan.n_ctx % 1024 == 0 else f"{plan.n_ctx:,}"
+            plan, fit = self.best.plan, self.best.fit
             return (
                 f"Recommended for this machine: {self.best.build.display_name}, a "
-                f"{gb(self.best.download_bytes)} download — {plan.verdict}, {ctx} context, "
-                f"about {plan.tokens_per_s_estimate:.0f} tokens/s (rough estimate)."
+                f"{format_gb(self.best.download_bytes)} download — {fit.label}, {format_context(plan.n_ctx)} "
+                f"context, about {plan.tokens_per_s_estimate:.0f} tokens/s (rough estimate)."
             )
         if self.smallest is None:
             return "No Scout build is listed in the manifest."
-        need = self.smallest.memory_bytes
         return (
             f"This machine is too small for Llama 4 Scout: the smallest workable build "
-            f"({self.smallest.build.display_name}, {gb(self.smallest.download_bytes)} download) needs "
-            f"about {need / GB:.0f} GB of RAM + VRAM, and this machine has "
-            f"{self.machine_bytes / GB:.0f} GB available."
+            f"({self.smallest.build.display_name}, {format_gb(self.smallest.download_bytes)} download) needs "
+            f"about {format_gb(self.smallest.memory_bytes)} of RAM + VRAM, and this machine has "
+            f"{format_gb(self.machine_bytes)} available."
         )
 
 
 def plan_build(build: Build, hardware: HardwareInfo) -> BuildFit:
+    from app.core.fit import assess_build
     from app.core.manifest import Manifest
-    from app.core.planner import make_plan
 
-    info = build_shape_info(build)
-    projector = build.projector.size if build.projector and build.projector.size else 0
-    plan = make_plan(info, hardware, mmproj_bytes=projector)
+    plan = assess_build(build, hardware).plan
     return BuildFit(build=build, plan=plan, download_bytes=Manifest.estimated_size(build))
 
 
@@ -338,7 +282,7 @@ def installed_models(
     (e.g. the last model opened from elsewhere). With ``with_plans``, each usable model gets the
     plan :func:`app.core.planner.make_plan` picks on ``hardware`` (fast: no dry run)."""
     from app.core.downloads import BuildState, Downloader
-    from app.core.gguf_info import SPLIT_RE
+    from app.core.splits import is_first_part
 
     found: list[InstalledModel] = []
     claimed: set[Path] = set()
@@ -374,8 +318,7 @@ def installed_models(
         name = path.name
         if name.lower().startswith("mmproj"):
             continue
-        split = SPLIT_RE.match(name)
-        if split and int(split.group("no")) != 1:
+        if not is_first_part(name):
             continue
         entry = InstalledModel(name, path, "file")
         if with_plans:
@@ -418,8 +361,51 @@ def device_lines(hardware: HardwareInfo) -> list[tuple[str, str]]:
     for d in hardware.devices:
         shared = ", shares system RAM" if d.unified else ""
         lines.append(
-            (d.name, f"{d.label} ({d.backend}) — {gb(d.free_bytes)} free of {gb(d.total_bytes)}{shared}")
+            (
+                d.name,
+                f"{d.label} ({d.backend}) — {format_gb(d.free_bytes)} free of "
+                f"{format_gb(d.total_bytes)}{shared}",
+            )
         )
+    return lines
+
+
+def _hardware_sections(
+    probe: HardwareProbe, sections: dict[str, list[tuple[str, str]]]
+) -> HardwareInfo | None:
+    """Fill the Devices and Memory sections; the probed hardware, or None when the probe failed."""
+    try:
+        hardware = probe.probe()
+    except Exception as exc:
+        log.exception("hardware probe failed")
+        sections[SECTION_DEVICES] = [("Accelerators", f"unavailable ({exc})")]
+        sections[SECTION_MEMORY] = [("RAM", "unavailable")]
+        return None
+    sections[SECTION_DEVICES] = device_lines(hardware)
+    sections[SECTION_MEMORY] = [
+        (
+            "RAM",
+            f"{format_gb(hardware.ram_available_bytes)} available of {format_gb(hardware.ram_total_bytes)}",
+        ),
+        (
+            "CPU",
+            f"{hardware.cpu_name or 'unknown'} — {hardware.physical_cores} physical cores, "
+            f"{hardware.logical_cores} logical",
+        ),
+    ]
+    sections[SECTION_DEVICES] += [("Note", note) for note in hardware.notes]
+    return hardware
+
+
+def _model_lines(models: Sequence[InstalledModel]) -> list[tuple[str, str]]:
+    lines: list[tuple[str, str]] = []
+    for m in models:
+        kind = f"{m.state}, build {m.build_id}" if m.build_id else "GGUF file"
+        lines.append((m.name, f"{kind} — {m.path}"))
+        if m.projector is not None:
+            lines.append(("  vision projector", str(m.projector)))
+        if m.plan_text:
+            lines.append(("  plan", m.plan_text))
     return lines
 
 
@@ -455,33 +441,13 @@ def collect_report(
         ("System info", info),
     ]
 
-    probe = hardware_probe or SystemHardware()
-    hardware: HardwareInfo | None
-    try:
-        hardware = probe.probe()
-    except Exception as exc:
-        log.exception("hardware probe failed")
-        hardware = None
-        sections[SECTION_DEVICES] = [("Accelerators", f"unavailable ({exc})")]
-        sections[SECTION_MEMORY] = [("RAM", "unavailable")]
-    if hardware is not None:
-        sections[SECTION_DEVICES] = device_lines(hardware)
-        sections[SECTION_MEMORY] = [
-            ("RAM", f"{gb(hardware.ram_available_bytes)} available of {gb(hardware.ram_total_bytes)}"),
-            (
-                "CPU",
-                f"{hardware.cpu_name or 'unknown'} — {hardware.physical_cores} physical cores, "
-                f"{hardware.logical_cores} logical",
-            ),
-        ]
-        sections[SECTION_DEVICES] += [("Note", note) for note in hardware.notes]
-
+    hardware = _hardware_sections(hardware_probe or SystemHardware(), sections)
     free = free_space(paths.models_dir)
     sections[SECTION_DIRECTORIES] = [
         ("Data", str(paths.data_dir)),
         (
             "Models",
-            f"{paths.models_dir} ({gb(free) + ' free' if free is not None else 'free space unknown'})",
+            f"{paths.models_dir} ({format_gb(free) + ' free' if free is not None else 'free space unknown'})",
         ),
         ("Database", str(paths.database)),
         ("Settings", str(paths.settings_file)),
@@ -497,15 +463,7 @@ def collect_report(
             notes.append(f"model manifest unreadable: {exc}")
             manifest = None
     models = installed_models(paths.models_dir, manifest, hardware, extra=extra_models)
-    lines: list[tuple[str, str]] = []
-    for m in models:
-        kind = f"{m.state}, build {m.build_id}" if m.build_id else "GGUF file"
-        lines.append((m.name, f"{kind} — {m.path}"))
-        if m.projector is not None:
-            lines.append(("  vision projector", str(m.projector)))
-        if m.plan_text:
-            lines.append(("  plan", m.plan_text))
-    sections[SECTION_MODELS] = lines or [("Models", f"none found in {paths.models_dir}")]
+    sections[SECTION_MODELS] = _model_lines(models) or [("Models", f"none found in {paths.models_dir}")]
 
     if manifest is not None and hardware is not None:
         try:

@@ -115,7 +115,7 @@ def test_installed_models_have_state_and_plan(tmp_path: Path, tiny_model: Path, 
     assert parsed["Devices"]["CUDA0"].startswith("NVIDIA GeForce RTX 4090 (CUDA) — 25.8 GB free of 25.8 GB")
     assert "installed, build unsloth-ud-iq1_s" in parsed["Installed models"]["Scout UD-IQ1_S (unsloth)"]
     assert "partial, build unsloth-ud-iq1_m" in parsed["Installed models"]["Scout UD-IQ1_M (unsloth)"]
-    assert re.search(r"^  plan: Full GPU: all \d+ layers on the NVIDIA GeForce RTX 4090", text, re.M)
+    assert re.search(r"^  plan: Fits fully on GPU: all \d+ layers on the NVIDIA GeForce RTX 4090", text, re.M)
     assert "  vision projector: " in text
 
 
@@ -133,7 +133,7 @@ def test_recommendation_for_cpu_only_16gb_is_too_small() -> None:
     assert rec.too_small
     assert rec.smallest is not None
     assert rec.smallest.build.quantization == "UD-IQ1_S"
-    assert re.search(r"too small .* needs about 3\d GB of RAM \+ VRAM", rec.summary)
+    assert re.search(r"too small .* needs about 3\d\.\d GB of RAM \+ VRAM", rec.summary)
 
 
 def test_recommendation_for_cpu_only_64gb_leaves_room_for_context() -> None:

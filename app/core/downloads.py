@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.core.units import format_bytes
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
@@ -98,7 +100,7 @@ class ManifestMismatchError(DownloadError):
 class NotEnoughDiskSpaceError(DownloadError):
     def __init__(self, needed: int, available: int, directory: Path) -> None:
         super().__init__(
-            f"Not enough disk space: need {format_gb(needed - available)} more in {directory}",
+            f"Not enough disk space: need {format_bytes(needed - available)} more in {directory}",
             detail=f"needed={needed} available={available}",
         )
         self.needed, self.available, self.directory = needed, available, directory
@@ -167,13 +169,6 @@ class _RedirectWithoutCrossHostAuth(urllib.request.HTTPRedirectHandler):
             if (old.scheme, old.netloc) != (target.scheme, target.netloc):
                 new.remove_header("Authorization")
         return new
-
-
-def format_gb(n_bytes: int) -> str:
-    """``12.3 GB`` (decimal units, like the Hub); small amounts in MB."""
-    if n_bytes >= 100_000_000:
-        return f"{n_bytes / 1e9:.1f} GB"
-    return f"{max(n_bytes, 0) / 1e6:.1f} MB"
 
 
 # --------------------------------------------------------------------------- data
@@ -875,7 +870,7 @@ class Downloader:
                         if failures >= self.max_attempts:
                             raise TransferError(
                                 f"The download of {rf.dest.name} keeps failing ({_describe(exc)}). "
-                                f"{format_gb(done)} are kept: resume later.",
+                                f"{format_bytes(done)} are kept: resume later.",
                                 detail=repr(exc),
                             ) from exc
                         delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (failures - 1))

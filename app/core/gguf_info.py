@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from app.core import ggml_lib
+from app.core.splits import split_parts
+from app.core.units import format_bytes
 
 log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
-SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 # llama.cpp's own expert pattern (common/arg.cpp, --n-cpu-moe): blk\.N\.ffn_(up|down|gate|gate_up)_(ch|)exps
 EXPERT_RE = re.compile(r"^blk\.(\d+)\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 LAYER_RE = re.compile(r"^blk\.(\d+)\.")
@@ -142,19 +143,6 @@ class GGUFInfo:
 
 # --------------------------------------------------------------------------------------------
 # Files
-
-
-def split_parts(path: Path) -> tuple[Path, ...]:
-    """All shards of a split model (``…-00001-of-00003.gguf``) in order, or just ``path``."""
-    match = SPLIT_RE.match(path.name)
-    if not match:
-        return (path,)
-    count = int(match["count"])
-    stem = match["stem"]
-    width = len(match["no"])
-    return tuple(
-        path.with_name(f"{stem}-{k:0{width}d}-of-{match['count']}.gguf") for k in range(1, count + 1)
-    )
 
 
 def find_projector(model_path: Path) -> Path | None:
@@ -339,7 +327,7 @@ def _read_one(path: Path, prefer_ggml: bool) -> tuple[_Raw, str]:
     if end > size:
         missing = end - size
         raise GGUFError(
-            f"{path.name} is truncated: {missing / 1e9:.2f} GB of its weights are missing "
+            f"{path.name} is truncated: {format_bytes(missing)} of its weights are missing "
             "(the download may be incomplete)."
         )
     return raw, reader

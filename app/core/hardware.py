@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from app.core import ggml_lib
+from app.core.units import format_gb
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -140,6 +141,22 @@ def _ram_macos() -> tuple[int, int]:
     except (OSError, subprocess.SubprocessError, ValueError):
         pass
     return total, available
+
+
+def describe_hardware(hardware: HardwareInfo) -> list[str]:
+    """For people: one line per GPU (free of total memory), then RAM (available of total) and cores.
+    The welcome page and the model manager show these same lines."""
+    lines = []
+    for d in hardware.devices:
+        shared = " (shared with the CPU)" if d.unified else ""
+        lines.append(f"{d.label}: {format_gb(d.free_bytes)} free of {format_gb(d.total_bytes)}{shared}")
+    if not hardware.devices:
+        lines.append("No GPU that llama.cpp can use: Scout would run on the CPU only")
+    lines.append(
+        f"RAM: {format_gb(hardware.ram_available_bytes)} available of {format_gb(hardware.ram_total_bytes)}"
+        f" · {hardware.physical_cores} CPU cores"
+    )
+    return lines
 
 
 def physical_cores() -> int:

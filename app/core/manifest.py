@@ -76,7 +76,7 @@ class Build:
     gated: bool
     licence: Licence
     recommended: Recommended
-    who_for: str
+    who_for: str  # who the build suits (quality, download size); memory needs come from the planner
     suggested: bool = False
     notes: str = ""
 

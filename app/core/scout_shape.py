@@ -182,6 +182,7 @@ def write_scout_shape(
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFWriter, Keys
 
+    from app.core.splits import split_file_name
     from app.core.tiny_model import LLAMA4_CHAT_TEMPLATE, build_vocabulary, write_llama4_hparams
 
     tensors = scout_tensors(build, shape)
@@ -190,7 +191,7 @@ def write_scout_shape(
         targets = [path]
     else:
         stem = path.name.removesuffix(".gguf")
-        targets = [path.with_name(f"{stem}-{k:05d}-of-{n_shards:05d}.gguf") for k in range(1, n_shards + 1)]
+        targets = [path.with_name(split_file_name(stem, k, n_shards)) for k in range(1, n_shards + 1)]
     per_shard = -(-len(tensors) // n_shards)
     tokens, types, merges = _vocabulary(shape.n_vocab)
     small = build_vocabulary(88)

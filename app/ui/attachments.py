@@ -54,6 +54,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.retrieval import find_citations
+from app.core.units import format_token_count
 from app.ui import theme
 
 if TYPE_CHECKING:
@@ -124,15 +125,6 @@ BADGE_TIPS = {
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def format_token_count(tokens: int) -> str:
-    """``≈ 850 tokens``, ``≈ 12.3k tokens``, ``≈ 412k tokens``."""
-    if tokens >= 100_000:
-        return f"≈ {tokens / 1000:.0f}k tokens"
-    if tokens >= 1000:
-        return f"≈ {tokens / 1000:.1f}k tokens"
-    return f"≈ {tokens} tokens"
-
-
 @functools.lru_cache(maxsize=128)
 def _scaled_image(path: str, width: int, height: int, mtime: float) -> QImage:
     reader = QImageReader(path)

@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.units import format_tokens
 from app.export import export_conversation, suggested_filename, write_export
 from app.ui import theme
 from app.ui.about_dialog import AboutDialog, SystemInfoDialog
@@ -58,14 +59,6 @@ log = logging.getLogger(__name__)
 
 COMPOSER_MAX_WIDTH = 860
 ACTIVITY_MESSAGE_MS = 2500
-
-
-def format_tokens(count: int) -> str:
-    if count >= 10_000:
-        return f"{count / 1000:.0f}k"
-    if count >= 1000:
-        return f"{count / 1000:.1f}k"
-    return str(count)
 
 
 def choose_model_file(parent: QWidget, start_dir: str) -> str:

@@ -10,10 +10,7 @@ can replace them.
 
 from __future__ import annotations
 
-import html
 import logging
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,144 +34,27 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.downloads import BuildState, Phase, format_gb
+from app.core.downloads import BuildState
+from app.core.fit import assess_build, assess_file
 from app.core.gguf_info import find_projector
+from app.core.hardware import describe_hardware
 from app.core.manifest import Manifest, ManifestError
-from app.core.planner import (
-    APP_RAM,
-    GPU_MARGIN_FRACTION,
-    GPU_MARGIN_MIN,
-    RAM_MARGIN,
-    VERDICT_CPU,
-    VERDICT_FULL,
-    VERDICT_NO,
-    VERDICT_SPLIT,
-)
+from app.core.planner import VERDICT_CPU, VERDICT_FULL, VERDICT_NO, VERDICT_SPLIT
+from app.core.units import format_bytes, format_rate
 from app.ui import theme
+from app.ui.build_row import BuildRowWidget, format_eta, linkify
 from app.workers import downloads as dl
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from app.core.downloads import DownloadProgress, InstalledBuild
+    from app.core.fit import Fit
     from app.core.hardware import HardwareInfo, HardwareProbe
     from app.core.manifest import Build
     from app.workers.downloads import DownloadController
 
 log = logging.getLogger(__name__)
-
-# Context (KV cache) and compute buffers of a modest-context session, on top of the weights.
-RUNTIME_OVERHEAD = 2 * 1024**3
-_URL = re.compile(r"https?://[^\s)]+[^\s).,;]")
-
-
-# --------------------------------------------------------------------------- fit estimate
-
-
-@dataclass(frozen=True)
-class FitEstimate:
-    verdict: str  # planner.VERDICT_*
-    text: str  # badge text
-    tooltip: str
-
-
-def estimate_fit(size_bytes: int, hw: HardwareInfo) -> FitEstimate:
-    """RAM + VRAM against the download size (a build not on disk has no header to plan from).
-
-    Weights plus ~2 GiB of context/compute; GPU memory keeps the planner's safety margin, RAM keeps
-    room for the app and the OS. Total RAM is used (not what is free right now): it is an estimate
-    for choosing a download, and the planner re-checks free memory when the model loads.
-    """
-    need = size_bytes + RUNTIME_OVERHEAD
-    gpus = [d for d in hw.devices if not d.unified]
-    unified = [d for d in hw.devices if d.unified]
-    ram = max(0, hw.ram_total_bytes - APP_RAM - RAM_MARGIN)
-    vram = sum(
-        max(0, d.total_bytes - max(GPU_MARGIN_MIN, int(d.total_bytes * GPU_MARGIN_FRACTION))) for d in gpus
-    )
-    basis = f"{format_gb(size_bytes)} of weights + ~{format_gb(RUNTIME_OVERHEAD)} for context, against "
-    if unified:
-        budget = max(d.free_bytes for d in unified)
-        basis += f"{format_gb(budget)} usable unified memory"
-        if need <= budget:
-            return FitEstimate(VERDICT_FULL, "Fits on GPU", basis)
-        if need <= ram:
-            return FitEstimate(VERDICT_CPU, "CPU only", basis)
-        return FitEstimate(VERDICT_NO, f"Won't fit (+{format_gb(need - max(budget, ram))})", basis)
-    basis += f"{format_gb(vram)} VRAM + {format_gb(ram)} RAM"
-    if gpus and need <= vram:
-        return FitEstimate(VERDICT_FULL, "Fits on GPU", basis)
-    if gpus and need <= vram + ram:
-        return FitEstimate(VERDICT_SPLIT, "Split GPU + RAM", basis)
-    if need <= ram:
-        return FitEstimate(VERDICT_CPU, "CPU only", basis)
-    return FitEstimate(VERDICT_NO, f"Won't fit (+{format_gb(need - vram - ram)})", basis)
-
-
-def plan_fit(installed: InstalledBuild, hw: HardwareInfo) -> FitEstimate | None:
-    """The planner's verdict for a build on disk (reads the GGUF header only); None if unreadable."""
-    try:
-        from app.core.gguf_info import read_gguf_info
-        from app.core.planner import make_plan
-
-        info = read_gguf_info(installed.model_path)
-        mmproj = installed.projector.stat().st_size if installed.projector else 0
-        plan = make_plan(info, hw, mmproj_bytes=mmproj)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file: fall back to the estimate
-        log.info("no plan for %s: %s", installed.model_path.name, exc)
-        return None
-    text = {VERDICT_FULL: "Fits on GPU", VERDICT_SPLIT: "Split GPU + RAM", VERDICT_CPU: "CPU only"}.get(
-        plan.verdict, plan.fits_text
-    )
-    if not plan.fits:
-        text = f"Won't fit (+{plan.shortfall_bytes / 1e9:.1f} GB)"
-    return FitEstimate(plan.verdict if plan.fits else VERDICT_NO, text, plan.explanation)
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def format_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = max(0, int(seconds))
-    if seconds < 1:
-        return "almost done"
-    if seconds < 60:
-        return f"{seconds} s left"
-    if seconds < 3600:
-        return f"{seconds // 60} min left"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min left"
-
-
-def format_speed(bps: float) -> str:
-    return f"{bps / 1e6:.1f} MB/s" if bps > 0 else ""
-
-
-def progress_text(p: DownloadProgress) -> str:
-    if p.phase is Phase.RESOLVING:
-        return "Checking the files on the Hub…"
-    if p.phase is Phase.VERIFYING:
-        return f"Verifying {p.file_name}…"
-    if p.phase is Phase.REHASHING:
-        return f"Checking the data already downloaded ({format_gb(p.build_done)})…"
-    parts = [f"{format_gb(p.build_done)} of {format_gb(p.build_total)}"]
-    if p.file_count > 1:
-        parts.append(f"file {p.file_index + 1} of {p.file_count}")
-    parts += [s for s in (format_speed(p.speed_bps), format_eta(p.eta_s)) if s]
-    return " · ".join(parts)
-
-
-def linkify(text: str) -> str:
-    """Plain text to rich text with clickable URLs."""
-    out, last = [], 0
-    for m in _URL.finditer(text):
-        out.append(html.escape(text[last : m.start()]))
-        url = m.group(0)
-        out.append(f'<a href="{html.escape(url)}">{html.escape(url)}</a>')
-        last = m.end()
-    out.append(html.escape(text[last:]))
-    return "".join(out)
 
 
 # --------------------------------------------------------------------------- questions (injectable)
@@ -248,173 +128,6 @@ def ask_hf_source(parent: QWidget) -> tuple[str, str, str] | None:
     return dialog.repo_edit.text(), dialog.file_edit.text(), dialog.projector_edit.text()
 
 
-# --------------------------------------------------------------------------- one row
-
-
-def _badge(text: str, kind: str) -> QLabel:
-    label = QLabel(text)
-    label.setObjectName("modelBadge")
-    label.setProperty("kind", kind)
-    return label
-
-
-class BuildRowWidget(QFrame):
-    """One build: description, badges, state, progress and actions.
-
-    Signals:
-        action_requested(str build_id, str action): download, pause, resume, cancel, delete,
-            reveal, use, redownload.
-    """
-
-    action_requested = Signal(str, str)
-
-    ACTIONS = (
-        ("download", "Download"),
-        ("pause", "Pause"),
-        ("resume", "Resume"),
-        ("cancel", "Cancel"),
-        ("redownload", "Re-download"),
-        ("use", "Use this model"),
-        ("reveal", "Show folder"),
-        ("delete", "Delete"),
-    )
-
-    def __init__(self, build: Build, custom: bool, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.build = build
-        self.setObjectName("modelRow")
-        self.setFrameShape(QFrame.Shape.StyledPanel)
-        self.name_label = QLabel(build.display_name)
-        self.name_label.setObjectName("modelName")
-        font = self.name_label.font()
-        font.setBold(True)
-        font.setPointSizeF(font.pointSizeF() + 1)
-        self.name_label.setFont(font)
-        size = Manifest.total_size(build)
-        if custom:
-            size_text = "size known at download"
-        elif size is not None:
-            size_text = format_gb(size)
-        else:
-            size_text = f"≈ {format_gb(Manifest.estimated_size(build))}"
-        self.quant_badge = _badge(build.quantization, "quant")
-        self.bits_badge = _badge("" if custom else f"{build.bits_per_weight:.2f} bits/weight", "info")
-        self.bits_badge.setVisible(not custom)
-        self.size_badge = _badge(size_text, "info")
-        self.size_badge.setToolTip(
-            "Model files plus the vision projector" + ("" if size is not None else " (estimated)")
-        )
-        self.vision_badge = _badge("vision", "vision")
-        self.vision_badge.setToolTip("Comes with a vision projector: you can attach images")
-        self.vision_badge.setVisible(build.projector is not None)
-        self.fit_badge = _badge("", "fit")
-        self.state_label = QLabel()
-        self.state_label.setObjectName("modelState")
-        self.state_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-
-        top = QHBoxLayout()
-        top.setSpacing(6)
-        top.addWidget(self.name_label, 1)
-        top.addWidget(self.state_label)
-        badges = QHBoxLayout()
-        badges.setSpacing(6)
-        for badge in (self.quant_badge, self.bits_badge, self.size_badge, self.vision_badge, self.fit_badge):
-            badges.addWidget(badge)
-        badges.addStretch(1)
-
-        self.who_label = QLabel(build.who_for)
-        self.who_label.setWordWrap(True)
-        lic = build.licence
-        link = f'<a href="{html.escape(lic.url)}">{html.escape(lic.name)}</a>'
-        note = html.escape(lic.note)
-        note = note.replace(html.escape(lic.name), link, 1) if lic.name in lic.note else f"{link}. {note}"
-        self.licence_label = QLabel(("<b>Gated.</b> " if build.gated else "") + note)
-        self.licence_label.setObjectName("mutedLabel")
-        self.licence_label.setWordWrap(True)
-        self.licence_label.setOpenExternalLinks(True)
-        self.licence_label.setTextFormat(Qt.TextFormat.RichText)
-
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setObjectName("downloadProgress")
-        self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setTextVisible(False)
-        self.progress_bar.setFixedHeight(8)
-        self.progress_label = QLabel()
-        self.progress_label.setObjectName("progressLabel")
-        self.message_label = QLabel()
-        self.message_label.setObjectName("rowMessage")
-        self.message_label.setWordWrap(True)
-        self.message_label.setOpenExternalLinks(True)
-        self.message_label.setTextFormat(Qt.TextFormat.RichText)
-        self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
-
-        self.buttons: dict[str, QPushButton] = {}
-        actions = QHBoxLayout()
-        actions.setSpacing(6)
-        actions.addStretch(1)
-        for action, text in self.ACTIONS:
-            button = QPushButton(text)
-            button.setObjectName(f"{action}Button")
-            button.setProperty("action", action)
-            button.clicked.connect(self._on_button_clicked)
-            if action in ("download", "resume", "use"):
-                button.setProperty("primary", True)
-            self.buttons[action] = button
-            actions.addWidget(button)
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(12, 10, 12, 10)
-        layout.setSpacing(4)
-        layout.addLayout(top)
-        layout.addLayout(badges)
-        layout.addWidget(self.who_label)
-        layout.addWidget(self.licence_label)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.progress_label)
-        layout.addWidget(self.message_label)
-        layout.addLayout(actions)
-        self.progress_bar.hide()
-        self.progress_label.hide()
-        self.message_label.hide()
-
-    def _on_button_clicked(self) -> None:
-        button = self.sender()
-        if isinstance(button, QPushButton):
-            self.action_requested.emit(self.build.id, str(button.property("action")))
-
-    def set_fit(self, fit: FitEstimate, estimated: bool) -> None:
-        self.fit_badge.setText(f"{fit.text} (estimate)" if estimated else fit.text)
-        self.fit_badge.setProperty("verdict", fit.verdict)
-        self.fit_badge.setToolTip(("Estimate: " if estimated else "Planner: ") + fit.tooltip)
-        _restyle(self.fit_badge)
-
-    def set_progress(self, progress: DownloadProgress | None) -> None:
-        if progress is None:
-            self.progress_bar.hide()
-            self.progress_label.hide()
-            return
-        total = max(progress.build_total, 1)
-        self.progress_bar.setValue(int(1000 * progress.build_done / total) if progress.build_total else 0)
-        self.progress_label.setText(progress_text(progress))
-        self.progress_bar.show()
-        self.progress_label.show()
-
-    def set_message(self, message: str) -> None:
-        self.message_label.setText(linkify(message))
-        self.message_label.setVisible(bool(message))
-
-    def set_state(self, text: str, visible_actions: set[str]) -> None:
-        self.state_label.setText(text)
-        for action, button in self.buttons.items():
-            button.setVisible(action in visible_actions)
-
-
-def _restyle(widget: QWidget) -> None:
-    style = widget.style()
-    style.unpolish(widget)
-    style.polish(widget)
-
-
 # --------------------------------------------------------------------------- the dialog
 
 
@@ -447,7 +160,7 @@ class ModelManagerDialog(QDialog):
         self.open_url: Callable[[QUrl], bool] = QDesktopServices.openUrl
         self._probe = hardware_probe
         self._hardware: HardwareInfo | None = None
-        self._plan_fits: dict[str, FitEstimate | None] = {}
+        self._fits: dict[str, tuple[Fit, bool] | None] = {}
         self.rows: dict[str, BuildRowWidget] = {}
         self.setWindowTitle("Models")
         self.setObjectName("modelManager")
@@ -455,18 +168,49 @@ class ModelManagerDialog(QDialog):
         self.setMinimumSize(QSize(760, 520))
         self.resize(980, 720)
 
-        # -- header: token and imports -------------------------------------------------------
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(16, 14, 16, 12)
+        layout.setSpacing(10)
         intro = QLabel(
-            "Download a Llama 4 Scout build, or use a GGUF file you already have. Fit badges compare "
-            "each build with this machine's memory."
+            "Download a Llama 4 Scout build, or use a GGUF file you already have. Fit badges are the "
+            "planner's verdict for this machine's free memory."
         )
         intro.setWordWrap(True)
+        layout.addWidget(intro)
+        layout.addLayout(self._build_token_row())
+        self.hardware_label = QLabel()
+        self.hardware_label.setObjectName("mutedLabel")
+        self.hardware_label.setWordWrap(True)
+        layout.addWidget(self.hardware_label)
+        self.banner = QLabel()
+        self.banner.setObjectName("managerBanner")
+        self.banner.setWordWrap(True)
+        self.banner.setOpenExternalLinks(True)
+        self.banner.setTextFormat(Qt.TextFormat.RichText)
+        self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        self.banner.hide()
+        layout.addWidget(self.banner)
+        layout.addWidget(self._build_rows_area(), 1)
+        layout.addLayout(self._build_footer())
+        self._apply_style()
+
+        for build in downloads.builds():
+            self._add_row(build)
+        downloads.progress_changed.connect(self._on_downloads_progress_changed)
+        downloads.state_changed.connect(self._on_downloads_state_changed)
+        downloads.download_failed.connect(self._on_downloads_download_failed)
+        downloads.download_finished.connect(self._on_downloads_download_finished)
+        downloads.queue_changed.connect(self._on_downloads_queue_changed)
+        self.refresh()
+
+    def _build_token_row(self) -> QHBoxLayout:
+        """The Hugging Face token field and the two ways to add a model outside the catalog."""
         self.token_edit = QLineEdit()
         self.token_edit.setObjectName("tokenEdit")
         self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
         self.token_edit.setPlaceholderText(
             "Hugging Face token (only needed for gated models)"
-            if not downloads.has_token()
+            if not self.downloads.has_token()
             else "A token is saved; paste a new one to replace it"
         )
         self.token_edit.setClearButtonEnabled(True)
@@ -484,19 +228,10 @@ class ModelManagerDialog(QDialog):
         token_row.addSpacing(12)
         token_row.addWidget(self.add_file_button)
         token_row.addWidget(self.add_hf_button)
+        return token_row
 
-        self.banner = QLabel()
-        self.banner.setObjectName("managerBanner")
-        self.banner.setWordWrap(True)
-        self.banner.setOpenExternalLinks(True)
-        self.banner.setTextFormat(Qt.TextFormat.RichText)
-        self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
-        self.banner.hide()
-        self.hardware_label = QLabel()
-        self.hardware_label.setObjectName("mutedLabel")
-        self.hardware_label.setWordWrap(True)
-
-        # -- rows ------------------------------------------------------------------------------
+    def _build_rows_area(self) -> QScrollArea:
+        """The scrolling column of build rows (section headers are added with the rows)."""
         self.rows_widget = QWidget()
         self.rows_widget.setObjectName("modelRows")
         self.rows_layout = QVBoxLayout(self.rows_widget)
@@ -509,8 +244,10 @@ class ModelManagerDialog(QDialog):
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
         self.scroll.setWidget(self.rows_widget)
         self._section_labels: dict[str, QLabel] = {}
+        return self.scroll
 
-        # -- footer ----------------------------------------------------------------------------
+    def _build_footer(self) -> QHBoxLayout:
+        """The overall download line and bar, and Close."""
         self.total_label = QLabel()
         self.total_label.setObjectName("totalLabel")
         self.total_progress = QProgressBar()
@@ -526,26 +263,7 @@ class ModelManagerDialog(QDialog):
         footer.addWidget(self.total_progress)
         footer.addSpacing(12)
         footer.addWidget(close)
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(16, 14, 16, 12)
-        layout.setSpacing(10)
-        layout.addWidget(intro)
-        layout.addLayout(token_row)
-        layout.addWidget(self.hardware_label)
-        layout.addWidget(self.banner)
-        layout.addWidget(self.scroll, 1)
-        layout.addLayout(footer)
-        self._apply_style()
-
-        for build in downloads.builds():
-            self._add_row(build)
-        downloads.progress_changed.connect(self._on_downloads_progress_changed)
-        downloads.state_changed.connect(self._on_downloads_state_changed)
-        downloads.download_failed.connect(self._on_downloads_download_failed)
-        downloads.download_finished.connect(self._on_downloads_download_finished)
-        downloads.queue_changed.connect(self._on_downloads_queue_changed)
-        self.refresh()
+        return footer
 
     # -- public -----------------------------------------------------------------------------
     def hardware(self) -> HardwareInfo:
@@ -559,11 +277,9 @@ class ModelManagerDialog(QDialog):
 
     def refresh(self) -> None:
         """Re-read every row's state from the controller and the disk."""
-        hw = self.hardware()
-        gpus = ", ".join(f"{d.label} {d.total_bytes / 1024**3:.0f} GB" for d in hw.devices) or "no GPU"
         self.hardware_label.setText(
-            f"This machine: {gpus}; {hw.ram_total_bytes / 1024**3:.0f} GB RAM. "
-            "Fit badges of builds not downloaded yet are estimates from their size."
+            f"This machine: {'; '.join(describe_hardware(self.hardware()))}. Builds not downloaded yet "
+            "are planned from the manifest's figures."
         )
         for build_id in self.rows:
             self._refresh_row(build_id)
@@ -603,17 +319,24 @@ class ModelManagerDialog(QDialog):
         self.rows[build.id] = row
         return row
 
-    def _fit_for(self, build: Build, installed: InstalledBuild | None) -> tuple[FitEstimate, bool]:
+    def _fit_for(self, build: Build, installed: InstalledBuild | None) -> tuple[Fit, bool] | None:
+        """The planner's fit (and whether it was planned from the file) for a row; cached per
+        build. A file the planner cannot read falls back to the manifest's figures (None for a
+        build of the user's own, which has none)."""
+        cached = self._fits.get(build.id)
+        if cached is not None and cached[1] == (installed is not None):
+            return cached
         hw = self.hardware()
+        found: tuple[Fit, bool] | None = None
         if installed is not None:
-            if build.id not in self._plan_fits:
-                self._plan_fits[build.id] = plan_fit(installed, hw)
-            planned = self._plan_fits[build.id]
-            if planned is not None:
-                return planned, False
-            size = sum(p.stat().st_size for p in installed.model_files)
-            return estimate_fit(size, hw), True
-        return estimate_fit(Manifest.estimated_size(build), hw), True
+            try:
+                found = assess_file(installed.model_path, hw, installed.projector), True
+            except Exception as exc:  # noqa: BLE001 - any unreadable file: plan from the manifest
+                log.info("no plan for %s: %s", installed.model_path.name, exc)
+        if found is None and not self.downloads.is_custom(build.id):
+            found = assess_build(build, hw), False
+        self._fits[build.id] = found
+        return found
 
     def _refresh_row(self, build_id: str) -> None:
         row = self.rows[build_id]
@@ -623,11 +346,10 @@ class ModelManagerDialog(QDialog):
         installed = c.installed(build_id)
         disk = BuildState.INSTALLED if installed is not None else c.disk_state(build_id)
         custom = c.is_custom(build_id)
-        if custom and installed is None:
-            row.fit_badge.setVisible(False)
-        else:
-            row.fit_badge.setVisible(True)
-            row.set_fit(*self._fit_for(build, installed))
+        fit = self._fit_for(build, installed)
+        row.fit_badge.setVisible(fit is not None)
+        if fit is not None:
+            row.set_fit(*fit)
         actions: set[str] = set()
         if live in (dl.QUEUED, dl.RESOLVING, dl.DOWNLOADING, dl.VERIFYING) and c.is_active(build_id):
             progress = c.progress(build_id)
@@ -655,7 +377,7 @@ class ModelManagerDialog(QDialog):
                 pct = min(99, 100 * done // total) if total > 1 else 0
                 text = f"Paused: partial {pct}%" if live == dl.PAUSED else f"Partial {pct}%"
                 if custom:
-                    text = f"{'Paused: partial' if live == dl.PAUSED else 'Partial'} {format_gb(done)}"
+                    text = f"{'Paused: partial' if live == dl.PAUSED else 'Partial'} {format_bytes(done)}"
                 actions = {"resume", "cancel", "reveal", "delete"}
             else:
                 text = "Not installed"
@@ -681,8 +403,8 @@ class ModelManagerDialog(QDialog):
         if running is not None:
             parts.append(f"Downloading {c.build(running).display_name}")
             if progress is not None and progress.build_total:
-                parts.append(f"{format_gb(progress.build_done)} of {format_gb(progress.build_total)}")
-                parts += [s for s in (format_speed(progress.speed_bps), format_eta(progress.eta_s)) if s]
+                parts.append(f"{format_bytes(progress.build_done)} of {format_bytes(progress.build_total)}")
+                parts += [s for s in (format_rate(progress.speed_bps), format_eta(progress.eta_s)) if s]
                 self.total_progress.setValue(int(1000 * progress.build_done / progress.build_total))
                 self.total_progress.show()
         if waiting:
@@ -714,7 +436,7 @@ class ModelManagerDialog(QDialog):
                 "Delete model",
                 f"Delete {build.display_name} and all its files from {c.build_dir(build_id)}?",
             ):
-                self._plan_fits.pop(build_id, None)
+                self._fits.pop(build_id, None)
                 c.delete(build_id)
         elif action == "redownload":
             if self.confirm(
@@ -790,7 +512,7 @@ class ModelManagerDialog(QDialog):
                 return
             self._add_row(self.downloads.build(build_id))
         if state == dl.DELETED:
-            self._plan_fits.pop(build_id, None)
+            self._fits.pop(build_id, None)
         self._refresh_row(build_id)
         self._update_total()
 
@@ -801,7 +523,7 @@ class ModelManagerDialog(QDialog):
             self._refresh_row(build_id)
 
     def _on_downloads_download_finished(self, build_id: str, _installed: object) -> None:
-        self._plan_fits.pop(build_id, None)
+        self._fits.pop(build_id, None)
         if build_id in self.rows:
             self._refresh_row(build_id)
         self._update_total()

@@ -3,7 +3,8 @@
 It reads the model's header once (``read_gguf_info``, ~30–60 ms even for Scout), probes the
 hardware once per model through an injectable probe, and recomputes the projection with the pure,
 fast ``make_plan`` on the GUI thread whenever an Advanced setting changes (debounced). "Apply and
-reload" hands the overrides to the controller; nothing here loads a model itself.
+reload" hands the overrides to the controller; nothing here loads a model itself. The bars, rows
+and colours are in :mod:`app.ui.plan_widgets`; this file (~620 lines) is the one dialog and its state.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QBrush, QColor, QPainter, QPainterPath, QPen
+from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
@@ -25,7 +25,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSizePolicy,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -34,17 +33,19 @@ from PySide6.QtWidgets import (
 
 from app.core.gguf_info import GGUFError, find_projector, read_gguf_info
 from app.core.hardware import SystemHardware
-from app.core.planner import (
-    GB,
-    N_CTX_FLOOR,
-    VERDICT_CPU,
-    VERDICT_FULL,
-    VERDICT_NO,
-    VERDICT_SPLIT,
-    PlanOverrides,
-    make_plan,
-)
+from app.core.planner import PlanOverrides, make_plan, merge_overrides
+from app.core.units import format_context, gb_number
 from app.ui import theme
+from app.ui.plan_widgets import (
+    SEGMENTS,
+    DeviceRow,
+    colors,
+    context_choices,
+    describe_verdict,
+    panel_style_sheet,
+    speed_text,
+    verdict_kind,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -54,104 +55,15 @@ if TYPE_CHECKING:
     from app.core.engine.probe import MeasuredBuffers
     from app.core.gguf_info import GGUFInfo
     from app.core.hardware import HardwareInfo, HardwareProbe
-    from app.core.planner import DeviceUsage, Plan
+    from app.core.planner import Plan
     from app.core.types import ModelInfo
     from app.workers.controller import AppController
 
 log = logging.getLogger(__name__)
 
 RECOMPUTE_DELAY_MS = 50
-MAX_CONTEXT_CHOICE = 1 << 23  # 8M tokens: the combo offers powers of two up to the model's limit
 KV_CHOICES = (("Auto", None), ("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"))
 FLASH_CHOICES = (("Auto", None), ("On", True), ("Off", False))
-SEGMENTS = (("weights", "weights"), ("kv", "KV cache"), ("compute", "compute"), ("other", "other"))
-
-# Segment and badge colours per scheme (the rest comes from theme.LIGHT / theme.DARK).
-_LIGHT_EXTRA = {
-    "weights": "#5b5bd6",
-    "kv": "#0f9488",
-    "compute": "#d97706",
-    "other": "#9ca3af",
-    "track": "#eceef2",
-    "ok": "#1e7b34",
-    "ok_bg": "#e4f4e8",
-    "ok_border": "#b5dfc0",
-    "split": "#4343b8",
-    "split_bg": "#ecebfd",
-    "split_border": "#cfcdf7",
-    "cpu": "#8a5300",
-    "cpu_bg": "#fff3dc",
-    "cpu_border": "#f2d49b",
-}
-_DARK_EXTRA = {
-    "weights": "#8585f2",
-    "kv": "#2cc9b4",
-    "compute": "#f0b43c",
-    "other": "#6b7280",
-    "track": "#2c2e34",
-    "ok": "#86d99c",
-    "ok_bg": "#1c3323",
-    "ok_border": "#2f5a3b",
-    "split": "#b4b4ff",
-    "split_bg": "#2b2b4a",
-    "split_border": "#40406e",
-    "cpu": "#f5c46e",
-    "cpu_bg": "#3a2f18",
-    "cpu_border": "#65502a",
-}
-
-
-def colors(dark: bool) -> dict[str, str]:
-    """The panel's named colours for a scheme: theme colours plus segment and badge colours."""
-    return {**theme.scheme_colors(dark), **(_DARK_EXTRA if dark else _LIGHT_EXTRA)}
-
-
-def gb_text(n: int) -> str:
-    return f"{n / GB:.1f}"
-
-
-def ctx_label(n: int) -> str:
-    if n >= 1 << 20 and n % (1 << 20) == 0:
-        return f"{n >> 20}M"
-    if n % 1024 == 0:
-        return f"{n // 1024}k"
-    return f"{n:,}"
-
-
-def context_choices(context_length: int) -> list[int]:
-    """Powers of two from 4k up to the model's trained context (capped at 8M)."""
-    limit = min(context_length or MAX_CONTEXT_CHOICE, MAX_CONTEXT_CHOICE)
-    out, n = [], N_CTX_FLOOR
-    while n <= limit:
-        out.append(n)
-        n *= 2
-    return out or [N_CTX_FLOOR]
-
-
-def describe_verdict(plan: Plan) -> str:
-    """The badge text: Fits fully on GPU / Split GPU + RAM / CPU only / Won't fit: needs X GB more."""
-    if not plan.fits:
-        text = plan.fits_text
-        return text[:1].upper() + text[1:]
-    return {
-        VERDICT_FULL: "Fits fully on GPU",
-        VERDICT_SPLIT: "Split GPU + RAM",
-        VERDICT_CPU: "CPU only",
-    }.get(plan.verdict, plan.fits_text)
-
-
-def verdict_kind(plan: Plan) -> str:
-    """The badge colour: ok / split / cpu / danger."""
-    if not plan.fits or plan.verdict == VERDICT_NO:
-        return "danger"
-    return {VERDICT_FULL: "ok", VERDICT_SPLIT: "split", VERDICT_CPU: "cpu"}.get(plan.verdict, "split")
-
-
-def speed_text(tokens_per_s: float) -> str:
-    if tokens_per_s <= 0:
-        return ""
-    figure = f"{tokens_per_s:.0f}" if tokens_per_s >= 10 else f"{tokens_per_s:.1f}"
-    return f"≈ {figure} tok/s (estimate)"
 
 
 def choose_model_file(parent: QWidget, start_dir: str) -> str:
@@ -161,116 +73,12 @@ def choose_model_file(parent: QWidget, start_dir: str) -> str:
     return path
 
 
-class MemoryBar(QWidget):
-    """A stacked bar: weights / KV cache / compute / other against the device's budget.
-
-    When the projection is over budget the bar's scale stretches to the total, the budget is
-    marked with a line and the part beyond it is hatched in the danger colour.
-    """
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("memoryBar")
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setMinimumWidth(240)
-        self._parts: tuple[int, int, int, int] = (0, 0, 0, 0)
-        self._budget = 0
-
-    def set_usage(self, usage: DeviceUsage) -> None:
-        self._parts = (usage.weights, usage.kv, usage.compute, usage.other)
-        self._budget = usage.budget
-        self.update()
-
-    def parts(self) -> tuple[int, int, int, int]:
-        return self._parts
-
-    def budget(self) -> int:
-        return self._budget
-
-    def sizeHint(self) -> QSize:
-        return QSize(420, 14)
-
-    def minimumSizeHint(self) -> QSize:
-        return QSize(240, 14)
-
-    def paintEvent(self, _event: Any) -> None:
-        c = colors(theme.is_dark(self.palette()))
-        total = sum(self._parts)
-        scale = max(self._budget, total, 1)
-        rect = QRectF(self.rect()).adjusted(0.5, 1.5, -0.5, -1.5)
-        radius = min(5.0, rect.height() / 2)
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        clip = QPainterPath()
-        clip.addRoundedRect(rect, radius, radius)
-        painter.setClipPath(clip)
-        painter.fillRect(rect, QColor(c["track"]))
-        x = rect.left()
-        for (key, _label), value in zip(SEGMENTS, self._parts, strict=True):
-            if value <= 0:
-                continue
-            width = rect.width() * value / scale
-            painter.fillRect(QRectF(x, rect.top(), width, rect.height()), QColor(c[key]))
-            x += width
-        if total > self._budget:
-            budget_x = rect.left() + rect.width() * self._budget / scale
-            over = QRectF(budget_x, rect.top(), rect.right() - budget_x, rect.height())
-            danger = QColor(c["danger"])
-            veil = QColor(c["danger_bg"])
-            veil.setAlpha(215)  # the segments show through faintly; the hatch says "over"
-            painter.fillRect(over, veil)
-            painter.fillRect(over, QBrush(danger, Qt.BrushStyle.BDiagPattern))
-            painter.setClipping(False)
-            painter.setPen(QPen(danger, 2))
-            painter.drawLine(QPointF(budget_x, 0), QPointF(budget_x, self.height()))
-        painter.end()
-
-
-class DeviceRow(QWidget):
-    """One memory pool: its name, "21.4 of 22.8 GB" (red when over budget) and a MemoryBar."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("deviceRow")
-        self.name_label = QLabel()
-        self.name_label.setObjectName("deviceName")
-        self.amount_label = QLabel()
-        self.amount_label.setObjectName("deviceAmount")
-        self.amount_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        self.bar = MemoryBar()
-        self.usage: DeviceUsage | None = None
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(4)
-        top = QHBoxLayout()
-        top.setSpacing(8)
-        top.addWidget(self.name_label, 1)
-        top.addWidget(self.amount_label)
-        layout.addLayout(top)
-        layout.addWidget(self.bar)
-
-    @property
-    def over(self) -> bool:
-        return self.usage is not None and self.usage.over > 0
-
-    def set_usage(self, usage: DeviceUsage) -> None:
-        self.usage = usage
-        name = usage.label if usage.name == "RAM" else f"{usage.label} ({usage.name})"
-        self.name_label.setText(name[:1].upper() + name[1:])
-        amount = f"{gb_text(usage.total)} of {gb_text(usage.budget)} GB"
-        if usage.over:
-            amount += f" — {gb_text(usage.over)} GB over"
-        self.amount_label.setText(amount)
-        self.amount_label.setProperty("over", usage.over > 0)
-        self.amount_label.style().unpolish(self.amount_label)
-        self.amount_label.style().polish(self.amount_label)
-        self.bar.set_usage(usage)
-        tip = (
-            f"weights {gb_text(usage.weights)} GB · KV cache {gb_text(usage.kv)} GB · "
-            f"compute {gb_text(usage.compute)} GB · other {gb_text(usage.other)} GB\n"
-            f"budget {gb_text(usage.budget)} GB: free memory minus a safety margin"
-        )
-        self.setToolTip(tip)
+def _label(object_name: str) -> QLabel:
+    """A word-wrapped label styled by ``object_name``."""
+    label = QLabel()
+    label.setObjectName(object_name)
+    label.setWordWrap(True)
+    return label
 
 
 class PlanPanel(QDialog):
@@ -333,12 +141,38 @@ class PlanPanel(QDialog):
 
     # -- construction -----------------------------------------------------------------------
     def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(20, 18, 20, 16)
+        layout.setSpacing(12)
+        layout.addLayout(self._build_header())
+        line = QFrame()
+        line.setObjectName("planRule")
+        line.setFixedHeight(1)
+        layout.addWidget(line)
+        self._build_messages()
+        layout.addWidget(self.error_label)
+        layout.addWidget(self.empty_label)
+        layout.addWidget(self._build_plan_box())
+        self.advanced_button = QToolButton()
+        self.advanced_button.setObjectName("advancedToggle")
+        self.advanced_button.setText("Advanced")
+        self.advanced_button.setCheckable(True)
+        self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_button.toggled.connect(self._on_advanced_button_toggled)
+        self.advanced_box = self._build_advanced()
+        self.advanced_box.hide()
+        layout.addWidget(self.advanced_button, 0, Qt.AlignmentFlag.AlignLeft)
+        layout.addWidget(self.advanced_box)
+        layout.addStretch(1)
+        layout.addLayout(self._build_buttons())
+
+    def _build_header(self) -> QGridLayout:
+        """The model's name and file details, and "Choose model…"."""
         self.model_title = QLabel("No model")
         self.model_title.setObjectName("planModelTitle")
         self.model_title.setWordWrap(True)
-        self.model_detail = QLabel()
-        self.model_detail.setObjectName("planMuted")
-        self.model_detail.setWordWrap(True)
+        self.model_detail = _label("planMuted")
         self.choose_button = QPushButton("Choose model…")
         self.choose_button.setToolTip("See how another GGUF file would fit this machine")
         self.choose_button.clicked.connect(self._on_choose_button_clicked)
@@ -349,17 +183,19 @@ class PlanPanel(QDialog):
         header.addWidget(self.model_detail, 1, 0)
         header.addWidget(self.choose_button, 0, 1, 2, 1, Qt.AlignmentFlag.AlignTop)
         header.setColumnStretch(0, 1)
+        return header
 
-        self.error_label = QLabel()
-        self.error_label.setObjectName("planError")
-        self.error_label.setWordWrap(True)
+    def _build_messages(self) -> None:
+        """The error (unreadable file) and empty (no model) messages, hidden at first."""
+        self.error_label = _label("planError")
         self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.error_label.hide()
-        self.empty_label = QLabel("Choose a GGUF model file to see how it fits this machine's memory.")
-        self.empty_label.setObjectName("planMuted")
-        self.empty_label.setWordWrap(True)
+        self.empty_label = _label("planMuted")
+        self.empty_label.setText("Choose a GGUF model file to see how it fits this machine's memory.")
         self.empty_label.hide()
 
+    def _build_plan_box(self) -> QWidget:
+        """The projection: verdict badge and speed, one bar per memory pool, legend, explanation."""
         self.verdict_label = QLabel()
         self.verdict_label.setObjectName("verdictBadge")
         self.speed_label = QLabel()
@@ -372,48 +208,31 @@ class PlanPanel(QDialog):
         verdict_row.addWidget(self.verdict_label)
         verdict_row.addStretch(1)
         verdict_row.addWidget(self.speed_label)
-
         self.bars_box = QWidget()
         self.bars_layout = QVBoxLayout(self.bars_box)
         self.bars_layout.setContentsMargins(0, 0, 0, 0)
         self.bars_layout.setSpacing(12)
         self.legend_label = QLabel()
         self.legend_label.setObjectName("planLegend")
-
-        self.explanation_label = QLabel()
-        self.explanation_label.setObjectName("planExplanation")
-        self.explanation_label.setWordWrap(True)
+        self.explanation_label = _label("planExplanation")
         self.explanation_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.notes_label = QLabel()
-        self.notes_label.setObjectName("planMuted")
-        self.notes_label.setWordWrap(True)
+        self.notes_label = _label("planMuted")
         self.notes_label.hide()
-        self.loaded_label = QLabel()
-        self.loaded_label.setObjectName("planMuted")
-        self.loaded_label.setWordWrap(True)
+        self.loaded_label = _label("planMuted")
         self.loaded_label.hide()
-
         self.plan_box = QWidget()
         plan_layout = QVBoxLayout(self.plan_box)
         plan_layout.setContentsMargins(0, 0, 0, 0)
         plan_layout.setSpacing(10)
         plan_layout.addLayout(verdict_row)
-        plan_layout.addWidget(self.bars_box)
-        plan_layout.addWidget(self.legend_label)
-        plan_layout.addWidget(self.explanation_label)
+        for widget in (self.bars_box, self.legend_label, self.explanation_label):
+            plan_layout.addWidget(widget)
         plan_layout.addWidget(self.notes_label)
         plan_layout.addWidget(self.loaded_label)
+        return self.plan_box
 
-        self.advanced_button = QToolButton()
-        self.advanced_button.setObjectName("advancedToggle")
-        self.advanced_button.setText("Advanced")
-        self.advanced_button.setCheckable(True)
-        self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
-        self.advanced_button.toggled.connect(self._on_advanced_button_toggled)
-        self.advanced_box = self._build_advanced()
-        self.advanced_box.hide()
-
+    def _build_buttons(self) -> QHBoxLayout:
+        """Reset to automatic · Close · Apply and reload."""
         self.reset_button = QPushButton("Reset to automatic")
         self.reset_button.setToolTip("Let the planner choose every setting again")
         self.reset_button.clicked.connect(self._on_reset_button_clicked)
@@ -430,23 +249,7 @@ class PlanPanel(QDialog):
         buttons.addStretch(1)
         buttons.addWidget(self.close_button)
         buttons.addWidget(self.apply_button)
-
-        line = QFrame()
-        line.setObjectName("planRule")
-        line.setFixedHeight(1)
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(20, 18, 20, 16)
-        layout.setSpacing(12)
-        layout.addLayout(header)
-        layout.addWidget(line)
-        layout.addWidget(self.error_label)
-        layout.addWidget(self.empty_label)
-        layout.addWidget(self.plan_box)
-        layout.addWidget(self.advanced_button, 0, Qt.AlignmentFlag.AlignLeft)
-        layout.addWidget(self.advanced_box)
-        layout.addStretch(1)
-        layout.addLayout(buttons)
+        return buttons
 
     def _build_advanced(self) -> QWidget:
         box = QFrame()
@@ -455,7 +258,7 @@ class PlanPanel(QDialog):
         self.gpu_layers_spin.setRange(-1, 1)
         self.gpu_layers_spin.setSpecialValueText("Auto")
         self.gpu_layers_spin.setValue(-1)
-        self.gpu_layers_spin.valueChanged.connect(self._on_gpu_layers_spin_value_changed)
+        self.gpu_layers_spin.valueChanged.connect(self._on_advanced_input_changed)
         self.cpu_moe_spin = QSpinBox()
         self.cpu_moe_spin.setRange(-1, 0)
         self.cpu_moe_spin.setSpecialValueText("Auto")
@@ -464,11 +267,11 @@ class PlanPanel(QDialog):
             "Keep the expert tensors of this many GPU layers in system RAM; their dense parts "
             "(attention, shared expert) stay on the GPU"
         )
-        self.cpu_moe_spin.valueChanged.connect(self._on_cpu_moe_spin_value_changed)
+        self.cpu_moe_spin.valueChanged.connect(self._on_advanced_input_changed)
         self.context_combo = QComboBox()
         self.context_combo.addItem("Auto", None)
         self.context_combo.setToolTip("Context window in tokens; the KV cache grows with it")
-        self.context_combo.currentIndexChanged.connect(self._on_context_combo_current_index_changed)
+        self.context_combo.currentIndexChanged.connect(self._on_advanced_input_changed)
         self.kv_combo = QComboBox()
         for label, value in KV_CHOICES:
             self.kv_combo.addItem(label, value)
@@ -476,7 +279,7 @@ class PlanPanel(QDialog):
             "Element type of the KV cache: q8_0 halves it with little loss, q4_0 quarters it. "
             "A quantized cache needs flash attention"
         )
-        self.kv_combo.currentIndexChanged.connect(self._on_kv_combo_current_index_changed)
+        self.kv_combo.currentIndexChanged.connect(self._on_advanced_input_changed)
         self.flash_combo = QComboBox()
         for label, value in FLASH_CHOICES:
             self.flash_combo.addItem(label, value)
@@ -484,10 +287,8 @@ class PlanPanel(QDialog):
             "Auto: on with a GPU (faster, smaller buffers); off on a CPU-only machine when its "
             "larger buffers fit, because llama.cpp's CPU flash attention is slower"
         )
-        self.flash_combo.currentIndexChanged.connect(self._on_flash_combo_current_index_changed)
-        self.advanced_note = QLabel()
-        self.advanced_note.setObjectName("planMuted")
-        self.advanced_note.setWordWrap(True)
+        self.flash_combo.currentIndexChanged.connect(self._on_advanced_input_changed)
+        self.advanced_note = _label("planMuted")
         self.advanced_note.hide()
         form = QFormLayout(box)
         form.setContentsMargins(14, 10, 14, 10)
@@ -495,9 +296,13 @@ class PlanPanel(QDialog):
         form.setVerticalSpacing(8)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
         form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
-        for widget in (self.gpu_layers_spin, self.cpu_moe_spin):
-            widget.setMinimumWidth(130)
-        for widget in (self.context_combo, self.kv_combo, self.flash_combo):
+        for widget in (
+            self.gpu_layers_spin,
+            self.cpu_moe_spin,
+            self.context_combo,
+            self.kv_combo,
+            self.flash_combo,
+        ):
             widget.setMinimumWidth(130)
         form.addRow("GPU layers", self.gpu_layers_spin)
         form.addRow("Experts in RAM (layers)", self.cpu_moe_spin)
@@ -518,40 +323,7 @@ class PlanPanel(QDialog):
             return
         self._styled_dark = dark
         c = colors(dark)
-        self.setStyleSheet(
-            f"""
-            #planModelTitle {{ font-size: 15px; font-weight: 600; color: {c["text"]}; }}
-            #planMuted, #planLegend {{ color: {c["muted"]}; }}
-            #planExplanation {{ color: {c["text"]}; }}
-            #planRule {{ background: {c["border"]}; border: none; }}
-            #deviceName {{ color: {c["text"]}; font-weight: 600; }}
-            #deviceAmount {{ color: {c["muted"]}; }}
-            #deviceAmount[over="true"] {{ color: {c["danger"]}; font-weight: 600; }}
-            #planError {{
-                color: {c["danger"]}; background: {c["danger_bg"]};
-                border: 1px solid {c["danger_border"]}; border-radius: 8px; padding: 8px 10px;
-            }}
-            #verdictBadge {{ border-radius: 10px; padding: 3px 10px; font-weight: 600; }}
-            #verdictBadge[kind="ok"] {{
-                color: {c["ok"]}; background: {c["ok_bg"]}; border: 1px solid {c["ok_border"]};
-            }}
-            #verdictBadge[kind="split"] {{
-                color: {c["split"]}; background: {c["split_bg"]}; border: 1px solid {c["split_border"]};
-            }}
-            #verdictBadge[kind="cpu"] {{
-                color: {c["cpu"]}; background: {c["cpu_bg"]}; border: 1px solid {c["cpu_border"]};
-            }}
-            #verdictBadge[kind="danger"] {{
-                color: {c["danger"]}; background: {c["danger_bg"]}; border: 1px solid {c["danger_border"]};
-            }}
-            #advancedToggle {{ border: none; background: transparent; color: {c["text"]};
-                               font-weight: 600; padding: 2px 0px; }}
-            #advancedBox {{ background: {c["alt_base"]}; border: 1px solid {c["border"]};
-                            border-radius: 8px; }}
-            #advancedBox QLabel {{ color: {c["text"]}; background: transparent; }}
-            #advancedBox QLabel#planMuted {{ color: {c["muted"]}; }}
-            """
-        )
+        self.setStyleSheet(panel_style_sheet(c))
         self._update_legend()
 
     def _update_legend(self) -> None:
@@ -631,7 +403,7 @@ class PlanPanel(QDialog):
             self.gpu_layers_spin.setValue(-1 if o.n_gpu_layers is None else o.n_gpu_layers)
             self.cpu_moe_spin.setValue(-1 if o.n_cpu_moe is None else o.n_cpu_moe)
             if o.n_ctx and self.context_combo.findData(o.n_ctx) < 0:
-                self.context_combo.addItem(ctx_label(o.n_ctx), o.n_ctx)
+                self.context_combo.addItem(format_context(o.n_ctx), o.n_ctx)
             self.context_combo.setCurrentIndex(max(0, self.context_combo.findData(o.n_ctx)))
             self.kv_combo.setCurrentIndex(max(0, self.kv_combo.findData(o.kv_type)))
             self.flash_combo.setCurrentIndex(max(0, self.flash_combo.findData(o.flash_attn)))
@@ -663,19 +435,8 @@ class PlanPanel(QDialog):
 
     # -- display ----------------------------------------------------------------------------
     def _projection_overrides(self) -> PlanOverrides:
-        """What the controller will hand the planner: the settings' context as the target when
-        the user fixed none (ModelController.load_params_for does the same)."""
-        o = self.overrides()
-        n_ctx_setting = self.controller.settings.n_ctx
-        if o.n_ctx is None and o.n_ctx_target is None and n_ctx_setting:
-            return PlanOverrides(
-                n_gpu_layers=o.n_gpu_layers,
-                n_cpu_moe=o.n_cpu_moe,
-                n_ctx_target=n_ctx_setting,
-                kv_type=o.kv_type,
-                flash_attn=o.flash_attn,
-            )
-        return o
+        """What the controller will hand the planner (:func:`app.core.planner.merge_overrides`)."""
+        return merge_overrides(self.overrides(), self.controller.settings.n_ctx)
 
     def _show_model_header(self, info: GGUFInfo) -> None:
         self.model_title.setText(info.name or info.path.name)
@@ -683,7 +444,7 @@ class PlanPanel(QDialog):
         parts = [info.path.name]
         if info.quant_name:
             parts.append(info.quant_name)
-        parts.append(f"{gb_text(size)} GB")
+        parts.append(f"{gb_number(size)} GB")
         parts.append(f"{info.n_layer} layers")
         if info.n_expert:
             parts.append(f"{info.n_expert} experts ({info.n_expert_used} active)")
@@ -711,7 +472,7 @@ class PlanPanel(QDialog):
         combo.clear()
         combo.addItem("Auto", None)
         for n in context_choices(info.context_length):
-            combo.addItem(ctx_label(n), n)
+            combo.addItem(format_context(n), n)
         combo.setCurrentIndex(max(0, combo.findData(current)))
         combo.blockSignals(False)
 
@@ -770,7 +531,7 @@ class PlanPanel(QDialog):
         """Show what the planner chose where the user left it to it: Auto (49), Auto (32k)…"""
         self.gpu_layers_spin.setSpecialValueText(f"Auto ({plan.n_gpu_layers})")
         self.cpu_moe_spin.setSpecialValueText(f"Auto ({plan.n_cpu_moe})")
-        self.context_combo.setItemText(0, f"Auto ({ctx_label(plan.n_ctx)})")
+        self.context_combo.setItemText(0, f"Auto ({format_context(plan.n_ctx)})")
         self.kv_combo.setItemText(0, f"Auto ({plan.type_k})")
         self.flash_combo.setItemText(0, f"Auto ({'on' if plan.flash_attn else 'off'})")
         kv = self.kv_combo.currentData()
@@ -781,7 +542,7 @@ class PlanPanel(QDialog):
             self.advanced_note.hide()
 
     def _show_loaded_plan(self, plan: Plan) -> None:
-        self.loaded_label.setText(f"Last load: {plan.fits_text}, {ctx_label(plan.n_ctx)} context")
+        self.loaded_label.setText(f"Last load: {plan.fits_text}, {format_context(plan.n_ctx)} context")
         self.loaded_label.setToolTip(textwrap.fill(plan.explanation, 80))
         self.loaded_label.show()
 
@@ -826,19 +587,8 @@ class PlanPanel(QDialog):
     def _on_recompute_timer_timeout(self) -> None:
         self.recompute()
 
-    def _on_gpu_layers_spin_value_changed(self, _value: int) -> None:
-        self._schedule_recompute()
-
-    def _on_cpu_moe_spin_value_changed(self, _value: int) -> None:
-        self._schedule_recompute()
-
-    def _on_context_combo_current_index_changed(self, _index: int) -> None:
-        self._schedule_recompute()
-
-    def _on_kv_combo_current_index_changed(self, _index: int) -> None:
-        self._schedule_recompute()
-
-    def _on_flash_combo_current_index_changed(self, _index: int) -> None:
+    def _on_advanced_input_changed(self, _value: int) -> None:
+        """Any Advanced spin box or combo changed: project again after the debounce."""
         self._schedule_recompute()
 
     def _on_advanced_button_toggled(self, checked: bool) -> None:

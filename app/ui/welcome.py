@@ -3,7 +3,9 @@
 Shown by the main window in place of the chat while no model is installed or loaded. It reads the
 hardware through an injectable probe (tests pass ``SimulatedHardware``) and ranks the manifest's
 builds with the planner (:func:`app.diagnostics.recommend_build`); nothing is downloaded until the
-user clicks "Download".
+user clicks "Download". Every memory figure on the page comes from the planner's plans (the intro's
+"needs about X" is the smallest build's plan, the same figure the "too small" message gives), in GB
+of 10^9 bytes (:mod:`app.core.units`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.diagnostics import GB, Recommendation, free_disk, recommend_build
+from app.core.hardware import describe_hardware
+from app.core.units import format_gb
+from app.diagnostics import Recommendation, free_disk, recommend_build
 from app.ui import theme
 
 if TYPE_CHECKING:
@@ -43,33 +47,53 @@ CONTENT_WIDTH = 640
 INTRO = (
     "Scout Chat runs Meta's Llama 4 Scout, a 109-billion-parameter mixture-of-experts model, entirely "
     "on this computer: nothing you type ever leaves it. "
-    "It needs a one-time download of one quantized model file (34 to 68 GB) and enough memory to hold "
-    "it, about 40 GB or more of RAM and GPU memory together. "
+    "It needs a one-time download of one quantized model file{downloads} and enough memory to hold "
+    "it{memory}. "
     "Below is what this machine has and the build that suits it best."
 )
+
+
+def intro_text(rec: Recommendation | None) -> str:
+    """The intro, with the download sizes and the smallest build's memory need from the planner."""
+    if rec is None or rec.smallest is None:
+        return INTRO.format(downloads="", memory="")
+    sizes = [f.download_bytes for f in rec.fits]
+    downloads = f" ({format_gb(min(sizes))} to {format_gb(max(sizes))})"
+    memory = (
+        f": the smallest build needs about {format_gb(rec.smallest.memory_bytes)} of RAM and GPU "
+        "memory together on this machine"
+    )
+    return INTRO.format(downloads=downloads, memory=memory)
+
+
 LICENCE_NOTE = (
     "Model files come from Hugging Face and are licensed by Meta under the Llama 4 Community License; "
     "downloading one means accepting it. Nothing is downloaded until you click Download."
 )
 
 
-def _gb(n_bytes: float) -> str:
-    return f"{n_bytes / GB:.1f} GB"
+def _label(object_name: str, text: str = "") -> QLabel:
+    """A word-wrapped label styled by ``object_name``."""
+    label = QLabel(text)
+    label.setObjectName(object_name)
+    label.setWordWrap(True)
+    return label
 
 
-def hardware_lines(hardware: HardwareInfo) -> list[str]:
-    """One line per GPU (free memory), then RAM: what the welcome page shows."""
-    lines = []
-    for d in hardware.devices:
-        shared = " (shared with the CPU)" if d.unified else ""
-        lines.append(f"{d.label}: {_gb(d.free_bytes)} free of {_gb(d.total_bytes)}{shared}")
-    if not hardware.devices:
-        lines.append("No GPU that llama.cpp can use: Scout would run on the CPU only")
-    lines.append(
-        f"RAM: {_gb(hardware.ram_available_bytes)} available of {_gb(hardware.ram_total_bytes)}"
-        f" · {hardware.physical_cores} CPU cores"
-    )
-    return lines
+def _heading(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setObjectName("welcomeHeading")
+    return label
+
+
+def _card() -> tuple[QFrame, QVBoxLayout]:
+    """A rounded card and its layout."""
+    frame = QFrame()
+    frame.setObjectName("welcomeCard")
+    layout = QVBoxLayout(frame)
+    layout.setContentsMargins(16, 12, 16, 12)
+    layout.setSpacing(4)
+    return frame, layout
 
 
 class WelcomePage(QWidget):
@@ -115,60 +139,57 @@ class WelcomePage(QWidget):
         layout = QVBoxLayout(column)
         layout.setContentsMargins(24, 28, 24, 24)
         layout.setSpacing(10)
+        self._build_heading(layout)
+        layout.addWidget(self._build_machine_card())
+        layout.addWidget(self._build_recommend_card())
+        layout.addSpacing(6)
+        self._build_buttons(layout)
+        self.licence_label = _label("welcomeFine", LICENCE_NOTE)
+        layout.addSpacing(4)
+        layout.addWidget(self.licence_label)
+        layout.addStretch(1)
+        self._center_in_scroll_area(column)
 
+    def _build_heading(self, layout: QVBoxLayout) -> None:
+        """Logo, title and the intro (its figures are filled in by :meth:`refresh`)."""
         self.logo = QLabel()
         self.logo.setPixmap(theme.app_icon().pixmap(64, 64))
         self.logo.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.title = QLabel("Welcome to Scout Chat")
         self.title.setObjectName("emptyTitle")
         self.title.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.intro = QLabel(INTRO)
-        self.intro.setObjectName("welcomeIntro")
-        self.intro.setWordWrap(True)
+        self.intro = _label("welcomeIntro", intro_text(None))
         layout.addWidget(self.logo)
         layout.addWidget(self.title)
         layout.addSpacing(4)
         layout.addWidget(self.intro)
         layout.addSpacing(6)
 
-        self.machine_card = QFrame()
-        self.machine_card.setObjectName("welcomeCard")
-        card = QVBoxLayout(self.machine_card)
-        card.setContentsMargins(16, 12, 16, 12)
-        card.setSpacing(4)
-        heading = QLabel("This machine")
-        heading.setObjectName("welcomeHeading")
-        card.addWidget(heading)
-        self.hardware_label = QLabel()
-        self.hardware_label.setObjectName("welcomeHardware")
-        self.hardware_label.setWordWrap(True)
+    def _build_machine_card(self) -> QFrame:
+        """ "This machine": GPUs, RAM and cores, and the free disk space in the models folder."""
+        self.machine_card, card = _card()
+        card.addWidget(_heading("This machine"))
+        self.hardware_label = _label("welcomeHardware")
         self.hardware_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         card.addWidget(self.hardware_label)
-        self.disk_label = QLabel()
-        self.disk_label.setObjectName("welcomeDisk")
-        self.disk_label.setWordWrap(True)
+        self.disk_label = _label("welcomeDisk")
         card.addWidget(self.disk_label)
-        layout.addWidget(self.machine_card)
+        return self.machine_card
 
-        self.recommend_card = QFrame()
-        self.recommend_card.setObjectName("welcomeCard")
-        rec = QVBoxLayout(self.recommend_card)
-        rec.setContentsMargins(16, 12, 16, 12)
-        rec.setSpacing(4)
-        self.recommend_heading = QLabel("Recommended build")
-        self.recommend_heading.setObjectName("welcomeHeading")
+    def _build_recommend_card(self) -> QFrame:
+        """The recommended (or chosen) build: one sentence and the plan's details."""
+        self.recommend_card, rec = _card()
+        self.recommend_heading = _heading("Recommended build")
         rec.addWidget(self.recommend_heading)
-        self.recommendation_label = QLabel()
-        self.recommendation_label.setObjectName("welcomeRecommendation")
-        self.recommendation_label.setWordWrap(True)
+        self.recommendation_label = _label("welcomeRecommendation")
         rec.addWidget(self.recommendation_label)
-        self.detail_label = QLabel()
-        self.detail_label.setObjectName("welcomeDetail")
-        self.detail_label.setWordWrap(True)
+        self.detail_label = _label("welcomeDetail")
         rec.addWidget(self.detail_label)
-        layout.addWidget(self.recommend_card)
-        layout.addSpacing(6)
+        return self.recommend_card
 
+    def _build_buttons(self, layout: QVBoxLayout) -> None:
+        """Download (the selected build) on its own row; "Choose another build…" and "I already
+        have a GGUF file…" below it."""
         self.download_button = QPushButton("Download")
         self.download_button.setObjectName("primaryButton")
         self.download_button.setCursor(Qt.CursorShape.PointingHandCursor)
@@ -188,13 +209,8 @@ class WelcomePage(QWidget):
         others.addStretch(1)
         layout.addLayout(others)
 
-        self.licence_label = QLabel(LICENCE_NOTE)
-        self.licence_label.setObjectName("welcomeFine")
-        self.licence_label.setWordWrap(True)
-        layout.addSpacing(4)
-        layout.addWidget(self.licence_label)
-        layout.addStretch(1)
-
+    def _center_in_scroll_area(self, column: QWidget) -> None:
+        """The column, centred, in a frameless scroll area that fills the page."""
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.addStretch(1)
@@ -254,11 +270,11 @@ class WelcomePage(QWidget):
 
         probe = self._probe or SystemHardware()
         self._hardware = hardware = probe.probe()
-        self.hardware_label.setText("\n".join(hardware_lines(hardware)))
+        self.hardware_label.setText("\n".join(describe_hardware(hardware)))
         free = self._free_space(self._models_dir)
         self._free_disk = free
         self.disk_label.setText(
-            f"Disk: {_gb(free)} free in {self._models_dir}"
+            f"Disk: {format_gb(free)} free in {self._models_dir}"
             if free is not None
             else f"Disk: free space in {self._models_dir} unknown"
         )
@@ -270,6 +286,7 @@ class WelcomePage(QWidget):
                 self._show_no_manifest(str(exc))
                 return
         self._recommendation = recommend_build(self._manifest, hardware)
+        self.intro.setText(intro_text(self._recommendation))
         self._fill_menu()
         rec = self._recommendation
         self.select_build((rec.best or rec.smallest).build.id if (rec.best or rec.smallest) else "")
@@ -298,21 +315,26 @@ class WelcomePage(QWidget):
         if is_best or too_small:
             self.recommendation_label.setText(rec.summary)
         else:
-            verdict = fit.plan.verdict if fit.fits else fit.plan.fits_text
+            verdict = fit.fit.label
             self.recommendation_label.setText(
-                f"{fit.build.display_name}, a {_gb(fit.download_bytes)} download — {verdict} on this machine."
+                f"{fit.build.display_name}, a {format_gb(fit.download_bytes)} download — "
+                f"{verdict} on this machine."
             )
         detail = [fit.build.who_for + "."]
         if fit.fits:
             detail.append(fit.plan.explanation.split(" (Compute buffer estimated")[0])
+        elif not too_small:  # when too small, the summary above already gives the figure
+            detail.append(fit.fit.sentence)
         if self._free_disk is not None and self._free_disk < fit.download_bytes:
             detail.append(
-                f"Not enough free disk space: it needs {_gb(fit.download_bytes)}, "
-                f"{_gb(self._free_disk)} is free in the models folder."
+                f"Not enough free disk space: it needs {format_gb(fit.download_bytes)}, "
+                f"{format_gb(self._free_disk)} is free in the models folder."
             )
         self.detail_label.setText(" ".join(detail))
         anyway = " anyway" if not fit.fits else ""
-        self.download_button.setText(f"Download {fit.build.display_name} ({_gb(fit.download_bytes)}){anyway}")
+        self.download_button.setText(
+            f"Download {fit.build.display_name} ({format_gb(fit.download_bytes)}){anyway}"
+        )
         self.download_button.setObjectName("primaryButton" if fit.fits else "")
         self.download_button.style().unpolish(self.download_button)
         self.download_button.style().polish(self.download_button)
@@ -329,9 +351,9 @@ class WelcomePage(QWidget):
         if rec is None:
             return
         for fit in sorted(rec.fits, key=lambda f: f.download_bytes):
-            verdict = fit.plan.verdict if fit.fits else "won't fit"
+            verdict = fit.fit.label
             action = self.build_menu.addAction(
-                f"{fit.build.display_name} — {_gb(fit.download_bytes)}, {verdict}"
+                f"{fit.build.display_name} — {format_gb(fit.download_bytes)}, {verdict}"
             )
             action.setData(fit.build.id)
             action.setToolTip(fit.build.who_for)

@@ -36,6 +36,7 @@ from app.core.downloads import (
     QueueState,
 )
 from app.core.manifest import Build, ManifestError, parse_manifest
+from app.core.splits import parse_split_name
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -67,7 +68,6 @@ _PHASE_STATE = {
     Phase.VERIFYING: VERIFYING,
 }
 CUSTOM_PREFIX = "custom-"
-_SPLIT = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
 class DownloadWorker(QObject):
@@ -407,16 +407,15 @@ class DownloadController(QObject):
         repo_id, file_path, projector_path = repo_id.strip(), file_path.strip(), projector_path.strip()
         files = [file_path]
         name = file_path.rsplit("/", 1)[-1]
-        match = _SPLIT.match(name)
-        if match:
+        split = parse_split_name(name)
+        if split:
             folder = file_path[: len(file_path) - len(name)]
-            count = int(match["count"])
-            files = [f"{folder}{match['stem']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
-        slug = re.sub(r"[^a-z0-9_.-]+", "-", f"{repo_id}-{match['stem'] if match else name}".lower())
+            files = [folder + part for part in split.parts()]
+        slug = re.sub(r"[^a-z0-9_.-]+", "-", f"{repo_id}-{split.stem if split else name}".lower())
         build_id = (CUSTOM_PREFIX + slug.removesuffix(".gguf")).strip("-.")[:120]
         raw: dict[str, Any] = {
             "id": build_id,
-            "display_name": (match["stem"] if match else name.removesuffix(".gguf")),
+            "display_name": (split.stem if split else name.removesuffix(".gguf")),
             "repo_id": repo_id,
             "revision": "main",
             "revision_note": "Added by the user: resolved to the current commit at download time.",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, Signal, Slot
 
-from app.core.planner import LoadRequest, PlanOverrides, with_settings_context
+from app.core.planner import LoadRequest, PlanOverrides, merge_overrides
 from app.core.types import LoadParams
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class ModelController(QObject):
         s = self._preferences.settings
         if self._planner is not None:
             return LoadRequest(
-                Path(path), with_settings_context(overrides, s.n_ctx), n_threads=s.n_threads or None
+                Path(path), merge_overrides(overrides, s.n_ctx), n_threads=s.n_threads or None
             )
         n_ctx = s.n_ctx or FALLBACK_N_CTX
         return LoadParams(model_path=Path(path), n_ctx=n_ctx, n_threads=s.n_threads or None)

@@ -14,23 +14,22 @@ from app.core.gguf_info import GGUFInfo, read_gguf_info
 from app.core.hardware import GIB, Device, SimulatedHardware
 from app.core.planner import (
     KV_QUALITY,
-    RAM_MARGIN,
     VERDICT_CPU,
     VERDICT_FULL,
     VERDICT_NO,
     VERDICT_SPLIT,
     Plan,
     PlanOverrides,
-    _layer_devices,
-    compute_formula,
-    host_compute_formula,
     make_plan,
+    merge_overrides,
     plan_with_dry_run,
     safer_overrides,
 )
+from app.core.projection import RAM_MARGIN, compute_formula, host_compute_formula, layer_devices
 from app.core.scout_shape import write_scout_shape
 from app.core.tiny_model import TinyModelSpec, write_tiny_model
 from app.core.types import LoadParams
+from app.core.units import format_bytes
 from bench.generation import BENCH_SPEC  # the replica the H100 ran
 
 if TYPE_CHECKING:
@@ -320,18 +319,18 @@ def test_layer_devices_follow_llama_cpp() -> None:
     """i_gpu_start = max(n_layer + 1 - n_gpu_layers, 0): the output layer is one of n_gpu_layers."""
     gpu = SimulatedHardware.nvidia(24).probe().devices
     cpu = [-1] * 9
-    assert _layer_devices(8, 0, gpu) == cpu
-    assert _layer_devices(8, 1, gpu) == [-1] * 8 + [0]  # the output layer only
+    assert layer_devices(8, 0, gpu) == cpu
+    assert layer_devices(8, 1, gpu) == [-1] * 8 + [0]  # the output layer only
     # "offloading 3 repeating layers to GPU", "offloading output layer to GPU", "offloaded 4/9 layers"
-    assert _layer_devices(8, 4, gpu) == [-1] * 5 + [0, 0, 0] + [0]
-    assert _layer_devices(8, 8, gpu) == [-1] + [0] * 8
-    assert _layer_devices(8, 9, gpu) == [0] * 9
-    assert _layer_devices(8, 999, gpu) == [0] * 9
-    assert _layer_devices(8, 4, ()) == cpu
+    assert layer_devices(8, 4, gpu) == [-1] * 5 + [0, 0, 0] + [0]
+    assert layer_devices(8, 8, gpu) == [-1] + [0] * 8
+    assert layer_devices(8, 9, gpu) == [0] * 9
+    assert layer_devices(8, 999, gpu) == [0] * 9
+    assert layer_devices(8, 4, ()) == cpu
     two = SimulatedHardware.nvidia(24, n=2).probe().devices
     # act_gpu_layers = 9: fractions 0/9 .. 8/9 against the split points 0.5, 1.0
-    assert _layer_devices(8, 9, two) == [0] * 5 + [1] * 4
-    assert _layer_devices(8, 4, two) == [-1] * 5 + [0, 0, 1, 1]
+    assert layer_devices(8, 9, two) == [0] * 5 + [1] * 4
+    assert layer_devices(8, 4, two) == [-1] * 5 + [0, 0, 1, 1]
 
 
 def test_partial_offload_matches_the_h100_layers(bench: GGUFInfo) -> None:
@@ -428,7 +427,8 @@ def test_mapped_range_spans_gpu_tensors(bench: GGUFInfo) -> None:
     assert _close(plan.ram.mapped, _mib(55.30), 0.001)
     ram = plan.ram  # the gap is page cache: not in the RAM budget
     assert ram.total == ram.weights + ram.kv + ram.compute + ram.other
-    assert any("CPU_Mapped" in note and "page cache" in note and "55.3 MiB" in note for note in plan.notes)
+    mapped = format_bytes(plan.ram.mapped)  # "58.0 MB": figures are in MB / GB of 10^6 / 10^9 bytes
+    assert any("CPU_Mapped" in note and "page cache" in note and mapped in note for note in plan.notes)
     # the offsets the planner derives from tensor order + alignment are the file's
     raw = _read_ggml(bench.path)
     offset = 0
@@ -479,3 +479,14 @@ def test_flash_attention_is_off_on_the_cpu_when_its_buffers_fit(scout: dict[str,
     # the user's choice wins
     chosen = make_plan(info, SimulatedHardware.nvidia(24, 128).probe(), PlanOverrides(flash_attn=False))
     assert not chosen.flash_attn
+
+
+def test_merge_overrides_takes_the_settings_context_only_as_a_target_when_none_is_fixed() -> None:
+    assert merge_overrides(None, 0) == PlanOverrides()
+    assert merge_overrides(None, 16384) == PlanOverrides(n_ctx_target=16384)
+    gpu = PlanOverrides(n_gpu_layers=10)
+    assert merge_overrides(gpu, 16384) == PlanOverrides(n_gpu_layers=10, n_ctx_target=16384)
+    fixed = PlanOverrides(n_ctx=8192)
+    assert merge_overrides(fixed, 16384) == fixed
+    target = PlanOverrides(n_ctx_target=65536)
+    assert merge_overrides(target, 16384) == target

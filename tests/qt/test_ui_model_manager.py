@@ -12,10 +12,11 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
 from app.core.downloads import TokenStore
+from app.core.fit import assess_build
 from app.core.manifest import Manifest, load_manifest
 from app.core.planner import VERDICT_CPU, VERDICT_FULL, VERDICT_NO, VERDICT_SPLIT
 from app.ui import theme
-from app.ui.model_manager import ModelManagerDialog, estimate_fit
+from app.ui.model_manager import ModelManagerDialog
 from app.workers.downloads import DownloadController
 from tests.core.test_downloads import CONTENT, GATED_REPO, PART1
 from tests.qt import test_download_worker
@@ -42,7 +43,6 @@ pytestmark = pytest.mark.qt_log_ignore(
 hub = test_download_worker.hub  # the loopback Hub fixture
 
 SHOTS = Path(os.environ.get("SCOUT_UI_SHOTS", "/tmp/ui_shots"))
-GB = 1e9
 
 
 @pytest.fixture
@@ -88,24 +88,24 @@ def shoot(dialog: ModelManagerDialog, name: str) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- fit estimate
+# ----------------------------------------------------------------------------- fit badges
 
 
 @pytest.mark.parametrize(
-    ("hardware", "size_gb", "verdict"),
+    ("hardware", "verdict"),
     [
-        (SimulatedHardware.nvidia(80, 128), 60, VERDICT_FULL),
-        (SimulatedHardware.nvidia(24, 64), 60, VERDICT_SPLIT),
-        (SimulatedHardware.cpu_only(64), 40, VERDICT_CPU),
-        (SimulatedHardware.cpu_only(32), 40, VERDICT_NO),
-        (SimulatedHardware.apple(128), 60, VERDICT_FULL),
-        (SimulatedHardware.apple(36), 60, VERDICT_NO),
+        (SimulatedHardware.nvidia(80, 128), VERDICT_FULL),
+        (SimulatedHardware.nvidia(24, 64), VERDICT_SPLIT),
+        (SimulatedHardware.cpu_only(96), VERDICT_CPU),
+        (SimulatedHardware.cpu_only(32), VERDICT_NO),
     ],
 )
-def test_fit_estimate_from_size(hardware: SimulatedHardware, size_gb: float, verdict: str) -> None:
-    fit = estimate_fit(int(size_gb * GB), hardware.probe())
+def test_a_build_not_on_disk_is_planned_from_the_manifest(hardware: SimulatedHardware, verdict: str) -> None:
+    build = next(b for b in load_manifest().builds if b.id == "unsloth-ud-q2_k_xl")
+    fit = assess_build(build, hardware.probe())
     assert fit.verdict == verdict
-    assert "VRAM" in fit.tooltip or "unified" in fit.tooltip
+    assert fit.memory_bytes > 0
+    assert "needs about" in fit.sentence
 
 
 # ----------------------------------------------------------------------------- the real manifest
@@ -127,7 +127,8 @@ def test_rows_and_badges_for_the_real_manifest(
         assert row.vision_badge.isVisibleTo(dialog) is (build.projector is not None)
         exact = Manifest.total_size(build)
         assert row.size_badge.text().startswith("≈") is (exact is None)
-        assert row.fit_badge.text().endswith("(estimate)")
+        assert row.fit_badge.text() == assess_build(build, dialog.hardware()).label
+        assert row.fit_badge.toolTip().startswith("Planned from the manifest's figures: ")
         assert row.state_label.text() == "Not installed"
         assert row.who_label.text() == build.who_for
         assert f'href="{build.licence.url}"' in row.licence_label.text()
@@ -135,7 +136,7 @@ def test_rows_and_badges_for_the_real_manifest(
         assert not row.buttons["use"].isVisibleTo(dialog)
     verdicts = {dialog.rows[b.id].fit_badge.property("verdict") for b in manifest.builds}
     assert VERDICT_SPLIT in verdicts  # 24 GB GPU + 64 GB RAM: Scout builds split
-    assert "24 GB" in dialog.hardware_label.text()
+    assert "25.8 GB free of 25.8 GB" in dialog.hardware_label.text()  # 24 GiB in GB of 10^9 bytes
     shot = shoot(dialog, "idle")
     assert shot.stat().st_size > 0
 

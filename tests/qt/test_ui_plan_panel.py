@@ -15,9 +15,10 @@ from PySide6.QtWidgets import QApplication
 from app.core.hardware import SimulatedHardware
 from app.core.planner import GB, PlanOverrides, make_plan
 from app.core.scout_shape import write_scout_shape
+from app.core.units import format_context
 from app.ui import theme
 from app.ui.main_window import MainWindow
-from app.ui.plan_panel import PlanPanel, context_choices, ctx_label
+from app.ui.plan_panel import PlanPanel, context_choices
 from tests.qt.test_ui_doubles import FakeController, model_info
 
 if TYPE_CHECKING:
@@ -269,12 +270,12 @@ def test_plan_changed_shows_the_last_load(qtbot, controller) -> None:
     loaded = make_plan(panel.info, hw.probe(), PlanOverrides(n_ctx=16384))
     controller.models.plan_changed.emit(loaded)
     assert panel.loaded_label.isVisible()
-    assert panel.loaded_label.text() == "Last load: split GPU+RAM, 16k context"
+    assert panel.loaded_label.text() == "Last load: split GPU + RAM, 16k context"
 
 
 def test_context_choices() -> None:
-    assert [ctx_label(n) for n in context_choices(10_485_760)][:3] == ["4k", "8k", "16k"]
-    assert ctx_label(context_choices(10_485_760)[-1]) == "8M"
+    assert [format_context(n) for n in context_choices(10_485_760)][:3] == ["4k", "8k", "16k"]
+    assert format_context(context_choices(10_485_760)[-1]) == "8M"
     assert context_choices(8192) == [4096, 8192]
 
 

@@ -10,6 +10,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
 from app.core.hardware import SimulatedHardware
+from app.core.units import format_gb
 from app.main import Application, build_application, parse_args
 from app.ui import theme
 from app.ui.welcome import WelcomePage
@@ -37,7 +38,7 @@ def test_24gb_gpu_and_64gb_ram_gets_a_q4_recommendation(qtbot, tmp_path: Path) -
     assert page.disk_label.text() == f"Disk: 412.0 GB free in {tmp_path / 'models'}"
     text = page.recommendation_label.text()
     assert text.startswith("Recommended for this machine: Scout Q4_K_M (unsloth)")
-    assert "split GPU+RAM, 32k context" in text
+    assert "Split GPU + RAM, 32k context" in text
     assert page.selected_build is not None
     assert page.selected_build.id == "unsloth-q4_k_m"
     assert page.download_button.text() == "Download Scout Q4_K_M (unsloth) (67.1 GB)"
@@ -55,7 +56,13 @@ def test_cpu_only_16gb_is_told_honestly_it_is_too_small(qtbot, tmp_path: Path) -
     assert page.recommendation.too_small
     text = page.recommendation_label.text()
     assert text.startswith("This machine is too small for Llama 4 Scout: the smallest workable build")
-    assert "needs about 35 GB of RAM + VRAM" in text
+    assert "needs about 3" in text
+    assert "GB of RAM + VRAM" in text
+    assert page.recommendation is not None
+    assert page.recommendation.smallest is not None
+    need = f"needs about {format_gb(page.recommendation.smallest.memory_bytes)}"
+    assert need in text
+    assert need in page.intro.text()  # one figure for the memory needed, from the planner
     assert page.recommend_heading.text() == "Not enough memory for Scout"
     assert page.download_button.text().endswith("anyway")
     assert page.download_button.objectName() != "primaryButton"

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.core.engine.tokens import LiteralSpecials, PromptTokenizer
+from app.core.hardware import physical_cores
+from app.core.splits import first_split_part, missing_split_parts, split_parts
 from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, SamplingParams, timed_stats
 
 if TYPE_CHECKING:
@@ -44,7 +46,6 @@ native_log = logging.getLogger("app.core.engine.llama_cpp")
 GGUF_MAGIC = b"GGUF"
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 LLAMA4_CHUNK = 8192  # llama.cpp hard-codes Llama 4's attention chunk
-_SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
 # Fallback prompt formats for GGUFs that carry no chat template.
 LLAMA4_FALLBACK_TEMPLATE = (
@@ -168,16 +169,6 @@ def _import_llama_cpp() -> Any:
 # Input checks that turn a crash or a cryptic llama.cpp error into a sentence.
 
 
-def first_split_part(path: Path) -> Path:
-    """``model-00002-of-00003.gguf`` → ``model-00001-of-00003.gguf`` (llama.cpp needs the first)."""
-    match = _SPLIT_RE.match(path.name)
-    if match and match["no"] != "00001":
-        first = path.with_name(f"{match['stem']}-00001-of-{match['count']}.gguf")
-        if first.exists():
-            return first
-    return path
-
-
 def check_model_file(path: Path) -> None:
     """Raise ModelLoadError with a human message if ``path`` cannot be a loadable GGUF."""
     if not path.exists():
@@ -208,19 +199,12 @@ def check_model_file(path: Path) -> None:
             f"{path.name} uses GGUF version {version}, which this version of llama.cpp cannot read.",
             f"GGUF version {version}",
         )
-    match = _SPLIT_RE.match(path.name)
-    if match:
-        count = int(match["count"])
-        missing = [
-            path.with_name(f"{match['stem']}-{k:05d}-of-{match['count']}.gguf").name
-            for k in range(1, count + 1)
-            if not path.with_name(f"{match['stem']}-{k:05d}-of-{match['count']}.gguf").exists()
-        ]
-        if missing:
-            raise ModelLoadError(
-                f"This model is split into {count} files and {len(missing)} of them are missing: "
-                f"{', '.join(missing)}. Put all parts in the same folder.",
-            )
+    missing = missing_split_parts(path)
+    if missing:
+        raise ModelLoadError(
+            f"This model is split into {len(split_parts(path))} files and {len(missing)} of them are "
+            f"missing: {', '.join(missing)}. Put all parts in the same folder.",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -873,25 +857,6 @@ def _explain_load_failure(path: Path, detail: str) -> str:
     if "split" in low:
         return f"{path.name} is part of a split model and its other parts could not be opened."
     return f"llama.cpp could not load {path.name}. The file may be damaged or not a supported model."
-
-
-def physical_cores() -> int:
-    """Physical CPU cores (llama.cpp is fastest with one thread per physical core)."""
-    try:
-        cores: set[tuple[str, str]] = set()
-        physical = core = ""
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("physical id"):
-                    physical = line.split(":", 1)[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":", 1)[1].strip()
-                    cores.add((physical, core))
-        if cores:
-            return max(1, len(cores))
-    except OSError:
-        pass
-    return max(1, (os.cpu_count() or 2) // 2 if (os.cpu_count() or 1) > 4 else (os.cpu_count() or 1))
 
 
 def sampling_from_settings(temperature: float, top_p: float, min_p: float, max_tokens: int) -> SamplingParams:
