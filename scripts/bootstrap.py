@@ -129,7 +129,7 @@ def pip(*args: str, env: dict[str, str] | None = None) -> None:
             process.wait()
             raise
     if status != 0:
-        tail = LOG.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
+        tail = LOG.read_text(encoding="utf-8", errors="replace").splitlines()[-30:]
         say(f"this step failed (pip exit status {status}): $ {' '.join(cmd)}")
         for line in tail:
             sys.stderr.write(f"    {line}\n")

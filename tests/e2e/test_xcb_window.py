@@ -43,12 +43,14 @@ sys.exit(0 if not pixmap.isNull() and pixmap.save(sys.argv[2]) else 1)
 
 
 def _system_libs():
-    spec = importlib.util.spec_from_file_location("system_libs", ROOT / "scripts" / "system_libs.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("system_libs", module)
-    spec.loader.exec_module(module)
+    """scripts/system_libs.py, the set-up's check (scripts/ is not a package)."""
+    if "system_libs" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("system_libs", ROOT / "scripts" / "system_libs.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["system_libs"] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
     return sys.modules["system_libs"]
 
 
