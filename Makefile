@@ -1,12 +1,17 @@
 # Scout Chat. The two commands of the README's quick start:
 #   make run    set up .venv (first time: builds llama.cpp) and launch the app
-#   make test   set up .venv and run the test suite (offscreen)
+#   make test   set up .venv with the test tools and run the test suite (offscreen)
 PYTHON ?= python3
 
-.PHONY: run test setup lint bench soak screenshots clean
+.PHONY: run test setup lint bench soak screenshots desktop-entry clean
 
 run:
 	$(PYTHON) scripts/bootstrap.py --run $(ARGS)
+
+# Add Scout Chat to the applications menu and `scout-chat` to ~/.local/bin (runs .venv's app).
+desktop-entry:
+	$(PYTHON) scripts/bootstrap.py --run --no-launch
+	sh packaging/linux/install-desktop-entry.sh
 
 test:
 	$(PYTHON) scripts/bootstrap.py --test $(ARGS)

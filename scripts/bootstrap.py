@@ -9,9 +9,12 @@ One portable script (Linux, macOS, Windows) behind the README's two commands::
 It creates ``.venv`` next to the project, picks the llama.cpp backend for this machine
 (CUDA when ``nvidia-smi`` works, Metal on Apple silicon, Vulkan or ROCm when asked for with
 ``SCOUT_BACKEND``/``--backend``, else CPU), builds llama-cpp-python for it, installs the
-project with its dev tools, and records what it did in a stamp so that the next call is
-instant when nothing changed. It uses only the standard library: it runs before any
-dependency exists.
+project (with its test and lint tools for ``--test`` and a plain set-up; without them for
+``--run``), and records what it did in a stamp so that the next call is instant when nothing
+changed. pip's output goes to ``.venv/setup.log`` and is shown only when a step fails. Before
+``--run`` starts the app on Linux it checks that Qt's platform plugin for this session (xcb or
+wayland) can load, and names (or installs) the missing system packages if not. It uses only the
+standard library: it runs before any dependency exists.
 """
 
 from __future__ import annotations
@@ -24,15 +27,22 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
+from typing import Any
+
+import system_libs  # scripts/system_libs.py, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".scout-chat-setup.json"
+LOG = VENV / "setup.log"
 CONSTRAINTS = ROOT / "constraints.txt"
 LLAMA_CPP_PIN = "llama-cpp-python==0.3.36"
 MIN_PYTHON = (3, 10)
+#: Exit status of ``--run`` when Qt cannot open a window for lack of system libraries.
+EXIT_SYSTEM_LIBS = 3
 
 BACKEND_CMAKE_ARGS = {
     "cpu": "",
@@ -97,9 +107,34 @@ def fingerprint(backend: str) -> dict[str, str]:
 
 
 def pip(*args: str, env: dict[str, str] | None = None) -> None:
+    """Run pip in the venv with its output in LOG; on failure show the end of it and stop."""
     cmd = [str(venv_python()), "-m", "pip", *args]
-    say("$ " + " ".join(cmd))
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
+    started = time.monotonic()
+    with LOG.open("a", encoding="utf-8") as log:
+        log.write(f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')}] $ {' '.join(cmd)}\n")
+        log.flush()
+        process = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            while True:
+                try:
+                    status = process.wait(timeout=60)
+                    break
+                except subprocess.TimeoutExpired:
+                    minutes = int((time.monotonic() - started) // 60)
+                    say(f"  ... still working ({minutes} min; progress in {LOG})")
+        except KeyboardInterrupt:
+            process.terminate()
+            process.wait()
+            raise
+    if status != 0:
+        tail = LOG.read_text(encoding="utf-8", errors="replace").splitlines()[-30:]
+        say(f"this step failed (pip exit status {status}): $ {' '.join(cmd)}")
+        for line in tail:
+            sys.stderr.write(f"    {line}\n")
+        say(f"the full output is in {LOG}")
+        raise SystemExit(status)
 
 
 def install_llama_cpp(backend: str) -> None:
@@ -155,27 +190,159 @@ def ensure_venv() -> None:
     venv.EnvBuilder(with_pip=True, clear=False).create(VENV)
 
 
-def setup(backend_request: str | None) -> None:
+def read_stamp() -> dict[str, Any]:
+    try:
+        stamp = json.loads(STAMP.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(stamp, dict):
+        return {}
+    # Stamps written before extras were recorded come from set-ups that always installed .[dev].
+    stamp.setdefault("extras", ["dev"])
+    return stamp
+
+
+def extras_to_install(current: dict[str, Any], base: dict[str, str], extras: set[str]) -> list[str] | None:
+    """The extras to install the project with, or None when the environment is up to date.
+
+    ``current`` is the stamp (``{}`` when there is none), ``base`` this machine's fingerprint,
+    ``extras`` what the command needs. Extras only accumulate while the project is unchanged.
+    """
+    have = {str(extra) for extra in current.get("extras") or []}
+    if current and all(current.get(key) == value for key, value in base.items()) and extras <= have:
+        return None
+    if current.get("project") == base["project"]:
+        return sorted(extras | have)
+    return sorted(extras)
+
+
+def setup(backend_request: str | None, extras: set[str]) -> None:
+    """Make .venv hold the project with ``extras`` (e.g. {"dev"}) for this machine's backend.
+
+    Extras only accumulate: after ``--test`` (dev tools installed) a ``--run`` is up to date as
+    it is; after ``--run`` a ``--test`` adds the dev tools once and records them.
+    """
     if sys.version_info < MIN_PYTHON:
         raise SystemExit(f"Scout Chat needs Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer")
     backend, why = detect_backend(backend_request or os.environ.get("SCOUT_BACKEND"))
     ensure_venv()
-    wanted = fingerprint(backend)
-    try:
-        current = json.loads(STAMP.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        current = {}
-    if current == wanted:
+    current = read_stamp()
+    base = fingerprint(backend)
+    install = extras_to_install(current, base, extras)
+    if install is None:
         say(f"environment up to date (llama.cpp backend: {backend})")
         return
-    say(f"llama.cpp backend: {backend} ({why})")
-    pip("install", "--quiet", "--upgrade", "pip", "wheel", "setuptools")
+    say(f"llama.cpp backend: {backend} ({why}); pip's output goes to {LOG}")
+    pip("install", "--upgrade", "pip", "wheel", "setuptools")
     if current.get("backend") != backend or current.get("llama_cpp") != LLAMA_CPP_PIN or not current:
         install_llama_cpp(backend)
+    target = ".[" + ",".join(install) + "]" if install else "."
+    say(f"installing the project ({'with ' + ', '.join(install) if install else 'without dev'} extras)")
     constraint = ["-c", str(CONSTRAINTS)] if CONSTRAINTS.exists() else []
-    pip("install", *constraint, "-e", ".[dev]")
-    STAMP.write_text(json.dumps(wanted, indent=2), encoding="utf-8")
+    pip("install", *constraint, "-e", target)
+    STAMP.write_text(json.dumps({**base, "extras": install}, indent=2), encoding="utf-8")
     say("environment ready")
+
+
+def venv_qt_dir() -> Path | None:
+    """PySide6's Qt tree inside .venv (plugins/, lib/), or None."""
+    found = sorted(VENV.glob("lib/python3*/site-packages/PySide6/Qt"))
+    return found[-1] if found else None
+
+
+def install_system_packages(manager: str, packages: list[str]) -> bool:
+    """Install ``packages`` as root, or through sudo if the user agrees at a terminal.
+
+    False when it cannot (not root, no terminal to ask, no sudo, refused, or the install failed).
+    """
+    command = system_libs.install_command(manager, packages, assume_yes=True)
+    if os.geteuid() != 0:
+        interactive = sys.stdin.isatty() and sys.stderr.isatty()
+        if not interactive or not shutil.which("sudo"):
+            return False
+        sys.stderr.write(f"[setup] Install them now with `sudo {' '.join(command)}`? [Y/n] ")
+        sys.stderr.flush()
+        try:
+            answer = input().strip().lower()
+        except EOFError:
+            return False
+        if answer not in ("", "y", "yes"):
+            return False
+        command = ["sudo", *command]
+    say("$ " + " ".join(command))
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.call(command, env=env, stdin=subprocess.DEVNULL if os.geteuid() == 0 else None) == 0:
+        return True
+    if manager != "apt":
+        return False
+    # A stale package index is the usual reason apt cannot find a package: refresh it once.
+    update = [*command[: command.index("apt-get") + 1], "update"]
+    say("$ " + " ".join(update))
+    if subprocess.call(update, env=env) != 0:
+        return False
+    return subprocess.call(command, env=env) == 0
+
+
+def check_qt_platform(*, launching: bool = True) -> int:
+    """0 when Qt can open a window in this session (or nothing can be checked), else an exit status.
+
+    Linux only. Qt's own message when its xcb plugin fails to load often names the wrong library;
+    here the plugin's real link failures are named, with the command that installs them. When not
+    ``launching`` (a set-up for a desktop entry, maybe from a text console), no display is needed
+    and the X11 plugin is checked when the session has none.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("SCOUT_SKIP_QT_CHECK"):
+        return 0
+    platforms = system_libs.session_platforms(os.environ)
+    if platforms is None:
+        return 0
+    if not platforms and not launching:
+        platforms = ["xcb"]
+    if not platforms:
+        say("there is no display to open the window on (DISPLAY and WAYLAND_DISPLAY are not set).")
+        say("Start it from a terminal inside your desktop session (or over `ssh -X`).")
+        return 1
+    qt_dir = venv_qt_dir()
+    if qt_dir is None:
+        return 0
+    checks = [system_libs.check_plugin(qt_dir, platform) for platform in platforms]
+    manager = system_libs.package_manager(system_libs.read_os_release())
+    if any(check.ok for check in checks):
+        if not checks[0].ok:
+            usable = next(check for check in checks if check.ok)
+            lines, packages = system_libs.describe_failure(checks[0], manager)
+            for line in lines:
+                say(line)
+            say(f"Qt will use its {usable.platform} plugin instead.")
+            if packages and manager:
+                say("For " + checks[0].platform + ": " + " ".join(_sudo(manager, packages)))
+        return 0
+    packages: list[str] = []
+    for check in checks:
+        lines, needed = system_libs.describe_failure(check, manager)
+        for line in lines:
+            say(line)
+        packages += [package for package in needed if package not in packages]
+    if packages and manager and install_system_packages(manager, packages):
+        checks = [system_libs.check_plugin(qt_dir, platform) for platform in platforms]
+        if any(check.ok for check in checks):
+            say("system libraries installed")
+            return 0
+        for check in checks:
+            for line in system_libs.describe_failure(check, manager)[0]:
+                say(line)
+    say("Scout Chat cannot open its window until they are installed.")
+    if packages and manager:
+        say("Install them with:")
+        sys.stderr.write("\n    " + " ".join(_sudo(manager, packages)) + "\n\n")
+        say("then run `make run` again.")
+    say("(SCOUT_SKIP_QT_CHECK=1 skips this check.)")
+    return EXIT_SYSTEM_LIBS
+
+
+def _sudo(manager: str, packages: list[str]) -> list[str]:
+    prefix = [] if os.geteuid() == 0 else ["sudo"]
+    return [*prefix, *system_libs.install_command(manager, packages)]
 
 
 def exec_in_venv(args: list[str]) -> int:
@@ -191,15 +358,24 @@ def main() -> int:
     group.add_argument("--run", action="store_true", help="set up, then launch Scout Chat")
     group.add_argument("--test", action="store_true", help="set up, then run the test suite")
     parser.add_argument(
+        "--no-launch",
+        action="store_true",
+        help="with --run: set up and check the system libraries, but do not start the app",
+    )
+    parser.add_argument(
         "--backend",
         choices=["auto", *BACKEND_CMAKE_ARGS],
         default=None,
         help="llama.cpp backend (default: auto-detect; env SCOUT_BACKEND)",
     )
     args, rest = parser.parse_known_args()
-    setup(args.backend)
+    # The run environment stays lean: test, lint and packaging tools only for --test / plain set-up.
+    setup(args.backend, set() if args.run else {"dev"})
     python = str(venv_python())
     if args.run:
+        status = check_qt_platform(launching=not args.no_launch)
+        if status or args.no_launch:
+            return status
         return exec_in_venv([python, "-m", "app", *rest])
     if args.test:
         return exec_in_venv([python, "-m", "pytest", *rest])
