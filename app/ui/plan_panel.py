@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
@@ -85,8 +85,8 @@ class PlanPanel(QDialog):
     """Non-modal "Memory & offload" dialog for the loaded model or any GGUF the user picks.
 
     ``controller``: the AppController — its ``models`` (the loaded model, its plan and overrides,
-    ``load_model``) and its settings (the context size). ``choose_model_file(parent, start_dir) -> str`` picks a GGUF (tests
-    replace it).
+    ``load_model``) and its settings (the context size). ``choose_model_file(parent, start_dir) -> str``
+    picks a GGUF (tests replace it).
 
     Signals:
     plan_projected(object): a new projection (planner.Plan) is on screen.

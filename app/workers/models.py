@@ -99,9 +99,7 @@ class ModelController(QObject):
         user's Advanced ``overrides`` fix it), or plain LoadParams when no planner is configured."""
         s = self._preferences.settings
         if self._planner is not None:
-            return LoadRequest(
-                Path(path), merge_overrides(overrides, s.n_ctx), n_threads=s.n_threads or None
-            )
+            return LoadRequest(Path(path), merge_overrides(overrides, s.n_ctx), n_threads=s.n_threads or None)
         n_ctx = s.n_ctx or FALLBACK_N_CTX
         return LoadParams(model_path=Path(path), n_ctx=n_ctx, n_threads=s.n_threads or None)
 
@@ -125,9 +123,9 @@ class ModelController(QObject):
     @Slot(object, object)
     def _on_preferences_settings_changed(self, old: Settings, new: Settings) -> None:
         reload_needed = (old.n_ctx, old.n_threads) != (new.n_ctx, new.n_threads)
-        if reload_needed and self._model_info is not None and not self._loading:
-            if not self._inference.generating:
-                self.load_model(str(self._model_info.path), self._overrides)
+        idle = not self._loading and not self._inference.generating
+        if reload_needed and self._model_info is not None and idle:
+            self.load_model(str(self._model_info.path), self._overrides)
 
     @Slot(float)
     def _on_worker_load_progress(self, fraction: float) -> None:
