@@ -92,6 +92,26 @@ def detect_backend(requested: str | None) -> tuple[str, str]:
     return "cpu", "no GPU toolkit detected"
 
 
+# llama.cpp compiles its CPU code with -march=native. On processors with AMX (Intel Xeon since
+# Sapphire Rapids) the AMX kernels of the pinned llama.cpp stop the process with an illegal
+# instruction on quantized models (seen here: `tilezero` in libggml-cpu, in CI too), and they add a
+# buffer type the planner does not expect. Build without them there; AVX-512 and the rest stay.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def native_cpu_cmake_args() -> tuple[str, str]:
+    """(CMAKE_ARGS that this processor's native build needs, a short name for them) or ("", "")."""
+    if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+        return "", ""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "", ""
+    if "amx_tile" not in cpuinfo.split():
+        return "", ""
+    return f"-DCMAKE_C_FLAGS='{NO_AMX}' -DCMAKE_CXX_FLAGS='{NO_AMX}'", "noamx"
+
+
 def fingerprint(backend: str) -> dict[str, str]:
     digest = hashlib.sha256()
     for name in ("pyproject.toml", "constraints.txt"):
@@ -103,6 +123,7 @@ def fingerprint(backend: str) -> dict[str, str]:
         "backend": backend,
         "python": sys.version.split()[0],
         "llama_cpp": LLAMA_CPP_PIN,
+        "llama_build": native_cpu_cmake_args()[1],
     }
 
 
@@ -141,20 +162,26 @@ def install_llama_cpp(backend: str) -> None:
     env = dict(os.environ)
     env.pop("CMAKE_ARGS", None)
     extra = os.environ.get("CMAKE_ARGS", "")
-    cmake_args = " ".join(part for part in (BACKEND_CMAKE_ARGS[backend], extra) if part)
+    native, native_name = native_cpu_cmake_args()
+    if native:
+        say("this processor has AMX: llama.cpp is built without its AMX kernels (they crash here)")
+    cmake_args = " ".join(part for part in (BACKEND_CMAKE_ARGS[backend], native, extra) if part)
     if cmake_args:
         env["CMAKE_ARGS"] = cmake_args
     constraint = ["-c", str(CONSTRAINTS)] if CONSTRAINTS.exists() else []
-    if backend == "cpu" and not extra:
+    if backend == "cpu" and not extra and not native:
         # pip's wheel cache keeps the compiled wheel: later set-ups take seconds.
         say("building llama-cpp-python for CPU (about 7 minutes on 2 cores the first time; cached after)")
         pip("install", *constraint, LLAMA_CPP_PIN, env=env)
         return
-    # pip's wheel cache is keyed by the source archive only, not by CMAKE_ARGS, so a GPU build must
-    # not come from (or pollute) it: build once into a wheelhouse of our own, one per backend.
+    # pip's wheel cache is keyed by the source archive only, not by CMAKE_ARGS, so a GPU (or
+    # AMX-free) build must not come from (or pollute) it: build once into a wheelhouse of our own,
+    # one per backend and flags.
     wheelhouse = Path(os.environ.get("SCOUT_WHEELHOUSE", Path.home() / ".cache" / "scout-chat" / "wheels"))
     wheelhouse = wheelhouse / (
-        backend + ("-" + hashlib.sha1(extra.encode()).hexdigest()[:8] if extra else "")
+        backend
+        + ("-" + native_name if native_name else "")
+        + ("-" + hashlib.sha1(extra.encode()).hexdigest()[:8] if extra else "")
     )
     if not any(wheelhouse.glob("llama_cpp_python-*.whl")):
         say(f"building llama-cpp-python with CMAKE_ARGS={cmake_args!r} into {wheelhouse}")
@@ -234,7 +261,9 @@ def setup(backend_request: str | None, extras: set[str]) -> None:
         return
     say(f"llama.cpp backend: {backend} ({why}); pip's output goes to {LOG}")
     pip("install", "--upgrade", "pip", "wheel", "setuptools")
-    if current.get("backend") != backend or current.get("llama_cpp") != LLAMA_CPP_PIN or not current:
+    if not current or any(
+        current.get(key, "") != base[key] for key in ("backend", "llama_cpp", "llama_build")
+    ):
         install_llama_cpp(backend)
     target = ".[" + ",".join(install) + "]" if install else "."
     say(f"installing the project ({'with ' + ', '.join(install) if install else 'without dev'} extras)")

@@ -1,47 +1,39 @@
 """PlanPanel on Scout-shaped sparse GGUFs and simulated machines: verdicts, bars, live projection,
-applying overrides through the controller, and the main window's entry points."""
+applying overrides through a real AppController (a FakeEngine "loads" the Scout-shaped file), and the
+main window's entry points."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from PySide6.QtCore import QPoint, Qt, Signal
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QApplication
 
 from app.core.hardware import SimulatedHardware
-from app.core.planner import GB, PlanOverrides, make_plan
+from app.core.planner import GB, PlanOverrides, make_plan, plan_load
 from app.core.scout_shape import write_scout_shape
 from app.core.units import format_context
 from app.ui import theme
 from app.ui.main_window import MainWindow
 from app.ui.plan_panel import PlanPanel, context_choices
-from tests.qt.test_ui_doubles import FakeController, model_info
 
 if TYPE_CHECKING:
-    from app.core.planner import Plan
+    from collections.abc import Callable
+
+    from app.core.planner import LoadRequest, Plan, PlannedLoad
+    from app.workers.controller import AppController
 
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints")
 
 SHOTS = Path(os.environ.get("SCOUT_UI_SHOTS", "/tmp/ui_shots"))
 
 
-class PlanController(FakeController):
-    """FakeController plus the planner-facing part of AppController's contract."""
-
-    plan_changed = Signal(object)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.plan: Plan | None = None
-        self.overrides: PlanOverrides | None = None
-        self.is_loading = False
-
-    def load_model(self, path: str, overrides: PlanOverrides | None = None) -> None:
-        self.calls.append(("load_model", path, overrides))
+def simulated_planner(hardware: SimulatedHardware) -> Callable[[LoadRequest], PlannedLoad]:
+    """The app's planner (header, plan, load parameters) on a simulated machine, no dry run."""
+    return lambda request: plan_load(request, hardware.probe())
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +42,22 @@ def scout_q4(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def controller(scout_q4: Path) -> PlanController:
-    c = PlanController()
-    c.models.model_info = dataclasses.replace(model_info(), path=scout_q4)
+def controller(make_controller, load_fake_model, scout_q4: Path) -> AppController:
+    """A controller with the Scout-shaped file loaded (no planner: no plan of the last load)."""
+    c = make_controller()
+    info = load_fake_model(c, scout_q4)
+    assert info.path == scout_q4
     return c
+
+
+def apply_and_wait(qtbot: Any, panel: PlanPanel, controller: AppController) -> str:
+    """Click "Apply and reload"; the path the controller started loading (the load is waited for)."""
+    with (
+        qtbot.waitSignal(controller.models.model_loaded, timeout=5000),
+        qtbot.waitSignal(controller.models.model_load_started) as started,
+    ):
+        qtbot.mouseClick(panel.apply_button, Qt.MouseButton.LeftButton)
+    return started.args[0]
 
 
 def make_panel(qtbot: Any, controller: Any, hardware: SimulatedHardware) -> PlanPanel:
@@ -211,13 +215,14 @@ def test_apply_and_reload_passes_the_overrides(qtbot, controller, scout_q4) -> N
     set_combo_data(panel.context_combo, 16384)
     set_combo_data(panel.kv_combo, "q8_0")
     set_combo_data(panel.flash_combo, True)
-    qtbot.mouseClick(panel.apply_button, Qt.MouseButton.LeftButton)
+    assert apply_and_wait(qtbot, panel, controller) == str(scout_q4)
     expected = PlanOverrides(n_gpu_layers=30, n_cpu_moe=12, n_ctx=16384, kv_type="q8_0", flash_attn=True)
-    assert controller.called("load_model") == [(str(scout_q4), expected)]
+    assert controller.models.overrides == expected
 
 
-def test_reset_to_automatic_clears_the_overrides(qtbot, controller, scout_q4) -> None:
-    controller.models.overrides = PlanOverrides(n_gpu_layers=20, n_ctx=8192)
+def test_reset_to_automatic_clears_the_overrides(qtbot, controller, load_fake_model, scout_q4) -> None:
+    load_fake_model(controller, scout_q4, PlanOverrides(n_gpu_layers=20, n_ctx=8192))
+    assert controller.models.overrides == PlanOverrides(n_gpu_layers=20, n_ctx=8192)
     panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
     assert panel.advanced_button.isChecked()  # the model was loaded with overrides: show them
     assert panel.overrides() == PlanOverrides(n_gpu_layers=20, n_ctx=8192)
@@ -228,20 +233,23 @@ def test_reset_to_automatic_clears_the_overrides(qtbot, controller, scout_q4) ->
     assert panel.gpu_layers_spin.value() == -1
     assert panel.plan is not None
     assert panel.plan.n_gpu_layers == 49
-    qtbot.mouseClick(panel.apply_button, Qt.MouseButton.LeftButton)
-    assert controller.called("load_model") == [(str(scout_q4), None)]
+    assert apply_and_wait(qtbot, panel, controller) == str(scout_q4)
+    assert controller.models.overrides is None
 
 
 def test_auto_context_follows_the_settings_like_the_controller(qtbot, controller) -> None:
-    controller.update_settings(controller.settings.replace(n_ctx=8192))
+    with qtbot.waitSignal(controller.models.model_loaded, timeout=5000):  # a new context size reloads
+        controller.update_settings(controller.settings.replace(n_ctx=8192))
     panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
     assert panel.plan is not None
     assert panel.plan.n_ctx == 8192
     assert panel.context_combo.itemText(0) == "Auto (8k)"
 
 
-def test_choose_model_reads_another_file_and_reports_bad_ones(qtbot, controller, tmp_path, scout_q4) -> None:
-    controller.models.model_info = None
+def test_choose_model_reads_another_file_and_reports_bad_ones(
+    qtbot, make_controller, tmp_path, scout_q4
+) -> None:
+    controller = make_controller()  # no model loaded
     panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
     assert panel.empty_label.isVisible()
     assert not panel.apply_button.isEnabled()
@@ -258,17 +266,24 @@ def test_choose_model_reads_another_file_and_reports_bad_ones(qtbot, controller,
     assert not panel.error_label.isVisible()
     assert panel.plan_box.isVisible()
     assert panel.verdict_text() == "Split GPU + RAM"
-    qtbot.mouseClick(panel.apply_button, Qt.MouseButton.LeftButton)
-    assert controller.called("load_model") == [(str(scout_q4), None)]
+    assert apply_and_wait(qtbot, panel, controller) == str(scout_q4)
+    assert controller.models.overrides is None
 
 
-def test_plan_changed_shows_the_last_load(qtbot, controller) -> None:
+def test_plan_changed_shows_the_last_load(qtbot, make_controller, scout_q4) -> None:
     hw = SimulatedHardware.nvidia(24, 64)
+    controller = make_controller(planner=simulated_planner(hw))
     panel = make_panel(qtbot, controller, hw)
+    assert panel.set_model_path(scout_q4)
     assert not panel.loaded_label.isVisible()
     assert panel.info is not None
-    loaded = make_plan(panel.info, hw.probe(), PlanOverrides(n_ctx=16384))
-    controller.models.plan_changed.emit(loaded)
+    with (
+        qtbot.waitSignal(controller.models.model_loaded, timeout=5000),
+        qtbot.waitSignal(controller.models.plan_changed, timeout=5000) as changed,
+    ):
+        controller.models.load_model(str(scout_q4), PlanOverrides(n_ctx=16384))
+    loaded: Plan = changed.args[0]
+    assert loaded == make_plan(panel.info, hw.probe(), PlanOverrides(n_ctx=16384))
     assert panel.loaded_label.isVisible()
     assert panel.loaded_label.text() == "Last load: split GPU + RAM, 16k context"
 
@@ -285,13 +300,15 @@ def test_context_choices() -> None:
 @pytest.mark.qt_log_ignore(
     "This plugin does not support propagateSizeHints", "This plugin does not support raise"
 )
-def test_main_window_menu_status_click_and_plan_tooltip(qtbot, controller) -> None:
+def test_main_window_menu_status_click_and_plan_tooltip(qtbot, make_controller, load_fake_model, scout_q4) -> None:
+    hw = SimulatedHardware.nvidia(24, 64)
+    controller = make_controller(planner=simulated_planner(hw))
     window = MainWindow(controller)
-    window.hardware_probe = SimulatedHardware.nvidia(24, 64)
+    window.hardware_probe = hw
     qtbot.addWidget(window)
     window.show()
     qtbot.waitExposed(window)
-    controller.load(controller.models.model_info)
+    load_fake_model(controller, scout_q4)
     assert window.plan_panel_action in window.menuBar().actions()[0].menu().actions()
     window.plan_panel_action.trigger()
     panel = window.findChild(PlanPanel)
@@ -304,8 +321,14 @@ def test_main_window_menu_status_click_and_plan_tooltip(qtbot, controller) -> No
     assert panel.isVisible()
     assert window.findChildren(PlanPanel) == [panel]  # one panel, re-shown
     assert panel.info is not None
-    plan = make_plan(panel.info, SimulatedHardware.nvidia(8, 16).probe())
-    controller.models.plan_changed.emit(plan)
+    with (
+        qtbot.waitSignal(controller.models.model_loaded, timeout=5000),
+        qtbot.waitSignal(controller.models.plan_changed, timeout=5000) as changed,
+    ):
+        controller.models.load_model(str(scout_q4), PlanOverrides(n_ctx=8192))  # a reload, a new plan
+    plan: Plan = changed.args[0]
+    assert plan.n_ctx == 8192
+    assert panel.loaded_label.text() == "Last load: split GPU+RAM, 8k context"
     tip = window.model_label.toolTip()
     assert f"Memory: {plan.fits_text}" in tip
     assert controller.models.model_info is not None

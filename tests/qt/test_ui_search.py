@@ -8,43 +8,39 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeySequence
 
-from app.core.store import Store
 from app.ui.main_window import MainWindow
 from app.ui.search_dialog import SearchDialog, snippet
-from tests.qt.test_ui_doubles import Conv, FakeController
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from app.core.store import Store
+    from app.workers.controller import AppController
 
 pytestmark = pytest.mark.qt_log_ignore(
     "This plugin does not support propagateSizeHints", "This plugin does not support raise"
 )
 
 
-class StoreController(FakeController):
-    """The controller double plus a real store (the window searches ``controller.store``)."""
-
-    def __init__(self, store: Store) -> None:
-        super().__init__([Conv(c.id, c.title) for c in store.list_conversations()])
-        self.store = store
+@pytest.fixture
+def controller(make_controller) -> AppController:
+    c = make_controller()
+    s = c.store
+    old = s.create_conversation("Sourdough")
+    s.add_message(old.id, "user", "How long should a sourdough levain ferment?")
+    s.add_message(old.id, "assistant", "Usually 4 to 12 hours, until it doubles and smells tangy.")
+    other = s.create_conversation("Rust lifetimes")
+    s.add_message(other.id, "user", "Explain lifetimes in Rust with an example.")
+    s.add_message(other.id, "notice", "levain in a notice is never a hit")
+    s.create_conversation("Empty")
+    return c
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    with Store(tmp_path / "chats.sqlite3") as s:
-        old = s.create_conversation("Sourdough")
-        s.add_message(old.id, "user", "How long should a sourdough levain ferment?")
-        s.add_message(old.id, "assistant", "Usually 4 to 12 hours, until it doubles and smells tangy.")
-        other = s.create_conversation("Rust lifetimes")
-        s.add_message(other.id, "user", "Explain lifetimes in Rust with an example.")
-        s.add_message(other.id, "notice", "levain in a notice is never a hit")
-        s.create_conversation("Empty")
-        yield s
+def store(controller: AppController) -> Store:
+    return controller.store
 
 
 @pytest.fixture
-def window(qtbot, store: Store) -> tuple[MainWindow, StoreController]:
-    controller = StoreController(store)
+def window(qtbot, controller: AppController) -> tuple[MainWindow, AppController]:
     win = MainWindow(controller)
     qtbot.addWidget(win)
     win.show()
@@ -65,9 +61,11 @@ def test_shortcut_search_finds_old_text_and_opens_the_conversation(qtbot, window
     item = dialog.results.item(0)
     assert item.text().startswith("Sourdough  ·  You, ")
     assert "sourdough levain ferment" in item.text()
-    qtbot.keyClick(dialog.query_edit, Qt.Key.Key_Return)
     sourdough = next(c for c in store.list_conversations() if c.title == "Sourdough")
-    assert controller.called("open_conversation") == [(sourdough.id,)]
+    with qtbot.waitSignal(controller.conversations.conversation_opened) as opened:
+        qtbot.keyClick(dialog.query_edit, Qt.Key.Key_Return)
+    assert opened.args[0] == sourdough.id
+    assert controller.conversations.current_conversation_id == sourdough.id
     assert not dialog.isVisible()
 
 
@@ -84,9 +82,12 @@ def test_several_hits_keyboard_navigation_and_no_match(qtbot, window, store: Sto
     dialog.set_query("lifetimes rust")
     assert dialog.hit_count() == 1
     dialog.results.setFocus()
-    qtbot.keyClick(dialog.results, Qt.Key.Key_Return)  # activating the selected hit opens it
     rust = next(c for c in store.list_conversations() if c.title == "Rust lifetimes")
-    assert controller.called("open_conversation") == [(rust.id,)]
+    with qtbot.waitSignal(controller.conversations.conversation_opened) as opened:
+        qtbot.keyClick(dialog.results, Qt.Key.Key_Return)  # activating the selected hit opens it
+    assert opened.args[0] == rust.id
+    assert controller.conversations.current_conversation_id == rust.id
+    assert win.sidebar.current_id() == rust.id
     assert win.open_global_search() is dialog  # one dialog, reused
 
 
