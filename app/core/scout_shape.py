@@ -40,7 +40,7 @@ class ScoutShape:
 
 SCOUT = ScoutShape()
 
-# Published sizes in bytes (SCOUT_FACTS.md), for comparison in tests/bench.
+# Published sizes in bytes (docs/architecture.md, "Facts the code relies on"), for tests and bench.
 PUBLISHED_BYTES = {
     "Q4_K_M": 49_848_379_744 + 15_511_520_608,
     "UD-Q2_K_XL": 42_200_000_000,

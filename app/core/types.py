@@ -73,7 +73,7 @@ class LoadParams:
     flash_attn: bool = False
     type_k: str = "f16"  # f16, q8_0, q4_0
     type_v: str = "f16"  # quantized V requires flash_attn
-    swa_full: bool = False  # False: Scout's small chunked-attention cache (see SCOUT_FACTS.md)
+    swa_full: bool = False  # False: Scout's small chunked-attention cache (docs/architecture.md)
     use_mmap: bool = True
     offload_kqv: bool = True
     tensor_overrides: tuple[TensorOverride, ...] = ()

@@ -1,4 +1,4 @@
-"""models_manifest.json: schema validation and agreement with the facts in SCOUT_FACTS.md."""
+"""models_manifest.json: schema validation and agreement with the published sizes in docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ GGML = "ggml-org/Llama-4-Scout-17B-16E-Instruct-GGUF"
 BARTOWSKI = "bartowski/meta-llama_Llama-4-Scout-17B-16E-Instruct-GGUF"
 N = "Llama-4-Scout-17B-16E-Instruct"
 
-# (repo, path) -> (size, sha256) as SCOUT_FACTS.md gives them (None = not given there).
+# (repo, path) -> (size, sha256) as docs/architecture.md gives them (None = not given there).
 FACTS: dict[tuple[str, str], tuple[int | None, str | None]] = {
     (UNSLOTH, f"Q4_K_M/{N}-Q4_K_M-00001-of-00002.gguf"): (
         49_848_379_744,
@@ -70,7 +70,7 @@ def test_sizes_and_hashes_agree_with_the_facts(manifest: Manifest) -> None:
     # nothing invented: every known value in the manifest comes from the facts
     for key, (size, sha) in listed.items():
         if size is not None or sha is not None:
-            assert key in FACTS, f"{key} has a size/sha256 that SCOUT_FACTS.md does not give"
+            assert key in FACTS, f"{key} has a size/sha256 that docs/architecture.md does not give"
 
 
 def test_every_build_has_the_required_fields(manifest: Manifest) -> None:

@@ -81,7 +81,7 @@ def no_images(_attachment: Attachment) -> str | None:
 
 
 def test_plain_conversation_passes_through_with_the_system_prompt(index) -> None:
-    request = TurnRequest(tuple(history(2)) + (message(9, "user", "and now?"),), {}, "Be brief.", 64)
+    request = TurnRequest((*history(2), message(9, "user", "and now?")), {}, "Be brief.", 64)
     turn = build_turn(request, limits(4096), index, no_images)
     assert [m.role for m in turn.messages] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert turn.messages[0].content == "Be brief."

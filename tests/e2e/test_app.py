@@ -215,7 +215,7 @@ def test_image_and_document_turn_with_the_vision_projector(
     assert tiny_projector.parent == tiny_model.parent  # found beside the model, like a real download
     app = start_app(tmp_path / "data")
     controller = app.controller
-    # one thread, as SCOUT_FACTS advises for image encoding on a 2-core machine (Settings → threads)
+    # one thread: image encoding with 2 threads on a 2-core machine is ~800x slower (Settings → threads)
     controller.update_settings(controller.settings.replace(n_threads=1))
     with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
         controller.models.load_model(str(tiny_model))

@@ -12,8 +12,10 @@ from app.workers.controller import AppController
 from tests.fakes import FakeEngine
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    from PySide6.QtWidgets import QApplication
 
     from app.core.planner import LoadRequest, PlannedLoad, PlanOverrides
     from app.core.types import ModelInfo
@@ -56,3 +58,24 @@ def load_fake_model(qtbot):
         return loaded.args[0]
 
     return load
+
+
+@pytest.fixture
+def themed(qapp: QApplication) -> Iterator[Callable[[str], None]]:
+    """Apply a theme ("light", "dark") to the application for a screenshot; the application's
+    style, style sheet and palette are restored afterwards, so no later test sees the theme."""
+    from PySide6.QtWidgets import QStyleFactory
+
+    from app.ui import theme
+
+    palette, sheet, style = qapp.palette(), qapp.styleSheet(), qapp.style().name()
+
+    def apply(mode: str) -> None:
+        theme.apply_theme(qapp, mode)
+
+    yield apply
+    restored = QStyleFactory.create(style)
+    if restored is not None:
+        qapp.setStyle(restored)
+    qapp.setStyleSheet(sheet)
+    qapp.setPalette(palette)

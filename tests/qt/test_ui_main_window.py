@@ -189,7 +189,10 @@ def test_send_and_edit_last_message(qtbot, window: MainWindow, controller, load_
     with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000):
         qtbot.keyClick(window.composer.edit, Qt.Key.Key_Return)
     stored = controller.conversations.messages()
-    assert [(m.role, m.content) for m in stored] == [("user", "What is Scout?"), ("assistant", "Hello there!")]
+    assert [(m.role, m.content) for m in stored] == [
+        ("user", "What is Scout?"),
+        ("assistant", "Hello there!"),
+    ]
     window.edit_last_action.trigger()
     assert window.composer.is_editing
     assert window.composer.text() == "What is Scout?"
@@ -229,7 +232,9 @@ def test_sidebar_commands_reach_the_controller(qtbot, window: MainWindow, contro
     assert window.sidebar.model.index(0).data() == "Third chat"
 
 
-def test_error_banner_shows_and_dismisses(qtbot, window: MainWindow, controller, engine, load_fake_model) -> None:
+def test_error_banner_shows_and_dismisses(
+    qtbot, window: MainWindow, controller, engine, load_fake_model
+) -> None:
     assert not window.error_banner.isVisible()
     with qtbot.waitSignal(controller.notices.error_occurred):
         controller.conversations.send("Hello?")  # no model yet

@@ -15,7 +15,6 @@ from app.core.downloads import TokenStore
 from app.core.fit import assess_build
 from app.core.manifest import Manifest, load_manifest
 from app.core.planner import VERDICT_CPU, VERDICT_FULL, VERDICT_NO, VERDICT_SPLIT
-from app.ui import theme
 from app.ui.model_manager import ModelManagerDialog
 from app.workers.downloads import DownloadController
 from tests.core.test_downloads import CONTENT, GATED_REPO, PART1
@@ -33,6 +32,7 @@ from tests.qt.test_download_worker import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from app.workers.controller import AppController
     from tests.hub_server import FakeHub
 
 from app.core.hardware import SimulatedHardware
@@ -112,9 +112,10 @@ def test_a_build_not_on_disk_is_planned_from_the_manifest(hardware: SimulatedHar
 
 
 def test_rows_and_badges_for_the_real_manifest(
-    make_dialog: Callable[..., tuple[ModelManagerDialog, DownloadController]], qapp: Any
+    make_dialog: Callable[..., tuple[ModelManagerDialog, DownloadController]],
+    themed: Callable[[str], None],
 ) -> None:
-    theme.apply_theme(qapp, "light")
+    themed("light")
     manifest = load_manifest()
     dialog, _controller = make_dialog(manifest, SimulatedHardware.nvidia(24, 64))
     assert set(dialog.rows) == {b.id for b in manifest.builds}
@@ -168,9 +169,9 @@ def test_a_real_download_shows_progress_and_ends_installed_with_use_this_model(
     hub: FakeHub,
     make_dialog: Callable[..., tuple[ModelManagerDialog, DownloadController]],
     tmp_path: Path,
-    qapp: Any,
+    themed: Callable[[str], None],
 ) -> None:
-    theme.apply_theme(qapp, "light")
+    themed("light")
     hub.drop_connection(PART1, at=STALL_AT)
     dialog, controller = make_dialog(server=hub, backoff_base_s=3.0)
     dialog.show()
@@ -294,14 +295,14 @@ def test_file_models_opens_the_manager_and_use_this_model_loads_it(
     hub: FakeHub,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    make_controller: Callable[..., AppController],
 ) -> None:
     from app.ui.main_window import MainWindow
-    from tests.qt.test_ui_doubles import FakeController
 
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     downloads = new_controller(hub, tmp_path)
     try:
-        controller = FakeController()
+        controller = make_controller()
         window = MainWindow(controller)
         qtbot.addWidget(window)
         window.hardware_probe = SimulatedHardware.nvidia(24, 64)
@@ -315,9 +316,15 @@ def test_file_models_opens_the_manager_and_use_this_model_loads_it(
         assert not dialog.isModal()
         with qtbot.waitSignal(downloads.download_finished, timeout=20000):
             qtbot.mouseClick(dialog.rows[SPLIT.id].buttons["download"], Qt.MouseButton.LeftButton)
-        qtbot.mouseClick(dialog.rows[SPLIT.id].buttons["use"], Qt.MouseButton.LeftButton)
+        with (
+            qtbot.waitSignal(controller.models.model_loaded, timeout=5000) as loaded,
+            qtbot.waitSignal(controller.models.model_load_started) as started,
+        ):
+            qtbot.mouseClick(dialog.rows[SPLIT.id].buttons["use"], Qt.MouseButton.LeftButton)
         first_shard = tmp_path / "models" / SPLIT.id / PART1.rsplit("/", 1)[-1]
-        assert controller.called("load_model")[0][0] == str(first_shard)
+        assert started.args == [str(first_shard)]
+        assert loaded.args[0].path == first_shard
+        assert window.model_label.text() == loaded.args[0].name
         window.models_action.trigger()
         assert window._model_manager is dialog  # one manager, raised again
     finally:
@@ -326,10 +333,14 @@ def test_file_models_opens_the_manager_and_use_this_model_loads_it(
 
 @pytest.mark.parametrize("answer", [True, False])
 def test_at_start_the_window_asks_before_resuming_last_sessions_downloads(
-    qtbot: Any, hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: bool
+    qtbot: Any,
+    hub: FakeHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_controller: Callable[..., AppController],
+    answer: bool,
 ) -> None:
     from app.ui.main_window import MainWindow
-    from tests.qt.test_ui_doubles import FakeController
 
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     first = new_controller(hub, tmp_path, backoff_base_s=5.0)
@@ -340,7 +351,7 @@ def test_at_start_the_window_asks_before_resuming_last_sessions_downloads(
 
     downloads = new_controller(hub, tmp_path)
     try:
-        window = MainWindow(FakeController())
+        window = MainWindow(make_controller())
         qtbot.addWidget(window)
         window.hardware_probe = SimulatedHardware.nvidia(24, 64)
         window.set_download_controller(downloads)

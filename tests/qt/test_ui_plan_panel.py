@@ -13,10 +13,9 @@ from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QApplication
 
 from app.core.hardware import SimulatedHardware
-from app.core.planner import GB, PlanOverrides, make_plan, plan_load
+from app.core.planner import GB, VERDICT_SPLIT, PlanOverrides, make_plan, plan_load
 from app.core.scout_shape import write_scout_shape
 from app.core.units import format_context
-from app.ui import theme
 from app.ui.main_window import MainWindow
 from app.ui.plan_panel import PlanPanel, context_choices
 
@@ -283,7 +282,7 @@ def test_plan_changed_shows_the_last_load(qtbot, make_controller, scout_q4) -> N
     ):
         controller.models.load_model(str(scout_q4), PlanOverrides(n_ctx=16384))
     loaded: Plan = changed.args[0]
-    assert loaded == make_plan(panel.info, hw.probe(), PlanOverrides(n_ctx=16384))
+    assert (loaded.n_ctx, loaded.verdict) == (16384, VERDICT_SPLIT)
     assert panel.loaded_label.isVisible()
     assert panel.loaded_label.text() == "Last load: split GPU + RAM, 16k context"
 
@@ -300,7 +299,9 @@ def test_context_choices() -> None:
 @pytest.mark.qt_log_ignore(
     "This plugin does not support propagateSizeHints", "This plugin does not support raise"
 )
-def test_main_window_menu_status_click_and_plan_tooltip(qtbot, make_controller, load_fake_model, scout_q4) -> None:
+def test_main_window_menu_status_click_and_plan_tooltip(
+    qtbot, make_controller, load_fake_model, scout_q4
+) -> None:
     hw = SimulatedHardware.nvidia(24, 64)
     controller = make_controller(planner=simulated_planner(hw))
     window = MainWindow(controller)
@@ -328,7 +329,7 @@ def test_main_window_menu_status_click_and_plan_tooltip(qtbot, make_controller, 
         controller.models.load_model(str(scout_q4), PlanOverrides(n_ctx=8192))  # a reload, a new plan
     plan: Plan = changed.args[0]
     assert plan.n_ctx == 8192
-    assert panel.loaded_label.text() == "Last load: split GPU+RAM, 8k context"
+    assert panel.loaded_label.text() == "Last load: split GPU + RAM, 8k context"
     tip = window.model_label.toolTip()
     assert f"Memory: {plan.fits_text}" in tip
     assert controller.models.model_info is not None
@@ -336,23 +337,6 @@ def test_main_window_menu_status_click_and_plan_tooltip(qtbot, make_controller, 
 
 
 # -- screenshots ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def themed(qapp: QApplication) -> Any:
-    palette, sheet, style = qapp.palette(), qapp.styleSheet(), qapp.style().name()
-
-    def apply(mode: str) -> None:
-        theme.apply_theme(qapp, mode)
-
-    yield apply
-    from PySide6.QtWidgets import QStyleFactory
-
-    restored = QStyleFactory.create(style)
-    if restored is not None:
-        qapp.setStyle(restored)
-    qapp.setStyleSheet(sheet)
-    qapp.setPalette(palette)
 
 
 @pytest.mark.parametrize("mode", ["light", "dark"])

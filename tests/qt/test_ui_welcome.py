@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QApplication
 
 from app.core.hardware import SimulatedHardware
 from app.core.units import format_gb
 from app.main import Application, build_application, parse_args
-from app.ui import theme
 from app.ui.welcome import WelcomePage
 
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints")
@@ -85,20 +83,15 @@ def test_choose_another_build_and_low_disk_warning(qtbot, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("mode", ["light", "dark"])
-def test_screenshot(qtbot, tmp_path: Path, mode: str) -> None:
-    app = QApplication.instance()
-    assert isinstance(app, QApplication)
-    theme.apply_theme(app, mode)
-    try:
-        page = _page(qtbot, tmp_path, SimulatedHardware.nvidia(24, 64))
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        qtbot.wait(100)  # let the word-wrapped labels settle their heights
-        assert page.grab().save(str(SHOTS / f"welcome_{mode}.png"))
-        small = _page(qtbot, tmp_path, SimulatedHardware.cpu_only(16))
-        qtbot.wait(100)
-        assert small.grab().save(str(SHOTS / f"welcome_too_small_{mode}.png"))
-    finally:
-        theme.apply_theme(app, "light")
+def test_screenshot(qtbot, tmp_path: Path, themed, mode: str) -> None:
+    themed(mode)
+    page = _page(qtbot, tmp_path, SimulatedHardware.nvidia(24, 64))
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    qtbot.wait(100)  # let the word-wrapped labels settle their heights
+    assert page.grab().save(str(SHOTS / f"welcome_{mode}.png"))
+    small = _page(qtbot, tmp_path, SimulatedHardware.cpu_only(16))
+    qtbot.wait(100)
+    assert small.grab().save(str(SHOTS / f"welcome_too_small_{mode}.png"))
 
 
 @pytest.fixture

@@ -66,7 +66,9 @@ def test_token_signals_are_throttled(qtbot) -> None:
 
     started = time.monotonic()
     with qtbot.waitSignal(worker.generation_finished, timeout=10_000):
-        worker.answer(1, turn_request([ChatMessage.user("hi")], max_tokens=64), SamplingParams(max_tokens=1000))
+        worker.answer(
+            1, turn_request([ChatMessage.user("hi")], max_tokens=64), SamplingParams(max_tokens=1000)
+        )
     elapsed = time.monotonic() - started
     assert "".join(emissions) == "x" * 400  # nothing lost
     assert len(emissions) <= elapsed * MAX_UI_UPDATES_PER_SECOND + 2
@@ -157,7 +159,9 @@ def test_streams_in_order_across_threads(qtbot, start_worker) -> None:
     # the first piece goes out at once (TTFT), the rest is batched: "Hel", then "lo", then finished
     signals = [requester.tokens, requester.tokens, requester.finished]
     with qtbot.waitSignals(signals, order="strict", timeout=5000):
-        requester.generate_requested.emit(7, turn_request([ChatMessage.user("hi")], max_tokens=64), SamplingParams())
+        requester.generate_requested.emit(
+            7, turn_request([ChatMessage.user("hi")], max_tokens=64), SamplingParams()
+        )
 
 
 def test_real_llama_cpp_in_the_worker_thread(qtbot, start_worker, tiny_model: Path) -> None:
@@ -172,7 +176,9 @@ def test_real_llama_cpp_in_the_worker_thread(qtbot, start_worker, tiny_model: Pa
     text: list[str] = []
     requester.tokens.connect(lambda _g, t: text.append(t))
     with qtbot.waitSignal(requester.finished, timeout=30_000) as finished:
-        requester.generate_requested.emit(1, turn_request([ChatMessage.user("Hello")], max_tokens=64), SamplingParams(max_tokens=32))
+        requester.generate_requested.emit(
+            1, turn_request([ChatMessage.user("Hello")], max_tokens=64), SamplingParams(max_tokens=32)
+        )
     assert "".join(text).strip()
     assert finished.args[1].completion_tokens == 32
 
@@ -254,7 +260,11 @@ def test_session_state_saved_and_restored_by_conversation(qtbot, tiny_model: Pat
     try:
         first.load_model(LoadParams(tiny_model, n_ctx=1024))
         with qtbot.waitSignal(first.generation_finished, timeout=30_000):
-            first.answer(1, turn_request([ChatMessage.user("Remember this conversation.")], max_tokens=64), SamplingParams(max_tokens=8))
+            first.answer(
+                1,
+                turn_request([ChatMessage.user("Remember this conversation.")], max_tokens=64),
+                SamplingParams(max_tokens=8),
+            )
         with qtbot.waitSignal(first.session_saved) as saved:
             first.save_session(42, str(tmp_path))
         assert saved.args[0] == 42
@@ -277,7 +287,11 @@ def test_session_state_saved_and_restored_by_conversation(qtbot, tiny_model: Pat
         for decoy in decoys:
             decoy.write_bytes(b"another conversation")
         with qtbot.waitSignal(second.generation_finished, timeout=30_000):
-            second.answer(2, turn_request([ChatMessage.user("Remember this one.")], max_tokens=64), SamplingParams(max_tokens=8))
+            second.answer(
+                2,
+                turn_request([ChatMessage.user("Remember this one.")], max_tokens=64),
+                SamplingParams(max_tokens=8),
+            )
         with qtbot.waitSignal(second.session_saved):
             second.save_session(42, str(tmp_path))
         fresh = list(tmp_path.glob("conversation-42-*.llamastate"))
