@@ -1,7 +1,7 @@
 """Image turns through libmtmd (llama-cpp-python's ``MTMDChatHandler``): the engine side of vision.
 
-To be folded into :mod:`app.core.engine` (the one llama_cpp importer); llama_cpp is imported
-lazily, so importing this module costs nothing.
+Part of :mod:`app.core.engine` (the one llama_cpp importer); llama_cpp is imported lazily, so
+importing this module costs nothing.
 
 How an image turn runs (llama-cpp-python 0.3.36, ``MTMDChatHandler.__call__``):
 
@@ -35,7 +35,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.core.engine import NATIVE_LOG, ContextOverflowError, EngineError, _import_llama_cpp
+from app.core.engine.errors import ContextOverflowError, EngineError
+from app.core.engine.native import NATIVE_LOG, import_llama_cpp
 from app.core.types import ChatMessage, GenerationStats, Role, SamplingParams, timed_stats
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def install_mtmd_log() -> None:
     global _MTMD_LOG_CALLBACK
     if _MTMD_LOG_CALLBACK is not None:
         return
-    llama_cpp = _import_llama_cpp()
+    llama_cpp = import_llama_cpp()
     from llama_cpp import mtmd_cpp
 
     @llama_cpp.llama_log_callback
@@ -158,7 +159,7 @@ def make_chat_handler(mmproj_path: Path, n_threads: int | None = None, use_gpu: 
             self.verbose = False  # True would print the whole prompt to stderr
             if self.mtmd_ctx is not None:
                 return
-            llama_cpp = _import_llama_cpp()
+            llama_cpp = import_llama_cpp()
             params = self._mtmd_cpp.mtmd_context_params_default()
             params.use_gpu = self.use_gpu
             params.print_timings = False
