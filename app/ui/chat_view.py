@@ -37,7 +37,8 @@ from PySide6.QtWidgets import (
 )
 
 from app.ui import theme
-from app.ui.attachments import CITE_SCHEME, MessageAttachmentsWidget, link_citations, max_source_page
+from app.ui.attachment_chips import MessageAttachmentsWidget
+from app.ui.citations import CITE_SCHEME, link_citations, max_source_page
 from app.ui.markdown_render import (
     COPY_SCHEME,
     MarkdownColors,
