@@ -215,7 +215,7 @@ def test_a_file_shorter_than_the_hub_claims_does_not_loop_forever(
 
 
 def _enospc_open(after: int) -> Callable[..., Any]:
-    """``open`` for app.core.downloads.transfer whose .part file raises ENOSPC once ``after`` bytes are written."""
+    """``open`` for app.core.downloads.transfer: its .part file raises ENOSPC after ``after`` bytes."""
 
     class Full:
         def __init__(self, inner: Any) -> None:
