@@ -197,11 +197,24 @@ class MessageWidget(QFrame):
         self._live_rendered: str | None = None
         self.segments: list[RichTextSegment] = []
         self.attachments_widget: MessageAttachmentsWidget | None = None
+        self.bubble: QFrame | None = None  # the user's message bubble
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 6, 0, 6)
         outer.setSpacing(4)
 
+        self._build_header()
+        self._build_body()
+        self._build_actions()
+        if self.role == "user":
+            self._arrange_as_user(outer)
+        else:
+            self._arrange_as_answer(outer)
+        outer.addLayout(self.actions_row)
+        self.render_all()
+        self._update_decorations()
+
+    def _build_header(self) -> None:
         self.header = QHBoxLayout()
         self.header.setSpacing(8)
         self.role_label = QLabel("You" if self.role == "user" else "Scout")
@@ -216,6 +229,7 @@ class MessageWidget(QFrame):
         self.header.addWidget(self.badge)
         self.header.addStretch(1)
 
+    def _build_body(self) -> None:
         self.body = QWidget()
         self.body_layout = QVBoxLayout(self.body)
         self.body_layout.setContentsMargins(0, 0, 0, 0)
@@ -230,6 +244,7 @@ class MessageWidget(QFrame):
         self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.error_label.hide()
 
+    def _build_actions(self) -> None:
         self.actions_row = QHBoxLayout()
         self.actions_row.setSpacing(2)
         self.stats_label = QLabel()
@@ -242,36 +257,36 @@ class MessageWidget(QFrame):
         self.regenerate_button.hide()
         self.sources_button.hide()
 
-        if self.role == "user":
-            self.bubble = QFrame()
-            self.bubble.setObjectName("userBubble")
-            bubble_layout = QVBoxLayout(self.bubble)
-            bubble_layout.setContentsMargins(14, 10, 14, 10)
-            bubble_layout.addWidget(self.body)
-            self.bubble_layout = bubble_layout
-            self.bubble.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Preferred)
-            row = QHBoxLayout()
-            row.addStretch(1)
-            row.addWidget(self.bubble)
-            outer.addLayout(row)
-            self.actions_row.addStretch(1)
-            self.actions_row.addWidget(self.edit_button)
-            self.actions_row.addWidget(self.copy_button)
-            self.role_label.hide()
-        else:
-            self.bubble = None
-            outer.addLayout(self.header)
-            outer.addWidget(self.body)
-            outer.addWidget(self.error_label)
-            self.actions_row.addWidget(self.copy_button)
-            self.actions_row.addWidget(self.regenerate_button)
-            self.actions_row.addWidget(self.sources_button)
-            self.actions_row.addSpacing(6)
-            self.actions_row.addWidget(self.stats_label)
-            self.actions_row.addStretch(1)
-        outer.addLayout(self.actions_row)
-        self.render_all()
-        self._update_decorations()
+    def _arrange_as_user(self, outer: QVBoxLayout) -> None:
+        """A bubble on the right; Edit and Copy under it."""
+        bubble = QFrame()
+        self.bubble = bubble
+        bubble.setObjectName("userBubble")
+        bubble_layout = QVBoxLayout(bubble)
+        bubble_layout.setContentsMargins(14, 10, 14, 10)
+        bubble_layout.addWidget(self.body)
+        self.bubble_layout = bubble_layout
+        bubble.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Preferred)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(bubble)
+        outer.addLayout(row)
+        self.actions_row.addStretch(1)
+        self.actions_row.addWidget(self.edit_button)
+        self.actions_row.addWidget(self.copy_button)
+        self.role_label.hide()
+
+    def _arrange_as_answer(self, outer: QVBoxLayout) -> None:
+        """Header, body and error across the column; actions and stats under them."""
+        outer.addLayout(self.header)
+        outer.addWidget(self.body)
+        outer.addWidget(self.error_label)
+        self.actions_row.addWidget(self.copy_button)
+        self.actions_row.addWidget(self.regenerate_button)
+        self.actions_row.addWidget(self.sources_button)
+        self.actions_row.addSpacing(6)
+        self.actions_row.addWidget(self.stats_label)
+        self.actions_row.addStretch(1)
 
     # -- construction helpers ---------------------------------------------------------------
     def _action(self, icon_name: str, tip: str, slot: Any) -> QToolButton:
