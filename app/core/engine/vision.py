@@ -257,31 +257,7 @@ def stream_image_chat(
             "Use a GGUF that includes its chat template."
         )
     llm.input_ids.fill(-1)  # image positions are never written: make them match no token
-    try:
-        stream = handler(
-            llama=llm,
-            messages=payload,
-            stream=True,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            repeat_penalty=sampling.repeat_penalty,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
-        )
-    except ValueError as exc:
-        text = str(exc)
-        if "exceeds n_ctx" in text:
-            raise ContextOverflowError(
-                "The pictures and the conversation do not fit in the context window "
-                f"({n_ctx:,} tokens). Remove a picture, start a new conversation, or raise the "
-                "context size in Settings.",
-                text,
-            ) from exc
-        if "bitmap" in text:
-            raise EngineError("A picture could not be decoded by the vision projector.", text) from exc
-        raise EngineError("The picture could not be read by the vision projector.", text) from exc
+    stream = _start_stream(llm, handler, payload, sampling, n_ctx)
     prompt_tokens = int(llm.n_tokens)
     prompt_done = time.perf_counter()
 
@@ -319,3 +295,35 @@ def stream_image_chat(
         context_used=int(llm.n_tokens),
         finish_reason=finish,
     )
+
+
+def _start_stream(
+    llm: Any, handler: Any, payload: list[dict[str, Any]], sampling: SamplingParams, n_ctx: int
+) -> Any:
+    """The handler's chunk stream (it evaluates the prompt, images included, before returning);
+    its errors become sentences: the context is too small, or a picture cannot be read."""
+    try:
+        return handler(
+            llama=llm,
+            messages=payload,
+            stream=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            repeat_penalty=sampling.repeat_penalty,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+        )
+    except ValueError as exc:
+        text = str(exc)
+        if "exceeds n_ctx" in text:
+            raise ContextOverflowError(
+                "The pictures and the conversation do not fit in the context window "
+                f"({n_ctx:,} tokens). Remove a picture, start a new conversation, or raise the "
+                "context size in Settings.",
+                text,
+            ) from exc
+        if "bitmap" in text:
+            raise EngineError("A picture could not be decoded by the vision projector.", text) from exc
+        raise EngineError("The picture could not be read by the vision projector.", text) from exc
