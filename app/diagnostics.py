@@ -436,8 +436,27 @@ def collect_report(
     from app.core.manifest import ManifestError, load_manifest
 
     sections: dict[str, list[tuple[str, str]]] = {}
+    sections[SECTION_VERSIONS] = _version_lines()
+    sections[SECTION_LLAMA] = _llama_lines()
+    hardware = _add_hardware_sections(sections, hardware_probe or SystemHardware())
+    sections[SECTION_DIRECTORIES] = _directory_lines(paths, free_space(paths.models_dir))
+
+    notes: list[str] = []
+    if manifest is None:
+        try:
+            manifest = load_manifest()
+        except (ManifestError, OSError) as exc:
+            notes.append(f"model manifest unreadable: {exc}")
+            manifest = None
+    models = installed_models(paths.models_dir, manifest, hardware, extra=extra_models)
+    sections[SECTION_MODELS] = _model_lines(models) or [("Models", f"none found in {paths.models_dir}")]
+    sections[SECTION_RECOMMENDATION] = _recommendation_lines(manifest, hardware)
+    return Report(sections=sections, notes=tuple(notes))
+
+
+def _version_lines() -> list[tuple[str, str]]:
     qt, pyside = qt_versions()
-    sections[SECTION_VERSIONS] = [
+    return [
         ("Scout Chat", __version__ + (" (packaged)" if getattr(sys, "frozen", False) else "")),
         ("Python", f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})"),
         ("OS", f"{platform.system()} {platform.release()} ({platform.machine()})"),
@@ -446,38 +465,44 @@ def collect_report(
         ("llama-cpp-python", package_version("llama_cpp_python", "llama-cpp-python")),
     ]
 
+
+def _llama_lines() -> list[tuple[str, str]]:
     info = llama_system_info()
     backends = registered_backends()
     features = cpu_features(info)
-    sections[SECTION_LLAMA] = [
+    return [
         ("Backends", ", ".join(backends) if backends else "none registered"),
         ("CPU features", " ".join(features) if features else "none reported"),
         ("System info", info),
     ]
 
-    probe = hardware_probe or SystemHardware()
-    hardware: HardwareInfo | None
+
+def _add_hardware_sections(
+    sections: dict[str, list[tuple[str, str]]], probe: HardwareProbe
+) -> HardwareInfo | None:
+    """The devices and memory sections; the hardware probed (None when the probe failed)."""
     try:
         hardware = probe.probe()
     except Exception as exc:
         log.exception("hardware probe failed")
-        hardware = None
         sections[SECTION_DEVICES] = [("Accelerators", f"unavailable ({exc})")]
         sections[SECTION_MEMORY] = [("RAM", "unavailable")]
-    if hardware is not None:
-        sections[SECTION_DEVICES] = device_lines(hardware)
-        sections[SECTION_MEMORY] = [
-            ("RAM", f"{gb(hardware.ram_available_bytes)} available of {gb(hardware.ram_total_bytes)}"),
-            (
-                "CPU",
-                f"{hardware.cpu_name or 'unknown'} — {hardware.physical_cores} physical cores, "
-                f"{hardware.logical_cores} logical",
-            ),
-        ]
-        sections[SECTION_DEVICES] += [("Note", note) for note in hardware.notes]
+        return None
+    sections[SECTION_DEVICES] = device_lines(hardware)
+    sections[SECTION_MEMORY] = [
+        ("RAM", f"{gb(hardware.ram_available_bytes)} available of {gb(hardware.ram_total_bytes)}"),
+        (
+            "CPU",
+            f"{hardware.cpu_name or 'unknown'} — {hardware.physical_cores} physical cores, "
+            f"{hardware.logical_cores} logical",
+        ),
+    ]
+    sections[SECTION_DEVICES] += [("Note", note) for note in hardware.notes]
+    return hardware
 
-    free = free_space(paths.models_dir)
-    sections[SECTION_DIRECTORIES] = [
+
+def _directory_lines(paths: AppPaths, free: int | None) -> list[tuple[str, str]]:
+    return [
         ("Data", str(paths.data_dir)),
         (
             "Models",
@@ -489,14 +514,8 @@ def collect_report(
         ("Cache", str(paths.cache_dir)),
     ]
 
-    notes: list[str] = []
-    if manifest is None:
-        try:
-            manifest = load_manifest()
-        except (ManifestError, OSError) as exc:
-            notes.append(f"model manifest unreadable: {exc}")
-            manifest = None
-    models = installed_models(paths.models_dir, manifest, hardware, extra=extra_models)
+
+def _model_lines(models: Sequence[InstalledModel]) -> list[tuple[str, str]]:
     lines: list[tuple[str, str]] = []
     for m in models:
         kind = f"{m.state}, build {m.build_id}" if m.build_id else "GGUF file"
@@ -505,18 +524,18 @@ def collect_report(
             lines.append(("  vision projector", str(m.projector)))
         if m.plan_text:
             lines.append(("  plan", m.plan_text))
-    sections[SECTION_MODELS] = lines or [("Models", f"none found in {paths.models_dir}")]
+    return lines
 
-    if manifest is not None and hardware is not None:
-        try:
-            rec = recommend_build(manifest, hardware)
-            sections[SECTION_RECOMMENDATION] = [("Build", rec.summary)]
-        except Exception as exc:
-            log.exception("build recommendation failed")
-            sections[SECTION_RECOMMENDATION] = [("Build", f"unavailable ({exc})")]
-    else:
-        sections[SECTION_RECOMMENDATION] = [("Build", "unavailable (no manifest or hardware)")]
-    return Report(sections=sections, notes=tuple(notes))
+
+def _recommendation_lines(manifest: Manifest | None, hardware: HardwareInfo | None) -> list[tuple[str, str]]:
+    if manifest is None or hardware is None:
+        return [("Build", "unavailable (no manifest or hardware)")]
+    try:
+        rec = recommend_build(manifest, hardware)
+        return [("Build", rec.summary)]
+    except Exception as exc:
+        log.exception("build recommendation failed")
+        return [("Build", f"unavailable ({exc})")]
 
 
 def format_report(report: Report) -> str:
