@@ -385,14 +385,3 @@ def decode_data_uri(uri: str) -> bytes:
     if not sep or not header.startswith("data:") or not header.endswith(";base64"):
         raise ValueError("not a base64 data: URI")
     return base64.b64decode(payload, validate=True)
-
-
-def thumbnail(normalized: NormalizedImage, size: int = 128) -> bytes:
-    """A PNG no larger than ``size`` × ``size`` (aspect kept) for chips and the chat history."""
-    with Image.open(io.BytesIO(normalized.data)) as im:
-        im.draft("RGB", (size, size))
-        small = im.convert("RGB")
-    small.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    buf = io.BytesIO()
-    small.save(buf, "PNG")
-    return buf.getvalue()
