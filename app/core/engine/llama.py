@@ -12,6 +12,9 @@ It must be used from one thread only (the inference worker's). It adds:
   and samples token by token (cancellation between tokens), reusing the KV cache prefix of the
   previous turn — guarded for the chunked/sliding-window cache, where cells far back are pruned;
 * figures for every answer (TTFT, tokens/s, prompt tokens evaluated, context used).
+
+Over ~600 lines: loading, prompting, the KV cache and generation share the engine's state (the
+``Llama``, its template, tokenizer and cache), so they stay one class.
 """
 
 from __future__ import annotations
