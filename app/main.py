@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -189,167 +187,6 @@ def run_gui(args: argparse.Namespace) -> int:
     return int(code)
 
 
-def run_self_test(args: argparse.Namespace) -> int:
-    """Load a model and stream one answer through the same worker the window uses."""
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QThread, QTimer, Signal, Slot
-
-    from app.core.engine import LlamaEngine
-    from app.core.types import ChatMessage, LoadParams, SamplingParams
-    from app.workers.inference import LlamaWorker
-
-    def say(text: str) -> None:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-
-    class Driver(QObject):
-        """GUI-thread side: sends commands to the worker (queued) and receives its results."""
-
-        load_requested = Signal(object)
-        generate_requested = Signal(int, list, object, int)
-
-        def __init__(self, worker: LlamaWorker, loop: QEventLoop, image_uri: str = "") -> None:
-            super().__init__()
-            self.loop = loop
-            self.text = ""
-            self.error = ""
-            self.info: object = None
-            self.stats: object = None
-            self.image_uri = image_uri  # non-empty: a second turn asks about this picture
-            self.image_text = ""
-            self.image_stats: object = None
-            self.load_requested.connect(worker.load_model)
-            self.generate_requested.connect(worker.generate)
-            worker.model_loaded.connect(self._on_worker_model_loaded)
-            worker.load_failed.connect(self._on_worker_load_failed)
-            worker.tokens_generated.connect(self._on_worker_tokens_generated)
-            worker.generation_finished.connect(self._on_worker_generation_finished)
-            worker.generation_failed.connect(self._on_worker_generation_failed)
-
-        @Slot(object)
-        def _on_worker_model_loaded(self, info: object) -> None:
-            self.info = info
-            messages = [ChatMessage.system("You are a helpful assistant."), ChatMessage.user("Say hello.")]
-            self.generate_requested.emit(1, messages, SamplingParams(max_tokens=48), 64)
-
-        @Slot(str, str)
-        def _on_worker_load_failed(self, message: str, _detail: str) -> None:
-            self.error = message
-            self.loop.quit()
-
-        @Slot(int, str)
-        def _on_worker_tokens_generated(self, gen: int, text: str) -> None:
-            if gen == 2:
-                self.image_text += text
-            else:
-                self.text += text
-
-        @Slot(int, object)
-        def _on_worker_generation_finished(self, gen: int, stats: object) -> None:
-            if gen == 2:
-                self.image_stats = stats
-            else:
-                self.stats = stats
-                if self.image_uri:
-                    image_turn = [ChatMessage.user("What is in this picture?", (self.image_uri,))]
-                    self.generate_requested.emit(2, image_turn, SamplingParams(max_tokens=16), 16)
-                    return
-            self.loop.quit()
-
-        @Slot(int, str, str)
-        def _on_worker_generation_failed(self, _gen: int, message: str, _detail: str) -> None:
-            self.error = message
-            self.loop.quit()
-
-    _qapp = QCoreApplication.instance() or QCoreApplication(sys.argv[:1])
-    tmp: tempfile.TemporaryDirectory[str] | None = None
-    if args.model:
-        model = Path(args.model).expanduser()
-        say(f"self-test: model {model}")
-    else:
-        from app.core.tiny_model import write_tiny_model
-
-        tmp = tempfile.TemporaryDirectory(prefix="scout-selftest-")
-        model = write_tiny_model(Path(tmp.name) / "tiny-llama4.gguf")[0]
-        say("self-test: no --model given; generated a tiny random-weight llama4 model")
-    from app.core.gguf_info import find_projector
-
-    projector = find_projector(model)
-    image_uri = ""
-    try:
-        if projector is None:
-            params = LoadParams(model_path=model, n_ctx=args.n_ctx or 2048)
-        else:
-            # Image encoding with more threads than cores crawls on small machines: one thread.
-            params = LoadParams(
-                model_path=model,
-                n_ctx=args.n_ctx or 2048,
-                mmproj_path=projector,
-                n_threads=1,
-                n_threads_batch=1,
-            )
-            image_uri = _self_test_image_uri()
-            say(f"self-test: vision projector {projector.name}")
-    except ValueError as exc:
-        say(f"self-test FAILED: {exc}")
-        return 2
-
-    thread = QThread()
-    worker = LlamaWorker(LlamaEngine)
-    worker.moveToThread(thread)
-    loop = QEventLoop()
-    driver = Driver(worker, loop, image_uri)
-    thread.start()
-    driver.load_requested.emit(params)
-    QTimer.singleShot(600_000, loop.quit)  # never hang
-    loop.exec()
-    worker.cancel_event.set()
-    thread.quit()
-    thread.wait(30_000)
-    if worker._engine is not None:
-        worker._engine.unload()
-    if tmp is not None:
-        tmp.cleanup()
-    if driver.error:
-        say(f"self-test FAILED: {driver.error}")
-        return 1
-    stats, info, text = driver.stats, driver.info, driver.text
-    if not text.strip() or stats is None or info is None:
-        say("self-test FAILED: the model produced no text")
-        return 1
-    say(f"model: {info.name} ({info.architecture}, {info.n_params / 1e6:.1f} M parameters)")  # type: ignore[attr-defined]
-    say(f"load time: {info.load_seconds:.2f} s")  # type: ignore[attr-defined]
-    say(f"time to first token: {stats.ttft_s * 1000:.0f} ms")  # type: ignore[attr-defined]
-    say(f"tokens per second: {stats.tokens_per_s:.1f} ({stats.completion_tokens} tokens)")  # type: ignore[attr-defined]
-    say(f"answer: {text[:120]!r}")
-    if image_uri:
-        image_stats = driver.image_stats
-        if image_stats is None or not driver.image_text.strip() or not info.has_vision:  # type: ignore[attr-defined]
-            say("self-test FAILED: the vision projector produced no answer about the picture")
-            return 1
-        say(f"image turn: {image_stats.prompt_tokens} prompt tokens, {image_stats.completion_tokens} tokens")  # type: ignore[attr-defined]
-        say(f"image answer: {driver.image_text[:120]!r}")
-    say("self-test OK")
-    return 0
-
-
-def _self_test_image_uri() -> str:
-    """A small generated picture (PIL), normalised exactly as a dropped image would be."""
-    import io
-
-    from PIL import Image, ImageDraw
-
-    from app.core.images import data_uri, normalize_image
-
-    im = Image.new("RGB", (64, 48), (240, 240, 235))
-    draw = ImageDraw.Draw(im)
-    draw.rectangle((8, 8, 40, 36), fill=(200, 30, 30))
-    draw.ellipse((30, 12, 58, 40), fill=(30, 90, 200))
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return data_uri(normalize_image(buf.getvalue(), name="self-test.png"))
-
-
 def run_check(args: argparse.Namespace) -> int:
     """``--check``: the system report (app/diagnostics.py) on stdout; exit code 0."""
     from app.diagnostics import run_check as write_report
@@ -365,5 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         return run_check(args)
     if args.self_test:
+        from app.self_test import run_self_test
+
         return run_self_test(args)
     return run_gui(args)

@@ -413,43 +413,9 @@ def _build_info(
     vocab = kv.get("tokenizer.ggml.tokens")
     vocab_size = int(vocab) if isinstance(vocab, int) else _int(kv, a + "vocab_size")
 
-    # Sliding / chunked attention, as llama.cpp decides it.
-    swa_key = a + "attention.sliding_window"
-    pattern_value = kv.get(a + "attention.sliding_window_pattern")
-    attention, window, swa_layers = "full", 0, tuple(False for _ in range(n_layer))
-    if arch == "llama4":
-        if swa_key in kv and _int(kv, swa_key) == 0:
-            pass
-        else:
-            attention, window = "chunked", LLAMA4_CHUNK
-            swa_layers = _swa_pattern(n_layer, pattern_value, 4)
-    elif _int(kv, swa_key) > 0:
-        attention, window = "sliding", _int(kv, swa_key)
-        swa_layers = _swa_pattern(n_layer, pattern_value, 0)
-
-    layer_dense = [0] * n_layer
-    layer_expert = [0] * n_layer
-    embd = out = out_norm = other = 0
-    for t in tensors:
-        if t.layer is not None and 0 <= t.layer < n_layer:
-            if t.is_expert:
-                layer_expert[t.layer] += t.n_bytes
-            else:
-                layer_dense[t.layer] += t.n_bytes
-        elif t.name.startswith("token_embd."):
-            embd += t.n_bytes
-        elif t.name.startswith("output_norm."):
-            out_norm += t.n_bytes
-        elif t.name.startswith("output."):
-            out += t.n_bytes
-        else:
-            other += t.n_bytes
-    file_type = kv.get("general.file_type")
-    file_type = int(file_type) if isinstance(file_type, int) else None
-    quant = FILE_TYPE_NAMES.get(file_type, "") if file_type is not None else ""
-    if not quant:
-        counts = Counter(t.type_name for t in tensors if t.is_expert) or Counter(t.type_name for t in tensors)
-        quant = counts.most_common(1)[0][0].upper() if counts else "?"
+    attention, window, swa_layers = _attention(arch, kv, n_layer)
+    layer_dense, layer_expert, embd, out, out_norm, other = _tensor_bytes(tensors, n_layer)
+    file_type, quant = _quant(kv, tensors)
     template = kv.get("tokenizer.chat_template")
     return GGUFInfo(
         path=path,
@@ -482,6 +448,57 @@ def _build_info(
         file_bytes=file_bytes,
         reader=reader,
     )
+
+
+def _attention(arch: str, kv: dict[str, Any], n_layer: int) -> tuple[str, int, tuple[bool, ...]]:
+    """Sliding / chunked attention, as llama.cpp decides it: the kind, the window, the SWA layers."""
+    a = arch + "."
+    swa_key = a + "attention.sliding_window"
+    pattern_value = kv.get(a + "attention.sliding_window_pattern")
+    attention, window, swa_layers = "full", 0, tuple(False for _ in range(n_layer))
+    if arch == "llama4":
+        if swa_key in kv and _int(kv, swa_key) == 0:
+            pass
+        else:
+            attention, window = "chunked", LLAMA4_CHUNK
+            swa_layers = _swa_pattern(n_layer, pattern_value, 4)
+    elif _int(kv, swa_key) > 0:
+        attention, window = "sliding", _int(kv, swa_key)
+        swa_layers = _swa_pattern(n_layer, pattern_value, 0)
+    return attention, window, swa_layers
+
+
+def _tensor_bytes(tensors: list[TensorInfo], n_layer: int) -> tuple[list[int], list[int], int, int, int, int]:
+    """Bytes per layer (dense, expert), then of the token embedding, output, output norm and the rest."""
+    layer_dense = [0] * n_layer
+    layer_expert = [0] * n_layer
+    embd = out = out_norm = other = 0
+    for t in tensors:
+        if t.layer is not None and 0 <= t.layer < n_layer:
+            if t.is_expert:
+                layer_expert[t.layer] += t.n_bytes
+            else:
+                layer_dense[t.layer] += t.n_bytes
+        elif t.name.startswith("token_embd."):
+            embd += t.n_bytes
+        elif t.name.startswith("output_norm."):
+            out_norm += t.n_bytes
+        elif t.name.startswith("output."):
+            out += t.n_bytes
+        else:
+            other += t.n_bytes
+    return layer_dense, layer_expert, embd, out, out_norm, other
+
+
+def _quant(kv: dict[str, Any], tensors: list[TensorInfo]) -> tuple[int | None, str]:
+    """The file type and its quantization's name (else the most common type of the expert tensors)."""
+    file_type = kv.get("general.file_type")
+    file_type = int(file_type) if isinstance(file_type, int) else None
+    quant = FILE_TYPE_NAMES.get(file_type, "") if file_type is not None else ""
+    if not quant:
+        counts = Counter(t.type_name for t in tensors if t.is_expert) or Counter(t.type_name for t in tensors)
+        quant = counts.most_common(1)[0][0].upper() if counts else "?"
+    return file_type, quant
 
 
 def _swa_pattern(n_layer: int, value: object, default_pattern: int) -> tuple[bool, ...]:

@@ -231,55 +231,8 @@ def normalize_image(
         raise ImageError(f"{label} is empty (0 bytes).")
 
     notes: list[str] = []
-    try:
-        im = Image.open(io.BytesIO(data), formats=list(SUPPORTED_FORMATS))
-    except UnidentifiedImageError as exc:
-        raise _identify_failure(data, label) from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(
-            f"{label} is too large to open safely (its header claims more than "
-            f"{max_input_pixels / 1e6:,.0f} megapixels). Resize it first.",
-            str(exc),
-        ) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{label} is damaged and cannot be read.", repr(exc)) from exc
-
-    try:
-        with im:
-            fmt = im.format or ""
-            width, height = im.size
-            if width <= 0 or height <= 0:
-                raise ImageError(f"{label} has no pixels ({width} × {height}).")
-            # Header-only size check, before a single pixel is decoded.
-            if width * height > max_input_pixels:
-                raise _bomb_error(label, width, height, max_input_pixels)
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
-                if fmt == "GIF":
-                    notes.append(ANIMATED_GIF_NOTE)
-                elif fmt in ("WEBP", "PNG"):
-                    notes.append(f"animated {fmt.title()}: only the first frame is used")
-                elif fmt == "TIFF":
-                    notes.append("multi-page TIFF: only the first page is used")
-            try:
-                orientation = int(im.getexif().get(0x0112, 1))
-            except (ValueError, TypeError, OSError, SyntaxError):
-                orientation = 1
-            target = _target_size(width, height, max_side, max_pixels)
-            if fmt in ("JPEG", "MPO") and target != (width, height):
-                # libjpeg's DCT scaling: decode a 24 MP photo at 1/2, 1/4 or 1/8 size directly.
-                im.draft("RGB", target)
-            im.load()
-            oriented = ImageOps.exif_transpose(im) if orientation != 1 else im
-            rgb = _to_rgb(oriented)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{label} is too large to open safely. Resize it first.", str(exc)) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, MemoryError) as exc:
-        truncated = "truncated" in str(exc).lower() or isinstance(exc, EOFError)
-        reason = "is incomplete (the file is truncated)" if truncated else "is damaged"
-        raise ImageError(f"{label} {reason} and cannot be read.", repr(exc)) from exc
+    im = _open(data, label, max_input_pixels)
+    fmt, width, height, orientation, rgb = _decode(im, label, max_side, max_pixels, max_input_pixels, notes)
 
     original = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
     # The size is decided on the original (a JPEG may have been decoded at 1/2..1/8 scale).
@@ -287,14 +240,7 @@ def normalize_image(
     if rgb.size != out_size:
         rgb = rgb.resize(out_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
-    buf = io.BytesIO()
-    if fmt in ("JPEG", "MPO"):
-        rgb.save(buf, "JPEG", quality=JPEG_QUALITY)
-        mime = "image/jpeg"
-    else:
-        rgb.save(buf, "PNG")
-        mime = "image/png"
-    encoded = buf.getvalue()
+    encoded, mime = _encode(rgb, fmt)
     result = NormalizedImage(
         data=encoded,
         mime=mime,
@@ -317,6 +263,83 @@ def normalize_image(
         len(encoded),
     )
     return result
+
+
+def _open(data: bytes, label: str, max_input_pixels: int) -> Image.Image:
+    """Pillow's lazy open (header only) of ``data``, with a sentence for each way it fails."""
+    try:
+        return Image.open(io.BytesIO(data), formats=list(SUPPORTED_FORMATS))
+    except UnidentifiedImageError as exc:
+        raise _identify_failure(data, label) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(
+            f"{label} is too large to open safely (its header claims more than "
+            f"{max_input_pixels / 1e6:,.0f} megapixels). Resize it first.",
+            str(exc),
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{label} is damaged and cannot be read.", repr(exc)) from exc
+
+
+def _decode(
+    im: Image.Image, label: str, max_side: int, max_pixels: int, max_input_pixels: int, notes: list[str]
+) -> tuple[str, int, int, int, Image.Image]:
+    """Decode the first frame of ``im`` (closing it), EXIF-oriented, as RGB; return its format, its
+    stored width and height, its EXIF orientation and the pixels. Notes for the user go to ``notes``."""
+    try:
+        with im:
+            fmt = im.format or ""
+            width, height = im.size
+            if width <= 0 or height <= 0:
+                raise ImageError(f"{label} has no pixels ({width} × {height}).")
+            # Header-only size check, before a single pixel is decoded.
+            if width * height > max_input_pixels:
+                raise _bomb_error(label, width, height, max_input_pixels)
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+                notes.extend(_first_frame_note(fmt))
+            try:
+                orientation = int(im.getexif().get(0x0112, 1))
+            except (ValueError, TypeError, OSError, SyntaxError):
+                orientation = 1
+            target = _target_size(width, height, max_side, max_pixels)
+            if fmt in ("JPEG", "MPO") and target != (width, height):
+                # libjpeg's DCT scaling: decode a 24 MP photo at 1/2, 1/4 or 1/8 size directly.
+                im.draft("RGB", target)
+            im.load()
+            oriented = ImageOps.exif_transpose(im) if orientation != 1 else im
+            return fmt, width, height, orientation, _to_rgb(oriented)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{label} is too large to open safely. Resize it first.", str(exc)) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, MemoryError) as exc:
+        truncated = "truncated" in str(exc).lower() or isinstance(exc, EOFError)
+        reason = "is incomplete (the file is truncated)" if truncated else "is damaged"
+        raise ImageError(f"{label} {reason} and cannot be read.", repr(exc)) from exc
+
+
+def _first_frame_note(fmt: str) -> list[str]:
+    """What to tell the user when a file of format ``fmt`` has several frames (the first is used)."""
+    if fmt == "GIF":
+        return [ANIMATED_GIF_NOTE]
+    if fmt in ("WEBP", "PNG"):
+        return [f"animated {fmt.title()}: only the first frame is used"]
+    if fmt == "TIFF":
+        return ["multi-page TIFF: only the first page is used"]
+    return []
+
+
+def _encode(rgb: Image.Image, fmt: str) -> tuple[bytes, str]:
+    """``rgb`` as JPEG when it came from a JPEG photo, else as PNG; the bytes and their MIME type."""
+    buf = io.BytesIO()
+    if fmt in ("JPEG", "MPO"):
+        rgb.save(buf, "JPEG", quality=JPEG_QUALITY)
+        mime = "image/jpeg"
+    else:
+        rgb.save(buf, "PNG")
+        mime = "image/png"
+    return buf.getvalue(), mime
 
 
 def store_image(data_dir: Path, normalized: NormalizedImage) -> Path:
@@ -375,14 +398,3 @@ def decode_data_uri(uri: str) -> bytes:
     if not sep or not header.startswith("data:") or not header.endswith(";base64"):
         raise ValueError("not a base64 data: URI")
     return base64.b64decode(payload, validate=True)
-
-
-def thumbnail(normalized: NormalizedImage, size: int = 128) -> bytes:
-    """A PNG no larger than ``size`` × ``size`` (aspect kept) for chips and the chat history."""
-    with Image.open(io.BytesIO(normalized.data)) as im:
-        im.draft("RGB", (size, size))
-        small = im.convert("RGB")
-    small.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    buf = io.BytesIO()
-    small.save(buf, "PNG")
-    return buf.getvalue()

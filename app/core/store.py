@@ -2,6 +2,9 @@
 
 WAL journal, foreign keys on, a ``PRAGMA user_version`` migration ladder, parameterised SQL only,
 and an FTS5 index over message text kept in sync by triggers. No Qt here.
+
+Over ~600 lines: one ``Store`` owns one connection and its transactions for conversations, messages,
+attachments and chunks; splitting the class would split its transactions.
 """
 
 from __future__ import annotations

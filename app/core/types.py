@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import enum
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -151,25 +150,3 @@ def timed_stats(
         context_used=context_used,
         finish_reason=finish_reason,
     )
-
-
-@dataclass(frozen=True)
-class ContextBudget:
-    """How a conversation was fitted into the context window."""
-
-    n_ctx: int
-    prompt_tokens: int
-    reply_reserve: int
-    dropped_messages: int = 0  # how many history messages were left out (oldest first)
-
-    @property
-    def used_fraction(self) -> float:
-        return min(1.0, (self.prompt_tokens + self.reply_reserve) / max(1, self.n_ctx))
-
-
-@dataclass
-class Stopwatch:
-    start: float = field(default_factory=time.perf_counter)
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start

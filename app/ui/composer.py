@@ -18,7 +18,8 @@ from PySide6.QtWidgets import (
 )
 
 from app.ui import theme
-from app.ui.attachments import AttachmentsBar, has_attachments, mime_attachments
+from app.ui.attachment_chips import AttachmentsBar
+from app.ui.attachment_drops import has_attachments, mime_attachments
 
 if TYPE_CHECKING:
     from PySide6.QtCore import QMimeData

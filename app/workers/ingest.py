@@ -18,7 +18,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from app.core.chunking import Chunk, chunk_document, estimate_tokens
 from app.core.documents import DocumentError, ExtractionCancelled, extract
-from app.core.images import ImageError, normalize_image, store_image, thumbnail
+from app.core.images import ImageError, normalize_image, store_image
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ class ImageResult:
     original_width: int
     original_height: int
     note: str
-    thumbnail_png: bytes
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,6 @@ class IngestWorker(QObject):
                 original_width=image.original_width,
                 original_height=image.original_height,
                 note=image.note or "",
-                thumbnail_png=thumbnail(image, 160),
             )
         except ImageError as exc:
             self.failed.emit(job_id, exc.message, False)

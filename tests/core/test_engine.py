@@ -312,9 +312,9 @@ def test_swa_guard_refuses_prefix_reuse_when_chunk_cells_were_pruned(tiny_model:
     11k-token prompt the cells before ~2.4k are gone: resuming from a 1.7k-token shared prefix would
     give silently wrong logits, so the engine must re-read the whole prompt. A follow-up turn on the
     long conversation (prefix ≥ pos_min + chunk) still reuses the cache."""
-    from app.core.engine import _import_llama_cpp
+    from app.core.engine import import_llama_cpp
 
-    llama_cpp = _import_llama_cpp()
+    llama_cpp = import_llama_cpp()
     greedy = SamplingParams(temperature=0.0, max_tokens=8)
     long_text = " ".join(f"word{i % 97} the quick brown fox" for i in range(620))
     short_text = long_text[:2500] + " and then?"

@@ -36,7 +36,7 @@ DOCUMENT = "\n\n".join(
 
 def test_tokenize_bytes_matches_llama_cpp_python(engine: LlamaEngine) -> None:
     llm = engine._llm
-    assert llm._model.tokenize.func.__name__ == "_tokenize_vocab"  # llama-cpp-python's callers use it
+    assert llm._model.tokenize.func.__name__ == "tokenize_vocab"  # llama-cpp-python's callers use it
     for text in ["", "a", " leading space", "<|eot|>x<|header_start|>", "é ü 日本 🙂\n\t", DOCUMENT]:
         data = text.encode("utf-8")
         for add_bos in (True, False):

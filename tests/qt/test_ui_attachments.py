@@ -18,16 +18,12 @@ from PySide6.QtWidgets import QApplication
 from app.config import AppPaths, Settings
 from app.core.store import Store
 from app.ui import theme
-from app.ui.attachments import (
-    CITE_SCHEME,
-    AttachmentChip,
-    ImageViewerDialog,
-    SourcesDialog,
-    format_token_count,
-    mime_attachments,
-)
-from app.ui.chat_view import MessageWidget
+from app.ui.attachment_chips import AttachmentChip, format_token_count
+from app.ui.attachment_drops import mime_attachments
+from app.ui.attachment_viewer import ImageViewerDialog
+from app.ui.citations import CITE_SCHEME, SourcesDialog
 from app.ui.main_window import MainWindow
+from app.ui.message_widget import MessageWidget
 from app.workers.controller import AppController
 from tests.core.test_documents import encrypted_pdf, write_pdf
 from tests.fakes import FakeEngine

@@ -8,15 +8,9 @@ import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QGuiApplication, QTextCursor
 
-from app.ui.chat_view import (
-    RETIRE_PER_PASS,
-    UPDATE_INTERVAL_MS,
-    ChatView,
-    MessageWidget,
-    NoticeWidget,
-    RichTextSegment,
-)
+from app.ui.chat_view import RETIRE_PER_PASS, UPDATE_INTERVAL_MS, ChatView
 from app.ui.markdown_render import chunk_text, render_markdown, split_stable
+from app.ui.message_widget import MessageWidget, NoticeWidget, RichTextSegment
 from tests.qt.test_ui_doubles import msg, stats
 
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints")

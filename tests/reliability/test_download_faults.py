@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-import app.core.downloads as downloads_module
+import app.core.downloads.transfer as downloads_module
 from app.core.downloads import (
     BuildState,
     Downloader,
@@ -215,7 +215,7 @@ def test_a_file_shorter_than_the_hub_claims_does_not_loop_forever(
 
 
 def _enospc_open(after: int) -> Callable[..., Any]:
-    """``open`` for app.core.downloads whose .part file raises ENOSPC once ``after`` bytes are written."""
+    """``open`` for app.core.downloads.transfer: its .part file raises ENOSPC after ``after`` bytes."""
 
     class Full:
         def __init__(self, inner: Any) -> None:

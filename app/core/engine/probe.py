@@ -228,9 +228,9 @@ def _buffer_type(device: str) -> int:
 @contextlib.contextmanager
 def _captured_log(llama_cpp: Any) -> Any:
     """Collect llama.cpp's log lines while the block runs, through the engine's one log hub."""
-    from app.core.engine import NATIVE_LOG, _import_llama_cpp
+    from app.core.engine.native import NATIVE_LOG, import_llama_cpp
 
-    _import_llama_cpp()  # installs the hub's callback once
+    import_llama_cpp()  # installs the hub's callback once
     lines: list[str] = []
 
     def listener(_level: int, line: str) -> None:

@@ -1,7 +1,7 @@
 """Image turns through libmtmd (llama-cpp-python's ``MTMDChatHandler``): the engine side of vision.
 
-To be folded into :mod:`app.core.engine` (the one llama_cpp importer); llama_cpp is imported
-lazily, so importing this module costs nothing.
+Part of :mod:`app.core.engine` (the one llama_cpp importer); llama_cpp is imported lazily, so
+importing this module costs nothing.
 
 How an image turn runs (llama-cpp-python 0.3.36, ``MTMDChatHandler.__call__``):
 
@@ -35,7 +35,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.core.engine import NATIVE_LOG, ContextOverflowError, EngineError, _import_llama_cpp
+from app.core.engine.errors import ContextOverflowError, EngineError
+from app.core.engine.native import NATIVE_LOG, import_llama_cpp
 from app.core.types import ChatMessage, GenerationStats, Role, SamplingParams, timed_stats
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def install_mtmd_log() -> None:
     global _MTMD_LOG_CALLBACK
     if _MTMD_LOG_CALLBACK is not None:
         return
-    llama_cpp = _import_llama_cpp()
+    llama_cpp = import_llama_cpp()
     from llama_cpp import mtmd_cpp
 
     @llama_cpp.llama_log_callback
@@ -158,7 +159,7 @@ def make_chat_handler(mmproj_path: Path, n_threads: int | None = None, use_gpu: 
             self.verbose = False  # True would print the whole prompt to stderr
             if self.mtmd_ctx is not None:
                 return
-            llama_cpp = _import_llama_cpp()
+            llama_cpp = import_llama_cpp()
             params = self._mtmd_cpp.mtmd_context_params_default()
             params.use_gpu = self.use_gpu
             params.print_timings = False
@@ -256,31 +257,7 @@ def stream_image_chat(
             "Use a GGUF that includes its chat template."
         )
     llm.input_ids.fill(-1)  # image positions are never written: make them match no token
-    try:
-        stream = handler(
-            llama=llm,
-            messages=payload,
-            stream=True,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            repeat_penalty=sampling.repeat_penalty,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
-        )
-    except ValueError as exc:
-        text = str(exc)
-        if "exceeds n_ctx" in text:
-            raise ContextOverflowError(
-                "The pictures and the conversation do not fit in the context window "
-                f"({n_ctx:,} tokens). Remove a picture, start a new conversation, or raise the "
-                "context size in Settings.",
-                text,
-            ) from exc
-        if "bitmap" in text:
-            raise EngineError("A picture could not be decoded by the vision projector.", text) from exc
-        raise EngineError("The picture could not be read by the vision projector.", text) from exc
+    stream = _start_stream(llm, handler, payload, sampling, n_ctx)
     prompt_tokens = int(llm.n_tokens)
     prompt_done = time.perf_counter()
 
@@ -318,3 +295,35 @@ def stream_image_chat(
         context_used=int(llm.n_tokens),
         finish_reason=finish,
     )
+
+
+def _start_stream(
+    llm: Any, handler: Any, payload: list[dict[str, Any]], sampling: SamplingParams, n_ctx: int
+) -> Any:
+    """The handler's chunk stream (it evaluates the prompt, images included, before returning);
+    its errors become sentences: the context is too small, or a picture cannot be read."""
+    try:
+        return handler(
+            llama=llm,
+            messages=payload,
+            stream=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            repeat_penalty=sampling.repeat_penalty,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+        )
+    except ValueError as exc:
+        text = str(exc)
+        if "exceeds n_ctx" in text:
+            raise ContextOverflowError(
+                "The pictures and the conversation do not fit in the context window "
+                f"({n_ctx:,} tokens). Remove a picture, start a new conversation, or raise the "
+                "context size in Settings.",
+                text,
+            ) from exc
+        if "bitmap" in text:
+            raise EngineError("A picture could not be decoded by the vision projector.", text) from exc
+        raise EngineError("The picture could not be read by the vision projector.", text) from exc

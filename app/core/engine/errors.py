@@ -1,0 +1,69 @@
+"""The engine's errors, each with a message for the user, and the sentence for a failed load."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+class EngineError(Exception):
+    """A failure with a message for the user and technical detail for the log/details pane."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class ModelLoadError(EngineError):
+    pass
+
+
+class OutOfMemoryError(ModelLoadError):
+    """llama.cpp could not allocate a buffer: a safer plan may load."""
+
+
+class LoadCancelled(EngineError):
+    def __init__(self) -> None:
+        super().__init__("Loading was cancelled.")
+
+
+class ContextOverflowError(EngineError):
+    pass
+
+
+class NoModelError(EngineError):
+    def __init__(self) -> None:
+        super().__init__("No model is loaded. Open a GGUF model file first.")
+
+
+def explain_load_failure(path: Path, detail: str) -> str:
+    low = detail.lower()
+    if "unknown model architecture" in low:
+        arch = re.search(r"unknown model architecture: '([^']+)'", detail)
+        return (
+            f"{path.name} is a GGUF file, but this llama.cpp does not support its architecture"
+            f"{' (' + arch.group(1) + ')' if arch else ''}."
+        )
+    if "failed to allocate" in low or "out of memory" in low or "unable to allocate" in low:
+        return (
+            f"Not enough memory to load {path.name} with these settings. Try a smaller context size, "
+            "fewer GPU layers, or a smaller build of the model."
+        )
+    if "does not divide" in low and "cache type" in low:
+        return (
+            "The chosen KV-cache type does not fit this model's attention head size. "
+            "Use the f16 KV cache for this model."
+        )
+    if "tensor" in low and (
+        "data is not within the file bounds" in low or "truncated" in low or "out of bounds" in low
+    ):
+        return (
+            f"{path.name} is incomplete or damaged (it is shorter than its header says). Download it again."
+        )
+    if "split" in low:
+        return f"{path.name} is part of a split model and its other parts could not be opened."
+    return f"llama.cpp could not load {path.name}. The file may be damaged or not a supported model."

@@ -1,0 +1,658 @@
+"""``LlamaEngine``: one ``llama_cpp.Llama`` and what the high-level API lacks.
+
+It must be used from one thread only (the inference worker's). It adds:
+
+* a load-progress callback that can cancel (a 60 GB model takes minutes to map);
+* tensor buffer overrides (``-ot``: keep MoE expert tensors in system RAM, see :mod:`.overrides`);
+* a chat prompt rendered with the GGUF's own template in a sandboxed Jinja environment, with a
+  sensible fallback when the file has none (:mod:`.templates`), and control-token text in message
+  contents kept as text (a document cannot end the turn or open a system turn:
+  ``tokens.LiteralSpecials``);
+* a generation loop that evaluates the prompt in batches (progress, cancellation between batches)
+  and samples token by token (cancellation between tokens), reusing the KV cache prefix of the
+  previous turn — guarded for the chunked/sliding-window cache, where cells far back are pruned;
+* figures for every answer (TTFT, tokens/s, prompt tokens evaluated, context used).
+
+Over ~600 lines: loading, prompting, the KV cache and generation share the engine's state (the
+``Llama``, its template, tokenizer and cache), so they stay one class.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import dataclasses
+import functools
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.core.engine.errors import (
+    ContextOverflowError,
+    EngineError,
+    LoadCancelled,
+    ModelLoadError,
+    NoModelError,
+    OutOfMemoryError,
+    explain_load_failure,
+)
+from app.core.engine.files import check_model_file, first_split_part
+from app.core.engine.native import NATIVE_LOG, import_llama_cpp, tokenize_bytes, tokenize_vocab
+from app.core.engine.overrides import Overrides, build_tensor_overrides
+from app.core.engine.templates import (
+    CHATML_FALLBACK_TEMPLATE,
+    LLAMA3_FALLBACK_TEMPLATE,
+    LLAMA4_FALLBACK_TEMPLATE,
+    PLAIN_FALLBACK_TEMPLATE,
+    messages_as_dicts,
+)
+from app.core.engine.tokens import LiteralSpecials, PromptTokenizer
+from app.core.hardware import physical_cores
+from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, SamplingParams, timed_stats
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Generator, Iterator, Sequence
+
+log = logging.getLogger(__name__)
+
+KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+LLAMA4_CHUNK = 8192  # llama.cpp hard-codes Llama 4's attention chunk
+_PARAMS_LOCK = threading.Lock()
+
+
+class LlamaEngine:
+    """The real engine: llama.cpp through llama-cpp-python. One thread only."""
+
+    def __init__(self) -> None:
+        self._llm: Any = None
+        self._info: ModelInfo | None = None
+        self._params: LoadParams | None = None
+        self._formatter: Any = None
+        self._template_source = ""
+        self._stop_strings: tuple[str, ...] = ()
+        self._overrides: Overrides | None = None
+        self._stats = GenerationStats()
+        self._is_iswa = False
+        self._vision: Any = None  # MTMDChatHandler when the model has a vision projector
+        self._tokenizer: PromptTokenizer | None = None
+        self._literal = LiteralSpecials(())  # guards message text against control-token injection
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def model_info(self) -> ModelInfo | None:
+        return self._info
+
+    @property
+    def last_stats(self) -> GenerationStats:
+        return self._stats
+
+    @property
+    def load_params(self) -> LoadParams | None:
+        return self._params
+
+    @property
+    def n_tokens_cached(self) -> int:
+        """Tokens whose KV entries are in the cache (the reusable prefix)."""
+        return 0 if self._llm is None else int(self._llm.n_tokens)
+
+    # -- loading ----------------------------------------------------------------------------
+    def load(self, params: LoadParams, progress: Callable[[float], bool] | None = None) -> ModelInfo:
+        import_llama_cpp()  # llama.cpp's log goes to Python before anything touches the library
+        path = first_split_part(Path(params.model_path))
+        check_model_file(path)
+        self.unload()
+        overrides = build_tensor_overrides(params)
+        n_threads = params.n_threads or physical_cores()
+        started = time.perf_counter()
+        llm = _open_llama(path, _llama_kwargs(params, n_threads), overrides, progress)
+        elapsed = time.perf_counter() - started
+        self._llm = llm
+        self._overrides = overrides
+        self._params = params
+        # the vocab pointer, not the model: no reference cycle through the model's own attribute
+        llm._model.tokenize = functools.partial(tokenize_vocab, llm._model.vocab)
+        self._setup_chat_format(llm)
+        specials, controls = self._special_tokens(llm)
+        self._literal = LiteralSpecials(controls)
+        self._tokenizer = self._build_prompt_tokenizer(llm, specials)
+        if params.mmproj_path is not None:
+            self._attach_vision(llm, Path(params.mmproj_path), n_threads, params.n_gpu_layers > 0, controls)
+        # Llama 4 uses chunked attention unless the file sets sliding_window to 0 (MobileLLM).
+        self._is_iswa = (
+            self._arch(llm) == "llama4"
+            and str(llm.metadata.get("llama4.attention.sliding_window", "")) != "0"
+        )
+        self._info = self._model_info(llm, path, elapsed)
+        log.info(
+            "loaded %s in %.2fs (n_ctx=%d, gpu layers=%d)",
+            path.name,
+            elapsed,
+            params.n_ctx,
+            params.n_gpu_layers,
+        )
+        return self._info
+
+    def _attach_vision(
+        self, llm: Any, mmproj: Path, n_threads: int, use_gpu: bool, controls: list[str]
+    ) -> None:
+        """Load the vision projector into the model just loaded (unloading it if that fails)."""
+        from app.core.engine import vision
+
+        try:
+            handler = vision.make_chat_handler(mmproj, n_threads=n_threads, use_gpu=use_gpu)
+            vision.prepare_handler(llm, handler)
+        except Exception:
+            self.unload()
+            raise
+        self._vision = handler
+        self._literal = LiteralSpecials([*controls, vision.media_marker(handler)])
+
+    def _model_info(self, llm: Any, path: Path, elapsed: float) -> ModelInfo:
+        metadata = llm.metadata
+        name = metadata.get("general.name") or path.stem
+        return ModelInfo(
+            path=path,
+            name=str(name),
+            architecture=self._arch(llm),
+            n_ctx=int(llm.n_ctx()),
+            n_ctx_train=int(llm._model.n_ctx_train()),
+            n_params=int(llm._model.n_params()),
+            size_bytes=int(llm._model.size()),
+            has_chat_template=bool(metadata.get("tokenizer.chat_template")),
+            chat_template_note=self._template_note,
+            load_seconds=elapsed,
+            has_vision=self._vision is not None,
+        )
+
+    @staticmethod
+    def _arch(llm: Any) -> str:
+        return str(llm.metadata.get("general.architecture", "unknown"))
+
+    def _setup_chat_format(self, llm: Any) -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = llm.metadata.get("tokenizer.chat_template")
+        vocab_has = self._vocab_has
+        self._template_note = ""
+        if not template:
+            if vocab_has(llm, "<|header_start|>"):
+                template, style = LLAMA4_FALLBACK_TEMPLATE, "Llama 4"
+            elif vocab_has(llm, "<|start_header_id|>"):
+                template, style = LLAMA3_FALLBACK_TEMPLATE, "Llama 3"
+            elif vocab_has(llm, "<|im_start|>"):
+                template, style = CHATML_FALLBACK_TEMPLATE, "ChatML"
+            else:
+                template, style = PLAIN_FALLBACK_TEMPLATE, "plain text"
+            self._template_note = (
+                f"This model file has no chat template; using the {style} format instead. "
+                "Answers may be less accurate than with the model's own template."
+            )
+            log.warning("%s", self._template_note)
+        bos = self._token_text(llm, llm.token_bos())
+        eos = self._token_text(llm, llm.token_eos())
+        self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self._template_source = template
+        self._stop_strings = ("\nUser:",) if template is PLAIN_FALLBACK_TEMPLATE else ()
+
+    @staticmethod
+    def _special_tokens(llm: Any) -> tuple[dict[str, int], list[str]]:
+        """The texts llama.cpp cuts a prompt at when it parses special tokens (control,
+        user-defined and unknown tokens) with their ids, and the control tokens' texts alone."""
+        llama_cpp = import_llama_cpp()
+        vocab = llm._model.vocab
+        control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+        special_attrs = control | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        specials: dict[str, int] = {}
+        controls: list[str] = []
+        for tid in range(int(llama_cpp.llama_vocab_n_tokens(vocab))):
+            attr = int(llama_cpp.llama_vocab_get_attr(vocab, tid))
+            if attr & special_attrs:
+                text = (llama_cpp.llama_vocab_get_text(vocab, tid) or b"").decode("utf-8", "replace")
+                specials.setdefault(text, tid)
+                if attr & control:
+                    controls.append(text)
+        return specials, controls
+
+    def _build_prompt_tokenizer(self, llm: Any, specials: dict[str, int]) -> PromptTokenizer:
+        """A tokenizer that keeps the tokens of long prompt pieces (documents) between turns."""
+
+        def tokenize(data: bytes, add_bos: bool) -> list[int]:
+            return tokenize_bytes(llm, data, add_bos=add_bos, special=True)
+
+        sample = [
+            ChatMessage.system("Be brief.\n"),
+            ChatMessage.user("  A document:\n\n[p. 1] text.  "),
+            ChatMessage.assistant("An answer.\n"),
+            ChatMessage.user("Why?"),
+        ]
+        try:
+            probes = [self.render_prompt(sample)]
+        except EngineError:
+            probes = []
+        return PromptTokenizer(tokenize, specials, probes)
+
+    @staticmethod
+    def _token_text(llm: Any, token: int) -> str:
+        if token < 0:
+            return ""
+        return bytes(llm._model.token_to_piece(token, special=True)).rstrip(b"\0").decode("utf-8", "replace")
+
+    @staticmethod
+    def _vocab_has(llm: Any, text: str) -> bool:
+        tokens = tokenize_bytes(llm, text.encode(), add_bos=False, special=True)
+        return len(tokens) == 1
+
+    def unload(self) -> None:
+        self._vision = None  # its libmtmd context is freed with the Llama it was attached to
+        if self._llm is not None:
+            self._llm.close()
+        self._llm = None
+        self._info = None
+        self._overrides = None
+        self._formatter = None
+        self._tokenizer = None
+        self._literal = LiteralSpecials(())
+
+    # -- tokens -----------------------------------------------------------------------------
+    def _require(self) -> Any:
+        if self._llm is None:
+            raise NoModelError()
+        return self._llm
+
+    def count_tokens(self, text: str) -> int:
+        llm = self._require()
+        return len(tokenize_bytes(llm, text.encode("utf-8"), add_bos=False, special=False))
+
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        self._require()
+        try:
+            result = self._formatter(messages=messages_as_dicts(self._as_text(messages)))
+        except Exception as exc:
+            raise EngineError(
+                "The model's chat template failed to format this conversation.",
+                f"{type(exc).__name__}: {exc}",
+            ) from exc
+        return str(result.prompt)
+
+    def _as_text(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+        """``messages`` with any control-token text in their contents made plain text (see
+        :class:`LiteralSpecials`): only the chat template puts control tokens in a prompt."""
+        return [dataclasses.replace(m, content=self._literal(m.content)) for m in messages]
+
+    def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
+        llm = self._require()
+        prompt = self.render_prompt(messages)
+        bos = self._token_text(llm, llm.token_bos())
+        add_bos = not (bos and prompt.startswith(bos))
+        if self._tokenizer is not None:
+            return self._tokenizer.tokens(prompt, add_bos)
+        return tokenize_bytes(llm, prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return len(self.prompt_tokens(messages))
+
+    # -- KV state on disk -------------------------------------------------------------------
+    def state_key(self) -> str:
+        """Identifies what a saved KV state is valid for: the model file and every parameter that
+        shapes the cache. A different model or plan gives a different key (the old state is stale)."""
+        import hashlib
+
+        import llama_cpp
+
+        self._require()
+        assert self._info is not None
+        assert self._params is not None
+        p = self._params
+        try:
+            stat = Path(self._info.path).stat()
+            identity = f"{Path(self._info.path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        except OSError:
+            identity = str(self._info.path)
+        shape = f"{p.n_ctx}|{p.type_k}|{p.type_v}|{p.flash_attn}|{p.swa_full}|{llama_cpp.__version__}"
+        return hashlib.sha256(f"{identity}|{shape}".encode()).hexdigest()[:16]
+
+    def save_state(self, path: Path) -> int:
+        """Write the KV cache and its tokens to ``path`` (atomically); return the tokens saved."""
+        llama_cpp = import_llama_cpp()
+        llm = self._require()
+        n = int(llm.n_tokens)
+        if n == 0:
+            return 0
+        tokens = (llama_cpp.llama_token * n)(*[int(t) for t in llm._input_ids[:n]])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        if not llama_cpp.llama_state_save_file(llm.ctx, str(tmp).encode(), tokens, n):
+            tmp.unlink(missing_ok=True)
+            raise EngineError(
+                "The conversation's cache could not be saved.", f"llama_state_save_file({tmp}) failed"
+            )
+        os.replace(tmp, path)
+        return n
+
+    def load_state(self, path: Path) -> int:
+        """Restore a state saved by :meth:`save_state` for this model and plan; return the tokens
+        restored (0 when the file is missing, damaged or does not fit: the cache is then empty)."""
+        llama_cpp = import_llama_cpp()
+        llm = self._require()
+        if not path.is_file():
+            return 0
+        capacity = int(llm.n_ctx())
+        tokens = (llama_cpp.llama_token * capacity)()
+        count = ctypes.c_size_t(0)
+        ok = llama_cpp.llama_state_load_file(
+            llm.ctx, str(path).encode(), tokens, capacity, ctypes.byref(count)
+        )
+        if not ok or count.value == 0 or count.value > capacity:
+            log.warning("saved state %s could not be restored; the prompt will be re-read", path.name)
+            self._reset_cache()
+            return 0
+        n = int(count.value)
+        llm.input_ids[:n] = tokens[:n]
+        llm.n_tokens = n
+        return n
+
+    def perf_counters(self) -> tuple[int, int]:
+        """llama.cpp's own counters since the last reset: (prompt tokens evaluated, tokens decoded)."""
+        llama_cpp = import_llama_cpp()
+        data = llama_cpp.llama_perf_context(self._require().ctx)
+        return int(data.n_p_eval), int(data.n_eval)
+
+    # -- generation -------------------------------------------------------------------------
+    def _reusable_prefix(self, tokens: list[int]) -> int:
+        """How many leading prompt tokens can keep their KV entries from the previous call."""
+        llm = self._llm
+        cached = int(llm.n_tokens)
+        prefix = 0
+        limit = min(cached, len(tokens))
+        ids = llm._input_ids
+        while prefix < limit and ids[prefix] == tokens[prefix]:
+            prefix += 1
+        if prefix == len(tokens):
+            prefix -= 1  # the last prompt token is re-evaluated to get fresh logits
+        if prefix > 0 and self._is_iswa and not (self._params and self._params.swa_full):
+            # SWA guard (as llama-server): with the small chunked-attention cache, cells older than
+            # one chunk are pruned. Resuming at `prefix` needs the cells of the current chunk; if
+            # they are gone, reusing the prefix would silently give wrong logits: re-prefill.
+            llama_cpp = import_llama_cpp()
+            mem = llama_cpp.llama_get_memory(llm.ctx)
+            pos_min = int(llama_cpp.llama_memory_seq_pos_min(mem, 0))
+            if pos_min > max(0, prefix - LLAMA4_CHUNK):
+                log.info(
+                    "KV prefix reuse refused: pos_min=%d > prefix %d - chunk; re-reading the prompt",
+                    pos_min,
+                    prefix,
+                )
+                prefix = 0
+        return max(0, prefix)
+
+    def _reset_cache(self) -> None:
+        llama_cpp = import_llama_cpp()
+        llm = self._llm
+        llm.reset()
+        mem = llama_cpp.llama_get_memory(llm.ctx)
+        llama_cpp.llama_memory_clear(mem, True)
+
+    def stream_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        sampling: SamplingParams,
+        cancel: threading.Event,
+        on_prompt_progress: Callable[[int, int], None] | None = None,
+    ) -> Iterator[str]:
+        llama_cpp = import_llama_cpp()
+        llm = self._require()
+        if any(m.images for m in messages):
+            self._stats = yield from self._stream_image_chat(llm, messages, sampling, cancel)
+            return
+        started = time.perf_counter()
+        tokens = self.prompt_tokens(messages)
+        n_ctx = int(llm.n_ctx())
+        if len(tokens) >= n_ctx:
+            raise ContextOverflowError(
+                f"This message is too long for the context window: it needs {len(tokens):,} tokens but "
+                f"the model was loaded with room for {n_ctx:,}. Shorten it, or raise the context size "
+                "in Settings.",
+            )
+        max_new = max(1, min(sampling.max_tokens, n_ctx - len(tokens)))
+        prefix = self._keep_prefix(tokens)
+        llama_cpp.llama_perf_context_reset(llm.ctx)
+        done, finish = self._evaluate_prompt(tokens[prefix:], cancel, on_prompt_progress)
+        prompt_done = time.perf_counter()
+
+        answer = _AnswerText()
+        if finish != "cancelled":
+            finish = yield from self._sample(sampling, max_new, n_ctx, cancel, answer)
+        tail = answer.pending + answer.decoder.decode(b"", final=True)
+        if tail and finish != "cancelled":
+            if answer.first_token_at is None:
+                answer.first_token_at = time.perf_counter()
+            yield tail
+        self._stats = timed_stats(
+            started=started,
+            prompt_done=prompt_done,
+            first_token_at=answer.first_token_at,
+            ended=time.perf_counter(),
+            prompt_tokens=len(tokens),
+            prompt_tokens_evaluated=done,
+            completion_tokens=answer.completion,
+            n_ctx=n_ctx,
+            context_used=int(llm.n_tokens),
+            finish_reason=finish,
+        )
+
+    def _stream_image_chat(
+        self,
+        llm: Any,
+        messages: Sequence[ChatMessage],
+        sampling: SamplingParams,
+        cancel: threading.Event,
+    ) -> Generator[str, None, GenerationStats]:
+        if self._vision is None:
+            raise EngineError(
+                "This conversation has images, but the loaded model has no vision projector "
+                "(an mmproj-*.gguf file next to the model). Download the projector in the model "
+                "manager, or remove the images."
+            )
+        from app.core.engine import vision
+
+        return (
+            yield from vision.stream_image_chat(llm, self._vision, self._as_text(messages), sampling, cancel)
+        )
+
+    def _keep_prefix(self, tokens: list[int]) -> int:
+        """Drop the cached KV entries past the reusable prefix of ``tokens``; return its length."""
+        llm = self._llm
+        prefix = self._reusable_prefix(tokens)
+        if prefix == 0:
+            self._reset_cache()
+        elif prefix < llm.n_tokens and not llm._ctx.kv_cache_seq_rm(-1, prefix, -1):
+            prefix = 0
+            self._reset_cache()
+        llm.n_tokens = prefix
+        return prefix
+
+    def _evaluate_prompt(
+        self,
+        todo: list[int],
+        cancel: threading.Event,
+        on_prompt_progress: Callable[[int, int], None] | None,
+    ) -> tuple[int, str]:
+        """Evaluate the new part of the prompt in batches, with progress and cancellation between
+        batches; return the tokens evaluated and "cancelled" or "stop"."""
+        llm = self._llm
+        step = max(1, int(llm.n_batch))
+        done = 0
+        for i in range(0, len(todo), step):
+            if cancel.is_set():
+                return done, "cancelled"
+            batch = todo[i : i + step]
+            llm.eval(batch)
+            done += len(batch)
+            if on_prompt_progress is not None:
+                on_prompt_progress(done, len(todo))
+        return done, "stop"
+
+    def _sample(
+        self,
+        sampling: SamplingParams,
+        max_new: int,
+        n_ctx: int,
+        cancel: threading.Event,
+        answer: _AnswerText,
+    ) -> Generator[str, None, str]:
+        """Sample up to ``max_new`` tokens (cancellation between tokens), yielding the text as it
+        is decoded; return the finish reason."""
+        llama_cpp = import_llama_cpp()
+        llm = self._llm
+        vocab = llm._model.vocab
+        llm._sampler = llm._init_sampler(
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            temp=sampling.temperature,
+            repeat_penalty=sampling.repeat_penalty,
+        )
+        if sampling.seed is not None:
+            llm.set_seed(sampling.seed)
+        finish = "length"
+        unevaluated: int | None = None  # sampled and shown, not yet fed to the model
+        try:
+            for _ in range(max_new):
+                if cancel.is_set():
+                    finish = "cancelled"
+                    break
+                if unevaluated is not None:
+                    llm.eval([unevaluated])
+                    unevaluated = None
+                token = llm._sampler.sample(llm._ctx, -1)
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                answer.completion += 1
+                if llm.n_tokens + 1 >= n_ctx:
+                    finish = "context"
+                    break
+                # The token is shown before it is evaluated: the evaluation (the cost of a
+                # token) runs when the caller asks for the next piece, not before this one.
+                unevaluated = token
+                emit, stopped = self._take_text(answer, bytes(llm._model.token_to_piece(token)).rstrip(b"\0"))
+                if stopped:
+                    finish = "stop"
+                    break
+                if emit:
+                    if answer.first_token_at is None:
+                        answer.first_token_at = time.perf_counter()
+                    yield emit
+            if unevaluated is not None and finish != "cancelled":
+                llm.eval([unevaluated])  # the cache holds the whole answer
+        finally:
+            llm._sampler = None
+        return finish
+
+    def _take_text(self, answer: _AnswerText, data: bytes) -> tuple[str, bool]:
+        """Decode one token's bytes into ``answer``; return the text that can be shown now (text
+        that could start a stop string is held back) and whether a stop string was reached."""
+        piece = answer.decoder.decode(data)
+        if not piece:
+            return "", False
+        pending = answer.pending + piece
+        if not self._stop_strings:
+            answer.pending = ""
+            return pending, False
+        hit = next((s for s in self._stop_strings if s in pending), None)
+        if hit:
+            answer.pending = pending[: pending.index(hit)]
+            return "", True
+        keep = max((len(s) - 1 for s in self._stop_strings), default=0)
+        answer.pending = pending[len(pending) - keep :]
+        return pending[: len(pending) - keep], False
+
+
+@dataclasses.dataclass
+class _AnswerText:
+    """The answer being sampled: its decoder, the text held back, the tokens and the first one's time."""
+
+    decoder: codecs.IncrementalDecoder = dataclasses.field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+    pending: str = ""  # text held back while it could be the start of a stop string
+    completion: int = 0
+    first_token_at: float | None = None
+
+
+def _llama_kwargs(params: LoadParams, n_threads: int) -> dict[str, Any]:
+    """The ``Llama(...)`` keyword arguments for a plan."""
+    return {
+        "n_ctx": params.n_ctx,
+        "n_gpu_layers": params.n_gpu_layers,
+        "n_threads": n_threads,
+        "n_threads_batch": params.n_threads_batch or n_threads,
+        "n_batch": params.n_batch,
+        "n_ubatch": params.n_ubatch,
+        "flash_attn": params.flash_attn,
+        "type_k": KV_TYPES[params.type_k],
+        "type_v": KV_TYPES[params.type_v],
+        "swa_full": params.swa_full,
+        "use_mmap": params.use_mmap,
+        "offload_kqv": params.offload_kqv,
+        "seed": params.seed,
+        "logits_all": False,
+        "verbose": False,
+    }
+
+
+def _open_llama(
+    path: Path,
+    kwargs: dict[str, Any],
+    overrides: Overrides | None,
+    progress: Callable[[float], bool] | None,
+) -> Any:
+    """``llama_cpp.Llama(path, **kwargs)`` with a progress callback that can cancel and the tensor
+    overrides; a failure becomes LoadCancelled, OutOfMemoryError or ModelLoadError with a sentence."""
+    llama_cpp = import_llama_cpp()
+    cancelled = threading.Event()
+
+    @llama_cpp.llama_progress_callback
+    def on_progress(fraction: float, _user_data: Any) -> bool:
+        if progress is None:
+            return True
+        try:
+            keep_going = bool(progress(min(1.0, max(0.0, float(fraction)))))
+        except Exception:
+            log.exception("load progress callback failed")
+            keep_going = True
+        if not keep_going:
+            cancelled.set()
+        return keep_going
+
+    import llama_cpp.llama_cpp as low  # the module whose name Llama() resolves at call time
+
+    real_defaults = low.llama_model_default_params
+
+    def patched_defaults() -> Any:
+        model_params = real_defaults()
+        model_params.progress_callback = on_progress
+        if overrides is not None:
+            model_params.tensor_buft_overrides = ctypes.cast(overrides.array, ctypes.c_void_p)
+        return model_params
+
+    mark = NATIVE_LOG.mark()
+    with _PARAMS_LOCK:
+        # Llama() builds its llama_model_params from llama_model_default_params() and never
+        # touches progress_callback / tensor_buft_overrides: give it defaults that carry ours.
+        low.llama_model_default_params = patched_defaults
+        try:
+            return llama_cpp.Llama(str(path), **kwargs)
+        except (ValueError, RuntimeError, OSError) as exc:
+            if cancelled.is_set():
+                raise LoadCancelled() from exc
+            detail = "\n".join(NATIVE_LOG.since(mark)[-25:]) or str(exc)
+            message = explain_load_failure(path, detail)
+            if message.startswith("Not enough memory"):
+                raise OutOfMemoryError(message, detail) from exc
+            raise ModelLoadError(message, detail) from exc
+        finally:
+            low.llama_model_default_params = real_defaults
