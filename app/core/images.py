@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+"""File name endings read as pictures (everything else attached is read as a document)."""
 TILE_SIZE = 336  # Scout's vision tile
 DEFAULT_MAX_SIDE = 4 * TILE_SIZE  # 1344
 DEFAULT_MAX_PIXELS = DEFAULT_MAX_SIDE * DEFAULT_MAX_SIDE
@@ -381,6 +383,10 @@ def load_stored_image(path: Path) -> NormalizedImage:
 def data_uri(normalized: NormalizedImage) -> str:
     """``data:image/png;base64,…``: the only form in which pictures reach llama-cpp-python."""
     return f"data:{normalized.mime};base64,{base64.b64encode(normalized.data).decode('ascii')}"
+
+
+def is_image_path(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def image_uri(attachment: Attachment) -> str | None:

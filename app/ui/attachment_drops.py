@@ -12,11 +12,12 @@ from PySide6.QtGui import (
     QPixmap,
 )
 
+from app.core.images import IMAGE_SUFFIXES
+
 if TYPE_CHECKING:
     from PySide6.QtCore import QMimeData
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 DOCUMENT_SUFFIXES = (
     ".pdf",
     ".docx",

@@ -28,10 +28,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.images import IMAGE_SUFFIXES
 from app.ui.attachment_chips import NO_VISION_TEXT, AttachmentsBar
 from app.ui.attachment_drops import (
     DOCUMENT_SUFFIXES,
-    IMAGE_SUFFIXES,
     DroppedItems,
     has_attachments,
     mime_attachments,

@@ -18,15 +18,11 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from app.core.chunking import Chunk, chunk_document, estimate_tokens
 from app.core.documents import DocumentError, ExtractionCancelled, extract
-from app.core.images import ImageError, normalize_image, store_image
+from app.core.images import ImageError, is_image_path, normalize_image, store_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-
-
-def is_image_path(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+__all__ = ["IngestWorker", "is_image_path"]
 
 
 @dataclass(frozen=True)
