@@ -343,14 +343,8 @@ class ConversationController(QObject):
             notice = self._store.add_message(conversation_id, "notice", dropped_notice(turn.dropped))
             if self._shown(conversation_id):
                 self.message_added.emit(notice)
-        info = self._models.model_info
-        placeholder = self._store.add_message(
-            conversation_id,
-            Role.ASSISTANT.value,
-            "",
-            model=info.name if info else "",
-            sampling=_sampling_dict(self._sampling()),
-            status="streaming",
+        placeholder = self._add_answer(
+            conversation_id, "streaming", sampling=_sampling_dict(self._sampling())
         )
         self._streaming_message = placeholder.id
         self._last_saved = time.monotonic()
@@ -429,21 +423,21 @@ class ConversationController(QObject):
             self._store.update_message(message_id, content=partial, status="error", stats={"error": message})
         elif self._store.get_conversation(conversation_id) is not None:
             # the turn could not be built (too long, say): the answer that never started says why
-            info = self._models.model_info
-            failed = self._store.add_message(
-                conversation_id,
-                Role.ASSISTANT.value,
-                "",
-                model=info.name if info else "",
-                status="error",
-                stats={"error": message},
-            )
+            failed = self._add_answer(conversation_id, "error", stats={"error": message})
             message_id = failed.id
             if self._shown(conversation_id):
                 self.message_added.emit(failed)
         self._streaming_text = []
         self.generation_failed.emit(message_id or 0, message, detail)
         self.busy_changed.emit(False)
+
+    def _add_answer(self, conversation_id: int, status: str, **fields: dict[str, Any]) -> StoredMessage:
+        """An empty answer by the loaded model (filled as it streams, or saying why it failed)."""
+        info = self._models.model_info
+        model = info.name if info else ""
+        return self._store.add_message(
+            conversation_id, Role.ASSISTANT.value, "", model=model, status=status, **fields
+        )
 
     def _end_answer(self) -> None:
         self._answering = None

@@ -16,7 +16,6 @@ from app.ui.model_manager import ModelManagerDialog
 from app.ui.plan_panel import PlanPanel
 from app.ui.welcome import WelcomePage
 from app.workers.downloads import DownloadController
-from tests.qt.test_ui_doubles import FakeController
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -53,7 +52,7 @@ def scout_file(tmp_path_factory: pytest.TempPathFactory, build: Build) -> Path:
 
 @pytest.mark.parametrize("machine", list(MACHINES))
 def test_the_three_screens_agree(
-    qtbot: Any, tmp_path: Path, build: Build, scout_file: Path, machine: str
+    qtbot: Any, tmp_path: Path, build: Build, scout_file: Path, machine: str, make_controller
 ) -> None:
     hardware = MACHINES[machine]
     expected = assess_build(build, hardware.probe())
@@ -84,7 +83,7 @@ def test_the_three_screens_agree(
     action = next(a for a in welcome.menu_actions() if a.data() == BUILD_ID)
     assert action.text().endswith(expected.label)
 
-    panel = PlanPanel(FakeController(), hardware_probe=hardware)
+    panel = PlanPanel(make_controller(), hardware_probe=hardware)
     qtbot.addWidget(panel)
     assert panel.set_model_path(scout_file)
     assert panel.plan is not None
