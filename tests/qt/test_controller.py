@@ -206,3 +206,34 @@ def test_rename_and_delete(make_controller, qtbot) -> None:
         controller.conversations.delete_conversation(cid)
     assert opened.args == [0, []]
     assert controller.conversations.conversations() == []
+
+
+def test_editing_the_first_message_retitles_an_automatic_title(make_controller, qtbot) -> None:
+    controller = make_controller(FakeEngine(["ok"]))
+    load(controller, qtbot)
+    chats = controller.conversations
+    with qtbot.waitSignal(chats.generation_finished, timeout=5000):
+        chats.send("What is the capital of France?")
+    conversation_id = chats.current_conversation_id
+    with qtbot.waitSignal(chats.generation_finished, timeout=5000):
+        chats.edit_last_user_message("How tall is Mont Blanc?")
+    assert controller.store.get_conversation(conversation_id).title == "How tall is Mont Blanc?"
+
+    # a title the user chose is theirs: editing the first message keeps it
+    chats.rename_conversation(conversation_id, "Mountains")
+    with qtbot.waitSignal(chats.generation_finished, timeout=5000):
+        chats.edit_last_user_message("How tall is Everest?")
+    assert controller.store.get_conversation(conversation_id).title == "Mountains"
+
+
+def test_a_turn_too_long_to_build_fails_without_a_stray_placeholder(make_controller, qtbot) -> None:
+    """The answer is created once the turn is decided; a turn that cannot be built leaves one
+    answer saying why, never an empty streaming placeholder."""
+    controller = make_controller(FakeEngine(n_ctx=300), Settings(n_ctx=300, max_tokens=64))
+    load(controller, qtbot)
+    chats = controller.conversations
+    with qtbot.waitSignal(chats.generation_failed, timeout=5000):
+        chats.send("word " * 2000)
+    statuses = [(m.role, m.status) for m in chats.messages()]
+    assert statuses == [("user", "complete"), ("assistant", "error")]
+    assert not chats.is_busy
