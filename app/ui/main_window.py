@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSplitter,
     QToolButton,
     QVBoxLayout,
@@ -252,6 +253,9 @@ class MainWindow(QMainWindow):
         self.speed_label.setObjectName("speedLabel")
         self.activity_label = QLabel()
         self.activity_label.setObjectName("activityLabel")
+        # a long note wraps onto a second line instead of being cut at the permanent widgets
+        self.activity_label.setWordWrap(True)
+        self.activity_label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.load_label = QLabel()
         self.load_progress = QProgressBar()
         self.load_progress.setObjectName("loadProgress")
@@ -739,6 +743,7 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _on_conversations_prompt_progress(self, fraction: float) -> None:
+        self._activity_timer.stop()  # shown until the answer starts
         self.activity_label.setText(f"Reading the prompt… {round(fraction * 100)}%")
 
     def _on_conversations_context_changed(self, used: int, n_ctx: int) -> None:
