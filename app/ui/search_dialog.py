@@ -195,7 +195,8 @@ class SearchDialog(QDialog):
             heading = f"{conversation.title}  ·  {role}, {when}"
             found = snippet(message.content, text)
             item = QListWidgetItem(f"{heading}\n{found}")
-            rich_heading = f"<b>{html.escape(conversation.title)}</b> &nbsp;·&nbsp; {html.escape(role)}, {when}"
+            title = html.escape(conversation.title)
+            rich_heading = f"<b>{title}</b> &nbsp;·&nbsp; {html.escape(role)}, {when}"
             item.setData(HTML_ROLE, f"{rich_heading}<br>{highlight(found, text)}")
             item.setData(HIT_ROLE, (conversation.id, message.id))
             item.setToolTip(conversation.title)
