@@ -127,6 +127,7 @@ class Settings:
     hf_endpoint: str = ""  # empty: huggingface_hub's default
     theme: str = "system"  # system | light | dark
     window_geometry: str = ""  # hex of QWidget.saveGeometry()
+    last_export_dir: str = ""  # empty: the user's documents folder
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Settings:

@@ -52,13 +52,19 @@ def _fence(text: str) -> str:
     return "`" * max(3, longest + 1)
 
 
+def answer_models(messages: Sequence[StoredMessage]) -> list[str]:
+    """The models that wrote the answers, in the order they first answered."""
+    return list(dict.fromkeys(m.model for m in messages if m.role == "assistant" and m.model))
+
+
 def to_markdown(
     conversation: Conversation,
     messages: Sequence[StoredMessage],
     attachments: dict[int, list[Attachment]] | None = None,
     files_dir: str = "",
 ) -> str:
-    """A readable Markdown document: title, date and model, then each turn under a heading.
+    """A readable Markdown document: title, date and the models that answered, then each turn under
+    a heading (an answer's heading is the name of the model that wrote it).
 
     Answers are Markdown already and go in as they are; system prompts and notices are quoted.
     Cancelled or failed answers say so.
@@ -66,11 +72,14 @@ def to_markdown(
     lines = [f"# {conversation.title}", ""]
     meta = [f"Exported from Scout Chat {__version__} on {_iso(time.time())}"]
     meta.append(f"started {_iso(conversation.created_at)}")
-    if conversation.model:
-        meta.append(f"model: {conversation.model}")
+    models = answer_models(messages) or ([conversation.model] if conversation.model else [])
+    if models:
+        meta.append(("model: " if len(models) == 1 else "models: ") + ", ".join(models))
     lines += ["*" + " · ".join(meta) + "*", ""]
     for message in messages:
         title = ROLE_TITLES.get(message.role, message.role.title())
+        if message.role == "assistant" and message.model:
+            title = message.model  # each answer names the model that wrote it
         lines += [f"## {title}", ""]
         body = message.content.rstrip()
         if message.role in ("system", "notice"):

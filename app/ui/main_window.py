@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import textwrap
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QByteArray, QEvent, QObject, QSize, Qt, QTimer
+from PySide6.QtCore import QByteArray, QEvent, QObject, QSize, QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence, QMouseEvent
 from PySide6.QtWidgets import (
     QApplication,
@@ -25,12 +26,14 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSplitter,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
+from app.core.chunking import estimate_tokens
 from app.core.units import format_tokens
 from app.export import export_conversation, suggested_filename, write_export
 from app.ui import theme
@@ -40,7 +43,7 @@ from app.ui.chat_view import ChatView
 from app.ui.composer import Composer
 from app.ui.plan_panel import PlanPanel
 from app.ui.search_dialog import SearchDialog
-from app.ui.settings_dialog import SettingsDialog
+from app.ui.settings_dialog import SettingsDialog, context_cap_reason
 from app.ui.sidebar import ConversationSidebar
 
 if TYPE_CHECKING:
@@ -59,6 +62,11 @@ log = logging.getLogger(__name__)
 
 COMPOSER_MAX_WIDTH = 860
 ACTIVITY_MESSAGE_MS = 2500
+NOTICE_MESSAGE_MS = 12_000  # a status message that explains something stays longer
+LIVE_SPEED_TIP = (
+    "Estimated while the answer is written, from the text streamed so far (about 4 characters a "
+    "token); llama.cpp's exact figure replaces it when the answer ends."
+)
 
 
 def choose_model_file(parent: QWidget, start_dir: str) -> str:
@@ -76,6 +84,17 @@ def choose_export_file(parent: QWidget, suggested: str) -> str:
     if path and not Path(path).suffix:
         path += ".json" if "json" in chosen.lower() else ".md"
     return path
+
+
+def export_start_dir(last_export_dir: str) -> Path:
+    """Where the export dialog opens: the folder of the last export, else the user's documents
+    folder, else the home folder."""
+    candidates = [last_export_dir] if last_export_dir else []
+    candidates.append(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation))
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return Path.home()
 
 
 def ask_resume_downloads(parent: QWidget, names: list[str]) -> bool:
@@ -156,6 +175,12 @@ class MainWindow(QMainWindow):
         self._plan_tip = ""
         self._busy = False
         self._conversation_id: int | None = None
+        self.clock: Callable[[], float] = time.monotonic  # the live tok/s estimate's (tests set one)
+        self._context = (0, 0)  # the last exact context figures: tokens used, n_ctx
+        self._live_id: int | None = None  # the answer being streamed, for the live figures
+        self._live_text = ""
+        self._live_first = ""  # the first piece: the speed is measured from its arrival
+        self._live_started = 0.0
         self.setWindowTitle("Scout Chat")
         self.setWindowIcon(theme.app_icon())
         self.setMinimumSize(QSize(720, 480))
@@ -226,9 +251,11 @@ class MainWindow(QMainWindow):
         self.model_label.installEventFilter(self)  # a click opens Memory & offload
         self.speed_label = QLabel()
         self.speed_label.setObjectName("speedLabel")
-        self.speed_label.setToolTip("Speed of the last answer")
         self.activity_label = QLabel()
         self.activity_label.setObjectName("activityLabel")
+        # a long note wraps onto a second line instead of being cut at the permanent widgets
+        self.activity_label.setWordWrap(True)
+        self.activity_label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.load_label = QLabel()
         self.load_progress = QProgressBar()
         self.load_progress.setObjectName("loadProgress")
@@ -449,9 +476,7 @@ class MainWindow(QMainWindow):
             self.show_activity("Open a conversation to export it")
             return None
         exported = export_conversation(self.controller.store, self._conversation_id)
-        start = Path(self.controller.settings.last_model or Path.home() / "x").parent
-        if not start.is_dir():
-            start = Path.home()
+        start = export_start_dir(self.controller.settings.last_export_dir)
         path = self.choose_export_file(self, str(start / suggested_filename(exported.conversation, "md")))
         if not path:
             return None
@@ -461,6 +486,7 @@ class MainWindow(QMainWindow):
         except OSError as exc:
             self.show_error(f"Could not export the conversation: {exc}")
             return None
+        self.controller.preferences.remember(last_export_dir=str(target.parent))
         self.show_activity(f"Exported to {target.name}")
         return target
 
@@ -491,7 +517,14 @@ class MainWindow(QMainWindow):
 
     def open_settings(self) -> SettingsDialog:
         """Show the settings dialog (window-modal, non-blocking); applied when accepted."""
-        dialog = SettingsDialog(self.controller.settings, self)
+        overrides = self.models.overrides
+        dialog = SettingsDialog(
+            self.controller.settings,
+            self,
+            model=self.models.model_info,
+            plan=self.models.plan if self.models.model_info is not None else None,
+            fixed_n_ctx=overrides.n_ctx if overrides is not None else None,
+        )
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.accepted.connect(self._on_settings_dialog_accepted)
         dialog.open()
@@ -501,9 +534,10 @@ class MainWindow(QMainWindow):
     def show_error(self, message: str, detail: str = "") -> None:
         self.error_banner.show_message(message, detail)
 
-    def show_activity(self, text: str) -> None:
+    def show_activity(self, text: str, duration_ms: int = ACTIVITY_MESSAGE_MS) -> None:
         self.activity_label.setText(text)
-        self._activity_timer.start()
+        self.activity_label.setToolTip(text)
+        self._activity_timer.start(duration_ms)
 
     def start_edit_last_message(self) -> None:
         last_user = self.chat_view.last_message("user")
@@ -523,6 +557,8 @@ class MainWindow(QMainWindow):
         else:
             self.model_label.setText("No model")
             self._model_tip = "File → Open model file… (Ctrl+O)"
+            self._show_context(0, 0)
+        self._clear_speed()
         self._update_model_tooltip()
         self.chat_view.set_model_loaded(loaded)
         self.composer.set_model_ready(loaded)
@@ -627,7 +663,20 @@ class MainWindow(QMainWindow):
         self._welcome_done = True
         self._hide_loading()
         self._set_model(info)
-        self.show_activity(f"Loaded {info.name} in {info.load_seconds:.1f} s")
+        overrides = self.models.overrides
+        capped = context_cap_reason(
+            self.controller.settings.n_ctx,
+            info,
+            self.models.plan,
+            overrides.n_ctx if overrides is not None else None,
+        )
+        loaded = f"Loaded {info.name} in {info.load_seconds:.1f} s"
+        if capped:
+            self._model_tip += f"\n{capped}"
+            self._update_model_tooltip()
+            self.show_activity(f"{loaded}. {capped}", NOTICE_MESSAGE_MS)
+        else:
+            self.show_activity(loaded)
         self.composer.focus()
 
     def _on_models_model_load_failed(self, message: str, detail: str) -> None:
@@ -650,6 +699,7 @@ class MainWindow(QMainWindow):
             self._welcome_done = True  # an older chat was opened: show it rather than the welcome
             self._update_welcome()
         self.composer.cancel_edit()
+        self._clear_speed()  # the last answer's speed belongs to the chat that was shown
         self.chat_view.set_messages(messages)
         self.sidebar.set_current(self._conversation_id)
         self._update_title()
@@ -657,6 +707,8 @@ class MainWindow(QMainWindow):
 
     def _on_conversations_message_added(self, message: Any) -> None:
         self.chat_view.add_message(message)
+        if message.role == "assistant" and message.status == "streaming":
+            self._live_id, self._live_text, self._live_first = message.id, "", ""
         self._update_actions()
 
     def _on_conversations_message_removed(self, message_id: int) -> None:
@@ -664,12 +716,16 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _on_conversations_tokens_streamed(self, message_id: int, text: str) -> None:
-        if self.activity_label.text():
-            self.activity_label.clear()
+        if self.activity_label.text() and not self._activity_timer.isActive():
+            self.activity_label.clear()  # "Reading the prompt…": the answer has started
         self.chat_view.append_delta(message_id, text)
+        if message_id == self._live_id:
+            self._update_live_figures(text)
 
     def _on_conversations_generation_finished(self, message_id: int, stats: GenerationStats) -> None:
         self.chat_view.finish_message(message_id, stats)
+        self._live_id = None
+        self._clear_speed()
         if stats.tokens_per_s > 0:
             self.speed_label.setText(f"{stats.tokens_per_s:.1f} tok/s")
             self.speed_label.setToolTip(
@@ -680,25 +736,54 @@ class MainWindow(QMainWindow):
 
     def _on_conversations_generation_failed(self, message_id: int, message: str, detail: str) -> None:
         self.chat_view.fail_message(message_id, message)
+        self._live_id = None
+        self._clear_speed()
+        self._show_context(*self._context)
         self.show_error(message, detail)
         self._update_actions()
 
     def _on_conversations_prompt_progress(self, fraction: float) -> None:
+        self._activity_timer.stop()  # shown until the answer starts
         self.activity_label.setText(f"Reading the prompt… {round(fraction * 100)}%")
 
     def _on_conversations_context_changed(self, used: int, n_ctx: int) -> None:
-        if n_ctx <= 0:
+        self._context = (used, n_ctx)
+        self._show_context(used, n_ctx)
+
+    def _show_context(self, used: int, n_ctx: int, *, estimated: bool = False) -> None:
+        if n_ctx <= 0 or self.models.model_info is None:
             self.context_label.hide()
             self.context_meter.hide()
             return
         fraction = max(0.0, min(1.0, used / n_ctx))
-        self.context_label.setText(f"Context {format_tokens(used)} / {format_tokens(n_ctx)}")
+        shown = f"≈ {format_tokens(used)}" if estimated else format_tokens(used)
+        self.context_label.setText(f"Context {shown} / {format_tokens(n_ctx)}")
         self.context_meter.setValue(round(fraction * 1000))
         self.context_meter.setProperty("level", "high" if fraction >= 0.9 else "normal")
         self.context_meter.style().unpolish(self.context_meter)
         self.context_meter.style().polish(self.context_meter)
         self.context_label.show()
         self.context_meter.show()
+
+    def _update_live_figures(self, text: str) -> None:
+        """While an answer streams: an estimated tok/s (text over time since its first piece) and
+        the context it fills; the engine's exact figures replace both when it ends."""
+        now = self.clock()
+        if not self._live_first:
+            self._live_first, self._live_started = text, now
+        self._live_text += text
+        written = estimate_tokens(self._live_text)
+        elapsed = now - self._live_started
+        since_first = written - estimate_tokens(self._live_first)
+        if elapsed > 0 and since_first > 0:
+            self.speed_label.setText(f"≈ {since_first / elapsed:.1f} tok/s")
+            self.speed_label.setToolTip(LIVE_SPEED_TIP)
+        used, n_ctx = self._context
+        self._show_context(used + written, n_ctx, estimated=True)
+
+    def _clear_speed(self) -> None:
+        self.speed_label.clear()
+        self.speed_label.setToolTip("")
 
     def _on_conversations_busy_changed(self, busy: bool) -> None:
         self._set_busy(busy)

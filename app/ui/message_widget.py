@@ -217,17 +217,22 @@ class MessageWidget(QFrame):
     def _build_header(self) -> None:
         self.header = QHBoxLayout()
         self.header.setSpacing(8)
-        self.role_label = QLabel("You" if self.role == "user" else "Scout")
+        self.role_label = QLabel(self.author())
         self.role_label.setObjectName("roleLabel")
-        self.meta_label = QLabel(self.model if self.role == "assistant" else "")
-        self.meta_label.setObjectName("metaLabel")
+        if self.role == "assistant" and self.model:
+            self.role_label.setToolTip(f"Written by {self.model}")
         self.badge = QLabel()
         self.badge.setObjectName("statusBadge")
         self.badge.hide()
         self.header.addWidget(self.role_label)
-        self.header.addWidget(self.meta_label)
         self.header.addWidget(self.badge)
         self.header.addStretch(1)
+
+    def author(self) -> str:
+        """Who wrote the message: "You", or the name of the model that wrote the answer."""
+        if self.role == "user":
+            return "You"
+        return self.model or "Scout"
 
     def _build_body(self) -> None:
         self.body = QWidget()
@@ -474,9 +479,8 @@ class NoticeWidget(QWidget):
         self.label = QLabel(self.text)
         self.label.setObjectName("noticeLabel")
         self.label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        layout.addStretch(1)
-        layout.addWidget(self.label, 0)
-        layout.addStretch(1)
+        self.label.setWordWrap(True)  # a long marker wraps in a narrow column instead of being cut
+        layout.addWidget(self.label, 1)
 
     def render_all(self) -> None:
         self.label.setText(self.text)

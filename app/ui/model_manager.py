@@ -517,10 +517,10 @@ class ModelManagerDialog(QDialog):
         self._update_total()
 
     def _on_downloads_download_failed(self, build_id: str, message: str, _detail: str) -> None:
-        name = self.downloads.build(build_id).display_name if build_id in self.rows else build_id
-        self.show_banner(f"{name}: {message}")
         if build_id in self.rows:
-            self._refresh_row(build_id)
+            self._refresh_row(build_id)  # the build's card says what went wrong, once
+            return
+        self.show_banner(f"{build_id}: {message}")
 
     def _on_downloads_download_finished(self, build_id: str, _installed: object) -> None:
         self._fits.pop(build_id, None)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QAbstractTextDocumentLayout, QPalette, QTextDocument
 from PySide6.QtWidgets import (
+    QApplication,
     QDialog,
     QDialogButtonBox,
     QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QVBoxLayout,
     QWidget,
 )
@@ -21,7 +28,7 @@ from PySide6.QtWidgets import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from PySide6.QtGui import QKeyEvent
+    from PySide6.QtGui import QKeyEvent, QPainter
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,10 @@ SEARCH_DELAY_MS = 180
 SNIPPET_CHARS = 140
 ROLE_LABELS = {"user": "You", "assistant": "Scout", "system": "System"}
 HIT_ROLE = Qt.ItemDataRole.UserRole + 1
+HTML_ROLE = Qt.ItemDataRole.UserRole + 2  # the result as rich text, the query's words marked
+ITEM_PADDING = 6
+# a highlighter's yellow with dark text, readable on light, dark and selected rows alike
+MARK_STYLE = "background-color: #ffe27a; color: #1f2328"
 
 
 def snippet(text: str, query: str, width: int = SNIPPET_CHARS) -> str:
@@ -46,6 +57,65 @@ def snippet(text: str, query: str, width: int = SNIPPET_CHARS) -> str:
     end = min(len(flat), start + width)
     start = max(0, end - width)
     return ("…" if start else "") + flat[start:end].strip() + ("…" if end < len(flat) else "")
+
+
+def highlight(text: str, query: str) -> str:
+    """``text`` as HTML with every word of ``query`` that starts a word in it (the search matches
+    word prefixes) marked: bold, on a highlighter's yellow; case-insensitive."""
+    words = sorted({w.strip('"*') for w in query.split()} - {""}, key=len, reverse=True)
+    if not words:
+        return html.escape(text)
+    pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(w) for w in words) + ")", re.IGNORECASE)
+    out: list[str] = []
+    last = 0
+    for match in pattern.finditer(text):
+        out.append(html.escape(text[last : match.start()]))
+        out.append(f'<b style="{MARK_STYLE}">{html.escape(match.group(0))}</b>')
+        last = match.end()
+    out.append(html.escape(text[last:]))
+    return "".join(out)
+
+
+class _HighlightDelegate(QStyledItemDelegate):
+    """Paints a result's ``HTML_ROLE`` rich text (marked query words) in the item's rectangle."""
+
+    def _document(
+        self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex
+    ) -> QTextDocument:
+        doc = QTextDocument()
+        doc.setDefaultFont(option.font)  # type: ignore[attr-defined]
+        doc.setDocumentMargin(ITEM_PADDING)
+        doc.setHtml(str(index.data(HTML_ROLE) or ""))
+        doc.setTextWidth(max(1, option.rect.width()))  # type: ignore[attr-defined]
+        return doc
+
+    def paint(
+        self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex
+    ) -> None:
+        self.initStyleOption(option, index)
+        opt = QStyleOptionViewItem(option)
+        opt.text = ""  # type: ignore[attr-defined]
+        widget = opt.widget  # type: ignore[attr-defined]
+        style = widget.style() if widget is not None else QApplication.style()
+        style.drawControl(QStyle.ControlElement.CE_ItemViewItem, opt, painter, widget)
+        doc = self._document(option, index)
+        context = QAbstractTextDocumentLayout.PaintContext()
+        selected = bool(opt.state & QStyle.StateFlag.State_Selected)  # type: ignore[attr-defined]
+        role = QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text
+        context.palette.setColor(QPalette.ColorRole.Text, opt.palette.color(role))  # type: ignore[attr-defined]
+        painter.save()
+        painter.translate(opt.rect.topLeft())  # type: ignore[attr-defined]
+        painter.setClipRect(opt.rect.translated(-opt.rect.topLeft()))  # type: ignore[attr-defined]
+        doc.documentLayout().draw(painter, context)
+        painter.restore()
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> QSize:
+        self.initStyleOption(option, index)
+        widget = option.widget  # type: ignore[attr-defined]
+        if widget is not None:
+            option.rect.setWidth(widget.viewport().width())  # type: ignore[attr-defined]
+        doc = self._document(option, index)
+        return QSize(int(doc.idealWidth()), int(doc.size().height()))
 
 
 class SearchDialog(QDialog):
@@ -74,6 +144,7 @@ class SearchDialog(QDialog):
         self.results.setWordWrap(True)
         self.results.setUniformItemSizes(False)
         self.results.setAccessibleName("Search results")
+        self.results.setItemDelegate(_HighlightDelegate(self.results))
         self.status_label = QLabel("Type a word or two to search every conversation.")
         self.status_label.setObjectName("searchStatus")
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
@@ -118,10 +189,15 @@ class SearchDialog(QDialog):
             return
         for conversation, message in hits:
             role = ROLE_LABELS.get(message.role, message.role)
+            if message.role == "assistant" and message.model:
+                role = message.model
             when = time.strftime("%Y-%m-%d", time.localtime(message.created_at))
-            item = QListWidgetItem(
-                f"{conversation.title}  ·  {role}, {when}\n{snippet(message.content, text)}"
-            )
+            heading = f"{conversation.title}  ·  {role}, {when}"
+            found = snippet(message.content, text)
+            item = QListWidgetItem(f"{heading}\n{found}")
+            title = html.escape(conversation.title)
+            rich_heading = f"<b>{title}</b> &nbsp;·&nbsp; {html.escape(role)}, {when}"
+            item.setData(HTML_ROLE, f"{rich_heading}<br>{highlight(found, text)}")
             item.setData(HIT_ROLE, (conversation.id, message.id))
             item.setToolTip(conversation.title)
             self.results.addItem(item)

@@ -1,4 +1,5 @@
-"""Settings: system prompt, sampling (Meta's Scout defaults one click away), context size, theme."""
+"""Settings: system prompt, sampling (Meta's Scout defaults one click away), context size, threads,
+theme."""
 
 from __future__ import annotations
 
@@ -19,9 +20,13 @@ from PySide6.QtWidgets import (
 )
 
 from app.config import Settings
+from app.core.hardware import physical_cores
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from app.core.planner import Plan
+    from app.core.types import ModelInfo
 
 THEMES: Sequence[tuple[str, str]] = (
     ("system", "Follow the system"),
@@ -29,12 +34,48 @@ THEMES: Sequence[tuple[str, str]] = (
     ("dark", "Dark"),
 )
 SCOUT_DEFAULTS = Settings()  # temperature 0.6, top_p 0.9, min_p 0.01 (Meta's recommendation)
+N_CTX_MIN = 512  # the smallest context size that can be asked for (0 is Auto)
+N_CTX_MAX = 10_485_760  # Scout's trained context
+N_THREADS_MAX = 512
+
+
+def context_cap_reason(
+    requested: int, model: ModelInfo | None, plan: Plan | None = None, fixed_n_ctx: int | None = None
+) -> str:
+    """Why the loaded ``model`` runs with less context than the ``requested`` setting (0: Auto), as
+    a sentence; empty when it got what was asked for. ``fixed_n_ctx``: the context size fixed in
+    Memory & offload, which the setting does not override."""
+    if not requested or model is None or model.n_ctx >= requested:
+        return ""
+    if fixed_n_ctx:
+        why = f"Memory & offload fixes the context at {fixed_n_ctx:,} tokens"
+    elif model.n_ctx_train and model.n_ctx >= model.n_ctx_train:
+        why = f"the model was trained for at most {model.n_ctx_train:,} tokens"
+    elif plan is not None:
+        why = (
+            f"a larger context does not fit this computer's memory ({plan.fits_text}; "
+            "see File → Memory & offload)"
+        )
+    else:
+        why = "llama.cpp could not give it more"
+    return f"The model runs with {model.n_ctx:,} tokens of context, not the {requested:,} asked for: {why}."
 
 
 class SettingsDialog(QDialog):
     """Edits a copy of ``settings``; ``result_settings()`` returns the new frozen Settings."""
 
-    def __init__(self, settings: Settings, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        parent: QWidget | None = None,
+        *,
+        model: ModelInfo | None = None,
+        plan: Plan | None = None,
+        fixed_n_ctx: int | None = None,
+    ) -> None:
+        """``model``: the loaded model (Auto shows its context size); ``plan``: its offload plan;
+        ``fixed_n_ctx``: a context size fixed in Memory & offload (these say why a context size was
+        capped)."""
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self.setMinimumWidth(520)
@@ -68,11 +109,30 @@ class SettingsDialog(QDialog):
         self.max_tokens.setSuffix(" tokens")
         self.max_tokens.setToolTip("The longest answer the model may write")
         self.n_ctx = QSpinBox()
-        self.n_ctx.setRange(512, 10_485_760)
+        self.n_ctx.setRange(0, N_CTX_MAX)
         self.n_ctx.setSingleStep(1024)
         self.n_ctx.setSuffix(" tokens")
+        self.n_ctx.setGroupSeparatorShown(True)
+        if model is not None:
+            self.n_ctx.setSpecialValueText(f"Auto ({model.n_ctx:,} for this model)")
+        else:
+            self.n_ctx.setSpecialValueText("Auto (the largest that fits, up to 32k)")
         self.n_ctx.setToolTip(
-            "Context window; a larger one needs more memory. Changing it reloads the model."
+            "Context window; a larger one needs more memory. Auto (0): the largest that fits this "
+            "computer, up to 32k tokens. Changing it reloads the model."
+        )
+        self.n_ctx_note = QLabel(context_cap_reason(settings.n_ctx, model, plan, fixed_n_ctx))
+        self.n_ctx_note.setObjectName("settingsNotice")
+        self.n_ctx_note.setWordWrap(True)
+        self.n_ctx_note.setVisible(bool(self.n_ctx_note.text()))
+        auto_threads = plan.n_threads if plan is not None else physical_cores()
+        self.n_threads = QSpinBox()
+        self.n_threads.setRange(0, N_THREADS_MAX)
+        self.n_threads.setSpecialValueText(f"Auto ({auto_threads} cores)")
+        self.n_threads.setSuffix(" threads")
+        self.n_threads.setToolTip(
+            "CPU threads llama.cpp uses. Auto (0): one per physical core, usually the fastest. "
+            "Changing it reloads the model."
         )
         self.theme = QComboBox()
         for key, label in THEMES:
@@ -93,7 +153,9 @@ class SettingsDialog(QDialog):
         form.addRow("Min-p", self.min_p)
         form.addRow("Max answer length", self.max_tokens)
         form.addRow("Context size", self.n_ctx)
-        note = QLabel("Changing the context size reloads the model.")
+        form.addRow("", self.n_ctx_note)
+        form.addRow("Threads", self.n_threads)
+        note = QLabel("Changing the context size or the threads reloads the model.")
         note.setObjectName("emptyText")
         form.addRow("", note)
         form.addRow("Theme", self.theme)
@@ -119,6 +181,8 @@ class SettingsDialog(QDialog):
         self.min_p.setValue(settings.min_p)
         self.max_tokens.setValue(settings.max_tokens)
         self.n_ctx.setValue(settings.n_ctx)
+        self.n_threads.setValue(settings.n_threads)
+        self.n_ctx.valueChanged.connect(self._on_n_ctx_value_changed)
         index = self.theme.findData(settings.theme)
         self.theme.setCurrentIndex(max(0, index))
 
@@ -135,9 +199,14 @@ class SettingsDialog(QDialog):
             top_p=round(self.top_p.value(), 2),
             min_p=round(self.min_p.value(), 3),
             max_tokens=self.max_tokens.value(),
-            n_ctx=self.n_ctx.value(),
+            n_ctx=self.n_ctx.value() and max(N_CTX_MIN, self.n_ctx.value()),
+            n_threads=self.n_threads.value(),
             theme=str(self.theme.currentData()),
         )
 
     def _on_restore_button_clicked(self) -> None:
         self.restore_scout_defaults()
+
+    def _on_n_ctx_value_changed(self, value: int) -> None:
+        # the notice is about the saved setting; it no longer applies to another value
+        self.n_ctx_note.setVisible(value == self._settings.n_ctx and bool(self.n_ctx_note.text()))

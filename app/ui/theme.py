@@ -131,6 +131,8 @@ def stylesheet(dark: bool) -> str:
         return ""
     for name, value in scheme_colors(dark).items():
         text = text.replace(f"@{name}@", value)
+    # the spin boxes' arrow images: assets/icons/spin-*-light.svg or -dark.svg
+    text = text.replace("@icons@", ICONS_DIR.as_posix()).replace("@scheme@", "dark" if dark else "light")
     return text
 
 

@@ -378,6 +378,12 @@ class ConversationController(QObject):
     def _on_worker_tokens_generated(self, gen_id: int, text: str) -> None:
         if gen_id != self._gen_id or self._streaming_message is None:
             return
+        if not self._streaming_text:
+            # A tokenizer that prefixes words with a space (SentencePiece's "▁Hello") starts the
+            # answer with " Hello": the answer begins at its first visible character.
+            text = text.lstrip()
+            if not text:
+                return
         self._streaming_text.append(text)
         self.tokens_streamed.emit(self._streaming_message, text)
         now = time.monotonic()
