@@ -105,6 +105,7 @@ class AppPaths:
 
 
 SETTINGS_SCHEMA_VERSION = 1
+RECENT_MODELS_MAX = 8
 DEFAULT_SYSTEM_PROMPT = (
     "You are Scout, a helpful, accurate and concise assistant running privately on this computer."
 )
@@ -122,6 +123,7 @@ class Settings:
     n_ctx: int = 0  # 0: automatic (the planner's choice, 32k when it fits, shrunk to fit)
     n_threads: int = 0  # 0: automatic (physical cores)
     last_model: str = ""
+    recent_models: tuple[str, ...] = ()  # most recent first, at most RECENT_MODELS_MAX
     last_conversation: int = 0
     models_dir: str = ""  # empty: AppPaths.models_dir
     hf_endpoint: str = ""  # empty: huggingface_hub's default
@@ -148,10 +150,17 @@ class Settings:
             expected = type(getattr(defaults, key))
             if expected is float and isinstance(value, int):
                 clean[key] = float(value)
+            elif expected is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
+                clean[key] = tuple(value)  # JSON has lists
             elif not isinstance(value, expected):
                 log.warning("settings: ignoring %s=%r (expected %s)", key, value, expected.__name__)
                 del clean[key]
         return cls(**clean)
+
+
+def push_recent_model(recent: tuple[str, ...], path: str, limit: int = RECENT_MODELS_MAX) -> tuple[str, ...]:
+    """``recent`` with ``path`` first (once), cut to ``limit`` entries."""
+    return (path, *(p for p in recent if p != path))[:limit]
 
 
 # version -> function turning that version's dict into the next version's dict

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QSize, Qt, Signal
 from PySide6.QtGui import (
     QImage,
     QImageReader,
@@ -130,7 +130,7 @@ class AttachmentChip(QFrame):
         self.unlock_button.hide()
         self.remove_button = QToolButton()
         self.remove_button.setObjectName("chipRemove")
-        self.remove_button.setIcon(theme.icon("close", widget=self))
+        self.remove_button.setIcon(theme.icon("close"))
         self.remove_button.setIconSize(QSize(12, 12))
         self.remove_button.setCursor(Qt.CursorShape.PointingHandCursor)
         self.remove_button.clicked.connect(self._on_remove_button_clicked)
@@ -237,13 +237,18 @@ class AttachmentChip(QFrame):
                 self.thumb.setProperty("kind", "image")
                 return
         icon = "lock" if self.state == "locked" else ("paperclip" if self.is_image else "file")
-        self.thumb.setPixmap(theme.icon(icon, widget=self).pixmap(20, 20))
+        self.thumb.setPixmap(theme.icon(icon).pixmap(20, 20))
         self.thumb.setProperty("kind", "icon")
 
     def has_thumbnail(self) -> bool:
         return self.thumb.property("kind") == "image"
 
     # -- events -----------------------------------------------------------------------------
+    def changeEvent(self, event: QEvent) -> None:
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.PaletteChange and self.thumb.property("kind") == "icon":
+            self._update_thumb()  # the file/lock icon is a pixmap: redraw it in the new colours
+
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
         if event.button() == Qt.MouseButton.LeftButton and self.is_image and self.state == "ready":
             self.open_requested.emit(self.attachment_id)

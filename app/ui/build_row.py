@@ -1,12 +1,14 @@
 """One row of the model manager: a build's badges, state, download progress and actions.
 
 :class:`BuildRowWidget` shows what the dialog tells it (state text, visible actions, progress,
-message, the planner's fit verdict) and emits ``action_requested`` for its buttons; the text
+message, the planner's fit verdict) and emits ``action_requested`` for its buttons;
+:class:`LocalModelRowWidget` does the same for a GGUF already on this computer. The text
 helpers format download progress. Sizes are in GB / MB of 10^9 / 10^6 bytes (:mod:`app.core.units`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 from typing import TYPE_CHECKING
@@ -16,9 +18,12 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushBu
 
 from app.core.downloads import Phase
 from app.core.manifest import Manifest
+from app.core.splits import split_parts
 from app.core.units import format_bytes, format_rate
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from app.core.downloads import DownloadProgress
     from app.core.fit import Fit
     from app.core.manifest import Build
@@ -240,3 +245,103 @@ def _restyle(widget: QWidget) -> None:
     style = widget.style()
     style.unpolish(widget)
     style.polish(widget)
+
+
+class LocalModelRowWidget(QFrame):
+    """A GGUF on this computer that is not a catalog download: one in the models folder or a
+    recently opened file. Name, where it is, size, vision and the planner's fit, and "Use this model".
+
+    Signals:
+        action_requested(str path, str action): use, reveal.
+    """
+
+    action_requested = Signal(str, str)
+
+    def __init__(self, path: Path, projector: Path | None, where: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.path = path
+        self.setObjectName("modelRow")
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.name_label = QLabel(path.name)
+        self.name_label.setObjectName("modelName")
+        font = self.name_label.font()
+        font.setBold(True)
+        font.setPointSizeF(font.pointSizeF() + 1)
+        self.name_label.setFont(font)
+        self.state_label = QLabel(where)
+        self.state_label.setObjectName("modelState")
+        self.state_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        top = QHBoxLayout()
+        top.setSpacing(6)
+        top.addWidget(self.name_label, 1)
+        top.addWidget(self.state_label)
+        self.path_label = QLabel(str(path.parent))
+        self.path_label.setObjectName("mutedLabel")
+        self.path_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.path_label.setToolTip(str(path))
+        self.size_badge = _badge(format_bytes(_size_on_disk(path, projector)), "info")
+        self.size_badge.setToolTip("Model file" + (" plus its vision projector" if projector else ""))
+        self.vision_badge = _badge("vision", "vision")
+        self.vision_badge.setToolTip(f"Vision projector beside it: {projector.name}" if projector else "")
+        self.vision_badge.setVisible(projector is not None)
+        self.fit_badge = _badge("", "fit")
+        self.fit_badge.hide()
+        badges = QHBoxLayout()
+        badges.setSpacing(6)
+        for badge in (self.size_badge, self.vision_badge, self.fit_badge):
+            badges.addWidget(badge)
+        badges.addStretch(1)
+        self.message_label = QLabel()
+        self.message_label.setObjectName("mutedLabel")
+        self.message_label.setWordWrap(True)
+        self.message_label.hide()
+        self.use_button = QPushButton("Use this model")
+        self.use_button.setObjectName("useButton")
+        self.use_button.setProperty("primary", True)
+        self.use_button.clicked.connect(self._on_use_button_clicked)
+        self.reveal_button = QPushButton("Show folder")
+        self.reveal_button.setObjectName("revealButton")
+        self.reveal_button.clicked.connect(self._on_reveal_button_clicked)
+        actions = QHBoxLayout()
+        actions.setSpacing(6)
+        actions.addStretch(1)
+        actions.addWidget(self.use_button)
+        actions.addWidget(self.reveal_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(12, 10, 12, 10)
+        layout.setSpacing(4)
+        layout.addLayout(top)
+        layout.addWidget(self.path_label)
+        layout.addLayout(badges)
+        layout.addWidget(self.message_label)
+        layout.addLayout(actions)
+
+    def set_fit(self, fit: Fit | None, problem: str = "") -> None:
+        """The planner's verdict from the file's header, or why there is none."""
+        self.fit_badge.setVisible(fit is not None)
+        if fit is not None:
+            self.fit_badge.setText(fit.label)
+            self.fit_badge.setProperty("verdict", fit.verdict)
+            self.fit_badge.setToolTip("Planned from the file's header: " + fit.plan.explanation)
+            _restyle(self.fit_badge)
+        self.message_label.setText(problem)
+        self.message_label.setVisible(bool(problem))
+
+    def set_current(self, current: bool, where: str) -> None:
+        """Whether this is the model loaded now (its "Use" button then has nothing to do)."""
+        self.state_label.setText("Loaded" if current else where)
+        self.use_button.setEnabled(not current)
+
+    def _on_use_button_clicked(self) -> None:
+        self.action_requested.emit(str(self.path), "use")
+
+    def _on_reveal_button_clicked(self) -> None:
+        self.action_requested.emit(str(self.path), "reveal")
+
+
+def _size_on_disk(model: Path, projector: Path | None) -> int:
+    total = 0
+    for part in (*split_parts(model), *([projector] if projector else [])):
+        with contextlib.suppress(OSError):
+            total += part.stat().st_size
+    return total

@@ -351,6 +351,10 @@ class MainWindow(QMainWindow):
         file_menu = menus.addMenu("&File")
         file_menu.addAction(self.new_chat_action)
         file_menu.addAction(self.open_model_action)
+        self.recent_models_menu = file_menu.addMenu("&Recent models")
+        self.recent_models_menu.setToolTipsVisible(True)
+        self.recent_models_menu.aboutToShow.connect(self._on_recent_models_menu_about_to_show)
+        self.update_recent_models_menu()
         file_menu.addAction(self.models_action)
         file_menu.addAction(self.plan_panel_action)
         file_menu.addAction(self.export_action)
@@ -429,10 +433,38 @@ class MainWindow(QMainWindow):
         if self._model_manager is None:
             self._model_manager = ModelManagerDialog(self.downloads, self, hardware_probe=self.hardware_probe)
             self._model_manager.load_requested.connect(self._on_model_manager_load_requested)
+        self._model_manager.set_recent_models(self.recent_models(), self._loaded_model_path())
         self._model_manager.show()
         self._model_manager.raise_()
         self._model_manager.activateWindow()
         return self._model_manager
+
+    def recent_models(self) -> list[str]:
+        """Recently loaded model files that still exist, most recent first."""
+        return [p for p in self.controller.settings.recent_models if Path(p).is_file()]
+
+    def _loaded_model_path(self) -> str:
+        info = self.models.model_info
+        return str(info.path) if info is not None else ""
+
+    def update_recent_models_menu(self) -> None:
+        """File → Recent models: one entry per recent file (the loaded one checked)."""
+        menu = self.recent_models_menu
+        menu.clear()
+        current = self._loaded_model_path()
+        recent = self.recent_models()
+        for number, path in enumerate(recent, start=1):
+            name = Path(path).name.replace("&", "&&")
+            action = menu.addAction(f"&{number} {name}" if number < 10 else name)
+            action.setData(path)
+            action.setToolTip(path)
+            action.setStatusTip(f"Load {path}")
+            action.setCheckable(True)
+            action.setChecked(path == current)
+            action.triggered.connect(self._on_recent_model_action_triggered)
+        if not recent:
+            empty = menu.addAction("No recent models")
+            empty.setEnabled(False)
 
     def offer_resume_downloads(self) -> None:
         """At start: ask whether to resume the downloads left unfinished last time (never automatic)."""
@@ -663,6 +695,9 @@ class MainWindow(QMainWindow):
         self._welcome_done = True
         self._hide_loading()
         self._set_model(info)
+        self.update_recent_models_menu()
+        if self._model_manager is not None:
+            self._model_manager.set_recent_models(self.recent_models(), str(info.path))
         overrides = self.models.overrides
         capped = context_cap_reason(
             self.controller.settings.n_ctx,
@@ -892,6 +927,23 @@ class MainWindow(QMainWindow):
             self.open_model_manager()
 
     def _on_model_manager_load_requested(self, path: str) -> None:
+        self.models.load_model(path)
+
+    def _on_recent_models_menu_about_to_show(self) -> None:
+        self.update_recent_models_menu()  # files deleted since are left out
+
+    def _on_recent_model_action_triggered(self) -> None:
+        action = self.sender()
+        if not isinstance(action, QAction):
+            return
+        path = str(action.data())
+        if not Path(path).is_file():
+            self.show_error(f"{Path(path).name} is no longer there: {path}")
+            self.update_recent_models_menu()
+            return
+        if path == self._loaded_model_path():
+            action.setChecked(True)
+            return
         self.models.load_model(path)
 
     def _on_global_search_action_triggered(self) -> None:

@@ -299,7 +299,7 @@ class MessageWidget(QFrame):
         button.setObjectName("messageAction")
         button.setToolTip(tip)
         button.setAccessibleName(tip)
-        button.setIcon(theme.icon(icon_name, self.palette().color(self.foregroundRole()).name()))
+        button.setIcon(theme.icon(icon_name, role=self.foregroundRole()))  # follows the theme
         button.setIconSize(QSize(15, 15))
         button.setCursor(Qt.CursorShape.PointingHandCursor)
         button.setFocusPolicy(Qt.FocusPolicy.TabFocus)

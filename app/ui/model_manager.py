@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QSize, Qt, QUrl, Signal
+from PySide6.QtCore import QEvent, QSize, Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QDialog,
@@ -42,11 +42,12 @@ from app.core.manifest import Manifest, ManifestError
 from app.core.planner import VERDICT_CPU, VERDICT_FULL, VERDICT_NO, VERDICT_SPLIT
 from app.core.units import format_bytes, format_rate
 from app.ui import theme
-from app.ui.build_row import BuildRowWidget, format_eta, linkify
+from app.ui.build_row import BuildRowWidget, LocalModelRowWidget, format_eta, linkify
+from app.ui.plan_widgets import colors as plan_colors
 from app.workers import downloads as dl
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from app.core.downloads import DownloadProgress, InstalledBuild
     from app.core.fit import Fit
@@ -162,6 +163,12 @@ class ModelManagerDialog(QDialog):
         self._hardware: HardwareInfo | None = None
         self._fits: dict[str, tuple[Fit, bool] | None] = {}
         self.rows: dict[str, BuildRowWidget] = {}
+        self.local_rows: dict[str, LocalModelRowWidget] = {}
+        self._local_fits: dict[tuple[str, int], tuple[Fit | None, str]] = {}
+        self._recent: tuple[str, ...] = ()
+        self._current_model = ""
+        self._restyling = False
+        self._styled_dark: bool | None = None
         self.setWindowTitle("Models")
         self.setObjectName("modelManager")
         self.setModal(False)
@@ -237,6 +244,13 @@ class ModelManagerDialog(QDialog):
         self.rows_layout = QVBoxLayout(self.rows_widget)
         self.rows_layout.setContentsMargins(0, 0, 8, 0)
         self.rows_layout.setSpacing(8)
+        self.local_box = QWidget()
+        self.local_box.setObjectName("localModels")
+        self.local_layout = QVBoxLayout(self.local_box)
+        self.local_layout.setContentsMargins(0, 0, 0, 0)
+        self.local_layout.setSpacing(8)
+        self.local_box.hide()
+        self.rows_layout.addWidget(self.local_box)
         self.rows_layout.addStretch(1)
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
@@ -283,6 +297,15 @@ class ModelManagerDialog(QDialog):
         )
         for build_id in self.rows:
             self._refresh_row(build_id)
+        self._refresh_local()
+        self._update_total()
+
+    def set_recent_models(self, recent: Sequence[str], current: str = "") -> None:
+        """The recently opened model files (most recent first) and the one loaded now: the
+        "On this computer" section lists them with the models folder's own GGUFs."""
+        self._recent = tuple(recent)
+        self._current_model = current
+        self._refresh_local()
         self._update_total()
 
     def show_banner(self, message: str) -> None:
@@ -413,9 +436,87 @@ class ModelManagerDialog(QDialog):
 
     def _installed_summary(self) -> str:
         installed = [b for b in self.rows if self.downloads.installed(b) is not None]
+        local = len(self.local_rows)
+        on_disk = f"{local} other model{'s' if local != 1 else ''} on this computer." if local else ""
         if not installed:
-            return "No build downloaded yet."
-        return f"{len(installed)} installed."
+            return f"No build downloaded yet; {on_disk}" if local else "No build downloaded yet."
+        return f"{len(installed)} installed. {on_disk}".strip()
+
+    # -- models on this computer --------------------------------------------------------------
+    def local_models(self) -> list[tuple[Path, str]]:
+        """GGUF models on this computer outside the catalog's downloads: recently opened files
+        that still exist (most recent first), then the models folder's own, with where each is."""
+        from app.diagnostics import installed_models
+
+        c = self.downloads
+        claimed = [c.build_dir(b.id).resolve() for b in c.builds()]
+        recent = [Path(p) for p in self._recent]
+        found = installed_models(c.models_dir, None, extra=recent, with_plans=False)
+        recent_keys = [str(p.resolve()) for p in recent]
+        out: list[tuple[int, str, Path, str]] = []
+        for entry in found:
+            path = entry.path.resolve()
+            if any(path.is_relative_to(folder) for folder in claimed):
+                continue  # a catalog build: it has its own card
+            key = str(path)
+            if key in recent_keys:
+                out.append((recent_keys.index(key), "", entry.path, "Recently used"))
+            else:
+                out.append((len(recent_keys), entry.path.name.lower(), entry.path, "In the models folder"))
+        out.sort(key=lambda item: (item[0], item[1]))
+        return [(path, where) for _rank, _name, path, where in out]
+
+    def _refresh_local(self) -> None:
+        """Rebuild the "On this computer" section (a header and one card per model)."""
+        while self.local_layout.count():
+            item = self.local_layout.takeAt(0)
+            widget = item.widget() if item is not None else None
+            if widget is not None:
+                widget.deleteLater()
+        self.local_rows = {}
+        models = self.local_models()
+        self.local_box.setVisible(bool(models))
+        if not models:
+            return
+        header = QLabel("On this computer")
+        header.setObjectName("sectionHeader")
+        font = header.font()
+        font.setBold(True)
+        header.setFont(font)
+        self.local_layout.addWidget(header)
+        current = str(Path(self._current_model).resolve()) if self._current_model else ""
+        for path, where in models:
+            projector = find_projector(path)
+            row = LocalModelRowWidget(path, projector, where)
+            row.set_fit(*self._local_fit(path, projector))
+            row.set_current(str(path.resolve()) == current, where)
+            row.action_requested.connect(self._on_local_row_action_requested)
+            self.local_layout.addWidget(row)
+            self.local_rows[str(path)] = row
+
+    def _local_fit(self, path: Path, projector: Path | None) -> tuple[Fit | None, str]:
+        """The planner's verdict from the file's header (cached per file and modification time),
+        or, for a file it cannot read, why not."""
+        try:
+            key = (str(path), path.stat().st_mtime_ns)
+        except OSError as exc:
+            return None, f"Cannot read this file: {exc.strerror or exc}"
+        cached = self._local_fits.get(key)
+        if cached is None:
+            try:
+                cached = assess_file(path, self.hardware(), projector), ""
+            except Exception as exc:  # noqa: BLE001 - any unreadable header: say so on the card
+                log.info("no plan for %s: %s", path.name, exc)
+                cached = None, f"No memory plan for this file: {exc}"
+            self._local_fits[key] = cached
+        return cached
+
+    def _on_local_row_action_requested(self, path: str, action: str) -> None:
+        if action == "use":
+            self.show_banner("")
+            self.load_requested.emit(path)
+        elif action == "reveal":
+            self.open_url(QUrl.fromLocalFile(str(Path(path).parent)))
 
     # -- actions ----------------------------------------------------------------------------
     def _on_row_action_requested(self, build_id: str, action: str) -> None:
@@ -534,8 +635,23 @@ class ModelManagerDialog(QDialog):
         self._update_total()
 
     # -- style ------------------------------------------------------------------------------
+    def changeEvent(self, event: QEvent) -> None:
+        super().changeEvent(event)
+        # a theme switch: the badges and cards take the new scheme (setStyleSheet sends StyleChange)
+        palette_events = (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange)
+        if event.type() in palette_events and not self._restyling:
+            self._restyling = True
+            try:
+                self._apply_style()
+            finally:
+                self._restyling = False
+
     def _apply_style(self) -> None:
-        c = theme.scheme_colors(theme.is_dark(self.palette()))
+        dark = theme.is_dark()
+        if dark == self._styled_dark:
+            return
+        self._styled_dark = dark
+        c = plan_colors(dark)
         self.setStyleSheet(
             f"""
             QFrame#modelRow {{ background: {c["alt_base"]}; border: 1px solid {c["border"]};
@@ -545,10 +661,11 @@ class ModelManagerDialog(QDialog):
                                  color: {c["text"]}; }}
             QLabel#modelBadge[kind="quant"] {{ background: {c["accent_soft"]}; color: {c["accent"]};
                                                font-weight: bold; }}
-            QLabel#modelBadge[kind="vision"] {{ background: #e0f2f1; color: #00695c; }}
-            QLabel#modelBadge[verdict="{VERDICT_FULL}"] {{ background: #e3f4e4; color: #1b5e20; }}
-            QLabel#modelBadge[verdict="{VERDICT_SPLIT}"] {{ background: #e8f0fe; color: #1a4fa0; }}
-            QLabel#modelBadge[verdict="{VERDICT_CPU}"] {{ background: #fff4e0; color: #8a5300; }}
+            QLabel#modelBadge[kind="vision"] {{ background: {c["vision_bg"]}; color: {c["vision"]}; }}
+            QLabel#modelBadge[verdict="{VERDICT_FULL}"] {{ background: {c["ok_bg"]}; color: {c["ok"]}; }}
+            QLabel#modelBadge[verdict="{VERDICT_SPLIT}"] {{ background: {c["split_bg"]};
+                                                           color: {c["split"]}; }}
+            QLabel#modelBadge[verdict="{VERDICT_CPU}"] {{ background: {c["cpu_bg"]}; color: {c["cpu"]}; }}
             QLabel#modelBadge[verdict="{VERDICT_NO}"] {{ background: {c["danger_bg"]};
                                                         color: {c["danger"]}; }}
             QLabel#mutedLabel {{ color: {c["muted"]}; }}

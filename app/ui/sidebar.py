@@ -17,7 +17,7 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QAction, QKeyEvent, QKeySequence
+from PySide6.QtGui import QAction, QKeyEvent, QKeySequence, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFrame,
@@ -236,7 +236,8 @@ class ConversationSidebar(QFrame):
         self.filter_edit.setPlaceholderText("Search conversations")
         self.filter_edit.setClearButtonEnabled(True)
         self.filter_edit.addAction(
-            theme.icon("search", widget=self), QLineEdit.ActionPosition.LeadingPosition
+            theme.icon("search", role=QPalette.ColorRole.PlaceholderText),
+            QLineEdit.ActionPosition.LeadingPosition,
         )
         self.filter_edit.textChanged.connect(self._on_filter_edit_text_changed)
 

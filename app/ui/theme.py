@@ -10,17 +10,14 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from PySide6.QtCore import QByteArray, QObject, QRectF, Qt
-from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPainter, QPalette, QPixmap
+from PySide6.QtCore import QByteArray, QObject, QRect, QRectF, QSize, Qt
+from PySide6.QtGui import QColor, QGuiApplication, QIcon, QIconEngine, QPainter, QPalette, QPixmap
 from PySide6.QtSvg import QSvgRenderer
 from PySide6.QtWidgets import QApplication, QStyleFactory
 
 from app.ui.markdown_render import MarkdownColors
-
-if TYPE_CHECKING:
-    from PySide6.QtWidgets import QWidget
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +48,8 @@ LIGHT = {
     "danger_border": "#f3b8b8",
     "input_bg": "#ffffff",
     "button_bg": "#ffffff",
+    "vision": "#00695c",
+    "vision_bg": "#e0f2f1",
 }
 DARK = {
     "window": "#1b1c1f",
@@ -73,6 +72,8 @@ DARK = {
     "danger_border": "#6b3030",
     "input_bg": "#232428",
     "button_bg": "#26282d",
+    "vision": "#6fd6c6",
+    "vision_bg": "#173531",
 }
 
 
@@ -204,7 +205,7 @@ def apply_theme(app: QApplication, mode: str = "system") -> bool:
     return dark
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=512)
 def _icon_pixmap(name: str, color: str, size: int) -> QPixmap:
     path = ICONS_DIR / f"{name}.svg"
     try:
@@ -222,11 +223,49 @@ def _icon_pixmap(name: str, color: str, size: int) -> QPixmap:
     return pixmap
 
 
-def icon(name: str, color: QColor | str | None = None, widget: QWidget | None = None) -> QIcon:
-    """An SVG from assets/icons drawn in ``color`` (default: the palette's text colour)."""
+class _PaletteIconEngine(QIconEngine):
+    """Draws an SVG icon in a colour of the application's palette, read at paint time.
+
+    The icon therefore follows the theme the moment the palette changes (start-up in dark, a live
+    switch, the desktop's scheme): nothing has to re-create it. Disabled icons take the palette's
+    disabled colour.
+    """
+
+    def __init__(self, name: str, role: QPalette.ColorRole) -> None:
+        super().__init__()
+        self._name, self._role = name, role
+
+    def _color(self, mode: QIcon.Mode) -> str:
+        group = QPalette.ColorGroup.Disabled if mode == QIcon.Mode.Disabled else QPalette.ColorGroup.Active
+        return QGuiApplication.palette().color(group, self._role).name()
+
+    def pixmap(self, size: QSize, mode: QIcon.Mode, state: QIcon.State) -> QPixmap:
+        side = max(1, min(size.width(), size.height()))
+        return _icon_pixmap(self._name, self._color(mode), side)
+
+    def scaledPixmap(self, size: QSize, mode: QIcon.Mode, state: QIcon.State, scale: float) -> QPixmap:
+        side = max(1, round(min(size.width(), size.height()) * scale))
+        pixmap = QPixmap(_icon_pixmap(self._name, self._color(mode), side))
+        pixmap.setDevicePixelRatio(scale)
+        return pixmap
+
+    def paint(self, painter: QPainter, rect: QRect, mode: QIcon.Mode, state: QIcon.State) -> None:
+        painter.drawPixmap(rect, self.pixmap(rect.size(), mode, state))
+
+    def clone(self) -> QIconEngine:
+        return _PaletteIconEngine(self._name, self._role)
+
+    def key(self) -> str:
+        return "scout-palette-svg"
+
+
+def icon(
+    name: str, color: QColor | str | None = None, role: QPalette.ColorRole = QPalette.ColorRole.Text
+) -> QIcon:
+    """An SVG from assets/icons drawn in ``color``, or, without one, in the palette's ``role``
+    colour as it is whenever the icon is painted (so it follows theme changes by itself)."""
     if color is None:
-        palette = widget.palette() if widget is not None else QGuiApplication.palette()
-        color = palette.color(QPalette.ColorRole.Text)
+        return QIcon(_PaletteIconEngine(name, role))
     name_color = color.name() if isinstance(color, QColor) else color
     result = QIcon()
     for size in (16, 24, 32, 48):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, Signal, Slot
 
+from app.config import push_recent_model
 from app.core.planner import LoadRequest, PlanOverrides, merge_overrides
 from app.core.types import LoadParams
 
@@ -144,7 +145,9 @@ class ModelController(QObject):
     def _on_worker_model_loaded(self, info: ModelInfo) -> None:
         self._loading = False
         self._model_info = info
-        self._preferences.remember(last_model=str(info.path))
+        path = str(info.path)
+        recent = push_recent_model(self._preferences.settings.recent_models, path)
+        self._preferences.remember(last_model=path, recent_models=recent)
         self.model_loaded.emit(info)
         if info.chat_template_note:
             self._notices.error_occurred.emit(info.chat_template_note)

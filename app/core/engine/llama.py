@@ -279,8 +279,14 @@ class LlamaEngine:
 
     def _as_text(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
         """``messages`` with any control-token text in their contents made plain text (see
-        :class:`LiteralSpecials`): only the chat template puts control tokens in a prompt."""
-        return [dataclasses.replace(m, content=self._literal(m.content)) for m in messages]
+        :class:`LiteralSpecials`): only the chat template puts control tokens in a prompt. A model
+        without vision never receives images, so its prompts (and counts) leave them out: some
+        templates would otherwise print an image's whole data: URI as text."""
+        keep_images = self._vision is not None
+        return [
+            dataclasses.replace(m, content=self._literal(m.content), images=m.images if keep_images else ())
+            for m in messages
+        ]
 
     def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
         llm = self._require()
