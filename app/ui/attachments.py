@@ -206,6 +206,8 @@ class WindowAttachments(QObject):
     def _on_attachments_attachment_updated(self, attachment: Attachment) -> None:
         if attachment.message_id is None:
             self.bar.update_attachment(attachment)
+        else:  # sent: its chip in the message shows how the turn used it (whole or retrieval)
+            self._show_message_attachments([attachment.message_id])
 
     def _on_attachments_attachment_removed(self, attachment_id: int) -> None:
         self.bar.remove_attachment(attachment_id)

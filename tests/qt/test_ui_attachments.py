@@ -114,9 +114,13 @@ def drop(widget: QWidget, mime: QMimeData) -> bool:
 
 
 def wait_ready(qtbot, bar, count: int) -> list[AttachmentChip]:
-    qtbot.waitUntil(
-        lambda: len(bar.chips()) == count and all(c.state == "ready" for c in bar.chips()), timeout=20_000
-    )
+    """Until ``count`` chips are read and each document shows how the next turn sends it (the turn
+    builder's preview decides whole or retrieval once the document is read)."""
+
+    def settled(chip: AttachmentChip) -> bool:
+        return chip.state == "ready" and (chip.is_image or bool(chip.badge.text()))
+
+    qtbot.waitUntil(lambda: len(bar.chips()) == count and all(map(settled, bar.chips())), timeout=20_000)
     return bar.chips()
 
 
