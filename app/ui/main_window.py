@@ -1,5 +1,8 @@
 """The main window: conversation sidebar, chat view, composer, status bar and menus.
 
+Its parts live beside it: the status bar's figures in :mod:`app.ui.status_bar`, the file dialogs
+and the error banner in :mod:`app.ui.window_dialogs`, the attachment wiring in :mod:`app.ui.attachments`.
+
 It talks to an :class:`~app.workers.controller.AppController` (its ``models``, ``conversations`` and
 ``attachments`` controllers, ``preferences`` and ``notices``) only through their public methods and
 signals, and owns no state the controllers also keep: the sidebar is re-read on
@@ -9,32 +12,20 @@ signals, and owns no state the controllers also keep: the sidebar is re-read on
 from __future__ import annotations
 
 import logging
-import textwrap
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QByteArray, QEvent, QObject, QSize, QStandardPaths, Qt, QTimer
-from PySide6.QtGui import QAction, QGuiApplication, QKeySequence, QMouseEvent
+from PySide6.QtCore import QByteArray, QSize, Qt
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
-    QFileDialog,
-    QFrame,
     QHBoxLayout,
-    QLabel,
     QMainWindow,
-    QMessageBox,
-    QProgressBar,
-    QPushButton,
-    QSizePolicy,
     QSplitter,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from app.core.chunking import estimate_tokens
-from app.core.units import format_tokens
 from app.export import export_conversation, suggested_filename, write_export
 from app.ui import theme
 from app.ui.about_dialog import AboutDialog, SystemInfoDialog
@@ -45,6 +36,14 @@ from app.ui.plan_panel import PlanPanel
 from app.ui.search_dialog import SearchDialog
 from app.ui.settings_dialog import SettingsDialog, context_cap_reason
 from app.ui.sidebar import ConversationSidebar
+from app.ui.status_bar import ACTIVITY_MESSAGE_MS, NOTICE_MESSAGE_MS, WindowStatus
+from app.ui.window_dialogs import (
+    ErrorBanner,
+    ask_resume_downloads,
+    choose_export_file,
+    choose_model_file,
+    export_start_dir,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -61,89 +60,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COMPOSER_MAX_WIDTH = 860
-ACTIVITY_MESSAGE_MS = 2500
-NOTICE_MESSAGE_MS = 12_000  # a status message that explains something stays longer
-LIVE_SPEED_TIP = (
-    "Estimated while the answer is written, from the text streamed so far (about 4 characters a "
-    "token); llama.cpp's exact figure replaces it when the answer ends."
-)
-
-
-def choose_model_file(parent: QWidget, start_dir: str) -> str:
-    path, _filter = QFileDialog.getOpenFileName(
-        parent, "Open model file", start_dir, "GGUF models (*.gguf);;All files (*)"
-    )
-    return path
-
-
-def choose_export_file(parent: QWidget, suggested: str) -> str:
-    """A save dialog for Markdown or JSON; the extension follows the chosen filter if none was typed."""
-    path, chosen = QFileDialog.getSaveFileName(
-        parent, "Export conversation", suggested, "Markdown (*.md);;JSON (*.json)"
-    )
-    if path and not Path(path).suffix:
-        path += ".json" if "json" in chosen.lower() else ".md"
-    return path
-
-
-def export_start_dir(last_export_dir: str) -> Path:
-    """Where the export dialog opens: the folder of the last export, else the user's documents
-    folder, else the home folder."""
-    candidates = [last_export_dir] if last_export_dir else []
-    candidates.append(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation))
-    for candidate in candidates:
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return Path.home()
-
-
-def ask_resume_downloads(parent: QWidget, names: list[str]) -> bool:
-    answer = QMessageBox.question(
-        parent,
-        "Resume downloads",
-        "These downloads were not finished when Scout Chat last closed:\n\n"
-        + "\n".join(f"• {n}" for n in names)
-        + "\n\nResume them now? (They continue from where they stopped.)",
-    )
-    return answer == QMessageBox.StandardButton.Yes
-
-
-class ErrorBanner(QFrame):
-    """A dismissible error message shown above the chat (never modal)."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("errorBanner")
-        self.icon = QLabel()
-        self.icon.setPixmap(theme.icon("warning", theme.LIGHT["danger"]).pixmap(18, 18))
-        self.label = QLabel()
-        self.label.setWordWrap(True)
-        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.close_button = QToolButton()
-        self.close_button.setObjectName("errorBannerClose")
-        self.close_button.setIcon(theme.icon("close", theme.LIGHT["danger"]))
-        self.close_button.setIconSize(QSize(14, 14))
-        self.close_button.setToolTip("Dismiss")
-        self.close_button.setAccessibleName("Dismiss error")
-        self.close_button.clicked.connect(self._on_close_button_clicked)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(12, 8, 8, 8)
-        layout.setSpacing(10)
-        layout.addWidget(self.icon, 0, Qt.AlignmentFlag.AlignTop)
-        layout.addWidget(self.label, 1)
-        layout.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
-        self.hide()
-
-    def show_message(self, message: str, detail: str = "") -> None:
-        self.label.setText(message)
-        self.label.setToolTip(detail)
-        self.show()
-
-    def text(self) -> str:
-        return self.label.text()
-
-    def _on_close_button_clicked(self) -> None:
-        self.hide()
 
 
 class MainWindow(QMainWindow):
@@ -171,16 +87,8 @@ class MainWindow(QMainWindow):
         self._model_loading = False
         self._search_dialog: SearchDialog | None = None
         self._plan_panel: PlanPanel | None = None
-        self._model_tip = ""
-        self._plan_tip = ""
         self._busy = False
         self._conversation_id: int | None = None
-        self.clock: Callable[[], float] = time.monotonic  # the live tok/s estimate's (tests set one)
-        self._context = (0, 0)  # the last exact context figures: tokens used, n_ctx
-        self._live_id: int | None = None  # the answer being streamed, for the live figures
-        self._live_text = ""
-        self._live_first = ""  # the first piece: the speed is measured from its arrival
-        self._live_started = 0.0
         self.setWindowTitle("Scout Chat")
         self.setWindowIcon(theme.app_icon())
         self.setMinimumSize(QSize(720, 480))
@@ -225,10 +133,6 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._connect()
 
-        self._activity_timer = QTimer(self)
-        self._activity_timer.setSingleShot(True)
-        self._activity_timer.setInterval(ACTIVITY_MESSAGE_MS)
-        self._activity_timer.timeout.connect(self._on_activity_timer_timeout)
         # paperclip, drops anywhere in the window, paste, chips, citations (after _connect: its slots
         # run after the chat view got the message)
         self.attachments = WindowAttachments(self)
@@ -236,56 +140,33 @@ class MainWindow(QMainWindow):
         self._restore_geometry()
         self._set_model(self.models.model_info)
         if self.models.is_loading:
-            self._show_loading("")
+            self.status.show_loading("")
         self._set_busy(self.conversations.is_busy)
         self.sidebar.set_current(self.conversations.current_conversation_id)
 
     # -- construction -----------------------------------------------------------------------
     def _build_status_bar(self) -> None:
-        bar = self.statusBar()
-        bar.setSizeGripEnabled(False)
-        bar.setContentsMargins(6, 0, 10, 0)
-        self.model_label = QLabel("No model")
-        self.model_label.setObjectName("modelLabel")
-        self.model_label.setCursor(Qt.CursorShape.PointingHandCursor)
-        self.model_label.installEventFilter(self)  # a click opens Memory & offload
-        self.speed_label = QLabel()
-        self.speed_label.setObjectName("speedLabel")
-        self.activity_label = QLabel()
-        self.activity_label.setObjectName("activityLabel")
-        # a long note wraps onto a second line instead of being cut at the permanent widgets
-        self.activity_label.setWordWrap(True)
-        self.activity_label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.load_label = QLabel()
-        self.load_progress = QProgressBar()
-        self.load_progress.setObjectName("loadProgress")
-        self.load_progress.setRange(0, 1000)
-        self.load_progress.setTextVisible(False)
-        self.load_progress.setFixedSize(QSize(140, 6))
-        self.cancel_load_button = QPushButton("Cancel")
-        self.cancel_load_button.setObjectName("cancelLoadButton")
-        self.cancel_load_button.clicked.connect(self._on_cancel_load_button_clicked)
-        self.context_label = QLabel()
-        self.context_label.setObjectName("contextLabel")
-        self.context_label.setToolTip("Context used by this conversation / context size (tokens)")
-        self.context_meter = QProgressBar()
-        self.context_meter.setObjectName("contextMeter")
-        self.context_meter.setRange(0, 1000)
-        self.context_meter.setTextVisible(False)
-        self.context_meter.setFixedSize(QSize(90, 6))
-        self.context_meter.setToolTip(self.context_label.toolTip())
-        bar.addWidget(self.model_label)
-        bar.addWidget(self.speed_label)
-        bar.addWidget(self.activity_label, 1)
-        bar.addPermanentWidget(self.load_label)
-        bar.addPermanentWidget(self.load_progress)
-        bar.addPermanentWidget(self.cancel_load_button)
-        bar.addPermanentWidget(self.context_label)
-        bar.addPermanentWidget(self.context_meter)
-        for widget in (self.load_label, self.load_progress, self.cancel_load_button):
-            widget.hide()
-        self.context_label.hide()
-        self.context_meter.hide()
+        self.status = WindowStatus(self.statusBar())
+        self.status.model_clicked.connect(self._on_status_model_clicked)
+        self.status.cancel_load_clicked.connect(self._on_status_cancel_load_clicked)
+        # the bar's widgets, by name (tests and screenshots read them)
+        self.model_label = self.status.model_label
+        self.speed_label = self.status.speed_label
+        self.activity_label = self.status.activity_label
+        self.load_label = self.status.load_label
+        self.load_progress = self.status.load_progress
+        self.cancel_load_button = self.status.cancel_load_button
+        self.context_label = self.status.context_label
+        self.context_meter = self.status.context_meter
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock of the live tokens/s estimate (tests set one)."""
+        return self.status.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.status.clock = clock
 
     def _action(self, text: str, slot: Callable[[], None], shortcut: Any = None, tip: str = "") -> QAction:
         action = QAction(text, self)
@@ -567,9 +448,7 @@ class MainWindow(QMainWindow):
         self.error_banner.show_message(message, detail)
 
     def show_activity(self, text: str, duration_ms: int = ACTIVITY_MESSAGE_MS) -> None:
-        self.activity_label.setText(text)
-        self.activity_label.setToolTip(text)
-        self._activity_timer.start(duration_ms)
+        self.status.show_activity(text, duration_ms)
 
     def start_edit_last_message(self) -> None:
         last_user = self.chat_view.last_message("user")
@@ -580,18 +459,7 @@ class MainWindow(QMainWindow):
     # -- state ------------------------------------------------------------------------------
     def _set_model(self, info: ModelInfo | None) -> None:
         loaded = info is not None
-        if info is not None:
-            self.model_label.setText(info.name)
-            self._model_tip = (
-                f"{info.path}\n{info.architecture}, {info.n_params / 1e9:.2f} B parameters, "
-                f"context {info.n_ctx:,} of {info.n_ctx_train:,} tokens"
-            )
-        else:
-            self.model_label.setText("No model")
-            self._model_tip = "File → Open model file… (Ctrl+O)"
-            self._show_context(0, 0)
-        self._clear_speed()
-        self._update_model_tooltip()
+        self.status.set_model(info)
         self.chat_view.set_model_loaded(loaded)
         self.composer.set_model_ready(loaded)
         self._update_actions()
@@ -611,7 +479,7 @@ class MainWindow(QMainWindow):
         self.composer.set_busy(busy)
         self.chat_view.set_busy(busy)
         if not busy:
-            self.activity_label.clear()
+            self.status.clear_activity()
         self._update_actions()
 
     def _update_actions(self) -> None:
@@ -622,18 +490,6 @@ class MainWindow(QMainWindow):
         self.edit_last_action.setEnabled(loaded and not self._busy and has_user)
         self.copy_answer_action.setEnabled(self.chat_view.last_message("assistant") is not None)
         self.export_action.setEnabled(bool(self._conversation_id))
-
-    def _show_loading(self, path: str) -> None:
-        name = Path(path).name if path else "model"
-        self.load_label.setText(f"Loading {name}…")
-        self.load_progress.setValue(0)
-        for widget in (self.load_label, self.load_progress, self.cancel_load_button):
-            widget.show()
-        self.cancel_load_button.setEnabled(True)
-
-    def _hide_loading(self) -> None:
-        for widget in (self.load_label, self.load_progress, self.cancel_load_button):
-            widget.hide()
 
     def _update_title(self) -> None:
         title = ""
@@ -662,38 +518,22 @@ class MainWindow(QMainWindow):
             self.controller.update_settings(settings.replace(window_geometry=geometry))
         super().closeEvent(event)
 
-    def _update_model_tooltip(self) -> None:
-        tip = "\n\n".join(t for t in (self._model_tip, self._plan_tip) if t)
-        self.model_label.setToolTip(f"{tip}\n\nClick for Memory & offload")
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if (
-            watched is self.model_label
-            and event.type() == QEvent.Type.MouseButtonRelease
-            and isinstance(event, QMouseEvent)
-            and event.button() == Qt.MouseButton.LeftButton
-        ):
-            self.open_plan_panel()
-            return True
-        return super().eventFilter(watched, event)
-
     # -- controller slots -------------------------------------------------------------------
     def _on_models_plan_changed(self, plan: Plan) -> None:
-        self._plan_tip = f"Memory: {plan.fits_text}\n" + textwrap.fill(plan.explanation, 80)
-        self._update_model_tooltip()
+        self.status.set_plan(plan)
 
     def _on_models_model_load_started(self, path: str) -> None:
         self._model_loading = True
         self._update_welcome()
-        self._show_loading(path)
+        self.status.show_loading(path)
 
     def _on_models_model_load_progress(self, fraction: float) -> None:
-        self.load_progress.setValue(round(max(0.0, min(1.0, fraction)) * 1000))
+        self.status.set_load_progress(fraction)
 
     def _on_models_model_loaded(self, info: ModelInfo) -> None:
         self._model_loading = False
         self._welcome_done = True
-        self._hide_loading()
+        self.status.hide_loading()
         self._set_model(info)
         self.update_recent_models_menu()
         if self._model_manager is not None:
@@ -707,8 +547,7 @@ class MainWindow(QMainWindow):
         )
         loaded = f"Loaded {info.name} in {info.load_seconds:.1f} s"
         if capped:
-            self._model_tip += f"\n{capped}"
-            self._update_model_tooltip()
+            self.status.add_model_note(capped)
             self.show_activity(f"{loaded}. {capped}", NOTICE_MESSAGE_MS)
         else:
             self.show_activity(loaded)
@@ -716,7 +555,7 @@ class MainWindow(QMainWindow):
 
     def _on_models_model_load_failed(self, message: str, detail: str) -> None:
         self._model_loading = False
-        self._hide_loading()
+        self.status.hide_loading()
         self._set_model(self.models.model_info)
         self.show_error(message, detail)
 
@@ -734,7 +573,7 @@ class MainWindow(QMainWindow):
             self._welcome_done = True  # an older chat was opened: show it rather than the welcome
             self._update_welcome()
         self.composer.cancel_edit()
-        self._clear_speed()  # the last answer's speed belongs to the chat that was shown
+        self.status.clear_speed()  # the last answer's speed belongs to the chat that was shown
         self.chat_view.set_messages(messages)
         self.sidebar.set_current(self._conversation_id)
         self._update_title()
@@ -743,7 +582,7 @@ class MainWindow(QMainWindow):
     def _on_conversations_message_added(self, message: Any) -> None:
         self.chat_view.add_message(message)
         if message.role == "assistant" and message.status == "streaming":
-            self._live_id, self._live_text, self._live_first = message.id, "", ""
+            self.status.start_answer(message.id)
         self._update_actions()
 
     def _on_conversations_message_removed(self, message_id: int) -> None:
@@ -751,74 +590,25 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _on_conversations_tokens_streamed(self, message_id: int, text: str) -> None:
-        if self.activity_label.text() and not self._activity_timer.isActive():
-            self.activity_label.clear()  # "Reading the prompt…": the answer has started
         self.chat_view.append_delta(message_id, text)
-        if message_id == self._live_id:
-            self._update_live_figures(text)
+        self.status.answer_text(message_id, text)
 
     def _on_conversations_generation_finished(self, message_id: int, stats: GenerationStats) -> None:
         self.chat_view.finish_message(message_id, stats)
-        self._live_id = None
-        self._clear_speed()
-        if stats.tokens_per_s > 0:
-            self.speed_label.setText(f"{stats.tokens_per_s:.1f} tok/s")
-            self.speed_label.setToolTip(
-                f"Last answer: {stats.completion_tokens} tokens at {stats.tokens_per_s:.1f} tokens/s, "
-                f"first token after {stats.ttft_s * 1000:.0f} ms"
-            )
+        self.status.answer_finished(stats)
         self._update_actions()
 
     def _on_conversations_generation_failed(self, message_id: int, message: str, detail: str) -> None:
         self.chat_view.fail_message(message_id, message)
-        self._live_id = None
-        self._clear_speed()
-        self._show_context(*self._context)
+        self.status.answer_failed()
         self.show_error(message, detail)
         self._update_actions()
 
     def _on_conversations_prompt_progress(self, fraction: float) -> None:
-        self._activity_timer.stop()  # shown until the answer starts
-        self.activity_label.setText(f"Reading the prompt… {round(fraction * 100)}%")
+        self.status.show_prompt_progress(fraction)
 
     def _on_conversations_context_changed(self, used: int, n_ctx: int) -> None:
-        self._context = (used, n_ctx)
-        self._show_context(used, n_ctx)
-
-    def _show_context(self, used: int, n_ctx: int, *, estimated: bool = False) -> None:
-        if n_ctx <= 0 or self.models.model_info is None:
-            self.context_label.hide()
-            self.context_meter.hide()
-            return
-        fraction = max(0.0, min(1.0, used / n_ctx))
-        shown = f"≈ {format_tokens(used)}" if estimated else format_tokens(used)
-        self.context_label.setText(f"Context {shown} / {format_tokens(n_ctx)}")
-        self.context_meter.setValue(round(fraction * 1000))
-        self.context_meter.setProperty("level", "high" if fraction >= 0.9 else "normal")
-        self.context_meter.style().unpolish(self.context_meter)
-        self.context_meter.style().polish(self.context_meter)
-        self.context_label.show()
-        self.context_meter.show()
-
-    def _update_live_figures(self, text: str) -> None:
-        """While an answer streams: an estimated tok/s (text over time since its first piece) and
-        the context it fills; the engine's exact figures replace both when it ends."""
-        now = self.clock()
-        if not self._live_first:
-            self._live_first, self._live_started = text, now
-        self._live_text += text
-        written = estimate_tokens(self._live_text)
-        elapsed = now - self._live_started
-        since_first = written - estimate_tokens(self._live_first)
-        if elapsed > 0 and since_first > 0:
-            self.speed_label.setText(f"≈ {since_first / elapsed:.1f} tok/s")
-            self.speed_label.setToolTip(LIVE_SPEED_TIP)
-        used, n_ctx = self._context
-        self._show_context(used + written, n_ctx, estimated=True)
-
-    def _clear_speed(self) -> None:
-        self.speed_label.clear()
-        self.speed_label.setToolTip("")
+        self.status.set_context(used, n_ctx)
 
     def _on_conversations_busy_changed(self, busy: bool) -> None:
         self._set_busy(busy)
@@ -861,10 +651,11 @@ class MainWindow(QMainWindow):
     def _on_chat_view_copied(self, what: str) -> None:
         self.show_activity("Code copied to the clipboard" if what == "code" else "Message copied")
 
-    def _on_cancel_load_button_clicked(self) -> None:
+    def _on_status_cancel_load_clicked(self) -> None:
         self.models.cancel_load()
-        self.load_label.setText("Cancelling…")
-        self.cancel_load_button.setEnabled(False)
+
+    def _on_status_model_clicked(self) -> None:
+        self.open_plan_panel()
 
     def _on_settings_dialog_accepted(self) -> None:
         dialog = self.sender()
@@ -878,9 +669,6 @@ class MainWindow(QMainWindow):
             app = QApplication.instance()
             if isinstance(app, QApplication):
                 theme.apply_theme(app, new.theme)
-
-    def _on_activity_timer_timeout(self) -> None:
-        self.activity_label.clear()
 
     # -- action slots -----------------------------------------------------------------------
     def _on_new_chat_action_triggered(self) -> None:

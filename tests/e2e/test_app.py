@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
-from app.config import load_settings
+from app.config import AppPaths, Settings, load_settings, save_settings
 from app.core.tiny_model import TinyModelSpec, write_tiny_model
 from app.main import Application, build_application, parse_args
 
@@ -24,6 +24,12 @@ def start_app(qtbot, request):
     running: list[Application] = []
 
     def start(data_dir: Path, *extra: str) -> Application:
+        paths = AppPaths.default(str(data_dir))
+        if not paths.settings_file.exists():
+            # One llama.cpp thread: the suite shares 2 cores with Qt's threads (and, on a loaded
+            # machine, with others), and llama.cpp's spinning threads collapse when oversubscribed
+            # (tiny model here: 927 tokens/s with 1 thread, 43 with 2 under a load of 9).
+            save_settings(paths.ensure(), Settings(n_threads=1))
         application = build_application(parse_args(["--data-dir", str(data_dir), *extra]))
         qtbot.addWidget(application.window)
         application.window.resize(1100, 760)

@@ -19,10 +19,12 @@ from app.core.hardware import physical_cores
 from app.core.store import StoredMessage
 from app.core.types import ModelInfo
 from app.ui import theme
-from app.ui.main_window import LIVE_SPEED_TIP, MainWindow, export_start_dir
+from app.ui.main_window import MainWindow
 from app.ui.message_widget import NoticeWidget
 from app.ui.search_dialog import HTML_ROLE, MARK_STYLE, SearchDialog, highlight
 from app.ui.settings_dialog import context_cap_reason
+from app.ui.status_bar import LIVE_SPEED_TIP
+from app.ui.window_dialogs import export_start_dir
 from tests.fakes import FakeEngine
 
 if TYPE_CHECKING:
@@ -142,7 +144,7 @@ def test_status_bar_shows_live_speed_and_context_then_clears(
     prompt = decided.args[0].prompt_tokens
     answer = window.chat_view.last_message("assistant")
     assert answer is not None
-    qtbot.waitUntil(lambda: window._live_text == "One two three four five six", timeout=5000)
+    qtbot.waitUntil(lambda: window.status._live_text == "One two three four five six", timeout=5000)
     assert re.fullmatch(r"≈ \d+\.\d tok/s", window.speed_label.text())
     assert window.speed_label.toolTip() == LIVE_SPEED_TIP
     assert window.context_label.isVisible()

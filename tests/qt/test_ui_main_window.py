@@ -11,8 +11,9 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
 from app.config import load_settings
+from app.core.units import format_tokens
 from app.ui.chat_view import ChatView
-from app.ui.main_window import MainWindow, format_tokens
+from app.ui.main_window import MainWindow
 from app.ui.settings_dialog import SettingsDialog
 from tests.fakes import FakeEngine
 

@@ -1,0 +1,87 @@
+"""The main window's small parts: its file dialogs, the resume-downloads question, the error banner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSize, QStandardPaths, Qt
+from PySide6.QtWidgets import QFileDialog, QFrame, QHBoxLayout, QLabel, QMessageBox, QToolButton, QWidget
+
+from app.ui import theme
+
+
+def choose_model_file(parent: QWidget, start_dir: str) -> str:
+    path, _filter = QFileDialog.getOpenFileName(
+        parent, "Open model file", start_dir, "GGUF models (*.gguf);;All files (*)"
+    )
+    return path
+
+
+def choose_export_file(parent: QWidget, suggested: str) -> str:
+    """A save dialog for Markdown or JSON; the extension follows the chosen filter if none was typed."""
+    path, chosen = QFileDialog.getSaveFileName(
+        parent, "Export conversation", suggested, "Markdown (*.md);;JSON (*.json)"
+    )
+    if path and not Path(path).suffix:
+        path += ".json" if "json" in chosen.lower() else ".md"
+    return path
+
+
+def export_start_dir(last_export_dir: str) -> Path:
+    """Where the export dialog opens: the folder of the last export, else the user's documents
+    folder, else the home folder."""
+    candidates = [last_export_dir] if last_export_dir else []
+    candidates.append(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation))
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return Path.home()
+
+
+def ask_resume_downloads(parent: QWidget, names: list[str]) -> bool:
+    answer = QMessageBox.question(
+        parent,
+        "Resume downloads",
+        "These downloads were not finished when Scout Chat last closed:\n\n"
+        + "\n".join(f"• {n}" for n in names)
+        + "\n\nResume them now? (They continue from where they stopped.)",
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+class ErrorBanner(QFrame):
+    """A dismissible error message shown above the chat (never modal)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("errorBanner")
+        self.icon = QLabel()
+        self.icon.setPixmap(theme.icon("warning", theme.LIGHT["danger"]).pixmap(18, 18))
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.close_button = QToolButton()
+        self.close_button.setObjectName("errorBannerClose")
+        self.close_button.setIcon(theme.icon("close", theme.LIGHT["danger"]))
+        self.close_button.setIconSize(QSize(14, 14))
+        self.close_button.setToolTip("Dismiss")
+        self.close_button.setAccessibleName("Dismiss error")
+        self.close_button.clicked.connect(self._on_close_button_clicked)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(12, 8, 8, 8)
+        layout.setSpacing(10)
+        layout.addWidget(self.icon, 0, Qt.AlignmentFlag.AlignTop)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
+        self.hide()
+
+    def show_message(self, message: str, detail: str = "") -> None:
+        self.label.setText(message)
+        self.label.setToolTip(detail)
+        self.show()
+
+    def text(self) -> str:
+        return self.label.text()
+
+    def _on_close_button_clicked(self) -> None:
+        self.hide()
