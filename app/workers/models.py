@@ -60,6 +60,8 @@ class ModelController(QObject):
         self._plan: Plan | None = None
         self._overrides: PlanOverrides | None = None
         self._loading = False
+        self._kept: ModelInfo | None = None  # the model still loaded after a failed load
+        self._previous: tuple[Plan | None, PlanOverrides | None] = (None, None)
 
         worker = inference.worker
         self.load_requested.connect(worker.load_model)
@@ -67,6 +69,7 @@ class ModelController(QObject):
         worker.plan_ready.connect(self._on_worker_plan_ready)
         worker.load_notice.connect(self._on_worker_load_notice)
         worker.model_loaded.connect(self._on_worker_model_loaded)
+        worker.model_kept.connect(self._on_worker_model_kept)
         worker.load_failed.connect(self._on_worker_load_failed)
         preferences.settings_changed.connect(self._on_preferences_settings_changed)
 
@@ -106,6 +109,8 @@ class ModelController(QObject):
     def load_model(self, path: str, overrides: PlanOverrides | None = None) -> None:
         """Load (or reload) a model; ``overrides`` are the Advanced settings of the plan panel."""
         self._inference.cancel_generation()  # an answer being written stops first
+        if not self._loading:  # what to go back to when this load fails and the model stays
+            self._previous = (self._plan, self._overrides)
         self._overrides = overrides
         try:
             params = self.load_params_for(path, overrides)
@@ -149,8 +154,20 @@ class ModelController(QObject):
         if info.chat_template_note:
             self._notices.error_occurred.emit(info.chat_template_note)
 
+    @Slot(object)
+    def _on_worker_model_kept(self, info: ModelInfo) -> None:
+        self._kept = info
+
     @Slot(str, str)
     def _on_worker_load_failed(self, message: str, detail: str) -> None:
+        """The model asked for did not load; the one loaded before stays when the worker kept it."""
         self._loading = False
-        self._model_info = None
+        kept, self._kept = self._kept, None
+        self._model_info = kept
+        if kept is not None:
+            plan, self._overrides = self._previous
+            if plan is not None and plan is not self._plan:
+                self._plan = plan
+                self.plan_changed.emit(plan)
+            message = f"{message} {kept.name} is still loaded."
         self.model_load_failed.emit(message, detail)

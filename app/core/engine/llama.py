@@ -37,6 +37,7 @@ from app.core.engine.errors import (
     ModelLoadError,
     NoModelError,
     OutOfMemoryError,
+    ProjectorError,
     explain_load_failure,
 )
 from app.core.engine.files import check_model_file, first_split_part
@@ -138,15 +139,18 @@ class LlamaEngine:
     def _attach_vision(
         self, llm: Any, mmproj: Path, n_threads: int, use_gpu: bool, controls: list[str]
     ) -> None:
-        """Load the vision projector into the model just loaded (unloading it if that fails)."""
+        """Load the vision projector into the model just loaded (unloading it if that fails: the
+        ProjectorError raised then says that a load without the projector may succeed)."""
         from app.core.engine import vision
 
         try:
             handler = vision.make_chat_handler(mmproj, n_threads=n_threads, use_gpu=use_gpu)
             vision.prepare_handler(llm, handler)
-        except Exception:
+        except Exception as exc:
             self.unload()
-            raise
+            message = getattr(exc, "message", "") or "The vision projector could not be loaded."
+            detail = getattr(exc, "detail", "") or f"{type(exc).__name__}: {exc}"
+            raise ProjectorError(message, detail) from exc
         self._vision = handler
         self._literal = LiteralSpecials([*controls, vision.media_marker(handler)])
 
