@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FALLBACK_N_CTX = 8192  # without a planner, "automatic" context means this
+TEMPLATE_NOTES_KEY = "template_notes_shown"  # Settings.extra: model files told about their template
+MAX_TEMPLATE_NOTES = 200
+
+
+def _model_key(path: Path) -> str:
+    """A model file as the template note remembers it: its full path and size (a new download
+    of the same name is another file)."""
+    try:
+        return f"{path.resolve()}|{path.stat().st_size}"
+    except OSError:
+        return str(path)
 
 
 class ModelController(QObject):
@@ -152,7 +163,20 @@ class ModelController(QObject):
         self._preferences.remember(last_model=str(info.path))
         self.model_loaded.emit(info)
         if info.chat_template_note:
-            self._notices.error_occurred.emit(info.chat_template_note)
+            self._note_template_once(info)
+
+    def _note_template_once(self, info: ModelInfo) -> None:
+        """Say once per model file (not at every launch) that its chat template is missing or
+        unusable; the files already named are kept in the settings' ``extra``."""
+        key = _model_key(info.path)
+        shown = self._preferences.settings.extra.get(TEMPLATE_NOTES_KEY, [])
+        shown = [k for k in shown if isinstance(k, str)] if isinstance(shown, list) else []
+        if key in shown:
+            log.info("chat template note for %s already shown: %s", info.path, info.chat_template_note)
+            return
+        self._notices.error_occurred.emit(info.chat_template_note)
+        extra = {**self._preferences.settings.extra, TEMPLATE_NOTES_KEY: [*shown, key][-MAX_TEMPLATE_NOTES:]}
+        self._preferences.remember(extra=extra)
 
     @Slot(object)
     def _on_worker_model_kept(self, info: ModelInfo) -> None:
