@@ -196,7 +196,7 @@ class LlamaEngine:
             jinja = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
 
             def render(dicts: list[dict[str, Any]]) -> str:
-                return str(jinja(messages=dicts).prompt)
+                return str(jinja(messages=dicts).prompt)  # type: ignore[arg-type]
 
             problem = _template_problem(render)
             if not problem:
@@ -207,7 +207,7 @@ class LlamaEngine:
             style = f"llama.cpp's built-in {STYLE_NAMES.get(str(builtin), str(builtin))} format"
         else:
             plain = Jinja2ChatFormatter(template=PLAIN_FALLBACK_TEMPLATE, eos_token=eos, bos_token=bos)
-            self._render = lambda dicts: str(plain(messages=dicts).prompt)
+            self._render = lambda dicts: str(plain(messages=dicts).prompt)  # type: ignore[arg-type]
             self._stop_strings = PLAIN_STOP_STRINGS
             style = "a plain text format"
         if problem:
