@@ -161,7 +161,7 @@ EXPECTED_IMAGES = {
     "header-20000x20000.png": "too large",
     "header-65535x65535.png": "too large",
     "header-0x0.png": "damaged|could not|not|empty",
-    "bomb-10000x10000.png": "too large",
+    "bomb-10000x10000.png": "ok",  # 100 real megapixels: read strip by strip, in bounded memory
     "cmyk.jpg": "ok",
     "16bit.png": "ok",
     "animated.gif": "ok",
