@@ -163,6 +163,29 @@ def find_projector(model_path: Path) -> Path | None:
     return found[0]
 
 
+def projector_mismatch(model: GGUFInfo, projector: Path) -> str | None:
+    """Why the vision projector at ``projector`` cannot serve ``model`` (a few words), or None when
+    its header says it can, or does not say (llama.cpp then decides when it loads it).
+
+    Read from the headers alone, before anything is loaded: libmtmd refuses a projector whose
+    output width (``clip.vision.projection_dim``, the text model's embedding width in every
+    projector llama.cpp's converter writes) differs from the model's, and a file that is not a
+    projector at all."""
+    try:
+        raw, _reader = _read_one(projector, prefer_ggml=True)
+    except GGUFError as exc:
+        return str(exc)
+    arch = str(raw.kv.get("general.architecture", ""))
+    if arch != "clip":
+        return f"{projector.name} is not a vision projector (its architecture is {arch or 'missing'})"
+    if raw.kv.get("clip.has_vision_encoder") is False:
+        return f"{projector.name} has no vision encoder"
+    width = raw.kv.get("clip.vision.projection_dim")
+    if isinstance(width, int) and model.n_embd and width != model.n_embd:
+        return f"it makes {width}-wide image embeddings and {model.name} reads {model.n_embd}-wide ones"
+    return None
+
+
 def _check_header(path: Path) -> int:
     """Validate magic/version/counts in Python before ggml parses the file; return the file size."""
     try:

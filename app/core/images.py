@@ -6,7 +6,8 @@ may run on any thread (the UI calls them from a one-shot worker, never on the GU
 * :func:`normalize_image` accepts PNG, JPEG, WebP, GIF (first frame), BMP and TIFF; applies the
   EXIF orientation; converts every pixel mode (RGBA/LA/palette with transparency composited on
   white, CMYK, 16-bit, 1-bit, float) to 8-bit RGB; downscales what is larger than the projector
-  can use; and refuses decompression bombs, empty, truncated, mislabelled and unsupported files
+  can use (a very large JPEG or PNG is decoded at reduced size or strip by strip, never whole);
+  and refuses what cannot be decoded safely, empty, truncated, mislabelled and unsupported files
   with an :class:`ImageError` whose message is a sentence for the user.
 * :func:`store_image` keeps the normalised bytes under ``<data_dir>/images/<aa>/<sha256>.<ext>``
   (content-addressed: the same picture is stored once).
@@ -26,7 +27,9 @@ import hashlib
 import io
 import logging
 import os
+import struct
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +37,8 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from app.core.store import Attachment
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,13 @@ DEFAULT_MAX_PIXELS = DEFAULT_MAX_SIDE * DEFAULT_MAX_SIDE
 # Pillow's own bomb threshold (it warns above it and refuses above twice it). Our check runs on
 # the header, before any pixel is decoded, so a bigger limit would only turn into Pillow warnings.
 DEFAULT_MAX_INPUT_PIXELS = 89_478_485
+# Above DEFAULT_MAX_INPUT_PIXELS a picture is decoded at reduced size, never whole: a JPEG by
+# libjpeg's DCT scaling (1/8 of each side at most, which brings even 65,535² under the limit), an
+# 8-bit PNG strip by strip (:func:`_decode_png_in_strips`: memory bounded by one strip). A PNG up
+# to this size is read that way (16,384²: ~5 s here); larger ones, or other formats above the
+# limit, are refused before a pixel is decoded.
+DEFAULT_MAX_STRIP_PIXELS = 16_384 * 16_384
+STRIP_BYTES = 8 * 1024 * 1024  # the raw rows decoded at once by the strip decoder
 MAX_FILE_BYTES = 200 * 1024 * 1024
 JPEG_QUALITY = 90
 
@@ -170,10 +182,10 @@ def _identify_failure(data: bytes, name: str) -> ImageError:
     )
 
 
-def _bomb_error(name: str, width: int, height: int, limit: int) -> ImageError:
+def _bomb_error(name: str, width: int, height: int, limit: int, scope: str = "") -> ImageError:
     return ImageError(
         f"{name} is too large to open safely ({width:,} × {height:,} pixels, "
-        f"{width * height / 1e6:,.0f} megapixels; the limit is {limit / 1e6:,.0f} megapixels). "
+        f"{width * height / 1e6:,.0f} megapixels; the limit{scope} is {limit / 1e6:,.0f} megapixels). "
         "Resize it first.",
         "decompression bomb check",
     )
@@ -223,9 +235,12 @@ def normalize_image(
     max_side: int = DEFAULT_MAX_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+    max_strip_pixels: int = DEFAULT_MAX_STRIP_PIXELS,
 ) -> NormalizedImage:
     """Decode ``source`` and return it as an 8-bit RGB PNG (or JPEG for JPEG photos) that fits
-    in ``max_side`` × ``max_side`` and ``max_pixels``. Raises :class:`ImageError` (with a message
+    in ``max_side`` × ``max_side`` and ``max_pixels``. A picture above ``max_input_pixels`` is
+    decoded at reduced size (JPEG) or strip by strip (8-bit PNG, up to ``max_strip_pixels``), or
+    refused before a pixel is decoded. Raises :class:`ImageError` (with a message
     for the user) for anything that is not a usable picture. Thread-safe; CPU-bound."""
     label = name or (source.name if isinstance(source, Path) else "The picture")
     data = _read(source, label)
@@ -233,8 +248,17 @@ def normalize_image(
         raise ImageError(f"{label} is empty (0 bytes).")
 
     notes: list[str] = []
-    im = _open(data, label, max_input_pixels)
-    fmt, width, height, orientation, rgb = _decode(im, label, max_side, max_pixels, max_input_pixels, notes)
+    large = _large_png(data, label, max_input_pixels, max_strip_pixels)
+    if large is not None:
+        rgb = _decode_png_in_strips(
+            data, large, label, _target_size(large.width, large.height, max_side, max_pixels)
+        )
+        fmt, width, height, orientation = "PNG", large.width, large.height, 1
+    else:
+        im = _open(data, label, max_input_pixels)
+        fmt, width, height, orientation, rgb = _decode(
+            im, label, max_side, max_pixels, max_input_pixels, notes
+        )
 
     original = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
     # The size is decided on the original (a JPEG may have been decoded at 1/2..1/8 scale).
@@ -270,6 +294,12 @@ def normalize_image(
 def _open(data: bytes, label: str, max_input_pixels: int) -> Image.Image:
     """Pillow's lazy open (header only) of ``data``, with a sentence for each way it fails."""
     try:
+        if data.startswith(b"\xff\xd8\xff"):
+            # Pillow's open refuses a JPEG above its bomb limit before draft() could shrink it;
+            # the plugin class reads the header alone (the size is checked after draft, below).
+            from PIL import JpegImagePlugin
+
+            return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
         return Image.open(io.BytesIO(data), formats=list(SUPPORTED_FORMATS))
     except UnidentifiedImageError as exc:
         raise _identify_failure(data, label) from exc
@@ -294,8 +324,12 @@ def _decode(
             width, height = im.size
             if width <= 0 or height <= 0:
                 raise ImageError(f"{label} has no pixels ({width} × {height}).")
-            # Header-only size check, before a single pixel is decoded.
-            if width * height > max_input_pixels:
+            target = _target_size(width, height, max_side, max_pixels)
+            if fmt in ("JPEG", "MPO") and target != (width, height):
+                # libjpeg's DCT scaling: decode a 24 MP photo at 1/2, 1/4 or 1/8 size directly.
+                im.draft("RGB", target)
+            # Header-only size check (of the size that will be decoded), before a pixel is decoded.
+            if im.size[0] * im.size[1] > max_input_pixels:
                 raise _bomb_error(label, width, height, max_input_pixels)
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
@@ -304,10 +338,6 @@ def _decode(
                 orientation = int(im.getexif().get(0x0112, 1))
             except (ValueError, TypeError, OSError, SyntaxError):
                 orientation = 1
-            target = _target_size(width, height, max_side, max_pixels)
-            if fmt in ("JPEG", "MPO") and target != (width, height):
-                # libjpeg's DCT scaling: decode a 24 MP photo at 1/2, 1/4 or 1/8 size directly.
-                im.draft("RGB", target)
             im.load()
             oriented = ImageOps.exif_transpose(im) if orientation != 1 else im
             return fmt, width, height, orientation, _to_rgb(oriented)
@@ -319,6 +349,191 @@ def _decode(
         truncated = "truncated" in str(exc).lower() or isinstance(exc, EOFError)
         reason = "is incomplete (the file is truncated)" if truncated else "is damaged"
         raise ImageError(f"{label} {reason} and cannot be read.", repr(exc)) from exc
+
+
+@dataclass(frozen=True)
+class _PngHeader:
+    width: int
+    height: int
+    bit_depth: int
+    color_type: int
+    interlaced: bool
+
+    @property
+    def channels(self) -> int:
+        return {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[self.color_type]
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# colour type → the 8-bit colour type whose samples have the same bytes per pixel (palette
+# indices unfilter as greyscale bytes)
+_SAME_BYTES_PER_PIXEL = {0: 0, 2: 2, 3: 0, 4: 4, 6: 6}
+
+
+def _large_png(data: bytes, label: str, max_input_pixels: int, max_strip_pixels: int) -> _PngHeader | None:
+    """The header of a PNG above ``max_input_pixels`` that :func:`_decode_png_in_strips` can read;
+    None for a PNG within the limit (or not a PNG: Pillow says what it is). Raises the bomb error
+    for a PNG too large for the strip decoder, before anything is decompressed."""
+    if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR" or len(data) < 29:
+        return None
+    width, height, depth, color, _comp, _filt, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if width * height <= max_input_pixels or width == 0 or height == 0:
+        return None
+    header = _PngHeader(width, height, depth, color, interlace == 1)
+    readable = depth == 8 and color in _SAME_BYTES_PER_PIXEL and not header.interlaced
+    if not readable:
+        raise _bomb_error(label, width, height, max_input_pixels, " for 16-bit, 1/2/4-bit or interlaced PNGs")
+    if width * height > max_strip_pixels:
+        raise _bomb_error(label, width, height, max_strip_pixels)
+    return header
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(type, body) of each chunk of a PNG, up to IEND (CRCs are not checked: Pillow's are
+    not either when it reads image data)."""
+    at = len(_PNG_SIGNATURE)
+    while at + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind = data[at + 4 : at + 8]
+        body = data[at + 8 : at + 8 + length]
+        if len(body) < length:
+            raise EOFError("truncated PNG chunk")
+        yield kind, body
+        if kind == b"IEND":
+            return
+        at += 12 + length
+
+
+def _png(width: int, height: int, color_type: int, pieces: list[bytes | memoryview]) -> bytes:
+    """A minimal 8-bit PNG of the filtered scanlines in ``pieces``, stored without compression.
+    The image data's CRC is left at 0: Pillow does not check it (and this PNG never leaves here)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    deflate = zlib.compressobj(0)
+    idat = b"".join([*(deflate.compress(piece) for piece in pieces), deflate.flush()])
+    return b"".join(
+        [
+            _PNG_SIGNATURE,
+            struct.pack(">I", 13),
+            b"IHDR",
+            ihdr,
+            struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)),
+            struct.pack(">I", len(idat)),
+            b"IDAT",
+            idat,
+            b"\0\0\0\0\0\0\0\0IEND\xaeB`\x82",
+        ]
+    )
+
+
+def _decode_png_in_strips(
+    data: bytes, header: _PngHeader, label: str, target: tuple[int, int]
+) -> Image.Image:
+    """Decode a large 8-bit, non-interlaced PNG a strip of rows at a time and return it shrunk by
+    a whole factor to about twice ``target`` (RGB; transparency composited on white).
+
+    Memory stays near one strip (``STRIP_BYTES`` of raw rows) plus the shrunk picture, whatever
+    the picture's size: the image data is inflated incrementally (never more than a strip ahead),
+    each strip is unfiltered by Pillow (as a small PNG whose first row is the previous strip's
+    last row, which PNG's Up/Average/Paeth filters refer to), composited to RGB and box-reduced.
+    """
+    w, h = header.width, header.height
+    bpp = header.channels
+    stride = 1 + w * bpp
+    factor = max(1, min(w // max(1, target[0]), h // max(1, target[1])) // 2)
+    rows_per_strip = max(factor, (STRIP_BYTES // stride) // factor * factor)
+    palette: bytes | None = None
+    transparency: bytes | None = None
+    inflate = zlib.decompressobj()
+    out = Image.new("RGB", (-(-w // factor), -(-h // factor)))
+    previous = bytes(w * bpp)  # the row above the first one is zeros
+    pending = bytearray()
+    y = 0
+    try:
+        for kind, body in _png_chunks(data):
+            if kind == b"PLTE":
+                palette = body
+            elif kind == b"tRNS":
+                transparency = body
+            elif kind == b"IDAT":
+                chunk_in = body
+                while chunk_in and y < h:
+                    want = rows_per_strip * stride - len(pending)
+                    pending += inflate.decompress(chunk_in, want)
+                    chunk_in = inflate.unconsumed_tail
+                    if len(pending) >= min(rows_per_strip, h - y) * stride:
+                        y, previous = _emit_strip(
+                            out, pending, header, y, previous, palette, transparency, factor
+                        )
+            elif kind == b"IEND":
+                break
+        if y < h and pending:
+            pending += inflate.flush()
+            y, previous = _emit_strip(out, pending, header, y, previous, palette, transparency, factor)
+    except zlib.error as exc:
+        raise ImageError(f"{label} is damaged and cannot be read.", repr(exc)) from exc
+    except EOFError as exc:
+        raise ImageError(
+            f"{label} is incomplete (the file is truncated) and cannot be read.", repr(exc)
+        ) from exc
+    if y < h:
+        raise ImageError(
+            f"{label} is incomplete (the file is truncated) and cannot be read.",
+            f"{y} of {h} rows in the image data",
+        )
+    return out
+
+
+def _emit_strip(
+    out: Image.Image,
+    pending: bytearray,
+    header: _PngHeader,
+    y: int,
+    previous: bytes,
+    palette: bytes | None,
+    transparency: bytes | None,
+    factor: int,
+) -> tuple[int, bytes]:
+    """Unfilter the whole rows in ``pending`` (consuming them), paste them shrunk into ``out``;
+    return the next row index and the last raw row."""
+    w = header.width
+    stride = 1 + w * header.channels
+    n = min(len(pending) // stride, header.height - y)
+    if n == 0:
+        return y, previous
+    with memoryview(pending) as view:
+        mini = _png(
+            w, n + 1, _SAME_BYTES_PER_PIXEL[header.color_type], [b"\x00", previous, view[: n * stride]]
+        )
+    del pending[: n * stride]
+    with Image.open(io.BytesIO(mini), formats=["PNG"]) as decoded:
+        decoded.load()
+        previous = decoded.crop((0, n, w, n + 1)).tobytes()
+        strip = decoded.crop((0, 1, w, n + 1))
+    del mini
+    rgb = _to_rgb(_with_palette(strip, header, palette, transparency))
+    if factor > 1:
+        rgb = rgb.reduce(factor)
+    out.paste(rgb, (0, y // factor))
+    return y + n, previous
+
+
+def _with_palette(
+    strip: Image.Image, header: _PngHeader, palette: bytes | None, transparency: bytes | None
+) -> Image.Image:
+    """``strip`` (unfiltered as greyscale / RGB / LA / RGBA samples) in the PNG's own mode, with
+    its palette and transparency."""
+    if header.color_type == 3:
+        if palette is None:
+            raise ValueError("palette PNG without a PLTE chunk")
+        strip = Image.frombytes("P", strip.size, strip.tobytes())
+        strip.putpalette(palette)
+        if transparency is not None:
+            strip.info["transparency"] = transparency
+    elif transparency is not None and header.color_type == 0 and len(transparency) >= 2:
+        strip.info["transparency"] = struct.unpack(">H", transparency[:2])[0] & 0xFF
+    elif transparency is not None and header.color_type == 2 and len(transparency) >= 6:
+        strip.info["transparency"] = tuple(v & 0xFF for v in struct.unpack(">HHH", transparency[:6]))
+    return strip
 
 
 def _first_frame_note(fmt: str) -> list[str]:

@@ -19,8 +19,8 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.config import kv_state_files
 from app.core.context import MessageTooLongError
-from app.core.engine import OutOfMemoryError, check_model_file, first_split_part
-from app.core.gguf_info import GGUFError
+from app.core.engine import OutOfMemoryError, ProjectorError, check_model_file, first_split_part
+from app.core.gguf_info import GGUFError, find_projector, projector_mismatch, read_gguf_info
 from app.core.heap import release_free_heap
 from app.core.images import image_uri
 from app.core.planner import LoadRequest, safer_overrides
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from app.core.ports import Engine
     from app.core.retrieval import ChunkIndex
     from app.core.turns import Turn, TurnRequest
-    from app.core.types import LoadParams, SamplingParams
+    from app.core.types import LoadParams, ModelInfo, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,15 @@ def _human(exc: BaseException) -> tuple[str, str]:
     return f"Something went wrong: {exc}", detail
 
 
+def _projector_mismatch(model: Path, projector: Path) -> str | None:
+    """:func:`projector_mismatch` from the model's header; None when the header cannot be read
+    (llama.cpp then says what is wrong with the model)."""
+    try:
+        return projector_mismatch(read_gguf_info(model), projector)
+    except GGUFError:
+        return None
+
+
 class LlamaWorker(QObject):
     """Owns the engine. Lives in its own QThread.
 
@@ -61,6 +70,8 @@ class LlamaWorker(QObject):
         plan_ready(object): the offload Plan chosen for the model (planner.Plan).
         load_notice(str): a sentence for the user, e.g. what a retry after a memory failure changed.
         model_loaded(object): ModelInfo.
+        model_kept(object): ModelInfo of the model still loaded after a failed load (emitted just
+            before ``load_failed``; not emitted when no model is left).
         load_failed(str, str): human message, detail.
         turn_built(int, object): gen_id, the Turn decided for it (before any text streams).
         turn_previewed(int, object): request id, the Turn the conversation would send now.
@@ -76,6 +87,7 @@ class LlamaWorker(QObject):
     plan_ready = Signal(object)
     load_notice = Signal(str)
     model_loaded = Signal(object)
+    model_kept = Signal(object)
     load_failed = Signal(str, str)
     turn_built = Signal(int, object)
     turn_previewed = Signal(int, object)
@@ -98,6 +110,8 @@ class LlamaWorker(QObject):
         self._engine: Engine | None = None
         self.cancel_event = threading.Event()  # set from any thread: stops generation
         self.load_cancel_event = threading.Event()  # set from any thread: stops loading
+        self.closing_event = threading.Event()  # set when the app closes: no model is reloaded
+        self._loaded_params: LoadParams | None = None  # how the loaded model was loaded
         self._last_progress_emit = 0.0
         self._trimmed_at = 0.0
         self._open_documents = documents  # opened lazily, in this worker's thread
@@ -111,7 +125,13 @@ class LlamaWorker(QObject):
 
     @Slot(object)
     def load_model(self, request: LoadParams | LoadRequest) -> None:
-        """Load from explicit LoadParams, or plan a LoadRequest first (header, free memory, dry run)."""
+        """Load from explicit LoadParams, or plan a LoadRequest first (header, free memory, dry run).
+
+        The model already loaded stays usable when the new one fails: the new file is checked
+        (file, header, vision projector) before anything is unloaded, and when the new model fails
+        after that (llama.cpp refused it, memory ran out, the user cancelled), the previous one is
+        loaded again with the parameters it had. ``model_kept`` then names it, before ``load_failed``.
+        """
         self.load_cancel_event.clear()
         self._last_progress_emit = 0.0
 
@@ -122,48 +142,127 @@ class LlamaWorker(QObject):
                 self.load_progress.emit(fraction)
             return not self.load_cancel_event.is_set()
 
+        previous = self._loaded_params if self.engine.model_info is not None else None
         try:
             if not isinstance(request, LoadRequest):
-                info = self.engine.load(request, progress)
+                info, params = self._load_params(request, progress)
             elif self._planner is None:
                 raise RuntimeError("no planner configured for a LoadRequest")
             else:
-                path = first_split_part(Path(request.model_path))
-                check_model_file(path)  # the same clear sentences as a direct load
-                # Plan against the memory that will really be free: a loaded model (on a reload,
-                # say) would otherwise count against the new plan's budget.
-                self.engine.unload()
-                attempt = dataclasses.replace(request, model_path=path)
-                changes: list[str] = []
-                while True:
-                    planned = self._planner(attempt)
-                    if planned.plan is not None:
-                        self.plan_ready.emit(planned.plan)
-                        if not planned.plan.fits:
-                            log.warning("plan does not fit: %s", planned.plan.fits_text)
-                    try:
-                        info = self.engine.load(planned.params, progress)
-                        break
-                    except OutOfMemoryError:
-                        safer = safer_overrides(planned.plan, attempt.overrides) if planned.plan else None
-                        if safer is None or self.load_cancel_event.is_set():
-                            raise
-                        attempt = dataclasses.replace(attempt, overrides=safer[0])
-                        changes.append(safer[1])
-                        self.load_notice.emit(
-                            "Loading ran out of memory, so Scout Chat retried with a safer plan: "
-                            + "; ".join(changes)
-                            + "."
-                        )
+                info, params = self._load_planned(request, progress)
         except Exception as exc:  # noqa: BLE001 - thread boundary
             message, detail = _human(exc)
             log.warning("model load failed: %s", message)
+            kept = self._keep_previous(previous)
+            if kept is not None:
+                self.model_kept.emit(kept)
             self.load_failed.emit(message, detail)
             return
+        self._loaded_params = params
         self.model_loaded.emit(info)
+
+    def _load_params(
+        self, params: LoadParams, progress: Callable[[float], bool]
+    ) -> tuple[ModelInfo, LoadParams]:
+        """Load from explicit parameters; a projector that does not fit is left out (with a notice).
+        The engine checks the file before it unloads anything."""
+        path = Path(params.model_path)
+        if params.mmproj_path is not None:
+            reason = _projector_mismatch(path, Path(params.mmproj_path))
+            if reason:
+                self._projector_not_used(path, Path(params.mmproj_path), reason)
+                params = dataclasses.replace(params, mmproj_path=None)
+        try:
+            return self.engine.load(params, progress), params
+        except ProjectorError as exc:
+            if params.mmproj_path is None or self.load_cancel_event.is_set():
+                raise
+            self._projector_not_used(path, Path(params.mmproj_path), exc.message.rstrip("."), refused=True)
+            params = dataclasses.replace(params, mmproj_path=None)
+            return self.engine.load(params, progress), params
+
+    def _load_planned(
+        self, request: LoadRequest, progress: Callable[[float], bool]
+    ) -> tuple[ModelInfo, LoadParams]:
+        """Check the file, then plan and load it (retrying with safer plans after running out of
+        memory, and without the projector when the projector cannot be attached)."""
+        assert self._planner is not None
+        path = first_split_part(Path(request.model_path))
+        check_model_file(path)  # the same clear sentences as a direct load
+        attempt = dataclasses.replace(request, model_path=path)
+        header = read_gguf_info(path)  # a damaged header fails here, before anything is unloaded
+        projector = find_projector(path) if request.use_projector else None
+        if projector is not None:
+            reason = projector_mismatch(header, projector)
+            if reason:
+                self._projector_not_used(path, projector, reason)
+                attempt = dataclasses.replace(attempt, use_projector=False)
+        # Plan against the memory that will really be free: a loaded model (on a reload, say)
+        # would otherwise count against the new plan's budget. It is loaded again on failure.
+        self.engine.unload()
+        changes: list[str] = []
+        while True:
+            planned = self._planner(attempt)
+            if planned.plan is not None:
+                self.plan_ready.emit(planned.plan)
+                if not planned.plan.fits:
+                    log.warning("plan does not fit: %s", planned.plan.fits_text)
+            try:
+                return self.engine.load(planned.params, progress), planned.params
+            except ProjectorError as exc:
+                mmproj = planned.params.mmproj_path
+                if mmproj is None or self.load_cancel_event.is_set():
+                    raise
+                self._projector_not_used(path, Path(mmproj), exc.message.rstrip("."), refused=True)
+                attempt = dataclasses.replace(attempt, use_projector=False)
+            except OutOfMemoryError:
+                safer = safer_overrides(planned.plan, attempt.overrides) if planned.plan else None
+                if safer is None or self.load_cancel_event.is_set():
+                    raise
+                attempt = dataclasses.replace(attempt, overrides=safer[0])
+                changes.append(safer[1])
+                self.load_notice.emit(
+                    "Loading ran out of memory, so Scout Chat retried with a safer plan: "
+                    + "; ".join(changes)
+                    + "."
+                )
+
+    def _projector_not_used(
+        self, model: Path, projector: Path, reason: str, *, refused: bool = False
+    ) -> None:
+        """Tell the user the model is loaded without its projector: ``reason`` is a few words
+        from the headers, or (``refused``) llama.cpp's sentence."""
+        log.warning("vision projector %s not used for %s: %s", projector, model, reason)
+        if refused:
+            why = (
+                f"llama.cpp could not attach the vision projector {projector.name} to {model.name}: {reason}"
+            )
+        else:
+            why = f"The vision projector {projector.name} does not match {model.name} ({reason})"
+        self.load_notice.emit(
+            f"{why}. It was not used: the model is loaded for text only and cannot read pictures."
+        )
+
+    def _keep_previous(self, previous: LoadParams | None) -> ModelInfo | None:
+        """After a failed load: the model still loaded, loading the previous one again when the
+        failure came after it was unloaded; None when no model is left (or the app is closing)."""
+        engine = self.engine
+        if engine.model_info is not None:
+            return engine.model_info  # the failure came before anything was unloaded
+        if previous is None or self.closing_event.is_set():
+            self._loaded_params = None
+            return None
+        log.info("loading %s again after the failed load", Path(previous.model_path).name)
+        try:
+            return engine.load(previous)
+        except Exception:
+            log.exception("the previous model could not be loaded again")
+            self._loaded_params = None
+            return None
 
     @Slot()
     def unload_model(self) -> None:
+        self._loaded_params = None
         if self._engine is not None:
             self._engine.unload()
             self._release_free_heap(force=True)
@@ -312,6 +411,7 @@ class InferenceThread:
         """Stop generating and loading, stop the thread, then release the model here."""
         self.worker.cancel_event.set()
         self.worker.load_cancel_event.set()
+        self.worker.closing_event.set()
         if self._thread.isRunning():
             self._thread.quit()
             if not self._thread.wait(timeout_ms):

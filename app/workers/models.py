@@ -24,6 +24,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FALLBACK_N_CTX = 8192  # without a planner, "automatic" context means this
+TEMPLATE_NOTES_KEY = "template_notes_shown"  # Settings.extra: model files told about their template
+MAX_TEMPLATE_NOTES = 200
+
+
+def _model_key(path: Path) -> str:
+    """A model file as the template note remembers it: its full path and size (a new download
+    of the same name is another file)."""
+    try:
+        return f"{path.resolve()}|{path.stat().st_size}"
+    except OSError:
+        return str(path)
 
 
 class ModelController(QObject):
@@ -61,6 +72,8 @@ class ModelController(QObject):
         self._plan: Plan | None = None
         self._overrides: PlanOverrides | None = None
         self._loading = False
+        self._kept: ModelInfo | None = None  # the model still loaded after a failed load
+        self._previous: tuple[Plan | None, PlanOverrides | None] = (None, None)
 
         worker = inference.worker
         self.load_requested.connect(worker.load_model)
@@ -68,6 +81,7 @@ class ModelController(QObject):
         worker.plan_ready.connect(self._on_worker_plan_ready)
         worker.load_notice.connect(self._on_worker_load_notice)
         worker.model_loaded.connect(self._on_worker_model_loaded)
+        worker.model_kept.connect(self._on_worker_model_kept)
         worker.load_failed.connect(self._on_worker_load_failed)
         preferences.settings_changed.connect(self._on_preferences_settings_changed)
 
@@ -107,6 +121,8 @@ class ModelController(QObject):
     def load_model(self, path: str, overrides: PlanOverrides | None = None) -> None:
         """Load (or reload) a model; ``overrides`` are the Advanced settings of the plan panel."""
         self._inference.cancel_generation()  # an answer being written stops first
+        if not self._loading:  # what to go back to when this load fails and the model stays
+            self._previous = (self._plan, self._overrides)
         self._overrides = overrides
         try:
             params = self.load_params_for(path, overrides)
@@ -150,10 +166,35 @@ class ModelController(QObject):
         self._preferences.remember(last_model=path, recent_models=recent)
         self.model_loaded.emit(info)
         if info.chat_template_note:
-            self._notices.error_occurred.emit(info.chat_template_note)
+            self._note_template_once(info)
+
+    def _note_template_once(self, info: ModelInfo) -> None:
+        """Say once per model file (not at every launch) that its chat template is missing or
+        unusable; the files already named are kept in the settings' ``extra``."""
+        key = _model_key(info.path)
+        shown = self._preferences.settings.extra.get(TEMPLATE_NOTES_KEY, [])
+        shown = [k for k in shown if isinstance(k, str)] if isinstance(shown, list) else []
+        if key in shown:
+            log.info("chat template note for %s already shown: %s", info.path, info.chat_template_note)
+            return
+        self._notices.error_occurred.emit(info.chat_template_note)
+        extra = {**self._preferences.settings.extra, TEMPLATE_NOTES_KEY: [*shown, key][-MAX_TEMPLATE_NOTES:]}
+        self._preferences.remember(extra=extra)
+
+    @Slot(object)
+    def _on_worker_model_kept(self, info: ModelInfo) -> None:
+        self._kept = info
 
     @Slot(str, str)
     def _on_worker_load_failed(self, message: str, detail: str) -> None:
+        """The model asked for did not load; the one loaded before stays when the worker kept it."""
         self._loading = False
-        self._model_info = None
+        kept, self._kept = self._kept, None
+        self._model_info = kept
+        if kept is not None:
+            plan, self._overrides = self._previous
+            if plan is not None and plan is not self._plan:
+                self._plan = plan
+                self.plan_changed.emit(plan)
+            message = f"{message} {kept.name} is still loaded."
         self.model_load_failed.emit(message, detail)

@@ -282,17 +282,158 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     assert "Resize it first" in err.value.message
 
 
-def test_bomb_just_over_pillows_limit_is_refused() -> None:
-    """Between Pillow's limit and twice it, Pillow only warns (an error under this suite's
-    filterwarnings): either way the user gets the same sentence."""
-    with pytest.raises(ImageError, match="too large to open safely"):
-        normalize_image(_png_header_claiming(10000, 9000))
+def test_a_header_over_pillows_limit_without_its_pixels_is_incomplete() -> None:
+    """Between Pillow's limit and the strip decoder's, a PNG is read strip by strip: a file whose
+    header claims 90 megapixels and holds none says it is incomplete, at once."""
+    started = time.perf_counter()
+    with pytest.raises(ImageError, match="is incomplete"):
+        normalize_image(_png_header_claiming(10000, 9000), name="claims.png")
+    assert time.perf_counter() - started < 0.5
 
 
 def test_our_own_pixel_limit() -> None:
     data = _encode(Image.new("RGB", (200, 200)), "PNG")
     with pytest.raises(ImageError, match=r"200 × 200 pixels"):
+        normalize_image(data, max_input_pixels=10_000, max_strip_pixels=10_000)
+    gif = _encode(Image.new("P", (200, 200)), "GIF")  # a format the strip decoder does not read
+    with pytest.raises(ImageError, match=r"200 × 200 pixels"):
+        normalize_image(gif, max_input_pixels=10_000)
+
+
+def test_a_16bit_png_over_the_limit_is_refused_with_the_reason() -> None:
+    data = _encode(Image.new("I;16", (200, 200), 4000), "PNG")
+    with pytest.raises(ImageError, match="limit for 16-bit, 1/2/4-bit or interlaced PNGs"):
         normalize_image(data, max_input_pixels=10_000)
+
+
+# -- large PNGs: decoded strip by strip --------------------------------------------------------
+
+
+def _filtered_png(pixels: np.ndarray, color_type: int, extra_chunks: bytes = b"") -> bytes:
+    """An 8-bit PNG of ``pixels`` (rows × columns × samples) whose rows use every PNG filter in
+    turn (None, Sub, Up, Average, Paeth), as encoders mix them."""
+    h, w, bpp = pixels.shape
+    x = pixels.reshape(h, w * bpp).astype(np.int32)
+    rows = []
+    for r in range(h):
+        cur = x[r]
+        up = x[r - 1] if r else np.zeros_like(cur)
+        left = np.concatenate([np.zeros(bpp, np.int32), cur[:-bpp]])
+        upleft = np.concatenate([np.zeros(bpp, np.int32), up[:-bpp]])
+        kind = r % 5
+        if kind == 0:
+            pred = np.zeros_like(cur)
+        elif kind == 1:
+            pred = left
+        elif kind == 2:
+            pred = up
+        elif kind == 3:
+            pred = (left + up) // 2
+        else:
+            p = left + up - upleft
+            pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+        rows.append(bytes([kind]) + ((cur - pred) % 256).astype(np.uint8).tobytes())
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + extra_chunks
+        + _png_chunk(b"IDAT", zlib.compress(b"".join(rows)))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(("color_type", "samples"), [(0, 1), (2, 3), (4, 2), (6, 4)])
+def test_strip_decoding_gives_the_pixels_pillow_gives(
+    monkeypatch: pytest.MonkeyPatch, color_type: int, samples: int
+) -> None:
+    import app.core.images as images
+
+    monkeypatch.setattr(images, "STRIP_BYTES", 4000)  # many strips, each a few rows
+    rng = np.random.default_rng(color_type)
+    pixels = rng.integers(0, 256, (97, 61, samples), dtype=np.uint8)
+    data = _filtered_png(pixels, color_type)
+    whole = normalize_image(data, max_side=1000)
+    striped = normalize_image(data, max_side=1000, max_input_pixels=1000)
+    assert (striped.width, striped.height) == (61, 97)
+    assert np.array_equal(np.asarray(_decode(striped)), np.asarray(_decode(whole)))
+
+
+def test_strip_decoding_of_a_palette_png_with_transparency(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.core.images as images
+
+    monkeypatch.setattr(images, "STRIP_BYTES", 500)
+    rng = np.random.default_rng(3)
+    indices = rng.integers(0, 4, (40, 30, 1), dtype=np.uint8)
+    palette = bytes([255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30])
+    chunks = _png_chunk(b"PLTE", palette) + _png_chunk(b"tRNS", bytes([255, 255, 0, 255]))
+    data = _filtered_png(indices, 3, chunks)
+    whole = np.asarray(_decode(normalize_image(data)))
+    striped = np.asarray(_decode(normalize_image(data, max_input_pixels=100)))
+    assert np.array_equal(striped, whole)
+    assert tuple(striped[indices[:, :, 0] == 2][0]) == (255, 255, 255)  # transparent → white
+
+
+def test_strip_decoding_shrinks_while_it_decodes() -> None:
+    """A picture far over the limit comes out the size a whole decode would have given."""
+    pixels = np.zeros((600, 900, 3), dtype=np.uint8)
+    pixels[:, :450] = (250, 10, 10)
+    pixels[:, 450:] = (10, 10, 250)
+    data = _filtered_png(pixels, 2)
+    result = normalize_image(data, max_side=100, max_input_pixels=10_000)
+    assert (result.width, result.height) == (100, 67)
+    assert (result.original_width, result.original_height) == (900, 600)
+    im = _decode(result)
+    assert im.getpixel((10, 30)) == (250, 10, 10)
+    assert im.getpixel((90, 30)) == (10, 10, 250)
+
+
+def test_a_truncated_large_png_is_reported() -> None:
+    data = _filtered_png(np.full((300, 300, 3), 7, dtype=np.uint8), 2)
+    with pytest.raises(ImageError, match=r"incomplete|damaged"):
+        normalize_image(data[: len(data) // 2], max_input_pixels=1000)
+    broken = bytearray(data)
+    broken[60:70] = b"\xff" * 10  # inside the image data: not a deflate stream any more
+    with pytest.raises(ImageError, match="damaged"):
+        normalize_image(bytes(broken), max_input_pixels=1000)
+
+
+def _flat_png(width: int, height: int, color: tuple[int, int, int]) -> bytes:
+    """A width × height PNG of one colour, compressed a block of rows at a time (a 16,000² one is
+    ~0.8 MB and never exists uncompressed)."""
+    block = (b"\x00" + bytes(color) * width) * 100
+    deflate = zlib.compressobj(9)
+    body = b"".join(deflate.compress(block) for _ in range(height // 100)) + deflate.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", body)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def test_a_16000_by_16000_png_is_downscaled_not_refused() -> None:
+    """The picture of issue 15 (256 megapixels, ~3 × Pillow's limit): read strip by strip."""
+    data = _flat_png(16_000, 16_000, (200, 30, 30))
+    assert len(data) < 1_000_000
+    result = normalize_image(data, name="huge.png")
+    assert (result.original_width, result.original_height) == (16_000, 16_000)
+    assert (result.width, result.height) == (DEFAULT_MAX_SIDE, DEFAULT_MAX_SIDE)
+    assert result.downscaled
+    im = _decode(result)
+    assert im.getpixel((0, 0)) == im.getpixel((DEFAULT_MAX_SIDE - 1, DEFAULT_MAX_SIDE - 1)) == (200, 30, 30)
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_size() -> None:
+    """libjpeg's 1/8 scaling brings a JPEG over the limit under it: decoded, not refused."""
+    photo = _encode(_noise(2000, 1600).resize((2000, 1600)), "JPEG", quality=80)
+    result = normalize_image(photo, max_side=200, max_input_pixels=100_000)  # 3.2 MP > 0.1 MP
+    assert (result.original_width, result.original_height) == (2000, 1600)
+    assert (result.width, result.height) == (200, 160)
+    with pytest.raises(ImageError, match="too large to open safely"):
+        normalize_image(photo, max_side=200, max_input_pixels=40_000)  # 1/8 is still 50,000
 
 
 @pytest.mark.parametrize(

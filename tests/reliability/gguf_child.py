@@ -46,6 +46,7 @@ def main(argv: list[str]) -> int:
         try:
             engine.load(LoadParams(model_path=path, n_ctx=512, n_threads=1))
             result["load"] = "ok"
+            result["note"] = engine.model_info.chat_template_note if engine.model_info else ""
             if case.get("chat"):
                 text = "".join(
                     engine.stream_chat(

@@ -53,9 +53,12 @@ def test_hostile_gguf_files_and_sandbox_escaping_templates(tiny_model: Path, tmp
     assert not marker.exists(), "a chat template ran code"
     for name, r in results.items():
         if name.startswith("template-"):
-            # loading is fine; formatting the conversation must fail with a message, not run code
+            # the template never runs code: it is found unusable at load, llama.cpp's built-in
+            # format for the model is used instead (the user is told), and the model answers
             assert r["load"] == "ok", (name, r)
-            assert r["chat"].startswith("EngineError: "), (name, r)
+            assert "chat template cannot be used" in r["note"], (name, r)
+            assert "built-in Llama 4 format" in r["note"], (name, r)
+            assert r["chat"].startswith("ok "), (name, r)
         else:
             for key in ("info", "info_py", "load"):
                 assert r[key] != "ok", (name, key, r)
@@ -158,7 +161,7 @@ EXPECTED_IMAGES = {
     "header-20000x20000.png": "too large",
     "header-65535x65535.png": "too large",
     "header-0x0.png": "damaged|could not|not|empty",
-    "bomb-10000x10000.png": "too large",
+    "bomb-10000x10000.png": "ok",  # 100 real megapixels: read strip by strip, in bounded memory
     "cmyk.jpg": "ok",
     "16bit.png": "ok",
     "animated.gif": "ok",

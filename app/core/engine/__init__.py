@@ -17,6 +17,7 @@ from app.core.engine.errors import (
     ModelLoadError,
     NoModelError,
     OutOfMemoryError,
+    ProjectorError,
 )
 from app.core.engine.files import check_model_file, first_split_part
 from app.core.engine.llama import LlamaEngine
@@ -32,6 +33,7 @@ __all__ = [
     "ModelLoadError",
     "NoModelError",
     "OutOfMemoryError",
+    "ProjectorError",
     "check_model_file",
     "first_split_part",
     "import_llama_cpp",

@@ -26,6 +26,11 @@ class OutOfMemoryError(ModelLoadError):
     """llama.cpp could not allocate a buffer: a safer plan may load."""
 
 
+class ProjectorError(ModelLoadError):
+    """The vision projector could not be attached to the model (the model itself loaded): a load
+    without the projector may succeed."""
+
+
 class LoadCancelled(EngineError):
     def __init__(self) -> None:
         super().__init__("Loading was cancelled.")

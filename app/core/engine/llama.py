@@ -37,17 +37,19 @@ from app.core.engine.errors import (
     ModelLoadError,
     NoModelError,
     OutOfMemoryError,
+    ProjectorError,
     explain_load_failure,
 )
 from app.core.engine.files import check_model_file, first_split_part
 from app.core.engine.native import NATIVE_LOG, import_llama_cpp, tokenize_bytes, tokenize_vocab
 from app.core.engine.overrides import Overrides, build_tensor_overrides
 from app.core.engine.templates import (
-    CHATML_FALLBACK_TEMPLATE,
-    LLAMA3_FALLBACK_TEMPLATE,
-    LLAMA4_FALLBACK_TEMPLATE,
     PLAIN_FALLBACK_TEMPLATE,
+    PLAIN_STOP_STRINGS,
+    STYLE_NAMES,
+    builtin_template_for,
     messages_as_dicts,
+    render_builtin,
 )
 from app.core.engine.tokens import LiteralSpecials, PromptTokenizer
 from app.core.hardware import physical_cores
@@ -70,8 +72,9 @@ class LlamaEngine:
         self._llm: Any = None
         self._info: ModelInfo | None = None
         self._params: LoadParams | None = None
-        self._formatter: Any = None
-        self._template_source = ""
+        self._render: Callable[[list[dict[str, Any]]], str] | None = None  # the chat format in use
+        self._fallback_render: Callable[[list[dict[str, Any]]], str] | None = None
+        self._template_note = ""
         self._stop_strings: tuple[str, ...] = ()
         self._overrides: Overrides | None = None
         self._stats = GenerationStats()
@@ -138,15 +141,18 @@ class LlamaEngine:
     def _attach_vision(
         self, llm: Any, mmproj: Path, n_threads: int, use_gpu: bool, controls: list[str]
     ) -> None:
-        """Load the vision projector into the model just loaded (unloading it if that fails)."""
+        """Load the vision projector into the model just loaded (unloading it if that fails: the
+        ProjectorError raised then says that a load without the projector may succeed)."""
         from app.core.engine import vision
 
         try:
             handler = vision.make_chat_handler(mmproj, n_threads=n_threads, use_gpu=use_gpu)
             vision.prepare_handler(llm, handler)
-        except Exception:
+        except Exception as exc:
             self.unload()
-            raise
+            message = getattr(exc, "message", "") or "The vision projector could not be loaded."
+            detail = getattr(exc, "detail", "") or f"{type(exc).__name__}: {exc}"
+            raise ProjectorError(message, detail) from exc
         self._vision = handler
         self._literal = LiteralSpecials([*controls, vision.media_marker(handler)])
 
@@ -172,30 +178,47 @@ class LlamaEngine:
         return str(llm.metadata.get("general.architecture", "unknown"))
 
     def _setup_chat_format(self, llm: Any) -> None:
+        """Choose how prompts are written: the GGUF's own chat template (rendered in a sandboxed
+        Jinja environment) when it renders a plain conversation; else llama.cpp's built-in format
+        for the model (by its special tokens, then its architecture); else plain text. A note for
+        the user says which fallback is used and why."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         template = llm.metadata.get("tokenizer.chat_template")
-        vocab_has = self._vocab_has
-        self._template_note = ""
-        if not template:
-            if vocab_has(llm, "<|header_start|>"):
-                template, style = LLAMA4_FALLBACK_TEMPLATE, "Llama 4"
-            elif vocab_has(llm, "<|start_header_id|>"):
-                template, style = LLAMA3_FALLBACK_TEMPLATE, "Llama 3"
-            elif vocab_has(llm, "<|im_start|>"):
-                template, style = CHATML_FALLBACK_TEMPLATE, "ChatML"
-            else:
-                template, style = PLAIN_FALLBACK_TEMPLATE, "plain text"
-            self._template_note = (
-                f"This model file has no chat template; using the {style} format instead. "
-                "Answers may be less accurate than with the model's own template."
-            )
-            log.warning("%s", self._template_note)
         bos = self._token_text(llm, llm.token_bos())
         eos = self._token_text(llm, llm.token_eos())
-        self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-        self._template_source = template
-        self._stop_strings = ("\nUser:",) if template is PLAIN_FALLBACK_TEMPLATE else ()
+        builtin = builtin_template_for(self._arch(llm), functools.partial(self._vocab_has, llm))
+        self._template_note = ""
+        self._stop_strings = ()
+        self._fallback_render = functools.partial(render_builtin, builtin) if builtin else None
+        problem = ""
+        if template:
+            jinja = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
+            def render(dicts: list[dict[str, Any]]) -> str:
+                return str(jinja(messages=dicts).prompt)  # type: ignore[arg-type]
+
+            problem = _template_problem(render)
+            if not problem:
+                self._render = render
+                return
+        if self._fallback_render is not None:
+            self._render = self._fallback_render
+            style = f"llama.cpp's built-in {STYLE_NAMES.get(str(builtin), str(builtin))} format"
+        else:
+            plain = Jinja2ChatFormatter(template=PLAIN_FALLBACK_TEMPLATE, eos_token=eos, bos_token=bos)
+            self._render = lambda dicts: str(plain(messages=dicts).prompt)  # type: ignore[arg-type]
+            self._stop_strings = PLAIN_STOP_STRINGS
+            style = "a plain text format"
+        if problem:
+            self._template_note = (
+                f"This model's chat template cannot be used ({problem}); using {style} instead."
+            )
+        else:
+            self._template_note = f"This model file has no chat template; using {style} instead."
+        if builtin is None:
+            self._template_note += " Answers may be less accurate than with the model's own template."
+        log.warning("%s", self._template_note)
 
     @staticmethod
     def _special_tokens(llm: Any) -> tuple[dict[str, int], list[str]]:
@@ -252,7 +275,8 @@ class LlamaEngine:
         self._llm = None
         self._info = None
         self._overrides = None
-        self._formatter = None
+        self._render = None
+        self._fallback_render = None
         self._tokenizer = None
         self._literal = LiteralSpecials(())
 
@@ -268,14 +292,28 @@ class LlamaEngine:
 
     def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
         self._require()
+        assert self._render is not None
+        dicts = messages_as_dicts(self._as_text(messages))
         try:
-            result = self._formatter(messages=messages_as_dicts(self._as_text(messages)))
+            return self._render(dicts)
+        except Exception as exc:
+            if self._fallback_render is None or self._render is self._fallback_render:
+                raise EngineError(
+                    "The model's chat template failed to format this conversation.",
+                    f"{type(exc).__name__}: {exc}",
+                ) from exc
+            # The model's own template refused this conversation (a role order it does not
+            # accept, say): llama.cpp's built-in format for the model writes it instead.
+            log.warning(
+                "the chat template failed (%s: %s); using the built-in format", type(exc).__name__, exc
+            )
+        try:
+            return self._fallback_render(dicts)
         except Exception as exc:
             raise EngineError(
                 "The model's chat template failed to format this conversation.",
                 f"{type(exc).__name__}: {exc}",
             ) from exc
-        return str(result.prompt)
 
     def _as_text(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
         """``messages`` with any control-token text in their contents made plain text (see
@@ -575,6 +613,22 @@ class LlamaEngine:
         keep = max((len(s) - 1 for s in self._stop_strings), default=0)
         answer.pending = pending[len(pending) - keep :]
         return pending[: len(pending) - keep], False
+
+
+_PROBE_TEXT = "Scout Chat checks the chat template"
+
+
+def _template_problem(render: Callable[[list[dict[str, Any]]], str]) -> str:
+    """Why a chat template cannot write a plain conversation (a few words), or "" when it can.
+    A template that raises, escapes the sandbox or leaves the message out is not used."""
+    try:
+        prompt = render([{"role": "user", "content": _PROBE_TEXT}])
+    except Exception as exc:  # noqa: BLE001 - any failure of a template from a file
+        log.warning("the chat template fails: %s: %s", type(exc).__name__, exc)
+        return "it fails to format a conversation"
+    if _PROBE_TEXT not in prompt:
+        return "it leaves the conversation out of the prompt"
+    return ""
 
 
 @dataclasses.dataclass
