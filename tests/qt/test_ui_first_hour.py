@@ -161,7 +161,17 @@ def test_status_bar_shows_live_speed_and_context_then_clears(
     assert window.speed_label.text() == ""
 
     controller.conversations.open_conversation(controller.store.list_conversations()[0].id)
+    kept = controller.models.model_info
+    assert kept is not None
     engine.load_error = "not a model"
+    with qtbot.waitSignal(controller.models.model_load_failed, timeout=5000):
+        controller.models.load_model("broken.gguf")
+    # the model that was loaded stays loaded (and named); the last answer's speed is gone
+    assert window.model_label.text() == kept.name
+    assert window.speed_label.text() == ""
+
+    # with no model left, no context figures either
+    engine.unload()
     with qtbot.waitSignal(controller.models.model_load_failed, timeout=5000):
         controller.models.load_model("broken.gguf")
     assert window.model_label.text() == "No model"
