@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app import __version__
+from app import __version__, excepthooks
 from app.config import AppPaths, Settings, load_settings, setup_logging
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ def build_application(args: argparse.Namespace) -> Application:
     from app.core.store import StorageError, Store
     from app.ui.main_window import MainWindow
     from app.workers.controller import AppController
+    from app.workers.error_relay import install_error_relay
 
     paths = AppPaths.default(args.data_dir).ensure()
     setup_logging(paths)
@@ -98,6 +99,7 @@ def build_application(args: argparse.Namespace) -> Application:
         raise
     controller = AppController(store, paths, settings, engine_factory, planner=planner)  # type: ignore[arg-type]
     window = MainWindow(controller)
+    install_error_relay(window).error_reported.connect(window.show_error)  # uncaught errors: a banner
     window.app_paths = paths
     if not args.model and is_first_run(paths, settings):
         from app.ui.welcome import WelcomePage
@@ -199,6 +201,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    excepthooks.install()  # uncaught exceptions are logged (the window also shows them: build_application)
     if args.check:
         return run_check(args)
     if args.self_test:

@@ -452,7 +452,8 @@ def test_finish_document_writes_the_chunks_and_the_state_together(store: Store, 
     store.finish_document(attachment.id, _chunks("alpha beta", "gamma delta"), {"state": "ready"})
     with _raw(db_path) as conn:  # committed: another connection sees both
         (meta,) = conn.execute("SELECT meta FROM attachments WHERE id = ?", (attachment.id,)).fetchone()
-        (n_chunks,) = conn.execute("SELECT count(*) FROM doc_chunks WHERE doc_id = ?", (attachment.id,)).fetchone()
+        sql = "SELECT count(*) FROM doc_chunks WHERE doc_id = ?"
+        (n_chunks,) = conn.execute(sql, (attachment.id,)).fetchone()
     assert json.loads(meta) == {"state": "ready"}
     assert n_chunks == 2
     assert [c.text for c in store.chunk_index().chunks(attachment.id)] == ["alpha beta", "gamma delta"]
