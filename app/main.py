@@ -86,7 +86,6 @@ def build_application(args: argparse.Namespace) -> Application:
     from app.core.store import StorageError, Store
     from app.ui.main_window import MainWindow
     from app.workers.controller import AppController
-    from app.workers.error_relay import install_error_relay
 
     paths = AppPaths.default(args.data_dir).ensure()
     setup_logging(paths)
@@ -99,7 +98,6 @@ def build_application(args: argparse.Namespace) -> Application:
         raise
     controller = AppController(store, paths, settings, engine_factory, planner=planner)  # type: ignore[arg-type]
     window = MainWindow(controller)
-    install_error_relay(window).error_reported.connect(window.show_error)  # uncaught errors: a banner
     window.app_paths = paths
     if not args.model and is_first_run(paths, settings):
         from app.ui.welcome import WelcomePage
@@ -165,6 +163,7 @@ def run_gui(args: argparse.Namespace) -> int:
 
     from app.core.store import StorageError
     from app.ui.theme import apply_theme
+    from app.workers.error_relay import install_error_relay
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Scout Chat")
@@ -180,6 +179,7 @@ def run_gui(args: argparse.Namespace) -> int:
         QMessageBox.critical(None, "Scout Chat", str(exc))
         return 2
     apply_theme(app, application.controller.settings.theme)  # type: ignore[arg-type]
+    install_error_relay(application.window).error_reported.connect(application.window.show_error)
     application.window.show()
     from PySide6.QtCore import QTimer
 
@@ -201,7 +201,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    excepthooks.install()  # uncaught exceptions are logged (the window also shows them: build_application)
+    excepthooks.install()  # uncaught exceptions are logged (run_gui also shows them in the window)
     if args.check:
         return run_check(args)
     if args.self_test:
