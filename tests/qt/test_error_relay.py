@@ -11,15 +11,16 @@ from PySide6.QtCore import QObject, QTimer
 from app import excepthooks
 from app.ui.main_window import MainWindow
 from app.workers.error_relay import install_error_relay
-from tests.qt.test_ui_doubles import FakeController
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+
+    from app.workers.controller import AppController
 
 
 @pytest.fixture
-def window(qtbot: Any) -> Iterator[MainWindow]:
-    window = MainWindow(FakeController())
+def window(qtbot: Any, make_controller: Callable[[], AppController]) -> Iterator[MainWindow]:
+    window = MainWindow(make_controller())
     qtbot.addWidget(window)
     install_error_relay(window).error_reported.connect(window.show_error)
     window.show()
