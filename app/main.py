@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app import __version__
+from app import __version__, excepthooks
 from app.config import AppPaths, Settings, load_settings, setup_logging
 
 if TYPE_CHECKING:
@@ -163,6 +163,7 @@ def run_gui(args: argparse.Namespace) -> int:
 
     from app.core.store import StorageError
     from app.ui.theme import apply_theme
+    from app.workers.error_relay import install_error_relay
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Scout Chat")
@@ -178,6 +179,7 @@ def run_gui(args: argparse.Namespace) -> int:
         QMessageBox.critical(None, "Scout Chat", str(exc))
         return 2
     apply_theme(app, application.controller.settings.theme)  # type: ignore[arg-type]
+    install_error_relay(application.window).error_reported.connect(application.window.show_error)
     application.window.show()
     from PySide6.QtCore import QTimer
 
@@ -199,6 +201,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    excepthooks.install()  # uncaught exceptions are logged (run_gui also shows them in the window)
     if args.check:
         return run_check(args)
     if args.self_test:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from contextlib import closing
 from typing import TYPE_CHECKING
 
 import pytest
 
+from app.core.chunking import Chunk
 from app.core.store import (
     SCHEMA_VERSION,
     Conversation,
@@ -435,3 +437,48 @@ def test_make_title_hard_cuts_a_long_word() -> None:
     assert title == "x" * 19 + "…"
     with pytest.raises(ValueError, match="max_len"):
         make_title("hello", max_len=1)
+
+
+# --- a document's chunks and its attachment's state -------------------------------------------------
+
+
+def _chunks(*texts: str) -> list[Chunk]:
+    return [Chunk(i, f"lines {i + 1}", None, text, len(text.split())) for i, text in enumerate(texts)]
+
+
+def test_finish_document_writes_the_chunks_and_the_state_together(store: Store, db_path: Path) -> None:
+    conversation = store.create_conversation()
+    attachment = store.add_attachment(conversation.id, "document", "a.md", meta={"state": "processing"})
+    store.finish_document(attachment.id, _chunks("alpha beta", "gamma delta"), {"state": "ready"})
+    with _raw(db_path) as conn:  # committed: another connection sees both
+        (meta,) = conn.execute("SELECT meta FROM attachments WHERE id = ?", (attachment.id,)).fetchone()
+        sql = "SELECT count(*) FROM doc_chunks WHERE doc_id = ?"
+        (n_chunks,) = conn.execute(sql, (attachment.id,)).fetchone()
+    assert json.loads(meta) == {"state": "ready"}
+    assert n_chunks == 2
+    assert [c.text for c in store.chunk_index().chunks(attachment.id)] == ["alpha beta", "gamma delta"]
+
+
+def test_a_failure_while_saving_the_state_rolls_back_the_chunks(store: Store, db_path: Path) -> None:
+    conversation = store.create_conversation()
+    attachment = store.add_attachment(conversation.id, "document", "a.md", meta={"state": "processing"})
+    store.finish_document(attachment.id, _chunks("first version"), {"state": "ready", "tokens": 2})
+    with _raw(db_path) as conn:  # a real SQLite failure in the second half (the attachment's update)
+        conn.execute(
+            "CREATE TRIGGER refuse_meta BEFORE UPDATE OF meta ON attachments "
+            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )
+        conn.commit()
+    with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
+        store.finish_document(attachment.id, _chunks("second", "version"), {"state": "ready", "tokens": 3})
+    # Neither half of the failed save is there: the first version's chunks and state are intact.
+    assert [c.text for c in store.chunk_index().chunks(attachment.id)] == ["first version"]
+    saved = store.get_attachment(attachment.id)
+    assert saved is not None
+    assert saved.meta == {"state": "ready", "tokens": 2}
+    with _raw(db_path) as conn:
+        assert conn.execute("SELECT text FROM doc_chunks WHERE doc_id = ?", (attachment.id,)).fetchall() == [
+            ("first version",)
+        ]
+    # The store is still usable: no transaction was left open.
+    store.add_message(conversation.id, "user", "still works")

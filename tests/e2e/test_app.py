@@ -39,6 +39,8 @@ def start_app(qtbot, request):
 
     def close(application: Application) -> None:
         application.controller.shutdown()
+        if application.downloads is not None:
+            application.downloads.shutdown()
         application.window.close()
         application.store.close()
         running.remove(application)

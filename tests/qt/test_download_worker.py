@@ -65,21 +65,33 @@ def new_controller(
 
 
 @pytest.fixture
-def make_controller(
-    hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[..., DownloadController]]:
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def new_downloads() -> Iterator[Callable[..., DownloadController]]:
+    """``new_controller``, with every controller made shut down after the test, passed or failed (a
+    QThread destroyed while it runs would abort the whole run)."""
     made: list[DownloadController] = []
 
-    def factory(**options: Any) -> DownloadController:
-        controller = new_controller(hub, tmp_path, **options)
+    def factory(
+        hub: FakeHub, root: Path, manifest: Manifest = TEST_MANIFEST, **options: Any
+    ) -> DownloadController:
+        controller = new_controller(hub, root, manifest, **options)
         made.append(controller)
         return controller
 
     yield factory
     for controller in made:
         controller.shutdown()
+
+
+@pytest.fixture
+def make_controller(
+    hub: FakeHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    new_downloads: Callable[..., DownloadController],
+) -> Callable[..., DownloadController]:
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return lambda **options: new_downloads(hub, tmp_path, **options)
 
 
 class Recorder:
@@ -281,10 +293,9 @@ def test_two_queued_builds_download_one_after_the_other(
 
 
 def test_shutdown_mid_download_keeps_the_part_and_a_new_controller_resumes_it(
-    qtbot: Any, hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    qtbot: Any, hub: FakeHub, tmp_path: Path, make_controller: Callable[..., DownloadController]
 ) -> None:
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    first = new_controller(hub, tmp_path, backoff_base_s=5.0)
+    first = make_controller(backoff_base_s=5.0)
     hub.drop_connection(PART1, at=STALL_AT)
     first.enqueue(SPLIT.id)
     first.enqueue(SINGLE_BUILD.id)  # still waiting at quit: offered too
@@ -297,20 +308,17 @@ def test_shutdown_mid_download_keeps_the_part_and_a_new_controller_resumes_it(
     assert part.stat().st_size == STALL_AT
     assert part.with_name(part.name + ".json").exists()
 
-    second = new_controller(hub, tmp_path)
-    try:
-        assert second.pending_from_last_session() == [SPLIT.id, SINGLE_BUILD.id]
-        assert second.live_state(SPLIT.id) is None  # nothing starts by itself
-        assert second.queued() == []
-        with qtbot.waitSignals([second.download_finished] * 2, timeout=30000):
-            for build_id in second.pending_from_last_session():
-                second.enqueue(build_id)
-        assert f"bytes={STALL_AT}-" in hub.ranges_seen(PART1)
-        assert second.installed(SPLIT.id) is not None
-        assert second.installed(SINGLE_BUILD.id) is not None
-        assert second.queue_state.pending_build_ids() == []
-    finally:
-        second.shutdown()
+    second = make_controller()
+    assert second.pending_from_last_session() == [SPLIT.id, SINGLE_BUILD.id]
+    assert second.live_state(SPLIT.id) is None  # nothing starts by itself
+    assert second.queued() == []
+    with qtbot.waitSignals([second.download_finished] * 2, timeout=30000):
+        for build_id in second.pending_from_last_session():
+            second.enqueue(build_id)
+    assert f"bytes={STALL_AT}-" in hub.ranges_seen(PART1)
+    assert second.installed(SPLIT.id) is not None
+    assert second.installed(SINGLE_BUILD.id) is not None
+    assert second.queue_state.pending_build_ids() == []
 
 
 def test_delete_removes_an_installed_build(

@@ -41,6 +41,7 @@ pytestmark = pytest.mark.qt_log_ignore(
     "This plugin does not support propagateSizeHints", "This plugin does not support raise"
 )
 hub = test_download_worker.hub  # the loopback Hub fixture
+new_downloads = test_download_worker.new_downloads  # DownloadControllers shut down after each test
 
 SHOTS = Path(os.environ.get("SCOUT_UI_SHOTS", "/tmp/ui_shots"))
 
@@ -295,39 +296,37 @@ def test_file_models_opens_the_manager_and_use_this_model_loads_it(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     make_controller: Callable[..., AppController],
+    new_downloads: Callable[..., DownloadController],
 ) -> None:
     from app.ui.main_window import MainWindow
 
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    downloads = new_controller(hub, tmp_path)
-    try:
-        controller = make_controller()
-        window = MainWindow(controller)
-        qtbot.addWidget(window)
-        window.hardware_probe = SimulatedHardware.nvidia(24, 64)
-        assert window.models_action.shortcut().toString() == "Ctrl+M"
-        assert not window.models_action.isEnabled()
-        window.set_download_controller(downloads)
-        window.models_action.trigger()
-        dialog = window._model_manager
-        assert isinstance(dialog, ModelManagerDialog)
-        assert dialog.isVisible()
-        assert not dialog.isModal()
-        with qtbot.waitSignal(downloads.download_finished, timeout=20000):
-            qtbot.mouseClick(dialog.rows[SPLIT.id].buttons["download"], Qt.MouseButton.LeftButton)
-        with (
-            qtbot.waitSignal(controller.models.model_loaded, timeout=5000) as loaded,
-            qtbot.waitSignal(controller.models.model_load_started) as started,
-        ):
-            qtbot.mouseClick(dialog.rows[SPLIT.id].buttons["use"], Qt.MouseButton.LeftButton)
-        first_shard = tmp_path / "models" / SPLIT.id / PART1.rsplit("/", 1)[-1]
-        assert started.args == [str(first_shard)]
-        assert loaded.args[0].path == first_shard
-        assert window.model_label.text() == loaded.args[0].name
-        window.models_action.trigger()
-        assert window._model_manager is dialog  # one manager, raised again
-    finally:
-        downloads.shutdown()
+    downloads = new_downloads(hub, tmp_path)
+    controller = make_controller()
+    window = MainWindow(controller)
+    qtbot.addWidget(window)
+    window.hardware_probe = SimulatedHardware.nvidia(24, 64)
+    assert window.models_action.shortcut().toString() == "Ctrl+M"
+    assert not window.models_action.isEnabled()
+    window.set_download_controller(downloads)
+    window.models_action.trigger()
+    dialog = window._model_manager
+    assert isinstance(dialog, ModelManagerDialog)
+    assert dialog.isVisible()
+    assert not dialog.isModal()
+    with qtbot.waitSignal(downloads.download_finished, timeout=20000):
+        qtbot.mouseClick(dialog.rows[SPLIT.id].buttons["download"], Qt.MouseButton.LeftButton)
+    with (
+        qtbot.waitSignal(controller.models.model_loaded, timeout=5000) as loaded,
+        qtbot.waitSignal(controller.models.model_load_started) as started,
+    ):
+        qtbot.mouseClick(dialog.rows[SPLIT.id].buttons["use"], Qt.MouseButton.LeftButton)
+    first_shard = tmp_path / "models" / SPLIT.id / PART1.rsplit("/", 1)[-1]
+    assert started.args == [str(first_shard)]
+    assert loaded.args[0].path == first_shard
+    assert window.model_label.text() == loaded.args[0].name
+    window.models_action.trigger()
+    assert window._model_manager is dialog  # one manager, raised again
 
 
 @pytest.mark.parametrize("answer", [True, False])
@@ -337,40 +336,38 @@ def test_at_start_the_window_asks_before_resuming_last_sessions_downloads(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     make_controller: Callable[..., AppController],
+    new_downloads: Callable[..., DownloadController],
     answer: bool,
 ) -> None:
     from app.ui.main_window import MainWindow
 
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    first = new_controller(hub, tmp_path, backoff_base_s=5.0)
+    first = new_downloads(hub, tmp_path, backoff_base_s=5.0)
     hub.drop_connection(PART1, at=STALL_AT)
     first.enqueue(SPLIT.id)
     wait_for_stall(qtbot, part_file(tmp_path, SPLIT))
     first.shutdown()  # the app quits mid-download
 
-    downloads = new_controller(hub, tmp_path)
-    try:
-        window = MainWindow(make_controller())
-        qtbot.addWidget(window)
-        window.hardware_probe = SimulatedHardware.nvidia(24, 64)
-        window.set_download_controller(downloads)
-        asked: list[list[str]] = []
+    downloads = new_downloads(hub, tmp_path)
+    window = MainWindow(make_controller())
+    qtbot.addWidget(window)
+    window.hardware_probe = SimulatedHardware.nvidia(24, 64)
+    window.set_download_controller(downloads)
+    asked: list[list[str]] = []
 
-        def ask(_parent: Any, names: list[str]) -> bool:
-            asked.append(names)
-            return answer
+    def ask(_parent: Any, names: list[str]) -> bool:
+        asked.append(names)
+        return answer
 
-        window.ask_resume_downloads = ask
-        window.offer_resume_downloads()
-        assert asked == [["Tiny Scout"]]
-        if answer:
-            assert downloads.queued() == [SPLIT.id]
-            assert window._model_manager is not None
-            with qtbot.waitSignal(downloads.download_finished, timeout=20000):
-                pass
-            assert f"bytes={STALL_AT}-" in hub.ranges_seen(PART1)
-        else:
-            assert downloads.queued() == []
-            assert downloads.live_state(SPLIT.id) is None
-    finally:
-        downloads.shutdown()
+    window.ask_resume_downloads = ask
+    window.offer_resume_downloads()
+    assert asked == [["Tiny Scout"]]
+    if answer:
+        assert downloads.queued() == [SPLIT.id]
+        assert window._model_manager is not None
+        with qtbot.waitSignal(downloads.download_finished, timeout=20000):
+            pass
+        assert f"bytes={STALL_AT}-" in hub.ranges_seen(PART1)
+    else:
+        assert downloads.queued() == []
+        assert downloads.live_state(SPLIT.id) is None

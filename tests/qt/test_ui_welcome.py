@@ -110,6 +110,8 @@ def start_app(qtbot):
     yield start
     for application in running:
         application.controller.shutdown()
+        if application.downloads is not None:
+            application.downloads.shutdown()
         application.window.close()
         application.store.close()
 
