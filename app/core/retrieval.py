@@ -14,6 +14,8 @@ User text never reaches FTS5 syntax: questions are reduced to words, each quoted
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import logging
 import re
 import sqlite3
@@ -33,6 +35,12 @@ log = logging.getLogger(__name__)
 MAX_HITS = 40
 """BM25 hits considered per search (each brings its neighbours)."""
 MAX_QUERY_TERMS = 32
+MAX_CODE_TOKENS = 8
+"""Code-like tokens of a question looked up literally."""
+LITERAL_SHARE = 0.02
+"""A code-like token in more than this share of the chunks is too common to rank by."""
+MIN_TRIMMED_TOKENS = 48
+"""A hit is trimmed to the room left only when at least this many tokens are left."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS doc_chunks (
@@ -61,16 +69,16 @@ END;
 """
 
 # Words that carry no meaning for BM25 in a question (English; other languages keep all words).
+# Words that change what is asked ("not", "before", "all", "only", "under"…) are kept.
 STOPWORDS = frozenset(
     """
-    a about above after again against all am an and any are as at be because been before being below
-    between both but by can could did do does doing down during each few for from further had has have
-    having he her here hers herself him himself his how i if in into is it its itself just me more most
-    my myself no nor not now of off on once only or other our ours ourselves out over own same she
-    should so some such than that the their theirs them themselves then there these they this those
-    through to too under until up very was we were what when where which while who whom why will with
-    would you your yours yourself yourselves tell say says said please document documents file text
-    page pages find show give explain describe mention mentioned mentions according
+    a about am an and are as at be because been being but by can could did do does doing for from had
+    has have having he her here hers herself him himself his how i if in into is it its itself just me
+    my myself of on or our ours ourselves she should so some such than that the their theirs them
+    themselves then there these they this those through to too was we were what when where which while
+    who whom why will with would you your yours yourself yourselves tell say says said please find show
+    give explain describe mention mentioned mentions according document documents file text page pages
+    any both out up down off again further once own very more most other same
     """.split()  # noqa: SIM905 - a word list reads better as prose
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -130,43 +138,108 @@ class ChunkIndex:
     def search(
         self, question: str, doc_ids: Sequence[int], budget_tokens: int, neighbours: int = 1
     ) -> list[RetrievedChunk]:
-        """The best BM25 matches for ``question`` in ``doc_ids`` plus ``neighbours`` chunks either side.
+        """The best matches for ``question`` in ``doc_ids`` plus ``neighbours`` chunks either side.
 
-        Hits are taken best first, each with its neighbours (nearest first), as long as their tokens
-        fit ``budget_tokens``; the result is deduplicated and in document order (``doc_ids`` order,
+        Chunks holding a rare code-like token of the question (``C++``, ``$HOME``, ``a.b()``) come
+        first, then BM25's order. Hits are taken best first, each with its neighbours (nearest first),
+        as long as their tokens fit ``budget_tokens``; a hit too long for the room left is trimmed to
+        its best sentences. The result is deduplicated and in document order (``doc_ids`` order,
         then chunk order).
         """
-        query = fts_query(question)
-        if not query or not doc_ids or budget_tokens <= 0:
+        if not doc_ids or budget_tokens <= 0:
             return []
+        hits = self.ranked(question, doc_ids)
+        return self._select(hits, question, doc_ids, budget_tokens, neighbours)
+
+    def ranked(self, question: str, doc_ids: Sequence[int], limit: int = MAX_HITS) -> list[RetrievedChunk]:
+        """The chunks matching ``question``, best first (rank 0 is the best)."""
         marks = ",".join("?" * len(doc_ids))
-        hits = self._db.execute(
-            f"SELECT c.doc_id, c.idx, c.anchor, c.page, c.text, c.tokens, bm25(doc_chunks_fts) AS score "
-            f"FROM doc_chunks_fts JOIN doc_chunks AS c ON c.id = doc_chunks_fts.rowid "
-            f"WHERE doc_chunks_fts MATCH ? AND c.doc_id IN ({marks}) ORDER BY score LIMIT ?",
-            (query, *doc_ids, MAX_HITS),
-        ).fetchall()
+        query = fts_query(question)
+        hits: list[tuple[int, int, str, int | None, str, int, float]] = []
+        if query:
+            hits = self._db.execute(
+                f"SELECT c.doc_id, c.idx, c.anchor, c.page, c.text, c.tokens, bm25(doc_chunks_fts) AS score "
+                f"FROM doc_chunks_fts JOIN doc_chunks AS c ON c.id = doc_chunks_fts.rowid "
+                f"WHERE doc_chunks_fts MATCH ? AND c.doc_id IN ({marks}) ORDER BY score LIMIT ?",
+                (query, *doc_ids, limit),
+            ).fetchall()
+        literal = self._literal_matches(question, doc_ids)
+        if literal:
+            known = {(h[0], h[1]) for h in hits}
+            extra = [key for key in literal if key not in known][:limit]
+            for doc_id, idx in extra:
+                row = self._db.execute(
+                    "SELECT anchor, page, text, tokens FROM doc_chunks WHERE doc_id = ? AND idx = ?",
+                    (doc_id, idx),
+                ).fetchone()
+                hits.append((doc_id, idx, *row, 0.0))
+            position = {(h[0], h[1]): n for n, h in enumerate(hits)}
+            hits.sort(key=lambda h: (-literal.get((h[0], h[1]), 0), position[h[0], h[1]]))
+        return [
+            RetrievedChunk(idx, anchor, page, text, tokens, doc_id, score, n)
+            for n, (doc_id, idx, anchor, page, text, tokens, score) in enumerate(hits[:limit])
+        ]
+
+    def _literal_matches(self, question: str, doc_ids: Sequence[int]) -> dict[tuple[int, int], int]:
+        """(doc_id, idx) -> how many of the question's rare code-like tokens the chunk contains.
+
+        A token found in more than :data:`LITERAL_SHARE` of the chunks (and more than 3) tells them
+        apart no better than a common word and is ignored.
+        """
+        tokens = code_tokens(question)
+        if not tokens:
+            return {}
+        marks = ",".join("?" * len(doc_ids))
+        (total,) = self._db.execute(
+            f"SELECT count(*) FROM doc_chunks WHERE doc_id IN ({marks})", tuple(doc_ids)
+        ).fetchone()
+        counts: dict[tuple[int, int], int] = {}
+        for token in tokens[:MAX_CODE_TOKENS]:
+            rows = self._db.execute(
+                f"SELECT doc_id, idx FROM doc_chunks WHERE doc_id IN ({marks}) AND instr(lower(text), ?) > 0",
+                (*doc_ids, token.lower()),
+            ).fetchall()
+            if len(rows) > max(3, total * LITERAL_SHARE):
+                continue
+            for doc_id, idx in rows:
+                counts[doc_id, idx] = counts.get((doc_id, idx), 0) + 1
+        return counts
+
+    def _select(
+        self,
+        hits: Sequence[RetrievedChunk],
+        question: str,
+        doc_ids: Sequence[int],
+        budget_tokens: int,
+        neighbours: int,
+    ) -> list[RetrievedChunk]:
+        """Hits best first, each with its neighbours, within ``budget_tokens``, in document order."""
         selected: dict[tuple[int, int], RetrievedChunk] = {}
         used = 0
-        for doc_id, idx, anchor, page, text, tokens, score in hits:
+        for hit in hits:
             if used >= budget_tokens:
                 break
-            if (doc_id, idx) not in selected:
-                if used + tokens > budget_tokens:
-                    continue
-                selected[doc_id, idx] = RetrievedChunk(
-                    idx, anchor, page, text, tokens, doc_id, score, len(selected)
-                )
-                used += tokens
-            for near in self._neighbours(doc_id, idx, neighbours):
-                if (doc_id, near.index) not in selected and used + near.tokens <= budget_tokens:
-                    selected[doc_id, near.index] = RetrievedChunk(
+            key = (hit.doc_id, hit.index)
+            if key not in selected:
+                room = budget_tokens - used
+                if hit.tokens > room:
+                    if room < MIN_TRIMMED_TOKENS:
+                        continue
+                    text = trim_passage(hit.text, room, question)
+                    if not text:
+                        continue
+                    hit = dataclasses.replace(hit, text=text, tokens=estimate_tokens(text))
+                selected[key] = dataclasses.replace(hit, rank=len(selected))
+                used += hit.tokens
+            for near in self._neighbours(hit.doc_id, hit.index, neighbours):
+                if (hit.doc_id, near.index) not in selected and used + near.tokens <= budget_tokens:
+                    selected[hit.doc_id, near.index] = RetrievedChunk(
                         near.index,
                         near.anchor,
                         near.page,
                         near.text,
                         near.tokens,
-                        doc_id,
+                        hit.doc_id,
                         None,
                         len(selected),
                     )
@@ -199,17 +272,84 @@ class ChunkIndex:
 def fts_query(question: str) -> str:
     """A safe FTS5 MATCH expression: the question's words, quoted, OR-ed, stopwords dropped.
 
-    Returns "" when nothing searchable is left. Quoting makes operators (NEAR, AND, *, -, ^, :,
-    parentheses) plain words; ``\\w+`` words never contain a double quote.
+    Code-like tokens keep their parts, even single letters ("C++" -> "c"), and add them as a phrase
+    ("a.b()" -> "a b"), which ranks chunks holding them together first. Returns "" when nothing
+    searchable is left. Quoting makes operators (NEAR, AND, *, -, ^, :, parentheses) plain words;
+    ``\\w+`` words never contain a double quote.
     """
     terms: list[str] = []
+    for token in code_tokens(question):
+        parts = [w.strip("_") or w for w in _WORD.findall(token.lower())]
+        if len(parts) > 1:
+            terms += [" ".join(parts), *parts]
+        else:
+            terms += [w for w in parts if w not in STOPWORDS]
     for word in _WORD.findall(question.lower()):
         word = word.strip("_")
         if not word or word in STOPWORDS or (len(word) == 1 and not word.isdigit()):
             continue
-        if word not in terms:
-            terms.append(word)
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms[:MAX_QUERY_TERMS])
+        terms.append(word)
+    unique = list(dict.fromkeys(terms))
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in unique[:MAX_QUERY_TERMS])
+
+
+_CODE_SYMBOLS = frozenset("+#$@<>=*&|~%^/\\.:()[]{}-")
+_QUOTES = "\"'`“”‘’«»,;?!"
+
+
+def code_tokens(question: str) -> list[str]:
+    """The question's code-like tokens, as written: ``C++``, ``$HOME``, ``->``, ``--flag``, ``a.b()``.
+
+    A token is a whitespace-separated piece with a symbol in it, stripped of quotes, of sentence
+    punctuation at its end and of an unbalanced bracket at either end.
+    """
+    out: list[str] = []
+    for raw in question.split():
+        token = raw.strip(_QUOTES)
+        if token.endswith((".", ":")) and not token.endswith(("...", "::")):
+            token = token.rstrip(".:")
+        if len(token) > 2 and token[0] + token[-1] in ("()", "[]", "{}"):
+            token = token[1:-1]
+        for opening, closing in ("()", "[]", "{}"):
+            if token.startswith(opening) and token.count(opening) > token.count(closing):
+                token = token[1:]
+            if token.endswith(closing) and token.count(closing) > token.count(opening):
+                token = token[:-1]
+        token = token.strip(_QUOTES)
+        if len(token) >= 2 and any(ch in _CODE_SYMBOLS for ch in token) and token not in out:
+            out.append(token)
+    return out
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?;:。！？；])\s+|\n\s*")
+
+
+def trim_passage(
+    text: str, budget: int, question: str, count_tokens: Callable[[str], int] = estimate_tokens
+) -> str:
+    """The run of whole sentences of ``text`` within ``budget`` tokens that shares most words with
+    ``question`` (the earliest such run on ties); "" when not even one sentence fits. The result is
+    a verbatim slice of ``text``.
+    """
+    if count_tokens(text) <= budget:
+        return text
+    bounds = [0, *(m.end() for m in _SENTENCE_END.finditer(text)), len(text)]
+    spans = [(a, b) for a, b in itertools.pairwise(bounds) if text[a:b].strip()]
+    wanted = {w for w in _WORD.findall(question.lower()) if w not in STOPWORDS}
+    best: tuple[int, int, int] | None = None  # (-matches, start, end)
+    for i in range(len(spans)):
+        matches = 0
+        for j in range(i, len(spans)):
+            piece = text[spans[i][0] : spans[j][1]].strip()
+            if count_tokens(piece) > budget:
+                break
+            matches += len(wanted & set(_WORD.findall(text[spans[j][0] : spans[j][1]].lower())))
+            candidate = (-matches, spans[i][0], spans[j][1])
+            if best is None or candidate[0] < best[0]:
+                best = candidate
+    if best is None:
+        return ""
+    return text[best[1] : best[2]].strip()
 
 
 # --- composing the prompt's document part -----------------------------------------------------
@@ -307,8 +447,19 @@ def compose_document_context(
         tokens = count_tokens(text)
         if tokens <= budget_tokens or not found:
             break
-        worst = max(found, key=lambda c: c.rank)  # markers cost a little: drop the least relevant
-        found = [c for c in found if c is not worst]
+        if len(found) > 1:
+            worst = max(found, key=lambda c: c.rank)  # markers cost a little: drop the least relevant
+            found = [c for c in found if c is not worst]
+            continue
+        # One passage left and still too long (the model's tokens outnumber the estimate): keep its
+        # best sentences, so a question that fits always gets some of the document.
+        only = found[0]
+        room = count_tokens(only.text) - (tokens - budget_tokens)
+        trimmed = trim_passage(only.text, room, question, count_tokens) if room > 0 else ""
+        if not trimmed or len(trimmed) >= len(only.text):
+            found = []
+        else:
+            found = [dataclasses.replace(only, text=trimmed, tokens=count_tokens(trimmed))]
     log.debug("retrieval: %d chunks, %d tokens of %d", len(found), tokens, budget_tokens)
     return ComposedContext(text, "retrieval", tuple(found), tuple(_passages(docs, found)), tokens)
 

@@ -248,7 +248,7 @@ def test_hostile_questions_never_break_the_match_syntax(
 
 
 def test_fts_query_quotes_words_and_drops_stopwords() -> None:
-    assert fts_query('What is the NEAR(key*) of -the "vault"?') == '"near" OR "key" OR "vault"'
+    assert fts_query('What is the NEAR(key*) of -the "vault"?') == '"near key" OR "near" OR "key" OR "vault"'
     assert fts_query("Where is it?") == ""
     assert fts_query("page 347 and p 12") == '"347" OR "12"'
 
