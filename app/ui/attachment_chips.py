@@ -241,7 +241,7 @@ class AttachmentChip(QFrame):
         self.thumb.setProperty("kind", "icon")
 
     def has_thumbnail(self) -> bool:
-        return self.thumb.property("kind") == "image"
+        return bool(self.thumb.property("kind") == "image")
 
     # -- events -----------------------------------------------------------------------------
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:

@@ -23,8 +23,9 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.retrieval import find_citations
+from app.core.units import format_token_count
 from app.ui import theme
-from app.ui.attachment_chips import BADGE_TIPS, format_token_count
+from app.ui.attachment_chips import BADGE_TIPS
 
 if TYPE_CHECKING:
     from PySide6.QtGui import QTextDocument

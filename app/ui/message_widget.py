@@ -134,7 +134,7 @@ class RichTextSegment(QTextBrowser):
     def wheelEvent(self, event: QWheelEvent) -> None:
         event.ignore()  # the chat's scroll area scrolls, not this fixed-height text
 
-    def loadResource(self, kind: int, name: QUrl) -> Any:
+    def loadResource(self, kind: int, name: QUrl | str) -> Any:
         return None  # never load files or URLs named in a model's answer
 
     def _fit_height(self) -> None:

@@ -272,10 +272,10 @@ class ConversationController(QObject):
             conversation = self._start_conversation(make_title(text))
             self.conversation_opened.emit(conversation.id, [])
             return conversation.id
-        conversation = self._store.get_conversation(self._conversation_id)
-        if conversation is not None and conversation.title == DEFAULT_TITLE:
-            self._store.rename_conversation(conversation.id, make_title(text))
-            self._announce(conversation.id)
+        current = self._store.get_conversation(self._conversation_id)
+        if current is not None and current.title == DEFAULT_TITLE:
+            self._store.rename_conversation(current.id, make_title(text))
+            self._announce(current.id)
         return self._conversation_id
 
     def _start_generation(self) -> None:

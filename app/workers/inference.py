@@ -24,6 +24,7 @@ from app.core.gguf_info import GGUFError
 from app.core.heap import release_free_heap
 from app.core.images import image_uri
 from app.core.planner import LoadRequest, safer_overrides
+from app.core.ports import SavesKVState
 from app.core.turns import ModelLimits, build_turn
 
 if TYPE_CHECKING:
@@ -206,19 +207,21 @@ class LlamaWorker(QObject):
         self.turn_previewed.emit(request_id, turn)
 
     # -- KV state of a conversation on disk (long documents reopen without re-reading) ---------
-    def _session_file(self, conversation_id: int, directory: str) -> Path | None:
-        key_fn = getattr(self.engine, "state_key", None)
-        if key_fn is None or self.engine.model_info is None:
+    def _session_file(self, conversation_id: int, directory: str) -> tuple[SavesKVState, Path] | None:
+        """The engine that keeps KV states and the file for this conversation (None: no state)."""
+        engine = self.engine
+        if not isinstance(engine, SavesKVState) or self.engine.model_info is None:
             return None
-        return Path(directory) / f"conversation-{conversation_id}-{key_fn()}.llamastate"
+        return engine, Path(directory) / f"conversation-{conversation_id}-{engine.state_key()}.llamastate"
 
     @Slot(int, str)
     def save_session(self, conversation_id: int, directory: str) -> None:
         try:
-            path = self._session_file(conversation_id, directory)
-            if path is None:
+            session = self._session_file(conversation_id, directory)
+            if session is None:
                 return
-            tokens = self.engine.save_state(path)  # type: ignore[attr-defined]
+            engine, path = session
+            tokens = engine.save_state(path)
             for stale in kv_state_files(path.parent, conversation_id):
                 if stale != path:
                     stale.unlink(missing_ok=True)  # made for another model or plan
@@ -229,8 +232,8 @@ class LlamaWorker(QObject):
     @Slot(int, str)
     def restore_session(self, conversation_id: int, directory: str) -> None:
         try:
-            path = self._session_file(conversation_id, directory)
-            tokens = self.engine.load_state(path) if path is not None else 0  # type: ignore[attr-defined]
+            session = self._session_file(conversation_id, directory)
+            tokens = session[0].load_state(session[1]) if session is not None else 0
         except Exception:
             log.exception("restoring the KV state of conversation %d failed", conversation_id)
             tokens = 0

@@ -615,8 +615,7 @@ def _open_llama(
     llama_cpp = import_llama_cpp()
     cancelled = threading.Event()
 
-    @llama_cpp.llama_progress_callback
-    def on_progress(fraction: float, _user_data: Any) -> bool:
+    def report_progress(fraction: float, _user_data: Any) -> bool:
         if progress is None:
             return True
         try:
@@ -627,6 +626,8 @@ def _open_llama(
         if not keep_going:
             cancelled.set()
         return keep_going
+
+    on_progress = llama_cpp.llama_progress_callback(report_progress)
 
     import llama_cpp.llama_cpp as low  # the module whose name Llama() resolves at call time
 

@@ -125,14 +125,13 @@ def install_mtmd_log() -> None:
     llama_cpp = import_llama_cpp()
     from llama_cpp import mtmd_cpp
 
-    @llama_cpp.llama_log_callback
-    def _callback(level: int, text: bytes, _user_data: Any) -> None:
+    def on_log(level: int, text: bytes, _user_data: Any) -> None:
         with contextlib.suppress(Exception):  # never raise into C
             NATIVE_LOG._on_text(level, text.decode("utf-8", errors="replace"))
 
-    _MTMD_LOG_CALLBACK = _callback  # keep alive for the life of the process
-    mtmd_cpp.mtmd_log_set(_callback, ctypes.c_void_p(0))
-    mtmd_cpp.mtmd_helper_log_set(_callback, ctypes.c_void_p(0))
+    _MTMD_LOG_CALLBACK = llama_cpp.llama_log_callback(on_log)  # kept alive for the process's life
+    mtmd_cpp.mtmd_log_set(_MTMD_LOG_CALLBACK, ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_helper_log_set(_MTMD_LOG_CALLBACK, ctypes.c_void_p(0))
 
 
 def make_chat_handler(mmproj_path: Path, n_threads: int | None = None, use_gpu: bool = False) -> Any:
@@ -148,7 +147,7 @@ def make_chat_handler(mmproj_path: Path, n_threads: int | None = None, use_gpu: 
     install_mtmd_log()
     from llama_cpp.llama_chat_format import MTMDChatHandler
 
-    class ScoutMTMDChatHandler(MTMDChatHandler):  # type: ignore[misc]
+    class ScoutMTMDChatHandler(MTMDChatHandler):
         """MTMDChatHandler with explicit threads, quiet timings, and no stdout/stderr capture."""
 
         def __init__(self) -> None:
