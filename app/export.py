@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import __version__
+from app.core.errors import UserError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -26,7 +27,7 @@ EXPORT_VERSION = 1
 ROLE_TITLES = {"user": "You", "assistant": "Scout", "system": "System", "notice": "Note"}
 
 
-class ExportFormatError(ValueError):
+class ExportFormatError(UserError, ValueError):
     """The JSON is not a Scout Chat conversation export (the message says what is wrong)."""
 
 

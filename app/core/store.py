@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from app.core.errors import UserError
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
     from pathlib import Path
@@ -34,7 +36,7 @@ DEFAULT_TITLE = "New chat"
 BUSY_TIMEOUT_MS = 5000
 
 
-class StorageError(Exception):
+class StorageError(UserError):
     """A storage failure worth showing to the user (damaged, locked or unwritable database)."""
 
 

@@ -20,7 +20,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from app.config import kv_state_files
 from app.core.context import MessageTooLongError
 from app.core.engine import OutOfMemoryError, check_model_file, first_split_part
-from app.core.gguf_info import GGUFError
+from app.core.errors import UserError
 from app.core.heap import release_free_heap
 from app.core.images import image_uri
 from app.core.planner import LoadRequest, safer_overrides
@@ -45,12 +45,10 @@ TRIM_INTERVAL_S = 2.0
 
 
 def _human(exc: BaseException) -> tuple[str, str]:
-    if isinstance(exc, GGUFError):  # its text is written for the user
-        return str(exc), f"{type(exc).__name__}: {exc}"
-    message = getattr(exc, "message", None)
-    detail = getattr(exc, "detail", "") or f"{type(exc).__name__}: {exc}"
-    if message:
-        return str(message), str(detail)
+    """The message for the user and the technical detail of a failure."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, UserError):  # its message is written for the user
+        return exc.message, exc.detail or detail
     return f"Something went wrong: {exc}", detail
 
 
