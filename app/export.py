@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from app import __version__
 from app.core.errors import UserError
+from app.core.store import MessageStatus
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -88,9 +89,9 @@ def to_markdown(
                 pages = attachment.meta.get("pages")
                 extra = f", {pages} pages" if pages else ""
                 lines += ["", f"*Attached {attachment.kind}: {attachment.name}{extra}*"]
-        if message.status in ("cancelled", "interrupted"):
-            lines += ["", f"*(answer {message.status})*"]
-        elif message.status == "error":
+        if message.status in (MessageStatus.CANCELLED, MessageStatus.INTERRUPTED):
+            lines += ["", f"*(answer {message.status.value})*"]
+        elif message.status == MessageStatus.ERROR:
             error = str(message.stats.get("error", "")) if message.stats else ""
             lines += ["", f"*(failed{': ' + error if error else ''})*"]
         lines.append("")
@@ -228,7 +229,7 @@ def import_json(store: Store, text: str) -> Conversation:
                 model=str(m.get("model", "")),
                 sampling=m.get("sampling") or {},
                 stats=m.get("stats") or {},
-                status=str(m.get("status", "complete")),
+                status=MessageStatus(str(m.get("status", MessageStatus.COMPLETE))),
             )
     result = store.get_conversation(created.id)
     assert result is not None

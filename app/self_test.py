@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QThread, QTimer, Signal, Slot
 
-from app.core.store import Attachment, StoredMessage
+from app.core.store import Attachment, AttachmentState, MessageStatus, StoredMessage
 from app.core.turns import TurnRequest
 from app.core.types import LoadParams, Role, SamplingParams
 
@@ -79,7 +79,15 @@ class Driver(QObject):
             self.stats = stats
             if self.image is not None:
                 picture = Attachment(
-                    1, 0, 2, "image", self.image.name, str(self.image), "", {"state": "ready"}, 0.0
+                    1,
+                    0,
+                    2,
+                    "image",
+                    self.image.name,
+                    str(self.image),
+                    "",
+                    {"state": AttachmentState.READY},
+                    0.0,
                 )
                 question = _user_message(2, "What is in this picture?")
                 image_turn = TurnRequest((question,), {2: (picture,)}, "", 16)
@@ -120,7 +128,7 @@ def run_self_test(args: argparse.Namespace) -> int:
 
 
 def _user_message(message_id: int, text: str) -> StoredMessage:
-    return StoredMessage(message_id, 0, Role.USER.value, text, 0.0, "", {}, {}, "complete")
+    return StoredMessage(message_id, 0, Role.USER.value, text, 0.0, "", {}, {}, MessageStatus.COMPLETE)
 
 
 def _load_params(model: Path, n_ctx: int | None, images: Path) -> tuple[LoadParams, Path | None]:

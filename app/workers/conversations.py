@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QObject, Signal, Slot
 
 from app.core.context import dropped_notice
-from app.core.store import DEFAULT_TITLE, make_title
+from app.core.store import DEFAULT_TITLE, AttachmentState, MessageStatus, make_title
 from app.core.turns import TurnRequest
-from app.core.types import GenerationStats, Role, SamplingParams
+from app.core.types import FinishReason, GenerationStats, Role, SamplingParams
 
 if TYPE_CHECKING:
     from app.config import AppPaths, Settings
@@ -241,7 +241,7 @@ class ConversationController(QObject):
         if self.is_busy:
             return
         pending = self._store.pending_attachments(self._conversation_id) if self._conversation_id else []
-        if any(a.meta.get("state") != "ready" for a in pending):
+        if any(a.meta.get("state") != AttachmentState.READY for a in pending):
             self._notices.error_occurred.emit(
                 "Wait until the attachments are ready (or remove them), then send."
             )
@@ -350,7 +350,7 @@ class ConversationController(QObject):
             "",
             model=info.name if info else "",
             sampling=_sampling_dict(self._sampling()),
-            status="streaming",
+            status=MessageStatus.STREAMING,
         )
         self._streaming_message = placeholder.id
         self._last_saved = time.monotonic()
@@ -399,7 +399,8 @@ class ConversationController(QObject):
         self._end_answer()
         if message_id is None:  # stopped before its turn was decided
             return
-        status = "cancelled" if stats.finish_reason == "cancelled" else "complete"
+        cancelled = stats.finish_reason == FinishReason.CANCELLED
+        status = MessageStatus.CANCELLED if cancelled else MessageStatus.COMPLETE
         saved_stats = _stats_dict(stats)
         documents = self._turn.documents if self._turn is not None else None
         if documents is not None:
@@ -426,7 +427,9 @@ class ConversationController(QObject):
         self._end_answer()
         if message_id is not None:
             partial = "".join(self._streaming_text)
-            self._store.update_message(message_id, content=partial, status="error", stats={"error": message})
+            self._store.update_message(
+                message_id, content=partial, status=MessageStatus.ERROR, stats={"error": message}
+            )
         elif self._store.get_conversation(conversation_id) is not None:
             # the turn could not be built (too long, say): the answer that never started says why
             info = self._models.model_info
@@ -435,7 +438,7 @@ class ConversationController(QObject):
                 Role.ASSISTANT.value,
                 "",
                 model=info.name if info else "",
-                status="error",
+                status=MessageStatus.ERROR,
                 stats={"error": message},
             )
             message_id = failed.id
@@ -468,7 +471,7 @@ class ConversationController(QObject):
             return
         try:
             self._store.update_message(
-                self._streaming_message, content="".join(self._streaming_text), status="cancelled"
+                self._streaming_message, content="".join(self._streaming_text), status=MessageStatus.CANCELLED
             )
         except Exception:
             log.exception("could not save the partial answer at shutdown")

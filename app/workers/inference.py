@@ -26,6 +26,7 @@ from app.core.images import image_uri
 from app.core.planner import LoadRequest, safer_overrides
 from app.core.ports import SavesKVState
 from app.core.turns import ModelLimits, build_turn
+from app.core.types import FinishReason
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -274,8 +275,8 @@ class LlamaWorker(QObject):
         if buffer:
             self.tokens_generated.emit(gen_id, "".join(buffer))
         stats = engine.last_stats
-        if self.cancel_event.is_set() and stats.finish_reason != "cancelled":
-            stats = dataclasses.replace(stats, finish_reason="cancelled")
+        if self.cancel_event.is_set() and stats.finish_reason != FinishReason.CANCELLED:
+            stats = dataclasses.replace(stats, finish_reason=FinishReason.CANCELLED)
         self.generation_finished.emit(gen_id, dataclasses.replace(stats, dropped_messages=turn.dropped))
         self._release_free_heap()
 

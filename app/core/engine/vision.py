@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.engine.errors import ContextOverflowError, EngineError
 from app.core.engine.native import NATIVE_LOG, import_llama_cpp
-from app.core.types import ChatMessage, GenerationStats, Role, SamplingParams, timed_stats
+from app.core.types import ChatMessage, FinishReason, GenerationStats, Role, SamplingParams, timed_stats
 
 if TYPE_CHECKING:
     import threading
@@ -249,7 +249,7 @@ def stream_image_chat(
     payload = _message_dicts(messages)
     n_ctx = int(llm.n_ctx())
     if cancel.is_set():
-        return GenerationStats(n_ctx=n_ctx, finish_reason="cancelled")
+        return GenerationStats(n_ctx=n_ctx, finish_reason=FinishReason.CANCELLED)
     if not llm.metadata.get("tokenizer.chat_template"):
         raise EngineError(
             "This model file has no chat template, which image turns need. "
@@ -262,23 +262,23 @@ def stream_image_chat(
 
     first_at: float | None = None
     pieces = 0
-    finish = "length"
+    finish = FinishReason.LENGTH
     try:
         for chunk in stream:
             if cancel.is_set():
-                finish = "cancelled"
+                finish = FinishReason.CANCELLED
                 break
             choice = chunk["choices"][0]
             piece = choice["delta"].get("content") or ""
-            if choice.get("finish_reason"):
-                finish = str(choice["finish_reason"])
+            if choice.get("finish_reason"):  # llama-cpp-python says "stop" or "length"
+                finish = FinishReason.LENGTH if choice["finish_reason"] == "length" else FinishReason.STOP
             if piece:
                 pieces += 1
                 if first_at is None:
                     first_at = time.perf_counter()
                 yield piece
                 if cancel.is_set():
-                    finish = "cancelled"
+                    finish = FinishReason.CANCELLED
                     break
     finally:
         stream.close()
