@@ -23,6 +23,7 @@ lint: setup
 	.venv/bin/ruff check app tests bench scripts
 	.venv/bin/ruff format --check app tests bench scripts
 	.venv/bin/lint-imports
+	.venv/bin/mypy app
 
 bench: setup
 	.venv/bin/python -m bench.generation

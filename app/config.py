@@ -219,19 +219,20 @@ class RedactingFormatter(logging.Formatter):
         return _SECRET.sub("hf_***", super().format(record))
 
 
+class _AppLogFile(logging.handlers.RotatingFileHandler):
+    """The app's log file: a second ``setup_logging`` (tests, a new data dir) replaces it."""
+
+
 def setup_logging(paths: AppPaths, level: int = logging.INFO) -> Path:
     paths.log_dir.mkdir(parents=True, exist_ok=True)
     logfile = paths.log_dir / "scout-chat.log"
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if getattr(handler, "_scout_chat", False):
+        if isinstance(handler, _AppLogFile):
             root.removeHandler(handler)
             handler.close()
-    handler = logging.handlers.RotatingFileHandler(
-        logfile, maxBytes=2_000_000, backupCount=3, encoding="utf-8"
-    )
+    handler = _AppLogFile(logfile, maxBytes=2_000_000, backupCount=3, encoding="utf-8")
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
-    handler._scout_chat = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(min(root.level or level, level))
     return logfile

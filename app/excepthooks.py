@@ -70,8 +70,7 @@ def _sys_excepthook(
 def _threading_excepthook(args: threading.ExceptHookArgs) -> None:
     if not issubclass(args.exc_type, SystemExit):  # threading's own hook ignores SystemExit too
         name = args.thread.name if args.thread is not None else "an unknown thread"
-        exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
-        log.critical("uncaught exception in thread %s", name, exc_info=exc_info)
+        log.critical("uncaught exception in thread %s", name, exc_info=args.exc_value or True)
         _surface(args.exc_type, args.exc_value, args.exc_traceback, f"thread {name}")
     _next_threading_hook(args)
 

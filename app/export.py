@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import __version__
+from app.core.errors import UserError
+from app.core.store import MessageStatus
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -26,7 +28,7 @@ EXPORT_VERSION = 1
 ROLE_TITLES = {"user": "You", "assistant": "Scout", "system": "System", "notice": "Note"}
 
 
-class ExportFormatError(ValueError):
+class ExportFormatError(UserError, ValueError):
     """The JSON is not a Scout Chat conversation export (the message says what is wrong)."""
 
 
@@ -96,9 +98,9 @@ def to_markdown(
                 pages = attachment.meta.get("pages")
                 extra = f", {pages} pages" if pages else ""
                 lines += ["", f"*Attached {attachment.kind}: {attachment.name}{extra}*"]
-        if message.status in ("cancelled", "interrupted"):
-            lines += ["", f"*(answer {message.status})*"]
-        elif message.status == "error":
+        if message.status in (MessageStatus.CANCELLED, MessageStatus.INTERRUPTED):
+            lines += ["", f"*(answer {message.status.value})*"]
+        elif message.status == MessageStatus.ERROR:
             error = str(message.stats.get("error", "")) if message.stats else ""
             lines += ["", f"*(failed{': ' + error if error else ''})*"]
         lines.append("")
@@ -236,7 +238,7 @@ def import_json(store: Store, text: str) -> Conversation:
                 model=str(m.get("model", "")),
                 sampling=m.get("sampling") or {},
                 stats=m.get("stats") or {},
-                status=str(m.get("status", "complete")),
+                status=MessageStatus(str(m.get("status", MessageStatus.COMPLETE))),
             )
     result = store.get_conversation(created.id)
     assert result is not None

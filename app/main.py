@@ -15,6 +15,8 @@ from app.config import AppPaths, Settings, load_settings, setup_logging
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from app.core.planner import LoadRequest, PlannedLoad
+    from app.core.ports import Engine
     from app.core.store import Store
     from app.ui.main_window import MainWindow
     from app.workers.controller import AppController
@@ -63,19 +65,19 @@ class Application:
     downloads: DownloadController | None = None
 
 
-def engine_factory() -> object:
+def engine_factory() -> Engine:
     from app.core.engine import LlamaEngine
 
     return LlamaEngine()
 
 
-def planner(request: object) -> object:
+def planner(request: LoadRequest) -> PlannedLoad:
     """Runs on the inference thread: fresh free-memory figures and llama.cpp's dry run each load."""
     from app.core.engine.probe import measure_buffers
     from app.core.hardware import SystemHardware
     from app.core.planner import plan_load
 
-    return plan_load(request, SystemHardware().probe(), measure_buffers)  # type: ignore[arg-type]
+    return plan_load(request, SystemHardware().probe(), measure_buffers)
 
 
 def build_application(args: argparse.Namespace) -> Application:
@@ -96,7 +98,7 @@ def build_application(args: argparse.Namespace) -> Application:
         store = Store(paths.database)
     except StorageError:
         raise
-    controller = AppController(store, paths, settings, engine_factory, planner=planner)  # type: ignore[arg-type]
+    controller = AppController(store, paths, settings, engine_factory, planner=planner)
     window = MainWindow(controller)
     window.app_paths = paths
     if not args.model and is_first_run(paths, settings):
@@ -165,7 +167,9 @@ def run_gui(args: argparse.Namespace) -> int:
     from app.ui.theme import apply_theme
     from app.workers.error_relay import install_error_relay
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app = QApplication.instance()
+    if not isinstance(app, QApplication):
+        app = QApplication(sys.argv[:1])
     app.setApplicationName("Scout Chat")
     app.setOrganizationName("ScoutChat")
     app.setApplicationVersion(__version__)
@@ -178,7 +182,7 @@ def run_gui(args: argparse.Namespace) -> int:
     except StorageError as exc:
         QMessageBox.critical(None, "Scout Chat", str(exc))
         return 2
-    apply_theme(app, application.controller.settings.theme)  # type: ignore[arg-type]
+    apply_theme(app, application.controller.settings.theme)
     install_error_relay(application.window).error_reported.connect(application.window.show_error)
     application.window.show()
     from PySide6.QtCore import QTimer

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QThread, QTimer, Signal, Slot
 
-from app.core.store import Attachment, StoredMessage
+from app.core.store import Attachment, AttachmentState, MessageStatus, StoredMessage
 from app.core.turns import TurnRequest
 from app.core.types import LoadParams, Role, SamplingParams
 
 if TYPE_CHECKING:
     import argparse
 
+    from app.core.types import GenerationStats, ModelInfo
     from app.workers.inference import LlamaWorker
 
 SYSTEM_PROMPT = "You are a helpful assistant."
@@ -39,11 +40,11 @@ class Driver(QObject):
         self.loop = loop
         self.text = ""
         self.error = ""
-        self.info: object = None
-        self.stats: object = None
+        self.info: ModelInfo | None = None
+        self.stats: GenerationStats | None = None
         self.image = image  # a stored picture: a second turn asks about it
         self.image_text = ""
-        self.image_stats: object = None
+        self.image_stats: GenerationStats | None = None
         self.load_requested.connect(worker.load_model)
         self.answer_requested.connect(worker.answer)
         worker.model_loaded.connect(self._on_worker_model_loaded)
@@ -53,7 +54,7 @@ class Driver(QObject):
         worker.generation_failed.connect(self._on_worker_generation_failed)
 
     @Slot(object)
-    def _on_worker_model_loaded(self, info: object) -> None:
+    def _on_worker_model_loaded(self, info: ModelInfo) -> None:
         self.info = info
         hello = TurnRequest((_user_message(1, "Say hello."),), {}, SYSTEM_PROMPT, 48)
         self.answer_requested.emit(1, hello, SamplingParams(max_tokens=48))
@@ -71,14 +72,22 @@ class Driver(QObject):
             self.text += text
 
     @Slot(int, object)
-    def _on_worker_generation_finished(self, gen: int, stats: object) -> None:
+    def _on_worker_generation_finished(self, gen: int, stats: GenerationStats) -> None:
         if gen == 2:
             self.image_stats = stats
         else:
             self.stats = stats
             if self.image is not None:
                 picture = Attachment(
-                    1, 0, 2, "image", self.image.name, str(self.image), "", {"state": "ready"}, 0.0
+                    1,
+                    0,
+                    2,
+                    "image",
+                    self.image.name,
+                    str(self.image),
+                    "",
+                    {"state": AttachmentState.READY},
+                    0.0,
                 )
                 question = _user_message(2, "What is in this picture?")
                 image_turn = TurnRequest((question,), {2: (picture,)}, "", 16)
@@ -119,7 +128,7 @@ def run_self_test(args: argparse.Namespace) -> int:
 
 
 def _user_message(message_id: int, text: str) -> StoredMessage:
-    return StoredMessage(message_id, 0, Role.USER.value, text, 0.0, "", {}, {}, "complete")
+    return StoredMessage(message_id, 0, Role.USER.value, text, 0.0, "", {}, {}, MessageStatus.COMPLETE)
 
 
 def _load_params(model: Path, n_ctx: int | None, images: Path) -> tuple[LoadParams, Path | None]:
@@ -173,17 +182,17 @@ def _report(driver: Driver, with_image: bool) -> int:
     if not text.strip() or stats is None or info is None:
         say("self-test FAILED: the model produced no text")
         return 1
-    say(f"model: {info.name} ({info.architecture}, {info.n_params / 1e6:.1f} M parameters)")  # type: ignore[attr-defined]
-    say(f"load time: {info.load_seconds:.2f} s")  # type: ignore[attr-defined]
-    say(f"time to first token: {stats.ttft_s * 1000:.0f} ms")  # type: ignore[attr-defined]
-    say(f"tokens per second: {stats.tokens_per_s:.1f} ({stats.completion_tokens} tokens)")  # type: ignore[attr-defined]
+    say(f"model: {info.name} ({info.architecture}, {info.n_params / 1e6:.1f} M parameters)")
+    say(f"load time: {info.load_seconds:.2f} s")
+    say(f"time to first token: {stats.ttft_s * 1000:.0f} ms")
+    say(f"tokens per second: {stats.tokens_per_s:.1f} ({stats.completion_tokens} tokens)")
     say(f"answer: {text[:120]!r}")
     if with_image:
         image_stats = driver.image_stats
-        if image_stats is None or not driver.image_text.strip() or not info.has_vision:  # type: ignore[attr-defined]
+        if image_stats is None or not driver.image_text.strip() or not info.has_vision:
             say("self-test FAILED: the vision projector produced no answer about the picture")
             return 1
-        say(f"image turn: {image_stats.prompt_tokens} prompt tokens, {image_stats.completion_tokens} tokens")  # type: ignore[attr-defined]
+        say(f"image turn: {image_stats.prompt_tokens} prompt tokens, {image_stats.completion_tokens} tokens")
         say(f"image answer: {driver.image_text[:120]!r}")
     say("self-test OK")
     return 0

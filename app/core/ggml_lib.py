@@ -14,6 +14,10 @@ import sys
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _ctypes import CFuncPtr
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +167,12 @@ def _declare(handle: ctypes.CDLL) -> None:
         fn.restype = restype
 
 
-def function(func: str) -> ctypes._CFuncPtr:
+def function(func: str) -> CFuncPtr:
     """A declared C function, from whichever of ggml-base / ggml exports it."""
     for name in ("ggml-base", "ggml"):
         handle = load(name)
         if hasattr(handle, func) and func in _GGML_BASE_FUNCS:
-            fn: ctypes._CFuncPtr = getattr(handle, func)
+            fn: CFuncPtr = getattr(handle, func)
             return fn
     raise GGMLLibraryError(f"{func} is not exported by the ggml libraries in {lib_dir()}.")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core import ggml_lib
+from app.core.errors import UserError
 from app.core.splits import split_parts
 from app.core.units import format_bytes
 
@@ -49,8 +50,8 @@ _MAX_TENSORS = 1_000_000
 _MAX_KV = 100_000
 
 
-class GGUFError(Exception):
-    """A file that is not a readable GGUF model. ``str(exc)`` is a sentence for the user."""
+class GGUFError(UserError):
+    """A file that is not a readable GGUF model; ``message`` (``str(exc)``) is a sentence for the user."""
 
 
 @dataclass(frozen=True)

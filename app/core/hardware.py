@@ -110,7 +110,8 @@ def _ram_windows() -> tuple[int, int]:
 
     status = MemoryStatusEx()
     status.dwLength = ctypes.sizeof(MemoryStatusEx)
-    if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
+    # (the platform test lets type checkers on other systems skip windll, which only Windows has)
+    if sys.platform == "win32" and ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
         return int(status.ullTotalPhys), int(status.ullAvailPhys)
     return 0, 0
 

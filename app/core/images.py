@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from app.core.errors import UserError
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -90,13 +92,8 @@ _SUPPORTED_MAGIC = (
 )
 
 
-class ImageError(Exception):
+class ImageError(UserError):
     """A picture that cannot be used; ``message`` is a sentence for the user."""
-
-    def __init__(self, message: str, detail: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail
 
 
 @dataclass(frozen=True)

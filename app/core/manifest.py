@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -26,7 +28,7 @@ _BUILD_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*$")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """The manifest is malformed; the message names the field."""
 
 

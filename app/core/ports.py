@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Iterator, Sequence
+    from pathlib import Path
 
     from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, SamplingParams
 
@@ -42,4 +43,21 @@ class Engine(Protocol):
         on_prompt_progress: Callable[[int, int], None] | None = None,
     ) -> Iterator[str]:
         """Yield text pieces of the answer; afterwards ``last_stats`` describes the run."""
+        ...
+
+
+@runtime_checkable
+class SavesKVState(Protocol):
+    """An engine that can keep a conversation's KV cache on disk (LlamaEngine; not every fake)."""
+
+    def state_key(self) -> str:
+        """What a saved state is valid for (model file and cache shape): another key means stale."""
+        ...
+
+    def save_state(self, path: Path) -> int:
+        """Write the KV cache to ``path``; return the tokens saved."""
+        ...
+
+    def load_state(self, path: Path) -> int:
+        """Restore a state written by ``save_state``; return the tokens restored (0: none)."""
         ...

@@ -20,9 +20,10 @@ import logging
 import re
 import sqlite3
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from app.core.chunking import Chunk, estimate_tokens
+from app.core.types import DocumentMode
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -378,7 +379,7 @@ class SourcePassage:
 @dataclass(frozen=True)
 class ComposedContext:
     text: str
-    mode: Literal["whole", "retrieval"]
+    mode: DocumentMode
     used_chunks: tuple[RetrievedChunk, ...]
     citations: tuple[SourcePassage, ...]
     tokens: int
@@ -419,7 +420,7 @@ def compose_document_context(
     """
     docs = [d for d in docs_with_chunks if d.chunks]
     if not docs:
-        return ComposedContext("", "whole", (), (), 0)
+        return ComposedContext("", DocumentMode.WHOLE, (), (), 0)
     plural = len(docs) > 1
     whole_instruction = WHOLE_INSTRUCTION.format(s="s" if plural else "", them="them" if plural else "it")
     rough = sum(c.tokens for d in docs for c in d.chunks)
@@ -432,7 +433,9 @@ def compose_document_context(
         text = _render(whole_instruction, docs, used, excerpts=False)
         tokens = count_tokens(text)
         if tokens <= budget_tokens:
-            return ComposedContext(text, "whole", tuple(used), tuple(_passages(docs, used)), tokens)
+            return ComposedContext(
+                text, DocumentMode.WHOLE, tuple(used), tuple(_passages(docs, used)), tokens
+            )
 
     instruction = RETRIEVAL_INSTRUCTION.format(s="s" if plural else "")
     if retrieval_budget is not None:
@@ -461,7 +464,7 @@ def compose_document_context(
         else:
             found = [dataclasses.replace(only, text=trimmed, tokens=count_tokens(trimmed))]
     log.debug("retrieval: %d chunks, %d tokens of %d", len(found), tokens, budget_tokens)
-    return ComposedContext(text, "retrieval", tuple(found), tuple(_passages(docs, found)), tokens)
+    return ComposedContext(text, DocumentMode.RETRIEVAL, tuple(found), tuple(_passages(docs, found)), tokens)
 
 
 def _retrieve(

@@ -18,6 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from app.core.errors import UserError
+from app.core.types import StrEnum
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
     from pathlib import Path
@@ -29,12 +32,32 @@ log = logging.getLogger(__name__)
 
 ROLES = frozenset({"system", "user", "assistant", "notice"})
 """``notice`` is an app marker shown in the chat but never sent to the model."""
-STATUSES = frozenset({"complete", "streaming", "cancelled", "error", "interrupted"})
 DEFAULT_TITLE = "New chat"
 BUSY_TIMEOUT_MS = 5000
 
 
-class StorageError(Exception):
+class MessageStatus(StrEnum):
+    """A stored message's ``status`` (the database and exports hold the plain strings)."""
+
+    COMPLETE = "complete"
+    STREAMING = "streaming"  # being written now
+    CANCELLED = "cancelled"  # stopped by the user: the partial answer stays
+    ERROR = "error"  # the answer failed; ``stats["error"]`` says why
+    INTERRUPTED = "interrupted"  # the app ended while it was being written
+
+
+STATUSES = frozenset(status.value for status in MessageStatus)
+
+
+class AttachmentState(StrEnum):
+    """An attachment's ``meta["state"]``: being read, ready to send, or waiting for a password."""
+
+    PROCESSING = "processing"
+    READY = "ready"
+    LOCKED = "locked"
+
+
+class StorageError(UserError):
     """A storage failure worth showing to the user (damaged, locked or unwritable database)."""
 
 
@@ -57,7 +80,7 @@ class StoredMessage:
     model: str
     sampling: dict[str, Any]
     stats: dict[str, Any]
-    status: str
+    status: MessageStatus
 
 
 ATTACHMENT_KINDS = frozenset({"image", "document"})
@@ -367,11 +390,11 @@ class Store:
         model: str = "",
         sampling: dict[str, Any] | None = None,
         stats: dict[str, Any] | None = None,
-        status: str = "complete",
+        status: MessageStatus = MessageStatus.COMPLETE,
     ) -> StoredMessage:
         """Append a message and bump the conversation's ``updated_at``."""
         _check_role(role)
-        _check_status(status)
+        status = _check_status(status)
         sampling, stats = dict(sampling or {}), dict(stats or {})
         now = self._now()
         with self.transaction(), _storage_errors():
@@ -382,7 +405,7 @@ class Store:
                 raise ValueError(f"no conversation with id {conversation_id}")
             cursor = self._conn.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, role, content, now, model, _dumps(sampling), _dumps(stats), status),
+                (conversation_id, role, content, now, model, _dumps(sampling), _dumps(stats), status.value),
             )
         assert cursor.lastrowid is not None
         return StoredMessage(
@@ -395,7 +418,7 @@ class Store:
         *,
         content: str | None = None,
         stats: dict[str, Any] | None = None,
-        status: str | None = None,
+        status: MessageStatus | None = None,
     ) -> None:
         """Change the given fields with one UPDATE (cheap enough to call every second while streaming)."""
         assignments: list[str] = []
@@ -407,9 +430,8 @@ class Store:
             assignments.append("stats = ?")
             params.append(_dumps(stats))
         if status is not None:
-            _check_status(status)
             assignments.append("status = ?")
-            params.append(status)
+            params.append(_check_status(status).value)
         if not assignments:
             return
         params.append(message_id)
@@ -615,9 +637,10 @@ def _check_role(role: str) -> None:
         raise ValueError(f"unknown role {role!r}; expected one of {sorted(ROLES)}")
 
 
-def _check_status(status: str) -> None:
+def _check_status(status: str) -> MessageStatus:
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}; expected one of {sorted(STATUSES)}")
+    return MessageStatus(status)
 
 
 def _conversation(row: Sequence[Any]) -> Conversation:
@@ -634,7 +657,7 @@ def _message(row: Sequence[Any]) -> StoredMessage:
         model=row[5],
         sampling=json.loads(row[6]),
         stats=json.loads(row[7]),
-        status=row[8],
+        status=MessageStatus(row[8]),
     )
 
 

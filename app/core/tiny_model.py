@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter
 
 LLAMA4_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|begin_of_text|>",
@@ -224,7 +225,8 @@ def _weights(spec: TinyModelSpec) -> list[tuple[str, np.ndarray]]:
     e, hd = spec.n_embd, spec.head_dim
 
     def rand(*shape: int, fan_in: int) -> np.ndarray:
-        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+        weights: np.ndarray = rng.standard_normal(shape) / np.sqrt(fan_in)
+        return weights.astype(np.float32)
 
     ones = np.ones(e, dtype=np.float32)
     out: list[tuple[str, np.ndarray]] = [("token_embd.weight", rand(n_vocab, e, fan_in=1) * 0.5)]
@@ -261,7 +263,7 @@ def _weights(spec: TinyModelSpec) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _encode(name: str, data: np.ndarray, dtype: str) -> tuple[np.ndarray, object]:
+def _encode(name: str, data: np.ndarray, dtype: str) -> tuple[np.ndarray, GGMLQuantizationType]:
     """Quantize a tensor for the chosen dtype; norms and 1-D tensors stay F32 as in real GGUFs."""
     import numpy as np
     from gguf import GGMLQuantizationType
@@ -310,10 +312,7 @@ def write_tiny_model(path: Path, spec: TinyModelSpec | None = None, *, n_shards:
     return targets
 
 
-def _write_metadata(writer: object, spec: TinyModelSpec, vocab: Vocabulary) -> None:
-    import gguf
-
-    assert isinstance(writer, gguf.GGUFWriter)
+def _write_metadata(writer: GGUFWriter, spec: TinyModelSpec, vocab: Vocabulary) -> None:
     file_type = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7}[spec.dtype]
     writer.add_name(spec.name)
     writer.add_file_type(file_type)
@@ -349,7 +348,7 @@ def _write_metadata(writer: object, spec: TinyModelSpec, vocab: Vocabulary) -> N
 
 
 def write_llama4_hparams(
-    writer: object,
+    writer: GGUFWriter,
     *,
     context_length: int,
     n_embd: int,
@@ -366,9 +365,6 @@ def write_llama4_hparams(
 ) -> None:
     """The llama4 hyperparameter keys, as convert_hf_to_gguf writes them for Scout (no
     sliding-window key: llama.cpp then uses Scout's chunked attention)."""
-    import gguf
-
-    assert isinstance(writer, gguf.GGUFWriter)
     writer.add_context_length(context_length)
     writer.add_embedding_length(n_embd)
     writer.add_block_count(n_layer)

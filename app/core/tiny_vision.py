@@ -77,7 +77,8 @@ def _weights(spec: TinyProjectorSpec, n_embd_text: int, seed: int) -> list[tuple
     e, p = spec.n_embd, spec.patch_size
 
     def rand(*shape: int, fan_in: int) -> np.ndarray:
-        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+        weights: np.ndarray = rng.standard_normal(shape) / np.sqrt(fan_in)
+        return weights.astype(np.float32)
 
     def small(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.02).astype(np.float32)

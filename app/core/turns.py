@@ -23,21 +23,21 @@ Budgets, in the model's own tokens:
 
 from __future__ import annotations
 
-import enum
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.core.context import fit_messages, reply_reserve
 from app.core.retrieval import DocumentChunks, compose_document_context
-from app.core.types import ChatMessage, Role
+from app.core.store import AttachmentState, MessageStatus, StoredMessage
+from app.core.types import ChatMessage, DocumentMode, Role
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from app.core.chunking import Chunk
     from app.core.retrieval import RetrievedChunk
-    from app.core.store import Attachment, StoredMessage
+    from app.core.store import Attachment
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,6 @@ RETRIEVAL_SHARE = 0.5
 """Passages may take at least this share of the usable context (older history gives way)."""
 DRAFT_ID = 0
 """The message id of a question not sent yet (previews)."""
-
-
-class DocumentMode(str, enum.Enum):
-    WHOLE = "whole"
-    RETRIEVAL = "retrieval"
 
 
 class DocumentSource(Protocol):
@@ -148,7 +143,7 @@ def build_turn(
         (mid, a)
         for mid, _msg in base
         for a in attachments.get(mid, ())
-        if a.kind == "document" and a.meta.get("state") == "ready"
+        if a.kind == "document" and a.meta.get("state") == AttachmentState.READY
     ]
     if docs and documents is not None and base:
         decision, text = _decide_documents(head, base, docs, model, reserve, documents)
@@ -177,14 +172,17 @@ def _rows(request: TurnRequest) -> tuple[list[StoredMessage], dict[int, tuple[At
         m
         for m in request.messages
         if m.role == Role.USER.value
-        or (m.role == Role.ASSISTANT.value and m.status != "streaming" and m.content.strip())
+        or (m.role == Role.ASSISTANT.value and m.status != MessageStatus.STREAMING and m.content.strip())
     ]
     attachments = dict(request.attachments)
     if request.draft is not None:
-        from app.core.store import StoredMessage
-
-        rows.append(StoredMessage(DRAFT_ID, 0, Role.USER.value, request.draft, 0.0, "", {}, {}, "draft"))
-        attachments[DRAFT_ID] = tuple(a for a in request.pending if a.meta.get("state") == "ready")
+        draft = StoredMessage(
+            DRAFT_ID, 0, Role.USER.value, request.draft, 0.0, "", {}, {}, MessageStatus.COMPLETE
+        )
+        rows.append(draft)
+        attachments[DRAFT_ID] = tuple(
+            a for a in request.pending if a.meta.get("state") == AttachmentState.READY
+        )
     return rows, attachments
 
 
@@ -213,7 +211,7 @@ def _decide_documents(
         index=source,
         retrieval_budget=max(0, retrieval_budget),
     )
-    mode = DocumentMode(composed.mode)
+    mode = composed.mode
     if mode is DocumentMode.WHOLE:
         host = docs[0][0]  # a stable place: later turns reuse the KV cache
         reason = (

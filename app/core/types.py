@@ -10,10 +10,37 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-class Role(str, enum.Enum):
+class StrEnum(str, enum.Enum):
+    """A state with a fixed set of string values (Python 3.11's ``enum.StrEnum``, for 3.10 too).
+
+    Members are ``str``: they compare equal to their value and are stored in SQLite and JSON as
+    the plain string, and ``str()`` / f-strings give the value, not ``Class.MEMBER``.
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Role(StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+
+
+class FinishReason(StrEnum):
+    """Why an answer ended (``GenerationStats.finish_reason``)."""
+
+    STOP = "stop"  # the model ended its turn
+    LENGTH = "length"  # max_tokens reached
+    CANCELLED = "cancelled"  # the user stopped it
+    CONTEXT = "context"  # the context window is full
+
+
+class DocumentMode(StrEnum):
+    """How a document goes into a turn: all of its text, or the passages retrieval finds."""
+
+    WHOLE = "whole"
+    RETRIEVAL = "retrieval"
 
 
 @dataclass(frozen=True)
@@ -119,7 +146,7 @@ class GenerationStats:
     tokens_per_s: float = 0.0
     n_ctx: int = 0
     context_used: int = 0
-    finish_reason: str = "stop"  # stop | length | cancelled | context
+    finish_reason: FinishReason = FinishReason.STOP
     dropped_messages: int = 0
 
 
@@ -134,7 +161,7 @@ def timed_stats(
     completion_tokens: int,
     n_ctx: int,
     context_used: int,
-    finish_reason: str,
+    finish_reason: FinishReason,
 ) -> GenerationStats:
     """Stats of one answer from its timestamps (perf_counter seconds)."""
     generation_s = max(1e-9, ended - prompt_done)

@@ -30,6 +30,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.store import AttachmentState
+from app.core.types import DocumentMode
 from app.core.units import format_token_count
 from app.ui import theme
 from app.ui.attachment_viewer import ImageViewerDialog, open_image_viewer
@@ -46,9 +48,9 @@ MAX_IMAGES_TESTED = 5  # Meta tested Scout with up to 5 images per prompt
 CHIP_THUMB = QSize(40, 40)
 HISTORY_THUMB = QSize(220, 160)
 NO_VISION_TEXT = "This model cannot read images: it has no vision projector (mmproj)."
-BADGE_TIPS = {
-    "whole": "The whole document goes to the model with every question.",
-    "retrieval": (
+BADGE_TIPS: dict[str, str] = {
+    DocumentMode.WHOLE: "The whole document goes to the model with every question.",
+    DocumentMode.RETRIEVAL: (
         "Too long for the context: each question sends the passages that match it best, "
         "and the answer can cite their pages."
     ),
@@ -158,8 +160,8 @@ class AttachmentChip(QFrame):
 
     # -- state ------------------------------------------------------------------------------
     @property
-    def state(self) -> str:
-        return str(self.attachment.meta.get("state", "ready"))
+    def state(self) -> AttachmentState:
+        return AttachmentState(self.attachment.meta.get("state", AttachmentState.READY))
 
     @property
     def is_image(self) -> bool:
@@ -176,13 +178,15 @@ class AttachmentChip(QFrame):
         if note:
             tips.append(note)
         self.setToolTip("\n".join(tips))
-        self.remove_button.setToolTip("Cancel and remove" if state == "processing" else "Remove")
+        self.remove_button.setToolTip(
+            "Cancel and remove" if state == AttachmentState.PROCESSING else "Remove"
+        )
         self.remove_button.setAccessibleName(f"Remove {attachment.name}")
-        self.unlock_button.setVisible(state == "locked")
-        self.progress.setVisible(state == "processing")
-        if state == "processing":
+        self.unlock_button.setVisible(state == AttachmentState.LOCKED)
+        self.progress.setVisible(state == AttachmentState.PROCESSING)
+        if state == AttachmentState.PROCESSING:
             self.progress.setValue(round(self.progress_value * 1000))
-        mode = str(meta.get("mode") or "") if not self.is_image and state == "ready" else ""
+        mode = str(meta.get("mode") or "") if not self.is_image and state == AttachmentState.READY else ""
         self.badge.setText(mode)
         self.badge.setProperty("mode", mode)
         self.badge.setToolTip(BADGE_TIPS.get(mode, ""))
@@ -193,27 +197,27 @@ class AttachmentChip(QFrame):
         self._update_thumb()
         self.setCursor(
             Qt.CursorShape.PointingHandCursor
-            if self.is_image and state == "ready"
+            if self.is_image and state == AttachmentState.READY
             else Qt.CursorShape.ArrowCursor
         )
-        self.setProperty("state", state)
+        self.setProperty("state", state.value)
         self.style().unpolish(self)
         self.style().polish(self)
 
     def set_progress(self, fraction: float) -> None:
         self.progress_value = max(0.0, min(1.0, fraction))
         self.progress.setValue(round(self.progress_value * 1000))
-        if self.state == "processing":
+        if self.state == AttachmentState.PROCESSING:
             self.detail_label.setText(self._detail_text())
 
     def _detail_text(self) -> str:
         meta = self.attachment.meta
         state = self.state
-        if state == "processing":
+        if state == AttachmentState.PROCESSING:
             if self.is_image:
                 return "Preparing…"
             return f"Reading… {round(self.progress_value * 100)}%" if self.progress_value else "Reading…"
-        if state == "locked":
+        if state == AttachmentState.LOCKED:
             return "Password-protected"
         parts: list[str] = []
         if self.is_image:
@@ -230,18 +234,18 @@ class AttachmentChip(QFrame):
         return " · ".join(parts)
 
     def _update_thumb(self) -> None:
-        if self.is_image and self.state == "ready" and self.attachment.path:
+        if self.is_image and self.state == AttachmentState.READY and self.attachment.path:
             pixmap = load_thumbnail(self.attachment.path, CHIP_THUMB, self.devicePixelRatioF())
             if not pixmap.isNull():
                 self.thumb.setPixmap(pixmap)
                 self.thumb.setProperty("kind", "image")
                 return
-        icon = "lock" if self.state == "locked" else ("paperclip" if self.is_image else "file")
+        icon = "lock" if self.state == AttachmentState.LOCKED else ("paperclip" if self.is_image else "file")
         self.thumb.setPixmap(theme.icon(icon).pixmap(20, 20))
         self.thumb.setProperty("kind", "icon")
 
     def has_thumbnail(self) -> bool:
-        return self.thumb.property("kind") == "image"
+        return bool(self.thumb.property("kind") == "image")
 
     # -- events -----------------------------------------------------------------------------
     def changeEvent(self, event: QEvent) -> None:
@@ -250,7 +254,11 @@ class AttachmentChip(QFrame):
             self._update_thumb()  # the file/lock icon is a pixmap: redraw it in the new colours
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
-        if event.button() == Qt.MouseButton.LeftButton and self.is_image and self.state == "ready":
+        if (
+            event.button() == Qt.MouseButton.LeftButton
+            and self.is_image
+            and self.state == AttachmentState.READY
+        ):
             self.open_requested.emit(self.attachment_id)
             event.accept()
             return

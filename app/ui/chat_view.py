@@ -31,11 +31,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.store import MessageStatus
+from app.core.types import FinishReason
 from app.ui import theme
 from app.ui.message_widget import MessageWidget, NoticeWidget
 
 if TYPE_CHECKING:
     from app.core.store import Attachment
+    from app.core.types import GenerationStats
 
 log = logging.getLogger(__name__)
 
@@ -251,26 +254,26 @@ class ChatView(QWidget):
                     self._pending.setdefault(message_id, [])
                     self._update_timer.start()
 
-    def finish_message(self, message_id: int, stats: Any) -> None:
-        """The answer ended (``stats``: GenerationStats); show its status and figures."""
+    def finish_message(self, message_id: int, stats: GenerationStats) -> None:
+        """The answer ended; show its status and figures."""
         self.flush()
         widget = self._widgets.get(message_id)
         if not isinstance(widget, MessageWidget):
             return
-        reason = str(getattr(stats, "finish_reason", "stop"))
         stats_dict = {
-            "tokens_per_s": float(getattr(stats, "tokens_per_s", 0.0)),
-            "completion_tokens": int(getattr(stats, "completion_tokens", 0)),
-            "finish_reason": reason,
+            "tokens_per_s": stats.tokens_per_s,
+            "completion_tokens": stats.completion_tokens,
+            "finish_reason": stats.finish_reason,
         }
-        widget.finish("cancelled" if reason == "cancelled" else "complete", stats_dict)
+        cancelled = stats.finish_reason == FinishReason.CANCELLED
+        widget.finish(MessageStatus.CANCELLED if cancelled else MessageStatus.COMPLETE, stats_dict)
         self._refresh_actions()
 
     def fail_message(self, message_id: int, error: str) -> None:
         self.flush()
         widget = self._widgets.get(message_id)
         if isinstance(widget, MessageWidget):
-            widget.finish("error", error=error)
+            widget.finish(MessageStatus.ERROR, error=error)
         self._refresh_actions()
 
     def set_attachments(self, message_id: int, attachments: list[Attachment]) -> None:

@@ -23,8 +23,10 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.retrieval import find_citations
+from app.core.types import DocumentMode
+from app.core.units import format_token_count
 from app.ui import theme
-from app.ui.attachment_chips import BADGE_TIPS, format_token_count
+from app.ui.attachment_chips import BADGE_TIPS
 
 if TYPE_CHECKING:
     from PySide6.QtGui import QTextDocument
@@ -80,9 +82,9 @@ class SourcesDialog(QDialog):
         tokens = stats.get("document_tokens")
         if page is None:
             self.setWindowTitle("What the model saw")
-            if mode == "whole":
+            if mode == DocumentMode.WHOLE:
                 summary = "Whole documents: all of their text was sent with the question."
-            elif mode == "retrieval":
+            elif mode == DocumentMode.RETRIEVAL:
                 summary = (
                     "Retrieval: the documents were too long for the context, so only the passages "
                     "below (the best matches for the question, with their neighbours) were sent."

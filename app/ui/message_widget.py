@@ -24,6 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.store import MessageStatus
+from app.core.types import FinishReason
 from app.ui import theme
 from app.ui.attachment_chips import MessageAttachmentsWidget
 from app.ui.citations import CITE_SCHEME, link_citations, max_source_page
@@ -46,9 +48,9 @@ log = logging.getLogger(__name__)
 FREEZE_MIN_CHARS = 700  # a live segment is frozen once this much of it can no longer change
 
 STATUS_BADGES = {
-    "cancelled": "stopped",
-    "interrupted": "interrupted — the app closed while answering",
-    "error": "error",
+    MessageStatus.CANCELLED: "stopped",
+    MessageStatus.INTERRUPTED: "interrupted — the app closed while answering",
+    MessageStatus.ERROR: "error",
 }
 
 
@@ -134,7 +136,7 @@ class RichTextSegment(QTextBrowser):
     def wheelEvent(self, event: QWheelEvent) -> None:
         event.ignore()  # the chat's scroll area scrolls, not this fixed-height text
 
-    def loadResource(self, kind: int, name: QUrl) -> Any:
+    def loadResource(self, kind: int, name: QUrl | str) -> Any:
         return None  # never load files or URLs named in a model's answer
 
     def _fit_height(self) -> None:
@@ -188,7 +190,7 @@ class MessageWidget(QFrame):
         self.message_id: int = int(message.id)
         self.role: str = str(message.role)
         self.text: str = str(message.content or "")
-        self.status: str = str(message.status or "complete")
+        self.status = MessageStatus(message.status or MessageStatus.COMPLETE)
         self.model: str = str(getattr(message, "model", "") or "")
         self.stats: dict[str, Any] = dict(getattr(message, "stats", None) or {})
         self.error_text = str(self.stats.get("error", ""))
@@ -325,7 +327,7 @@ class MessageWidget(QFrame):
             colors = _colors_for(self)
             rendered = render_markdown(source, colors)
             segment.set_html(rendered.html, rendered.code_blocks)
-            if self.stats.get("sources") and self.status != "streaming":
+            if self.stats.get("sources") and self.status != MessageStatus.STREAMING:
                 link_citations(segment.document(), colors.link, max_source_page(self.stats))
 
     # -- content ----------------------------------------------------------------------------
@@ -358,7 +360,7 @@ class MessageWidget(QFrame):
             self._new_segment()
             tail = tail[stable:]
             self._live_rendered = None
-            if self.status == "streaming":
+            if self.status == MessageStatus.STREAMING:
                 return  # one render per tick: the new tail comes with the next flush
         if tail != self._live_rendered:
             self._render(self.segments[-1], tail)
@@ -389,7 +391,7 @@ class MessageWidget(QFrame):
         self.render_all()
         self._update_decorations()
 
-    def finish(self, status: str, stats: dict[str, Any] | None = None, error: str = "") -> None:
+    def finish(self, status: MessageStatus, stats: dict[str, Any] | None = None, error: str = "") -> None:
         self.status = status
         if stats is not None:
             self.stats = stats
@@ -400,18 +402,18 @@ class MessageWidget(QFrame):
 
     # -- decorations ------------------------------------------------------------------------
     def _update_decorations(self) -> None:
-        streaming = self.status == "streaming"
+        streaming = self.status == MessageStatus.STREAMING
         self.typing_label.setVisible(streaming and not self.text)
         badge = STATUS_BADGES.get(self.status, "")
-        if not badge and self.stats.get("finish_reason") == "length":
+        if not badge and self.stats.get("finish_reason") == FinishReason.LENGTH:
             badge = "cut off at the max-tokens limit"
         self.badge.setText(badge)
-        self.badge.setProperty("kind", "error" if self.status == "error" else "info")
+        self.badge.setProperty("kind", "error" if self.status == MessageStatus.ERROR else "info")
         self.badge.style().unpolish(self.badge)
         self.badge.style().polish(self.badge)
         self.badge.setVisible(bool(badge))
         self.error_label.setText(self.error_text)
-        self.error_label.setVisible(self.status == "error" and bool(self.error_text))
+        self.error_label.setVisible(self.status == MessageStatus.ERROR and bool(self.error_text))
         self.stats_label.setText(self._stats_text())
         self.copy_button.setVisible(not streaming or bool(self.text))
         self.sources_button.setVisible(
@@ -419,7 +421,7 @@ class MessageWidget(QFrame):
         )
 
     def _stats_text(self) -> str:
-        if self.status == "streaming" or self.role != "assistant":
+        if self.status == MessageStatus.STREAMING or self.role != "assistant":
             return ""
         parts = []
         tps = self.stats.get("tokens_per_s")
@@ -473,7 +475,7 @@ class NoticeWidget(QWidget):
         self.message_id: int = int(message.id)
         self.role = "notice"
         self.text = str(message.content or "")
-        self.status = str(message.status or "complete")
+        self.status = MessageStatus(message.status or MessageStatus.COMPLETE)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 8, 0, 8)
         self.label = QLabel(self.text)

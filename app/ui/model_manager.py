@@ -252,13 +252,13 @@ class ModelManagerDialog(QDialog):
         self.local_box.hide()
         self.rows_layout.addWidget(self.local_box)
         self.rows_layout.addStretch(1)
-        self.scroll = QScrollArea()
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
-        self.scroll.setWidget(self.rows_widget)
+        self.rows_scroll = QScrollArea()
+        self.rows_scroll.setWidgetResizable(True)
+        self.rows_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.rows_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.rows_scroll.setWidget(self.rows_widget)
         self._section_labels: dict[str, QLabel] = {}
-        return self.scroll
+        return self.rows_scroll
 
     def _build_footer(self) -> QHBoxLayout:
         """The overall download line and bar, and Close."""
@@ -597,7 +597,7 @@ class ModelManagerDialog(QDialog):
         self.show_banner("")
         self.downloads.enqueue(build.id)
         self._refresh_row(build.id)
-        self.scroll.ensureWidgetVisible(self.rows[build.id])
+        self.rows_scroll.ensureWidgetVisible(self.rows[build.id])
 
     # -- controller slots -------------------------------------------------------------------
     def _on_downloads_progress_changed(self, build_id: str, progress: DownloadProgress) -> None:

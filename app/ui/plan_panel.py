@@ -281,8 +281,8 @@ class PlanPanel(QDialog):
         )
         self.kv_combo.currentIndexChanged.connect(self._on_advanced_input_changed)
         self.flash_combo = QComboBox()
-        for label, value in FLASH_CHOICES:
-            self.flash_combo.addItem(label, value)
+        for label, flash in FLASH_CHOICES:
+            self.flash_combo.addItem(label, flash)
         self.flash_combo.setToolTip(
             "Auto: on with a GPU (faster, smaller buffers); off on a CPU-only machine when its "
             "larger buffers fit, because llama.cpp's CPU flash attention is slower"

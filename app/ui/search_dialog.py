@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QAbstractTextDocumentLayout, QPalette, QTextDocument
 from PySide6.QtWidgets import (
+    QAbstractItemView,
     QApplication,
     QDialog,
     QDialogButtonBox,
@@ -83,10 +84,10 @@ class _HighlightDelegate(QStyledItemDelegate):
         self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex
     ) -> QTextDocument:
         doc = QTextDocument()
-        doc.setDefaultFont(option.font)  # type: ignore[attr-defined]
+        doc.setDefaultFont(option.font)
         doc.setDocumentMargin(ITEM_PADDING)
         doc.setHtml(str(index.data(HTML_ROLE) or ""))
-        doc.setTextWidth(max(1, option.rect.width()))  # type: ignore[attr-defined]
+        doc.setTextWidth(max(1, option.rect.width()))
         return doc
 
     def paint(
@@ -94,26 +95,26 @@ class _HighlightDelegate(QStyledItemDelegate):
     ) -> None:
         self.initStyleOption(option, index)
         opt = QStyleOptionViewItem(option)
-        opt.text = ""  # type: ignore[attr-defined]
-        widget = opt.widget  # type: ignore[attr-defined]
+        opt.text = ""
+        widget = opt.widget
         style = widget.style() if widget is not None else QApplication.style()
         style.drawControl(QStyle.ControlElement.CE_ItemViewItem, opt, painter, widget)
         doc = self._document(option, index)
         context = QAbstractTextDocumentLayout.PaintContext()
-        selected = bool(opt.state & QStyle.StateFlag.State_Selected)  # type: ignore[attr-defined]
+        selected = bool(opt.state & QStyle.StateFlag.State_Selected)
         role = QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text
-        context.palette.setColor(QPalette.ColorRole.Text, opt.palette.color(role))  # type: ignore[attr-defined]
+        context.palette.setColor(QPalette.ColorRole.Text, opt.palette.color(role))
         painter.save()
-        painter.translate(opt.rect.topLeft())  # type: ignore[attr-defined]
-        painter.setClipRect(opt.rect.translated(-opt.rect.topLeft()))  # type: ignore[attr-defined]
+        painter.translate(opt.rect.topLeft())
+        painter.setClipRect(opt.rect.translated(-opt.rect.topLeft()))
         doc.documentLayout().draw(painter, context)
         painter.restore()
 
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> QSize:
         self.initStyleOption(option, index)
-        widget = option.widget  # type: ignore[attr-defined]
-        if widget is not None:
-            option.rect.setWidth(widget.viewport().width())  # type: ignore[attr-defined]
+        widget = option.widget
+        if isinstance(widget, QAbstractItemView):
+            option.rect.setWidth(widget.viewport().width())
         doc = self._document(option, index)
         return QSize(int(doc.idealWidth()), int(doc.size().height()))
 

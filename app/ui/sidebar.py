@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import (
     QAbstractListModel,
+    QByteArray,
     QEvent,
     QModelIndex,
     QObject,
@@ -175,9 +176,9 @@ class ConversationListModel(QAbstractListModel):
             | Qt.ItemFlag.ItemNeverHasChildren
         )
 
-    def roleNames(self) -> dict[int, bytes]:
+    def roleNames(self) -> dict[int, QByteArray]:
         names = dict(super().roleNames())
-        names.update({int(r): r.name.lower().encode() for r in ConversationRole})
+        names.update({int(r): QByteArray(r.name.lower().encode()) for r in ConversationRole})
         return names
 
 

@@ -22,6 +22,7 @@ from app.ui.markdown_render import MarkdownColors
 log = logging.getLogger(__name__)
 
 ThemeName = Literal["system", "light", "dark"]
+_THEME_NAMES: dict[str, ThemeName] = {"system": "system", "light": "light", "dark": "dark"}
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 ICONS_DIR = ASSETS_DIR / "icons"
 STYLESHEET = ASSETS_DIR / "style.qss"
@@ -190,17 +191,18 @@ def _apply(app: QApplication, dark: bool) -> None:
 
 def apply_theme(app: QApplication, mode: str = "system") -> bool:
     """Apply "system", "light" or "dark" to ``app``; returns True when the result is dark."""
-    if mode not in ("system", "light", "dark"):
+    theme = _THEME_NAMES.get(mode)
+    if theme is None:
         log.warning("unknown theme %r; following the system", mode)
-        mode = "system"
+        theme = "system"
     fusion = QStyleFactory.create("Fusion")
     if fusion is not None and app.style().name().lower() != "fusion":
         app.setStyle(fusion)
     follower = app.findChild(_SchemeFollower, "scout_theme_follower")
     if follower is None:
         follower = _SchemeFollower(app)
-    follower.mode = mode  # type: ignore[assignment]
-    dark = system_prefers_dark() if mode == "system" else mode == "dark"
+    follower.mode = theme
+    dark = system_prefers_dark() if theme == "system" else theme == "dark"
     _apply(app, dark)
     return dark
 

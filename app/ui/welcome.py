@@ -288,8 +288,8 @@ class WelcomePage(QWidget):
         self._recommendation = recommend_build(self._manifest, hardware)
         self.intro.setText(intro_text(self._recommendation))
         self._fill_menu()
-        rec = self._recommendation
-        self.select_build((rec.best or rec.smallest).build.id if (rec.best or rec.smallest) else "")
+        pick = self._recommendation.best or self._recommendation.smallest
+        self.select_build(pick.build.id if pick else "")
 
     def select_build(self, build_id: str) -> None:
         """Show ``build_id`` as the build the Download button fetches."""

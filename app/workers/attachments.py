@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.core.engine.vision import image_token_estimate
+from app.core.store import AttachmentState
 from app.workers.ingest import IngestWorker, is_image_path
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class AttachmentController(QObject):
                 kind,
                 path.name,
                 path=str(path),
-                meta={"state": "processing"},
+                meta={"state": AttachmentState.PROCESSING},
             )
             self.attachment_added.emit(attachment)
             self._read(attachment, path)
@@ -108,7 +109,10 @@ class AttachmentController(QObject):
     def attach_image_data(self, data: bytes, name: str = "pasted image.png") -> None:
         """A screenshot pasted from the clipboard, or an image dragged from a browser."""
         attachment = self._store.add_attachment(
-            self._conversations.ensure_conversation(), "image", name, meta={"state": "processing"}
+            self._conversations.ensure_conversation(),
+            "image",
+            name,
+            meta={"state": AttachmentState.PROCESSING},
         )
         self.attachment_added.emit(attachment)
         self.ingest_image_requested.emit(self._next_job(attachment.id), bytes(data), name)
@@ -117,7 +121,7 @@ class AttachmentController(QObject):
         attachment = self._store.get_attachment(attachment_id)
         if attachment is None or attachment.kind != "document":
             return
-        self._store.update_attachment(attachment_id, meta={"state": "processing"})
+        self._store.update_attachment(attachment_id, meta={"state": AttachmentState.PROCESSING})
         self._emit_updated(attachment_id)
         self.ingest_document_requested.emit(self._next_job(attachment_id), attachment.path, password)
 
@@ -135,6 +139,7 @@ class AttachmentController(QObject):
     def shutdown(self) -> None:
         for job in list(self._jobs):
             self._ingest.cancel(job)
+        self._jobs.clear()  # results still queued from the ingest thread are ignored from now on
         if self._thread.isRunning():
             self._thread.quit()
             if not self._thread.wait(15000):
@@ -184,7 +189,10 @@ class AttachmentController(QObject):
         if not conversation_id:
             return
         for attachment in self._store.pending_attachments(conversation_id):
-            if attachment.meta.get("state") == "processing" and attachment.id not in self._jobs.values():
+            if (
+                attachment.meta.get("state") == AttachmentState.PROCESSING
+                and attachment.id not in self._jobs.values()
+            ):
                 self._resume(attachment)  # the app stopped while reading it
                 continue
             self.attachment_added.emit(attachment)  # what waited in the composer is still there
@@ -222,7 +230,7 @@ class AttachmentController(QObject):
         if attachment is None:
             return
         meta = {
-            "state": "ready",
+            "state": AttachmentState.READY,
             "width": result.width,
             "height": result.height,
             "original_width": result.original_width,
@@ -246,7 +254,7 @@ class AttachmentController(QObject):
         if attachment is None:
             return
         meta = {
-            "state": "ready",
+            "state": AttachmentState.READY,
             "kind": result.kind,
             "pages": result.pages,
             "chars": result.chars,
@@ -263,7 +271,9 @@ class AttachmentController(QObject):
         if attachment is None:
             return
         if needs_password:
-            self._store.update_attachment(attachment.id, meta={"state": "locked", "needs_password": True})
+            self._store.update_attachment(
+                attachment.id, meta={"state": AttachmentState.LOCKED, "needs_password": True}
+            )
             self._emit_updated(attachment.id)
             self.attachment_failed.emit(attachment.name, message, attachment.id)
             return

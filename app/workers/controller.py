@@ -98,6 +98,7 @@ class AppController(QObject):
             return
         self._shut_down = True
         self.conversations.save_partial_answer()
+        self.conversations.close()
         self.attachments.shutdown()
         self._inference.shutdown()
         self._gc.stop()

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QObject, Signal, Slot
 
 from app.core.context import dropped_notice
-from app.core.store import DEFAULT_TITLE, make_title
+from app.core.store import DEFAULT_TITLE, AttachmentState, MessageStatus, make_title
 from app.core.turns import TurnRequest
-from app.core.types import GenerationStats, Role, SamplingParams
+from app.core.types import FinishReason, GenerationStats, Role, SamplingParams
 
 if TYPE_CHECKING:
     from app.config import AppPaths, Settings
@@ -97,6 +97,7 @@ class ConversationController(QObject):
         self._streaming_text: list[str] = []
         self._turn: Turn | None = None
         self._last_saved = 0.0
+        self._closed = False
 
         worker = inference.worker
         self.answer_requested.connect(worker.answer)
@@ -202,7 +203,7 @@ class ConversationController(QObject):
 
     def _restore_kv(self, conversation_id: int) -> None:
         """Reopening a long-document conversation reads its KV cache back instead of the prompt."""
-        if self._models.model_info is not None and not self._models.is_loading:
+        if self._models.model_info is not None and not self._models.is_loading and not self._closed:
             self.restore_session_requested.emit(conversation_id, str(self._paths.kv_state_dir))
 
     # -- turns ------------------------------------------------------------------------------
@@ -225,7 +226,7 @@ class ConversationController(QObject):
 
     def refresh_preview(self) -> None:
         """Ask the worker what the next turn would look like (context meter, document chips)."""
-        if self._models.model_info is None or self.is_busy:
+        if self._models.model_info is None or self.is_busy or self._closed:
             return
         self._preview_id += 1
         self.preview_requested.emit(self._preview_id, self._turn_request(self._conversation_id, draft=""))
@@ -241,7 +242,7 @@ class ConversationController(QObject):
         if self.is_busy:
             return
         pending = self._store.pending_attachments(self._conversation_id) if self._conversation_id else []
-        if any(a.meta.get("state") != "ready" for a in pending):
+        if any(a.meta.get("state") != AttachmentState.READY for a in pending):
             self._notices.error_occurred.emit(
                 "Wait until the attachments are ready (or remove them), then send."
             )
@@ -272,10 +273,10 @@ class ConversationController(QObject):
             conversation = self._start_conversation(make_title(text))
             self.conversation_opened.emit(conversation.id, [])
             return conversation.id
-        conversation = self._store.get_conversation(self._conversation_id)
-        if conversation is not None and conversation.title == DEFAULT_TITLE:
-            self._store.rename_conversation(conversation.id, make_title(text))
-            self._announce(conversation.id)
+        current = self._store.get_conversation(self._conversation_id)
+        if current is not None and current.title == DEFAULT_TITLE:
+            self._store.rename_conversation(current.id, make_title(text))
+            self._announce(current.id)
         return self._conversation_id
 
     def _start_generation(self) -> None:
@@ -344,7 +345,7 @@ class ConversationController(QObject):
             if self._shown(conversation_id):
                 self.message_added.emit(notice)
         placeholder = self._add_answer(
-            conversation_id, "streaming", sampling=_sampling_dict(self._sampling())
+            conversation_id, MessageStatus.STREAMING, sampling=_sampling_dict(self._sampling())
         )
         self._streaming_message = placeholder.id
         self._last_saved = time.monotonic()
@@ -399,7 +400,8 @@ class ConversationController(QObject):
         self._end_answer()
         if message_id is None:  # stopped before its turn was decided
             return
-        status = "cancelled" if stats.finish_reason == "cancelled" else "complete"
+        cancelled = stats.finish_reason == FinishReason.CANCELLED
+        status = MessageStatus.CANCELLED if cancelled else MessageStatus.COMPLETE
         saved_stats = _stats_dict(stats)
         documents = self._turn.documents if self._turn is not None else None
         if documents is not None:
@@ -426,10 +428,12 @@ class ConversationController(QObject):
         self._end_answer()
         if message_id is not None:
             partial = "".join(self._streaming_text)
-            self._store.update_message(message_id, content=partial, status="error", stats={"error": message})
+            self._store.update_message(
+                message_id, content=partial, status=MessageStatus.ERROR, stats={"error": message}
+            )
         elif self._store.get_conversation(conversation_id) is not None:
             # the turn could not be built (too long, say): the answer that never started says why
-            failed = self._add_answer(conversation_id, "error", stats={"error": message})
+            failed = self._add_answer(conversation_id, MessageStatus.ERROR, stats={"error": message})
             message_id = failed.id
             if self._shown(conversation_id):
                 self.message_added.emit(failed)
@@ -437,7 +441,9 @@ class ConversationController(QObject):
         self.generation_failed.emit(message_id or 0, message, detail)
         self.busy_changed.emit(False)
 
-    def _add_answer(self, conversation_id: int, status: str, **fields: dict[str, Any]) -> StoredMessage:
+    def _add_answer(
+        self, conversation_id: int, status: MessageStatus, **fields: dict[str, Any]
+    ) -> StoredMessage:
         """An empty answer by the loaded model (filled as it streams, or saying why it failed)."""
         info = self._models.model_info
         model = info.name if info else ""
@@ -462,13 +468,22 @@ class ConversationController(QObject):
             self.refresh_preview()
 
     # -- shutdown ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """At shutdown, after :meth:`save_partial_answer`: results still queued from the worker
+        are stale from now on (the store may be closed before they arrive)."""
+        self._closed = True
+        self._gen_id += 1
+        self._preview_id += 1
+        self._answering = None
+        self._streaming_message = None
+
     def save_partial_answer(self) -> None:
         """At shutdown: keep what was written of the answer, marked as stopped."""
         if self._streaming_message is None:
             return
         try:
             self._store.update_message(
-                self._streaming_message, content="".join(self._streaming_text), status="cancelled"
+                self._streaming_message, content="".join(self._streaming_text), status=MessageStatus.CANCELLED
             )
         except Exception:
             log.exception("could not save the partial answer at shutdown")

@@ -20,11 +20,14 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from app.config import kv_state_files
 from app.core.context import MessageTooLongError
 from app.core.engine import OutOfMemoryError, ProjectorError, check_model_file, first_split_part
+from app.core.errors import UserError
 from app.core.gguf_info import GGUFError, find_projector, projector_mismatch, read_gguf_info
 from app.core.heap import release_free_heap
 from app.core.images import image_uri
 from app.core.planner import LoadRequest, safer_overrides
+from app.core.ports import SavesKVState
 from app.core.turns import ModelLimits, build_turn
+from app.core.types import FinishReason
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -44,12 +47,10 @@ TRIM_INTERVAL_S = 2.0
 
 
 def _human(exc: BaseException) -> tuple[str, str]:
-    if isinstance(exc, GGUFError):  # its text is written for the user
-        return str(exc), f"{type(exc).__name__}: {exc}"
-    message = getattr(exc, "message", None)
-    detail = getattr(exc, "detail", "") or f"{type(exc).__name__}: {exc}"
-    if message:
-        return str(message), str(detail)
+    """The message for the user and the technical detail of a failure."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, UserError):  # its message is written for the user
+        return exc.message, exc.detail or detail
     return f"Something went wrong: {exc}", detail
 
 
@@ -305,19 +306,21 @@ class LlamaWorker(QObject):
         self.turn_previewed.emit(request_id, turn)
 
     # -- KV state of a conversation on disk (long documents reopen without re-reading) ---------
-    def _session_file(self, conversation_id: int, directory: str) -> Path | None:
-        key_fn = getattr(self.engine, "state_key", None)
-        if key_fn is None or self.engine.model_info is None:
+    def _session_file(self, conversation_id: int, directory: str) -> tuple[SavesKVState, Path] | None:
+        """The engine that keeps KV states and the file for this conversation (None: no state)."""
+        engine = self.engine
+        if not isinstance(engine, SavesKVState) or self.engine.model_info is None:
             return None
-        return Path(directory) / f"conversation-{conversation_id}-{key_fn()}.llamastate"
+        return engine, Path(directory) / f"conversation-{conversation_id}-{engine.state_key()}.llamastate"
 
     @Slot(int, str)
     def save_session(self, conversation_id: int, directory: str) -> None:
         try:
-            path = self._session_file(conversation_id, directory)
-            if path is None:
+            session = self._session_file(conversation_id, directory)
+            if session is None:
                 return
-            tokens = self.engine.save_state(path)  # type: ignore[attr-defined]
+            engine, path = session
+            tokens = engine.save_state(path)
             for stale in kv_state_files(path.parent, conversation_id):
                 if stale != path:
                     stale.unlink(missing_ok=True)  # made for another model or plan
@@ -328,8 +331,8 @@ class LlamaWorker(QObject):
     @Slot(int, str)
     def restore_session(self, conversation_id: int, directory: str) -> None:
         try:
-            path = self._session_file(conversation_id, directory)
-            tokens = self.engine.load_state(path) if path is not None else 0  # type: ignore[attr-defined]
+            session = self._session_file(conversation_id, directory)
+            tokens = session[0].load_state(session[1]) if session is not None else 0
         except Exception:
             log.exception("restoring the KV state of conversation %d failed", conversation_id)
             tokens = 0
@@ -372,8 +375,8 @@ class LlamaWorker(QObject):
         if buffer:
             self.tokens_generated.emit(gen_id, "".join(buffer))
         stats = engine.last_stats
-        if self.cancel_event.is_set() and stats.finish_reason != "cancelled":
-            stats = dataclasses.replace(stats, finish_reason="cancelled")
+        if self.cancel_event.is_set() and stats.finish_reason != FinishReason.CANCELLED:
+            stats = dataclasses.replace(stats, finish_reason=FinishReason.CANCELLED)
         self.generation_finished.emit(gen_id, dataclasses.replace(stats, dropped_messages=turn.dropped))
         self._release_free_heap()
 

@@ -12,12 +12,16 @@ import pytest
 from app.core.chunking import Chunk
 from app.core.store import (
     SCHEMA_VERSION,
+    AttachmentState,
     Conversation,
+    MessageStatus,
     StorageError,
     Store,
     StoredMessage,
     make_title,
 )
+from app.core.types import DocumentMode, FinishReason
+from app.export import export_conversation, to_json, to_markdown
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -482,3 +486,49 @@ def test_a_failure_while_saving_the_state_rolls_back_the_chunks(store: Store, db
         ]
     # The store is still usable: no transaction was left open.
     store.add_message(conversation.id, "user", "still works")
+
+
+def test_states_are_stored_and_exported_as_the_plain_strings(db_path: Path, store: Store) -> None:
+    """The enums are str: SQLite, the JSON columns and the exports hold exactly the old strings."""
+    conversation = store.create_conversation("States")
+    answer = store.add_message(
+        conversation.id,
+        "assistant",
+        "Half an answer",
+        status=MessageStatus.STREAMING,
+        stats={"finish_reason": FinishReason.CANCELLED, "context_mode": DocumentMode.RETRIEVAL},
+    )
+    store.update_message(answer.id, status=MessageStatus.CANCELLED)
+    store.add_attachment(
+        conversation.id, "document", "notes.txt", message_id=answer.id, meta={"state": AttachmentState.READY}
+    )
+    with _raw(db_path) as conn:
+        status, status_type, stats = conn.execute(
+            "SELECT status, typeof(status), stats FROM messages WHERE id = ?", (answer.id,)
+        ).fetchone()
+        (meta,) = conn.execute("SELECT meta FROM attachments").fetchone()
+    assert (status, status_type) == ("cancelled", "text")
+    assert stats == '{"finish_reason":"cancelled","context_mode":"retrieval"}'
+    assert meta == '{"state":"ready"}'
+
+    (reread,) = store.messages(conversation.id)
+    assert reread.status is MessageStatus.CANCELLED
+    assert reread.status == "cancelled"
+    assert f"{reread.status}" == str(reread.status) == "cancelled"  # never "MessageStatus.CANCELLED"
+
+    exported = export_conversation(store, conversation.id)
+    data = json.loads(to_json(exported.conversation, exported.messages, exported.attachments))
+    assert data["messages"][0]["status"] == "cancelled"
+    assert data["messages"][0]["stats"]["finish_reason"] == "cancelled"
+    assert "*(answer cancelled)*" in to_markdown(exported.conversation, exported.messages)
+
+
+def test_every_status_the_schema_allows_is_a_message_status(db_path: Path, store: Store) -> None:
+    conversation = store.create_conversation("All")
+    for status in MessageStatus:
+        store.add_message(conversation.id, "assistant", "x", status=status)
+    with _raw(db_path) as conn:
+        stored = [row[0] for row in conn.execute("SELECT status FROM messages ORDER BY id")]
+    assert stored == ["complete", "streaming", "cancelled", "error", "interrupted"]
+    with pytest.raises(ValueError, match="unknown status"):
+        store.add_message(conversation.id, "assistant", "x", status="draft")

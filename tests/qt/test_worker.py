@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.core.engine import LlamaEngine
+from app.core.images import ImageError
+from app.core.store import StorageError
 from app.core.types import ChatMessage, GenerationStats, LoadParams, SamplingParams
 from app.workers.inference import MAX_UI_UPDATES_PER_SECOND, LlamaWorker
 from tests.fakes import FakeEngine, turn_request
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 def test_streams_then_finishes_synchronously(qtbot) -> None:
@@ -34,6 +40,47 @@ def test_failure_is_a_signal_not_an_exception(qtbot, caplog) -> None:
         worker.answer(3, turn_request([ChatMessage.user("hi")], max_tokens=64), SamplingParams())
     assert blocker.args[0] == 3
     assert "boom" in blocker.args[1]
+
+
+class _RaisingEngine(FakeEngine):
+    def __init__(self, exc: Exception) -> None:
+        super().__init__()
+        self.exc = exc
+
+    def stream_chat(self, *_args: object, **_kwargs: object) -> Iterator[str]:
+        raise self.exc
+
+
+class _ThirdPartyError(Exception):
+    def __init__(self) -> None:
+        super().__init__("socket closed")
+        self.message = "this attribute is not written for the user"
+
+
+@pytest.mark.parametrize(
+    ("exc", "message", "detail"),
+    [
+        (
+            ImageError("“cat.png” is not a picture.", "cannot identify"),
+            "“cat.png” is not a picture.",
+            "cannot identify",
+        ),
+        (
+            StorageError("The chat database is locked."),
+            "The chat database is locked.",
+            "StorageError: The chat database is locked.",
+        ),
+        (_ThirdPartyError(), "Something went wrong: socket closed", "_ThirdPartyError: socket closed"),
+    ],
+)
+def test_only_user_errors_reach_the_user_as_written(
+    qtbot, caplog, exc: Exception, message: str, detail: str
+) -> None:
+    worker = LlamaWorker(lambda: _RaisingEngine(exc))
+    worker.load_model(LoadParams(Path("fake.gguf")))
+    with caplog.at_level(logging.CRITICAL), qtbot.waitSignal(worker.generation_failed) as blocker:
+        worker.answer(3, turn_request([ChatMessage.user("hi")], max_tokens=64), SamplingParams())
+    assert blocker.args == [3, message, detail]
 
 
 def test_generate_without_model_fails_cleanly(qtbot) -> None:

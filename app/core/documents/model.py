@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from app.core.errors import UserError
+
 if TYPE_CHECKING:
     import threading
     from collections.abc import Iterable
@@ -35,7 +37,7 @@ ErrorReason = Literal[
 ]
 
 
-class DocumentError(Exception):
+class DocumentError(UserError):
     """A file that cannot be read, with a sentence for the user as its message.
 
     ``needs_password`` is true for an encrypted PDF (and for a wrong password): the UI may ask
@@ -44,7 +46,6 @@ class DocumentError(Exception):
 
     def __init__(self, message: str, *, reason: ErrorReason, needs_password: bool = False) -> None:
         super().__init__(message)
-        self.message = message
         self.reason: ErrorReason = reason
         self.needs_password = needs_password
 

@@ -26,8 +26,8 @@ def extract_pdf(
     cancel: threading.Event | None,
     progress: Callable[[int, int], None] | None,
 ) -> Document:
-    import pypdfium2 as pdfium  # type: ignore[import-untyped]  # lazily: startup stays fast
-    import pypdfium2.raw as pdfium_c  # type: ignore[import-untyped]
+    import pypdfium2 as pdfium  # lazily: startup stays fast
+    import pypdfium2.raw as pdfium_c
 
     name = path.name
     with path.open("rb") as fh:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from app.core.errors import UserError
 from app.core.units import format_bytes
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 
-class DownloadError(Exception):
+class DownloadError(UserError):
     """A download problem with a ``message`` fit for the UI (and an optional technical ``detail``)."""
 
     def __init__(self, message: str, *, detail: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail
+        super().__init__(message, detail)
 
 
 class OfflineError(DownloadError):

@@ -53,7 +53,9 @@ class Embedder:
         self.name = path.stem
 
     def _tokens(self, text: str) -> list[int]:
-        tokens = self._llm.tokenize(text.encode("utf-8", "replace"), add_bos=True, special=False)
+        tokens: list[int] = list(
+            self._llm.tokenize(text.encode("utf-8", "replace"), add_bos=True, special=False)
+        )
         if len(tokens) > MAX_TOKENS:
             tokens = [*tokens[: MAX_TOKENS - 1], tokens[-1]]  # keep [SEP] at the end
         return tokens

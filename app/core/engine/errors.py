@@ -5,17 +5,14 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from app.core.errors import UserError
+
 if TYPE_CHECKING:
     from pathlib import Path
 
 
-class EngineError(Exception):
-    """A failure with a message for the user and technical detail for the log/details pane."""
-
-    def __init__(self, message: str, detail: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail
+class EngineError(UserError):
+    """A failure of the engine with a message for the user and technical detail for the log."""
 
 
 class ModelLoadError(EngineError):

@@ -53,7 +53,15 @@ from app.core.engine.templates import (
 )
 from app.core.engine.tokens import LiteralSpecials, PromptTokenizer
 from app.core.hardware import physical_cores
-from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, SamplingParams, timed_stats
+from app.core.types import (
+    ChatMessage,
+    FinishReason,
+    GenerationStats,
+    LoadParams,
+    ModelInfo,
+    SamplingParams,
+    timed_stats,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterator, Sequence
@@ -467,10 +475,10 @@ class LlamaEngine:
         prompt_done = time.perf_counter()
 
         answer = _AnswerText()
-        if finish != "cancelled":
+        if finish != FinishReason.CANCELLED:
             finish = yield from self._sample(sampling, max_new, n_ctx, cancel, answer)
         tail = answer.pending + answer.decoder.decode(b"", final=True)
-        if tail and finish != "cancelled":
+        if tail and finish != FinishReason.CANCELLED:
             if answer.first_token_at is None:
                 answer.first_token_at = time.perf_counter()
             yield tail
@@ -523,21 +531,21 @@ class LlamaEngine:
         todo: list[int],
         cancel: threading.Event,
         on_prompt_progress: Callable[[int, int], None] | None,
-    ) -> tuple[int, str]:
+    ) -> tuple[int, FinishReason]:
         """Evaluate the new part of the prompt in batches, with progress and cancellation between
-        batches; return the tokens evaluated and "cancelled" or "stop"."""
+        batches; return the tokens evaluated and CANCELLED or STOP."""
         llm = self._llm
         step = max(1, int(llm.n_batch))
         done = 0
         for i in range(0, len(todo), step):
             if cancel.is_set():
-                return done, "cancelled"
+                return done, FinishReason.CANCELLED
             batch = todo[i : i + step]
             llm.eval(batch)
             done += len(batch)
             if on_prompt_progress is not None:
                 on_prompt_progress(done, len(todo))
-        return done, "stop"
+        return done, FinishReason.STOP
 
     def _sample(
         self,
@@ -546,7 +554,7 @@ class LlamaEngine:
         n_ctx: int,
         cancel: threading.Event,
         answer: _AnswerText,
-    ) -> Generator[str, None, str]:
+    ) -> Generator[str, None, FinishReason]:
         """Sample up to ``max_new`` tokens (cancellation between tokens), yielding the text as it
         is decoded; return the finish reason."""
         llama_cpp = import_llama_cpp()
@@ -561,36 +569,36 @@ class LlamaEngine:
         )
         if sampling.seed is not None:
             llm.set_seed(sampling.seed)
-        finish = "length"
+        finish = FinishReason.LENGTH
         unevaluated: int | None = None  # sampled and shown, not yet fed to the model
         try:
             for _ in range(max_new):
                 if cancel.is_set():
-                    finish = "cancelled"
+                    finish = FinishReason.CANCELLED
                     break
                 if unevaluated is not None:
                     llm.eval([unevaluated])
                     unevaluated = None
                 token = llm._sampler.sample(llm._ctx, -1)
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    finish = "stop"
+                    finish = FinishReason.STOP
                     break
                 answer.completion += 1
                 if llm.n_tokens + 1 >= n_ctx:
-                    finish = "context"
+                    finish = FinishReason.CONTEXT
                     break
                 # The token is shown before it is evaluated: the evaluation (the cost of a
                 # token) runs when the caller asks for the next piece, not before this one.
                 unevaluated = token
                 emit, stopped = self._take_text(answer, bytes(llm._model.token_to_piece(token)).rstrip(b"\0"))
                 if stopped:
-                    finish = "stop"
+                    finish = FinishReason.STOP
                     break
                 if emit:
                     if answer.first_token_at is None:
                         answer.first_token_at = time.perf_counter()
                     yield emit
-            if unevaluated is not None and finish != "cancelled":
+            if unevaluated is not None and finish != FinishReason.CANCELLED:
                 llm.eval([unevaluated])  # the cache holds the whole answer
         finally:
             llm._sampler = None
@@ -675,8 +683,7 @@ def _open_llama(
     llama_cpp = import_llama_cpp()
     cancelled = threading.Event()
 
-    @llama_cpp.llama_progress_callback
-    def on_progress(fraction: float, _user_data: Any) -> bool:
+    def report_progress(fraction: float, _user_data: Any) -> bool:
         if progress is None:
             return True
         try:
@@ -687,6 +694,8 @@ def _open_llama(
         if not keep_going:
             cancelled.set()
         return keep_going
+
+    on_progress = llama_cpp.llama_progress_callback(report_progress)
 
     import llama_cpp.llama_cpp as low  # the module whose name Llama() resolves at call time
 

@@ -36,13 +36,12 @@ class _NativeLog:
         if self._installed:
             return
 
-        @llama_cpp.llama_log_callback
-        def _callback(level: int, text: bytes, _user_data: Any) -> None:
+        def on_log(level: int, text: bytes, _user_data: Any) -> None:
             with contextlib.suppress(Exception):  # never raise into C
                 self._on_text(level, text.decode("utf-8", errors="replace"))
 
-        self._callback = _callback  # keep alive for the life of the process
-        llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+        self._callback = llama_cpp.llama_log_callback(on_log)  # kept alive for the process's life
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
         self._installed = True
 
     def _on_text(self, level: int, text: str) -> None:
@@ -99,7 +98,8 @@ def tokenize_vocab(vocab: Any, data: bytes, add_bos: bool, special: bool) -> lis
         buf = (llama_cpp.llama_token * size)()
         n = int(llama_cpp.llama_tokenize(vocab, data, len(data), buf, size, add_bos, special))
         if n >= 0:
-            return buf[:n]
+            tokens: list[int] = buf[:n]  # a ctypes array's slice is a list
+            return tokens
         size = -n
     detail = f"llama_tokenize returned {n} for {len(data)} bytes"
     raise EngineError("The text could not be tokenized.", detail)

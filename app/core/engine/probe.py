@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.core.gguf_info import split_parts
+from app.core.splits import split_parts
 
 if TYPE_CHECKING:
     from app.core.types import LoadParams

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.engine.errors import ContextOverflowError, EngineError
 from app.core.engine.native import NATIVE_LOG, import_llama_cpp
-from app.core.types import ChatMessage, GenerationStats, Role, SamplingParams, timed_stats
+from app.core.types import ChatMessage, FinishReason, GenerationStats, Role, SamplingParams, timed_stats
 
 if TYPE_CHECKING:
     import threading
@@ -125,14 +125,13 @@ def install_mtmd_log() -> None:
     llama_cpp = import_llama_cpp()
     from llama_cpp import mtmd_cpp
 
-    @llama_cpp.llama_log_callback
-    def _callback(level: int, text: bytes, _user_data: Any) -> None:
+    def on_log(level: int, text: bytes, _user_data: Any) -> None:
         with contextlib.suppress(Exception):  # never raise into C
             NATIVE_LOG._on_text(level, text.decode("utf-8", errors="replace"))
 
-    _MTMD_LOG_CALLBACK = _callback  # keep alive for the life of the process
-    mtmd_cpp.mtmd_log_set(_callback, ctypes.c_void_p(0))
-    mtmd_cpp.mtmd_helper_log_set(_callback, ctypes.c_void_p(0))
+    _MTMD_LOG_CALLBACK = llama_cpp.llama_log_callback(on_log)  # kept alive for the process's life
+    mtmd_cpp.mtmd_log_set(_MTMD_LOG_CALLBACK, ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_helper_log_set(_MTMD_LOG_CALLBACK, ctypes.c_void_p(0))
 
 
 def make_chat_handler(mmproj_path: Path, n_threads: int | None = None, use_gpu: bool = False) -> Any:
@@ -148,7 +147,7 @@ def make_chat_handler(mmproj_path: Path, n_threads: int | None = None, use_gpu: 
     install_mtmd_log()
     from llama_cpp.llama_chat_format import MTMDChatHandler
 
-    class ScoutMTMDChatHandler(MTMDChatHandler):  # type: ignore[misc]
+    class ScoutMTMDChatHandler(MTMDChatHandler):
         """MTMDChatHandler with explicit threads, quiet timings, and no stdout/stderr capture."""
 
         def __init__(self) -> None:
@@ -250,7 +249,7 @@ def stream_image_chat(
     payload = _message_dicts(messages)
     n_ctx = int(llm.n_ctx())
     if cancel.is_set():
-        return GenerationStats(n_ctx=n_ctx, finish_reason="cancelled")
+        return GenerationStats(n_ctx=n_ctx, finish_reason=FinishReason.CANCELLED)
     if not llm.metadata.get("tokenizer.chat_template"):
         raise EngineError(
             "This model file has no chat template, which image turns need. "
@@ -263,23 +262,23 @@ def stream_image_chat(
 
     first_at: float | None = None
     pieces = 0
-    finish = "length"
+    finish = FinishReason.LENGTH
     try:
         for chunk in stream:
             if cancel.is_set():
-                finish = "cancelled"
+                finish = FinishReason.CANCELLED
                 break
             choice = chunk["choices"][0]
             piece = choice["delta"].get("content") or ""
-            if choice.get("finish_reason"):
-                finish = str(choice["finish_reason"])
+            if choice.get("finish_reason"):  # llama-cpp-python says "stop" or "length"
+                finish = FinishReason.LENGTH if choice["finish_reason"] == "length" else FinishReason.STOP
             if piece:
                 pieces += 1
                 if first_at is None:
                     first_at = time.perf_counter()
                 yield piece
                 if cancel.is_set():
-                    finish = "cancelled"
+                    finish = FinishReason.CANCELLED
                     break
     finally:
         stream.close()
