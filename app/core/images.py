@@ -1,5 +1,8 @@
 """Pictures for the vision projector: decode, orient, convert, bound, re-encode, store.
 
+Over ~600 lines: the safe decoders of very large JPEGs and PNGs (reduced size, strip by strip) share
+the size limits and the pixel-mode conversion with the ordinary path, and are tested together.
+
 Everything here is pure Pillow (no Qt, no llama.cpp) and keeps no shared state, so every function
 may run on any thread (the UI calls them from a one-shot worker, never on the GUI thread).
 

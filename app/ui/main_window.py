@@ -2,6 +2,8 @@
 
 Its parts live beside it: the status bar's figures in :mod:`app.ui.status_bar`, the file dialogs
 and the error banner in :mod:`app.ui.window_dialogs`, the attachment wiring in :mod:`app.ui.attachments`.
+Over ~600 lines: it is the one place that connects every controller signal and menu action to a widget
+(about 60 one-line slots); each job it does is a call into one of those parts.
 
 It talks to an :class:`~app.workers.controller.AppController` (its ``models``, ``conversations`` and
 ``attachments`` controllers, ``preferences`` and ``notices``) only through their public methods and

@@ -1,5 +1,8 @@
 """The model manager: the catalog of Scout builds, their downloads, and what fits this machine.
 
+Over ~600 lines: the dialog and its download wiring (the rows themselves are in
+:mod:`app.ui.build_row`); the catalog and the "On this computer" section share its state.
+
 A non-modal :class:`ModelManagerDialog` over a :class:`~app.workers.downloads.DownloadController`:
 one card per build, grouped by repository, with size, bits per weight, a vision badge, the state on
 disk (installed / partial N % / not installed / corrupt), a fit badge for this machine, the

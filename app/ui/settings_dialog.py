@@ -81,6 +81,13 @@ class SettingsDialog(QDialog):
         self.setMinimumWidth(520)
         self._settings = settings
 
+        self._build_sampling(settings)
+        self._build_context_and_threads(settings, model, plan, fixed_n_ctx)
+        self._build_theme_and_buttons()
+        self._build_layout()
+        self._load(settings)
+
+    def _build_sampling(self, settings: Settings) -> None:
         self.system_prompt = QPlainTextEdit(settings.system_prompt)
         self.system_prompt.setPlaceholderText("Instructions sent before every conversation (optional)")
         self.system_prompt.setMinimumHeight(90)
@@ -108,6 +115,10 @@ class SettingsDialog(QDialog):
         self.max_tokens.setSingleStep(256)
         self.max_tokens.setSuffix(" tokens")
         self.max_tokens.setToolTip("The longest answer the model may write")
+
+    def _build_context_and_threads(
+        self, settings: Settings, model: ModelInfo | None, plan: Plan | None, fixed_n_ctx: int | None
+    ) -> None:
         self.n_ctx = QSpinBox()
         self.n_ctx.setRange(0, N_CTX_MAX)
         self.n_ctx.setSingleStep(1024)
@@ -134,6 +145,8 @@ class SettingsDialog(QDialog):
             "CPU threads llama.cpp uses. Auto (0): one per physical core, usually the fastest. "
             "Changing it reloads the model."
         )
+
+    def _build_theme_and_buttons(self) -> None:
         self.theme = QComboBox()
         for key, label in THEMES:
             self.theme.addItem(label, key)
@@ -144,6 +157,7 @@ class SettingsDialog(QDialog):
         )
         self.restore_button.clicked.connect(self._on_restore_button_clicked)
 
+    def _build_layout(self) -> None:
         form = QFormLayout()
         form.setVerticalSpacing(10)
         form.setHorizontalSpacing(14)
@@ -173,7 +187,6 @@ class SettingsDialog(QDialog):
         layout.addLayout(form)
         layout.addSpacing(6)
         layout.addWidget(buttons)
-        self._load(settings)
 
     def _load(self, settings: Settings) -> None:
         self.temperature.setValue(settings.temperature)
