@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QThread, QTimer, Signal, Slot
 
-from app.core.store import Attachment, AttachmentState, MessageStatus, StoredMessage
+from app.core.store import Attachment, AttachmentState
 from app.core.turns import TurnRequest
-from app.core.types import LoadParams, Role, SamplingParams
+from app.core.types import LoadParams, SamplingParams
 
 if TYPE_CHECKING:
     import argparse
@@ -56,7 +56,7 @@ class Driver(QObject):
     @Slot(object)
     def _on_worker_model_loaded(self, info: ModelInfo) -> None:
         self.info = info
-        hello = TurnRequest((_user_message(1, "Say hello."),), {}, SYSTEM_PROMPT, 48)
+        hello = TurnRequest.for_question("Say hello.", system_prompt=SYSTEM_PROMPT, max_tokens=48)
         self.answer_requested.emit(1, hello, SamplingParams(max_tokens=48))
 
     @Slot(str, str)
@@ -81,7 +81,7 @@ class Driver(QObject):
                 picture = Attachment(
                     1,
                     0,
-                    2,
+                    1,
                     "image",
                     self.image.name,
                     str(self.image),
@@ -89,8 +89,8 @@ class Driver(QObject):
                     {"state": AttachmentState.READY},
                     0.0,
                 )
-                question = _user_message(2, "What is in this picture?")
-                image_turn = TurnRequest((question,), {2: (picture,)}, "", 16)
+                question = "What is in this picture?"
+                image_turn = TurnRequest.for_question(question, max_tokens=16, attachments=(picture,))
                 self.answer_requested.emit(2, image_turn, SamplingParams(max_tokens=16))
                 return
         self.loop.quit()
@@ -125,10 +125,6 @@ def run_self_test(args: argparse.Namespace) -> int:
     if tmp is not None:
         tmp.cleanup()
     return _report(driver, image is not None)
-
-
-def _user_message(message_id: int, text: str) -> StoredMessage:
-    return StoredMessage(message_id, 0, Role.USER.value, text, 0.0, "", {}, {}, MessageStatus.COMPLETE)
 
 
 def _load_params(model: Path, n_ctx: int | None, images: Path) -> tuple[LoadParams, Path | None]:

@@ -98,14 +98,15 @@ def bench_app(model: Path, runs: list[int], tokens: int, threads: int) -> list[t
     from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
     from app.core.engine import LlamaEngine
-    from app.core.types import ChatMessage, LoadParams, SamplingParams
+    from app.core.turns import TurnRequest
+    from app.core.types import LoadParams, SamplingParams
     from app.workers.inference import LlamaWorker
 
     app = QCoreApplication.instance() or QCoreApplication(sys.argv[:1])
 
     class Receiver(QObject):
         load = Signal(object)
-        generate = Signal(int, list, object, int)
+        generate = Signal(int, object, object)
 
         def __init__(self) -> None:
             super().__init__()
@@ -136,7 +137,7 @@ def bench_app(model: Path, runs: list[int], tokens: int, threads: int) -> list[t
     worker.moveToThread(thread)
     receiver = Receiver()
     receiver.load.connect(worker.load_model)
-    receiver.generate.connect(worker.generate)
+    receiver.generate.connect(worker.answer)
     worker.model_loaded.connect(receiver.on_loaded)
     worker.load_failed.connect(receiver.on_failed)
     worker.tokens_generated.connect(receiver.on_tokens)
@@ -149,7 +150,7 @@ def bench_app(model: Path, runs: list[int], tokens: int, threads: int) -> list[t
     for run in runs:
         receiver.first = None
         started = time.perf_counter()
-        receiver.generate.emit(run, [ChatMessage.user(prompt_text(run))], sampling, 64)
+        receiver.generate.emit(run, TurnRequest.for_question(prompt_text(run), max_tokens=tokens), sampling)
         app.exec()
         stats = receiver.stats
         # tokens/s as llama.cpp decodes them (generation phase), and TTFT as the GUI thread sees it

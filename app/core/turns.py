@@ -87,6 +87,21 @@ class TurnRequest:
     draft: str | None = None
     pending: tuple[Attachment, ...] = ()
 
+    @classmethod
+    def for_question(
+        cls,
+        question: str,
+        *,
+        system_prompt: str = "",
+        max_tokens: int = 2048,
+        attachments: tuple[Attachment, ...] = (),
+    ) -> TurnRequest:
+        """A conversation of one question (the self-test, benchmarks), with its ``attachments``."""
+        from app.core.store import MessageStatus, StoredMessage
+
+        message = StoredMessage(1, 0, Role.USER.value, question, 0.0, "", {}, {}, MessageStatus.COMPLETE)
+        return cls((message,), {1: attachments} if attachments else {}, system_prompt, max_tokens)
+
 
 @dataclass(frozen=True)
 class DocumentDecision:
