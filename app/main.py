@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +15,12 @@ from app import __version__
 from app.config import AppPaths, Settings, load_settings, setup_logging
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
+    from app.core.engine.probe import MeasuredBuffers
+    from app.core.ports import Engine
     from app.core.store import Store
+    from app.core.types import LoadParams
     from app.ui.main_window import MainWindow
     from app.workers.controller import AppController
     from app.workers.downloads import DownloadController
@@ -63,19 +68,32 @@ class Application:
     downloads: DownloadController | None = None
 
 
-def engine_factory() -> object:
-    from app.core.engine import LlamaEngine
-
-    return LlamaEngine()
+IN_PROCESS_ENV = "SCOUT_ENGINE_IN_PROCESS"
 
 
-def planner(request: object) -> object:
-    """Runs on the inference thread: fresh free-memory figures and llama.cpp's dry run each load."""
-    from app.core.engine.probe import measure_buffers
+def make_engine(paths: AppPaths) -> Engine:
+    """The app's engine: llama.cpp in its own process (``app/core/engine/process.py``), started
+    with the first request; its log (llama.cpp's lines, a native assertion's text) is ``engine.log``.
+    ``SCOUT_ENGINE_IN_PROCESS=1`` runs llama.cpp in this process instead (debugging only: a
+    native abort then ends the window)."""
+    if os.environ.get(IN_PROCESS_ENV) == "1":
+        from app.core.engine import LlamaEngine
+
+        return LlamaEngine()
+    from app.core.engine.process import EngineProxy
+
+    return EngineProxy(log_path=paths.log_dir / "engine.log")
+
+
+def planner(request: object, measure: Callable[[LoadParams], MeasuredBuffers] | None = None) -> object:
+    """Runs on the inference thread: fresh free-memory figures and llama.cpp's dry run each load
+    (``measure``: in the engine process; None: in this process)."""
     from app.core.hardware import SystemHardware
     from app.core.planner import plan_load
 
-    return plan_load(request, SystemHardware().probe(), measure_buffers)  # type: ignore[arg-type]
+    if measure is None:
+        from app.core.engine.probe import measure_buffers as measure
+    return plan_load(request, SystemHardware().probe(), measure)  # type: ignore[arg-type]
 
 
 def build_application(args: argparse.Namespace) -> Application:
@@ -96,7 +114,14 @@ def build_application(args: argparse.Namespace) -> Application:
         store = Store(paths.database)
     except StorageError:
         raise
-    controller = AppController(store, paths, settings, engine_factory, planner=planner)  # type: ignore[arg-type]
+    engine = make_engine(paths)
+    controller = AppController(
+        store,
+        paths,
+        settings,
+        lambda: engine,
+        planner=functools.partial(planner, measure=getattr(engine, "measure_buffers", None)),  # type: ignore[arg-type]
+    )
     window = MainWindow(controller)
     window.app_paths = paths
     if not args.model and is_first_run(paths, settings):

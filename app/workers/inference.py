@@ -321,3 +321,6 @@ class InferenceThread:
         engine = self.worker._engine
         if engine is not None:
             engine.unload()
+            close = getattr(engine, "close", None)  # an engine process ends here
+            if close is not None:
+                close()
