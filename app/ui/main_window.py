@@ -382,6 +382,7 @@ class MainWindow(QMainWindow):
         m.model_load_progress.connect(self._on_models_model_load_progress)
         m.model_loaded.connect(self._on_models_model_loaded)
         m.model_load_failed.connect(self._on_models_model_load_failed)
+        m.model_lost.connect(self._on_models_model_lost)
         m.plan_changed.connect(self._on_models_plan_changed)
         c = self.conversations
         c.conversations_changed.connect(self._on_conversations_conversations_changed)
@@ -719,6 +720,10 @@ class MainWindow(QMainWindow):
         self._hide_loading()
         self._set_model(self.models.model_info)
         self.show_error(message, detail)
+
+    def _on_models_model_lost(self) -> None:
+        self._set_model(None)  # the engine process stopped: its error says so, and how to go on
+        self._update_actions()
 
     def _on_conversations_conversations_changed(self) -> None:
         self.sidebar.reload()

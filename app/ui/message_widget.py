@@ -403,6 +403,8 @@ class MessageWidget(QFrame):
         streaming = self.status == "streaming"
         self.typing_label.setVisible(streaming and not self.text)
         badge = STATUS_BADGES.get(self.status, "")
+        if self.status == "interrupted" and self.stats.get("error"):
+            badge = "interrupted — the model engine stopped"
         if not badge and self.stats.get("finish_reason") == "length":
             badge = "cut off at the max-tokens limit"
         self.badge.setText(badge)
@@ -411,7 +413,7 @@ class MessageWidget(QFrame):
         self.badge.style().polish(self.badge)
         self.badge.setVisible(bool(badge))
         self.error_label.setText(self.error_text)
-        self.error_label.setVisible(self.status == "error" and bool(self.error_text))
+        self.error_label.setVisible(self.status in ("error", "interrupted") and bool(self.error_text))
         self.stats_label.setText(self._stats_text())
         self.copy_button.setVisible(not streaming or bool(self.text))
         self.sources_button.setVisible(

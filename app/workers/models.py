@@ -35,6 +35,7 @@ class ModelController(QObject):
         model_loaded(object): ModelInfo.
         model_load_failed(str, str): human message, detail.
         plan_changed(object): the offload Plan chosen for the model being loaded (planner.Plan).
+        model_lost(): the engine process stopped (crash, abort, watchdog): no model is loaded now.
     """
 
     model_load_started = Signal(str)
@@ -42,6 +43,7 @@ class ModelController(QObject):
     model_loaded = Signal(object)
     model_load_failed = Signal(str, str)
     plan_changed = Signal(object)
+    model_lost = Signal()
 
     load_requested = Signal(object)  # to the worker (queued across threads)
 
@@ -69,6 +71,7 @@ class ModelController(QObject):
         worker.load_notice.connect(self._on_worker_load_notice)
         worker.model_loaded.connect(self._on_worker_model_loaded)
         worker.load_failed.connect(self._on_worker_load_failed)
+        worker.engine_stopped.connect(self._on_worker_engine_stopped)
         preferences.settings_changed.connect(self._on_preferences_settings_changed)
 
     @property
@@ -151,6 +154,12 @@ class ModelController(QObject):
         self.model_loaded.emit(info)
         if info.chat_template_note:
             self._notices.error_occurred.emit(info.chat_template_note)
+
+    @Slot(str, str)
+    def _on_worker_engine_stopped(self, _message: str, _detail: str) -> None:
+        if self._model_info is not None:
+            self._model_info = None
+            self.model_lost.emit()
 
     @Slot(str, str)
     def _on_worker_load_failed(self, message: str, detail: str) -> None:

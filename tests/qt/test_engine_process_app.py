@@ -1,0 +1,57 @@
+"""The real controllers on an engine process (EngineProxy, real llama.cpp, the tiny model): a
+killed engine mid-answer is a message, the partial answer is kept as "interrupted", the model is
+reported lost, and the next load and answer work — all in this process, which survives."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from typing import TYPE_CHECKING
+
+from app.config import Settings
+from app.core.engine.process import EngineProxy
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def test_the_app_survives_a_killed_engine_mid_answer(qtbot, make_controller, tiny_model: Path) -> None:
+    proxy = EngineProxy()
+    pids: list[int] = []
+    try:
+        settings = Settings(n_ctx=8192, n_threads=1, max_tokens=100_000)
+        controller = make_controller(proxy, settings)  # type: ignore[arg-type]
+        with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
+            controller.models.load_model(str(tiny_model))
+        assert proxy.pid is not None
+        pids.append(proxy.pid)
+        with qtbot.waitSignal(controller.conversations.tokens_streamed, timeout=60_000):
+            controller.conversations.send("Tell me a very long story.")
+        with (
+            qtbot.waitSignal(controller.models.model_lost, timeout=60_000),
+            qtbot.waitSignal(controller.conversations.generation_failed, timeout=60_000) as failed,
+        ):
+            os.kill(pids[0], signal.SIGKILL)
+        message_id, message, detail = failed.args
+        assert message.startswith("The model engine stopped unexpectedly while answering")
+        assert "SIGKILL" in detail
+        stored = controller.store.get_message(message_id)
+        assert stored.status == "interrupted"
+        assert stored.content  # the partial answer is kept
+        assert controller.models.model_info is None
+
+        with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
+            controller.models.load_model(str(tiny_model))
+        assert proxy.pid is not None
+        pids.append(proxy.pid)
+        assert pids[1] != pids[0]
+        controller.update_settings(controller.settings.replace(max_tokens=8))
+        with qtbot.waitSignal(controller.conversations.generation_finished, timeout=60_000) as finished:
+            controller.conversations.send("And now?")
+        assert controller.store.get_message(finished.args[0]).status == "complete"
+    finally:
+        proxy.close()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
