@@ -283,3 +283,17 @@ def test_a_cancelled_answer_ends_and_the_next_one_starts_clean(proxies: Proxies,
     assert proxy.last_stats.finish_reason == "cancelled"
     assert answer(proxy) == answer(proxy)  # greedy: the cancelled run left nothing behind
     assert proxy.last_stats.finish_reason == "length"
+
+
+def test_a_call_that_makes_no_progress_is_reported_with_the_engines_stacks(
+    proxies: Proxies, tiny_model: Path
+) -> None:
+    proxy = proxies()
+    proxy.load(params(tiny_model))
+    proxy.stall_s = 0.3  # the heartbeat goes on; the reply does not come in time
+    pid = proxies.note(proxy)
+    with pytest.raises(EngineHungError, match="no progress") as caught:
+        proxy.count_tokens("many words " * 3_000_000)  # seconds of tokenizing, one reply at the end
+    assert "count_tokens" in caught.value.detail  # the engine's Python stack, dumped into its log
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

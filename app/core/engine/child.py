@@ -50,7 +50,8 @@ def serve(conn: Connection, cancel: Any, load_cancel: Any, shared: Any, log_path
     _redirect_output(log_path)
     os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # no gdb session in the log on an abort
     faulthandler.enable(sys.stderr)  # a Python stack in the log when the process crashes
-    faulthandler.register(signal.SIGUSR1, sys.stderr, all_threads=True)  # and when asked (watchdog)
+    if hasattr(signal, "SIGUSR1"):  # and when the watchdog asks (POSIX)
+        faulthandler.register(signal.SIGUSR1, sys.stderr, all_threads=True)
     threading.Thread(target=_beat, args=(shared,), name="engine-heartbeat", daemon=True).start()
     from app.core.engine.llama import LlamaEngine
 

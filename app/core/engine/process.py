@@ -14,7 +14,10 @@ This module never imports ``llama_cpp``: the GUI process stays free of it.
   and its assertion text) as detail. The model is gone with it; the next load starts a new child.
 * **A watchdog.** While the child has work, it must show a sign of life — a reply, a progress
   step, or the heartbeat its daemon thread bumps twice a second — at least every ``watchdog_s``
-  seconds; otherwise it is stopped (``SIGKILL``) and the call raises :class:`EngineHungError`.
+  seconds (a stopped or frozen process), and send something — a reply, a load step, a prompt
+  batch, a piece — at least every ``stall_s`` seconds (a native call that never returns while the
+  heartbeat thread still runs); otherwise it is stopped (``SIGKILL``) and the call raises
+  :class:`EngineHungError`.
 * **Stop within a second.** Cancelling an answer sets a flag the child checks between prompt
   batches and tokens. If the child has not finished within ``CANCEL_GRACE_S`` (a long prompt
   batch on a slow machine), the stream ends anyway; the child's late reply is read and dropped
@@ -36,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.engine import errors
 from app.core.engine.child import HEARTBEAT_INDEX
-from app.core.engine.errors import EngineCrashedError, EngineError, EngineHungError
+from app.core.engine.errors import EngineCrashedError, EngineError, EngineHungError, LoadCancelled
 from app.core.types import GenerationStats
 
 if TYPE_CHECKING:
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WATCHDOG_S = 30.0
+STALL_S = 600.0  # far above the slowest step: a Scout prompt batch deep in a long context on a CPU
 CANCEL_GRACE_S = 0.8
 POLL_S = 0.05
 LOG_TAIL_LINES = 25
@@ -134,8 +138,11 @@ class EngineProxy:
     """The ``Engine`` of the app: a :class:`LlamaEngine` in an engine process. One thread only
     (the inference worker's), like the engine it stands for."""
 
-    def __init__(self, watchdog_s: float = WATCHDOG_S, log_path: Path | None = None) -> None:
+    def __init__(
+        self, watchdog_s: float = WATCHDOG_S, log_path: Path | None = None, stall_s: float = STALL_S
+    ) -> None:
         self.watchdog_s = watchdog_s
+        self.stall_s = stall_s
         self._log_path = log_path
         self._own_log = log_path is None
         self._child: _Child | None = None
@@ -194,8 +201,12 @@ class EngineProxy:
                 child.load_cancel.set()
 
         name = Path(params.model_path).name
-        self._info = self._call(f"loading {name}", ("load", params), on_message)
-        return self._info
+        info = self._call(f"loading {name}", ("load", params), on_message)
+        if child.load_cancel.is_set():  # asked while the child was finishing: cancelled all the same
+            self.unload()
+            raise LoadCancelled()
+        self._info = info
+        return info
 
     def unload(self) -> None:
         """Free the model (the engine process stays for the next load). An engine that died or
@@ -302,7 +313,7 @@ class EngineProxy:
 
     def _next(self, child: _Child, phase: str, give_up_at: float | None = None) -> tuple[Any, ...] | None:
         """The child's next message. Raises when it dies or hangs; None once ``give_up_at`` passed."""
-        alive_at = time.monotonic()
+        alive_at = asked_at = time.monotonic()
         beat = child.heartbeat
         while True:
             ready = wait([child.conn, child.process.sentinel], timeout=POLL_S)
@@ -319,7 +330,9 @@ class EngineProxy:
             if child.heartbeat != beat:
                 beat, alive_at = child.heartbeat, now
             elif now - alive_at > self.watchdog_s:
-                raise self._hung(child, phase, now - alive_at)
+                raise self._hung(child, phase, f"no sign of life for {now - alive_at:.1f} s")
+            if now - asked_at > self.stall_s:
+                raise self._hung(child, phase, f"no progress for {now - asked_at:.1f} s")
 
     def _forget(self, child: _Child) -> str:
         """Drop a dead or hung child (killing it); return the last lines it wrote."""
@@ -348,13 +361,19 @@ class EngineProxy:
             )
         return EngineCrashedError(message, f"The engine process {how}.\n\n{tail}".strip())
 
-    def _hung(self, child: _Child, phase: str, silent_s: float) -> EngineHungError:
+    def _hung(self, child: _Child, phase: str, why: str) -> EngineHungError:
+        with contextlib.suppress(OSError):  # its threads' stacks into its log, when it can
+            if child.process.pid is not None and hasattr(signal, "SIGUSR1"):
+                os.kill(child.process.pid, signal.SIGUSR1)
+                child.process.join(0.2)
         tail = self._forget(child)
-        log.error("the engine process stopped responding while %s; its last lines:\n%s", phase, tail)
+        log.error(
+            "the engine process stopped responding while %s (%s); its last lines:\n%s", phase, why, tail
+        )
         return EngineHungError(
-            f"The model engine stopped responding while {phase} (no sign of life for {silent_s:.0f} "
-            "seconds), so it was stopped. Load the model again to continue.",
-            f"Watchdog: no reply and no heartbeat for {silent_s:.1f} s.\n\n{tail}".strip(),
+            f"The model engine stopped responding while {phase} ({why}), so it was stopped. "
+            "Load the model again to continue.",
+            f"Watchdog: {why}.\n\n{tail}".strip(),
         )
 
 
