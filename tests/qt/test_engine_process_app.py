@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.core.engine.process import EngineProxy
+from app.core.tiny_model import TinyModelSpec, write_tiny_model
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -55,3 +56,39 @@ def test_the_app_survives_a_killed_engine_mid_answer(qtbot, make_controller, tin
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_model_that_aborts_llama_cpp_is_a_message_and_the_app_goes_on(
+    qtbot, make_controller, tiny_model: Path, tmp_path: Path
+) -> None:
+    aborting = write_tiny_model(tmp_path / "no-temp-scale.gguf", TinyModelSpec(sliding_window=0))[0]
+    proxy = EngineProxy()
+    try:
+        controller = make_controller(proxy, Settings(n_ctx=1024, n_threads=1, max_tokens=8))  # type: ignore[arg-type]
+        with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
+            controller.models.load_model(str(tiny_model))
+        with qtbot.waitSignal(controller.conversations.generation_finished, timeout=60_000) as first:
+            controller.conversations.send("A first question.")
+        conversation = controller.conversations.current_conversation_id
+
+        with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
+            controller.models.load_model(str(aborting))  # llama.cpp loads it, then aborts at the first graph
+        with (
+            qtbot.waitSignal(controller.models.model_lost, timeout=60_000),
+            qtbot.waitSignal(controller.conversations.generation_failed, timeout=60_000) as failed,
+        ):
+            controller.conversations.send("And this one?")
+        _message_id, message, detail = failed.args
+        assert message.startswith("The model engine stopped unexpectedly while answering")
+        assert "GGML_ASSERT(f_attn_temp_scale != 0.0f)" in detail
+        assert "SIGABRT" in detail
+        assert controller.store.get_message(first.args[0]).status == "complete"  # the chat is intact
+        assert controller.conversations.current_conversation_id == conversation
+
+        with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
+            controller.models.load_model(str(tiny_model))
+        with qtbot.waitSignal(controller.conversations.generation_finished, timeout=60_000) as again:
+            controller.conversations.send("Once more.")
+        assert controller.store.get_message(again.args[0]).status == "complete"
+    finally:
+        proxy.close()

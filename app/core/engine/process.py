@@ -227,7 +227,7 @@ class EngineProxy:
     def measure_buffers(self, params: LoadParams) -> MeasuredBuffers:
         """llama.cpp's dry run for the planner (:func:`app.core.engine.probe.measure_buffers`), in
         the engine process: a file that aborts llama.cpp takes down that process, not the window."""
-        return self._call(f"measuring {Path(params.model_path).name}", ("measure_buffers", params))
+        return self._call(f"loading {Path(params.model_path).name}", ("measure_buffers", params))
 
     def state_key(self) -> str:
         return str(self._call("working", ("state_key",)))
