@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -297,3 +298,28 @@ def test_a_call_that_makes_no_progress_is_reported_with_the_engines_stacks(
     assert "count_tokens" in caught.value.detail  # the engine's Python stack, dumped into its log
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_kills_at_random_moments_of_answers_never_reach_this_process(
+    proxies: Proxies, tiny_model: Path
+) -> None:
+    proxy = proxies()
+    chooser = random.Random(17)
+    for _ in range(5):
+        proxy.load(params(tiny_model, n_ctx=8192))
+        pid = proxies.note(proxy)
+        kill_at = chooser.randint(1, 12)  # after this many pieces
+        pieces: list[str] = []
+        with pytest.raises(EngineCrashedError, match="while answering"):
+            read_killing_after(proxy, pid, kill_at, pieces)
+        assert len(pieces) >= kill_at
+    proxy.load(params(tiny_model))
+    proxies.note(proxy)
+    assert answer(proxy)
+
+
+def read_killing_after(proxy: EngineProxy, pid: int, kill_at: int, pieces: list[str]) -> None:
+    for piece in proxy.stream_chat([ChatMessage.user("Tell me more.")], LONG, threading.Event()):
+        pieces.append(piece)
+        if len(pieces) == kill_at:
+            os.kill(pid, signal.SIGKILL)
