@@ -126,11 +126,17 @@ class ErrorBanner(QFrame):
         self.close_button.setToolTip("Dismiss")
         self.close_button.setAccessibleName("Dismiss error")
         self.close_button.clicked.connect(self._on_close_button_clicked)
+        self.action_button = QPushButton()  # an offered way out ("Reload model"); hidden without one
+        self.action_button.setObjectName("errorBannerAction")
+        self.action_button.hide()
+        self.action_button.clicked.connect(self._on_action_button_clicked)
+        self._action: Callable[[], None] | None = None
         layout = QHBoxLayout(self)
         layout.setContentsMargins(12, 8, 8, 8)
         layout.setSpacing(10)
         layout.addWidget(self.icon, 0, Qt.AlignmentFlag.AlignTop)
         layout.addWidget(self.label, 1)
+        layout.addWidget(self.action_button, 0, Qt.AlignmentFlag.AlignTop)
         layout.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
         self.hide()
 
@@ -141,6 +147,19 @@ class ErrorBanner(QFrame):
 
     def text(self) -> str:
         return self.label.text()
+
+    def set_action(self, text: str, action: Callable[[], None] | None) -> None:
+        """Offer ``action`` as a button until it is clicked, replaced or cleared (``action=None``)."""
+        self._action = action
+        self.action_button.setText(text)
+        self.action_button.setVisible(action is not None)
+
+    def _on_action_button_clicked(self) -> None:
+        action = self._action
+        self.set_action("", None)
+        self.hide()
+        if action is not None:
+            action()
 
     def _on_close_button_clicked(self) -> None:
         self.hide()
@@ -685,6 +704,7 @@ class MainWindow(QMainWindow):
 
     def _on_models_model_load_started(self, path: str) -> None:
         self._model_loading = True
+        self.error_banner.set_action("", None)
         self._update_welcome()
         self._show_loading(path)
 
@@ -722,8 +742,10 @@ class MainWindow(QMainWindow):
         self.show_error(message, detail)
 
     def _on_models_model_lost(self) -> None:
-        self._set_model(None)  # the engine process stopped: its error says so, and how to go on
+        # the engine process stopped: the error that follows says so; the banner offers the way back
+        self._set_model(None)
         self._update_actions()
+        self.error_banner.set_action("Reload model", self.models.reload_lost_model)
 
     def _on_conversations_conversations_changed(self) -> None:
         self.sidebar.reload()

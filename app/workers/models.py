@@ -63,6 +63,7 @@ class ModelController(QObject):
         self._plan: Plan | None = None
         self._overrides: PlanOverrides | None = None
         self._loading = False
+        self._lost: tuple[str, PlanOverrides | None] | None = None  # the model a stopped engine took
 
         worker = inference.worker
         self.load_requested.connect(worker.load_model)
@@ -148,6 +149,7 @@ class ModelController(QObject):
     def _on_worker_model_loaded(self, info: ModelInfo) -> None:
         self._loading = False
         self._model_info = info
+        self._lost = None
         path = str(info.path)
         recent = push_recent_model(self._preferences.settings.recent_models, path)
         self._preferences.remember(last_model=path, recent_models=recent)
@@ -155,9 +157,21 @@ class ModelController(QObject):
         if info.chat_template_note:
             self._notices.error_occurred.emit(info.chat_template_note)
 
+    @property
+    def lost_model(self) -> str | None:
+        """The model the engine process took with it when it stopped (None once one loads)."""
+        return self._lost[0] if self._lost is not None else None
+
+    def reload_lost_model(self) -> None:
+        """Load the model the engine process took with it, with the same Advanced overrides."""
+        if self._lost is not None:
+            path, overrides = self._lost
+            self.load_model(path, overrides)
+
     @Slot(str, str)
     def _on_worker_engine_stopped(self, _message: str, _detail: str) -> None:
         if self._model_info is not None:
+            self._lost = (str(self._model_info.path), self._overrides)
             self._model_info = None
             self.model_lost.emit()
 

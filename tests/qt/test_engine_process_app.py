@@ -92,3 +92,41 @@ def test_a_model_that_aborts_llama_cpp_is_a_message_and_the_app_goes_on(
         assert controller.store.get_message(again.args[0]).status == "complete"
     finally:
         proxy.close()
+
+
+def test_the_window_offers_to_reload_the_model_a_killed_engine_took(
+    qtbot, make_controller, tiny_model: Path
+) -> None:
+    from PySide6.QtCore import Qt
+
+    from app.ui.main_window import MainWindow
+
+    proxy = EngineProxy()
+    try:
+        settings = Settings(n_ctx=8192, n_threads=1, max_tokens=100_000)
+        controller = make_controller(proxy, settings)  # type: ignore[arg-type]
+        window = MainWindow(controller)
+        qtbot.addWidget(window)
+        window.show()
+        with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
+            controller.models.load_model(str(tiny_model))
+        first = proxy.pid
+        assert first is not None
+        with qtbot.waitSignal(controller.conversations.tokens_streamed, timeout=60_000):
+            controller.conversations.send("Tell me a very long story.")
+        with qtbot.waitSignal(controller.conversations.generation_failed, timeout=60_000):
+            os.kill(first, signal.SIGKILL)
+        banner = window.error_banner
+        assert banner.isVisible()
+        assert banner.text().startswith("The model engine stopped unexpectedly while answering")
+        assert "SIGKILL" in banner.label.toolTip()  # the details
+        assert window.model_label.text() == "No model"
+        assert banner.action_button.isVisible()
+        assert banner.action_button.text() == "Reload model"
+        with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
+            qtbot.mouseClick(banner.action_button, Qt.MouseButton.LeftButton)
+        assert window.model_label.text() == controller.models.model_info.name
+        assert proxy.pid not in (None, first)
+        assert not banner.action_button.isVisible()
+    finally:
+        proxy.close()
