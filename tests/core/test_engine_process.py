@@ -323,3 +323,47 @@ def read_killing_after(proxy: EngineProxy, pid: int, kill_at: int, pieces: list[
         pieces.append(piece)
         if len(pieces) == kill_at:
             os.kill(pid, signal.SIGKILL)
+
+
+ORPHAN_PARENT = """
+import os, signal, sys, threading
+from pathlib import Path
+from app.core.engine.process import EngineProxy
+from app.core.types import ChatMessage, LoadParams, SamplingParams
+if __name__ == "__main__":
+    proxy = EngineProxy()
+    proxy.load(LoadParams(Path(sys.argv[1]), n_ctx=8192, n_threads=1))
+    print(proxy.pid, flush=True)
+    sampling = SamplingParams(max_tokens=8000)
+    for _piece in proxy.stream_chat([ChatMessage.user("go")], sampling, threading.Event()):
+        os.kill(os.getpid(), signal.SIGKILL)  # the window's process dies mid-answer
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_engine_process_ends_when_the_window_process_is_killed(tiny_model: Path, tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(ORPHAN_PARENT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tiny_model)], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == -signal.SIGKILL
+    child = int(done.stdout.split()[0])
+    try:
+        for _ in range(300):  # it notices the broken pipe at its next piece
+            if not running(child):
+                break
+            threading.Event().wait(0.1)
+        assert not running(child)
+    finally:
+        if running(child):  # only then: a gone pid may already belong to someone else
+            os.kill(child, signal.SIGKILL)

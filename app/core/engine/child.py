@@ -65,18 +65,29 @@ def serve(conn: Connection, cancel: Any, load_cancel: Any, shared: Any, log_path
         command, *args = request
         if command == "quit":
             break
-        _LOADING.active = command in ("load", "measure_buffers")
         try:
-            value = getattr(handlers, command)(*args)
-        except EngineError as exc:
-            conn.send(("error", type(exc).__name__, exc.message, exc.detail))
-        except Exception as exc:
-            log.exception("engine command %s failed", command)
-            conn.send(("error", type(exc).__name__, str(exc), f"{type(exc).__name__}: {exc}"))
-        else:
-            conn.send(("ok", value))
+            conn.send(_answer(handlers, command, args))
+        except OSError:  # BrokenPipeError mid-answer: the GUI process is gone
+            break
     engine.unload()
     conn.close()
+
+
+def _answer(handlers: _Handlers, command: str, args: list[Any]) -> tuple[Any, ...]:
+    """Run one request; its final reply (``ok`` or ``error``)."""
+    _LOADING.active = command in ("load", "measure_buffers")
+    try:
+        return ("ok", getattr(handlers, command)(*args))
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise  # a piece could not be sent: the GUI process is gone
+        log.exception("engine command %s failed", command)
+        return ("error", type(exc).__name__, str(exc), f"{type(exc).__name__}: {exc}")
+    except EngineError as exc:
+        return ("error", type(exc).__name__, exc.message, exc.detail)
+    except Exception as exc:  # process boundary: the GUI gets a reply
+        log.exception("engine command %s failed", command)
+        return ("error", type(exc).__name__, str(exc), f"{type(exc).__name__}: {exc}")
 
 
 def _redirect_output(log_path: str) -> None:
