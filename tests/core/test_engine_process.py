@@ -7,7 +7,6 @@ process it started, whatever happened.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import random
@@ -49,14 +48,21 @@ class Proxies:
         return pid
 
     def end_all(self) -> None:
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)  # a stopped child cannot even die
         for proxy in self.made:
-            proxy.close()
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            proxy.close()  # kills its engine process, stopped or not, and reaps it
+        for pid in self.pids:  # a child the test left behind otherwise (never a reused pid)
+            if our_child(pid):
                 os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+
+
+def our_child(pid: int) -> bool:
+    """Whether ``pid`` is still a child of this process (not yet reaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()
+    except OSError:
+        return False
+    return int(fields[1]) == os.getpid()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ reported lost, and the next load and answer work — all in this process, which 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from typing import TYPE_CHECKING
@@ -52,10 +51,7 @@ def test_the_app_survives_a_killed_engine_mid_answer(qtbot, make_controller, tin
             controller.conversations.send("And now?")
         assert controller.store.get_message(finished.args[0]).status == "complete"
     finally:
-        proxy.close()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        proxy.close()  # the killed engine was reaped by the proxy; this ends the current one
 
 
 def test_a_model_that_aborts_llama_cpp_is_a_message_and_the_app_goes_on(
