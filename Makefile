@@ -27,6 +27,7 @@ lint: setup
 
 bench: setup
 	.venv/bin/python -m bench.generation
+	.venv/bin/python -m bench.engine_process
 	.venv/bin/python -m bench.ui_stall
 	.venv/bin/python -m bench.planner
 	.venv/bin/python -m bench.documents

@@ -2,9 +2,9 @@
 
 Everything here is plain data plus text formatting, shared by the command line (``--check``), the
 Help → System information… dialog and the first-run welcome page. Nothing here imports
-``llama_cpp`` (the llama.cpp libraries are read through :mod:`app.core.ggml_lib`, ctypes) and
-nothing touches the network. Building the report never raises: a part that cannot be read says so
-in its line.
+``llama_cpp`` (the llama.cpp libraries are read through :mod:`app.core.ggml_lib`, ctypes;
+``--check`` starts an engine process, which does) and nothing touches the network. Building the
+report never raises: a part that cannot be read says so in its line.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import platform
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -409,6 +410,26 @@ def _model_lines(models: Sequence[InstalledModel]) -> list[tuple[str, str]]:
     return lines
 
 
+def check_engine_process() -> str:
+    """Start an engine process the way the app does (``spawn``; the packaged app: its own
+    executable), ask it for its versions and end it: the line ``--check`` prints."""
+    from app.core.engine.process import EngineProxy
+
+    started = time.perf_counter()
+    proxy = EngineProxy(watchdog_s=60.0)
+    try:
+        info = proxy.version()
+    except Exception as exc:
+        log.exception("the engine process did not start")
+        return f"did not start: {getattr(exc, 'message', exc)}"
+    finally:
+        proxy.close()
+    return (
+        f"starts (spawn): pid {info['pid']}, llama-cpp-python {info['llama_cpp']}, "
+        f"Python {info['python']}, ready in {time.perf_counter() - started:.1f} s"
+    )
+
+
 def collect_report(
     paths: AppPaths,
     *,
@@ -416,8 +437,10 @@ def collect_report(
     manifest: Manifest | None = None,
     extra_models: Sequence[Path] = (),
     free_space: Callable[[Path], int | None] = free_disk,
+    engine_check: Callable[[], str] | None = None,
 ) -> Report:
-    """Gather everything ``--check`` prints. Never raises for a missing part."""
+    """Gather everything ``--check`` prints. Never raises for a missing part. ``engine_check``
+    (``--check``: :func:`check_engine_process`) adds the engine process's line."""
     from app.core.hardware import SystemHardware
     from app.core.manifest import ManifestError, load_manifest
 
@@ -440,6 +463,8 @@ def collect_report(
         ("CPU features", " ".join(features) if features else "none reported"),
         ("System info", info),
     ]
+    if engine_check is not None:
+        sections[SECTION_LLAMA].insert(0, ("Engine process", engine_check()))
 
     hardware = _hardware_sections(hardware_probe or SystemHardware(), sections)
     free = free_space(paths.models_dir)
@@ -496,6 +521,7 @@ def format_report(report: Report) -> str:
 
 def run_check(paths: AppPaths, stream: TextIO | None = None, **kwargs: Any) -> int:
     """``scout-chat --check``: write the report to ``stream`` (stdout) and return 0."""
+    kwargs.setdefault("engine_check", check_engine_process)
     text = format_report(collect_report(paths, **kwargs))
     out = stream or sys.stdout
     out.write(text)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +15,13 @@ from app import __version__, excepthooks
 from app.config import AppPaths, Settings, load_settings, setup_logging
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
+    from app.core.engine.probe import MeasuredBuffers
     from app.core.planner import LoadRequest, PlannedLoad
     from app.core.ports import Engine
     from app.core.store import Store
+    from app.core.types import LoadParams
     from app.ui.main_window import MainWindow
     from app.workers.controller import AppController
     from app.workers.downloads import DownloadController
@@ -65,19 +69,34 @@ class Application:
     downloads: DownloadController | None = None
 
 
-def engine_factory() -> Engine:
-    from app.core.engine import LlamaEngine
-
-    return LlamaEngine()
+IN_PROCESS_ENV = "SCOUT_ENGINE_IN_PROCESS"
 
 
-def planner(request: LoadRequest) -> PlannedLoad:
-    """Runs on the inference thread: fresh free-memory figures and llama.cpp's dry run each load."""
-    from app.core.engine.probe import measure_buffers
+def make_engine(paths: AppPaths) -> Engine:
+    """The app's engine: llama.cpp in its own process (``app/core/engine/process.py``), started
+    with the first request; its log (llama.cpp's lines, a native assertion's text) is ``engine.log``.
+    ``SCOUT_ENGINE_IN_PROCESS=1`` runs llama.cpp in this process instead (debugging only: a
+    native abort then ends the window)."""
+    if os.environ.get(IN_PROCESS_ENV) == "1":
+        from app.core.engine import LlamaEngine
+
+        return LlamaEngine()
+    from app.core.engine.process import EngineProxy
+
+    return EngineProxy(log_path=paths.log_dir / "engine.log")
+
+
+def planner(
+    request: LoadRequest, measure: Callable[[LoadParams], MeasuredBuffers] | None = None
+) -> PlannedLoad:
+    """Runs on the inference thread: fresh free-memory figures and llama.cpp's dry run each load
+    (``measure``: in the engine process; None: in this process)."""
     from app.core.hardware import SystemHardware
     from app.core.planner import plan_load
 
-    return plan_load(request, SystemHardware().probe(), measure_buffers)
+    if measure is None:
+        from app.core.engine.probe import measure_buffers as measure
+    return plan_load(request, SystemHardware().probe(), measure)
 
 
 def build_application(args: argparse.Namespace) -> Application:
@@ -98,7 +117,14 @@ def build_application(args: argparse.Namespace) -> Application:
         store = Store(paths.database)
     except StorageError:
         raise
-    controller = AppController(store, paths, settings, engine_factory, planner=planner)
+    engine = make_engine(paths)
+    controller = AppController(
+        store,
+        paths,
+        settings,
+        lambda: engine,
+        planner=functools.partial(planner, measure=getattr(engine, "measure_buffers", None)),
+    )
     window = MainWindow(controller)
     window.app_paths = paths
     if not args.model and is_first_run(paths, settings):

@@ -148,12 +148,14 @@ def _load_params(model: Path, n_ctx: int | None, images: Path) -> tuple[LoadPara
 
 
 def _drive(params: LoadParams, image: Path | None) -> Driver:
-    """Run the worker on its own thread until the turns are done (or ten minutes have passed)."""
-    from app.core.engine import LlamaEngine
+    """Run the worker on its own thread until the turns are done (or ten minutes have passed), on
+    the app's engine: llama.cpp in an engine process."""
+    from app.core.engine.process import EngineProxy
     from app.workers.inference import LlamaWorker
 
+    engine = EngineProxy()
     thread = QThread()
-    worker = LlamaWorker(LlamaEngine)
+    worker = LlamaWorker(lambda: engine)
     worker.moveToThread(thread)
     loop = QEventLoop()
     driver = Driver(worker, loop, image)
@@ -164,8 +166,7 @@ def _drive(params: LoadParams, image: Path | None) -> Driver:
     worker.cancel_event.set()
     thread.quit()
     thread.wait(30_000)
-    if worker._engine is not None:
-        worker._engine.unload()
+    engine.close()
     return driver
 
 

@@ -53,6 +53,9 @@ def test_check_prints_every_section_and_exits_0(tmp_path: Path, capsys: pytest.C
     assert re.match(r"6\.\d+", versions["PySide6"])
     assert re.match(r"0\.3\.\d+", versions["llama-cpp-python"])
     assert "CPU" in report["llama.cpp"]["Backends"]
+    assert re.match(
+        r"starts \(spawn\): pid \d+, llama-cpp-python 0\.3\.\d+", report["llama.cpp"]["Engine process"]
+    )
     assert "AVX" in report["llama.cpp"]["CPU features"] or report["llama.cpp"]["CPU features"]
     # this CI machine has no GPU that llama.cpp can use
     assert report["Devices"]["Accelerators"].startswith("CPU only")

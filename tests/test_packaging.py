@@ -85,3 +85,4 @@ def test_pyinstaller_build_passes_self_test(tmp_path: Path, tiny_model: Path, ti
     assert "(packaged)" in check.stdout
     assert "== Devices ==" in check.stdout
     assert "llama-cpp-python: 0.3" in check.stdout
+    assert "Engine process: starts (spawn): pid" in check.stdout  # the executable started itself

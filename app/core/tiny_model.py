@@ -123,6 +123,10 @@ class TinyModelSpec:
     name: str = "Tiny Llama 4 (random weights)"
     logit_scale: float = 4.0  # std of the logits of printable tokens
     extra_metadata: dict[str, str] = field(default_factory=dict)
+    # None: no key (Scout's chunked attention). 0: no chunked attention, without the attention
+    # temperature keys that go with it: llama.cpp loads such a file, then aborts the process
+    # (GGML_ASSERT f_attn_temp_scale != 0) when it builds the first graph — the engine-process tests.
+    sliding_window: int | None = None
 
     @property
     def head_dim(self) -> int:
@@ -331,6 +335,8 @@ def _write_metadata(writer: GGUFWriter, spec: TinyModelSpec, vocab: Vocabulary) 
         moe_every=spec.moe_every,
         n_vocab=len(vocab.tokens),
     )
+    if spec.sliding_window is not None:
+        writer.add_uint32("llama4.attention.sliding_window", spec.sliding_window)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("llama4")
     writer.add_token_list(list(vocab.tokens))

@@ -265,6 +265,7 @@ class MainWindow(QMainWindow):
         m.model_load_progress.connect(self._on_models_model_load_progress)
         m.model_loaded.connect(self._on_models_model_loaded)
         m.model_load_failed.connect(self._on_models_model_load_failed)
+        m.model_lost.connect(self._on_models_model_lost)
         m.plan_changed.connect(self._on_models_plan_changed)
         c = self.conversations
         c.conversations_changed.connect(self._on_conversations_conversations_changed)
@@ -526,6 +527,7 @@ class MainWindow(QMainWindow):
 
     def _on_models_model_load_started(self, path: str) -> None:
         self._model_loading = True
+        self.error_banner.set_action("", None)
         self._update_welcome()
         self.status.show_loading(path)
 
@@ -560,6 +562,12 @@ class MainWindow(QMainWindow):
         self.status.hide_loading()
         self._set_model(self.models.model_info)
         self.show_error(message, detail)
+
+    def _on_models_model_lost(self) -> None:
+        # the engine process stopped: the error that follows says so; the banner offers the way back
+        self._set_model(None)
+        self._update_actions()
+        self.error_banner.set_action("Reload model", self.models.reload_lost_model)
 
     def _on_conversations_conversations_changed(self) -> None:
         self.sidebar.reload()

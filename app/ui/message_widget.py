@@ -405,6 +405,8 @@ class MessageWidget(QFrame):
         streaming = self.status == MessageStatus.STREAMING
         self.typing_label.setVisible(streaming and not self.text)
         badge = STATUS_BADGES.get(self.status, "")
+        if self.status == MessageStatus.INTERRUPTED and self.stats.get("error"):
+            badge = "interrupted — the model engine stopped"
         if not badge and self.stats.get("finish_reason") == FinishReason.LENGTH:
             badge = "cut off at the max-tokens limit"
         self.badge.setText(badge)
@@ -413,7 +415,8 @@ class MessageWidget(QFrame):
         self.badge.style().polish(self.badge)
         self.badge.setVisible(bool(badge))
         self.error_label.setText(self.error_text)
-        self.error_label.setVisible(self.status == MessageStatus.ERROR and bool(self.error_text))
+        error_states = (MessageStatus.ERROR, MessageStatus.INTERRUPTED)
+        self.error_label.setVisible(self.status in error_states and bool(self.error_text))
         self.stats_label.setText(self._stats_text())
         self.copy_button.setVisible(not streaming or bool(self.text))
         self.sources_button.setVisible(

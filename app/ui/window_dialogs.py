@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSize, QStandardPaths, Qt
-from PySide6.QtWidgets import QFileDialog, QFrame, QHBoxLayout, QLabel, QMessageBox, QToolButton, QWidget
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QToolButton,
+    QWidget,
+)
 
 from app.ui import theme
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def choose_model_file(parent: QWidget, start_dir: str) -> str:
@@ -67,11 +80,17 @@ class ErrorBanner(QFrame):
         self.close_button.setToolTip("Dismiss")
         self.close_button.setAccessibleName("Dismiss error")
         self.close_button.clicked.connect(self._on_close_button_clicked)
+        self.action_button = QPushButton()  # an offered way out ("Reload model"); hidden without one
+        self.action_button.setObjectName("errorBannerAction")
+        self.action_button.hide()
+        self.action_button.clicked.connect(self._on_action_button_clicked)
+        self._action: Callable[[], None] | None = None
         layout = QHBoxLayout(self)
         layout.setContentsMargins(12, 8, 8, 8)
         layout.setSpacing(10)
         layout.addWidget(self.icon, 0, Qt.AlignmentFlag.AlignTop)
         layout.addWidget(self.label, 1)
+        layout.addWidget(self.action_button, 0, Qt.AlignmentFlag.AlignTop)
         layout.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
         self.hide()
 
@@ -82,6 +101,19 @@ class ErrorBanner(QFrame):
 
     def text(self) -> str:
         return self.label.text()
+
+    def set_action(self, text: str, action: Callable[[], None] | None) -> None:
+        """Offer ``action`` as a button until it is clicked, replaced or cleared (``action=None``)."""
+        self._action = action
+        self.action_button.setText(text)
+        self.action_button.setVisible(action is not None)
+
+    def _on_action_button_clicked(self) -> None:
+        action = self._action
+        self.set_action("", None)
+        self.hide()
+        if action is not None:
+            action()
 
     def _on_close_button_clicked(self) -> None:
         self.hide()

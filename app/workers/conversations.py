@@ -91,6 +91,7 @@ class ConversationController(QObject):
         self._models = models
         self._conversation_id: int | None = None
         self._gen_id = 0
+        self._engine_stopped_gen: int | None = None  # the answer whose engine process stopped
         self._preview_id = 0
         self._answering: int | None = None  # the conversation being answered (from send to the end)
         self._streaming_message: int | None = None  # its answer, once the turn is decided
@@ -110,6 +111,7 @@ class ConversationController(QObject):
         worker.tokens_generated.connect(self._on_worker_tokens_generated)
         worker.generation_finished.connect(self._on_worker_generation_finished)
         worker.generation_failed.connect(self._on_worker_generation_failed)
+        worker.engine_stopped.connect(self._on_worker_engine_stopped)
         models.model_loaded.connect(self._on_models_model_loaded)
         preferences.settings_changed.connect(self._on_preferences_settings_changed)
 
@@ -420,17 +422,23 @@ class ConversationController(QObject):
         self.busy_changed.emit(False)
         self._announce(conversation_id)
 
+    @Slot(str, str)
+    def _on_worker_engine_stopped(self, _message: str, _detail: str) -> None:
+        # the answer being written (if any) fails next: its partial text is kept as "interrupted"
+        self._engine_stopped_gen = self._gen_id if self._answering is not None else None
+
     @Slot(int, str, str)
     def _on_worker_generation_failed(self, gen_id: int, message: str, detail: str) -> None:
         if gen_id != self._gen_id or self._answering is None:
             return
         conversation_id, message_id = self._answering, self._streaming_message
+        interrupted = self._engine_stopped_gen == gen_id
+        self._engine_stopped_gen = None
         self._end_answer()
         if message_id is not None:
             partial = "".join(self._streaming_text)
-            self._store.update_message(
-                message_id, content=partial, status=MessageStatus.ERROR, stats={"error": message}
-            )
+            status = MessageStatus.INTERRUPTED if interrupted and partial else MessageStatus.ERROR
+            self._store.update_message(message_id, content=partial, status=status, stats={"error": message})
         elif self._store.get_conversation(conversation_id) is not None:
             # the turn could not be built (too long, say): the answer that never started says why
             failed = self._add_answer(conversation_id, MessageStatus.ERROR, stats={"error": message})

@@ -20,6 +20,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from app.config import kv_state_files
 from app.core.context import MessageTooLongError
 from app.core.engine import OutOfMemoryError, ProjectorError, check_model_file, first_split_part
+from app.core.engine.errors import EngineCrashedError, EngineHungError
 from app.core.errors import UserError
 from app.core.gguf_info import GGUFError, find_projector, projector_mismatch, read_gguf_info
 from app.core.heap import release_free_heap
@@ -82,6 +83,8 @@ class LlamaWorker(QObject):
         generation_failed(int, str, str): gen_id, human message, detail.
         session_saved(int, int): conversation id, tokens of KV cache written to disk.
         session_restored(int, int): conversation id, tokens of KV cache read back (0: none).
+        engine_stopped(str, str): the engine process died or hung (message, detail); the model is
+            gone. Sent before the ``*_failed`` signal of the request it broke.
     """
 
     load_progress = Signal(float)
@@ -98,6 +101,7 @@ class LlamaWorker(QObject):
     generation_failed = Signal(int, str, str)
     session_saved = Signal(int, int)
     session_restored = Signal(int, int)
+    engine_stopped = Signal(str, str)
 
     def __init__(
         self,
@@ -153,6 +157,7 @@ class LlamaWorker(QObject):
                 info, params = self._load_planned(request, progress)
         except Exception as exc:  # noqa: BLE001 - thread boundary
             message, detail = _human(exc)
+            self._note_engine_stopped(exc, message, detail)
             log.warning("model load failed: %s", message)
             kept = self._keep_previous(previous)
             if kept is not None:
@@ -354,7 +359,12 @@ class LlamaWorker(QObject):
         except Exception as exc:
             message, detail = _human(exc)
             log.exception("generation %d failed", gen_id)
+            self._note_engine_stopped(exc, message, detail)
             self.generation_failed.emit(gen_id, message, detail)
+
+    def _note_engine_stopped(self, exc: BaseException, message: str, detail: str) -> None:
+        if isinstance(exc, (EngineCrashedError, EngineHungError)):
+            self.engine_stopped.emit(message, detail)
 
     def _stream(self, gen_id: int, turn: Turn, sampling: SamplingParams) -> None:
         engine = self.engine
@@ -424,3 +434,6 @@ class InferenceThread:
         engine = self.worker._engine
         if engine is not None:
             engine.unload()
+            close = getattr(engine, "close", None)  # an engine process ends here
+            if close is not None:
+                close()

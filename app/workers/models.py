@@ -46,6 +46,7 @@ class ModelController(QObject):
         model_loaded(object): ModelInfo.
         model_load_failed(str, str): human message, detail.
         plan_changed(object): the offload Plan chosen for the model being loaded (planner.Plan).
+        model_lost(): the engine process stopped (crash, abort, watchdog): no model is loaded now.
     """
 
     model_load_started = Signal(str)
@@ -53,6 +54,7 @@ class ModelController(QObject):
     model_loaded = Signal(object)
     model_load_failed = Signal(str, str)
     plan_changed = Signal(object)
+    model_lost = Signal()
 
     load_requested = Signal(object)  # to the worker (queued across threads)
 
@@ -74,6 +76,7 @@ class ModelController(QObject):
         self._loading = False
         self._kept: ModelInfo | None = None  # the model still loaded after a failed load
         self._previous: tuple[Plan | None, PlanOverrides | None] = (None, None)
+        self._lost: tuple[str, PlanOverrides | None] | None = None  # the model a stopped engine took
 
         worker = inference.worker
         self.load_requested.connect(worker.load_model)
@@ -83,6 +86,7 @@ class ModelController(QObject):
         worker.model_loaded.connect(self._on_worker_model_loaded)
         worker.model_kept.connect(self._on_worker_model_kept)
         worker.load_failed.connect(self._on_worker_load_failed)
+        worker.engine_stopped.connect(self._on_worker_engine_stopped)
         preferences.settings_changed.connect(self._on_preferences_settings_changed)
 
     @property
@@ -161,6 +165,7 @@ class ModelController(QObject):
     def _on_worker_model_loaded(self, info: ModelInfo) -> None:
         self._loading = False
         self._model_info = info
+        self._lost = None
         path = str(info.path)
         recent = push_recent_model(self._preferences.settings.recent_models, path)
         self._preferences.remember(last_model=path, recent_models=recent)
@@ -184,6 +189,24 @@ class ModelController(QObject):
     @Slot(object)
     def _on_worker_model_kept(self, info: ModelInfo) -> None:
         self._kept = info
+
+    @property
+    def lost_model(self) -> str | None:
+        """The model the engine process took with it when it stopped (None once one loads)."""
+        return self._lost[0] if self._lost is not None else None
+
+    def reload_lost_model(self) -> None:
+        """Load the model the engine process took with it, with the same Advanced overrides."""
+        if self._lost is not None:
+            path, overrides = self._lost
+            self.load_model(path, overrides)
+
+    @Slot(str, str)
+    def _on_worker_engine_stopped(self, _message: str, _detail: str) -> None:
+        if self._model_info is not None:
+            self._lost = (str(self._model_info.path), self._overrides)
+            self._model_info = None
+            self.model_lost.emit()
 
     @Slot(str, str)
     def _on_worker_load_failed(self, message: str, detail: str) -> None:

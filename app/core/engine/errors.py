@@ -42,6 +42,16 @@ class NoModelError(EngineError):
         super().__init__("No model is loaded. Open a GGUF model file first.")
 
 
+class EngineCrashedError(EngineError):
+    """The engine process ended without being asked to (a native abort, a crash, a kill).
+    The model is gone with it; the next load starts a fresh engine process."""
+
+
+class EngineHungError(EngineError):
+    """The engine process showed no sign of life for the watchdog's time while it had work; it
+    was stopped, and the next load starts a fresh one."""
+
+
 def explain_load_failure(path: Path, detail: str) -> str:
     low = detail.lower()
     if "unknown model architecture" in low:
