@@ -39,6 +39,7 @@ class FakeEngine:
         self._info: ModelInfo | None = None
         self._stats = GenerationStats()
         self.seen: list[list[ChatMessage]] = []
+        self.hold = False  # True: after its pieces the answer stays open until it is stopped
 
     @property
     def model_info(self) -> ModelInfo | None:
@@ -108,6 +109,8 @@ class FakeEngine:
             context_used=prompt + produced,
             finish_reason=finish,
         )
+        if self.hold:  # the window can be looked at while an answer is being written
+            cancel.wait(10)
 
 
 def turn_request(messages: Sequence[ChatMessage], *, max_tokens: int = 64) -> TurnRequest:

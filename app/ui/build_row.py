@@ -103,12 +103,7 @@ class BuildRowWidget(QFrame):
         self.build = build
         self.setObjectName("modelRow")
         self.setFrameShape(QFrame.Shape.StyledPanel)
-        self.name_label = QLabel(build.display_name)
-        self.name_label.setObjectName("modelName")
-        font = self.name_label.font()
-        font.setBold(True)
-        font.setPointSizeF(font.pointSizeF() + 1)
-        self.name_label.setFont(font)
+        self.name_label = _title_label(build.display_name)
         self.state_label = QLabel()
         self.state_label.setObjectName("modelState")
         self.state_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -262,12 +257,7 @@ class LocalModelRowWidget(QFrame):
         self.path = path
         self.setObjectName("modelRow")
         self.setFrameShape(QFrame.Shape.StyledPanel)
-        self.name_label = QLabel(path.name)
-        self.name_label.setObjectName("modelName")
-        font = self.name_label.font()
-        font.setBold(True)
-        font.setPointSizeF(font.pointSizeF() + 1)
-        self.name_label.setFont(font)
+        self.name_label = _title_label(path.name)
         self.state_label = QLabel(where)
         self.state_label.setObjectName("modelState")
         self.state_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -345,3 +335,14 @@ def _size_on_disk(model: Path, projector: Path | None) -> int:
         with contextlib.suppress(OSError):
             total += part.stat().st_size
     return total
+
+
+def _title_label(text: str) -> QLabel:
+    """A model card's name: bold, a point larger than the text around it."""
+    label = QLabel(text)
+    label.setObjectName("modelName")
+    font = label.font()
+    font.setBold(True)
+    font.setPointSizeF(font.pointSizeF() + 1)
+    label.setFont(font)
+    return label

@@ -28,11 +28,10 @@ from app.ui.window_dialogs import export_start_dir
 from tests.fakes import FakeEngine
 
 if TYPE_CHECKING:
-    import threading
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable
 
     from app.config import AppPaths
-    from app.core.types import ChatMessage, LoadParams, SamplingParams
+    from app.core.types import LoadParams
 
 pytestmark = pytest.mark.qt_log_ignore(
     "This plugin does not support propagateSizeHints", "This plugin does not support raise"
@@ -40,26 +39,12 @@ pytestmark = pytest.mark.qt_log_ignore(
 
 
 class NamedEngine(FakeEngine):
-    """A FakeEngine whose model is named after its file (two models, two names), and whose answer
-    stays open after its pieces until it is stopped when ``hold`` is set."""
-
-    hold = False
+    """A FakeEngine whose model is named after its file (two models, two names)."""
 
     def load(self, params: LoadParams, progress: Callable[[float], bool] | None = None) -> ModelInfo:
         info = dataclasses.replace(super().load(params, progress), name=Path(params.model_path).stem)
         self._info = info
         return info
-
-    def stream_chat(
-        self,
-        messages: Sequence[ChatMessage],
-        sampling: SamplingParams,
-        cancel: threading.Event,
-        on_prompt_progress: Callable[[int, int], None] | None = None,
-    ) -> Iterator[str]:
-        yield from super().stream_chat(messages, sampling, cancel, on_prompt_progress)
-        if self.hold:
-            cancel.wait(10)
 
 
 @pytest.fixture

@@ -18,41 +18,19 @@ from app.ui.settings_dialog import SettingsDialog
 from tests.fakes import FakeEngine
 
 if TYPE_CHECKING:
-    import threading
-    from collections.abc import Callable, Iterator, Sequence
-
     from app.config import AppPaths, Settings
-    from app.core.types import ChatMessage, SamplingParams
     from app.workers.controller import AppController
 
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints")
 
 
-class HoldingEngine(FakeEngine):
-    """A FakeEngine whose answer, once its pieces are streamed, stays open until it is stopped
-    (``hold``): the window can be looked at while an answer is being written."""
-
-    hold = False
-
-    def stream_chat(
-        self,
-        messages: Sequence[ChatMessage],
-        sampling: SamplingParams,
-        cancel: threading.Event,
-        on_prompt_progress: Callable[[int, int], None] | None = None,
-    ) -> Iterator[str]:
-        yield from super().stream_chat(messages, sampling, cancel, on_prompt_progress)
-        if self.hold:
-            cancel.wait(10)
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine(n_ctx=8192)
 
 
 @pytest.fixture
-def engine() -> HoldingEngine:
-    return HoldingEngine(n_ctx=8192)
-
-
-@pytest.fixture
-def controller(make_controller, engine: HoldingEngine) -> AppController:
+def controller(make_controller, engine: FakeEngine) -> AppController:
     c = make_controller(engine)
     c.store.create_conversation("First chat")
     c.store.create_conversation("Second chat")  # the more recent one
