@@ -1,6 +1,9 @@
 """Model downloads off the GUI thread: a :class:`DownloadWorker` on one long-lived QThread, driven by a
 GUI-thread :class:`DownloadController` that owns the thread and a FIFO queue of builds.
 
+About 600 lines: the worker and the controller that owns its thread, queue and token store belong
+together (each request and its result pass between the two).
+
 The :class:`~app.core.downloads.Downloader` is blocking, so the worker runs one build at a time; the
 controller sends the next build when the previous one ended (finished, failed, paused or cancelled).
 Pause and cancel reach a running transfer directly from the GUI thread (:meth:`DownloadWorker.request_stop`
