@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from app.config import AppPaths
     from app.core.types import LoadParams
+    from app.workers.controller import AppController
 
 pytestmark = pytest.mark.qt_log_ignore(
     "This plugin does not support propagateSizeHints", "This plugin does not support raise"
@@ -166,16 +167,19 @@ def test_status_bar_shows_live_speed_and_context_then_clears(
 
 
 # -- 7: each answer names the model that wrote it; no stray leading space --------------------------
+def answer_with_two_models(qtbot, controller: AppController, load_fake_model) -> None:
+    """ "First" answered by a model named tiny-llama4, then "Second" by one named gemma-3-270m."""
+    for model, question in (("tiny-llama4.gguf", "First"), ("gemma-3-270m.gguf", "Second")):
+        load_fake_model(controller, model)
+        with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000):
+            controller.conversations.send(question)
+
+
 def test_answers_record_and_show_the_model_that_wrote_them(
     qtbot, window: MainWindow, load_fake_model
 ) -> None:
     controller = window.controller
-    load_fake_model(controller, "tiny-llama4.gguf")
-    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000):
-        controller.conversations.send("First")
-    load_fake_model(controller, "gemma-3-270m.gguf")
-    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000):
-        controller.conversations.send("Second")
+    answer_with_two_models(qtbot, controller, load_fake_model)
     answers = [m for m in controller.conversations.messages() if m.role == "assistant"]
     assert [(m.model, m.content) for m in answers] == [
         ("tiny-llama4", "Hello there"),  # the engine's first piece was " Hello"
@@ -190,12 +194,7 @@ def test_export_names_each_answers_model_and_opens_in_documents(
     qtbot, window: MainWindow, load_fake_model, tmp_path: Path, app_paths: AppPaths
 ) -> None:
     controller = window.controller
-    load_fake_model(controller, "tiny-llama4.gguf")
-    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000):
-        controller.conversations.send("First")
-    load_fake_model(controller, "gemma-3-270m.gguf")
-    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=5000):
-        controller.conversations.send("Second")
+    answer_with_two_models(qtbot, controller, load_fake_model)
     offered: list[str] = []
     folder = tmp_path / "exports"
     folder.mkdir()
