@@ -97,8 +97,6 @@ class TurnRequest:
         attachments: tuple[Attachment, ...] = (),
     ) -> TurnRequest:
         """A conversation of one question (the self-test, benchmarks), with its ``attachments``."""
-        from app.core.store import MessageStatus, StoredMessage
-
         message = StoredMessage(1, 0, Role.USER.value, question, 0.0, "", {}, {}, MessageStatus.COMPLETE)
         return cls((message,), {1: attachments} if attachments else {}, system_prompt, max_tokens)
 
