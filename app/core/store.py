@@ -202,7 +202,36 @@ def _migrate_to_v2(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1, _migrate_to_v2)
+def _migrate_to_v3(conn: sqlite3.Connection) -> None:
+    """Extracts of documents read whole in parts (app/core/reading.py), by document, question and
+    part: asking the same again does not read the document again."""
+    conn.execute(
+        """
+        CREATE TABLE reading_extracts (
+            doc_id INTEGER NOT NULL,
+            question TEXT NOT NULL,
+            part TEXT NOT NULL,
+            extract TEXT NOT NULL,
+            model TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            PRIMARY KEY (doc_id, question, part)
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TRIGGER attachments_drop_extracts AFTER DELETE ON attachments BEGIN
+            DELETE FROM reading_extracts WHERE doc_id = old.id;
+        END
+        """
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_to_v1,
+    _migrate_to_v2,
+    _migrate_to_v3,
+)
 """``MIGRATIONS[n]`` takes the database from ``user_version`` n to n + 1. Append only."""
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -567,6 +596,29 @@ class Store:
         with self.transaction():
             index.add_document(attachment_id, chunks)
             self.update_attachment(attachment_id, meta=meta)
+
+    # --- extracts of documents read whole (app/core/reading.py) ---
+
+    def save_extract(self, doc_id: int, question_key: str, part: str, extract: str, model: str = "") -> None:
+        """Keep what reading ``part`` of document ``doc_id`` found for a question (its
+        :func:`app.core.reading.question_key`)."""
+        with self.transaction(), _storage_errors():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO reading_extracts "
+                "(doc_id, question, part, extract, model, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (doc_id, question_key, part, extract, model, self._now()),
+            )
+
+    def extracts(self, doc_ids: Sequence[int], question_key: str) -> dict[tuple[int, str], str]:
+        """The saved extracts of ``doc_ids`` for a question, by (document id, part key)."""
+        if not doc_ids:
+            return {}
+        marks = ",".join("?" * len(doc_ids))
+        rows = self._query(
+            f"SELECT doc_id, part, extract FROM reading_extracts WHERE question = ? AND doc_id IN ({marks})",
+            (question_key, *doc_ids),
+        )
+        return {(int(doc_id), part): extract for doc_id, part, extract in rows}
 
     def search_messages(self, text: str, limit: int = 50) -> list[tuple[Conversation, StoredMessage]]:
         """Full-text search over message text (every word, as a prefix), best matches first."""
