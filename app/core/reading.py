@@ -43,7 +43,11 @@ EXPECTED_ANSWER_TOKENS = 400
 """What the final answer usually takes, for the time estimate."""
 ANSWER_RESERVE = 1024
 """Room kept for the combined answer (never more than a quarter of the context)."""
-MAX_MERGE_PASSES = 6
+MAX_MERGE_PASSES = 12
+MIN_PART_TOKENS = 64
+"""A context too small for parts of this many tokens cannot read a document in parts."""
+EXTRACT_TEMPERATURE = 0.3
+"""Extracts copy, they do not invent: at most this temperature."""
 NONE_MARK = "NONE"
 
 EXTRACT_SYSTEM = (
@@ -353,6 +357,20 @@ def _cut(
         else:
             high = mid - 1
     return Note(note.label, " ".join(words[:low]) + " …")
+
+
+def squeeze_notes(
+    notes: Sequence[Note],
+    budget: int,
+    count_chat_tokens: Callable[[Sequence[ChatMessage]], int],
+    final: Callable[[Sequence[Note]], list[ChatMessage]],
+) -> list[Note]:
+    """The last resort when merging does not make the notes fit: all of them as one note, cut to
+    ``budget`` (the end is lost, and says so with "…")."""
+    if not notes:
+        return []
+    joined = Note(f"{notes[0].label} to {notes[-1].label}", "\n".join(f"{n.label}: {n.text}" for n in notes))
+    return [_cut(joined, budget, count_chat_tokens, final)]
 
 
 def cited_pages(notes: Sequence[Note]) -> list[int]:

@@ -13,12 +13,13 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.config import kv_state_files
-from app.core.context import MessageTooLongError
+from app.core import reading
+from app.core.context import MessageTooLongError, reply_reserve
 from app.core.engine import OutOfMemoryError, ProjectorError, check_model_file, first_split_part
 from app.core.engine.errors import EngineCrashedError, EngineHungError
 from app.core.errors import UserError
@@ -27,17 +28,19 @@ from app.core.heap import release_free_heap
 from app.core.images import image_uri
 from app.core.planner import LoadRequest, safer_overrides
 from app.core.ports import SavesKVState
-from app.core.turns import ModelLimits, build_turn
-from app.core.types import FinishReason
+from app.core.retrieval import DocumentChunks
+from app.core.turns import MAX_SOURCES_KEPT, DocumentDecision, ModelLimits, Turn, build_turn
+from app.core.types import DocumentMode, FinishReason
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from app.core.planner import PlannedLoad
     from app.core.ports import Engine
+    from app.core.reading import ReadingRequest
     from app.core.retrieval import ChunkIndex
-    from app.core.turns import Turn, TurnRequest
-    from app.core.types import LoadParams, ModelInfo, SamplingParams
+    from app.core.turns import TurnRequest
+    from app.core.types import ChatMessage, LoadParams, ModelInfo, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,9 @@ class LlamaWorker(QObject):
         session_restored(int, int): conversation id, tokens of KV cache read back (0: none).
         engine_stopped(str, str): the engine process died or hung (message, detail); the model is
             gone. Sent before the ``*_failed`` signal of the request it broke.
+        reading_progress(int, int, int): gen_id, parts read, parts in all (``read_whole``; first
+            with 0 read, before any part).
+        extract_read(int, object): gen_id, the PartExtract of a part just read (to be saved).
     """
 
     load_progress = Signal(float)
@@ -102,6 +108,8 @@ class LlamaWorker(QObject):
     session_saved = Signal(int, int)
     session_restored = Signal(int, int)
     engine_stopped = Signal(str, str)
+    reading_progress = Signal(int, int, int)
+    extract_read = Signal(int, object)
 
     def __init__(
         self,
@@ -362,6 +370,122 @@ class LlamaWorker(QObject):
             self._note_engine_stopped(exc, message, detail)
             self.generation_failed.emit(gen_id, message, detail)
 
+    @Slot(int, object, object)
+    def read_whole(self, gen_id: int, request: ReadingRequest, sampling: SamplingParams) -> None:
+        """Read the documents whole, in parts that fit (app/core/reading.py), then stream the answer
+        combined from the extracts. Stopped mid-way, the answer is the extracts found so far."""
+        try:
+            limits = self._limits()
+            source = self._documents()
+            if limits is None or source is None:
+                self.generation_failed.emit(gen_id, "No model is loaded. Open a GGUF model file first.", "")
+                return
+            self._read_whole(gen_id, request, sampling, limits, source)
+        except MessageTooLongError as exc:
+            self.generation_failed.emit(gen_id, str(exc), "")
+        except Exception as exc:
+            message, detail = _human(exc)
+            log.exception("reading %d failed", gen_id)
+            self._note_engine_stopped(exc, message, detail)
+            self.generation_failed.emit(gen_id, message, detail)
+
+    def _read_whole(
+        self,
+        gen_id: int,
+        request: ReadingRequest,
+        sampling: SamplingParams,
+        limits: ModelLimits,
+        source: ChunkIndex,
+    ) -> None:
+        docs = [
+            DocumentChunks(doc_id, name, tuple(source.chunks(doc_id))) for doc_id, name in request.documents
+        ]
+        question = request.question
+        budget = reading.part_budget(limits.n_ctx, question, limits.count_chat_tokens, request.whole_limit)
+        if budget < reading.MIN_PART_TOKENS:
+            raise MessageTooLongError(limits.n_ctx - budget + reading.MIN_PART_TOKENS, limits.n_ctx)
+        parts = reading.plan_parts(docs, budget, limits.count_text_tokens)
+        total = len(parts)
+        key = reading.question_key(question)
+        quick = dataclasses.replace(
+            sampling,
+            max_tokens=reading.extract_reserve(limits.n_ctx),
+            temperature=min(sampling.temperature, reading.EXTRACT_TEMPERATURE),
+        )
+        self.reading_progress.emit(gen_id, 0, total)
+        extracts: list[tuple[reading.Part, str]] = []
+        for number, part in enumerate(parts, start=1):
+            text = request.saved.get((part.doc_id, part.key))
+            if text is None:
+                if self.cancel_event.is_set():
+                    break
+                text = self._generate(reading.extract_messages(question, part, number, total), quick)
+                if self.cancel_event.is_set():
+                    break  # this part was cut short: not kept
+                self.extract_read.emit(gen_id, reading.PartExtract(part.doc_id, part.key, key, text))
+            extracts.append((part, text))
+            self.reading_progress.emit(gen_id, number, total)
+        if len(extracts) < total:
+            self._stopped_reading(gen_id, reading.partial_answer(extracts, total))
+            return
+
+        names = [name for _doc_id, name in request.documents]
+        reserve = reply_reserve(limits.n_ctx, request.turn.max_tokens)
+        usable = limits.n_ctx - reserve
+
+        def final(group: Sequence[reading.Note]) -> list[ChatMessage]:
+            return reading.combine_messages(question, group, names, request.turn.system_prompt)
+
+        notes = reading.notes_of(extracts)
+        for _pass in range(reading.MAX_MERGE_PASSES):
+            groups = reading.combine_groups(notes, usable, limits.count_chat_tokens, final)
+            if len(groups) == 1:
+                notes = groups[0]
+                break
+            if all(len(group) == 1 for group in groups):  # each note alone fills the context
+                notes = reading.squeeze_notes(notes, usable, limits.count_chat_tokens, final)
+                break
+            merged: list[reading.Note] = []
+            for group in groups:
+                if len(group) == 1:
+                    merged.append(group[0])
+                    continue
+                text = self._generate(reading.merge_messages(question, group), quick)
+                if self.cancel_event.is_set():
+                    self._stopped_reading(gen_id, reading.partial_answer(extracts, total))
+                    return
+                label = f"{group[0].label} to {group[-1].label}"
+                if not reading.is_none(text):
+                    merged.append(reading.Note(label, text.strip()))
+            notes = merged
+        else:  # still too many after every pass (never seen)
+            log.warning("reading %d: notes still too long after %d merges", gen_id, reading.MAX_MERGE_PASSES)
+            notes = reading.squeeze_notes(notes, usable, limits.count_chat_tokens, final)
+        messages = tuple(final(notes))
+        prompt_tokens = limits.count_chat_tokens(messages)
+        if prompt_tokens > usable:
+            raise MessageTooLongError(prompt_tokens, usable)
+        decision = DocumentDecision(
+            DocumentMode.WHOLE,
+            f"read whole in {total} part{'s' if total != 1 else ''}: {sum(p.tokens for p in parts):,} tokens",
+            prompt_tokens,
+            tuple(doc_id for doc_id, _name in request.documents),
+            0,
+            _reading_sources(docs, reading.cited_pages(notes)),
+        )
+        turn = Turn(messages, prompt_tokens, reserve, 0, decision)
+        self.turn_built.emit(gen_id, turn)
+        self._stream(gen_id, turn, sampling)
+
+    def _generate(self, messages: Sequence[ChatMessage], sampling: SamplingParams) -> str:
+        """A whole answer at once (an extract, a merge), stopped by ``cancel_event``."""
+        return "".join(self.engine.stream_chat(messages, sampling, self.cancel_event, None))
+
+    def _stopped_reading(self, gen_id: int, text: str) -> None:
+        self.tokens_generated.emit(gen_id, text)
+        stats = dataclasses.replace(self.engine.last_stats, finish_reason=FinishReason.CANCELLED)
+        self.generation_finished.emit(gen_id, stats)
+
     def _note_engine_stopped(self, exc: BaseException, message: str, detail: str) -> None:
         if isinstance(exc, (EngineCrashedError, EngineHungError)):
             self.engine_stopped.emit(message, detail)
@@ -395,6 +519,18 @@ class LlamaWorker(QObject):
         if self._document_source is not None:
             self._document_source.close()
             self._document_source = None
+
+
+def _reading_sources(docs: Sequence[DocumentChunks], pages: Sequence[int]) -> tuple[dict[str, Any], ...]:
+    """The passages of the pages the notes cite (what a clicked citation of the answer shows)."""
+    out: list[dict[str, Any]] = []
+    for page in pages[:MAX_SOURCES_KEPT]:
+        for doc in docs:
+            text = "\n\n".join(c.text for c in doc.chunks if c.page == page)
+            if text:
+                anchor = f"p. {page}"
+                out.append({"doc": doc.name, "anchor": anchor, "page": page, "text": text[:4000]})
+    return tuple(out)
 
 
 class InferenceThread:
