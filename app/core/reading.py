@@ -443,6 +443,50 @@ class ReadingEstimate:
     seconds: float | None  # None: no speed measured yet on this computer
 
 
+@dataclass(frozen=True)
+class ReadingOffer:
+    """What the user is asked before a document is read whole: how much and how long."""
+
+    question: str
+    documents: tuple[tuple[int, str], ...]  # (attachment id, name)
+    pages: int
+    estimate: ReadingEstimate
+    saved_parts: int = 0
+
+    @property
+    def title(self) -> str:
+        return "Read the whole document?" if len(self.documents) == 1 else "Read the whole documents?"
+
+    @property
+    def text(self) -> str:
+        """ "Read all 212 pages? About 9 minutes on this computer." """
+        what = f"all {self.pages:,} pages" if self.pages > 1 else f"all {self.estimate.tokens:,} tokens"
+        if len(self.documents) == 1:
+            what += f" of “{self.documents[0][1]}”"
+        if self.estimate.seconds is None:
+            when = "How long it takes on this computer is known once it has answered a question."
+        else:
+            when = f"{format_duration(self.estimate.seconds).capitalize()} on this computer."
+        return f"Read {what}? {when}"
+
+    @property
+    def detail(self) -> str:
+        parts = self.estimate.parts
+        saved = f" ({self.saved_parts} already read for this question)" if self.saved_parts else ""
+        return (
+            f"This question asks about the whole document, which is too long to send at once. Scout "
+            f"reads it in {parts} part{'s' if parts != 1 else ''}{saved}, notes what each says about "
+            "the question, then answers from the notes. Stop keeps what was read so far. Otherwise "
+            "the answer uses only the passages that best match the question."
+        )
+
+
+def rough_part_budget(n_ctx: int, limit: int = 0) -> int:
+    """:func:`part_budget` before the tokenizer is asked (the estimate on the GUI thread)."""
+    room = max(MIN_PART_TOKENS, n_ctx - extract_reserve(n_ctx) - 300)
+    return min(room, limit) if limit > 0 else room
+
+
 def estimate_reading(
     tokens: int, budget: int, speeds: Speeds | None, *, saved_parts: int = 0
 ) -> ReadingEstimate:

@@ -13,7 +13,9 @@ Budgets, in the model's own tokens:
 
 - ``usable`` = the context size minus the room kept for the answer (:func:`reply_reserve`).
 - Documents go in **whole** when the conversation rendered with them still fits ``usable`` with a
-  question of up to :data:`QUESTION_ALLOWANCE` tokens. The allowance makes the decision the same
+  question of up to :data:`QUESTION_ALLOWANCE` tokens, and they are no longer than the
+  whole-document limit (``TurnRequest.whole_limit``, Settings → Documents: long inputs are read less
+  well, docs/benchmarks.md). The allowance makes the decision the same
   before the question is typed (the chip, previewed with an empty draft) and after it is sent, for
   any question up to that length.
 - Otherwise the best passages for the question go in (**retrieval**), with at least
@@ -86,6 +88,7 @@ class TurnRequest:
     max_tokens: int
     draft: str | None = None
     pending: tuple[Attachment, ...] = ()
+    whole_limit: int = 0  # documents longer than this go in by passages (0: no limit)
 
     @classmethod
     def for_question(
@@ -159,7 +162,7 @@ def build_turn(
         if a.kind == "document" and a.meta.get("state") == AttachmentState.READY
     ]
     if docs and documents is not None and base:
-        decision, text = _decide_documents(head, base, docs, model, reserve, documents)
+        decision, text = _decide_documents(head, base, docs, model, reserve, documents, request.whole_limit)
         if text:
             base = [
                 (mid, ChatMessage(msg.role, f"{text}\n\n{msg.content}", msg.images))
@@ -206,6 +209,7 @@ def _decide_documents(
     model: ModelLimits,
     reserve: int,
     source: DocumentSource,
+    whole_limit: int = 0,
 ) -> tuple[DocumentDecision, str]:
     usable = model.n_ctx - reserve
     question = next((msg.content for _mid, msg in reversed(base) if msg.role == Role.USER.value), "")
@@ -216,10 +220,12 @@ def _decide_documents(
     retrieval_budget = max(usable - base_tokens, min(usable - minimal, int(usable * RETRIEVAL_SHARE)))
     chunks = [DocumentChunks(a.id, a.name, tuple(source.chunks(a.id))) for _mid, a in docs]
     total = sum(c.tokens for d in chunks for c in d.chunks)
+    fits = max(0, whole_budget)
+    over_limit = 0 < whole_limit < fits
     composed = compose_document_context(
         chunks,
         question,
-        max(0, whole_budget),
+        min(fits, whole_limit) if over_limit else fits,
         count_tokens=model.count_text_tokens,
         index=source,
         retrieval_budget=max(0, retrieval_budget),
@@ -227,16 +233,13 @@ def _decide_documents(
     mode = composed.mode
     if mode is DocumentMode.WHOLE:
         host = docs[0][0]  # a stable place: later turns reuse the KV cache
-        reason = (
-            f"The whole document goes to the model with every question ({composed.tokens:,} tokens; "
-            f"{max(0, whole_budget):,} free in the context window)."
-        )
+        reason = f"read whole: {composed.tokens:,} tokens"
     else:
         host = base[-1][0]  # the passages change with each question and go with it
-        reason = (
-            f"Too long to read whole here (about {total:,} tokens; {max(0, whole_budget):,} free in the "
-            "context window): the passages that best match each question are sent."
-        )
+        if over_limit and total <= fits:
+            reason = f"passages: {total:,} tokens is over the {whole_limit:,} you read whole (Settings)"
+        else:
+            reason = f"passages: does not fit the {model.n_ctx:,}-token context"
     sources = tuple(
         {"doc": p.doc_name, "anchor": p.anchor, "page": p.page, "text": p.text[:4000]}
         for p in composed.citations[:MAX_SOURCES_KEPT]

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
+from app.core import reading
 from app.core.context import dropped_notice
 from app.core.store import DEFAULT_TITLE, AttachmentState, MessageStatus, make_title
 from app.core.turns import TurnRequest
-from app.core.types import FinishReason, GenerationStats, Role, SamplingParams
+from app.core.types import DocumentMode, FinishReason, GenerationStats, Role, SamplingParams
 
 if TYPE_CHECKING:
     from app.config import AppPaths, Settings
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 MAX_IMAGES_TESTED = 5  # Meta tested Scout with up to 5 images per prompt
 KV_SAVE_MIN_PROMPT_TOKENS = 2048  # after a prompt this long, keep its KV cache on disk
 PARTIAL_SAVE_INTERVAL_S = 0.5  # the partial answer reaches the database at least once a second
+MIN_TOKENS_MEASURED = 64  # a prompt this long measures the prompt speed well enough for an estimate
+DEFAULT_READING_QUESTION = "Summarize the whole document."
 
 
 class ConversationController(QObject):
@@ -51,6 +54,9 @@ class ConversationController(QObject):
     busy_changed(bool): True from a send until its answer ends.
     turn_decided(object): the Turn the model sees (a preview of the next one, or one being answered).
     attachments_sent(list): ids of the composer's attachments that went out with a message.
+    reading_offered(object): a ReadingOffer: ask whether to read the documents whole
+        (:meth:`accept_reading` / :meth:`decline_reading`).
+    reading_progress(int, int, int): answer message id, parts read, parts in all.
     """
 
     conversations_changed = Signal()
@@ -66,9 +72,12 @@ class ConversationController(QObject):
     busy_changed = Signal(bool)
     turn_decided = Signal(object)
     attachments_sent = Signal(list)
+    reading_offered = Signal(object)
+    reading_progress = Signal(int, int, int)
 
     # commands to the worker (queued across threads)
     answer_requested = Signal(int, object, object)
+    read_requested = Signal(int, object, object)
     preview_requested = Signal(int, object)
     save_session_requested = Signal(int, str)
     restore_session_requested = Signal(int, str)
@@ -99,6 +108,14 @@ class ConversationController(QObject):
         self._turn: Turn | None = None
         self._last_saved = 0.0
         self._closed = False
+        self._offer: reading.ReadingOffer | None = None  # asked, not answered yet
+        self._force_offer = False  # the user asked to read whole (not just an aggregate question)
+        self._speeds: reading.Speeds | None = None  # measured by the last answers
+
+        worker = inference.worker
+        self.read_requested.connect(worker.read_whole)
+        worker.reading_progress.connect(self._on_worker_reading_progress)
+        worker.extract_read.connect(self._on_worker_extract_read)
 
         worker = inference.worker
         self.answer_requested.connect(worker.answer)
@@ -224,7 +241,9 @@ class ConversationController(QObject):
         if draft is not None and conversation_id is not None:
             pending = tuple(self._store.pending_attachments(conversation_id))
         s = self._preferences.settings
-        return TurnRequest(stored, attachments, s.system_prompt, s.max_tokens, draft, pending)
+        return TurnRequest(
+            stored, attachments, s.system_prompt, s.max_tokens, draft, pending, s.whole_document_limit
+        )
 
     def refresh_preview(self) -> None:
         """Ask the worker what the next turn would look like (context meter, document chips)."""
@@ -267,7 +286,115 @@ class ConversationController(QObject):
                 "answers may get less reliable."
             )
         self.message_added.emit(user)
-        self._start_generation()
+        if not ((self._force_offer or reading.is_aggregate_question(text)) and self._offer_reading(text)):
+            self._start_generation()
+
+    # -- reading documents whole (app/core/reading.py) ----------------------------------------
+    def read_whole_document(self, text: str) -> None:
+        """The "Read the whole document" action: send ``text`` (or a request for a summary) and
+        offer to read the conversation's long documents whole for it."""
+        question = text.strip() or DEFAULT_READING_QUESTION
+        if self._models.model_info is None or self.is_busy:
+            return
+        self._force_offer = True
+        try:
+            self.send(question)
+        finally:
+            self._force_offer = False
+
+    def _long_documents(self) -> list[Attachment]:
+        """The ready documents of this conversation that go in by passages (too long to send whole)."""
+        if self._conversation_id is None:
+            return []
+        return [
+            a
+            for a in self._store.attachments(self._conversation_id)
+            if a.kind == "document"
+            and a.message_id is not None
+            and a.meta.get("state") == AttachmentState.READY
+            and a.meta.get("mode") == DocumentMode.RETRIEVAL
+        ]
+
+    def _offer_reading(self, question: str) -> bool:
+        """Ask whether to read the long documents whole for ``question``; False: nothing to read
+        (every document already goes in whole)."""
+        docs = self._long_documents()
+        if not docs:
+            if self._force_offer:
+                self._notices.info_message.emit(
+                    "The whole document already goes to the model with every question."
+                )
+            return False
+        s = self._preferences.settings
+        tokens = sum(int(a.meta.get("tokens") or 0) for a in docs)
+        pages = sum(int(a.meta.get("pages") or 0) for a in docs)
+        budget = reading.rough_part_budget(self._models.n_ctx, s.whole_document_limit)
+        saved = self._store.extracts([a.id for a in docs], reading.question_key(question))
+        estimate = reading.estimate_reading(tokens, budget, self._speeds, saved_parts=len(saved))
+        self._offer = reading.ReadingOffer(
+            question, tuple((a.id, a.name) for a in docs), pages, estimate, len(saved)
+        )
+        self._answering = self._conversation_id
+        self._inference.generating = True
+        self.busy_changed.emit(True)
+        self.reading_offered.emit(self._offer)
+        return True
+
+    @property
+    def reading_offer(self) -> reading.ReadingOffer | None:
+        return self._offer
+
+    def accept_reading(self) -> None:
+        """Read the documents of the pending offer whole, then answer."""
+        offer, self._offer = self._offer, None
+        if offer is None or self._conversation_id is None or self._answering != self._conversation_id:
+            return
+        gen_id = self._begin_answer()
+        key = reading.question_key(offer.question)
+        request = reading.ReadingRequest(
+            self._turn_request(self._conversation_id),
+            offer.question,
+            offer.documents,
+            self._preferences.settings.whole_document_limit,
+            self._store.extracts([doc_id for doc_id, _name in offer.documents], key),
+        )
+        self.read_requested.emit(gen_id, request, self._sampling())
+
+    def decline_reading(self) -> None:
+        """Answer the pending offer's question from the passages that match it (as usual)."""
+        if self._offer is None:
+            return
+        self._offer = None
+        if self._conversation_id is not None and self._answering == self._conversation_id:
+            self._start_generation()
+
+    @Slot(int, int, int)
+    def _on_worker_reading_progress(self, gen_id: int, done: int, total: int) -> None:
+        conversation_id = self._answering
+        if gen_id != self._gen_id or conversation_id is None:
+            return
+        if self._streaming_message is None:  # the answer shows the reading from its start
+            placeholder = self._add_answer(
+                conversation_id, MessageStatus.STREAMING, sampling=_sampling_dict(self._sampling())
+            )
+            self._streaming_message = placeholder.id
+            self._last_saved = time.monotonic()
+            if self._shown(conversation_id):
+                self.message_added.emit(placeholder)
+        self.reading_progress.emit(self._streaming_message, done, total)
+
+    @Slot(int, object)
+    def _on_worker_extract_read(self, _gen_id: int, extract: reading.PartExtract) -> None:
+        # kept even when the answer is stale or stopped: the next reading need not read it again
+        if self._closed:
+            return
+        info = self._models.model_info
+        try:
+            self._store.save_extract(
+                extract.doc_id, extract.question, extract.part_key, extract.text, info.name if info else ""
+            )
+        except Exception:
+            log.exception("could not save the extract of part %s", extract.part_key)
 
     def _title_conversation(self, text: str) -> int:
         """The conversation a message goes to, titled after its first message."""
@@ -282,6 +409,12 @@ class ConversationController(QObject):
         return self._conversation_id
 
     def _start_generation(self) -> None:
+        gen_id = self._begin_answer()
+        request = self._turn_request(self._conversation_id)
+        self.answer_requested.emit(gen_id, request, self._sampling())
+
+    def _begin_answer(self) -> int:
+        """A new answer of the current conversation: busy from now on; returns its gen_id."""
         assert self._conversation_id is not None
         self._gen_id += 1
         self._answering = self._conversation_id
@@ -291,10 +424,14 @@ class ConversationController(QObject):
         self._turn = None
         self._inference.worker.cancel_event.clear()
         self.busy_changed.emit(True)
-        request = self._turn_request(self._conversation_id)
-        self.answer_requested.emit(self._gen_id, request, self._sampling())
+        return self._gen_id
 
     def stop(self) -> None:
+        if self._offer is not None:  # Stop while asked whether to read: no answer
+            self._offer = None
+            self._end_answer()
+            self.busy_changed.emit(False)
+            return
         self._inference.cancel_generation()
 
     def regenerate(self) -> None:
@@ -346,13 +483,15 @@ class ConversationController(QObject):
             notice = self._store.add_message(conversation_id, "notice", dropped_notice(turn.dropped))
             if self._shown(conversation_id):
                 self.message_added.emit(notice)
-        placeholder = self._add_answer(
-            conversation_id, MessageStatus.STREAMING, sampling=_sampling_dict(self._sampling())
-        )
-        self._streaming_message = placeholder.id
-        self._last_saved = time.monotonic()
+        if self._streaming_message is None:  # (a reading made its answer when it started)
+            placeholder = self._add_answer(
+                conversation_id, MessageStatus.STREAMING, sampling=_sampling_dict(self._sampling())
+            )
+            self._streaming_message = placeholder.id
+            self._last_saved = time.monotonic()
+            if self._shown(conversation_id):
+                self.message_added.emit(placeholder)
         if self._shown(conversation_id):
-            self.message_added.emit(placeholder)
             self.context_changed.emit(turn.prompt_tokens, self._models.n_ctx)
         self.turn_decided.emit(turn)
         if any(m.images for m in turn.messages):
@@ -402,6 +541,14 @@ class ConversationController(QObject):
         self._end_answer()
         if message_id is None:  # stopped before its turn was decided
             return
+        if (
+            stats.prompt_tokens_evaluated >= MIN_TOKENS_MEASURED
+            and stats.prompt_eval_s > 0
+            and stats.tokens_per_s
+        ):
+            self._speeds = reading.Speeds(
+                stats.prompt_tokens_evaluated / stats.prompt_eval_s, stats.tokens_per_s
+            )
         cancelled = stats.finish_reason == FinishReason.CANCELLED
         status = MessageStatus.CANCELLED if cancelled else MessageStatus.COMPLETE
         saved_stats = _stats_dict(stats)
@@ -472,7 +619,11 @@ class ConversationController(QObject):
 
     @Slot(object, object)
     def _on_preferences_settings_changed(self, old: Settings, new: Settings) -> None:
-        if (old.system_prompt, old.max_tokens) != (new.system_prompt, new.max_tokens):
+        if (old.system_prompt, old.max_tokens, old.whole_document_limit) != (
+            new.system_prompt,
+            new.max_tokens,
+            new.whole_document_limit,
+        ):
             self.refresh_preview()
 
     # -- shutdown ---------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def test_small_document_goes_whole_into_its_message_and_stays_there(index) -> No
     assert NEEDLE in turn.messages[0].content
     assert NEEDLE not in turn.messages[-1].content
     assert turn.documents.sources
-    assert "whole document" in turn.documents.reason
+    assert turn.documents.reason == f"read whole: {turn.documents.tokens:,} tokens"
 
 
 def test_long_document_is_searched_with_the_question(index) -> None:
@@ -138,7 +138,29 @@ def test_long_document_is_searched_with_the_question(index) -> None:
     assert turn.documents.mode is DocumentMode.RETRIEVAL
     assert NEEDLE in turn.messages[-1].content
     assert turn.prompt_tokens <= 1024 - turn.reserve
-    assert "Too long to read whole" in turn.documents.reason
+    assert turn.documents.reason == "passages: does not fit the 1,024-token context"
+
+
+def test_a_document_over_the_whole_document_limit_goes_by_passages_and_says_why(index) -> None:
+    doc = document(index, 7, 60, message_id=1)
+    total = int(doc.meta["tokens"])
+    rows = (message(1, "user", "What is the vault combination?"),)
+    no_limit = build_turn(TurnRequest(rows, {1: (doc,)}, "", 64), limits(8192), index, no_images)
+    assert no_limit.documents is not None
+    assert no_limit.documents.mode is DocumentMode.WHOLE
+    for limit in (total // 2, 100):
+        limited = TurnRequest(rows, {1: (doc,)}, "", 64, whole_limit=limit)
+        turn = build_turn(limited, limits(8192), index, no_images)
+        assert turn.documents is not None
+        assert turn.documents.mode is DocumentMode.RETRIEVAL
+        assert turn.documents.reason == (
+            f"passages: {total:,} tokens is over the {limit:,} you read whole (Settings)"
+        )
+        assert NEEDLE in turn.messages[-1].content
+    roomy = TurnRequest(rows, {1: (doc,)}, "", 64, whole_limit=total * 2)
+    turn = build_turn(roomy, limits(8192), index, no_images)
+    assert turn.documents is not None
+    assert turn.documents.mode is DocumentMode.WHOLE
 
 
 def test_images_are_not_sent_to_a_model_without_vision(index) -> None:
