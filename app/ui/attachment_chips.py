@@ -189,7 +189,11 @@ class AttachmentChip(QFrame):
         mode = str(meta.get("mode") or "") if not self.is_image and state == AttachmentState.READY else ""
         self.badge.setText(mode)
         self.badge.setProperty("mode", mode)
-        self.badge.setToolTip(BADGE_TIPS.get(mode, ""))
+        reason = str(meta.get("mode_reason") or "")
+        self.badge.setToolTip(f"{reason}\n{BADGE_TIPS.get(mode, '')}".strip() if mode else "")
+        if mode and reason:
+            tips.append(reason)
+            self.setToolTip("\n".join(tips))
         self.badge.style().unpolish(self.badge)
         self.badge.style().polish(self.badge)
         self.badge.setVisible(bool(mode))

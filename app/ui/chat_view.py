@@ -254,6 +254,12 @@ class ChatView(QWidget):
                     self._pending.setdefault(message_id, [])
                     self._update_timer.start()
 
+    def set_reading_progress(self, message_id: int, done: int, total: int) -> None:
+        """An answer whose document is being read in parts: part ``done`` of ``total``."""
+        widget = self._widgets.get(message_id)
+        if isinstance(widget, MessageWidget):
+            widget.set_reading_progress(done, total)
+
     def finish_message(self, message_id: int, stats: GenerationStats) -> None:
         """The answer ended; show its status and figures."""
         self.flush()

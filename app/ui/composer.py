@@ -86,16 +86,19 @@ class Composer(QFrame):
         edit_requested(str): the new text for the last user message (edit-and-resend mode).
         stop_requested(): stop the answer being generated.
         attachments_pasted(object): DroppedItems pasted or dropped into the text box.
+        read_whole_requested(str): "Read the whole document" with the text typed (may be empty).
     """
 
     send_requested = Signal(str)
     edit_requested = Signal(str)
     stop_requested = Signal()
     attachments_pasted = Signal(object)
+    read_whole_requested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("composer")
+        self._can_read_whole = False
         self._busy = False
         self._model_ready = False
         self._editing = False
@@ -137,6 +140,22 @@ class Composer(QFrame):
         self.attach_button.setToolTip("Attach images or documents")
         self.attach_button.setAccessibleName("Attach files")
 
+        self.read_whole_button = QToolButton()
+        self.read_whole_button.setObjectName("readWholeButton")
+        self.read_whole_button.setText("Read whole")
+        self.read_whole_button.setIcon(theme.icon("file"))
+        self.read_whole_button.setIconSize(QSize(16, 16))
+        self.read_whole_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.read_whole_button.setFixedHeight(34)
+        self.read_whole_button.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.read_whole_button.setToolTip(
+            "Read the whole document for this question, in parts (slower; for questions like "
+            "“list every deadline”). Without a question: summarize it."
+        )
+        self.read_whole_button.setAccessibleName("Read the whole document")
+        self.read_whole_button.clicked.connect(self._on_read_whole_button_clicked)
+        self.read_whole_button.hide()
+
         self.send_button = QToolButton()
         self.send_button.setObjectName("sendButton")
         self.send_button.setFixedSize(QSize(34, 34))
@@ -149,6 +168,7 @@ class Composer(QFrame):
         row.setSpacing(8)
         row.addWidget(self.attach_button, 0, Qt.AlignmentFlag.AlignBottom)
         row.addWidget(self.edit, 1)
+        row.addWidget(self.read_whole_button, 0, Qt.AlignmentFlag.AlignBottom)
         row.addWidget(self.send_button, 0, Qt.AlignmentFlag.AlignBottom)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 8, 8, 8)
@@ -184,6 +204,11 @@ class Composer(QFrame):
     def set_model_ready(self, ready: bool) -> None:
         self._model_ready = ready
         self.edit.setPlaceholderText("Message Scout…" if ready else "Load a model to start chatting")
+        self._update_button()
+
+    def set_can_read_whole(self, can: bool) -> None:
+        """Show "Read whole" while the conversation has a document too long to send whole."""
+        self._can_read_whole = can
         self._update_button()
 
     def begin_edit(self, text: str) -> None:
@@ -232,6 +257,8 @@ class Composer(QFrame):
             self.send_button.setToolTip("Resend (Enter)" if self._editing else "Send (Enter)")
             self.send_button.setAccessibleName("Send")
             self.send_button.setEnabled(self.can_send())
+        self.read_whole_button.setVisible(self._can_read_whole and not self._editing)
+        self.read_whole_button.setEnabled(self._model_ready and not self._busy)
         self.send_button.setProperty("busy", self._busy)
         self.send_button.style().unpolish(self.send_button)
         self.send_button.style().polish(self.send_button)
@@ -276,6 +303,13 @@ class Composer(QFrame):
             self.stop_requested.emit()
         else:
             self._submit()
+
+    def _on_read_whole_button_clicked(self) -> None:
+        if not self._model_ready or self._busy:
+            return
+        text = self.text().strip()
+        self.edit.clear()
+        self.read_whole_requested.emit(text)
 
     def _on_cancel_edit_button_clicked(self) -> None:
         self.cancel_edit()

@@ -23,11 +23,13 @@ from PySide6.QtWidgets import (
     QApplication,
     QHBoxLayout,
     QMainWindow,
+    QMessageBox,
     QSplitter,
     QVBoxLayout,
     QWidget,
 )
 
+from app.core.types import DocumentMode
 from app.export import export_conversation, suggested_filename, write_export
 from app.ui import theme
 from app.ui.about_dialog import AboutDialog, SystemInfoDialog
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
     from app.config import AppPaths, Settings
     from app.core.hardware import HardwareProbe
     from app.core.planner import Plan
+    from app.core.reading import ReadingOffer
+    from app.core.turns import Turn
     from app.core.types import GenerationStats, ModelInfo
     from app.ui.welcome import WelcomePage
     from app.workers.controller import AppController
@@ -89,6 +93,8 @@ class MainWindow(QMainWindow):
         self._model_loading = False
         self._search_dialog: SearchDialog | None = None
         self._plan_panel: PlanPanel | None = None
+        self.reading_box: QMessageBox | None = None  # "Read all 212 pages? …" while it is asked
+        self.reading_read_button: object = None
         self._busy = False
         self._conversation_id: int | None = None
         self.setWindowTitle("Scout Chat")
@@ -279,6 +285,9 @@ class MainWindow(QMainWindow):
         c.prompt_progress.connect(self._on_conversations_prompt_progress)
         c.context_changed.connect(self._on_conversations_context_changed)
         c.busy_changed.connect(self._on_conversations_busy_changed)
+        c.reading_offered.connect(self._on_conversations_reading_offered)
+        c.reading_progress.connect(self._on_conversations_reading_progress)
+        c.turn_decided.connect(self._on_conversations_turn_decided)
         self.controller.notices.error_occurred.connect(self._on_notices_error_occurred)
 
         self.sidebar.new_chat_requested.connect(self._on_sidebar_new_chat_requested)
@@ -288,6 +297,7 @@ class MainWindow(QMainWindow):
         self.composer.send_requested.connect(self._on_composer_send_requested)
         self.composer.edit_requested.connect(self._on_composer_edit_requested)
         self.composer.stop_requested.connect(self._on_composer_stop_requested)
+        self.composer.read_whole_requested.connect(self._on_composer_read_whole_requested)
         self.chat_view.open_model_requested.connect(self._on_chat_view_open_model_requested)
         self.chat_view.edit_requested.connect(self._on_chat_view_edit_requested)
         self.chat_view.regenerate_requested.connect(self._on_chat_view_regenerate_requested)
@@ -622,6 +632,37 @@ class MainWindow(QMainWindow):
 
     def _on_conversations_busy_changed(self, busy: bool) -> None:
         self._set_busy(busy)
+        if not busy and self.reading_box is not None:  # stopped while asked whether to read
+            self.reading_box.close()
+
+    def _on_conversations_reading_offered(self, offer: ReadingOffer) -> None:
+        """Ask before reading a long document whole: how much, and how long it takes here."""
+        box = QMessageBox(QMessageBox.Icon.Question, offer.title, offer.text, parent=self)
+        box.setInformativeText(offer.detail)
+        self.reading_read_button = box.addButton("Read it all", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton("Answer from passages", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(self.reading_read_button)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.finished.connect(self._on_reading_box_finished)
+        self.reading_box = box
+        box.open()
+
+    def _on_reading_box_finished(self, _result: int) -> None:
+        box, self.reading_box = self.reading_box, None
+        if box is not None and box.clickedButton() is self.reading_read_button:
+            self.conversations.accept_reading()
+        else:
+            self.conversations.decline_reading()
+
+    def _on_conversations_reading_progress(self, message_id: int, done: int, total: int) -> None:
+        self.chat_view.set_reading_progress(message_id, done, total)
+
+    def _on_conversations_turn_decided(self, turn: Turn) -> None:
+        documents = turn.documents
+        self.composer.set_can_read_whole(documents is not None and documents.mode == DocumentMode.RETRIEVAL)
+
+    def _on_composer_read_whole_requested(self, text: str) -> None:
+        self.conversations.read_whole_document(text)
 
     def _on_notices_error_occurred(self, message: str) -> None:
         self.show_error(message)

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QProgressBar,
     QSizePolicy,
     QTextBrowser,
     QToolButton,
@@ -245,6 +246,7 @@ class MessageWidget(QFrame):
         self.typing_label.setObjectName("metaLabel")
         self.typing_label.hide()
         self.body_layout.addWidget(self.typing_label)
+        self.reading_box: QWidget | None = None  # "Reading part 3 of 16…" while a document is read
         self.error_label = QLabel()
         self.error_label.setObjectName("metaLabel")
         self.error_label.setWordWrap(True)
@@ -391,7 +393,38 @@ class MessageWidget(QFrame):
         self.render_all()
         self._update_decorations()
 
+    def set_reading_progress(self, done: int, total: int) -> None:
+        """Show that the document is being read in parts (part ``done`` + 1 of ``total``)."""
+        if self.reading_box is None:
+            self.reading_box = QWidget()
+            self.reading_box.setObjectName("readingProgress")
+            box = QVBoxLayout(self.reading_box)
+            box.setContentsMargins(0, 2, 0, 8)
+            box.setSpacing(4)
+            self.reading_label = QLabel()
+            self.reading_label.setObjectName("metaLabel")
+            self.reading_bar = QProgressBar()
+            self.reading_bar.setObjectName("readingBar")
+            self.reading_bar.setTextVisible(False)
+            self.reading_bar.setFixedHeight(6)
+            self.reading_bar.setMaximumWidth(360)
+            box.addWidget(self.reading_label)
+            box.addWidget(self.reading_bar)
+            self.body_layout.insertWidget(0, self.reading_box)
+        self.reading_bar.setRange(0, max(1, total))
+        self.reading_bar.setValue(done)
+        if done < total:
+            self.reading_label.setText(
+                f"Reading the whole document: part {done + 1} of {total}… (Stop keeps what was read)"
+            )
+        else:
+            self.reading_label.setText(f"Read all {total} parts; writing the answer from the notes…")
+        self.reading_box.show()
+        self._update_decorations()
+
     def finish(self, status: MessageStatus, stats: dict[str, Any] | None = None, error: str = "") -> None:
+        if self.reading_box is not None:
+            self.reading_box.hide()
         self.status = status
         if stats is not None:
             self.stats = stats
@@ -403,7 +436,8 @@ class MessageWidget(QFrame):
     # -- decorations ------------------------------------------------------------------------
     def _update_decorations(self) -> None:
         streaming = self.status == MessageStatus.STREAMING
-        self.typing_label.setVisible(streaming and not self.text)
+        reading = self.reading_box is not None and self.reading_box.isVisibleTo(self)
+        self.typing_label.setVisible(streaming and not self.text and not reading)
         badge = STATUS_BADGES.get(self.status, "")
         if self.status == MessageStatus.INTERRUPTED and self.stats.get("error"):
             badge = "interrupted — the model engine stopped"

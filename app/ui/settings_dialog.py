@@ -1,5 +1,5 @@
 """Settings: system prompt, sampling (Meta's Scout defaults one click away), context size, threads,
-theme."""
+documents (how long a document may be to go in whole), theme."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ SCOUT_DEFAULTS = Settings()  # temperature 0.6, top_p 0.9, min_p 0.01 (Meta's re
 N_CTX_MIN = 512  # the smallest context size that can be asked for (0 is Auto)
 N_CTX_MAX = 10_485_760  # Scout's trained context
 N_THREADS_MAX = 512
+WHOLE_LIMIT_DEFAULT = Settings().whole_document_limit
 
 
 def context_cap_reason(
@@ -83,6 +84,7 @@ class SettingsDialog(QDialog):
 
         self._build_sampling(settings)
         self._build_context_and_threads(settings, model, plan, fixed_n_ctx)
+        self._build_documents()
         self._build_theme_and_buttons()
         self._build_layout()
         self._load(settings)
@@ -146,6 +148,21 @@ class SettingsDialog(QDialog):
             "Changing it reloads the model."
         )
 
+    def _build_documents(self) -> None:
+        self.whole_document_limit = QSpinBox()
+        self.whole_document_limit.setRange(0, N_CTX_MAX)
+        self.whole_document_limit.setSingleStep(4000)
+        self.whole_document_limit.setGroupSeparatorShown(True)
+        self.whole_document_limit.setPrefix("up to ")
+        self.whole_document_limit.setSuffix(" tokens")
+        self.whole_document_limit.setSpecialValueText("whenever they fit the context")
+        self.whole_document_limit.setToolTip(
+            "A document this long or shorter goes to the model whole with every question (when it "
+            "fits the context); a longer one by the passages that match each question. Scout reads "
+            f"very long inputs less well (see docs/benchmarks.md): {WHOLE_LIMIT_DEFAULT:,} is the "
+            "default. Questions that ask for everything (“list every…”) can still read it all in parts."
+        )
+
     def _build_theme_and_buttons(self) -> None:
         self.theme = QComboBox()
         for key, label in THEMES:
@@ -172,6 +189,12 @@ class SettingsDialog(QDialog):
         note = QLabel("Changing the context size or the threads reloads the model.")
         note.setObjectName("emptyText")
         form.addRow("", note)
+        documents = QLabel("Documents")
+        font = documents.font()
+        font.setBold(True)
+        documents.setFont(font)
+        form.addRow(documents)
+        form.addRow("Read documents whole", self.whole_document_limit)
         form.addRow("Theme", self.theme)
 
         buttons = QDialogButtonBox(
@@ -195,6 +218,7 @@ class SettingsDialog(QDialog):
         self.max_tokens.setValue(settings.max_tokens)
         self.n_ctx.setValue(settings.n_ctx)
         self.n_threads.setValue(settings.n_threads)
+        self.whole_document_limit.setValue(settings.whole_document_limit)
         self.n_ctx.valueChanged.connect(self._on_n_ctx_value_changed)
         index = self.theme.findData(settings.theme)
         self.theme.setCurrentIndex(max(0, index))
@@ -214,6 +238,7 @@ class SettingsDialog(QDialog):
             max_tokens=self.max_tokens.value(),
             n_ctx=self.n_ctx.value() and max(N_CTX_MIN, self.n_ctx.value()),
             n_threads=self.n_threads.value(),
+            whole_document_limit=self.whole_document_limit.value(),
             theme=str(self.theme.currentData()),
         )
 

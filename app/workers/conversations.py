@@ -483,7 +483,8 @@ class ConversationController(QObject):
             notice = self._store.add_message(conversation_id, "notice", dropped_notice(turn.dropped))
             if self._shown(conversation_id):
                 self.message_added.emit(notice)
-        if self._streaming_message is None:  # (a reading made its answer when it started)
+        reading_turn = self._streaming_message is not None  # a reading made its answer when it started
+        if not reading_turn:
             placeholder = self._add_answer(
                 conversation_id, MessageStatus.STREAMING, sampling=_sampling_dict(self._sampling())
             )
@@ -493,7 +494,8 @@ class ConversationController(QObject):
                 self.message_added.emit(placeholder)
         if self._shown(conversation_id):
             self.context_changed.emit(turn.prompt_tokens, self._models.n_ctx)
-        self.turn_decided.emit(turn)
+        if not reading_turn:  # the documents' usual mode (their chips) is not the reading's
+            self.turn_decided.emit(turn)
         if any(m.images for m in turn.messages):
             self._notices.info_message.emit(
                 "This conversation has images: each answer re-reads the whole conversation "
