@@ -25,12 +25,20 @@ class FittedContext:
 
 
 class MessageTooLongError(UserError):
-    def __init__(self, needed: int, available: int) -> None:
+    """``can_grow``: whether a larger context size can be asked for (False when the context is
+    already the model's maximum: the message then does not advise it)."""
+
+    def __init__(self, needed: int, available: int, *, can_grow: bool = True) -> None:
+        advice = (
+            "Shorten it, or raise the context size in Settings."
+            if can_grow
+            else "The context is already the largest this model allows: shorten it."
+        )
         super().__init__(
             f"This message is too long for the context window: it needs about {needed:,} tokens, but only "
-            f"{available:,} are available with the current context size. Shorten it, or raise the context "
-            "size in Settings."
+            f"{available:,} are available with the current context size. {advice}"
         )
+        self.can_grow = can_grow
         self.needed = needed
         self.available = available
 

@@ -29,7 +29,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from app.core.context import fit_messages, reply_reserve
+from app.core.context import MessageTooLongError, fit_messages, reply_reserve
 from app.core.retrieval import DocumentChunks, compose_document_context
 from app.core.store import AttachmentState, MessageStatus, StoredMessage
 from app.core.types import ChatMessage, DocumentMode, Role
@@ -71,6 +71,7 @@ class ModelLimits:
     has_vision: bool
     count_chat_tokens: Callable[[Sequence[ChatMessage]], int]
     count_text_tokens: Callable[[str], int]
+    n_ctx_max: int = 0  # the largest context the model allows (its trained size); 0: unknown
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,13 @@ def build_turn(
                 else (mid, msg)
                 for mid, msg in base
             ]
-    fitted = fit_messages(head + [msg for _mid, msg in base], model.count_chat_tokens, model.n_ctx, reserve)
+    try:
+        fitted = fit_messages(
+            head + [msg for _mid, msg in base], model.count_chat_tokens, model.n_ctx, reserve
+        )
+    except MessageTooLongError as exc:  # never advise a larger context the model does not allow
+        can_grow = not model.n_ctx_max or model.n_ctx < model.n_ctx_max
+        raise MessageTooLongError(exc.needed, exc.available, can_grow=can_grow) from None
     return Turn(
         fitted.messages,
         fitted.prompt_tokens,

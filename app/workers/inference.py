@@ -295,7 +295,11 @@ class LlamaWorker(QObject):
         if info is None:
             return None
         return ModelLimits(
-            info.n_ctx, info.has_vision, self.engine.count_chat_tokens, self.engine.count_tokens
+            info.n_ctx,
+            info.has_vision,
+            self.engine.count_chat_tokens,
+            self.engine.count_tokens,
+            info.n_ctx_train,
         )
 
     def _documents(self) -> ChunkIndex | None:

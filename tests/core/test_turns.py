@@ -217,3 +217,66 @@ def test_chip_and_prompt_agree(index, n_ctx: int, turns: int, paragraphs: int, s
         assert turn.documents is not None
         assert turn.documents.mode is preview.documents.mode, (n_ctx, turns, paragraphs, question)
         assert turn.prompt_tokens <= n_ctx - turn.reserve
+
+
+def test_no_advice_to_raise_a_context_that_is_already_the_models_largest(index) -> None:
+    rows = (message(1, "user", "word " * 2000),)
+    capped = ModelLimits(1024, True, chat_tokens, words, n_ctx_max=1024)
+    with pytest.raises(MessageTooLongError) as at_max:
+        build_turn(TurnRequest(rows, {}, "", 64), capped, index, no_images)
+    assert "raise the context" not in str(at_max.value)
+    assert "largest this model allows" in str(at_max.value)
+    with pytest.raises(MessageTooLongError) as can_grow:
+        build_turn(TurnRequest(rows, {}, "", 64), limits(1024), index, no_images)
+    assert "raise the context size in Settings" in str(can_grow.value)
+
+
+def test_a_4k_model_answers_questions_about_a_long_pdf_in_real_tokens(index, qapp, tmp_path) -> None:
+    """Tried as a new user would: a model trained for 4,096 tokens, a 120-page PDF. Every question
+    that fits gets passages counted with the model's own tokenizer and fitted to the budget."""
+    from app.core.chunking import chunk_document
+    from app.core.documents.reader import extract
+    from app.core.engine import LlamaEngine
+    from app.core.tiny_model import TinyModelSpec, write_tiny_model
+    from app.core.types import LoadParams
+    from tests.core.test_documents import write_pdf
+
+    model_path = write_tiny_model(tmp_path / "tiny-4k.gguf", TinyModelSpec(context_length=4096))[0]
+    pages = [
+        [f"Page {n}: the depot received {n * 7} crates of timber and paid invoice {n} on time."] * 6
+        for n in range(1, 121)
+    ]
+    pages[87].append(NEEDLE)
+    pdf = write_pdf(tmp_path / "ledger.pdf", pages)
+    engine = LlamaEngine()
+    info = engine.load(LoadParams(model_path, n_ctx=4096, n_threads=1, n_threads_batch=1))
+    try:
+        assert info.n_ctx == info.n_ctx_train == 4096
+        chunks = chunk_document(extract(pdf))  # chunk sizes estimated, as ingest does (no tokenizer)
+        index.add_document(9, chunks)
+        real_total = sum(engine.count_tokens(c.text) for c in chunks)
+        assert real_total > 8 * 4096  # far too long to go whole
+        doc = Attachment(9, 1, 1, "document", "ledger.pdf", "", "", {"state": "ready"}, 0.0)
+        model = ModelLimits(4096, False, engine.count_chat_tokens, engine.count_tokens, info.n_ctx_train)
+        for question in ("What is the vault combination?", "hello", "Which invoice was paid on page 88?"):
+            turn = build_turn(TurnRequest.for_question(question, attachments=(doc,)), model, index, no_images)
+            assert turn.documents is not None
+            assert turn.documents.mode is DocumentMode.RETRIEVAL
+            assert turn.documents.reason == "passages: does not fit the 4,096-token context"
+            assert turn.documents.sources  # some of the document is sent with every question
+            assert engine.count_chat_tokens(turn.messages) == turn.prompt_tokens
+            assert turn.prompt_tokens + turn.reserve <= 4096
+        vault = build_turn(
+            TurnRequest.for_question("What is the vault combination?", attachments=(doc,)),
+            model,
+            index,
+            no_images,
+        )
+        assert NEEDLE in vault.messages[-1].content
+        with pytest.raises(MessageTooLongError) as too_long:  # only a question that cannot fit fails
+            build_turn(
+                TurnRequest.for_question("timber " * 3000, attachments=(doc,)), model, index, no_images
+            )
+        assert "raise the context" not in str(too_long.value)
+    finally:
+        engine.unload()
