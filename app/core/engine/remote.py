@@ -340,8 +340,8 @@ class _Http:
         low = reason.lower()
         if "context" in low and ("exceed" in low or "maximum" in low or "too long" in low or "length" in low):
             return RemoteContextOverflowError(
-                f"The conversation is longer than the server's context ({reason}). Start a new chat or "
-                "shorten the documents.",
+                f"The conversation does not fit the server's context. The server says: {reason.rstrip('.')}. "
+                "Start a new chat or shorten the documents.",
                 detail,
             )
         if status == 404 and "model" in low:
@@ -491,6 +491,7 @@ class RemoteEngine:
         self._info: ModelInfo | None = None
         self._stats = GenerationStats()
         self._counts: dict[str, int] = {}  # text → tokens (the same passages are counted often)
+        self._count_base: int | None = None  # tokens a server adds to any text it counts
 
     # -- Engine -----------------------------------------------------------------------------------
     @property
@@ -520,6 +521,7 @@ class RemoteEngine:
         n_ctx = self.config.n_ctx or identity.n_ctx or DEFAULT_N_CTX
         self._identity = identity
         self._counts.clear()
+        self._count_base = None
         note = ""
         if not identity.n_ctx and not self.config.n_ctx:
             note = (
@@ -578,14 +580,18 @@ class RemoteEngine:
                 }
                 return int(self._http.request_json("POST", path, body)["count"])
             if path == "/extras/tokenize/count" and identity is not None:
-                return int(
-                    self._http.request_json("POST", path, {"input": text, "model": identity.model})["count"]
-                )
+                if self._count_base is None:  # it adds the BOS token to every text it counts
+                    self._count_base = self._llama_cpp_python_count("", identity.model)
+                return self._llama_cpp_python_count(text, identity.model) - self._count_base
         except (RemoteError, KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, (ServerAuthError, ServerUnreachableError, ServerTimeoutError)):
                 raise
             log.info("the server's tokenizer failed (%s); estimating instead", exc)
         return estimate_tokens(text)
+
+    def _llama_cpp_python_count(self, text: str, model: str) -> int:
+        body = {"input": text, "model": model}
+        return int(self._http.request_json("POST", "/extras/tokenize/count", body)["count"])
 
     def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
         identity = self._identity
@@ -652,8 +658,10 @@ class RemoteEngine:
                 finish = FinishReason.CANCELLED
             if not usage and not timings:
                 prompt_estimate = self.count_chat_tokens(messages)
-        except ServerLostError:
+        except ServerLostError as lost:
             self._stats = self._figures(started, first_at, pieces, usage, timings, FinishReason.CANCELLED)
+            if pieces == 0:
+                self._diagnose(body, lost)
             raise
         except RemoteContextOverflowError as exc:
             self._learn_context(exc.message)
@@ -661,6 +669,19 @@ class RemoteEngine:
         finally:
             stream.close()
         self._stats = self._figures(started, first_at, pieces, usage, timings, finish, prompt_estimate)
+
+    def _diagnose(self, body: dict[str, Any], lost: ServerLostError) -> None:
+        """A stream that ended before its first piece: llama-cpp-python's server ends it so when
+        the prompt is longer than its context. Asked again without streaming, it says so."""
+        try:
+            self._http.request_json(
+                "POST", "/v1/chat/completions", {**body, "stream": False, "max_tokens": 1}
+            )
+        except RemoteContextOverflowError as exc:
+            self._learn_context(exc.message)
+            raise exc from lost
+        except RemoteError:
+            return
 
     def request_body(self, messages: Sequence[ChatMessage], sampling: SamplingParams) -> dict[str, Any]:
         """The ``/v1/chat/completions`` request for these messages (also what ``bench/remote.py`` sends)."""
