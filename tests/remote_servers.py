@@ -134,11 +134,8 @@ class _SilentHandler(http.server.BaseHTTPRequestHandler):
 def small_http_server(kind: str) -> Iterator[str]:
     """``kind`` "html": answers every request with an HTML page; "silent": never answers."""
     release = threading.Event()
-    handler: type[http.server.BaseHTTPRequestHandler]
-    if kind == "html":
-        handler = _HtmlHandler
-    else:
-        handler = type("Silent", (_SilentHandler,), {"release": release})
+    silent = type("Silent", (_SilentHandler,), {"release": release})
+    handler: type[http.server.BaseHTTPRequestHandler] = _HtmlHandler if kind == "html" else silent
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="test-http-server")

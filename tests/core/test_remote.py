@@ -192,13 +192,16 @@ def test_a_server_killed_mid_answer_keeps_the_partial_answer(tiny_model: Path, t
     with llama_cpp_server(tiny_model, tmp_path / "killed.log", n_ctx=2048) as doomed:
         engine = connect(doomed, n_ctx=2048)
         pieces: list[str] = []
-        with pytest.raises(ServerLostError) as lost:
-            for piece in engine.stream_chat(
-                QUESTION, SamplingParams(temperature=0.0, max_tokens=1900), threading.Event()
-            ):
+        long = SamplingParams(temperature=0.0, max_tokens=1900)
+
+        def read_and_kill() -> None:
+            for piece in engine.stream_chat(QUESTION, long, threading.Event()):
                 pieces.append(piece)
                 if len(pieces) == 2:
                     doomed.kill()
+
+        with pytest.raises(ServerLostError) as lost:
+            read_and_kill()
         assert len(pieces) >= 2
         assert "in the middle of the answer" in lost.value.message
         assert "The text so far is kept" in lost.value.message
@@ -247,3 +250,25 @@ def test_server_addresses(url: str, address: str) -> None:
 def test_a_bad_address_is_refused() -> None:
     with pytest.raises(ValueError, match="not a server address"):
         ServerConfig("ftp://box").address  # noqa: B018
+
+
+def test_the_command_line_self_test_answers_through_the_server(server: RunningServer, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SCOUT_TEST_SERVER_KEY": API_KEY}
+    command = [sys.executable, "-m", "app", "--data-dir", str(tmp_path / "data"), "--server", server.url]
+    command += ["--api-key-env", "SCOUT_TEST_SERVER_KEY", "--n-ctx", str(N_CTX), "--self-test"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert f"model: tiny on 127.0.0.1:{server.port} — llama-cpp-python server" in output
+    assert "time to first token:" in output
+    assert "tokens per second:" in output
+    assert API_KEY not in output
+    wrong = subprocess.run(
+        [*command[:-3], "--self-test"], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert wrong.returncode == 1
+    assert "refused the API key (HTTP 401): a key is needed" in wrong.stdout
