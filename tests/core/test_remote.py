@@ -268,7 +268,7 @@ def test_the_command_line_self_test_answers_through_the_server(server: RunningSe
     assert "tokens per second:" in output
     assert API_KEY not in output
     wrong = subprocess.run(
-        [*command[:6], "--self-test"], capture_output=True, text=True, env=env, timeout=300, check=False
+        [*command[:7], "--self-test"], capture_output=True, text=True, env=env, timeout=300, check=False
     )
     assert wrong.returncode == 1
     assert "refused the API key (HTTP 401): a key is needed" in wrong.stdout
