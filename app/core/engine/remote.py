@@ -164,13 +164,16 @@ def parse_url(url: str) -> urllib.parse.SplitResult:
     return parts._replace(path=path, query="", fragment="")
 
 
-def is_private_host(host: str) -> bool:
-    """Loopback, private, link-local addresses and ``localhost``; hostnames are resolved."""
+def is_private_host(host: str, *, resolve: bool = True) -> bool:
+    """Loopback, private, link-local addresses and ``localhost``; hostnames are resolved (unless
+    ``resolve`` is False: then only ``*.local`` names count as private)."""
     if host.lower() in ("localhost", "localhost.localdomain"):
         return True
     try:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:
+        if not resolve:
+            return host.lower().endswith(".local")
         try:
             infos = socket.getaddrinfo(host, None)
         except OSError:
