@@ -27,7 +27,6 @@ import http.client
 import ipaddress
 import json
 import logging
-import queue
 import socket
 import ssl
 import threading
@@ -773,24 +772,21 @@ def _message_json(message: ChatMessage, *, images: bool) -> dict[str, Any]:
 
 
 class _SseStream:
-    """One streamed answer: the request on its own connection, its lines read by a reader thread
-    (so that Stop and time-outs never wait for the server), ``close`` ends both."""
-
-    _END = object()
+    """One streamed answer on its own connection. Lines are read on the calling thread (no
+    hand-off per token); a watcher thread closes the connection as soon as Stop is asked, which
+    ends a read that waits for the server. A silent server is the socket's time-out."""
 
     def __init__(self, http_: _Http, body: dict[str, Any], timeout_s: float) -> None:
         self._http = http_
         self._timeout_s = timeout_s
-        self._lines: queue.Queue[object] = queue.Queue()
         self._conn = http_.connection(timeout_s)
-        self._response: http.client.HTTPResponse | None = None
         self._body = body
-        self._reader: threading.Thread | None = None
+        self._done = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def events(self, cancel: threading.Event) -> Iterator[dict[str, Any]]:
         """The JSON events until ``[DONE]``, the end of the stream, or Stop."""
         response = self._http.send(self._conn, "POST", "/v1/chat/completions", self._body)
-        self._response = response
         if response.status >= 400:
             raw = response.read()
             self._http.decode(response, raw, "/v1/chat/completions")  # raises the HTTP error
@@ -803,68 +799,66 @@ class _SseStream:
             raise NotOpenAICompatibleError(
                 f"{self._http.config.address} did not stream the answer (it sent {kind or 'no type'})."
             )
-        self._reader = threading.Thread(target=self._read, name="scout-sse", daemon=True)
-        self._reader.start()
-        while True:
-            if cancel.is_set():
-                return
+        self._watcher = threading.Thread(
+            target=self._watch, args=(cancel,), name="scout-sse-stop", daemon=True
+        )
+        self._watcher.start()
+        address = self._http.config.address
+        while not cancel.is_set():
             try:
-                item = self._lines.get(timeout=POLL_S)
-            except queue.Empty:
-                continue
-            if item is self._END:
-                raise ServerLostError(
-                    f"The connection to {self._http.config.address} ended in the middle of the answer "
-                    "(the server stopped or the network dropped). The text so far is kept.",
-                    "the event stream ended before [DONE]",
-                )
-            if isinstance(item, BaseException):
-                error = self._http.connection_error(item)
+                raw_line = response.readline()
+            except Exception as exc:  # noqa: BLE001 - mapped to the user's sentence below
+                if cancel.is_set():
+                    return
+                error = self._http.connection_error(exc)
                 if isinstance(error, ServerTimeoutError):
                     raise ServerTimeoutError(
-                        f"{self._http.config.address} sent nothing for {self._timeout_s:.0f} s in the middle "
-                        "of the answer (time-out). The text so far is kept.",
+                        f"{address} sent nothing for {self._timeout_s:.0f} s in the middle of the answer "
+                        "(time-out). The text so far is kept.",
                         error.detail,
-                    )
+                    ) from None
                 raise ServerLostError(
-                    f"The connection to {self._http.config.address} broke in the middle of the answer "
-                    "(the server stopped or the network dropped). The text so far is kept.",
+                    f"The connection to {address} broke in the middle of the answer (the server "
+                    "stopped or the network dropped). The text so far is kept.",
                     error.detail,
+                ) from None
+            if not raw_line:
+                if cancel.is_set():
+                    return
+                raise ServerLostError(
+                    f"The connection to {address} ended in the middle of the answer (the server "
+                    "stopped or the network dropped). The text so far is kept.",
+                    "the event stream ended before [DONE]",
                 )
-            line = str(item)
-            if not line.startswith("data:"):
+            if not raw_line.startswith(b"data:"):
                 continue  # comments (": ping"), event names, blank separators
-            data = line[5:].strip()
-            if data == "[DONE]":
+            data = raw_line[5:].strip()
+            if data == b"[DONE]":
                 return
             try:
                 event = json.loads(data)
             except ValueError:
-                log.info("a line of the stream is not JSON: %.80s", data)
+                log.info("a line of the stream is not JSON: %.80r", data)
                 continue
             if isinstance(event, dict):
                 yield event
 
-    def _read(self) -> None:
-        response = self._response
-        assert response is not None
-        try:
-            while True:
-                line = response.readline()
-                if not line:
-                    break
-                self._lines.put(line.decode("utf-8", "replace").rstrip("\r\n"))
-        except Exception as exc:  # noqa: BLE001 - handed to the reading thread
-            self._lines.put(exc)
-            return
-        self._lines.put(self._END)
+    def _watch(self, cancel: threading.Event) -> None:
+        while not self._done.is_set():
+            if cancel.wait(POLL_S):
+                self._shutdown()
+                return
 
-    def close(self) -> None:
-        """End the request: the server sees the client go and stops generating."""
+    def _shutdown(self) -> None:
         sock = self._conn.sock
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """End the request: the server sees the client go and stops generating."""
+        self._done.set()
+        self._shutdown()
         self._conn.close()
-        if self._reader is not None:
-            self._reader.join(2.0)
+        if self._watcher is not None:
+            self._watcher.join(2.0)
