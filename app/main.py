@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from app.core.engine.probe import MeasuredBuffers
+    from app.core.engine.remote import ServerConfig
     from app.core.planner import LoadRequest, PlannedLoad
     from app.core.ports import Engine
     from app.core.store import Store
@@ -55,7 +56,43 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "and the plan for each, then exit",
     )
     parser.add_argument("--n-ctx", type=int, default=None, help="context size in tokens (overrides settings)")
+    server = parser.add_argument_group("a model on a server (any OpenAI-compatible server)")
+    server.add_argument(
+        "--server", metavar="URL", help="use the model on this server (http://host:port or https://…)"
+    )
+    server.add_argument(
+        "--api-key-env", metavar="VAR", help="read the server's API key from environment variable VAR"
+    )
+    server.add_argument(
+        "--server-model", metavar="NAME", help="the server's model to use (default: its first)"
+    )
+    server.add_argument(
+        "--allow-plain-http",
+        action="store_true",
+        help="allow unencrypted http:// to an address outside this computer and the private networks",
+    )
     return parser.parse_args(argv)
+
+
+def server_config(args: argparse.Namespace, stored_key: str | None = None) -> ServerConfig:
+    """The server named on the command line; the key from ``--api-key-env`` (never a flag: command
+    lines are visible to other users), else the one stored for that server. ValueError if bad."""
+    from app.core.engine.remote import ServerConfig
+
+    key = stored_key or ""
+    if args.api_key_env:
+        if args.api_key_env not in os.environ:
+            raise ValueError(f"the environment variable {args.api_key_env} is not set")
+        key = os.environ[args.api_key_env].strip()
+    config = ServerConfig(
+        args.server,
+        api_key=key,
+        model=args.server_model or "",
+        allow_plain_http=args.allow_plain_http,
+        n_ctx=args.n_ctx or 0,
+    )
+    _ = config.address  # a malformed address fails here
+    return config
 
 
 @dataclass
@@ -127,7 +164,7 @@ def build_application(args: argparse.Namespace) -> Application:
     )
     window = MainWindow(controller)
     window.app_paths = paths
-    if not args.model and is_first_run(paths, settings):
+    if not args.model and not args.server and is_first_run(paths, settings):
         from app.ui.welcome import WelcomePage
 
         models_dir = Path(settings.models_dir).expanduser() if settings.models_dir else paths.models_dir
@@ -141,7 +178,12 @@ def build_application(args: argparse.Namespace) -> Application:
         if downloads is not None:
             app.aboutToQuit.connect(downloads.shutdown)
     controller.restore_session()
-    if args.model:
+    if args.server:
+        from app.core.server_keys import ServerKeyStore
+
+        config = server_config(args, ServerKeyStore(paths.data_dir).get(args.server))
+        controller.models.connect_server(config)
+    elif args.model:
         controller.models.load_model(str(Path(args.model).expanduser()))
     freeze_long_lived()  # the window, modules and Qt wrappers: full collections skip them from now on
     return Application(paths=paths, store=store, controller=controller, window=window, downloads=downloads)
@@ -205,7 +247,7 @@ def run_gui(args: argparse.Namespace) -> int:
         app.setWindowIcon(QIcon(str(icon)))
     try:
         application = build_application(args)
-    except StorageError as exc:
+    except (StorageError, ValueError) as exc:
         QMessageBox.critical(None, "Scout Chat", str(exc))
         return 2
     apply_theme(app, application.controller.settings.theme)

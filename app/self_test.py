@@ -18,6 +18,7 @@ from app.core.types import LoadParams, SamplingParams
 if TYPE_CHECKING:
     import argparse
 
+    from app.core.engine.remote import ServerConfig
     from app.core.types import GenerationStats, ModelInfo
     from app.workers.inference import LlamaWorker
 
@@ -105,6 +106,8 @@ def run_self_test(args: argparse.Namespace) -> int:
     """Load a model and stream one answer through the same worker the window uses."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     _qapp = QCoreApplication.instance() or QCoreApplication(sys.argv[:1])
+    if getattr(args, "server", None):
+        return _run_server_self_test(args)
     tmp: tempfile.TemporaryDirectory[str] | None = None
     if args.model:
         model = Path(args.model).expanduser()
@@ -127,6 +130,20 @@ def run_self_test(args: argparse.Namespace) -> int:
     return _report(driver, image is not None)
 
 
+def _run_server_self_test(args: argparse.Namespace) -> int:
+    """``--server URL --self-test``: one answer from that server through the remote engine."""
+    from app.main import server_config
+
+    try:
+        config = server_config(args)
+    except ValueError as exc:
+        say(f"self-test FAILED: {exc}")
+        return 2
+    say(f"self-test: server {config.address}{' (with an API key)' if config.api_key else ''}")
+    driver = _drive(config, None)
+    return _report(driver, False)
+
+
 def _load_params(model: Path, n_ctx: int | None, images: Path) -> tuple[LoadParams, Path | None]:
     """The load parameters for ``model`` and, when a vision projector sits beside it, a picture."""
     from app.core.gguf_info import find_projector
@@ -147,7 +164,7 @@ def _load_params(model: Path, n_ctx: int | None, images: Path) -> tuple[LoadPara
     return params, image
 
 
-def _drive(params: LoadParams, image: Path | None) -> Driver:
+def _drive(params: LoadParams | ServerConfig, image: Path | None) -> Driver:
     """Run the worker on its own thread until the turns are done (or ten minutes have passed), on
     the app's engine: llama.cpp in an engine process."""
     from app.core.engine.process import EngineProxy
@@ -179,8 +196,12 @@ def _report(driver: Driver, with_image: bool) -> int:
     if not text.strip() or stats is None or info is None:
         say("self-test FAILED: the model produced no text")
         return 1
-    say(f"model: {info.name} ({info.architecture}, {info.n_params / 1e6:.1f} M parameters)")
-    say(f"load time: {info.load_seconds:.2f} s")
+    if info.server:
+        say(f"model: {info.name} on {info.server}, context {info.n_ctx:,} tokens")
+        say(f"connect time: {info.load_seconds:.2f} s")
+    else:
+        say(f"model: {info.name} ({info.architecture}, {info.n_params / 1e6:.1f} M parameters)")
+        say(f"load time: {info.load_seconds:.2f} s")
     say(f"time to first token: {stats.ttft_s * 1000:.0f} ms")
     say(f"tokens per second: {stats.tokens_per_s:.1f} ({stats.completion_tokens} tokens)")
     say(f"answer: {text[:120]!r}")

@@ -130,6 +130,7 @@ class ModelInfo:
     chat_template_note: str = ""
     load_seconds: float = 0.0
     has_vision: bool = False
+    server: str = ""  # where a served model runs ("127.0.0.1:8081 — llama-server"); "": this computer
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from app.core.reading import ReadingOffer
     from app.core.turns import Turn
     from app.core.types import GenerationStats, ModelInfo
+    from app.ui.servers_dialog import ServersDialog
     from app.ui.welcome import WelcomePage
     from app.workers.controller import AppController
 
@@ -234,6 +235,11 @@ class MainWindow(QMainWindow):
             "&Models…", self._on_models_action_triggered, "Ctrl+M", "Download and manage Scout builds"
         )
         self.models_action.setEnabled(False)  # until set_download_controller()
+        self.servers_action = self._action(
+            "Ser&vers…",
+            self._on_servers_action_triggered,
+            tip="Use a model served by another program or computer (any OpenAI-compatible server)",
+        )
 
     def _build_menus(self) -> None:
         menus = self.menuBar()
@@ -245,6 +251,7 @@ class MainWindow(QMainWindow):
         self.recent_models_menu.aboutToShow.connect(self._on_recent_models_menu_about_to_show)
         self.update_recent_models_menu()
         file_menu.addAction(self.models_action)
+        file_menu.addAction(self.servers_action)
         file_menu.addAction(self.plan_panel_action)
         file_menu.addAction(self.export_action)
         file_menu.addSeparator()
@@ -312,6 +319,28 @@ class MainWindow(QMainWindow):
         self._plan_panel.raise_()
         self._plan_panel.activateWindow()
         return self._plan_panel
+
+    def open_servers_dialog(self) -> ServersDialog:
+        """Servers…: on Connect, the model on that server replaces the one in use."""
+        from app.core.server_keys import ServerKeyStore
+        from app.ui.servers_dialog import SETTINGS_KEY, ServersDialog
+
+        saved = self.controller.settings.extra.get(SETTINGS_KEY)
+        dialog = ServersDialog(
+            ServerKeyStore(self.controller.paths.data_dir), saved if isinstance(saved, dict) else None, self
+        )
+        dialog.accepted.connect(self._on_servers_dialog_accepted)
+        dialog.open()
+        return dialog
+
+    def _on_servers_dialog_accepted(self) -> None:
+        from app.ui.servers_dialog import SETTINGS_KEY, ServersDialog
+
+        dialog = self.sender()
+        if isinstance(dialog, ServersDialog):
+            preferences = self.controller.preferences
+            preferences.remember(extra={**preferences.settings.extra, SETTINGS_KEY: dialog.saved()})
+            self.models.connect_server(dialog.config())
 
     def set_download_controller(self, downloads: Any) -> None:
         """Enable File → Models… (and the welcome page's Download) with a DownloadController."""
@@ -381,6 +410,7 @@ class MainWindow(QMainWindow):
         self._chat_layout.insertWidget(self._chat_layout.indexOf(self.chat_view), page, 1)
         page.download_requested.connect(self._on_welcome_page_download_requested)
         page.open_file_requested.connect(self._on_welcome_page_open_file_requested)
+        page.server_requested.connect(self._on_welcome_page_server_requested)
         self._update_welcome()
 
     def open_global_search(self) -> SearchDialog:
@@ -706,7 +736,13 @@ class MainWindow(QMainWindow):
         self.models.cancel_load()
 
     def _on_status_model_clicked(self) -> None:
-        self.open_plan_panel()
+        if self.models.is_remote:  # no plan for a server's model: its connection instead
+            self.open_servers_dialog()
+        else:
+            self.open_plan_panel()
+
+    def _on_servers_action_triggered(self) -> None:
+        self.open_servers_dialog()
 
     def _on_settings_dialog_accepted(self) -> None:
         dialog = self.sender()
@@ -759,7 +795,10 @@ class MainWindow(QMainWindow):
         self.start_edit_last_message()
 
     def _on_plan_panel_action_triggered(self) -> None:
-        self.open_plan_panel()
+        if self.models.is_remote:  # a server's model has no plan on this computer
+            self.open_servers_dialog()
+        else:
+            self.open_plan_panel()
 
     def _on_models_action_triggered(self) -> None:
         if self.downloads is not None:
@@ -799,6 +838,9 @@ class MainWindow(QMainWindow):
 
     def _on_welcome_page_open_file_requested(self) -> None:
         self.open_model_file()
+
+    def _on_welcome_page_server_requested(self) -> None:
+        self.open_servers_dialog()
 
     def _on_welcome_page_download_requested(self, build_id: str) -> None:
         """Route "Download <build>" to the model manager; never download from here directly."""

@@ -50,6 +50,7 @@ class WindowStatus(QObject):
         self._plan_tip = ""
         self._context = (0, 0)  # the last exact context figures: tokens used, n_ctx
         self._has_model = False
+        self._remote = False  # the model runs on a server
         self._live_id: int | None = None  # the answer being streamed, for the live figures
         self._live_text = ""
         self._live_first = ""  # the first piece: the speed is measured from its arrival
@@ -97,7 +98,14 @@ class WindowStatus(QObject):
     # -- the model --------------------------------------------------------------------------
     def set_model(self, info: ModelInfo | None) -> None:
         self._has_model = info is not None
-        if info is not None:
+        self._remote = info is not None and bool(info.server)
+        if info is not None and info.server:  # a server's model: where it runs, no plan
+            self.model_label.setText(f"{info.name} on {info.server}")
+            self._plan_tip = ""
+            self._model_tip = f"{info.name} runs on {info.server}\ncontext {info.n_ctx:,} tokens"
+            if info.chat_template_note:
+                self._model_tip += f"\n{info.chat_template_note}"
+        elif info is not None:
             self.model_label.setText(info.name)
             self._model_tip = (
                 f"{info.path}\n{info.architecture}, {info.n_params / 1e9:.2f} B parameters, "
@@ -121,7 +129,8 @@ class WindowStatus(QObject):
 
     def _update_model_tooltip(self) -> None:
         tip = "\n\n".join(t for t in (self._model_tip, self._plan_tip) if t)
-        self.model_label.setToolTip(f"{tip}\n\nClick for Memory & offload")
+        where = "Servers…" if self._remote else "Memory & offload"
+        self.model_label.setToolTip(f"{tip}\n\nClick for {where}")
 
     # -- loading ----------------------------------------------------------------------------
     def show_loading(self, path: str) -> None:

@@ -102,10 +102,12 @@ class WelcomePage(QWidget):
     Signals:
         download_requested(str): the build id whose "Download" button was clicked.
         open_file_requested(): "I already have a GGUF file…" was clicked.
+        server_requested(): "Use a server on another computer…" was clicked.
     """
 
     download_requested = Signal(str)
     open_file_requested = Signal()
+    server_requested = Signal()
 
     def __init__(
         self,
@@ -198,6 +200,14 @@ class WelcomePage(QWidget):
         self.choose_button.clicked.connect(self._on_choose_button_clicked)
         self.open_button = QPushButton("I already have a GGUF file…")
         self.open_button.clicked.connect(self._on_open_button_clicked)
+        self.server_button = QPushButton("Use a server on another computer…")
+        self.server_button.setObjectName("serverButton")
+        self.server_button.setToolTip(
+            "Scout on your workstation or home server (llama-server, vLLM, Ollama, LM Studio): "
+            "chat from here, your documents stay here"
+        )
+        self.server_button.clicked.connect(self._on_server_button_clicked)
+        self.server_button.hide()  # shown when this machine is too small for Scout
         first = QHBoxLayout()
         first.addWidget(self.download_button)
         first.addStretch(1)
@@ -208,6 +218,10 @@ class WelcomePage(QWidget):
         others.addWidget(self.open_button)
         others.addStretch(1)
         layout.addLayout(others)
+        server_row = QHBoxLayout()
+        server_row.addWidget(self.server_button)
+        server_row.addStretch(1)
+        layout.addLayout(server_row)
 
     def _center_in_scroll_area(self, column: QWidget) -> None:
         """The column, centred, in a frameless scroll area that fills the page."""
@@ -299,6 +313,8 @@ class WelcomePage(QWidget):
         fit = next((f for f in rec.fits if f.build.id == build_id), None)
         self._selected = fit
         too_small = rec.too_small
+        self.server_button.setVisible(too_small)
+        self.server_button.setObjectName("primaryButton" if too_small else "serverButton")
         self.recommendation_label.setProperty("tooSmall", too_small)
         self.recommendation_label.style().unpolish(self.recommendation_label)
         self.recommendation_label.style().polish(self.recommendation_label)
@@ -380,3 +396,6 @@ class WelcomePage(QWidget):
 
     def _on_open_button_clicked(self) -> None:
         self.open_file_requested.emit()
+
+    def _on_server_button_clicked(self) -> None:
+        self.server_requested.emit()

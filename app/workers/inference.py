@@ -22,6 +22,7 @@ from app.core import reading
 from app.core.context import MessageTooLongError, reply_reserve
 from app.core.engine import OutOfMemoryError, ProjectorError, check_model_file, first_split_part
 from app.core.engine.errors import EngineCrashedError, EngineHungError
+from app.core.engine.remote import RemoteEngine, ServerConfig
 from app.core.errors import UserError
 from app.core.gguf_info import GGUFError, find_projector, projector_mismatch, read_gguf_info
 from app.core.heap import release_free_heap
@@ -120,7 +121,8 @@ class LlamaWorker(QObject):
         super().__init__()  # no parent: it will be moved to its thread
         self._engine_factory = engine_factory
         self._planner = planner
-        self._engine: Engine | None = None
+        self._engine: Engine | None = None  # the local engine (the factory's)
+        self._remote: RemoteEngine | None = None  # a server's model, while one is used
         self.cancel_event = threading.Event()  # set from any thread: stops generation
         self.load_cancel_event = threading.Event()  # set from any thread: stops loading
         self.closing_event = threading.Event()  # set when the app closes: no model is reloaded
@@ -132,12 +134,39 @@ class LlamaWorker(QObject):
 
     @property
     def engine(self) -> Engine:
+        """The engine answers come from: a server's while one is connected, else the local one."""
+        if self._remote is not None:
+            return self._remote
         if self._engine is None:
             self._engine = self._engine_factory()
         return self._engine
 
+    def _connect_server(self, config: ServerConfig) -> None:
+        """Use a model on a server. The model in use stays until the server answered; then a
+        local model is unloaded (its memory is free again) and a previous server is let go."""
+        remote = RemoteEngine(config)
+        try:
+            info = remote.load(None, lambda _f: not self.load_cancel_event.is_set())
+        except Exception as exc:  # noqa: BLE001 - thread boundary
+            remote.close()
+            message, detail = _human(exc)
+            log.warning("connecting to %s failed: %s", config.address, message)
+            kept = self.engine.model_info
+            if kept is not None:
+                self.model_kept.emit(kept)
+            self.load_failed.emit(message, detail)
+            return
+        previous, self._remote = self._remote, remote
+        if previous is not None:
+            previous.close()
+        if self._engine is not None and self._engine.model_info is not None:
+            self._engine.unload()
+            self._release_free_heap(force=True)
+        self._loaded_params = None
+        self.model_loaded.emit(info)
+
     @Slot(object)
-    def load_model(self, request: LoadParams | LoadRequest) -> None:
+    def load_model(self, request: LoadParams | LoadRequest | ServerConfig) -> None:
         """Load from explicit LoadParams, or plan a LoadRequest first (header, free memory, dry run).
 
         The model already loaded stays usable when the new one fails: the new file is checked
@@ -147,6 +176,10 @@ class LlamaWorker(QObject):
         """
         self.load_cancel_event.clear()
         self._last_progress_emit = 0.0
+        if isinstance(request, ServerConfig):
+            self._connect_server(request)
+            return
+        remote, self._remote = self._remote, None  # a local load: the server's model stays until it succeeds
 
         def progress(fraction: float) -> bool:
             now = time.monotonic()
@@ -167,11 +200,17 @@ class LlamaWorker(QObject):
             message, detail = _human(exc)
             self._note_engine_stopped(exc, message, detail)
             log.warning("model load failed: %s", message)
-            kept = self._keep_previous(previous)
+            if remote is not None:
+                self._remote = remote
+                kept = remote.model_info
+            else:
+                kept = self._keep_previous(previous)
             if kept is not None:
                 self.model_kept.emit(kept)
             self.load_failed.emit(message, detail)
             return
+        if remote is not None:
+            remote.close()
         self._loaded_params = params
         self.model_loaded.emit(info)
 
@@ -277,6 +316,9 @@ class LlamaWorker(QObject):
     @Slot()
     def unload_model(self) -> None:
         self._loaded_params = None
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
         if self._engine is not None:
             self._engine.unload()
             self._release_free_heap(force=True)
@@ -523,6 +565,9 @@ class LlamaWorker(QObject):
         if self._document_source is not None:
             self._document_source.close()
             self._document_source = None
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
 
 
 def _reading_sources(docs: Sequence[DocumentChunks], pages: Sequence[int]) -> tuple[dict[str, Any], ...]:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from app.config import Settings
+    from app.core.engine.remote import ServerConfig
     from app.core.planner import Plan, PlannedLoad
     from app.core.types import ModelInfo
     from app.workers.inference import InferenceThread
@@ -138,6 +139,21 @@ class ModelController(QObject):
         self.model_load_started.emit(path)
         self.load_requested.emit(params)
 
+    def connect_server(self, config: ServerConfig) -> None:
+        """Use the model ``config`` names on a server (the current model stays until it answers)."""
+        self._inference.cancel_generation()
+        if not self._loading:
+            self._previous = (self._plan, self._overrides)
+        self._loading = True
+        self._inference.worker.load_cancel_event.clear()
+        self.model_load_started.emit(f"{config.model or 'model'} on {config.address}")
+        self.load_requested.emit(config)
+
+    @property
+    def is_remote(self) -> bool:
+        """The loaded model runs on a server (no plan, no memory figures on this computer)."""
+        return bool(self._model_info and self._model_info.server)
+
     def cancel_load(self) -> None:
         self._inference.worker.load_cancel_event.set()
 
@@ -145,7 +161,7 @@ class ModelController(QObject):
     def _on_preferences_settings_changed(self, old: Settings, new: Settings) -> None:
         reload_needed = (old.n_ctx, old.n_threads) != (new.n_ctx, new.n_threads)
         idle = not self._loading and not self._inference.generating
-        if reload_needed and self._model_info is not None and idle:
+        if reload_needed and self._model_info is not None and idle and not self.is_remote:
             self.load_model(str(self._model_info.path), self._overrides)
 
     @Slot(float)
@@ -166,6 +182,12 @@ class ModelController(QObject):
         self._loading = False
         self._model_info = info
         self._lost = None
+        if info.server:  # a server's model: not a file to reopen
+            self._plan = None
+            self.model_loaded.emit(info)
+            if info.chat_template_note:
+                self._notices.info_message.emit(info.chat_template_note)
+            return
         path = str(info.path)
         recent = push_recent_model(self._preferences.settings.recent_models, path)
         self._preferences.remember(last_model=path, recent_models=recent)

@@ -7,7 +7,8 @@
 * :mod:`.overrides` — tensor buffer overrides (``-ot``) through ctypes;
 * :mod:`.templates` — fallback chat templates for GGUFs without one;
 * :mod:`.tokens` — prompt tokenization that reuses the tokens of long pieces;
-* :mod:`.vision` — image turns through libmtmd; :mod:`.probe` — dry-run buffer measurement.
+* :mod:`.vision` — image turns through libmtmd; :mod:`.probe` — dry-run buffer measurement;
+* :mod:`.remote` — ``RemoteEngine``: a model on an OpenAI-compatible server (no llama_cpp import).
 """
 
 from app.core.engine.errors import (

@@ -1,0 +1,43 @@
+"""API keys of the servers the user added: in the system keyring when ``keyring`` works, else a
+private (0600) file per server, exactly as the Hugging Face token is kept (``TokenStore``)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+from app.core.downloads.state import TokenStore
+from app.core.engine.remote import parse_url
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+class ServerKeyStore:
+    """One key per server address (scheme, host and port)."""
+
+    def __init__(self, data_dir: Path, *, use_keyring: bool = True) -> None:
+        self._data_dir = data_dir
+        self._use_keyring = use_keyring
+
+    def _store(self, url: str) -> TokenStore:
+        parts = parse_url(url)
+        address = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}"
+        store = TokenStore(self._data_dir, use_keyring=self._use_keyring)
+        store.USERNAME = f"server-key {address}"
+        digest = hashlib.sha256(address.encode("utf-8")).hexdigest()[:16]
+        store.file = self._data_dir / "server_keys" / digest
+        return store
+
+    def get(self, url: str) -> str | None:
+        try:
+            return self._store(url).get()
+        except ValueError:
+            return None
+
+    def set(self, url: str, key: str) -> None:
+        self._store(url).set(key)
+
+    @property
+    def backend(self) -> str:
+        return TokenStore(self._data_dir, use_keyring=self._use_keyring).backend

@@ -1,0 +1,149 @@
+"""Real servers on 127.0.0.1 for the remote-engine tests: llama-cpp-python's own OpenAI-compatible
+server on a generated tiny model, and two small ``http.server`` servers that misbehave (one sends
+HTML, one never answers)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+API_KEY = "sk-test-0123456789abcdef"  # what the tests' server requires
+START_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+
+def _ready(port: int, key: str) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {key}"})
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def llama_cpp_server(
+    model: Path, log: Path, *, n_ctx: int = 1024, key: str = API_KEY
+) -> Iterator[RunningServer]:
+    """``python -m llama_cpp.server`` on ``model`` (one thread), waited for with a health poll and
+    always killed afterwards."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--model_alias",
+        "tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_threads",
+        "1",
+        "--n_threads_batch",
+        "1",
+        "--n_ctx",
+        str(n_ctx),
+        "--api_key",
+        key,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = RunningServer(process, port, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _ready(port, key):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"llama_cpp.server did not start:\n{log.read_text(errors='replace')[-3000:]}"
+                )
+            time.sleep(0.2)
+        yield server
+    finally:
+        server.kill()
+
+
+class _HtmlHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<!doctype html><html><body><h1>My router</h1></body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _SilentHandler(http.server.BaseHTTPRequestHandler):
+    release: threading.Event
+
+    def do_GET(self) -> None:
+        self.release.wait(30)  # a server that accepts the request and never answers
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def small_http_server(kind: str) -> Iterator[str]:
+    """``kind`` "html": answers every request with an HTML page; "silent": never answers."""
+    release = threading.Event()
+    silent = type("Silent", (_SilentHandler,), {"release": release})
+    handler: type[http.server.BaseHTTPRequestHandler] = _HtmlHandler if kind == "html" else silent
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="test-http-server")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
