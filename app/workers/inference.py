@@ -187,6 +187,7 @@ class LlamaWorker(QObject):
         """Open ``path`` in a throw-away engine process (engines that can); raises what it raised."""
         engine = self.engine
         if isinstance(engine, TriesFiles):
+            check_model_file(path)  # the same clear sentences as a direct load
             seconds = engine.try_file(path)
             log.info("%s survived a throw-away engine process (%.2f s)", path.name, seconds)
             self.file_tried.emit(str(path), seconds)
@@ -198,7 +199,6 @@ class LlamaWorker(QObject):
         The engine checks the file before it unloads anything."""
         path = Path(params.model_path)
         if try_first:
-            check_model_file(path)
             self._try_first(path)
         if params.mmproj_path is not None:
             reason = _projector_mismatch(path, Path(params.mmproj_path))
