@@ -14,6 +14,12 @@ imports llama_cpp and loads the same model with ``llama_cpp.Llama`` (the child's
 
 Prints the figures and the ratios (targets: proxy/in-process tokens/s >= 0.98, TTFT overhead
 <= 10 ms, engine-process overhead over a bare llama-cpp-python process <= 50 MB).
+
+``--window``: the whole path as the user sees it instead — the engine process streaming into the
+real window (offscreen: inference worker → AppController → MainWindow rendering the Markdown)
+against the same engine process read with no window, alternating A/B in one run; tokens/s is
+completion tokens after the first over the time from the first piece to the last (the prompts
+differ: the app adds its system prompt), target >= 0.97 on the benchmark model.
 """
 
 from __future__ import annotations
@@ -48,8 +54,9 @@ def make_models(folder: Path, names: list[str]) -> dict[str, Path]:
     return {name: write_tiny_model(folder / f"{name}.gguf", specs[name])[0] for name in names}
 
 
-def one_answer(engine: object, run: int, tokens: int) -> tuple[float, float]:
-    """(TTFT in ms, tokens/s over the answer) as the caller sees them."""
+def one_answer(engine: object, run: int, tokens: int, decode_only: bool = False) -> tuple[float, float]:
+    """(TTFT in ms, tokens/s over the answer) as the caller sees them (``decode_only``: tokens
+    after the first over the time from the first piece to the last)."""
     from app.core.types import ChatMessage, SamplingParams
 
     sampling = SamplingParams(max_tokens=tokens, seed=run)
@@ -61,6 +68,8 @@ def one_answer(engine: object, run: int, tokens: int) -> tuple[float, float]:
     ended = time.perf_counter()
     stats = engine.last_stats  # type: ignore[attr-defined]
     ttft = ((first or ended) - started) * 1000
+    if decode_only:
+        return ttft, (stats.completion_tokens - 1) / (ended - (first or started))
     return ttft, stats.completion_tokens / (ended - started)
 
 
@@ -96,13 +105,86 @@ def bare_process_rss(model: Path, threads: int) -> float:
     return int(done.stdout.split()[-1]) * 1024 / 1e6
 
 
+def window_vs_headless(model: Path, runs: int, tokens: int, threads: int) -> tuple[float, float]:
+    """Median tokens/s (headless proxy, real window) on the same engine process, alternating."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QEventLoop, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from app.config import AppPaths, Settings
+    from app.core.engine.process import EngineProxy
+    from app.core.store import Store
+    from app.ui.main_window import MainWindow
+    from app.workers.controller import AppController
+
+    app = QApplication.instance() or QApplication([])
+    headless: list[float] = []
+    windowed: list[float] = []
+    with tempfile.TemporaryDirectory() as data:
+        paths = AppPaths.under(Path(data)).ensure()
+        proxy = EngineProxy(log_path=paths.log_dir / "engine.log")
+        store = Store(paths.database)
+        settings = Settings(n_ctx=N_CTX, n_threads=threads, max_tokens=tokens)
+        controller = AppController(store, paths, settings, lambda: proxy)
+        window = MainWindow(controller)
+        window.resize(1100, 760)
+        window.show()
+        loop = QEventLoop()
+        done: list[float] = []
+        first: list[float] = []
+        controller.conversations.tokens_streamed.connect(
+            lambda _m, _t: first.append(time.perf_counter()) if not first else None
+        )
+        controller.models.model_loaded.connect(lambda _info: loop.quit())
+        controller.conversations.generation_finished.connect(
+            lambda _m, stats: (done.append(stats.completion_tokens), loop.quit())
+        )
+        controller.conversations.generation_failed.connect(lambda *_a: loop.quit())
+        try:
+            controller.models.load_model(str(model))
+            loop.exec()
+            for run in range(-1, runs):  # run -1: warm-up, not counted
+                controller.conversations.new_conversation()
+                done.clear()
+                first.clear()
+                controller.conversations.send(prompt_text(2000 + run))
+                loop.exec()
+                elapsed = time.perf_counter() - first[0]
+                QTimer.singleShot(200, loop.quit)  # the window settles; the engine's threads stop
+                loop.exec()
+                _ttft, tps = one_answer(proxy, 3000 + run, tokens, decode_only=True)
+                if run >= 0 and done:
+                    windowed.append((done[0] - 1) / elapsed)
+                    headless.append(tps)
+                time.sleep(0.2)
+        finally:
+            controller.shutdown()
+            window.close()
+            store.close()
+            proxy.close()
+        app.processEvents()
+    return statistics.median(headless), statistics.median(windowed)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--models", default="tiny,bench")
+    parser.add_argument("--window", action="store_true", help="the real window vs no window")
     args = parser.parse_args()
+    if args.window:
+        with tempfile.TemporaryDirectory() as folder:
+            models = make_models(Path(folder), args.models.split(","))
+            print(f"threads {args.threads}, {args.runs} runs x {args.tokens} tokens, n_ctx {N_CTX}")
+            for name, model in models.items():
+                bare, shown = window_vs_headless(model, args.runs, args.tokens, args.threads)
+                print(
+                    f"[{name}] no window {bare:8.1f} tokens/s, real window {shown:8.1f} tokens/s: "
+                    f"ratio {shown / bare:.3f}"
+                )
+        return 0
 
     from app.core.engine.process import EngineProxy
     from app.core.types import LoadParams

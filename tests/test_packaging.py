@@ -86,3 +86,17 @@ def test_pyinstaller_build_passes_self_test(tmp_path: Path, tiny_model: Path, ti
     assert "== Devices ==" in check.stdout
     assert "llama-cpp-python: 0.3" in check.stdout
     assert "Engine process: starts (spawn): pid" in check.stdout  # the executable started itself
+
+
+def test_the_packaged_entry_point_starts_the_engine_process_from_itself(tmp_path: Path) -> None:
+    """The PyInstaller entry (``packaging/entry.py``) as the main script: the engine process is
+    spawned from it (the child re-imports the main script, which must not start the app again;
+    frozen, ``multiprocessing.freeze_support()`` there runs the child instead of ``main``)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "QT_QPA_PLATFORM": "offscreen", "HF_HUB_OFFLINE": "1"}
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "packaging" / "entry.py"), "--check", "--data-dir", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "Engine process: starts (spawn): pid" in check.stdout
+    assert check.stdout.count("== Devices ==") == 1  # the report once: the engine did not run main

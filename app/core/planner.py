@@ -497,6 +497,19 @@ def safer_overrides(plan: Plan, overrides: PlanOverrides) -> tuple[PlanOverrides
     return None
 
 
+def less_on_gpu(plan: Plan, overrides: PlanOverrides) -> tuple[PlanOverrides, str] | None:
+    """After the engine process died of memory (an allocation failed mid-answer, or the OOM
+    killer ended it): the same model with less on the GPU — the experts in system RAM, then half
+    the GPU layers — with a sentence saying what changed; on a plan with nothing on a GPU, the
+    next step of :func:`safer_overrides`. None when there is nothing left to give up."""
+    if plan.n_gpu_layers > 0:
+        if plan.n_cpu_moe < gpu_layers_repeating(plan.n_layer, plan.n_gpu_layers):
+            return replace(overrides, n_cpu_moe=plan.n_layer), "all expert tensors kept in system RAM"
+        fewer = plan.n_gpu_layers // 2
+        return replace(overrides, n_gpu_layers=fewer), f"GPU layers reduced to {fewer}"
+    return safer_overrides(plan, overrides)
+
+
 def merge_overrides(overrides: PlanOverrides | None, n_ctx_setting: int) -> PlanOverrides:
     """What the planner is given for a load: the Advanced ``overrides`` (None: automatic), with the
     Settings' context size (``n_ctx_setting``, 0 = Auto) as the *target* (shrunk to fit) when the

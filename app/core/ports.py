@@ -61,3 +61,14 @@ class SavesKVState(Protocol):
     def load_state(self, path: Path) -> int:
         """Restore a state written by ``save_state``; return the tokens restored (0: none)."""
         ...
+
+
+@runtime_checkable
+class TriesFiles(Protocol):
+    """An engine that can open a model file in a throw-away process first (EngineProxy), so a
+    file that makes llama.cpp abort takes down that process, not the engine serving the chat."""
+
+    def try_file(self, path: Path) -> float:
+        """Header check, vocab-only load and dry run of ``path`` in a short-lived process; the
+        seconds it took. Raises the engine's errors (a crash: ``TrialCrashedError``)."""
+        ...

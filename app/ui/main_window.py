@@ -13,6 +13,7 @@ signals, and owns no state the controllers also keep: the sidebar is re-read on
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -279,6 +280,7 @@ class MainWindow(QMainWindow):
         m.model_loaded.connect(self._on_models_model_loaded)
         m.model_load_failed.connect(self._on_models_model_load_failed)
         m.model_lost.connect(self._on_models_model_lost)
+        m.load_confirmation_needed.connect(self._on_models_load_confirmation_needed)
         m.plan_changed.connect(self._on_models_plan_changed)
         c = self.conversations
         c.conversations_changed.connect(self._on_conversations_conversations_changed)
@@ -607,7 +609,14 @@ class MainWindow(QMainWindow):
         # the engine process stopped: the error that follows says so; the banner offers the way back
         self._set_model(None)
         self._update_actions()
-        self.error_banner.set_action("Reload model", self.models.reload_lost_model)
+        safer = self.models.safer_reload()  # the cause looks like memory: offer a smaller plan too
+        second = (safer[0], self.models.reload_lost_model_safer) if safer is not None else None
+        self.error_banner.set_action("Reload model", self.models.reload_lost_model, second)
+
+    def _on_models_load_confirmation_needed(self, path: str, question: str) -> None:
+        # a model whose load stopped the engine twice: asked in the banner, never loaded unasked
+        self.show_error(question, path)
+        self.error_banner.set_action("Load anyway", functools.partial(self.models.load_model, path))
 
     def _on_conversations_conversations_changed(self) -> None:
         self.sidebar.reload()

@@ -84,13 +84,19 @@ class ErrorBanner(QFrame):
         self.action_button.setObjectName("errorBannerAction")
         self.action_button.hide()
         self.action_button.clicked.connect(self._on_action_button_clicked)
+        self.second_button = QPushButton()  # a second way out ("Reload with less on the GPU")
+        self.second_button.setObjectName("errorBannerAction")
+        self.second_button.hide()
+        self.second_button.clicked.connect(self._on_second_button_clicked)
         self._action: Callable[[], None] | None = None
+        self._second: Callable[[], None] | None = None
         layout = QHBoxLayout(self)
         layout.setContentsMargins(12, 8, 8, 8)
         layout.setSpacing(10)
         layout.addWidget(self.icon, 0, Qt.AlignmentFlag.AlignTop)
         layout.addWidget(self.label, 1)
         layout.addWidget(self.action_button, 0, Qt.AlignmentFlag.AlignTop)
+        layout.addWidget(self.second_button, 0, Qt.AlignmentFlag.AlignTop)
         layout.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
         self.hide()
 
@@ -102,14 +108,28 @@ class ErrorBanner(QFrame):
     def text(self) -> str:
         return self.label.text()
 
-    def set_action(self, text: str, action: Callable[[], None] | None) -> None:
-        """Offer ``action`` as a button until it is clicked, replaced or cleared (``action=None``)."""
+    def set_action(
+        self,
+        text: str,
+        action: Callable[[], None] | None,
+        second: tuple[str, Callable[[], None]] | None = None,
+    ) -> None:
+        """Offer ``action`` as a button (and ``second``, text and action, beside it) until one is
+        clicked, they are replaced or cleared (``action=None``)."""
         self._action = action
         self.action_button.setText(text)
         self.action_button.setVisible(action is not None)
+        self._second = second[1] if second is not None and action is not None else None
+        self.second_button.setText(second[0] if second is not None else "")
+        self.second_button.setVisible(self._second is not None)
 
     def _on_action_button_clicked(self) -> None:
-        action = self._action
+        self._run(self._action)
+
+    def _on_second_button_clicked(self) -> None:
+        self._run(self._second)
+
+    def _run(self, action: Callable[[], None] | None) -> None:
         self.set_action("", None)
         self.hide()
         if action is not None:

@@ -81,10 +81,11 @@ class AppController(QObject):
         self.preferences.update(settings)
 
     def restore_session(self) -> None:
-        """Reopen the last conversation and reload the last model (called once at start-up)."""
+        """Reopen the last conversation and reload the last model (called once at start-up) —
+        unless its load stopped the engine twice: then the user is asked first."""
         self.conversations.restore_last()
         last_model = self.settings.last_model
-        if last_model and Path(last_model).exists():
+        if last_model and Path(last_model).exists() and not self.models.ask_before_loading(last_model):
             self.models.load_model(last_model)
 
     @Slot(object)

@@ -21,14 +21,14 @@ from app.config import kv_state_files
 from app.core import reading
 from app.core.context import MessageTooLongError, reply_reserve
 from app.core.engine import OutOfMemoryError, ProjectorError, check_model_file, first_split_part
-from app.core.engine.errors import EngineCrashedError, EngineHungError
+from app.core.engine.errors import EngineCrashedError, EngineHungError, TrialCrashedError
 from app.core.engine.remote import RemoteEngine, ServerConfig
 from app.core.errors import UserError
 from app.core.gguf_info import GGUFError, find_projector, projector_mismatch, read_gguf_info
 from app.core.heap import release_free_heap
 from app.core.images import image_uri
 from app.core.planner import LoadRequest, safer_overrides
-from app.core.ports import SavesKVState
+from app.core.ports import SavesKVState, TriesFiles
 from app.core.retrieval import DocumentChunks
 from app.core.turns import MAX_SOURCES_KEPT, DocumentDecision, ModelLimits, Turn, build_turn
 from app.core.types import DocumentMode, FinishReason
@@ -92,6 +92,10 @@ class LlamaWorker(QObject):
         reading_progress(int, int, int): gen_id, parts read, parts in all (``read_whole``; first
             with 0 read, before any part).
         extract_read(int, object): gen_id, the PartExtract of a part just read (to be saved).
+        load_killed_engine(str): the load of this model path ended with an engine process dead
+            (the engine's, or the throw-away one that tried the file). Sent before ``load_failed``.
+        file_tried(str, float): a model path was tried in a throw-away engine process and
+            survived; the seconds that took.
     """
 
     load_progress = Signal(float)
@@ -111,6 +115,8 @@ class LlamaWorker(QObject):
     engine_stopped = Signal(str, str)
     reading_progress = Signal(int, int, int)
     extract_read = Signal(int, object)
+    load_killed_engine = Signal(str)
+    file_tried = Signal(str, float)
 
     def __init__(
         self,
@@ -166,7 +172,18 @@ class LlamaWorker(QObject):
         self.model_loaded.emit(info)
 
     @Slot(object)
-    def load_model(self, request: LoadParams | LoadRequest | ServerConfig) -> None:
+    @Slot(object)
+    def load_untried_model(self, request: LoadParams | LoadRequest) -> None:
+        """:meth:`load_model` for a file never loaded before: with an engine that can
+        (:class:`~app.core.ports.TriesFiles`), the file is first opened in a throw-away engine
+        process, before anything is unloaded, so a file that aborts llama.cpp leaves the loaded
+        model (and the engine serving the chat) as they are."""
+        self.load_model(request, try_first=True)
+
+    @Slot(object)
+    def load_model(
+        self, request: LoadParams | LoadRequest | ServerConfig, *, try_first: bool = False
+    ) -> None:
         """Load from explicit LoadParams, or plan a LoadRequest first (header, free memory, dry run).
 
         The model already loaded stays usable when the new one fails: the new file is checked
@@ -191,14 +208,16 @@ class LlamaWorker(QObject):
         previous = self._loaded_params if self.engine.model_info is not None else None
         try:
             if not isinstance(request, LoadRequest):
-                info, params = self._load_params(request, progress)
+                info, params = self._load_params(request, progress, try_first)
             elif self._planner is None:
                 raise RuntimeError("no planner configured for a LoadRequest")
             else:
-                info, params = self._load_planned(request, progress)
+                info, params = self._load_planned(request, progress, try_first)
         except Exception as exc:  # noqa: BLE001 - thread boundary
             message, detail = _human(exc)
             self._note_engine_stopped(exc, message, detail)
+            if isinstance(exc, (EngineCrashedError, EngineHungError, TrialCrashedError)):
+                self.load_killed_engine.emit(str(request.model_path))
             log.warning("model load failed: %s", message)
             if remote is not None:
                 self._remote = remote
@@ -214,12 +233,23 @@ class LlamaWorker(QObject):
         self._loaded_params = params
         self.model_loaded.emit(info)
 
+    def _try_first(self, path: Path) -> None:
+        """Open ``path`` in a throw-away engine process (engines that can); raises what it raised."""
+        engine = self.engine
+        if isinstance(engine, TriesFiles):
+            check_model_file(path)  # the same clear sentences as a direct load
+            seconds = engine.try_file(path)
+            log.info("%s survived a throw-away engine process (%.2f s)", path.name, seconds)
+            self.file_tried.emit(str(path), seconds)
+
     def _load_params(
-        self, params: LoadParams, progress: Callable[[float], bool]
+        self, params: LoadParams, progress: Callable[[float], bool], try_first: bool = False
     ) -> tuple[ModelInfo, LoadParams]:
         """Load from explicit parameters; a projector that does not fit is left out (with a notice).
         The engine checks the file before it unloads anything."""
         path = Path(params.model_path)
+        if try_first:
+            self._try_first(path)
         if params.mmproj_path is not None:
             reason = _projector_mismatch(path, Path(params.mmproj_path))
             if reason:
@@ -235,7 +265,7 @@ class LlamaWorker(QObject):
             return self.engine.load(params, progress), params
 
     def _load_planned(
-        self, request: LoadRequest, progress: Callable[[float], bool]
+        self, request: LoadRequest, progress: Callable[[float], bool], try_first: bool = False
     ) -> tuple[ModelInfo, LoadParams]:
         """Check the file, then plan and load it (retrying with safer plans after running out of
         memory, and without the projector when the projector cannot be attached)."""
@@ -250,6 +280,8 @@ class LlamaWorker(QObject):
             if reason:
                 self._projector_not_used(path, projector, reason)
                 attempt = dataclasses.replace(attempt, use_projector=False)
+        if try_first:
+            self._try_first(path)
         # Plan against the memory that will really be free: a loaded model (on a reload, say)
         # would otherwise count against the new plan's budget. It is loaded again on failure.
         self.engine.unload()

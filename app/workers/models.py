@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QObject, Signal, Slot
 
 from app.config import push_recent_model
-from app.core.planner import LoadRequest, PlanOverrides, merge_overrides
+from app.core.engine.errors import looks_like_memory
+from app.core.planner import LoadRequest, PlanOverrides, less_on_gpu, merge_overrides
+from app.core.splits import first_split_part
 from app.core.types import LoadParams
 
 if TYPE_CHECKING:
@@ -27,6 +29,21 @@ log = logging.getLogger(__name__)
 FALLBACK_N_CTX = 8192  # without a planner, "automatic" context means this
 TEMPLATE_NOTES_KEY = "template_notes_shown"  # Settings.extra: model files told about their template
 MAX_TEMPLATE_NOTES = 200
+KNOWN_GOOD_KEY = "models_known_good"  # Settings.extra: files loaded successfully (path|size|mtime)
+MAX_KNOWN_GOOD = 200
+LOAD_DEATHS_KEY = "engine_deaths_while_loading"  # Settings.extra: {file key: engine deaths}
+ASK_AFTER_DEATHS = 2  # a model whose load killed the engine this often is not loaded unasked
+
+
+def file_key(path: str | Path) -> str:
+    """A model file as the known-good record and the load-death count know it: full path, size
+    and modification time (another download or an edited file is another file)."""
+    part = first_split_part(Path(path))
+    try:
+        st = part.stat()
+        return f"{part.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    except OSError:
+        return str(part)
 
 
 def _model_key(path: Path) -> str:
@@ -48,6 +65,8 @@ class ModelController(QObject):
         model_load_failed(str, str): human message, detail.
         plan_changed(object): the offload Plan chosen for the model being loaded (planner.Plan).
         model_lost(): the engine process stopped (crash, abort, watchdog): no model is loaded now.
+        load_confirmation_needed(str, str): model path, the question: a model whose load stopped
+            the engine twice was not loaded at start-up (:meth:`ask_before_loading`).
     """
 
     model_load_started = Signal(str)
@@ -56,8 +75,10 @@ class ModelController(QObject):
     model_load_failed = Signal(str, str)
     plan_changed = Signal(object)
     model_lost = Signal()
+    load_confirmation_needed = Signal(str, str)
 
     load_requested = Signal(object)  # to the worker (queued across threads)
+    load_untried_requested = Signal(object)  # to the worker: try the file in a throw-away process first
 
     def __init__(
         self,
@@ -77,10 +98,14 @@ class ModelController(QObject):
         self._loading = False
         self._kept: ModelInfo | None = None  # the model still loaded after a failed load
         self._previous: tuple[Plan | None, PlanOverrides | None] = (None, None)
-        self._lost: tuple[str, PlanOverrides | None] | None = None  # the model a stopped engine took
+        # the model a stopped engine took: path, overrides, plan, whether memory looks like the cause
+        self._lost: tuple[str, PlanOverrides | None, Plan | None, bool] | None = None
+        self._loading_path: str | None = None
 
         worker = inference.worker
         self.load_requested.connect(worker.load_model)
+        self.load_untried_requested.connect(worker.load_untried_model)
+        worker.load_killed_engine.connect(self._on_worker_load_killed_engine)
         worker.load_progress.connect(self._on_worker_load_progress)
         worker.plan_ready.connect(self._on_worker_plan_ready)
         worker.load_notice.connect(self._on_worker_load_notice)
@@ -135,9 +160,62 @@ class ModelController(QObject):
             self.model_load_failed.emit(str(exc), "")
             return
         self._loading = True
+        self._loading_path = path
         self._inference.worker.load_cancel_event.clear()
         self.model_load_started.emit(path)
-        self.load_requested.emit(params)
+        if self.known_good(path):
+            self.load_requested.emit(params)
+        else:
+            self.load_untried_requested.emit(params)
+
+    # -- what is known about model files (Settings.extra) -----------------------------------------
+    def known_good(self, path: str) -> bool:
+        """Whether this file (path, size, mtime) was loaded successfully before."""
+        known = self._preferences.settings.extra.get(KNOWN_GOOD_KEY, [])
+        return isinstance(known, list) and file_key(path) in known
+
+    def engine_deaths_while_loading(self, path: str) -> int:
+        """How often loading this file ended with the engine process dead (reset by a good load)."""
+        deaths = self._preferences.settings.extra.get(LOAD_DEATHS_KEY, {})
+        count = deaths.get(file_key(path), 0) if isinstance(deaths, dict) else 0
+        return count if isinstance(count, int) else 0
+
+    def ask_before_loading(self, path: str) -> bool:
+        """At start-up: whether ``path`` must not be loaded unasked, because its load stopped the
+        engine :data:`ASK_AFTER_DEATHS` times. Then ``load_confirmation_needed`` asks the user
+        (the window offers "Load anyway", which calls :meth:`load_model`)."""
+        if self.engine_deaths_while_loading(path) < ASK_AFTER_DEATHS:
+            return False
+        name = Path(path).name
+        log.warning("not loading %s at start-up: its load stopped the engine before", name)
+        self.load_confirmation_needed.emit(
+            path, f"Scout Chat closed the engine twice while loading {name}. Load it anyway?"
+        )
+        return True
+
+    def _remember_file(self, path: str, *, good: bool) -> None:
+        """A successful load: the file is known good and its death count is reset. A load that
+        killed the engine: one more death."""
+        key = file_key(path)
+        extra = dict(self._preferences.settings.extra)
+        deaths = extra.get(LOAD_DEATHS_KEY, {})
+        deaths = {k: v for k, v in deaths.items() if isinstance(v, int)} if isinstance(deaths, dict) else {}
+        known = extra.get(KNOWN_GOOD_KEY, [])
+        known = [k for k in known if isinstance(k, str)] if isinstance(known, list) else []
+        if good:
+            if key in known and key not in deaths:
+                return
+            deaths.pop(key, None)
+            known = [*(k for k in known if k != key), key][-MAX_KNOWN_GOOD:]
+        else:
+            deaths[key] = deaths.get(key, 0) + 1
+        extra[LOAD_DEATHS_KEY] = deaths
+        extra[KNOWN_GOOD_KEY] = known
+        self._preferences.remember(extra=extra)
+
+    @Slot(str)
+    def _on_worker_load_killed_engine(self, path: str) -> None:
+        self._remember_file(path, good=False)
 
     def connect_server(self, config: ServerConfig) -> None:
         """Use the model ``config`` names on a server (the current model stays until it answers)."""
@@ -191,6 +269,7 @@ class ModelController(QObject):
         path = str(info.path)
         recent = push_recent_model(self._preferences.settings.recent_models, path)
         self._preferences.remember(last_model=path, recent_models=recent)
+        self._remember_file(path, good=True)
         self.model_loaded.emit(info)
         if info.chat_template_note:
             self._note_template_once(info)
@@ -220,13 +299,40 @@ class ModelController(QObject):
     def reload_lost_model(self) -> None:
         """Load the model the engine process took with it, with the same Advanced overrides."""
         if self._lost is not None:
-            path, overrides = self._lost
+            path, overrides, _plan, _memory = self._lost
             self.load_model(path, overrides)
 
+    def safer_reload(self) -> tuple[str, PlanOverrides, str] | None:
+        """When the engine that stopped looks like it ran out of memory (its log tail, or a
+        SIGKILL we did not send: the kernel's OOM killer) and the planner has something to give
+        up: the button's text ("Reload with less on the GPU"), the overrides, and what changes."""
+        if self._lost is None or self._planner is None:
+            return None
+        _path, overrides, plan, memory = self._lost
+        if not memory or plan is None:
+            return None
+        merged = merge_overrides(overrides, self._preferences.settings.n_ctx)
+        safer = less_on_gpu(plan, merged)
+        if safer is None:
+            return None
+        text = "Reload with less on the GPU" if plan.n_gpu_layers > 0 else "Reload with a smaller plan"
+        return text, safer[0], safer[1]
+
+    def reload_lost_model_safer(self) -> None:
+        """Load the lost model with :meth:`safer_reload`'s overrides (and say what changed)."""
+        safer = self.safer_reload()
+        if self._lost is None or safer is None:
+            return
+        path = self._lost[0]
+        _text, overrides, change = safer
+        self._notices.info_message.emit(f"Reloading {Path(path).name} with {change}.")
+        self.load_model(path, overrides)
+
     @Slot(str, str)
-    def _on_worker_engine_stopped(self, _message: str, _detail: str) -> None:
+    def _on_worker_engine_stopped(self, _message: str, detail: str) -> None:
         if self._model_info is not None:
-            self._lost = (str(self._model_info.path), self._overrides)
+            plan = self._plan
+            self._lost = (str(self._model_info.path), self._overrides, plan, looks_like_memory(detail))
             self._model_info = None
             self.model_lost.emit()
 

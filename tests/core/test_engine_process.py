@@ -311,7 +311,7 @@ def test_kills_at_random_moments_of_answers_never_reach_this_process(
 ) -> None:
     proxy = proxies()
     chooser = random.Random(17)
-    for _ in range(5):
+    for _ in range(10):
         proxy.load(params(tiny_model, n_ctx=8192))
         pid = proxies.note(proxy)
         kill_at = chooser.randint(1, 12)  # after this many pieces

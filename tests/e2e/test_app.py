@@ -10,6 +10,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from app.config import AppPaths, Settings, load_settings, save_settings
+from app.core.engine.process import EngineProxy
 from app.core.tiny_model import TinyModelSpec, write_tiny_model
 from app.main import Application, build_application, parse_args
 
@@ -91,6 +92,9 @@ def test_chat_stop_regenerate_close_and_reopen(qtbot, start_app, tiny_model: Pat
     assert controller.models.plan is not None
     assert controller.models.plan.fits
     assert "Tiny Llama 4" in window.model_label.text()
+    engine = controller._inference.worker.engine  # the app's engine: llama.cpp in its own process
+    assert isinstance(engine, EngineProxy)
+    assert engine.pid not in (None, os.getpid())
 
     # 1. a streamed answer
     streamed: list[str] = []

@@ -5,6 +5,7 @@ reported lost, and the next load and answer work — all in this process, which 
 from __future__ import annotations
 
 import os
+import random
 import signal
 from typing import TYPE_CHECKING
 
@@ -93,11 +94,14 @@ def test_a_model_that_aborts_llama_cpp_is_a_message_and_the_app_goes_on(
 def test_the_window_offers_to_reload_the_model_a_killed_engine_took(
     qtbot, make_controller, tiny_model: Path
 ) -> None:
+    """SIGKILL of the engine mid-answer at 10 random moments: each time the window survives, the
+    partial answer is kept as interrupted, and Reload model brings a fresh engine back."""
     from PySide6.QtCore import Qt
 
     from app.ui.main_window import MainWindow
 
     proxy = EngineProxy()
+    chooser = random.Random(10)
     try:
         settings = Settings(n_ctx=8192, n_threads=1, max_tokens=100_000)
         controller = make_controller(proxy, settings)  # type: ignore[arg-type]
@@ -106,23 +110,33 @@ def test_the_window_offers_to_reload_the_model_a_killed_engine_took(
         window.show()
         with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
             controller.models.load_model(str(tiny_model))
-        first = proxy.pid
-        assert first is not None
-        with qtbot.waitSignal(controller.conversations.tokens_streamed, timeout=60_000):
-            controller.conversations.send("Tell me a very long story.")
-        with qtbot.waitSignal(controller.conversations.generation_failed, timeout=60_000):
-            os.kill(first, signal.SIGKILL)
         banner = window.error_banner
-        assert banner.isVisible()
-        assert banner.text().startswith("The model engine stopped unexpectedly while answering")
-        assert "SIGKILL" in banner.label.toolTip()  # the details
-        assert window.model_label.text() == "No model"
-        assert banner.action_button.isVisible()
-        assert banner.action_button.text() == "Reload model"
-        with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
-            qtbot.mouseClick(banner.action_button, Qt.MouseButton.LeftButton)
-        assert window.model_label.text() == controller.models.model_info.name
-        assert proxy.pid not in (None, first)
-        assert not banner.action_button.isVisible()
+        pids: list[int] = []
+        for run in range(10):
+            pid = proxy.pid
+            assert pid is not None
+            pids.append(pid)
+            chunks = chooser.randint(1, 8)  # streamed deltas (30/s at most) before the kill
+            seen: list[str] = []
+            controller.conversations.tokens_streamed.connect(lambda _m, t, seen=seen: seen.append(t))
+            controller.conversations.send(f"Tell me a very long story, number {run}.")
+            qtbot.waitUntil(lambda seen=seen, chunks=chunks: len(seen) >= chunks, timeout=60_000)
+            with qtbot.waitSignal(controller.conversations.generation_failed, timeout=60_000) as failed:
+                os.kill(pid, signal.SIGKILL)
+            assert controller.store.get_message(failed.args[0]).status == "interrupted"
+            assert controller.store.get_message(failed.args[0]).content  # the partial answer is kept
+            assert banner.isVisible()
+            assert banner.text().startswith("The model engine stopped unexpectedly while answering")
+            assert "SIGKILL" in banner.label.toolTip()  # the details
+            assert window.model_label.text() == "No model"
+            assert banner.action_button.text() == "Reload model"
+            with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
+                qtbot.mouseClick(banner.action_button, Qt.MouseButton.LeftButton)
+            assert window.model_label.text() == controller.models.model_info.name
+            assert not banner.action_button.isVisible()
+        assert len(set(pids)) == 10
+        assert proxy.pid not in pids
+        messages = controller.conversations.messages()
+        assert [m.status for m in messages if m.role == "assistant"] == ["interrupted"] * 10
     finally:
         proxy.close()

@@ -1,4 +1,5 @@
-"""Child process for the crash-safety tests: the real AppController + Store + LlamaEngine.
+"""Child process for the crash-safety tests: the real AppController + Store + the app's engine
+(``app.main.make_engine``: llama.cpp in its own engine process, as the app runs it).
 
 ``python -m tests.reliability.chat_child chat DATA_DIR MODEL SIDE_FILE``
     loads the tiny model, sends one message and streams a long answer; every streamed delta
@@ -25,8 +26,8 @@ def main(argv: list[str]) -> int:
     from PySide6.QtCore import QCoreApplication, QTimer
 
     from app.config import AppPaths, Settings
-    from app.core.engine import LlamaEngine
     from app.core.store import Store
+    from app.main import make_engine
     from app.workers.controller import AppController
 
     mode, data_dir, model, side = argv[0], Path(argv[1]), argv[2], argv[3]
@@ -34,7 +35,8 @@ def main(argv: list[str]) -> int:
     paths = AppPaths.under(data_dir).ensure()
     store = Store(paths.database)
     settings = Settings(max_tokens=100_000, n_ctx=32768, n_threads=1, temperature=1.0, top_p=1.0, min_p=0.0)
-    controller = AppController(store, paths, settings, LlamaEngine)
+    engine = make_engine(paths)  # an EngineProxy: SIGKILL of this process must end its engine too
+    controller = AppController(store, paths, settings, lambda: engine)
     out = open(side, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
     streamed = [0]
 

@@ -308,3 +308,50 @@ def write_text_corpus(folder: Path) -> dict[str, Path]:
     directory.mkdir()
     out["directory.txt"] = directory
     return out
+
+
+# ------------------------------------------------------------------------ files that stop llama.cpp
+
+
+def write_engine_corpus(folder: Path, good_model: Path) -> dict[str, Path]:
+    """Model files that make llama.cpp abort or refuse, for the engine process at window level:
+
+    * ``no-attention-temperature``: a llama4 file without the attention-temperature keys of its
+      chunked attention; llama.cpp loads it, then aborts (``GGML_ASSERT(f_attn_temp_scale !=
+      0.0f)``) at the first graph it builds — the first answer;
+    * ``too-many-experts-used``: more experts used per token than the model has; llama.cpp aborts
+      while it builds the model (the throw-away trial process catches it);
+    * ``tensor-data-past-eof``: a real model whose last tensor's data offset points 1 GiB past the
+      end of the file;
+    * ``mismatched-projector``: a model with a vision projector beside it made for another model
+      (its image embeddings are 64 wide, the model reads 128).
+    """
+    import gguf
+
+    from app.core.tiny_model import TinyModelSpec, write_tiny_model
+    from app.core.tiny_vision import write_tiny_projector
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {
+        "no-attention-temperature": write_tiny_model(
+            folder / "llama4-no-attention-temperature.gguf", TinyModelSpec(sliding_window=0)
+        )[0],
+        "too-many-experts-used": write_tiny_model(
+            folder / "llama4-too-many-experts-used.gguf", TinyModelSpec(n_expert_used=8)
+        )[0],
+    }
+    data = bytearray(good_model.read_bytes())
+    last = gguf.GGUFReader(str(good_model)).tensors[-1].field  # name, n_dims, dims, type, offset
+    at = last.offset + sum(part.nbytes for part in last.parts[:-1])
+    (offset,) = struct.unpack_from("<Q", data, at)
+    struct.pack_into("<Q", data, at, offset + (1 << 30))
+    past_eof = folder / "llama4-tensor-data-past-eof.gguf"
+    past_eof.write_bytes(bytes(data))
+    out["tensor-data-past-eof"] = past_eof
+    mismatch = folder / "mismatched-projector"
+    model = mismatch / "llama4-with-a-foreign-projector.gguf"
+    mismatch.mkdir(exist_ok=True)
+    model.write_bytes(good_model.read_bytes())
+    write_tiny_projector(mismatch / "mmproj-other-model.gguf", TinyModelSpec(n_embd=64))
+    out["mismatched-projector"] = model
+    return out

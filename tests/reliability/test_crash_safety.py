@@ -1,5 +1,6 @@
-"""SIGKILL the app (a child process with the real AppController, Store and LlamaEngine) at random
-moments while it streams an answer or ingests a document; the database must always come back.
+"""SIGKILL the app (a child process with the real AppController, Store and engine process) at
+random moments while it streams an answer or ingests a document; the database must always come
+back.
 
 Figures (kills, worst loss) are printed with ``-s`` and recorded in docs/reliability.md.
 """

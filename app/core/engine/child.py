@@ -10,7 +10,8 @@ The protocol (plain tuples, pickled by ``multiprocessing.connection``):
 
 * requests: ``(command, *args)`` — ``load``, ``unload``, ``count_tokens``, ``count_chat_tokens``,
   ``stream_chat``, ``measure_buffers`` (the planner's dry run), ``state_key``, ``save_state``,
-  ``load_state``, ``version``, ``quit``;
+  ``load_state``, ``version``, ``trial`` (a file never loaded before, in a throw-away process:
+  :func:`~app.core.engine.probe.try_model_file`), ``quit``;
 * replies: ``("progress", fraction)`` while loading, ``("prompt", done, total)`` and
   ``("pieces", text)`` while answering, then exactly one of ``("ok", value)`` (``stream_chat``:
   the ``GenerationStats``) or ``("error", kind, message, detail)``.
@@ -75,7 +76,7 @@ def serve(conn: Connection, cancel: Any, load_cancel: Any, shared: Any, log_path
 
 def _answer(handlers: _Handlers, command: str, args: list[Any]) -> tuple[Any, ...]:
     """Run one request; its final reply (``ok`` or ``error``)."""
-    _LOADING.active = command in ("load", "measure_buffers")
+    _LOADING.active = command in ("load", "measure_buffers", "trial")
     try:
         return ("ok", getattr(handlers, command)(*args))
     except OSError as exc:
@@ -164,6 +165,11 @@ class _Handlers:
         from app.core.engine.probe import measure_buffers
 
         return measure_buffers(params)
+
+    def trial(self, path: Any) -> None:
+        from app.core.engine.probe import try_model_file
+
+        try_model_file(path)
 
     def state_key(self) -> str:
         return str(self._engine.state_key())

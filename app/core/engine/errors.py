@@ -52,6 +52,26 @@ class EngineHungError(EngineError):
     was stopped, and the next load starts a fresh one."""
 
 
+class TrialCrashedError(EngineError):
+    """A model file never loaded before stopped the throw-away engine process that tried it
+    (:meth:`~app.core.engine.process.EngineProxy.try_file`). The engine serving the chat was not
+    touched: the model loaded there stays."""
+
+
+# What llama.cpp, CUDA and the C++ runtime write when memory runs out, and how the kernel's OOM
+# killer ends a process (SIGKILL: the proxy's own kills are reported as hangs, never as crashes).
+_MEMORY_SIGNS = re.compile(
+    r"out of memory|failed to allocate|unable to allocate|cannot allocate|cudaMalloc|"
+    r"std::bad_alloc|ErrorOutOfDeviceMemory|hipMalloc|was stopped by SIGKILL",
+    re.IGNORECASE,
+)
+
+
+def looks_like_memory(detail: str) -> bool:
+    """Whether an engine crash's detail (how it ended + its log tail) points at memory running out."""
+    return bool(_MEMORY_SIGNS.search(detail))
+
+
 def explain_load_failure(path: Path, detail: str) -> str:
     low = detail.lower()
     if "unknown model architecture" in low:

@@ -323,6 +323,38 @@ def _measure(params: LoadParams, *, dry_run: bool, repack: bool) -> MeasuredBuff
     return result
 
 
+TRIAL_N_CTX = 512  # the trial's dry run: enough to build the graph, cheap on any model
+
+
+def try_model_file(path: Path) -> None:
+    """Open ``path`` as llama.cpp would, allocating nothing: the header, a vocab-only load (the
+    tokenizer and every key it reads) and a CPU dry run at a small context (the model's tensors
+    against the file, its hyperparameters, the graph reservation). Meant for a throw-away process:
+    a file that makes llama.cpp abort ends that process. Raises ModelLoadError / ProbeError when
+    llama.cpp refuses the file with an error."""
+    import llama_cpp
+
+    from app.core.engine.errors import ModelLoadError
+    from app.core.engine.files import check_model_file
+    from app.core.gguf_info import GGUFError, read_gguf_info
+    from app.core.types import LoadParams
+
+    check_model_file(path)
+    try:
+        read_gguf_info(path)
+    except GGUFError as exc:
+        raise ModelLoadError(exc.message, exc.detail) from exc
+    llama_cpp.llama_backend_init()
+    mp = llama_cpp.llama_model_default_params()
+    mp.vocab_only = True
+    with _captured_log(llama_cpp) as lines:
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
+        if not model:
+            raise ProbeError(f"llama.cpp could not read the vocabulary of {path.name}: " + _last_error(lines))
+        llama_cpp.llama_model_free(model)
+    measure_buffers(LoadParams(path, n_ctx=TRIAL_N_CTX, n_gpu_layers=0, n_threads=1))
+
+
 def _last_error(lines: list[str]) -> str:
     for line in reversed(lines):
         low = line.lower()

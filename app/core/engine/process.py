@@ -18,6 +18,9 @@ This module never imports ``llama_cpp``: the GUI process stays free of it.
   batch, a piece — at least every ``stall_s`` seconds (a native call that never returns while the
   heartbeat thread still runs); otherwise it is stopped (``SIGKILL``) and the call raises
   :class:`EngineHungError`.
+* **Unknown files are tried first.** :meth:`EngineProxy.try_file` opens a model file in a
+  throw-away engine process (header, vocab-only load, dry run: nothing allocated), so a file that
+  makes llama.cpp abort while it builds the model ends that process, not the one serving the chat.
 * **Stop within a second.** Cancelling an answer sets a flag the child checks between prompt
   batches and tokens. If the child has not finished within ``CANCEL_GRACE_S`` (a long prompt
   batch on a slow machine), the stream ends anyway; the child's late reply is read and dropped
@@ -39,7 +42,13 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.engine import errors
 from app.core.engine.child import HEARTBEAT_INDEX
-from app.core.engine.errors import EngineCrashedError, EngineError, EngineHungError, LoadCancelled
+from app.core.engine.errors import (
+    EngineCrashedError,
+    EngineError,
+    EngineHungError,
+    LoadCancelled,
+    TrialCrashedError,
+)
 from app.core.types import FinishReason, GenerationStats
 
 if TYPE_CHECKING:
@@ -55,6 +64,7 @@ WATCHDOG_S = 30.0
 STALL_S = 600.0  # far above the slowest step: a Scout prompt batch deep in a long context on a CPU
 CANCEL_GRACE_S = 0.8
 POLL_S = 0.1
+TRIAL_STALL_S = 300.0  # a dry run of Scout takes ~1 s; reading a huge vocabulary off a slow disk more
 LOG_TAIL_LINES = 25
 _CANCEL, _LOAD_CANCEL = 0, 1
 _ERRORS: dict[str, type[EngineError]] = {
@@ -103,6 +113,7 @@ class _Child:
         )
         self.process.start()
         child_conn.close()
+        self.ended = False
 
     @property
     def heartbeat(self) -> int:
@@ -110,13 +121,16 @@ class _Child:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the child to quit; kill it if it does not within ``timeout``."""
-        if self.process.is_alive():
+        if not self.ended and self.process.is_alive():
             with contextlib.suppress(OSError):
                 self.conn.send(("quit",))
             self.process.join(timeout)
         self.kill()
 
     def kill(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
         if self.process.is_alive():
             self.process.kill()
         self.process.join()
@@ -176,6 +190,46 @@ class EngineProxy:
         if self._own_log and self._log_path is not None:
             self._log_path.unlink(missing_ok=True)
             self._log_path = None
+
+    def try_file(self, path: Path) -> float:
+        """Open ``path`` in a throw-away engine process first (:func:`~app.core.engine.probe.try_model_file`:
+        header, vocab-only load, dry run); the seconds it took. A file that stops that process
+        raises :class:`TrialCrashedError` and leaves this proxy's engine process (and its model)
+        as it was; llama.cpp's refusals raise the engine's usual errors."""
+        started = time.monotonic()
+        if self._log_path is not None:
+            trial_log, own = self._log_path.with_name("engine-trial.log"), False
+        else:
+            fd, name = tempfile.mkstemp(prefix="scout-engine-trial-", suffix=".log")
+            os.close(fd)
+            trial_log, own = Path(name), True
+        child = _Child(trial_log)
+        log.info("trying %s in engine process %d", path.name, child.process.pid)
+        stall_s, self.stall_s = self.stall_s, min(self.stall_s, TRIAL_STALL_S)
+        try:
+            try:
+                child.conn.send(("trial", path))
+                while True:
+                    message = self._next(child, f"loading {path.name}")
+                    assert message is not None
+                    if message[0] == "ok":
+                        break
+                    if message[0] == "error":
+                        raise _rebuild(*message[1:])
+            except (EngineCrashedError, EngineHungError) as exc:
+                how = exc.detail.split("\n", 1)[0].rstrip(".")
+                raise TrialCrashedError(
+                    f"{path.name} stopped the engine process that tried it before loading, so it was "
+                    "not loaded — the file may be damaged or made for a newer llama.cpp.",
+                    f"Trying {path.name}: {how[0].lower() + how[1:]}.\n\n"
+                    + exc.detail.split("\n", 1)[-1].strip(),
+                ) from exc
+        finally:
+            self.stall_s = stall_s
+            child.stop()
+            if own:
+                trial_log.unlink(missing_ok=True)
+        return time.monotonic() - started
 
     def version(self) -> dict[str, Any]:
         """The engine process's id and llama.cpp version (``--check``)."""
