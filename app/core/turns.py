@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from app.core.chunking import Chunk
-    from app.core.retrieval import RetrievedChunk
+    from app.core.retrieval import Retrieval, RetrievedChunk
     from app.core.store import Attachment
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,18 @@ DRAFT_ID = 0
 
 
 class DocumentSource(Protocol):
-    """Where the chunks of attached documents live (:class:`app.core.retrieval.ChunkIndex`)."""
+    """Where the chunks of attached documents live: :class:`app.core.retrieval.ChunkIndex` (keywords)
+    or :class:`app.core.retrieval.HybridSource` (keywords and meaning)."""
 
     def chunks(self, doc_id: int) -> list[Chunk]: ...
 
     def search(
         self, question: str, doc_ids: Sequence[int], budget_tokens: int, neighbours: int = 1
     ) -> list[RetrievedChunk]: ...
+
+    def retrieve(
+        self, question: str, doc_ids: Sequence[int], budget_tokens: int, neighbours: int = 1
+    ) -> Retrieval: ...
 
 
 @dataclass(frozen=True)
@@ -237,8 +242,12 @@ def _decide_documents(
             f"Too long to read whole here (about {total:,} tokens; {max(0, whole_budget):,} free in the "
             "context window): the passages that best match each question are sent."
         )
+        if composed.note:
+            reason += " " + composed.note
+        if composed.covered is False:
+            reason += " No passage matches this question closely: the model is told so."
     sources = tuple(
-        {"doc": p.doc_name, "anchor": p.anchor, "page": p.page, "text": p.text[:4000]}
+        {"doc": p.doc_name, "anchor": p.anchor, "page": p.page, "text": p.text[:4000], "found_by": p.found_by}
         for p in composed.citations[:MAX_SOURCES_KEPT]
     )
     doc_ids = tuple(a.id for _mid, a in docs)
