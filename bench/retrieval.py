@@ -263,13 +263,16 @@ def query_latency(
 
 
 FUSIONS = {
-    "rrf 1:1": Fusion(meaning_weight=1.0, keyword_weight=1.0, keyword_first=0),
-    "rrf 1:0.5": Fusion(meaning_weight=1.0, keyword_weight=0.5, keyword_first=0),
-    "rrf 1:0.5, bm25 top 1 first": Fusion(meaning_weight=1.0, keyword_weight=0.5, keyword_first=1),
-    "rrf 1:0.3, bm25 top 1 first": Fusion(meaning_weight=1.0, keyword_weight=0.3, keyword_first=1),
-    "rrf 1:0.5, bm25 top 2 first": Fusion(meaning_weight=1.0, keyword_weight=0.5, keyword_first=2),
-    "meaning only": Fusion(meaning_weight=1.0, keyword_weight=0.0, keyword_first=0),
+    "hybrid (rrf k=20, keywords ×0.5, BM25's best first)": Fusion(),
+    "naive rrf (k=60, 1:1)": Fusion(k=60, keyword_weight=1.0, keyword_first=0),
+    "rrf k=60, keywords ×0.5": Fusion(k=60),
+    "rrf k=10, keywords ×0.5": Fusion(k=10),
+    "rrf k=20, keywords ×0.3": Fusion(keyword_weight=0.3),
+    "rrf k=20, keywords ×1": Fusion(keyword_weight=1.0),
+    "hybrid, no neighbours": Fusion(neighbours=0),
+    "meaning only": Fusion(keyword_weight=0.0, keyword_first=0),
 }
+"""The fusions ``--sweep`` scores (the first is the app's default)."""
 
 
 def run(contexts: Sequence[int], verbose: bool, *, hybrid: bool = True, sweep: bool = False) -> None:
@@ -325,7 +328,8 @@ def run(contexts: Sequence[int], verbose: bool, *, hybrid: bool = True, sweep: b
     print(f"\n{len(questions)} questions: " + ", ".join(f"{counts[k]} {k}" for k in (*KINDS, "absent")))
     print("Recall of the gold passage in the prompt:\n")
     print(
-        "| ranking | context | keyword | paraphrased | aggregate (items) | keyword + paraphrased | absent told | answerable told | turn (median) |"
+        "| ranking | context | keyword | paraphrased | aggregate (items) | keyword + paraphrased "
+        "| absent told | answerable told | turn (median) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for (label, n_ctx), row in results.items():
@@ -339,9 +343,15 @@ def run(contexts: Sequence[int], verbose: bool, *, hybrid: bool = True, sweep: b
         answerable = [c for q, c in by_question.items() if q.gold]
         absent = [c for q, c in by_question.items() if not q.gold]
         print(
-            f"Absent vs answerable, separation of the best {label} score (AUC): {separation(answerable, absent):.2f}"
+            f"Absent vs answerable, separation of the best {label} score (AUC): "
+            f"{separation(answerable, absent):.2f}"
         )
         if label == "meaning":
+            for t in (0.40, 0.43, 0.45, 0.47, 0.50):
+                print(
+                    f"  below {t:.2f}: {sum(c < t for c in absent) / len(absent):.0%} of absent, "
+                    f"{sum(c < t for c in answerable) / len(answerable):.0%} of answerable"
+                )
             print("  best cosine, answerable:", " ".join(f"{c:.2f}" for c in sorted(answerable)))
             print("  best cosine, absent:    ", " ".join(f"{c:.2f}" for c in sorted(absent)))
     if timing:

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 from app.core.chunking import Chunk, estimate_tokens
 from app.core.errors import UserError
 from app.core.types import DocumentMode
-from app.core.vectors import KEYWORDS, Fusion, best_per_chunk, from_blobs, fuse, split_pieces, to_blob
+from app.core.vectors import (
+    KEYWORDS,
+    Fusion,
+    best_per_chunk,
+    from_blobs,
+    fuse,
+    split_pieces,
+    to_blob,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -118,6 +126,14 @@ class RetrievedChunk(Chunk):
     score: float | None  # BM25 (lower is better); None for a neighbour or a whole-document chunk
     rank: int  # order of selection: the lower, the more relevant
     found_by: str = ""  # "keywords", "meaning", "keywords+meaning"; "" for a neighbour or whole text
+
+
+class PieceVectors(NamedTuple):
+    """The embedded pieces of one document, one row each."""
+
+    chunk: np.ndarray  # the chunk (``idx``) each piece belongs to
+    spans: np.ndarray  # [start, stop) of each piece in its chunk's text
+    vectors: np.ndarray  # float32, normalised
 
 
 class ChunkIndex:
@@ -216,16 +232,21 @@ class ChunkIndex:
         with self._savepoint():
             self._db.execute("DELETE FROM doc_vectors WHERE model IS NOT ?", (keep_model,))
 
-    def piece_vectors(self, doc_id: int, model: str) -> tuple[np.ndarray, np.ndarray]:
-        """The chunk index (``idx``) of each embedded piece of ``doc_id`` and their vectors, one row each."""
+    def piece_vectors(self, doc_id: int, model: str) -> PieceVectors:
+        """The embedded pieces of ``doc_id``: their chunks, places in them and vectors."""
         rows = self._db.execute(
-            "SELECT c.idx, v.vector FROM doc_pieces AS p JOIN doc_chunks AS c ON c.id = p.chunk_id "
-            "JOIN doc_vectors AS v ON v.piece_id = p.id WHERE p.doc_id = ? AND v.model = ? ORDER BY p.id",
+            "SELECT c.idx, p.start, p.stop, v.vector FROM doc_pieces AS p "
+            "JOIN doc_chunks AS c ON c.id = p.chunk_id JOIN doc_vectors AS v ON v.piece_id = p.id "
+            "WHERE p.doc_id = ? AND v.model = ? ORDER BY p.id",
             (doc_id, model),
         ).fetchall()
         import numpy as np
 
-        return np.array([r[0] for r in rows], dtype=np.int64), from_blobs([r[1] for r in rows])
+        return PieceVectors(
+            np.array([r[0] for r in rows], dtype=np.int64),
+            np.array([r[1:3] for r in rows], dtype=np.int64).reshape(-1, 2),
+            from_blobs([r[3] for r in rows]),
+        )
 
     def delete_document(self, doc_id: int) -> None:
         with self._savepoint():
@@ -386,7 +407,7 @@ class ChunkIndex:
 EmbedQuery: TypeAlias = "Callable[[str], np.ndarray]"
 """A question -> one L2-normalised float32 row (thread-safe; called on the inference thread)."""
 
-MIN_CONFIDENCE = 0.45
+MIN_CONFIDENCE = 0.47
 """A best match by meaning (cosine of question and piece) below this: the documents do not seem to
 cover the question (calibrated on the benchmark's absent questions, ``docs/benchmarks.md``)."""
 
@@ -437,7 +458,7 @@ class HybridSource:
         self._model = model
         self.fusion = fusion or Fusion()
         self.min_confidence = min_confidence
-        self._vectors: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+        self._vectors: dict[int, tuple[int, PieceVectors]] = {}
 
     def chunks(self, doc_id: int) -> list[Chunk]:
         return self._index.chunks(doc_id)
@@ -451,7 +472,8 @@ class HybridSource:
         self, question: str, doc_ids: Sequence[int], budget_tokens: int, neighbours: int = 1
     ) -> Retrieval:
         """The passages for ``question`` within ``budget_tokens`` (as :meth:`ChunkIndex.search`),
-        ranked by both retrievers where the documents have vectors."""
+        ranked by both retrievers where the documents have vectors (``fusion.neighbours``, when
+        set, replaces ``neighbours``)."""
         vectors, note = self._ready_vectors(doc_ids)
         if not doc_ids or budget_tokens <= 0:
             return Retrieval((), None, note)
@@ -464,8 +486,8 @@ class HybridSource:
             chunks = self._index._select(keyword, question, doc_ids, budget_tokens, neighbours)
             return Retrieval(tuple(chunks), None, note)
         meaning: list[tuple[float, tuple[int, int]]] = []
-        for doc_id, (idx, matrix) in vectors.items():
-            best = best_per_chunk(matrix @ query, idx, int(idx.max()) + 1)
+        for doc_id, pieces in vectors.items():
+            best = best_per_chunk(pieces.vectors @ query, pieces.chunk, int(pieces.chunk.max()) + 1)
             order = best.argsort()[::-1][: self.fusion.depth]
             meaning += [(float(best[i]), (doc_id, int(i))) for i in order if best[i] > -1]
         meaning.sort(key=lambda m: -m[0])
@@ -480,6 +502,8 @@ class HybridSource:
         for key, found_by in fused:
             hit = known.get(key) or self._index._chunk(*key)
             hits.append(dataclasses.replace(hit, rank=len(hits), found_by=found_by))
+        if self.fusion.neighbours is not None:
+            neighbours = self.fusion.neighbours
         chunks = self._index._select(hits, question, doc_ids, budget_tokens, neighbours)
         return Retrieval(tuple(chunks), covered, note)
 
@@ -489,7 +513,7 @@ class HybridSource:
         query = self._query_vector(question)[0] if vectors else None
         if query is None:
             return None
-        return max(float((matrix @ query).max()) for _idx, matrix in vectors.values())
+        return max(float((pieces.vectors @ query).max()) for pieces in vectors.values())
 
     def _query_vector(self, question: str) -> tuple[np.ndarray | None, str]:
         """The question's vector, or None and why not."""
@@ -501,11 +525,11 @@ class HybridSource:
             log.info("ranking by keywords only: %s", exc.message)
             return None, f"Keyword search only: {exc.message}"
 
-    def _ready_vectors(self, doc_ids: Sequence[int]) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], str]:
+    def _ready_vectors(self, doc_ids: Sequence[int]) -> tuple[dict[int, PieceVectors], str]:
         """The vectors of the documents embedded in full, and why the others are ranked by keywords."""
         if self._embed_query is None or self._model is None:
             return {}, NO_SEARCH_MODEL
-        ready: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        ready: dict[int, PieceVectors] = {}
         done_all = total_all = 0
         for doc_id in doc_ids:
             done, total = self._index.embedding_progress(doc_id, self._model)
@@ -514,9 +538,8 @@ class HybridSource:
                 continue
             cached = self._vectors.get(doc_id)
             if cached is None or cached[0] != done:
-                idx, matrix = self._index.piece_vectors(doc_id, self._model)
-                cached = self._vectors[doc_id] = (done, idx, matrix)
-            ready[doc_id] = (cached[1], cached[2])
+                cached = self._vectors[doc_id] = (done, self._index.piece_vectors(doc_id, self._model))
+            ready[doc_id] = cached[1]
         if done_all < total_all:
             return ready, STILL_INDEXING.format(percent=100 * done_all // total_all)
         return ready, ""

@@ -216,6 +216,8 @@ def _decide_documents(
     question = next((msg.content for _mid, msg in reversed(base) if msg.role == Role.USER.value), "")
     question_tokens = model.count_text_tokens(question) if question else 0
     base_tokens = model.count_chat_tokens(head + [msg for _mid, msg in base])
+    # the documents join the question with a blank line; a tokenizer may merge across the join
+    usable -= model.count_text_tokens("\n\n") + 1
     whole_budget = usable - base_tokens - max(0, QUESTION_ALLOWANCE - question_tokens)
     minimal = model.count_chat_tokens([*head, base[-1][1]])
     retrieval_budget = max(usable - base_tokens, min(usable - minimal, int(usable * RETRIEVAL_SHARE)))

@@ -111,13 +111,14 @@ def best_per_chunk(scores: np.ndarray, chunk_of: np.ndarray, n_chunks: int) -> n
 
 @dataclass(frozen=True)
 class Fusion:
-    """How the two rankings are merged (the defaults are the measured choice)."""
+    """How the two rankings are merged and what a hit brings (the defaults are the measured choice)."""
 
     meaning_weight: float = 1.0
     keyword_weight: float = 0.5
-    k: int = 60  # reciprocal-rank constant
+    k: int = 20  # reciprocal-rank constant: the smaller, the more the first places of each count
     keyword_first: int = 1  # BM25's best hits that keep their place at the top
     depth: int = 40  # hits of each ranking considered
+    neighbours: int | None = None  # chunks either side of a hit (None: as the caller asks)
 
 
 def fuse(

@@ -114,10 +114,11 @@ def test_vectors_are_stored_with_the_chunks_and_go_with_the_document(
             _embed_all(index, doc.id, tiny_embedder)
             _embed_all(index, other.id, tiny_embedder)
             assert index.embedding_progress(doc.id, MODEL) == (12, 12)
-            idx, matrix = index.piece_vectors(doc.id, MODEL)
-            assert list(idx) == list(range(12))
-            assert matrix.shape == (12, tiny_embedder.dimensions)
-            assert np.allclose(matrix[0], vectors[0])
+            pieces = index.piece_vectors(doc.id, MODEL)
+            assert list(pieces.chunk) == list(range(12))
+            assert pieces.vectors.shape == (12, tiny_embedder.dimensions)
+            assert np.allclose(pieces.vectors[0], vectors[0])
+            assert tuple(pieces.spans[7]) == (0, len(NEEDLE))
         finally:
             index.close()
 
@@ -317,11 +318,12 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str],
 def apache(minilm: Callable[[str], np.ndarray]) -> Iterator[tuple[HybridSource, DocumentChunks]]:
     """The Apache License 2.0 (real text, from the benchmark's notices file), embedded with MiniLM."""
     text = gzip.decompress(LICENCES.read_bytes()).decode()
-    body = re.search(r"## Apache-2.0\n(.*?)\n## ", text, re.DOTALL)
+    body = re.search(r"## Apache License 2.0\n(.*?)\n## ", text, re.DOTALL)
     assert body is not None
     end = body.group(1).index("END OF TERMS AND CONDITIONS")
-    document = Document("apache", "text", None, (Section("§ Apache-2.0", None, body.group(1)[:end]),), end)  # type: ignore[arg-type]
-    chunks = chunk_document(document, max_tokens=200)
+    section = Section("§ Apache License 2.0", None, "Apache License 2.0", None, body.group(1)[:end])
+    document = Document("apache", "text", None, (section,), end)
+    chunks = chunk_document(document)
     with contextlib.closing(sqlite3.connect(":memory:")) as db:
         index = ChunkIndex(db)
         index.add_document(1, chunks)
@@ -333,20 +335,22 @@ def apache(minilm: Callable[[str], np.ndarray]) -> Iterator[tuple[HybridSource, 
 @needs_minilm
 def test_a_question_in_other_words_is_found_by_meaning(apache: tuple[HybridSource, DocumentChunks]) -> None:
     source, doc = apache
-    question = "Is there any guarantee that the software works as intended?"
-    composed = compose_document_context([doc], question, 0, index=source, retrieval_budget=400, neighbours=0)
-    assert "WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND" in composed.text
-    assert any("meaning" in p.found_by for p in composed.citations if "WITHOUT WARRANTIES" in p.text)
+    question = "What happens to my patent licence if I sue someone over the software?"
+    composed = compose_document_context([doc], question, 0, index=source, retrieval_budget=1500)
+    answer = "shall terminate as of the date such litigation is filed"
+    assert answer in " ".join(composed.text.split())
+    (hit,) = [c for c in composed.used_chunks if "litigation is filed" in c.text]
+    assert "meaning" in hit.found_by
 
 
 @needs_minilm
 @pytest.mark.parametrize(
     ("question", "covered"),
     [
-        ("Who pays if the program damages my computer?", True),
+        ("Do I have to keep the copyright notices when I redistribute?", True),
         ("Can I use the licensor's trade names and logos?", True),
         ("How much does a commercial licence cost per seat?", False),
-        ("What is the warranty period for returning faulty hardware?", False),
+        ("Who is the data protection officer?", False),
         ("In what year did Guido van Rossum first release Python?", False),
     ],
 )
