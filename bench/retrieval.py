@@ -141,7 +141,7 @@ def separation(answerable: Sequence[float], absent: Sequence[float]) -> float:
 
 def embedder_path() -> Path:
     """all-MiniLM-L6-v2 as GGUF (converted once from the installed package, then cached)."""
-    from all_minilm_l6_v2 import get_model_zip_path
+    from all_minilm_l6_v2 import get_model_zip_path  # type: ignore[import-untyped]
 
     from app.core.bert_gguf import convert_sentence_transformer
 
@@ -295,7 +295,8 @@ def run(contexts: Sequence[int], verbose: bool, *, hybrid: bool = True, sweep: b
             loaded = embedder
 
             def embed_query(text: str) -> np.ndarray:
-                return loaded.embed([text])[0]
+                vector: np.ndarray = loaded.embed([text])[0]
+                return vector
 
             piece_tokens = statistics.mean(
                 estimate_tokens(t) for d in ids.values() for _i, t in _pieces(index, d)

@@ -498,7 +498,7 @@ class HybridSource:
         fused = fuse(
             [(h.doc_id, h.index) for h in keyword], [key for _s, key in meaning], literal, self.fusion
         )
-        hits = []
+        hits: list[RetrievedChunk] = []
         for key, found_by in fused:
             hit = known.get(key) or self._index._chunk(*key)
             hits.append(dataclasses.replace(hit, rank=len(hits), found_by=found_by))

@@ -65,14 +65,14 @@ def split_pieces(text: str, max_units: int = PIECE_UNITS) -> list[tuple[int, int
     start: int | None = None
     end = used = 0
     for a, b in sentences:
-        units = count_units(text[a:b])
-        if start is not None and used + units > max_units:
+        size = count_units(text[a:b])
+        if start is not None and used + size > max_units:
             pieces.append(_strip(text, start, end))
             start = None
         if start is None:
             start, used = a, 0
         end = b
-        used += units
+        used += size
     if start is not None:
         pieces.append(_strip(text, start, end))
     return pieces

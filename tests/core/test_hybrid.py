@@ -25,8 +25,9 @@ from app.core.retrieval import (
     HybridSource,
     compose_document_context,
 )
-from app.core.store import Attachment, Store, StoredMessage
-from app.core.turns import DocumentMode, ModelLimits, TurnRequest, build_turn
+from app.core.store import Attachment, MessageStatus, Store, StoredMessage
+from app.core.turns import ModelLimits, TurnRequest, build_turn
+from app.core.types import DocumentMode
 from app.core.vectors import Fusion, count_units, fuse, split_pieces
 
 if TYPE_CHECKING:
@@ -200,7 +201,7 @@ def _turn(
 ) -> tuple[str, str]:
     """(the prompt's text, the document decision's reason) for ``question`` about ``doc_id``."""
     attachment = Attachment(doc_id, 1, 1, "document", "ledger.txt", "", "", {"state": "ready"}, 0.0)
-    message = StoredMessage(1, 1, "user", question, 1.0, "", {}, {}, "complete")
+    message = StoredMessage(1, 1, "user", question, 1.0, "", {}, {}, MessageStatus.COMPLETE)
     turn = build_turn(
         TurnRequest((message,), {1: (attachment,)}, "", 100), _limits(n_ctx), source, lambda _a: None
     )
@@ -237,7 +238,8 @@ def test_while_a_document_is_being_embedded_ranking_is_by_keywords(
 
     def embed_query(text: str) -> np.ndarray:
         calls.append(text)
-        return tiny_embedder.embed([text])[0]
+        vector: np.ndarray = tiny_embedder.embed([text])[0]
+        return vector
 
     source = HybridSource(index, embed_query, MODEL)
     result = source.retrieve("spare lighthouse key", [1], 200, neighbours=0)
@@ -279,7 +281,9 @@ def test_what_the_model_saw_records_which_retriever_found_each_passage(
     _embed_all(index, 1, tiny_embedder)
     source = HybridSource(index, lambda text: tiny_embedder.embed([text])[0], MODEL)
     attachment = Attachment(1, 1, 1, "document", "ledger.txt", "", "", {"state": "ready"}, 0.0)
-    message = StoredMessage(1, 1, "user", "Where is the spare lighthouse key?", 1.0, "", {}, {}, "complete")
+    message = StoredMessage(
+        1, 1, "user", "Where is the spare lighthouse key?", 1.0, "", {}, {}, MessageStatus.COMPLETE
+    )
     turn = build_turn(
         TurnRequest((message,), {1: (attachment,)}, "", 100), _limits(), source, lambda _a: None
     )
@@ -301,7 +305,7 @@ LICENCES = Path(__file__).parents[2] / "bench" / "data" / "licence-notices.md.gz
 
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], np.ndarray]]:
-    from all_minilm_l6_v2 import get_model_zip_path
+    from all_minilm_l6_v2 import get_model_zip_path  # type: ignore[import-untyped]
 
     from app.core.bert_gguf import convert_sentence_transformer
     from app.core.engine.embedder import Embedder
