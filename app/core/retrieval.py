@@ -80,7 +80,7 @@ CREATE TRIGGER IF NOT EXISTS doc_chunks_au AFTER UPDATE ON doc_chunks BEGIN
     INSERT INTO doc_chunks_fts (rowid, text) VALUES (new.id, new.text);
 END;
 CREATE TABLE IF NOT EXISTS doc_pieces (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     chunk_id INTEGER NOT NULL,
     doc_id INTEGER NOT NULL,
     start INTEGER NOT NULL,
@@ -91,9 +91,11 @@ CREATE INDEX IF NOT EXISTS doc_pieces_by_chunk ON doc_pieces (chunk_id);
 CREATE TABLE IF NOT EXISTS doc_vectors (
     piece_id INTEGER NOT NULL,
     model TEXT NOT NULL,
+    doc_id INTEGER NOT NULL,
     vector BLOB NOT NULL,
     PRIMARY KEY (piece_id, model)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS doc_vectors_by_doc ON doc_vectors (model, doc_id, piece_id);
 CREATE TRIGGER IF NOT EXISTS doc_chunks_drop_pieces AFTER DELETE ON doc_chunks BEGIN
     DELETE FROM doc_pieces WHERE chunk_id = old.id;
 END;
@@ -206,8 +208,8 @@ class ChunkIndex:
         transaction; a piece stored again is replaced, one deleted meanwhile is skipped."""
         with self._savepoint():
             self._db.executemany(
-                "INSERT OR REPLACE INTO doc_vectors (piece_id, model, vector) "
-                "SELECT id, ?, ? FROM doc_pieces WHERE id = ?",
+                "INSERT OR REPLACE INTO doc_vectors (piece_id, model, doc_id, vector) "
+                "SELECT id, ?, doc_id, ? FROM doc_pieces WHERE id = ?",
                 [(model, to_blob(vector), piece_id) for piece_id, vector in rows],
             )
 
@@ -217,15 +219,15 @@ class ChunkIndex:
         if not total:
             rows = self._db.execute("SELECT text FROM doc_chunks WHERE doc_id = ?", (doc_id,)).fetchall()
             return 0, sum(len(split_pieces(text)) for (text,) in rows)
-        return self._vector_count(doc_id, model), int(total)
+        return self.vector_state(doc_id, model)[0], int(total)
 
-    def _vector_count(self, doc_id: int, model: str) -> int:
-        (done,) = self._db.execute(
-            "SELECT count(*) FROM doc_pieces AS p JOIN doc_vectors AS v ON v.piece_id = p.id "
-            "WHERE p.doc_id = ? AND v.model = ?",
-            (doc_id, model),
+    def vector_state(self, doc_id: int, model: str) -> tuple[int, int]:
+        """(vectors of ``doc_id`` for ``model``, their newest piece id): it changes whenever they
+        do, since piece ids are never reused."""
+        done, newest = self._db.execute(
+            "SELECT count(*), max(piece_id) FROM doc_vectors WHERE model = ? AND doc_id = ?", (model, doc_id)
         ).fetchone()
-        return int(done)
+        return int(done), int(newest or 0)
 
     def forget_vectors(self, keep_model: str | None) -> None:
         """Delete the vectors of every model but ``keep_model`` (all of them for None)."""
@@ -458,7 +460,7 @@ class HybridSource:
         self._model = model
         self.fusion = fusion or Fusion()
         self.min_confidence = min_confidence
-        self._vectors: dict[int, tuple[int, PieceVectors]] = {}
+        self._vectors: dict[int, tuple[tuple[int, int], PieceVectors]] = {}
 
     def chunks(self, doc_id: int) -> list[Chunk]:
         return self._index.chunks(doc_id)
@@ -536,9 +538,10 @@ class HybridSource:
             done_all, total_all = done_all + done, total_all + total
             if not total or done < total:
                 continue
+            state = self._index.vector_state(doc_id, self._model)
             cached = self._vectors.get(doc_id)
-            if cached is None or cached[0] != done:
-                cached = self._vectors[doc_id] = (done, self._index.piece_vectors(doc_id, self._model))
+            if cached is None or cached[0] != state:
+                cached = self._vectors[doc_id] = (state, self._index.piece_vectors(doc_id, self._model))
             ready[doc_id] = cached[1]
         if done_all < total_all:
             return ready, STILL_INDEXING.format(percent=100 * done_all // total_all)

@@ -134,9 +134,14 @@ def test_reindexing_a_document_drops_its_old_vectors(db: sqlite3.Connection, tin
     index = ChunkIndex(db)
     index.add_document(1, _chunks())
     _embed_all(index, 1, tiny_embedder)
+    before = index.vector_state(1, MODEL)
     index.add_document(1, _chunks(4))
     assert index.embedding_progress(1, MODEL) == (0, 4)
     assert _vector_rows(db) == 0
+    index.add_document(1, _chunks())
+    _embed_all(index, 1, tiny_embedder)
+    assert index.vector_state(1, MODEL)[0] == before[0]
+    assert index.vector_state(1, MODEL) != before  # a search's cached vectors are read again
 
 
 def test_forget_vectors_keeps_only_the_current_model(db: sqlite3.Connection, tiny_embedder: Embedder) -> None:
