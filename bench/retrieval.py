@@ -1,6 +1,6 @@
 """Retrieval: how often the passage that answers a question reaches the model's prompt.
 
-    python -m bench.retrieval [--contexts 8192 32768] [--verbose] [--bm25-only] [--sweep]
+    python -m bench.retrieval [--contexts 8192 32768] [--verbose] [--bm25-only] [--sweep] [--threads 1]
 
 The QA set is ``bench/data/retrieval_qa.json`` (sources and licences are recorded there): questions
 over two real long documents of different kinds (a technical reference, about 117k tokens; a legal
@@ -281,7 +281,9 @@ FUSIONS = {
 """The fusions ``--sweep`` scores (the first is the app's default)."""
 
 
-def run(contexts: Sequence[int], verbose: bool, *, hybrid: bool = True, sweep: bool = False) -> None:
+def run(
+    contexts: Sequence[int], verbose: bool, *, hybrid: bool = True, sweep: bool = False, threads: int = 1
+) -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.closing(sqlite3.connect(":memory:")) as db:
         docs, questions = load(Path(tmp))
         index = ChunkIndex(db)
@@ -296,7 +298,7 @@ def run(contexts: Sequence[int], verbose: bool, *, hybrid: bool = True, sweep: b
         if hybrid:
             from app.core.engine.embedder import Embedder
 
-            embedder = Embedder(embedder_path(), n_threads=1)
+            embedder = Embedder(embedder_path(), n_threads=threads)
             per_piece = embed_documents(index, list(ids.values()), embedder)
             loaded = embedder
 
@@ -365,7 +367,8 @@ def run(contexts: Sequence[int], verbose: bool, *, hybrid: bool = True, sweep: b
     if timing:
         pdf_pieces = PDF_TOKENS / timing["piece_tokens"]
         print(
-            f"\nEmbedding (all-MiniLM-L6-v2, llama.cpp, 1 thread): {timing['per_piece_ms']:.0f} ms per piece "
+            f"\nEmbedding (all-MiniLM-L6-v2, llama.cpp, {threads} thread(s)): "
+            f"{timing['per_piece_ms']:.0f} ms per piece "
             f"(~{timing['piece_tokens']:.0f} tokens); a 500-page PDF (~{PDF_TOKENS:,} tokens, "
             f"~{pdf_pieces:,.0f} pieces): ~{pdf_pieces * timing['per_piece_ms'] / 60_000:.1f} min"
         )
@@ -387,8 +390,9 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="print every question not fully found")
     parser.add_argument("--bm25-only", action="store_true", help="skip the embedder (no vectors)")
     parser.add_argument("--sweep", action="store_true", help="score every fusion in FUSIONS")
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads for the embedder")
     args = parser.parse_args()
-    run(args.contexts, args.verbose, hybrid=not args.bm25_only, sweep=args.sweep)
+    run(args.contexts, args.verbose, hybrid=not args.bm25_only, sweep=args.sweep, threads=args.threads)
 
 
 if __name__ == "__main__":
