@@ -443,7 +443,7 @@ class HybridSource:
     every piece of it has a vector of ``model``; until then, or without ``embed_query`` / ``model``,
     or when ``embed_query`` raises :class:`EmbedderUnavailable`, it is ranked by keywords alone and
     :attr:`Retrieval.note` says why. Vectors are read from SQLite once per document and kept while
-    their count does not change. Used from one thread (the inference thread).
+    their :meth:`ChunkIndex.vector_state` does not change. Used from one thread (the inference thread).
     """
 
     def __init__(
