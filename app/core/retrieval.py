@@ -20,14 +20,26 @@ import logging
 import re
 import sqlite3
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 from app.core.chunking import Chunk, estimate_tokens
+from app.core.errors import UserError
 from app.core.types import DocumentMode
+from app.core.vectors import (
+    KEYWORDS,
+    Fusion,
+    best_per_chunk,
+    from_blobs,
+    fuse,
+    split_pieces,
+    to_blob,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
     from pathlib import Path
+
+    import numpy as np
 
     from app.core.turns import DocumentSource
 
@@ -67,6 +79,29 @@ CREATE TRIGGER IF NOT EXISTS doc_chunks_au AFTER UPDATE ON doc_chunks BEGIN
     INSERT INTO doc_chunks_fts (doc_chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
     INSERT INTO doc_chunks_fts (rowid, text) VALUES (new.id, new.text);
 END;
+CREATE TABLE IF NOT EXISTS doc_pieces (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    chunk_id INTEGER NOT NULL,
+    doc_id INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    stop INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS doc_pieces_by_doc ON doc_pieces (doc_id, id);
+CREATE INDEX IF NOT EXISTS doc_pieces_by_chunk ON doc_pieces (chunk_id);
+CREATE TABLE IF NOT EXISTS doc_vectors (
+    piece_id INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    doc_id INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (piece_id, model)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS doc_vectors_by_doc ON doc_vectors (model, doc_id, piece_id);
+CREATE TRIGGER IF NOT EXISTS doc_chunks_drop_pieces AFTER DELETE ON doc_chunks BEGIN
+    DELETE FROM doc_pieces WHERE chunk_id = old.id;
+END;
+CREATE TRIGGER IF NOT EXISTS doc_pieces_drop_vectors AFTER DELETE ON doc_pieces BEGIN
+    DELETE FROM doc_vectors WHERE piece_id = old.id;
+END;
 """
 
 # Words that carry no meaning for BM25 in a question (English; other languages keep all words).
@@ -92,6 +127,15 @@ class RetrievedChunk(Chunk):
     doc_id: int
     score: float | None  # BM25 (lower is better); None for a neighbour or a whole-document chunk
     rank: int  # order of selection: the lower, the more relevant
+    found_by: str = ""  # "keywords", "meaning", "keywords+meaning"; "" for a neighbour or whole text
+
+
+class PieceVectors(NamedTuple):
+    """The embedded pieces of one document, one row each."""
+
+    chunk: np.ndarray  # the chunk (``idx``) each piece belongs to
+    spans: np.ndarray  # [start, stop) of each piece in its chunk's text
+    vectors: np.ndarray  # float32, normalised
 
 
 class ChunkIndex:
@@ -124,7 +168,87 @@ class ChunkIndex:
                 "INSERT INTO doc_chunks (doc_id, idx, anchor, page, text, tokens) VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            self._add_pieces(doc_id)
         log.debug("indexed document %d: %d chunks", doc_id, len(rows))
+
+    # --- pieces and their vectors (the API the embedding worker uses) ---
+
+    def _add_pieces(self, doc_id: int) -> None:
+        """Split the chunks of ``doc_id`` into pieces to embed (:func:`app.core.vectors.split_pieces`)."""
+        rows = self._db.execute(
+            "SELECT id, text FROM doc_chunks WHERE doc_id = ? ORDER BY idx", (doc_id,)
+        ).fetchall()
+        self._db.executemany(
+            "INSERT INTO doc_pieces (chunk_id, doc_id, start, stop) VALUES (?, ?, ?, ?)",
+            [(chunk_id, doc_id, a, b) for chunk_id, text in rows for a, b in split_pieces(text)],
+        )
+
+    def _ensure_pieces(self, doc_id: int) -> None:
+        """Pieces for a document indexed before pieces existed."""
+        if self._db.execute("SELECT 1 FROM doc_pieces WHERE doc_id = ? LIMIT 1", (doc_id,)).fetchone():
+            return
+        with self._savepoint():
+            self._add_pieces(doc_id)
+
+    def unembedded(self, doc_id: int, model: str) -> list[tuple[int, str]]:
+        """(piece_id, text) of the pieces of ``doc_id`` that have no vector for ``model`` yet, in
+        document order. A piece is at most :data:`app.core.vectors.PIECE_UNITS` words and symbols of
+        one chunk (whole sentences where it can), so the embedder's 256-token cut loses nothing."""
+        self._ensure_pieces(doc_id)
+        rows = self._db.execute(
+            "SELECT p.id, c.text, p.start, p.stop FROM doc_pieces AS p "
+            "JOIN doc_chunks AS c ON c.id = p.chunk_id WHERE p.doc_id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM doc_vectors AS v WHERE v.piece_id = p.id AND v.model = ?) ORDER BY p.id",
+            (doc_id, model),
+        ).fetchall()
+        return [(piece_id, text[a:b]) for piece_id, text, a, b in rows]
+
+    def add_vectors(self, model: str, rows: Sequence[tuple[int, np.ndarray]]) -> None:
+        """Store the vectors (float32, normalised) of pieces from :meth:`unembedded`, in one
+        transaction; a piece stored again is replaced, one deleted meanwhile is skipped."""
+        with self._savepoint():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO doc_vectors (piece_id, model, doc_id, vector) "
+                "SELECT id, ?, doc_id, ? FROM doc_pieces WHERE id = ?",
+                [(model, to_blob(vector), piece_id) for piece_id, vector in rows],
+            )
+
+    def embedding_progress(self, doc_id: int, model: str) -> tuple[int, int]:
+        """(pieces of ``doc_id`` embedded with ``model``, pieces in all)."""
+        (total,) = self._db.execute("SELECT count(*) FROM doc_pieces WHERE doc_id = ?", (doc_id,)).fetchone()
+        if not total:
+            rows = self._db.execute("SELECT text FROM doc_chunks WHERE doc_id = ?", (doc_id,)).fetchall()
+            return 0, sum(len(split_pieces(text)) for (text,) in rows)
+        return self.vector_state(doc_id, model)[0], int(total)
+
+    def vector_state(self, doc_id: int, model: str) -> tuple[int, int]:
+        """(vectors of ``doc_id`` for ``model``, their newest piece id): it changes whenever they
+        do, since piece ids are never reused."""
+        done, newest = self._db.execute(
+            "SELECT count(*), max(piece_id) FROM doc_vectors WHERE model = ? AND doc_id = ?", (model, doc_id)
+        ).fetchone()
+        return int(done), int(newest or 0)
+
+    def forget_vectors(self, keep_model: str | None) -> None:
+        """Delete the vectors of every model but ``keep_model`` (all of them for None)."""
+        with self._savepoint():
+            self._db.execute("DELETE FROM doc_vectors WHERE model IS NOT ?", (keep_model,))
+
+    def piece_vectors(self, doc_id: int, model: str) -> PieceVectors:
+        """The embedded pieces of ``doc_id``: their chunks, places in them and vectors."""
+        rows = self._db.execute(
+            "SELECT c.idx, p.start, p.stop, v.vector FROM doc_pieces AS p "
+            "JOIN doc_chunks AS c ON c.id = p.chunk_id JOIN doc_vectors AS v ON v.piece_id = p.id "
+            "WHERE p.doc_id = ? AND v.model = ? ORDER BY p.id",
+            (doc_id, model),
+        ).fetchall()
+        import numpy as np
+
+        return PieceVectors(
+            np.array([r[0] for r in rows], dtype=np.int64),
+            np.array([r[1:3] for r in rows], dtype=np.int64).reshape(-1, 2),
+            from_blobs([r[3] for r in rows]),
+        )
 
     def delete_document(self, doc_id: int) -> None:
         with self._savepoint():
@@ -152,6 +276,18 @@ class ChunkIndex:
         hits = self.ranked(question, doc_ids)
         return self._select(hits, question, doc_ids, budget_tokens, neighbours)
 
+    def retrieve(
+        self, question: str, doc_ids: Sequence[int], budget_tokens: int, neighbours: int = 1
+    ) -> Retrieval:
+        """:meth:`search` as a :class:`Retrieval` (keyword ranking does not judge coverage)."""
+        return Retrieval(tuple(self.search(question, doc_ids, budget_tokens, neighbours)))
+
+    def _chunk(self, doc_id: int, idx: int) -> RetrievedChunk:
+        anchor, page, text, tokens = self._db.execute(
+            "SELECT anchor, page, text, tokens FROM doc_chunks WHERE doc_id = ? AND idx = ?", (doc_id, idx)
+        ).fetchone()
+        return RetrievedChunk(idx, anchor, page, text, tokens, doc_id, None, 0)
+
     def ranked(self, question: str, doc_ids: Sequence[int], limit: int = MAX_HITS) -> list[RetrievedChunk]:
         """The chunks matching ``question``, best first (rank 0 is the best)."""
         marks = ",".join("?" * len(doc_ids))
@@ -177,7 +313,7 @@ class ChunkIndex:
             position = {(h[0], h[1]): n for n, h in enumerate(hits)}
             hits.sort(key=lambda h: (-literal.get((h[0], h[1]), 0), position[h[0], h[1]]))
         return [
-            RetrievedChunk(idx, anchor, page, text, tokens, doc_id, score, n)
+            RetrievedChunk(idx, anchor, page, text, tokens, doc_id, score, n, KEYWORDS)
             for n, (doc_id, idx, anchor, page, text, tokens, score) in enumerate(hits[:limit])
         ]
 
@@ -268,6 +404,148 @@ class ChunkIndex:
             self._db.execute("RELEASE chunk_index")
             raise
         self._db.execute("RELEASE chunk_index")
+
+
+EmbedQuery: TypeAlias = "Callable[[str], np.ndarray]"
+"""A question -> one L2-normalised float32 row (thread-safe; called on the inference thread)."""
+
+MIN_CONFIDENCE = 0.47
+"""A best match by meaning (cosine of question and piece) below this: the documents do not seem to
+cover the question (calibrated on the benchmark's absent questions, ``docs/benchmarks.md``)."""
+
+NO_SEARCH_MODEL = (
+    "Keyword search only: the search model is not installed, so answers may miss questions asked "
+    "in other words."
+)
+STILL_INDEXING = (
+    "Keyword search only for now: the search model is still reading the document ({percent} %), "
+    "so answers may miss questions asked in other words."
+)
+
+
+class EmbedderUnavailable(UserError):
+    """The search model cannot embed now (not loaded, failed): ranking falls back to keywords."""
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """The passages for a question, whether the documents seem to cover it, and how they were ranked."""
+
+    chunks: tuple[RetrievedChunk, ...]
+    covered: bool | None = None  # None: not judged (keyword ranking cannot tell)
+    note: str = ""  # why ranking was by keywords only, for the document chip; "" when by meaning too
+
+
+class HybridSource:
+    """Documents ranked by keywords (BM25) and by meaning (vectors of ``model``), fused.
+
+    A :class:`~app.core.turns.DocumentSource` over ``index``. A document is ranked by meaning once
+    every piece of it has a vector of ``model``; until then, or without ``embed_query`` / ``model``,
+    or when ``embed_query`` raises :class:`EmbedderUnavailable`, it is ranked by keywords alone and
+    :attr:`Retrieval.note` says why. Vectors are read from SQLite once per document and kept while
+    their :meth:`ChunkIndex.vector_state` does not change. Used from one thread (the inference thread).
+    """
+
+    def __init__(
+        self,
+        index: ChunkIndex,
+        embed_query: EmbedQuery | None,
+        model: str | None,
+        *,
+        fusion: Fusion | None = None,
+        min_confidence: float = MIN_CONFIDENCE,
+    ) -> None:
+        self._index = index
+        self._embed_query = embed_query
+        self._model = model
+        self.fusion = fusion or Fusion()
+        self.min_confidence = min_confidence
+        self._vectors: dict[int, tuple[tuple[int, int], PieceVectors]] = {}
+
+    def chunks(self, doc_id: int) -> list[Chunk]:
+        return self._index.chunks(doc_id)
+
+    def search(
+        self, question: str, doc_ids: Sequence[int], budget_tokens: int, neighbours: int = 1
+    ) -> list[RetrievedChunk]:
+        return list(self.retrieve(question, doc_ids, budget_tokens, neighbours).chunks)
+
+    def retrieve(
+        self, question: str, doc_ids: Sequence[int], budget_tokens: int, neighbours: int = 1
+    ) -> Retrieval:
+        """The passages for ``question`` within ``budget_tokens`` (as :meth:`ChunkIndex.search`),
+        ranked by both retrievers where the documents have vectors (``fusion.neighbours``, when
+        set, replaces ``neighbours``)."""
+        vectors, note = self._ready_vectors(doc_ids)
+        if not doc_ids or budget_tokens <= 0:
+            return Retrieval((), None, note)
+        keyword = self._index.ranked(question, doc_ids, limit=self.fusion.depth)
+        query = None
+        if vectors and question.strip():
+            query, failure = self._query_vector(question)
+            note = note or failure
+        if query is None:
+            chunks = self._index._select(keyword, question, doc_ids, budget_tokens, neighbours)
+            return Retrieval(tuple(chunks), None, note)
+        meaning: list[tuple[float, tuple[int, int]]] = []
+        for doc_id, pieces in vectors.items():
+            best = best_per_chunk(pieces.vectors @ query, pieces.chunk, int(pieces.chunk.max()) + 1)
+            order = best.argsort()[::-1][: self.fusion.depth]
+            meaning += [(float(best[i]), (doc_id, int(i))) for i in order if best[i] > -1]
+        meaning.sort(key=lambda m: -m[0])
+        confidence = meaning[0][0] if meaning else -1.0
+        covered = None if note else confidence >= self.min_confidence
+        known = {(h.doc_id, h.index): h for h in keyword}
+        literal = list(self._index._literal_matches(question, doc_ids))
+        fused = fuse(
+            [(h.doc_id, h.index) for h in keyword], [key for _s, key in meaning], literal, self.fusion
+        )
+        hits: list[RetrievedChunk] = []
+        for key, found_by in fused:
+            hit = known.get(key) or self._index._chunk(*key)
+            hits.append(dataclasses.replace(hit, rank=len(hits), found_by=found_by))
+        if self.fusion.neighbours is not None:
+            neighbours = self.fusion.neighbours
+        chunks = self._index._select(hits, question, doc_ids, budget_tokens, neighbours)
+        return Retrieval(tuple(chunks), covered, note)
+
+    def confidence(self, question: str, doc_ids: Sequence[int]) -> float | None:
+        """The best cosine of ``question`` with a piece of ``doc_ids`` (None when not ranked by meaning)."""
+        vectors, _note = self._ready_vectors(doc_ids)
+        query = self._query_vector(question)[0] if vectors else None
+        if query is None:
+            return None
+        return max(float((pieces.vectors @ query).max()) for pieces in vectors.values())
+
+    def _query_vector(self, question: str) -> tuple[np.ndarray | None, str]:
+        """The question's vector, or None and why not."""
+        if self._embed_query is None:
+            return None, NO_SEARCH_MODEL
+        try:
+            return self._embed_query(question), ""
+        except EmbedderUnavailable as exc:
+            log.info("ranking by keywords only: %s", exc.message)
+            return None, f"Keyword search only: {exc.message}"
+
+    def _ready_vectors(self, doc_ids: Sequence[int]) -> tuple[dict[int, PieceVectors], str]:
+        """The vectors of the documents embedded in full, and why the others are ranked by keywords."""
+        if self._embed_query is None or self._model is None:
+            return {}, NO_SEARCH_MODEL
+        ready: dict[int, PieceVectors] = {}
+        done_all = total_all = 0
+        for doc_id in doc_ids:
+            done, total = self._index.embedding_progress(doc_id, self._model)
+            done_all, total_all = done_all + done, total_all + total
+            if not total or done < total:
+                continue
+            state = self._index.vector_state(doc_id, self._model)
+            cached = self._vectors.get(doc_id)
+            if cached is None or cached[0] != state:
+                cached = self._vectors[doc_id] = (state, self._index.piece_vectors(doc_id, self._model))
+            ready[doc_id] = cached[1]
+        if done_all < total_all:
+            return ready, STILL_INDEXING.format(percent=100 * done_all // total_all)
+        return ready, ""
 
 
 def fts_query(question: str) -> str:
@@ -374,6 +652,7 @@ class SourcePassage:
     anchor: str
     page: int | None
     text: str
+    found_by: str = ""  # which retriever found it ("keywords", "meaning", both); "" for context
 
 
 @dataclass(frozen=True)
@@ -383,6 +662,8 @@ class ComposedContext:
     used_chunks: tuple[RetrievedChunk, ...]
     citations: tuple[SourcePassage, ...]
     tokens: int
+    covered: bool | None = None  # False: no passage matches the question with confidence
+    note: str = ""  # why the passages were ranked by keywords only ("" when by meaning too)
 
     def passages_for_page(self, page: int, doc_id: int | None = None) -> list[SourcePassage]:
         """The passages sent from ``page`` (of ``doc_id``, or of any document)."""
@@ -399,6 +680,11 @@ RETRIEVAL_INSTRUCTION = (
     "the question, in document order; each starts with where it comes from in square brackets. Answer "
     'from these passages and cite the page of each fact you use, like "(p. 12)" (or the marker, like '
     '"(§ Introduction)", where there are no pages). If the passages do not contain the answer, say so.'
+)
+NOT_COVERED_INSTRUCTION = (
+    "None of the passages matches the question closely: the document{s} probably {do} not cover it. "
+    "Unless a passage below does answer it, tell the user that the document{s} {do} not seem to "
+    "cover this, rather than answering from general knowledge or guessing."
 )
 
 
@@ -442,7 +728,12 @@ def compose_document_context(
         budget_tokens = retrieval_budget
     overhead = count_tokens(_render(instruction, docs, [], excerpts=True))
     search_budget = max(0, budget_tokens - overhead)
-    found = _retrieve(docs, question, search_budget, index, neighbours)
+    retrieval = _retrieve(docs, question, search_budget, index, neighbours)
+    if retrieval.covered is False:  # the passages below are the least unlikely; the loop fits them
+        instruction += " " + NOT_COVERED_INSTRUCTION.format(
+            s="s" if plural else "", do="do" if plural else "does"
+        )
+    found = list(retrieval.chunks)
     if not found:  # nothing matched (or only stopwords): the beginning of each document
         found = _leading_chunks(docs, search_budget)
     while True:
@@ -464,7 +755,15 @@ def compose_document_context(
         else:
             found = [dataclasses.replace(only, text=trimmed, tokens=count_tokens(trimmed))]
     log.debug("retrieval: %d chunks, %d tokens of %d", len(found), tokens, budget_tokens)
-    return ComposedContext(text, DocumentMode.RETRIEVAL, tuple(found), tuple(_passages(docs, found)), tokens)
+    return ComposedContext(
+        text,
+        DocumentMode.RETRIEVAL,
+        tuple(found),
+        tuple(_passages(docs, found)),
+        tokens,
+        retrieval.covered,
+        retrieval.note,
+    )
 
 
 def _retrieve(
@@ -473,15 +772,15 @@ def _retrieve(
     budget: int,
     index: ChunkIndex | DocumentSource | None,
     neighbours: int,
-) -> list[RetrievedChunk]:
+) -> Retrieval:
     doc_ids = [d.doc_id for d in docs]
     if index is not None:
-        return index.search(question, doc_ids, budget, neighbours)
+        return index.retrieve(question, doc_ids, budget, neighbours)
     with contextlib.closing(sqlite3.connect(":memory:")) as db:
         temporary = ChunkIndex(db)
         for d in docs:
             temporary.add_document(d.doc_id, d.chunks)
-        return temporary.search(question, doc_ids, budget, neighbours)
+        return temporary.retrieve(question, doc_ids, budget, neighbours)
 
 
 def _leading_chunks(docs: Sequence[DocumentChunks], budget: int) -> list[RetrievedChunk]:
@@ -532,7 +831,8 @@ def _passages(docs: Sequence[DocumentChunks], chunks: Sequence[RetrievedChunk]) 
         if group and (c is None or c.doc_id != group[0].doc_id or c.anchor != group[0].anchor):
             first = group[0]
             text = "\n\n".join(g.text for g in group)
-            yield SourcePassage(first.doc_id, names[first.doc_id], first.anchor, first.page, text)
+            found_by = "+".join(sorted({part for g in group if g.found_by for part in g.found_by.split("+")}))
+            yield SourcePassage(first.doc_id, names[first.doc_id], first.anchor, first.page, text, found_by)
             group = []
         if c is not None:
             group.append(c)

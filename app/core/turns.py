@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from app.core.chunking import Chunk
-    from app.core.retrieval import RetrievedChunk
+    from app.core.retrieval import Retrieval, RetrievedChunk
     from app.core.store import Attachment
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,18 @@ DRAFT_ID = 0
 
 
 class DocumentSource(Protocol):
-    """Where the chunks of attached documents live (:class:`app.core.retrieval.ChunkIndex`)."""
+    """Where the chunks of attached documents live: :class:`app.core.retrieval.ChunkIndex` (keywords)
+    or :class:`app.core.retrieval.HybridSource` (keywords and meaning)."""
 
     def chunks(self, doc_id: int) -> list[Chunk]: ...
 
     def search(
         self, question: str, doc_ids: Sequence[int], budget_tokens: int, neighbours: int = 1
     ) -> list[RetrievedChunk]: ...
+
+    def retrieve(
+        self, question: str, doc_ids: Sequence[int], budget_tokens: int, neighbours: int = 1
+    ) -> Retrieval: ...
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,8 @@ def _decide_documents(
     question = next((msg.content for _mid, msg in reversed(base) if msg.role == Role.USER.value), "")
     question_tokens = model.count_text_tokens(question) if question else 0
     base_tokens = model.count_chat_tokens(head + [msg for _mid, msg in base])
+    # the documents join the question with a blank line; a tokenizer may merge across the join
+    usable -= model.count_text_tokens("\n\n") + 1
     whole_budget = usable - base_tokens - max(0, QUESTION_ALLOWANCE - question_tokens)
     minimal = model.count_chat_tokens([*head, base[-1][1]])
     retrieval_budget = max(usable - base_tokens, min(usable - minimal, int(usable * RETRIEVAL_SHARE)))
@@ -247,8 +254,12 @@ def _decide_documents(
             reason = f"passages: {total:,} tokens is over the {whole_limit:,} you read whole (Settings)"
         else:
             reason = f"passages: does not fit the {model.n_ctx:,}-token context"
+        if composed.note:
+            reason += ". " + composed.note
+        if composed.covered is False:
+            reason += " No passage matches this question closely: the model is told so."
     sources = tuple(
-        {"doc": p.doc_name, "anchor": p.anchor, "page": p.page, "text": p.text[:4000]}
+        {"doc": p.doc_name, "anchor": p.anchor, "page": p.page, "text": p.text[:4000], "found_by": p.found_by}
         for p in composed.citations[:MAX_SOURCES_KEPT]
     )
     doc_ids = tuple(a.id for _mid, a in docs)

@@ -68,6 +68,15 @@ def max_source_page(stats: dict[str, Any]) -> int | None:
     return max(pages) if pages else None
 
 
+FOUND_BY = {
+    "keywords": "found by keywords",
+    "meaning": "found by meaning",
+    "keywords+meaning": "found by keywords and meaning",
+    "": "next to a match",
+}
+"""How "what the model saw" says which retriever found a passage (``found_by`` of a source)."""
+
+
 class SourcesDialog(QDialog):
     """What the model saw for one answer: the context mode, the document tokens and every passage
     sent with its anchor — or, for a clicked citation, the passages from that page."""
@@ -130,8 +139,10 @@ class SourcesDialog(QDialog):
         for source in self.passages:
             where = " — ".join(str(x) for x in (source.get("doc"), source.get("anchor")) if x)
             text = html.escape(str(source.get("text", ""))).replace("\n", "<br>")
+            found = FOUND_BY.get(str(source.get("found_by"))) if "found_by" in source else None
+            how = f' <span style="color:{colors.muted};">({found})</span>' if found else ""
             parts.append(
-                f'<p style="margin-bottom:2px;"><b>{html.escape(where)}</b></p>'
+                f'<p style="margin-bottom:2px;"><b>{html.escape(where)}</b>{how}</p>'
                 f'<p style="margin-top:0px; margin-bottom:12px; color:{colors.text};">{text}</p>'
             )
         return "".join(parts)

@@ -343,6 +343,37 @@ def test_info_messages_go_to_the_status_bar(qtbot, make_window) -> None:
 
 
 # -- history, citations, what the model saw ---------------------------------------------------------
+def test_what_the_model_saw_says_which_retriever_found_each_passage(qtbot) -> None:
+    stats = {
+        "context_mode": "retrieval",
+        "sources": [
+            {
+                "doc": "lease.pdf",
+                "anchor": "p. 3",
+                "page": 3,
+                "text": "Vacate within 30 days.",
+                "found_by": "meaning",
+            },
+            {"doc": "lease.pdf", "anchor": "p. 4", "page": 4, "text": "Rent is due.", "found_by": ""},
+            {
+                "doc": "lease.pdf",
+                "anchor": "p. 9",
+                "page": 9,
+                "text": "C++ clause.",
+                "found_by": "keywords+meaning",
+            },
+            {"doc": "old.pdf", "anchor": "p. 1", "page": 1, "text": "Saved before hybrid search."},
+        ],
+    }
+    dialog = SourcesDialog(stats)
+    qtbot.addWidget(dialog)
+    lines = dialog.text().splitlines()
+    assert "lease.pdf — p. 3 (found by meaning)" in lines
+    assert "lease.pdf — p. 4 (next to a match)" in lines
+    assert "lease.pdf — p. 9 (found by keywords and meaning)" in lines
+    assert "old.pdf — p. 1" in lines
+
+
 def test_sent_document_is_shown_with_the_message_and_citations_open_passages(
     qtbot, make_window, files
 ) -> None:
