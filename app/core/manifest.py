@@ -322,7 +322,7 @@ def _build(raw: Any, where: str) -> Build:
 
 
 EMBEDDER_FILES = ("model.safetensors", "config.json", "tokenizer.json")
-"""What a sentence-transformers BERT needs to be converted (:func:`app.core.bert_gguf.convert_sentence_transformer`)."""
+"""What a sentence-transformers BERT needs to be converted (:mod:`app.core.bert_gguf`)."""
 
 
 def _embedder(raw: Any, where: str) -> EmbedderEntry:
