@@ -130,6 +130,7 @@ class Settings:
     theme: str = "system"  # system | light | dark
     window_geometry: str = ""  # hex of QWidget.saveGeometry()
     last_export_dir: str = ""  # empty: the user's documents folder
+    search_model: str = "ask"  # ask (offer it once) | on | off: the search model for long documents
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Settings:

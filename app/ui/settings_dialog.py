@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -147,6 +148,11 @@ class SettingsDialog(QDialog):
         )
 
     def _build_theme_and_buttons(self) -> None:
+        self.search_model = QCheckBox("Search long documents by meaning (downloads a 90 MB model)")
+        self.search_model.setToolTip(
+            "all-MiniLM-L6-v2 (English, Apache-2.0) finds passages that answer questions asked in "
+            "other words. Off: documents are searched by keywords only, and the model's files are removed."
+        )
         self.theme = QComboBox()
         for key, label in THEMES:
             self.theme.addItem(label, key)
@@ -172,6 +178,7 @@ class SettingsDialog(QDialog):
         note = QLabel("Changing the context size or the threads reloads the model.")
         note.setObjectName("emptyText")
         form.addRow("", note)
+        form.addRow("Documents", self.search_model)
         form.addRow("Theme", self.theme)
 
         buttons = QDialogButtonBox(
@@ -196,6 +203,7 @@ class SettingsDialog(QDialog):
         self.n_ctx.setValue(settings.n_ctx)
         self.n_threads.setValue(settings.n_threads)
         self.n_ctx.valueChanged.connect(self._on_n_ctx_value_changed)
+        self.search_model.setChecked(settings.search_model == "on")
         index = self.theme.findData(settings.theme)
         self.theme.setCurrentIndex(max(0, index))
 
@@ -215,7 +223,14 @@ class SettingsDialog(QDialog):
             n_ctx=self.n_ctx.value() and max(N_CTX_MIN, self.n_ctx.value()),
             n_threads=self.n_threads.value(),
             theme=str(self.theme.currentData()),
+            search_model=self._search_model_choice(),
         )
+
+    def _search_model_choice(self) -> str:
+        """``on`` / ``off`` once the box was changed; the saved choice (``ask`` too) otherwise."""
+        if self.search_model.isChecked() == (self._settings.search_model == "on"):
+            return self._settings.search_model
+        return "on" if self.search_model.isChecked() else "off"
 
     def _on_restore_button_clicked(self) -> None:
         self.restore_scout_defaults()
