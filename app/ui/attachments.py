@@ -21,6 +21,7 @@ from PySide6.QtGui import (
     QKeySequence,
 )
 from PySide6.QtWidgets import (
+    QAbstractButton,
     QDialog,
     QFileDialog,
     QInputDialog,
@@ -92,12 +93,6 @@ def search_offer_dialog(parent: QWidget, text: str) -> QMessageBox:
     return box
 
 
-def ask_search_model(parent: QWidget, text: str) -> bool:
-    box = search_offer_dialog(parent, text)
-    box.exec()
-    return box.buttonRole(box.clickedButton()) == QMessageBox.ButtonRole.AcceptRole
-
-
 # -- wiring -----------------------------------------------------------------------------------------
 class WindowAttachments(QObject):
     """Connects a MainWindow's attachment UI to its AppController: the paperclip, drops anywhere in
@@ -117,7 +112,7 @@ class WindowAttachments(QObject):
         self.bar: AttachmentsBar = window.composer.attachments_bar
         self.choose_files: Callable[[QWidget], list[str]] = choose_attachment_files
         self.ask_password: Callable[[QWidget, str], str | None] = ask_password
-        self.ask_search_model: Callable[[QWidget, str], bool] = ask_search_model
+        self.offer_dialog: QMessageBox | None = None  # the search model's offer, while it is open
         self.last_dialog: QDialog | None = None
 
         a, c, m = self._attachments, self._controller.conversations, self._controller.models
@@ -253,7 +248,16 @@ class WindowAttachments(QObject):
         self._window.show_error(message if name in message else f"{name}: {message}")
 
     def _on_search_offer_requested(self, text: str) -> None:
-        if self.ask_search_model(self._window, text):
+        """Window-modal, not blocking: the chat goes on (with keyword search) while it is open."""
+        box = search_offer_dialog(self._window, text)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.buttonClicked.connect(self._on_offer_dialog_button_clicked)
+        self.offer_dialog = box
+        box.open()
+
+    def _on_offer_dialog_button_clicked(self, button: QAbstractButton) -> None:
+        box, self.offer_dialog = self.offer_dialog, None
+        if box is not None and box.buttonRole(button) == QMessageBox.ButtonRole.AcceptRole:
             self._controller.search.accept_offer()
         else:
             self._controller.search.decline_offer()

@@ -235,7 +235,8 @@ class EmbeddingController(QObject):
         self._current: tuple[int, int] | None = None  # (job, doc id) at the worker
         self._installing: int | None = None  # job of the download in progress
         self._job_seq = 0
-        self._stopped: set[int] = set()  # indexing cancelled by the user this session
+        self._stopped: set[int] = set()  # indexing cancelled by the user, or failed, this session
+        self._down = False  # the embedder failed: questions use keywords until the next document
         self._offered = False
         self._shut_down = False
         self._thread = QThread()
@@ -280,6 +281,12 @@ class EmbeddingController(QObject):
         size = format_bytes(self.files.entry.download_size) if self.files is not None else ""
         return f"Better answers from long documents: download the {size} search model?"
 
+    @property
+    def embedder_pid(self) -> int | None:
+        """The embedder process's id while it runs (diagnostics, tests)."""
+        embedder = self._embedder
+        return embedder.pid if embedder is not None else None
+
     def status(self, doc_id: int) -> SearchStatus | None:
         return self._statuses.get(doc_id)
 
@@ -287,7 +294,7 @@ class EmbeddingController(QObject):
         """(embed_query, model id) for the inference thread's HybridSource; (None, None) while
         no search model is ready. Thread-safe: it reads one reference."""
         embedder = self._embedder
-        if embedder is None or self.files is None:
+        if embedder is None or self.files is None or self._down:
             return None, None
         return embedder.embed_query, self.files.entry.id
 
@@ -306,6 +313,7 @@ class EmbeddingController(QObject):
             if total and done >= total:
                 self._set_status(doc_id, _ready())
                 return
+            self._down = False  # a new document starts the search model again
             self._queue.append(doc_id)
             self._set_status(doc_id, SearchStatus(SearchState.QUEUED, "Waiting to index for search…"))
             self._start_next()
@@ -506,6 +514,8 @@ class EmbeddingController(QObject):
         if not self._end_current(job):
             return
         log.warning("indexing document %d failed: %s\n%s", doc_id, message, detail)
+        self._stopped.add(doc_id)  # not again this session (each preview would retry it)
+        self._down = True
         self._set_status(
             doc_id, SearchStatus(SearchState.FAILED, "Keyword search", f"{message}\n{KEYWORD_NOTE}")
         )
