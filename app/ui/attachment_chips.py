@@ -237,6 +237,10 @@ class AttachmentChip(QFrame):
             self.search_label.style().polish(self.search_label)
             self.search_stop.setAccessibleName(f"Stop indexing {self.attachment.name}")
         self._show_progress()
+        layout = self.layout()
+        if layout is not None:  # the line's text changed: the chip's size follows it at once
+            layout.activate()
+        self.adjustSize()
 
     def _show_progress(self) -> None:
         """The bar shows reading (processing) or the search model's download or indexing."""

@@ -61,6 +61,7 @@ SHUTDOWN_WAIT_MS = 5000
 
 ASK, ON, OFF = "ask", "on", "off"  # the ``search_model`` setting
 
+KEYWORD_TEXT = "Keyword search: may miss reworded questions"
 KEYWORD_NOTE = "Keyword search only: answers may miss questions asked in other words."
 
 
@@ -304,7 +305,7 @@ class EmbeddingController(QObject):
         if self._shut_down or doc_id in self._queue or (self._current and self._current[1] == doc_id):
             return
         if self.files is None:
-            self._set_status(doc_id, SearchStatus(SearchState.KEYWORD, "Keyword search", KEYWORD_NOTE))
+            self._set_status(doc_id, _keyword())
             return
         if self.installed and self._embedder is not None:
             if doc_id in self._stopped:
@@ -321,7 +322,7 @@ class EmbeddingController(QObject):
         if self.downloading:
             self._set_status(doc_id, self._downloading_status(0.0))
             return
-        self._set_status(doc_id, SearchStatus(SearchState.KEYWORD, "Keyword search", KEYWORD_NOTE))
+        self._set_status(doc_id, _keyword())
         if self._preferences.settings.search_model == ASK and not self._offered:
             self._offered = True
             self.offer_requested.emit(self.offer_text)
@@ -365,7 +366,7 @@ class EmbeddingController(QObject):
         except OSError as exc:
             self._notices.error_occurred.emit(f"The search model could not be removed: {exc}")
         for doc_id in list(self._statuses):
-            self._set_status(doc_id, SearchStatus(SearchState.KEYWORD, "Keyword search", KEYWORD_NOTE))
+            self._set_status(doc_id, _keyword())
         self.model_changed.emit()
 
     def cancel(self, doc_id: int) -> None:
@@ -482,7 +483,7 @@ class EmbeddingController(QObject):
             self._notices.error_occurred.emit(f"{message} Keyword search still works.")
         for doc_id, status in list(self._statuses.items()):
             if status.state == SearchState.DOWNLOADING:
-                self._set_status(doc_id, SearchStatus(SearchState.KEYWORD, "Keyword search", KEYWORD_NOTE))
+                self._set_status(doc_id, _keyword())
         if detail:
             log.info("search model download: %s", detail)
         self.model_changed.emit()
@@ -516,13 +517,11 @@ class EmbeddingController(QObject):
         log.warning("indexing document %d failed: %s\n%s", doc_id, message, detail)
         self._stopped.add(doc_id)  # not again this session (each preview would retry it)
         self._down = True
-        self._set_status(
-            doc_id, SearchStatus(SearchState.FAILED, "Keyword search", f"{message}\n{KEYWORD_NOTE}")
-        )
+        self._set_status(doc_id, SearchStatus(SearchState.FAILED, KEYWORD_TEXT, f"{message}\n{KEYWORD_NOTE}"))
         self._notices.error_occurred.emit(message)
         for waiting in list(self._queue):  # a broken search model would fail them all: not now
             self._queue.remove(waiting)
-            self._set_status(waiting, SearchStatus(SearchState.KEYWORD, "Keyword search", KEYWORD_NOTE))
+            self._set_status(waiting, _keyword())
 
 
 def _ready() -> SearchStatus:
@@ -535,7 +534,11 @@ def _ready() -> SearchStatus:
 
 
 def _stopped() -> SearchStatus:
-    return SearchStatus(SearchState.STOPPED, "Keyword search", f"Indexing was stopped. {KEYWORD_NOTE}")
+    return SearchStatus(SearchState.STOPPED, KEYWORD_TEXT, f"Indexing was stopped. {KEYWORD_NOTE}")
+
+
+def _keyword() -> SearchStatus:
+    return SearchStatus(SearchState.KEYWORD, KEYWORD_TEXT, KEYWORD_NOTE)
 
 
 def _default_threads() -> int:

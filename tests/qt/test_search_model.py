@@ -10,27 +10,30 @@ import os
 import shutil
 import signal
 import zipfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from PySide6.QtCore import Qt
 
 from app.config import Settings
 from app.core.bert_gguf import convert_sentence_transformer
 from app.core.manifest import load_manifest
 from app.core.retrieval import HybridSource
 from app.core.search_model import DEFAULT_SEARCH_MODEL, SearchModelFiles
-from app.workers.embedding import SearchState
+from app.core.store import Store
+from app.ui.main_window import MainWindow
+from app.workers.controller import AppController
+from app.workers.embedding import KEYWORD_NOTE, KEYWORD_TEXT, SearchState
 from tests.fakes import FakeEngine
 from tests.hub_server import FakeHub
 from tests.qt.test_attachments import attach, loaded
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
+    from collections.abc import Callable, Iterator
 
     from app.config import AppPaths
-    from app.workers.controller import AppController
     from app.workers.embedding import SearchStatus
 
 pytestmark = pytest.mark.skipif(
@@ -214,7 +217,7 @@ def test_a_killed_embedder_is_a_message_and_keyword_search_still_answers(
         "The search model stopped unexpectedly. Keyword search still works; the search model "
         "starts again with the next document."
     ]
-    assert "Keyword search only" in controller.search.status(ready.id).tip
+    assert KEYWORD_NOTE in controller.search.status(ready.id).tip
     assert controller.search.search_model() == (None, None)  # questions use keywords now
     # the chat goes on: BM25 finds the clause
     with qtbot.waitSignal(controller.conversations.generation_finished, timeout=10_000) as done:
@@ -222,3 +225,86 @@ def test_a_killed_embedder_is_a_message_and_keyword_search_still_answers(
     stats = controller.store.get_message(done.args[0]).stats
     assert stats["context_mode"] == "retrieval"
     assert any("item 777" in source["text"] for source in stats["sources"])
+
+
+# -- the window -----------------------------------------------------------------------------------------
+SHOTS = Path(os.environ.get("SCOUT_UI_SHOTS", "/tmp/ui_shots"))
+
+
+@pytest.fixture
+def make_window(qtbot, app_paths: AppPaths) -> Iterator[Callable[[Settings], MainWindow]]:
+    made: list[tuple[MainWindow, AppController, Store]] = []
+
+    def make(settings: Settings) -> MainWindow:
+        store = Store(app_paths.database)
+        engine = FakeEngine(["ok"], n_ctx=1024)
+        controller = AppController(store, app_paths, settings, lambda: engine)
+        window = MainWindow(controller)
+        qtbot.addWidget(window)
+        window.resize(1000, 700)
+        window.show()
+        qtbot.waitExposed(window)
+        made.append((window, controller, store))
+        loaded(controller, qtbot)
+        return window
+
+    yield make
+    for window, controller, store in made:
+        window.close()
+        controller.shutdown()
+        store.close()
+
+
+def test_the_window_offers_once_and_not_now_leaves_a_keyword_note(
+    qtbot, make_window, hub: FakeHub, tmp_path: Path
+) -> None:
+    window = make_window(Settings(n_ctx=1024, max_tokens=128, hf_endpoint=hub.url))
+    window.controller.attachments.attach_files([str(lease(tmp_path))])
+    qtbot.waitUntil(lambda: window.attachments.offer_dialog is not None, timeout=20_000)
+    dialog = window.attachments.offer_dialog
+    qtbot.waitExposed(dialog)
+    assert dialog.text() == "Better answers from long documents: download the 90.9 MB search model?"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    assert dialog.grab().save(str(SHOTS / "search_offer.png"))
+    (not_now,) = [b for b in dialog.buttons() if b.text() == "Not now"]
+    qtbot.mouseClick(not_now, Qt.MouseButton.LeftButton)
+
+    assert window.controller.settings.search_model == "off"
+    (chip,) = window.composer.attachments_bar.chips()
+    qtbot.waitUntil(lambda: chip.search_label.isVisible())
+    assert chip.search_label.text() == KEYWORD_TEXT
+    assert "may miss questions asked in other words" in chip.search_label.toolTip()
+    assert not chip.search_stop.isVisible()
+    assert chip.grab().save(str(SHOTS / "search_chip_keyword.png"))
+    assert hub.requests == []
+
+
+def test_the_chip_shows_indexing_progress_and_stops(
+    qtbot, make_window, app_paths: AppPaths, minilm_gguf: Path, tmp_path: Path
+) -> None:
+    files = SearchModelFiles(ENTRY, app_paths.models_dir)
+    files.folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(minilm_gguf, files.gguf)
+    window = make_window(Settings(n_ctx=1024, max_tokens=128, n_threads=1, search_model="on"))
+    bar = window.composer.attachments_bar
+    shots: list[str] = []
+
+    def grab_while_indexing(doc_id: int, status: SearchStatus) -> None:
+        chip = bar.chip(doc_id)
+        if status.state == SearchState.INDEXING and status.fraction > 0 and chip is not None and not shots:
+            assert chip.search_label.text().startswith("Indexing for search… ")
+            assert chip.search_stop.isVisible()
+            assert chip.progress.isVisible()
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            shots.append(str(SHOTS / "search_chip_indexing.png"))
+            assert window.grab().save(shots[0])
+            qtbot.mouseClick(chip.search_stop, Qt.MouseButton.LeftButton)
+
+    window.controller.search.status_changed.connect(grab_while_indexing)
+    window.controller.attachments.attach_files([str(lease(tmp_path, 1200))])
+    qtbot.waitUntil(lambda: bool(shots), timeout=60_000)
+    (chip,) = bar.chips()
+    qtbot.waitUntil(lambda: chip.search_status.state == SearchState.STOPPED, timeout=10_000)
+    assert chip.search_label.text() == KEYWORD_TEXT
+    assert not chip.search_stop.isVisible()
+    assert not chip.progress.isVisible()
