@@ -95,7 +95,8 @@ class EmbedderProcess:
         """The question's row (for :class:`app.core.retrieval.HybridSource`, on the inference thread)."""
         rows = self.embed([question])
         assert rows is not None
-        return rows[0]
+        row: np.ndarray = rows[0]
+        return row
 
     def close(self) -> None:
         """End the process (waiting for the request in progress, if any, to finish first)."""
