@@ -20,17 +20,14 @@ import logging
 import re
 import sqlite3
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, NamedTuple
 
 from app.core.chunking import Chunk, estimate_tokens
-from app.core.errors import UserError
 from app.core.types import DocumentMode
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
     from pathlib import Path
-
-    import numpy as np
 
     from app.core.turns import DocumentSource
 
@@ -66,15 +63,6 @@ END;
 CREATE TRIGGER IF NOT EXISTS doc_chunks_ad AFTER DELETE ON doc_chunks BEGIN
     INSERT INTO doc_chunks_fts (doc_chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
 END;
-CREATE TABLE IF NOT EXISTS doc_vectors (
-    piece_id INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    vector BLOB NOT NULL,
-    PRIMARY KEY (piece_id, model)
-);
-CREATE TRIGGER IF NOT EXISTS doc_chunks_vectors_ad AFTER DELETE ON doc_chunks BEGIN
-    DELETE FROM doc_vectors WHERE piece_id = old.id;
-END;
 CREATE TRIGGER IF NOT EXISTS doc_chunks_au AFTER UPDATE ON doc_chunks BEGIN
     INSERT INTO doc_chunks_fts (doc_chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
     INSERT INTO doc_chunks_fts (rowid, text) VALUES (new.id, new.text);
@@ -104,14 +92,6 @@ class RetrievedChunk(Chunk):
     doc_id: int
     score: float | None  # BM25 (lower is better); None for a neighbour or a whole-document chunk
     rank: int  # order of selection: the lower, the more relevant
-
-
-EmbedQuery: TypeAlias = "Callable[[str], np.ndarray]"
-"""A question -> one L2-normalised float32 row (the search model's ``embed_query``)."""
-
-
-class EmbedderUnavailable(UserError):
-    """The search model cannot embed now (not installed, stopped, crashed): keyword search only."""
 
 
 class ChunkIndex:
@@ -277,66 +257,6 @@ class ChunkIndex:
             (doc_id, idx - n, idx + n, idx),
         ).fetchall()
         return sorted((Chunk(*row) for row in rows), key=lambda c: (abs(c.index - idx), c.index))
-
-    # -- vectors (a piece is a chunk) -----------------------------------------------------------
-    def unembedded(self, doc_id: int, model: str) -> list[tuple[int, str]]:
-        """(piece_id, text) still to embed for ``model``, in document order."""
-        rows = self._db.execute(
-            "SELECT c.id, c.text FROM doc_chunks AS c WHERE c.doc_id = ? AND NOT EXISTS "
-            "(SELECT 1 FROM doc_vectors AS v WHERE v.piece_id = c.id AND v.model = ?) ORDER BY c.idx",
-            (doc_id, model),
-        ).fetchall()
-        return [(int(piece_id), str(text)) for piece_id, text in rows]
-
-    def add_vectors(self, model: str, rows: Sequence[tuple[int, np.ndarray]]) -> None:
-        """Store vectors (float32, normalised) of pieces; idempotent; one transaction."""
-        import numpy as np
-
-        with self._savepoint():
-            self._db.executemany(
-                "INSERT OR REPLACE INTO doc_vectors (piece_id, model, vector) "
-                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM doc_chunks WHERE id = ?)",
-                [
-                    (piece_id, model, np.asarray(vector, dtype=np.float32).tobytes(), piece_id)
-                    for piece_id, vector in rows
-                ],
-            )
-
-    def embedding_progress(self, doc_id: int, model: str) -> tuple[int, int]:
-        """(pieces embedded, pieces in total)."""
-        done, total = self._db.execute(
-            "SELECT count(v.piece_id), count(*) FROM doc_chunks AS c LEFT JOIN doc_vectors AS v "
-            "ON v.piece_id = c.id AND v.model = ? WHERE c.doc_id = ?",
-            (model, doc_id),
-        ).fetchone()
-        return int(done), int(total)
-
-    def forget_vectors(self, keep_model: str | None) -> None:
-        """Delete the vectors of every model except ``keep_model``."""
-        with self._savepoint():
-            self._db.execute("DELETE FROM doc_vectors WHERE model IS NOT ?", (keep_model,))
-
-    def vector_ranked(
-        self, query: np.ndarray, doc_ids: Sequence[int], model: str, limit: int = MAX_HITS
-    ) -> list[RetrievedChunk]:
-        """The chunks nearest to ``query`` (cosine), best first."""
-        import numpy as np
-
-        marks = ",".join("?" * len(doc_ids))
-        rows = self._db.execute(
-            f"SELECT c.doc_id, c.idx, c.anchor, c.page, c.text, c.tokens, v.vector FROM doc_vectors AS v "
-            f"JOIN doc_chunks AS c ON c.id = v.piece_id WHERE v.model = ? AND c.doc_id IN ({marks})",
-            (model, *doc_ids),
-        ).fetchall()
-        if not rows:
-            return []
-        matrix = np.stack([np.frombuffer(row[6], dtype=np.float32) for row in rows])
-        scores = matrix @ np.asarray(query, dtype=np.float32)
-        order = np.argsort(-scores)[:limit]
-        return [
-            RetrievedChunk(rows[i][1], rows[i][2], rows[i][3], rows[i][4], rows[i][5], rows[i][0], None, n)
-            for n, i in enumerate(order)
-        ]
 
     @contextlib.contextmanager
     def _savepoint(self) -> Iterator[None]:
@@ -652,42 +572,3 @@ def find_citations(answer_text: str, max_page: int | None = None) -> list[PageCi
         for n in _NUMBER.finditer(m.group("rest")):
             keep((base + n.start(), base + n.end()), int(n.group()))
     return found
-
-
-RRF_K = 60
-
-
-class HybridSource:
-    """A :class:`~app.core.turns.DocumentSource`: BM25 and, where the document has vectors of
-    ``model``, the search model's nearest chunks, fused by reciprocal rank."""
-
-    def __init__(self, index: ChunkIndex, embed_query: EmbedQuery | None, model: str | None) -> None:
-        self.index = index
-        self.embed_query = embed_query
-        self.model = model
-
-    def chunks(self, doc_id: int) -> list[Chunk]:
-        return self.index.chunks(doc_id)
-
-    def search(
-        self, question: str, doc_ids: Sequence[int], budget_tokens: int, neighbours: int = 1
-    ) -> list[RetrievedChunk]:
-        if not doc_ids or budget_tokens <= 0:
-            return []
-        hits = self.index.ranked(question, doc_ids)
-        dense: list[RetrievedChunk] = []
-        if self.embed_query is not None and self.model is not None:
-            try:
-                dense = self.index.vector_ranked(self.embed_query(question), doc_ids, self.model)
-            except EmbedderUnavailable as exc:
-                log.info("keyword search only: %s", exc.message)
-        if dense:
-            scores: dict[tuple[int, int], float] = {}
-            found: dict[tuple[int, int], RetrievedChunk] = {}
-            for ranking in (hits, dense):
-                for n, hit in enumerate(ranking):
-                    key = (hit.doc_id, hit.index)
-                    scores[key] = scores.get(key, 0.0) + 1.0 / (RRF_K + n)
-                    found.setdefault(key, hit)
-            hits = [found[key] for key in sorted(scores, key=lambda k: -scores[k])]
-        return self.index._select(hits, question, doc_ids, budget_tokens, neighbours)
