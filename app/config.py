@@ -131,6 +131,7 @@ class Settings:
     window_geometry: str = ""  # hex of QWidget.saveGeometry()
     last_export_dir: str = ""  # empty: the user's documents folder
     whole_document_limit: int = 32_000  # documents up to this many tokens go in whole (docs/benchmarks.md)
+    search_model: str = "ask"  # ask (offer it once) | on | off: the search model for long documents
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Settings:

@@ -283,6 +283,7 @@ def installed_models(
     (e.g. the last model opened from elsewhere). With ``with_plans``, each usable model gets the
     plan :func:`app.core.planner.make_plan` picks on ``hardware`` (fast: no dry run)."""
     from app.core.downloads import BuildState, Downloader
+    from app.core.search_model import SEARCH_MODEL_SUFFIX
     from app.core.splits import is_first_part
 
     found: list[InstalledModel] = []
@@ -317,8 +318,8 @@ def installed_models(
             loose.append(path)
     for path in loose:
         name = path.name
-        if name.lower().startswith("mmproj"):
-            continue
+        if name.lower().startswith("mmproj") or name.endswith(SEARCH_MODEL_SUFFIX):
+            continue  # a vision projector, or the search model (not a chat model)
         if not is_first_part(name):
             continue
         entry = InstalledModel(name, path, "file")

@@ -1,4 +1,5 @@
-"""Load and validate ``models_manifest.json``: the catalog of downloadable Scout builds.
+"""Load and validate ``models_manifest.json``: the catalog of downloadable Scout builds, and of the
+search (embedding) models in its ``embedders`` section.
 
 Validation errors name the offending field with a JSON-path-like location, e.g.
 ``builds[3].files[0].sha256: expected 64 hex chars``. Unknown sizes/hashes are ``None``:
@@ -98,10 +99,49 @@ class Build:
 
 
 @dataclass(frozen=True)
+class EmbedderEntry:
+    """A search (embedding) model: sentence-transformers files on the Hub, converted to a GGUF on
+    this computer after the download (:mod:`app.core.search_model`). Downloaded by the same
+    :class:`~app.core.downloads.Downloader` as the builds (it reads ``id``, ``display_name``,
+    ``files``, ``projector`` and ``all_files``)."""
+
+    id: str
+    display_name: str
+    repo_id: str
+    revision: str
+    files: tuple[ModelFile, ...]
+    languages: tuple[str, ...]
+    dimensions: int
+    licence: Licence
+    notes: str = ""
+    projector: None = None
+
+    @property
+    def all_files(self) -> tuple[ModelFile, ...]:
+        return self.files
+
+    @property
+    def download_size(self) -> int:
+        """Bytes of the files whose size is known (the weights; the small JSON files are not)."""
+        return sum(f.size or 0 for f in self.files)
+
+
+Downloadable = Build | EmbedderEntry
+"""What :class:`~app.core.downloads.Downloader` downloads into ``<models_dir>/<id>/``."""
+
+
+@dataclass(frozen=True)
 class Manifest:
     schema_version: int
     model: str
     builds: tuple[Build, ...]
+    embedders: tuple[EmbedderEntry, ...] = ()
+
+    def embedder(self, embedder_id: str) -> EmbedderEntry:
+        for entry in self.embedders:
+            if entry.id == embedder_id:
+                return entry
+        raise KeyError(embedder_id)
 
     def build(self, build_id: str) -> Build:
         for build in self.builds:
@@ -203,13 +243,15 @@ def _revision(obj: dict[str, Any], where: str) -> str:
     return value
 
 
-def _file(raw: Any, where: str, repo_id: str, revision: str) -> ModelFile:
+def _file(
+    raw: Any, where: str, repo_id: str, revision: str, suffixes: tuple[str, ...] = (".gguf",)
+) -> ModelFile:
     raw = _obj(raw, where)
     path = _str(raw, "path", where)
     if path.startswith("/") or ".." in path.split("/") or "\\" in path:
         raise ManifestError(f"{where}.path: must be a relative POSIX path inside the repo")
-    if not path.endswith(".gguf"):
-        raise ManifestError(f"{where}.path: expected a .gguf file")
+    if not path.endswith(suffixes):
+        raise ManifestError(f"{where}.path: expected a {' or '.join(suffixes)} file")
     return ModelFile(
         repo_id=_str(raw, "repo_id", where, pattern=_REPO_ID) if "repo_id" in raw else repo_id,
         path=path,
@@ -279,6 +321,48 @@ def _build(raw: Any, where: str) -> Build:
     )
 
 
+EMBEDDER_FILES = ("model.safetensors", "config.json", "tokenizer.json")
+"""What a sentence-transformers BERT needs to be converted (:mod:`app.core.bert_gguf`)."""
+
+
+def _embedder(raw: Any, where: str) -> EmbedderEntry:
+    raw = _obj(raw, where)
+    repo_id = _str(raw, "repo_id", where, pattern=_REPO_ID)
+    revision = _revision(raw, where)
+    if raw.get("format") != "sentence-transformers":
+        raise ManifestError(f"{where}.format: expected 'sentence-transformers'")
+    files_raw = _get(raw, "files", where)
+    if not isinstance(files_raw, list):
+        raise ManifestError(f"{where}.files: expected a list")
+    files = tuple(
+        _file(f, f"{where}.files[{i}]", repo_id, revision, (".safetensors", ".json"))
+        for i, f in enumerate(files_raw)
+    )
+    missing = [name for name in EMBEDDER_FILES if name not in {f.name for f in files}]
+    if missing:
+        raise ManifestError(f"{where}.files: {missing[0]} is missing")
+    languages = _get(raw, "languages", where)
+    if not isinstance(languages, list) or not languages or not all(isinstance(x, str) for x in languages):
+        raise ManifestError(f"{where}.languages: expected a non-empty list of language codes")
+    lic = _obj(_get(raw, "licence", where), f"{where}.licence")
+    notes = raw.get("notes", "")
+    return EmbedderEntry(
+        id=_str(raw, "id", where, pattern=_BUILD_ID),
+        display_name=_str(raw, "display_name", where),
+        repo_id=repo_id,
+        revision=revision,
+        files=files,
+        languages=tuple(languages),
+        dimensions=_int(raw, "dimensions", where) or 0,
+        licence=Licence(
+            name=_str(lic, "name", f"{where}.licence"),
+            url=_str(lic, "url", f"{where}.licence"),
+            note=_str(lic, "note", f"{where}.licence"),
+        ),
+        notes=notes if isinstance(notes, str) else "",
+    )
+
+
 def parse_manifest(data: Any) -> Manifest:
     """Validate an already-decoded manifest document."""
     data = _obj(data, "manifest")
@@ -294,8 +378,21 @@ def parse_manifest(data: Any) -> Manifest:
         if build.id in seen:
             raise ManifestError(f"builds[{i}].id: duplicate id {build.id!r}")
         seen.add(build.id)
+    embedders_raw = data.get("embedders", [])
+    if not isinstance(embedders_raw, list):
+        raise ManifestError("embedders: expected a list")
+    embedders = tuple(_embedder(e, f"embedders[{i}]") for i, e in enumerate(embedders_raw))
+    for i, entry in enumerate(embedders):
+        if entry.id in seen:
+            raise ManifestError(f"embedders[{i}].id: duplicate id {entry.id!r}")
+        seen.add(entry.id)
     model = data.get("model", "")
-    return Manifest(schema_version=version, model=model if isinstance(model, str) else "", builds=builds)
+    return Manifest(
+        schema_version=version,
+        model=model if isinstance(model, str) else "",
+        builds=builds,
+        embedders=embedders,
+    )
 
 
 def load_manifest(path: Path | None = None) -> Manifest:

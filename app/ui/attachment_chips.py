@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from PySide6.QtGui import QMouseEvent
 
     from app.core.store import Attachment
+    from app.workers.embedding import SearchStatus
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,13 @@ class AttachmentChip(QFrame):
         remove_requested(int): attachment id (the × button; it also cancels reading).
         unlock_requested(int): attachment id of a password-protected PDF.
         open_requested(int): attachment id of an image whose thumbnail was clicked.
+        search_cancel_requested(int): attachment id whose indexing for search should stop.
     """
 
     remove_requested = Signal(int)
     unlock_requested = Signal(int)
     open_requested = Signal(int)
+    search_cancel_requested = Signal(int)
 
     def __init__(
         self, attachment: Attachment, *, removable: bool = True, parent: QWidget | None = None
@@ -106,6 +109,7 @@ class AttachmentChip(QFrame):
         self.attachment = attachment
         self.attachment_id = attachment.id
         self.progress_value = 0.0
+        self.search_status: SearchStatus | None = None
         self.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
 
         self.thumb = QLabel()
@@ -137,6 +141,16 @@ class AttachmentChip(QFrame):
         self.remove_button.setCursor(Qt.CursorShape.PointingHandCursor)
         self.remove_button.clicked.connect(self._on_remove_button_clicked)
         self.remove_button.setVisible(removable)
+        self.search_label = QLabel()
+        self.search_label.setObjectName("chipSearch")
+        self.search_label.hide()
+        self.search_stop = QToolButton()
+        self.search_stop.setObjectName("chipSearchStop")
+        self.search_stop.setText("Stop")
+        self.search_stop.setToolTip("Stop indexing: questions use keyword search")
+        self.search_stop.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.search_stop.clicked.connect(self._on_search_stop_clicked)
+        self.search_stop.hide()
 
         text_box = QVBoxLayout()
         text_box.setContentsMargins(0, 0, 0, 0)
@@ -148,6 +162,12 @@ class AttachmentChip(QFrame):
         name_row.addStretch(1)
         text_box.addLayout(name_row)
         text_box.addWidget(self.detail_label)
+        search_row = QHBoxLayout()
+        search_row.setSpacing(6)
+        search_row.addWidget(self.search_label)
+        search_row.addWidget(self.search_stop)
+        search_row.addStretch(1)
+        text_box.addLayout(search_row)
         text_box.addWidget(self.progress)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(5, 5, 5, 5)
@@ -183,9 +203,7 @@ class AttachmentChip(QFrame):
         )
         self.remove_button.setAccessibleName(f"Remove {attachment.name}")
         self.unlock_button.setVisible(state == AttachmentState.LOCKED)
-        self.progress.setVisible(state == AttachmentState.PROCESSING)
-        if state == AttachmentState.PROCESSING:
-            self.progress.setValue(round(self.progress_value * 1000))
+        self.set_search_status(self.search_status)
         mode = str(meta.get("mode") or "") if not self.is_image and state == AttachmentState.READY else ""
         self.badge.setText(mode)
         self.badge.setProperty("mode", mode)
@@ -207,6 +225,38 @@ class AttachmentChip(QFrame):
         self.setProperty("state", state.value)
         self.style().unpolish(self)
         self.style().polish(self)
+
+    def set_search_status(self, status: SearchStatus | None) -> None:
+        """How questions search this document (keyword only, indexing 40 %, ready…)."""
+        self.search_status = status
+        ready_document = not self.is_image and self.state == AttachmentState.READY
+        shown = status is not None and ready_document
+        self.search_label.setVisible(shown)
+        self.search_stop.setVisible(shown and status is not None and status.cancellable)
+        if status is not None:
+            self.search_label.setText(status.text)
+            self.search_label.setToolTip(status.tip)
+            self.search_label.setProperty("state", status.state.value)
+            self.search_label.style().unpolish(self.search_label)
+            self.search_label.style().polish(self.search_label)
+            self.search_stop.setAccessibleName(f"Stop indexing {self.attachment.name}")
+        self._show_progress()
+        layout = self.layout()
+        if layout is not None:  # the line's text changed: the chip's size follows it at once
+            layout.activate()
+        self.adjustSize()
+
+    def _show_progress(self) -> None:
+        """The bar shows reading (processing) or the search model's download or indexing."""
+        if self.state == AttachmentState.PROCESSING:
+            self.progress.setVisible(True)
+            self.progress.setValue(round(self.progress_value * 1000))
+            return
+        status = self.search_status
+        busy = status is not None and status.busy and not self.is_image
+        self.progress.setVisible(busy)
+        if busy and status is not None:
+            self.progress.setValue(round(status.fraction * 1000))
 
     def set_progress(self, fraction: float) -> None:
         self.progress_value = max(0.0, min(1.0, fraction))
@@ -274,6 +324,9 @@ class AttachmentChip(QFrame):
     def _on_unlock_button_clicked(self) -> None:
         self.unlock_requested.emit(self.attachment_id)
 
+    def _on_search_stop_clicked(self) -> None:
+        self.search_cancel_requested.emit(self.attachment_id)
+
 
 class AttachmentsBar(QWidget):
     """The chips above the composer's text box, with notes about images (how many; no projector).
@@ -282,16 +335,19 @@ class AttachmentsBar(QWidget):
         remove_requested(int): attachment id.
         unlock_requested(int): attachment id of a locked PDF.
         models_requested(): the "Models…" button (get the vision projector).
+        search_cancel_requested(int): attachment id whose indexing for search should stop.
     """
 
     remove_requested = Signal(int)
     unlock_requested = Signal(int)
     models_requested = Signal()
+    search_cancel_requested = Signal(int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("attachmentsBar")
         self._chips: dict[int, AttachmentChip] = {}
+        self._search: dict[int, SearchStatus] = {}  # kept for chips made again (a conversation reopened)
         self._has_vision: bool | None = None
         self.viewer: ImageViewerDialog | None = None
 
@@ -343,6 +399,8 @@ class AttachmentsBar(QWidget):
         chip.remove_requested.connect(self._on_chip_remove_requested)
         chip.unlock_requested.connect(self._on_chip_unlock_requested)
         chip.open_requested.connect(self._on_chip_open_requested)
+        chip.search_cancel_requested.connect(self._on_chip_search_cancel_requested)
+        chip.set_search_status(self._search.get(attachment.id))
         self._chips[attachment.id] = chip
         self.flow.addWidget(chip)
         chip.show()
@@ -366,6 +424,13 @@ class AttachmentsBar(QWidget):
         chip = self._chips.get(attachment_id)
         if chip is not None:
             chip.set_progress(fraction)
+
+    def set_search_status(self, attachment_id: int, status: SearchStatus) -> None:
+        self._search[attachment_id] = status
+        chip = self._chips.get(attachment_id)
+        if chip is not None:
+            chip.set_search_status(status)
+            self.flow.invalidate()
 
     def clear(self) -> None:
         for attachment_id in list(self._chips):
@@ -398,6 +463,9 @@ class AttachmentsBar(QWidget):
 
     def _on_chip_unlock_requested(self, attachment_id: int) -> None:
         self.unlock_requested.emit(attachment_id)
+
+    def _on_chip_search_cancel_requested(self, attachment_id: int) -> None:
+        self.search_cancel_requested.emit(attachment_id)
 
     def _on_chip_open_requested(self, attachment_id: int) -> None:
         chip = self._chips.get(attachment_id)

@@ -21,10 +21,12 @@ from PySide6.QtGui import (
     QKeySequence,
 )
 from PySide6.QtWidgets import (
+    QAbstractButton,
     QDialog,
     QFileDialog,
     QInputDialog,
     QLineEdit,
+    QMessageBox,
     QWidget,
 )
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
     from app.core.store import Attachment
     from app.ui.main_window import MainWindow
+    from app.workers.embedding import SearchStatus
 
 
 def attachment_file_filter() -> str:
@@ -69,6 +72,27 @@ def ask_password(parent: QWidget, name: str) -> str | None:
     return text if ok and text else None
 
 
+SEARCH_OFFER_DETAIL = (
+    "The search model (all-MiniLM-L6-v2, English, Apache-2.0) finds the passages that answer a "
+    "question asked in your own words. It runs on this computer; nothing leaves it.\n\n"
+    "Without it, long documents are searched by keywords: answers may miss questions asked in "
+    "other words. You can change this later in Settings."
+)
+
+
+def search_offer_dialog(parent: QWidget, text: str) -> QMessageBox:
+    """The one-time offer of the search model (Download / Not now)."""
+    box = QMessageBox(parent)
+    box.setWindowTitle("Search model")
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setText(text)
+    box.setInformativeText(SEARCH_OFFER_DETAIL)
+    download = box.addButton("Download", QMessageBox.ButtonRole.AcceptRole)
+    box.addButton("Not now", QMessageBox.ButtonRole.RejectRole)
+    box.setDefaultButton(download)
+    return box
+
+
 # -- wiring -----------------------------------------------------------------------------------------
 class WindowAttachments(QObject):
     """Connects a MainWindow's attachment UI to its AppController: the paperclip, drops anywhere in
@@ -88,6 +112,7 @@ class WindowAttachments(QObject):
         self.bar: AttachmentsBar = window.composer.attachments_bar
         self.choose_files: Callable[[QWidget], list[str]] = choose_attachment_files
         self.ask_password: Callable[[QWidget, str], str | None] = ask_password
+        self.offer_dialog: QMessageBox | None = None  # the search model's offer, while it is open
         self.last_dialog: QDialog | None = None
 
         a, c, m = self._attachments, self._controller.conversations, self._controller.models
@@ -107,6 +132,10 @@ class WindowAttachments(QObject):
         self.bar.remove_requested.connect(self._on_bar_remove_requested)
         self.bar.unlock_requested.connect(self._on_bar_unlock_requested)
         self.bar.models_requested.connect(self._on_bar_models_requested)
+        self.bar.search_cancel_requested.connect(self._on_bar_search_cancel_requested)
+        search = self._controller.search
+        search.offer_requested.connect(self._on_search_offer_requested)
+        search.status_changed.connect(self._on_search_status_changed)
         self.chat_view.citation_clicked.connect(self._on_chat_view_citation_clicked)
         self.chat_view.sources_requested.connect(self._on_chat_view_sources_requested)
 
@@ -217,6 +246,27 @@ class WindowAttachments(QObject):
 
     def _on_attachments_attachment_failed(self, name: str, message: str, _attachment_id: int) -> None:
         self._window.show_error(message if name in message else f"{name}: {message}")
+
+    def _on_search_offer_requested(self, text: str) -> None:
+        """Window-modal, not blocking: the chat goes on (with keyword search) while it is open."""
+        box = search_offer_dialog(self._window, text)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.buttonClicked.connect(self._on_offer_dialog_button_clicked)
+        self.offer_dialog = box
+        box.open()
+
+    def _on_offer_dialog_button_clicked(self, button: QAbstractButton) -> None:
+        box, self.offer_dialog = self.offer_dialog, None
+        if box is not None and box.buttonRole(button) == QMessageBox.ButtonRole.AcceptRole:
+            self._controller.search.accept_offer()
+        else:
+            self._controller.search.decline_offer()
+
+    def _on_search_status_changed(self, attachment_id: int, status: SearchStatus) -> None:
+        self.bar.set_search_status(attachment_id, status)
+
+    def _on_bar_search_cancel_requested(self, attachment_id: int) -> None:
+        self._controller.search.cancel(attachment_id)
 
     def _on_notices_info_message(self, text: str) -> None:
         self._window.show_activity(text)

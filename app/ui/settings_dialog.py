@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -164,6 +165,11 @@ class SettingsDialog(QDialog):
         )
 
     def _build_theme_and_buttons(self) -> None:
+        self.search_model = QCheckBox("Search long documents by meaning (downloads a 90 MB model)")
+        self.search_model.setToolTip(
+            "all-MiniLM-L6-v2 (English, Apache-2.0) finds passages that answer questions asked in "
+            "other words. Off: documents are searched by keywords only, and the model's files are removed."
+        )
         self.theme = QComboBox()
         for key, label in THEMES:
             self.theme.addItem(label, key)
@@ -195,6 +201,7 @@ class SettingsDialog(QDialog):
         documents.setFont(font)
         form.addRow(documents)
         form.addRow("Read documents whole", self.whole_document_limit)
+        form.addRow("Search by meaning", self.search_model)
         form.addRow("Theme", self.theme)
 
         buttons = QDialogButtonBox(
@@ -220,6 +227,7 @@ class SettingsDialog(QDialog):
         self.n_threads.setValue(settings.n_threads)
         self.whole_document_limit.setValue(settings.whole_document_limit)
         self.n_ctx.valueChanged.connect(self._on_n_ctx_value_changed)
+        self.search_model.setChecked(settings.search_model == "on")
         index = self.theme.findData(settings.theme)
         self.theme.setCurrentIndex(max(0, index))
 
@@ -240,7 +248,14 @@ class SettingsDialog(QDialog):
             n_threads=self.n_threads.value(),
             whole_document_limit=self.whole_document_limit.value(),
             theme=str(self.theme.currentData()),
+            search_model=self._search_model_choice(),
         )
+
+    def _search_model_choice(self) -> str:
+        """``on`` / ``off`` once the box was changed; the saved choice (``ask`` too) otherwise."""
+        if self.search_model.isChecked() == (self._settings.search_model == "on"):
+            return self._settings.search_model
+        return "on" if self.search_model.isChecked() else "off"
 
     def _on_restore_button_clicked(self) -> None:
         self.restore_scout_defaults()

@@ -8,6 +8,9 @@ The widgets talk to the three controllers it holds, each with one job:
 - :class:`~app.workers.attachments.AttachmentController` (``attachments``): pictures and
   documents in the composer, read on the ingest thread;
 
+- :class:`~app.workers.embedding.EmbeddingController` (``search``): the search model (offered,
+  downloaded on request) and the documents it indexes in the background;
+
 plus :class:`~app.workers.preferences.Preferences` (``preferences``: the settings) and
 :class:`~app.workers.preferences.Notices` (``notices``: sentences for the user from any of them).
 Here live the policies that span them: garbage collection on the GUI thread only while worker
@@ -26,6 +29,7 @@ from app.core.heap import freeze_long_lived
 from app.core.retrieval import ChunkIndex
 from app.workers.attachments import AttachmentController
 from app.workers.conversations import ConversationController
+from app.workers.embedding import EmbeddingController
 from app.workers.gc_guard import MainThreadGarbageCollector
 from app.workers.inference import InferenceThread
 from app.workers.models import ModelController
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     from app.config import AppPaths, Settings
     from app.core.planner import LoadRequest, PlannedLoad
     from app.core.ports import Engine
+    from app.core.retrieval import EmbedQuery
     from app.core.store import Store
     from app.core.types import ModelInfo
 
@@ -62,12 +67,23 @@ class AppController(QObject):
         self.notices = Notices()
         self.preferences = Preferences(paths, settings, self.notices)
         database = store.path
-        self._inference = InferenceThread(engine_factory, planner, lambda: ChunkIndex.open(database))
+        self._inference = InferenceThread(
+            engine_factory, planner, lambda: ChunkIndex.open(database), self._search_model
+        )
         self.models = ModelController(self._inference, self.preferences, self.notices, planner)
         self.conversations = ConversationController(
             store, paths, self.preferences, self.notices, self._inference, self.models
         )
         self.attachments = AttachmentController(store, paths, self.notices, self.conversations, self.models)
+        models_dir = Path(settings.models_dir).expanduser() if settings.models_dir else paths.models_dir
+        self.search = EmbeddingController(
+            store,
+            self.preferences,
+            self.notices,
+            self.conversations,
+            models_dir,
+            n_threads=settings.n_threads,
+        )
         self.models.model_loaded.connect(self._on_models_model_loaded)
         self._gc = MainThreadGarbageCollector(self)  # worker threads must never finalize Qt objects
         self._gc.start()
@@ -88,6 +104,11 @@ class AppController(QObject):
         if last_model and Path(last_model).exists() and not self.models.ask_before_loading(last_model):
             self.models.load_model(last_model)
 
+    def _search_model(self) -> tuple[EmbedQuery | None, str | None]:
+        """The search model for the inference thread's documents (thread-safe)."""
+        search = getattr(self, "search", None)  # None only while this controller is being built
+        return search.search_model() if search is not None else (None, None)
+
     @Slot(object)
     def _on_models_model_loaded(self, _info: ModelInfo) -> None:
         freeze_long_lived()  # llama_cpp's modules and the model's Python side live until the next load
@@ -101,5 +122,6 @@ class AppController(QObject):
         self.conversations.save_partial_answer()
         self.conversations.close()
         self.attachments.shutdown()
+        self.search.shutdown()
         self._inference.shutdown()
         self._gc.stop()

@@ -29,7 +29,7 @@ from app.core.heap import release_free_heap
 from app.core.images import image_uri
 from app.core.planner import LoadRequest, safer_overrides
 from app.core.ports import SavesKVState, TriesFiles
-from app.core.retrieval import DocumentChunks
+from app.core.retrieval import DocumentChunks, HybridSource
 from app.core.turns import MAX_SOURCES_KEPT, DocumentDecision, ModelLimits, Turn, build_turn
 from app.core.types import DocumentMode, FinishReason
 
@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from app.core.planner import PlannedLoad
     from app.core.ports import Engine
     from app.core.reading import ReadingRequest
-    from app.core.retrieval import ChunkIndex
-    from app.core.turns import TurnRequest
+    from app.core.retrieval import ChunkIndex, EmbedQuery
+    from app.core.turns import DocumentSource, TurnRequest
     from app.core.types import ChatMessage, LoadParams, ModelInfo, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ class LlamaWorker(QObject):
         engine_factory: Callable[[], Engine],
         planner: Callable[[LoadRequest], PlannedLoad] | None = None,
         documents: Callable[[], ChunkIndex] | None = None,
+        search_model: Callable[[], tuple[EmbedQuery | None, str | None]] | None = None,
     ) -> None:
         super().__init__()  # no parent: it will be moved to its thread
         self._engine_factory = engine_factory
@@ -137,6 +138,7 @@ class LlamaWorker(QObject):
         self._trimmed_at = 0.0
         self._open_documents = documents  # opened lazily, in this worker's thread
         self._document_source: ChunkIndex | None = None
+        self._search_model = search_model  # (embed_query, model id) of the search model, or Nones
 
     @property
     def engine(self) -> Engine:
@@ -376,10 +378,13 @@ class LlamaWorker(QObject):
             info.n_ctx_train,
         )
 
-    def _documents(self) -> ChunkIndex | None:
+    def _documents(self) -> HybridSource | None:
         if self._document_source is None and self._open_documents is not None:
             self._document_source = self._open_documents()
-        return self._document_source
+        if self._document_source is None:
+            return None
+        embed_query, model = self._search_model() if self._search_model is not None else (None, None)
+        return HybridSource(self._document_source, embed_query, model)
 
     @Slot(int, object)
     def preview_turn(self, request_id: int, request: TurnRequest) -> None:
@@ -473,7 +478,7 @@ class LlamaWorker(QObject):
         request: ReadingRequest,
         sampling: SamplingParams,
         limits: ModelLimits,
-        source: ChunkIndex,
+        source: DocumentSource,
     ) -> None:
         docs = [
             DocumentChunks(doc_id, name, tuple(source.chunks(doc_id))) for doc_id, name in request.documents
@@ -626,8 +631,9 @@ class InferenceThread:
         engine_factory: Callable[[], Engine],
         planner: Callable[[LoadRequest], PlannedLoad] | None = None,
         documents: Callable[[], ChunkIndex] | None = None,
+        search_model: Callable[[], tuple[EmbedQuery | None, str | None]] | None = None,
     ) -> None:
-        self.worker = LlamaWorker(engine_factory, planner, documents)
+        self.worker = LlamaWorker(engine_factory, planner, documents, search_model)
         self.generating = False
         self._thread = QThread()
         self._thread.setObjectName("inference")

@@ -40,7 +40,7 @@ from app.core.downloads.transfer import CHUNK_SIZE, ResumableTransfers, make_ope
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from app.core.manifest import Build, ModelFile
+    from app.core.manifest import Downloadable, ModelFile
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +154,13 @@ class Downloader(ResumableTransfers):
 
         return str(constants.ENDPOINT)
 
-    def build_dir(self, build: Build) -> Path:
+    def build_dir(self, build: Downloadable) -> Path:
         return self.models_dir / build.id
 
-    def dest_path(self, build: Build, file: ModelFile) -> Path:
+    def dest_path(self, build: Downloadable, file: ModelFile) -> Path:
         return self.build_dir(build) / file.name
 
-    def installed(self, build: Build) -> InstalledBuild | None:
+    def installed(self, build: Downloadable) -> InstalledBuild | None:
         """The build's paths if every file is in place (files are only put there after verifying)."""
         paths = [self.dest_path(build, f) for f in build.all_files]
         for f, p in zip(build.all_files, paths, strict=True):
@@ -177,7 +177,7 @@ class Downloader(ResumableTransfers):
             build.id, self.build_dir(build), tuple(paths[:n]), paths[n] if build.projector else None
         )
 
-    def state(self, build: Build) -> BuildState:
+    def state(self, build: Downloadable) -> BuildState:
         if self.installed(build) is not None:
             return BuildState.INSTALLED
         folder = self.build_dir(build)
@@ -193,7 +193,7 @@ class Downloader(ResumableTransfers):
             return BuildState.PARTIAL
         return BuildState.ABSENT
 
-    def partial_bytes(self, build: Build) -> int:
+    def partial_bytes(self, build: Downloadable) -> int:
         total = 0
         for f in build.all_files:
             dest = self.dest_path(build, f)
@@ -202,11 +202,11 @@ class Downloader(ResumableTransfers):
                     total += p.stat().st_size
         return total
 
-    def corrupt_files(self, build: Build) -> list[Path]:
+    def corrupt_files(self, build: Downloadable) -> list[Path]:
         folder = self.build_dir(build)
         return sorted(folder.glob("*.corrupt*")) if folder.is_dir() else []
 
-    def discard_partial(self, build: Build) -> None:
+    def discard_partial(self, build: Downloadable) -> None:
         """Delete ``.part`` files and sidecars of a build (finished files stay)."""
         for f in build.all_files:
             dest = self.dest_path(build, f)
@@ -216,12 +216,12 @@ class Downloader(ResumableTransfers):
         if self.queue is not None:
             self.queue.remove(build.id)
 
-    def delete_corrupt(self, build: Build) -> None:
+    def delete_corrupt(self, build: Downloadable) -> None:
         """The user chose to re-download: remove the kept ``.corrupt`` data."""
         for p in self.corrupt_files(build):
             p.unlink()
 
-    def delete(self, build: Build) -> None:
+    def delete(self, build: Downloadable) -> None:
         """Remove the build's folder entirely (installed, partial and corrupt data)."""
         folder = self.build_dir(build)
         if folder.is_dir():
@@ -231,7 +231,7 @@ class Downloader(ResumableTransfers):
 
     # ----------------------------------------------------------------- resolve
 
-    def resolve(self, build: Build) -> ResolvedBuild:
+    def resolve(self, build: Downloadable) -> ResolvedBuild:
         """Check every file of ``build`` against the Hub; raise a :class:`DownloadError` on any problem."""
         if _env_offline():
             raise OfflineError(_OFFLINE_MODE_MESSAGE)
@@ -353,7 +353,7 @@ class Downloader(ResumableTransfers):
 
     # ----------------------------------------------------------------- download
 
-    def download(self, build: Build) -> InstalledBuild:
+    def download(self, build: Downloadable) -> InstalledBuild:
         """Resolve, check space, download and verify every file of ``build`` (blocking).
 
         Clears any earlier pause/cancel first. Raises :class:`DownloadPaused`,
