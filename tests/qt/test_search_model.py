@@ -133,8 +133,11 @@ def test_offer_accepted_downloads_converts_and_indexes(
     assert query.shape == (384,)
     assert np.isclose(np.linalg.norm(query), 1.0, atol=1e-4)
     # the question in other words finds the clause by meaning
-    hits = controller.store.chunk_index().vector_ranked(query, [ready.id], ENTRY.id, limit=3)
-    assert ANSWER in hits[0].text
+    found = HybridSource(controller.store.chunk_index(), embed_query, model).retrieve(
+        "How long do I have to move out?", [ready.id], 2000
+    )
+    assert found.note == ""  # ranked by meaning too
+    assert any(ANSWER in hit.text and "meaning" in hit.found_by for hit in found.chunks)
     # a second long document is indexed without asking again
     second = tmp_path / "second"
     second.mkdir()
@@ -187,12 +190,14 @@ def test_cancel_stops_indexing_and_keyword_search_stays(
     done, total = controller.store.chunk_index().embedding_progress(ready.id, ENTRY.id)
     assert 0 < done < total
     assert "Indexing was stopped" in controller.search.status(ready.id).tip
-    # the document is still searched: by keywords, and by meaning over what was embedded
+    # the document is still searched, by keywords, and the turn says why not by meaning
     index = controller.store.chunk_index()
-    assert "item 900" in index.ranked("Which clause is about item 900?", [ready.id])[0].text
     embed_query, model = controller.search.search_model()
-    source = HybridSource(index, embed_query, model)
-    assert source.search("How long do I have to move out?", [ready.id], 2000)
+    found = HybridSource(index, embed_query, model).retrieve(
+        "Which clause is about item 900?", [ready.id], 2000
+    )
+    assert any("item 900" in hit.text for hit in found.chunks)
+    assert found.note.startswith("Keyword search only for now")
 
 
 def test_a_killed_embedder_is_a_message_and_keyword_search_still_answers(
