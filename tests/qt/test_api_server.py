@@ -402,3 +402,64 @@ def test_no_model_loaded_is_503(make_controller) -> None:
     )
     assert status == 503
     assert body["error"]["code"] == "model_not_loaded"
+
+
+def test_the_window_shows_and_stops_an_api_answer_and_settings_turn_it_on(served, qtbot) -> None:
+    from PySide6.QtGui import QGuiApplication
+
+    from app.ui.main_window import MainWindow
+
+    controller, engine = served
+    window = MainWindow(controller)
+    qtbot.addWidget(window)
+    window.show()
+    status = window.status
+    assert status.api_label.isVisible()
+    assert status.api_label.text() == f"API on {controller.api.address}"
+
+    dialog = window.open_settings()
+    assert dialog.api_server.isChecked()
+    assert not dialog.api_host_warning.isVisible()
+    dialog.api_host.setText("0.0.0.0")
+    assert dialog.api_host_warning.isVisible()  # reachable from other computers: said so
+    dialog.api_host.setText("127.0.0.1")
+    dialog.copy_api_key.click()
+    assert QGuiApplication.clipboard().text() == controller.api.token()
+    dialog.reject()
+
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            with client(controller) as api:
+                for _chunk in api.chat.completions.create(
+                    model="tiny-llama4",
+                    messages=[{"role": "user", "content": "Go on"}],
+                    max_tokens=100_000,
+                    stream=True,
+                ):
+                    pass
+        except openai.APIError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=ask)
+    with qtbot.waitSignal(controller.api.answering_changed, timeout=60_000, check_params_cb=lambda on: on):
+        thread.start()
+    assert status.api_label.text() == "Answering an API request…"
+    assert status.stop_api_button.isVisible()
+    with qtbot.waitSignal(
+        controller.api.answering_changed, timeout=60_000, check_params_cb=lambda on: not on
+    ):
+        status.stop_api_button.click()
+    thread.join(60)
+    assert engine.last_stats.finish_reason == FinishReason.CANCELLED
+    assert len(errors) == 1
+    assert "stopped in Scout Chat" in str(errors[0])  # a 409 or an error event, whenever it came
+    assert not status.stop_api_button.isVisible()
+
+    dialog = window.open_settings()
+    dialog.api_server.setChecked(False)
+    with qtbot.waitSignal(controller.api.state_changed):
+        dialog.accept()
+    assert controller.api.address == ""
+    assert not status.api_label.isVisible()
