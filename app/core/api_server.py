@@ -10,6 +10,7 @@ this module knows nothing of Qt or llama.cpp. Prompts, answers and the token are
 
 from __future__ import annotations
 
+import base64
 import hmac
 import ipaddress
 import json
@@ -17,6 +18,7 @@ import logging
 import queue
 import select
 import socket
+import struct
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -360,7 +362,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "'input' must be a string or a list of strings.", param="input")
         if len(texts) > MAX_EMBED_INPUTS:
             raise ApiError(400, f"At most {MAX_EMBED_INPUTS} inputs per request.", param="input")
-        vectors = backend.embed(texts)
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise ApiError(400, "'encoding_format' must be float or base64.", param="encoding_format")
+        vectors: list[Any] = backend.embed(texts)
+        if encoding == "base64":  # little-endian float32, as OpenAI sends them
+            vectors = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii") for v in vectors]
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         self._json(
             200,
