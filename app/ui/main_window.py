@@ -159,6 +159,7 @@ class MainWindow(QMainWindow):
         self.status = WindowStatus(self.statusBar())
         self.status.model_clicked.connect(self._on_status_model_clicked)
         self.status.cancel_load_clicked.connect(self._on_status_cancel_load_clicked)
+        self.status.stop_api_clicked.connect(self._on_status_stop_api_clicked)
         # the bar's widgets, by name (tests and screenshots read them)
         self.model_label = self.status.model_label
         self.speed_label = self.status.speed_label
@@ -298,6 +299,9 @@ class MainWindow(QMainWindow):
         c.reading_progress.connect(self._on_conversations_reading_progress)
         c.turn_decided.connect(self._on_conversations_turn_decided)
         self.controller.notices.error_occurred.connect(self._on_notices_error_occurred)
+        self.controller.api.state_changed.connect(self._on_api_state_changed)
+        self.controller.api.answering_changed.connect(self._on_api_answering_changed)
+        self.status.set_api_server(self.controller.api.address)
 
         self.sidebar.new_chat_requested.connect(self._on_sidebar_new_chat_requested)
         self.sidebar.conversation_selected.connect(self._on_sidebar_conversation_selected)
@@ -482,6 +486,7 @@ class MainWindow(QMainWindow):
             model=self.models.model_info,
             plan=self.models.plan if self.models.model_info is not None else None,
             fixed_n_ctx=overrides.n_ctx if overrides is not None else None,
+            api_keys=self.controller.api,
         )
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.accepted.connect(self._on_settings_dialog_accepted)
@@ -743,6 +748,15 @@ class MainWindow(QMainWindow):
 
     def _on_status_cancel_load_clicked(self) -> None:
         self.models.cancel_load()
+
+    def _on_status_stop_api_clicked(self) -> None:
+        self.controller.api.stop_answer()
+
+    def _on_api_state_changed(self, address: str) -> None:
+        self.status.set_api_server(address)
+
+    def _on_api_answering_changed(self, answering: bool) -> None:
+        self.status.set_api_answering(answering)
 
     def _on_status_model_clicked(self) -> None:
         if self.models.is_remote:  # no plan for a server's model: its connection instead

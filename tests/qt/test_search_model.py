@@ -342,3 +342,32 @@ def test_the_chip_shows_indexing_progress_and_stops(
     assert chip.search_label.text() == KEYWORD_TEXT
     assert not chip.search_stop.isVisible()
     assert not chip.progress.isVisible()
+
+
+def test_the_api_server_serves_the_search_model_s_embeddings(
+    make_controller, app_paths: AppPaths, minilm_gguf: Path, qtbot
+) -> None:
+    import numpy as np
+    import openai
+
+    controller = installed_controller(make_controller, app_paths, minilm_gguf, qtbot)
+    with qtbot.waitSignal(controller.api.state_changed):
+        controller.update_settings(controller.settings.replace(api_server=True, api_port=0))
+    texts = [
+        "The tenant must leave within thirty days.",
+        "Renters have a month to move out.",
+        "Bananas are yellow.",
+    ]
+    with openai.OpenAI(
+        base_url=f"http://{controller.api.address}/v1", api_key=controller.api.token(), max_retries=0
+    ) as api:
+        assert ENTRY.id in [m.id for m in api.models.list()]
+        packed = api.embeddings.create(model=ENTRY.id, input=texts)  # the client asks for base64
+        plain = api.embeddings.create(model=ENTRY.id, input=texts, encoding_format="float")
+        with pytest.raises(openai.NotFoundError):
+            api.embeddings.create(model="no-such-model", input="x")
+    vectors = [np.array(d.embedding) for d in packed.data]
+    assert [len(v) for v in vectors] == [384, 384, 384]
+    assert np.allclose(vectors[0], plain.data[0].embedding, atol=1e-6)
+    unit = [v / np.linalg.norm(v) for v in vectors]
+    assert float(unit[0] @ unit[1]) > float(unit[0] @ unit[2]) + 0.2  # meaning, not words
