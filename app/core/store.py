@@ -9,6 +9,7 @@ attachments and chunks; splitting the class would split its transactions.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -238,6 +239,8 @@ def _migrate_to_v4(conn: sqlite3.Connection) -> None:
     conn.execute(
         "ALTER TABLE messages ADD COLUMN parent_id INTEGER REFERENCES messages (id) ON DELETE CASCADE"
     )
+    # the child shown last under each message: going back to a branch shows it as it was left
+    conn.execute("ALTER TABLE messages ADD COLUMN active_child INTEGER")
     conn.execute("ALTER TABLE conversations ADD COLUMN active_leaf INTEGER")
     conn.execute(
         """
@@ -246,6 +249,10 @@ def _migrate_to_v4(conn: sqlite3.Connection) -> None:
             WHERE p.conversation_id = messages.conversation_id AND p.id < messages.id
         )
         """
+    )
+    conn.execute(
+        "UPDATE messages SET active_child = "
+        "(SELECT min(c.id) FROM messages AS c WHERE c.parent_id = messages.id)"
     )
     conn.execute(
         """
@@ -452,7 +459,7 @@ class Store:
         sampling: dict[str, Any] | None = None,
         stats: dict[str, Any] | None = None,
         status: MessageStatus = MessageStatus.COMPLETE,
-        parent_id: int | None | Literal["active"] = "active",
+        parent_id: int | Literal["active"] | None = "active",
     ) -> StoredMessage:
         """Add a message and bump the conversation's ``updated_at``; it becomes the active leaf.
 
@@ -488,6 +495,10 @@ class Store:
             self._conn.execute(
                 "UPDATE conversations SET active_leaf = ? WHERE id = ?", (cursor.lastrowid, conversation_id)
             )
+            if parent_id is not None:
+                self._conn.execute(
+                    "UPDATE messages SET active_child = ? WHERE id = ?", (cursor.lastrowid, parent_id)
+                )
         return StoredMessage(
             cursor.lastrowid, conversation_id, role, content, now, model, sampling, stats, status, parent_id
         )
@@ -579,16 +590,31 @@ class Store:
             self._conn.execute(
                 "UPDATE conversations SET active_leaf = ? WHERE id = ?", (message_id, conversation_id)
             )
+            if message_id is not None:  # each message on the path remembers the child shown
+                path = [m.id for m in self.messages(conversation_id)]
+                self._conn.executemany(
+                    "UPDATE messages SET active_child = ? WHERE id = ? AND active_child IS NOT ?",
+                    [(child, parent, child) for parent, child in itertools.pairwise(path)],
+                )
 
     def activate(self, message_id: int) -> int:
-        """Show a branch through ``message_id``: below it, the newest child at each step.
-        Returns the new active leaf."""
+        """Show a branch through ``message_id``: below it, at each step, the child shown last
+        (the newest one if none was). Returns the new active leaf."""
         found = self._query("SELECT conversation_id FROM messages WHERE id = ?", (message_id,))
         if not found:
             raise ValueError(f"no message with id {message_id}")
         leaf = message_id
         while True:
-            child = self._query("SELECT max(id) FROM messages WHERE parent_id = ?", (leaf,))
+            child = self._query(
+                """
+                SELECT coalesce(
+                    (SELECT c.id FROM messages AS c, messages AS p
+                     WHERE p.id = ?1 AND c.id = p.active_child AND c.parent_id = p.id),
+                    (SELECT max(id) FROM messages WHERE parent_id = ?1)
+                )
+                """,
+                (leaf,),
+            )
             if not child or child[0][0] is None:
                 break
             leaf = int(child[0][0])
@@ -711,18 +737,31 @@ class Store:
         return [a for a in self.attachments(conversation_id) if a.message_id is None]
 
     def message_attachments(self, message_ids: Sequence[int]) -> dict[int, list[Attachment]]:
+        """The attachments each message was sent with, by message id. A message made by editing
+        another (``stats["edited_from"]``: the first message of the edits) has that one's."""
         out: dict[int, list[Attachment]] = {}
         if not message_ids:
             return out
         marks = ",".join("?" * len(message_ids))
+        owners: dict[int, list[int]] = {}
+        for message_id, origin in self._query(
+            f"SELECT id, json_extract(stats, '$.edited_from') FROM messages WHERE id IN ({marks})",
+            tuple(message_ids),
+        ):
+            owner = int(origin) if isinstance(origin, int) else int(message_id)
+            owners.setdefault(owner, []).append(int(message_id))
+        if not owners:
+            return out
+        marks = ",".join("?" * len(owners))
         rows = self._query(
             f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE message_id IN ({marks}) ORDER BY id",
-            tuple(message_ids),
+            tuple(owners),
         )
         for row in rows:
             attachment = _attachment(row)
             assert attachment.message_id is not None
-            out.setdefault(attachment.message_id, []).append(attachment)
+            for message_id in owners[attachment.message_id]:
+                out.setdefault(message_id, []).append(attachment)
         return out
 
     def delete_attachment(self, attachment_id: int) -> None:

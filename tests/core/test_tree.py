@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 import pytest
 
 from app.config import kv_state_files
-from app.core.chunking import Chunk
 from app.core.store import MIGRATIONS, SCHEMA_VERSION, Store
 
 if TYPE_CHECKING:
@@ -120,9 +119,18 @@ def _old_database(path: Path) -> None:
         ]
         for mid, cid, role, content, status in rows:
             conn.execute(
-                "INSERT INTO messages (id, conversation_id, role, content, created_at, model, sampling, stats, "
-                "status) VALUES (?, ?, ?, ?, ?, 'tiny', '{\"temperature\":0.6}', ?, ?)",
-                (mid, cid, role, content, 300.0 + mid, json.dumps({"tokens_per_s": 5.0}), status),
+                "INSERT INTO messages (id, conversation_id, role, content, created_at, model, sampling, "
+                "stats, status) VALUES (?, ?, ?, ?, ?, 'tiny', ?, ?, ?)",
+                (
+                    mid,
+                    cid,
+                    role,
+                    content,
+                    300.0 + mid,
+                    '{"temperature":0.6}',
+                    json.dumps({"tokens_per_s": 5.0}),
+                    status,
+                ),
             )
         conn.execute(
             "INSERT INTO attachments (id, conversation_id, message_id, kind, name, path, sha256, meta, "
@@ -143,7 +151,9 @@ def test_a_linear_database_migrates_to_trees_losing_nothing(tmp_path: Path) -> N
     kv_file = kv_dir / "conversation-2-abcdef.llamastate"
     kv_file.write_bytes(b"saved KV cells")
     with closing(sqlite3.connect(str(db))) as conn:
-        before = conn.execute("SELECT id, conversation_id, role, content, sampling, stats FROM messages").fetchall()
+        before = conn.execute(
+            "SELECT id, conversation_id, role, content, sampling, stats FROM messages"
+        ).fetchall()
 
     with Store(db) as store:
         assert store.user_version() == SCHEMA_VERSION >= TREE_VERSION
@@ -154,7 +164,8 @@ def test_a_linear_database_migrates_to_trees_losing_nothing(tmp_path: Path) -> N
         assert trip[-1].status == "interrupted"  # left streaming: recovered as before
         report = store.messages(2)
         assert [(m.id, m.parent_id) for m in report] == [(3, None), (5, 3), (6, 5)]
-        assert store.active_leaf(1) == 7 and store.active_leaf(2) == 6
+        assert store.active_leaf(1) == 7
+        assert store.active_leaf(2) == 6
         assert [c.title for c in store.list_conversations()] == ["Report", "Trip"]  # updated_at kept
         # attachments, chunks and the search index still answer
         assert [a.name for a in store.message_attachments([3])[3]] == ["report.txt"]
