@@ -504,9 +504,10 @@ class MainWindow(QMainWindow):
             self.start_edit(last_user.message_id)
 
     def start_edit(self, message_id: int) -> None:
-        """Put a user message in the composer; sending it makes a new branch beside it."""
+        """Put a message in the composer; sending it makes a new branch beside it (an edited
+        question is answered; an edited answer is kept as written)."""
         widget = self.chat_view.message_widget(message_id)
-        if widget is None or widget.role != "user" or self._busy:
+        if widget is None or widget.role not in ("user", "assistant") or self._busy:
             return
         self._editing_message = message_id
         self.composer.begin_edit(widget.text)
@@ -743,8 +744,11 @@ class MainWindow(QMainWindow):
 
     def _on_composer_edit_requested(self, text: str) -> None:
         message_id, self._editing_message = self._editing_message, None
+        widget = self.chat_view.message_widget(message_id) if message_id is not None else None
         if message_id is None:
             self.conversations.edit_last_user_message(text)
+        elif widget is not None and widget.role == "assistant":
+            self.conversations.edit_answer(message_id, text)  # kept as written: no new answer
         else:
             self.conversations.edit_message(message_id, text)
 

@@ -311,6 +311,7 @@ class MessageWidget(QFrame):
         outer.addWidget(self.error_label)
         self.actions_row.addWidget(self.branch_box)
         self.actions_row.addWidget(self.copy_button)
+        self.actions_row.addWidget(self.edit_button)
         self.actions_row.addWidget(self.regenerate_button)
         self.actions_row.addWidget(self.sources_button)
         self.actions_row.addSpacing(6)
@@ -501,7 +502,9 @@ class MessageWidget(QFrame):
         return " · ".join(parts)
 
     def set_actions(self, *, can_edit: bool, can_regenerate: bool, can_switch: bool = True) -> None:
-        self.edit_button.setVisible(self.role == "user" and can_edit)
+        streaming = self.status == MessageStatus.STREAMING
+        self.edit_button.setVisible(can_edit and not streaming)
+        self.edit_button.setToolTip("Edit and resend" if self.role == "user" else "Edit this answer")
         self.regenerate_button.setVisible(self.role == "assistant" and can_regenerate)
         position = self.branch_position
         self.branch_prev.setEnabled(can_switch and position is not None and position[0] > 1)

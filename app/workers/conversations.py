@@ -551,6 +551,30 @@ class ConversationController(QObject):
         origin = old.stats.get("edited_from")
         self._send(text, old.parent_id, origin if isinstance(origin, int) else old.id)
 
+    def edit_answer(self, message_id: int, text: str) -> None:
+        """Keep ``text`` as the answer ``message_id`` (the user fixed it): a new branch beside it,
+        marked ``stats["edited"]``; the model's answer stays one ‹ away."""
+        text = text.strip()
+        if not text or self.is_busy or self._conversation_id is None:
+            return
+        path = self._store.messages(self._conversation_id)
+        index = next((i for i, m in enumerate(path) if m.id == message_id), None)
+        if index is None or path[index].role != Role.ASSISTANT.value:
+            return
+        old = path[index]
+        anchor = _branch_anchor(path, index)
+        edited = self._store.add_message(
+            self._conversation_id,
+            Role.ASSISTANT.value,
+            text,
+            model=old.model,
+            sampling=old.sampling,
+            stats={"edited": True, "edited_from": old.id},
+            parent_id=anchor.parent_id,
+        )
+        self._show_path(edited.id)
+        self._announce(self._conversation_id)
+
     def edit_last_user_message(self, text: str) -> None:
         if self._conversation_id is None:
             return

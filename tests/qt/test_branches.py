@@ -152,3 +152,24 @@ def test_the_next_answer_after_a_switch_reads_only_from_the_branch_point(qtbot, 
     assert (
         stats.prompt_tokens - stats.prompt_tokens_evaluated >= len(" ".join(m.content for m in shared)) // 8
     )
+
+
+def test_an_edited_answer_is_a_branch_and_the_next_turn_sees_it(qtbot, window: MainWindow) -> None:
+    chats = window.conversations
+    _send(qtbot, window, "what is two plus two")
+    answer = _widget(window, "assistant", 0)
+    model_text = answer.text
+    qtbot.mouseClick(answer.edit_button, Qt.MouseButton.LeftButton)
+    assert window.composer.text() == model_text
+    with qtbot.waitSignal(chats.path_changed, timeout=5000):
+        window.composer.set_text("Four.")
+        qtbot.keyClick(window.composer.edit, Qt.Key.Key_Return)
+    assert not chats.is_busy  # kept as written, nothing generated
+    edited = _widget(window, "assistant", 0)
+    assert (edited.text, edited.branch_label.text()) == ("Four.", "2/2")
+    assert chats.store.get_message(edited.message_id).stats["edited"] is True
+    _send(qtbot, window, "and three plus three")
+    turn = chats.messages()
+    assert [m.content for m in turn[:2]] == ["what is two plus two", "Four."]
+    qtbot.mouseClick(_widget(window, "assistant", 0).branch_prev, Qt.MouseButton.LeftButton)
+    assert _widget(window, "assistant", 0).text == model_text
