@@ -92,7 +92,9 @@ class McpHub:
     def start(self, config: McpServerConfig) -> list[ToolSpec]:
         return self.start_async(config).result(START_TIMEOUT_S + 10)
 
-    def call_async(self, server: str, tool: str, arguments: dict[str, Any]) -> concurrent.futures.Future[ToolResult]:
+    def call_async(
+        self, server: str, tool: str, arguments: dict[str, Any]
+    ) -> concurrent.futures.Future[ToolResult]:
         future: concurrent.futures.Future[ToolResult] = concurrent.futures.Future()
         entry = self._servers.get(server)
         if entry is None or not entry.alive or self._loop is None:
@@ -117,7 +119,7 @@ class McpHub:
         for name in list(self._servers):
             try:
                 self.stop(name)
-            except Exception:  # noqa: BLE001 - shutting down: log and go on
+            except Exception:  # shutting down: log and go on
                 log.exception("stopping the tool server %s", name)
         loop, thread = self._loop, self._thread
         loop.call_soon_threadsafe(loop.stop)
@@ -166,25 +168,28 @@ class McpHub:
         log.info("starting the tool server %s: %s", config.name, config.describe())
         try:
             with server.stderr_path.open("w", encoding="utf-8", errors="replace") as errlog:
-                async with stdio_client(params, errlog=errlog) as (read, write):
-                    async with ClientSession(read, write) as session:
-                        await session.initialize()
-                        listed = await session.list_tools()
-                        server.tools = [
-                            ToolSpec(config.name, t.name, t.description or "", dict(t.input_schema))
-                            for t in listed.tools
-                        ]
-                        server.alive = True
-                        ready.set_result(list(server.tools))
-                        await self._serve_calls(server, session)
-        except BaseException as exc:  # noqa: BLE001 - the SDK raises exception groups; reported
+                async with (
+                    stdio_client(params, errlog=errlog) as (read, write),
+                    ClientSession(read, write) as session,
+                ):
+                    await session.initialize()
+                    listed = await session.list_tools()
+                    server.tools = [
+                        ToolSpec(config.name, t.name, t.description or "", dict(t.input_schema))
+                        for t in listed.tools
+                    ]
+                    server.alive = True
+                    ready.set_result(list(server.tools))
+                    await self._serve_calls(server, session)
+        except BaseException as exc:  # the SDK raises exception groups; reported, then re-raised if cancelled
             server.alive = False
             message = _describe(exc)
             log.warning("tool server %s ended: %s", config.name, message)
             if not ready.done():
                 ready.set_exception(
                     ToolServerError(
-                        f"The tool server {config.name!r} could not start: {message}", _tail(server.stderr_path)
+                        f"The tool server {config.name!r} could not start: {message}",
+                        _tail(server.stderr_path),
                     )
                 )
             if isinstance(exc, asyncio.CancelledError):
@@ -241,8 +246,8 @@ def _result_text(result: Any) -> str:
 
 def _describe(exc: BaseException) -> str:
     """The innermost useful message of an exception (group)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
+    while getattr(exc, "exceptions", None):  # an ExceptionGroup (anyio's task groups)
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
     if isinstance(exc, FileNotFoundError):
         return f"the program {exc.filename or ''!s} was not found".replace("  ", " ")
     text = str(exc).strip()

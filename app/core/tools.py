@@ -115,7 +115,9 @@ def parse_mcp_servers(text: str) -> list[McpServerConfig]:
         if not isinstance(entry, dict):
             raise ToolConfigError(f"{where}: expected an object with a command.")
         if "url" in entry and "command" not in entry:
-            raise ToolConfigError(f"{where}: only servers started by a command (stdio) are supported, not URLs.")
+            raise ToolConfigError(
+                f"{where}: only servers started by a command (stdio) are supported, not URLs."
+            )
         command = entry.get("command")
         if not isinstance(command, str) or not command.strip():
             raise ToolConfigError(f'{where}: "command" must be the program to start.')
@@ -261,7 +263,9 @@ def cap_result(text: str, limit: int = RESULT_LIMIT) -> tuple[str, bool]:
 
 
 def denied_result(call: ToolCall) -> str:
-    return f"The user denied the call to {call.name}. Do not call it again for this question; answer without it."
+    return (
+        f"The user denied the call to {call.name}. Do not call it again for this question; answer without it."
+    )
 
 
 def failed_result(call: ToolCall, message: str) -> str:

@@ -13,11 +13,17 @@ ADD = ToolSpec(
     "calc",
     "add",
     "Add two numbers.",
-    {"title": "addArguments", "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}},
+    {
+        "title": "addArguments",
+        "type": "object",
+        "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+    },
 )
 
 # Recorded from Llama 4 Scout (Q4_K_M) answering "what is 2+3? use the tool" with the tool section
 # above, and the pythonic form its model card documents.
+# fmt: off
+# ruff: noqa: E501
 RECORDED = [
     ('{"name": "add", "parameters": {"a": 2, "b": 3}}', ToolCall("add", {"a": 2, "b": 3})),
     ('<|python_start|>{"name": "add", "parameters": {"a": 2, "b": 3}}<|python_end|>', ToolCall("add", {"a": 2, "b": 3})),
@@ -26,15 +32,18 @@ RECORDED = [
     ('{"type": "function", "function": {"name": "add", "arguments": "{\\"a\\": 2, \\"b\\": 3}"}}', ToolCall("add", {"a": 2, "b": 3})),
     ("[add(a=2, b=3)]", ToolCall("add", {"a": 2, "b": 3})),
     ("add(a=2, b=3)", ToolCall("add", {"a": 2, "b": 3})),
-    ('```json\n{"name": "read_note", "parameters": {"name": "../../etc/passwd"}}\n```', ToolCall("read_note", {"name": "../../etc/passwd"})),
+    ('```json\n{"name": "read_note", "parameters": {"name": "../../etc/passwd"}}\n```',
+     ToolCall("read_note", {"name": "../../etc/passwd"})),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(("text", "expected"), RECORDED)
 def test_tool_calls_are_parsed(text: str, expected: ToolCall) -> None:
     call = tools.parse_tool_call(text)
     assert call == expected
-    assert call is not None and call.arguments == expected.arguments
+    assert call is not None
+    assert call.arguments == expected.arguments
 
 
 @pytest.mark.parametrize(
@@ -69,7 +78,10 @@ def test_tool_prompt_uses_llama4_wording_and_schema() -> None:
         "function": {
             "name": "add",
             "description": "Add two numbers.",
-            "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}},
+            "parameters": {
+                "type": "object",
+                "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+            },
         },
     }
     assert tools.with_tools("You are Scout.", []) == "You are Scout."
@@ -87,7 +99,11 @@ def test_mcp_servers_json_in_claude_desktop_shape() -> None:
     pasted = json.dumps(
         {
             "mcpServers": {
-                "notes": {"command": "python", "args": ["server.py"], "env": {"NOTES_DIR": "/n", "API_TOKEN": "s3cr3t"}},
+                "notes": {
+                    "command": "python",
+                    "args": ["server.py"],
+                    "env": {"NOTES_DIR": "/n", "API_TOKEN": "s3cr3t"},
+                },
                 "time": {"command": "uvx", "args": ["mcp-server-time"]},
             }
         }
@@ -117,7 +133,7 @@ def test_mcp_servers_json_in_claude_desktop_shape() -> None:
     ],
 )
 def test_bad_servers_json_says_what_is_wrong(text: str, words: str) -> None:
-    with pytest.raises(ToolConfigError, match=".*") as info:
+    with pytest.raises(ToolConfigError, match=r"\w") as info:
         tools.parse_mcp_servers(text)
     assert words in info.value.message
 
