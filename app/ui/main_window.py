@@ -490,6 +490,7 @@ class MainWindow(QMainWindow):
             plan=self.models.plan if self.models.model_info is not None else None,
             fixed_n_ctx=overrides.n_ctx if overrides is not None else None,
             api_keys=self.controller.api,
+            tool_servers=self.controller.tools,
         )
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.accepted.connect(self._on_settings_dialog_accepted)

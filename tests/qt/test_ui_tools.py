@@ -213,3 +213,28 @@ def test_nothing_starts_while_tools_are_off(qtbot, setup, engine) -> None:
         controller.conversations.send("What is 2 + 3?")
     assert "function" not in engine.seen[-1][0].content
     assert not controller.tools.hub.started
+
+
+def test_settings_tools_pasted_json_turned_on_starts_the_server(qtbot, setup, tmp_path: Path) -> None:
+    controller, window = setup(enabled=False)
+    dialog = window.open_settings()
+    section = dialog.tools
+    section.editor.setPlainText("{ not json")
+    assert section.error.isVisible()
+    dialog.accept()  # refused: the error stays under the editor
+    assert dialog.isVisible()
+    section.editor.setPlainText(servers_json(tmp_path))
+    assert not section.error.isVisible()
+    item = section.list.item(0)
+    assert item.text().startswith("notes")
+    assert "tok-very-secret-42" not in item.text()
+    with qtbot.waitSignal(
+        controller.tools.servers_changed,
+        timeout=30000,
+        check_params_cb=lambda: bool(controller.tools.tools()),
+    ):
+        item.setCheckState(Qt.CheckState.Checked)
+        dialog.accept()
+    assert controller.settings.tools_enabled == ("notes",)
+    assert controller.tools.status("notes")[0] == "on"
+    assert controller.tools.hub.running() == ["notes"]
