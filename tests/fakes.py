@@ -109,8 +109,11 @@ class FakeEngine:
             context_used=prompt + produced,
             finish_reason=finish,
         )
-        if self.hold:  # the window can be looked at while an answer is being written
-            cancel.wait(10)
+        # hold: the answer stays open (the window can be looked at while it is written) until it
+        # is stopped, or a test sets hold back to False (it then ends as it would have)
+        waited = 0
+        while self.hold and waited < 1000 and not cancel.wait(0.01):
+            waited += 1
 
 
 def turn_request(messages: Sequence[ChatMessage], *, max_tokens: int = 64) -> TurnRequest:

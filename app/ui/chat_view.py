@@ -35,10 +35,12 @@ from app.core.store import MessageStatus
 from app.core.types import FinishReason
 from app.ui import theme
 from app.ui.message_widget import MessageWidget, NoticeWidget
+from app.ui.queue_panel import QueuePanel
 
 if TYPE_CHECKING:
     from app.core.store import Attachment
     from app.core.types import GenerationStats
+    from app.workers.conversations import MessageQueue
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,8 @@ class ChatView(QWidget):
         self.column_layout = QVBoxLayout(self.column)
         self.column_layout.setContentsMargins(0, 0, 0, 0)
         self.column_layout.setSpacing(6)
+        self.queue_panel = QueuePanel()  # messages sent while the answer is written, under it
+        self.column_layout.addWidget(self.queue_panel)
         self.column_layout.addStretch(1)
         canvas_layout.addWidget(self.column, 100)
         canvas_layout.addStretch(1)
@@ -232,6 +236,14 @@ class ChatView(QWidget):
             self._stick_to_bottom = False
             self._focus = focus
             self._focus_timer.start()
+
+    def set_queue(self, queue: MessageQueue | None) -> None:
+        """The messages waiting to be sent after the answer (None: none)."""
+        at_bottom = self._stick_to_bottom
+        self.queue_panel.set_queue(queue)
+        if at_bottom:
+            self._stick_to_bottom = True
+            self.scroll_to_bottom()
 
     def set_branches(self, positions: dict[int, tuple[int, int]]) -> None:
         """Which messages have branches beside them: message id → (its place from 1, how many)."""
@@ -370,7 +382,7 @@ class ChatView(QWidget):
             return  # system prompts are not shown in the conversation
         self._widgets[message.id] = widget
         self._order.append(message.id)
-        self.column_layout.insertWidget(self.column_layout.count() - 1, widget)
+        self.column_layout.insertWidget(self.column_layout.count() - 2, widget)  # above the queue
 
     def _refresh_actions(self) -> None:
         """Any user message can be edited and any answer written again (each a new branch), and

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from app.ui.servers_dialog import ServersDialog
     from app.ui.welcome import WelcomePage
     from app.workers.controller import AppController
+    from app.workers.conversations import MessageQueue
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class MainWindow(QMainWindow):
         self.reading_read_button: object = None
         self._busy = False
         self._editing_message: int | None = None  # the user message the composer is editing
+        self._editing_queued: int | None = None  # the queued message the composer is editing
         self._conversation_id: int | None = None
         self.setWindowTitle("Scout Chat")
         self.setWindowIcon(theme.app_icon())
@@ -300,6 +302,7 @@ class MainWindow(QMainWindow):
         c.reading_offered.connect(self._on_conversations_reading_offered)
         c.reading_progress.connect(self._on_conversations_reading_progress)
         c.turn_decided.connect(self._on_conversations_turn_decided)
+        c.queue_changed.connect(self._on_conversations_queue_changed)
         self.controller.notices.error_occurred.connect(self._on_notices_error_occurred)
         self.controller.api.state_changed.connect(self._on_api_state_changed)
         self.controller.api.answering_changed.connect(self._on_api_answering_changed)
@@ -311,6 +314,7 @@ class MainWindow(QMainWindow):
         self.sidebar.delete_requested.connect(self._on_sidebar_delete_requested)
         self.composer.send_requested.connect(self._on_composer_send_requested)
         self.composer.edit_requested.connect(self._on_composer_edit_requested)
+        self.composer.edit_cancelled.connect(self._on_composer_edit_cancelled)
         self.composer.stop_requested.connect(self._on_composer_stop_requested)
         self.composer.read_whole_requested.connect(self._on_composer_read_whole_requested)
         self.chat_view.open_model_requested.connect(self._on_chat_view_open_model_requested)
@@ -318,6 +322,10 @@ class MainWindow(QMainWindow):
         self.chat_view.regenerate_requested.connect(self._on_chat_view_regenerate_requested)
         self.chat_view.branch_requested.connect(self._on_chat_view_branch_requested)
         self.chat_view.copied.connect(self._on_chat_view_copied)
+        queue = self.chat_view.queue_panel
+        queue.edit_requested.connect(self._on_queue_panel_edit_requested)
+        queue.cancel_requested.connect(self._on_queue_panel_cancel_requested)
+        queue.resume_requested.connect(self._on_queue_panel_resume_requested)
 
     # -- public API -------------------------------------------------------------------------
     def open_plan_panel(self) -> PlanPanel:
@@ -514,6 +522,7 @@ class MainWindow(QMainWindow):
         widget = self.chat_view.message_widget(message_id)
         if widget is None or widget.role not in ("user", "assistant") or self._busy:
             return
+        self._on_composer_edit_cancelled()  # a queued message being edited stays as it was
         self._editing_message = message_id
         self.composer.begin_edit(widget.text)
 
@@ -747,7 +756,42 @@ class MainWindow(QMainWindow):
     def _on_composer_send_requested(self, text: str) -> None:
         self.conversations.send(text)
 
+    def _on_conversations_queue_changed(self, queue: MessageQueue | None) -> None:
+        self.chat_view.set_queue(queue)
+        if self._editing_queued is not None and (
+            queue is None or all(item.id != self._editing_queued for item in queue.items)
+        ):
+            self._editing_queued = None  # it went out or was cancelled meanwhile
+            self.composer.cancel_edit()
+
+    def _on_queue_panel_edit_requested(self, item_id: int) -> None:
+        queue = self.conversations.queue()
+        item = next((i for i in queue.items if i.id == item_id), None) if queue else None
+        if item is None:
+            return
+        self._editing_message = None
+        self._editing_queued = item_id
+        self.conversations.hold_queued(item_id)
+        self.composer.begin_edit(
+            item.text, "Editing a queued message — Enter keeps it in its place, Esc leaves it as it was"
+        )
+
+    def _on_queue_panel_cancel_requested(self, item_id: int) -> None:
+        self.conversations.cancel_queued(item_id)
+
+    def _on_queue_panel_resume_requested(self) -> None:
+        self.conversations.resume_queue()
+
+    def _on_composer_edit_cancelled(self) -> None:
+        if self._editing_queued is not None:
+            self._editing_queued = None
+            self.conversations.hold_queued(None)
+
     def _on_composer_edit_requested(self, text: str) -> None:
+        if self._editing_queued is not None:
+            item_id, self._editing_queued = self._editing_queued, None
+            self.conversations.edit_queued(item_id, text)
+            return
         message_id, self._editing_message = self._editing_message, None
         widget = self.chat_view.message_widget(message_id) if message_id is not None else None
         if message_id is None:

@@ -8,8 +8,11 @@ ignores results whose ``gen_id`` is stale.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from PySide6.QtCore import QObject, Signal, Slot
@@ -38,6 +41,25 @@ MIN_TOKENS_MEASURED = 64  # a prompt this long measures the prompt speed well en
 DEFAULT_READING_QUESTION = "Summarize the whole document."
 
 
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A message sent while an answer was being written: it waits and goes out when the answer
+    ends. ``id`` is the queue's own (it is not stored until it is sent)."""
+
+    id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class MessageQueue:
+    """The messages waiting in one conversation, in order. ``paused``: the answer before them was
+    stopped or failed, so they wait for the user (Resume) instead of going out by themselves."""
+
+    conversation_id: int
+    items: tuple[QueuedMessage, ...] = ()
+    paused: str = ""  # why they wait ("" while they go out when the answer ends)
+
+
 class ConversationController(QObject):
     """Signals:
     conversations_changed(): the sidebar should reload ``conversations()``.
@@ -59,6 +81,8 @@ class ConversationController(QObject):
     reading_progress(int, int, int): answer message id, parts read, parts in all.
     path_changed(int, list, int): conversation id, the new active path (list[StoredMessage]), the
         message to keep in view: another branch is shown.
+    queue_changed(object): the MessageQueue of the conversation shown (messages sent while an
+        answer was being written).
     """
 
     conversations_changed = Signal()
@@ -77,6 +101,7 @@ class ConversationController(QObject):
     reading_offered = Signal(object)
     reading_progress = Signal(int, int, int)
     path_changed = Signal(int, list, int)
+    queue_changed = Signal(object)
 
     # commands to the worker (queued across threads)
     answer_requested = Signal(int, object, object)
@@ -114,6 +139,9 @@ class ConversationController(QObject):
         self._offer: reading.ReadingOffer | None = None  # asked, not answered yet
         self._force_offer = False  # the user asked to read whole (not just an aggregate question)
         self._speeds: reading.Speeds | None = None  # measured by the last answers
+        self._queues: dict[int, MessageQueue] = {}  # conversation id → messages waiting
+        self._queue_ids = itertools.count(1)
+        self._queue_editing: int | None = None  # a queued message open in the composer: it waits
 
         worker = inference.worker
         self.read_requested.connect(worker.read_whole)
@@ -163,6 +191,7 @@ class ConversationController(QObject):
             self.stop()
         self._conversation_id = None
         self.conversation_opened.emit(0, [])
+        self.queue_changed.emit(None)
         self.context_changed.emit(0, self._models.n_ctx)
 
     def open_conversation(self, conversation_id: int) -> None:
@@ -174,6 +203,7 @@ class ConversationController(QObject):
         self._conversation_id = conversation_id
         self._preferences.remember(last_conversation=conversation_id)
         self.conversation_opened.emit(conversation_id, self._store.messages(conversation_id))
+        self.queue_changed.emit(self._queues.get(conversation_id))
         self._restore_kv(conversation_id)
         self.refresh_preview()
 
@@ -197,7 +227,9 @@ class ConversationController(QObject):
                 self.stop()
             self._conversation_id = None
             self.conversation_opened.emit(0, [])
+            self.queue_changed.emit(None)
         self._store.delete_conversation(conversation_id)
+        self._queues.pop(conversation_id, None)
         for stale in self._paths.kv_state_files(conversation_id):
             stale.unlink(missing_ok=True)
         self.conversations_changed.emit()
@@ -256,8 +288,94 @@ class ConversationController(QObject):
         self.preview_requested.emit(self._preview_id, self._turn_request(self._conversation_id, draft=""))
 
     def send(self, text: str) -> None:
-        """Send ``text`` after the last message of the branch shown."""
+        """Send ``text`` after the last message of the branch shown. While an answer is being
+        written it is queued instead, and goes out when that answer ends (:meth:`queue`)."""
+        if self.is_busy and self._answering is not None and self._answering == self._conversation_id:
+            self._enqueue(self._answering, text)
+            return
         self._send(text, "active", None)
+
+    # -- the queue: messages sent while an answer is being written -------------------------------
+    def queue(self) -> MessageQueue | None:
+        """The messages waiting in the conversation shown (None: none)."""
+        if self._conversation_id is None:
+            return None
+        return self._queues.get(self._conversation_id)
+
+    def _enqueue(self, conversation_id: int, text: str) -> None:
+        text = text.strip()
+        if not text:
+            return
+        queue = self._queues.get(conversation_id, MessageQueue(conversation_id))
+        item = QueuedMessage(next(self._queue_ids), text)
+        self._set_queue(dataclasses.replace(queue, items=(*queue.items, item)))
+
+    def _set_queue(self, queue: MessageQueue) -> None:
+        if queue.items:
+            self._queues[queue.conversation_id] = queue
+        else:
+            self._queues.pop(queue.conversation_id, None)
+        if queue.conversation_id == self._conversation_id:
+            self.queue_changed.emit(queue if queue.items else None)
+
+    def edit_queued(self, item_id: int, text: str) -> None:
+        """Replace the text of a queued message (empty text: take it out of the queue)."""
+        if self._queue_editing == item_id:
+            self._queue_editing = None
+        queue = self.queue()
+        if queue is None:
+            return
+        text = text.strip()
+        items = tuple(
+            QueuedMessage(i.id, text) if i.id == item_id else i
+            for i in queue.items
+            if i.id != item_id or text
+        )
+        self._set_queue(dataclasses.replace(queue, items=items))
+        self._drain_queue()
+
+    def cancel_queued(self, item_id: int) -> None:
+        """Take a queued message out of the queue: it is never sent."""
+        self.edit_queued(item_id, "")
+
+    def hold_queued(self, item_id: int | None) -> None:
+        """``item_id`` is being edited in the composer: it (and those after it) wait until the
+        edit is kept or cancelled. None: the edit ended without a change."""
+        self._queue_editing = item_id
+        if item_id is None:
+            self._drain_queue()
+
+    def resume_queue(self) -> None:
+        """Send the messages of a paused queue (the answer before them was stopped or failed)."""
+        queue = self.queue()
+        if queue is None:
+            return
+        self._set_queue(dataclasses.replace(queue, paused=""))
+        self._drain_queue()
+
+    def _pause_queue(self, conversation_id: int | None, why: str) -> None:
+        queue = self._queues.get(conversation_id) if conversation_id is not None else None
+        if queue is not None:
+            self._set_queue(dataclasses.replace(queue, paused=why))
+
+    def _drain_queue(self) -> None:
+        """The answer ended: send the first queued message of the conversation shown, unless the
+        queue is paused, its first message is being edited, or another answer is on its way."""
+        queue = self.queue()
+        if queue is None or queue.paused or self.is_busy or self._closed:
+            return
+        first = queue.items[0]
+        if self._queue_editing == first.id:
+            return
+        self._set_queue(dataclasses.replace(queue, items=queue.items[1:]))
+        self._send(first.text, "active", None)
+        if not self.is_busy:  # it could not go (attachments not ready, no model): it waits again
+            queue = self._queues.get(queue.conversation_id, MessageQueue(queue.conversation_id))
+            self._set_queue(
+                dataclasses.replace(
+                    queue, items=(first, *queue.items), paused="It could not be sent; see the message above."
+                )
+            )
 
     def _send(self, text: str, parent: int | Literal["active"] | None, edited_from: int | None) -> None:
         """Store the user's message under ``parent`` (a branch beside its other children) and
@@ -441,8 +559,10 @@ class ConversationController(QObject):
     def stop(self) -> None:
         if self._offer is not None:  # Stop while asked whether to read: no answer
             self._offer = None
+            conversation_id = self._answering
             self._end_answer()
             self.busy_changed.emit(False)
+            self._pause_queue(conversation_id, "The answer was stopped, so these wait: Resume sends them.")
             return
         self._inference.cancel_generation()
 
@@ -687,6 +807,10 @@ class ConversationController(QObject):
             self.save_session_requested.emit(conversation_id, str(self._paths.kv_state_dir))
         self.busy_changed.emit(False)
         self._announce(conversation_id)
+        if cancelled:
+            self._pause_queue(conversation_id, "The answer was stopped, so these wait: Resume sends them.")
+        elif self._shown(conversation_id):
+            self._drain_queue()
 
     @Slot(str, str)
     def _on_worker_engine_stopped(self, _message: str, _detail: str) -> None:
@@ -714,6 +838,7 @@ class ConversationController(QObject):
         self._streaming_text = []
         self.generation_failed.emit(message_id or 0, message, detail)
         self.busy_changed.emit(False)
+        self._pause_queue(conversation_id, "The answer failed, so these wait: Resume sends them.")
 
     def _add_answer(
         self,
