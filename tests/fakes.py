@@ -39,6 +39,7 @@ class FakeEngine:
         self._info: ModelInfo | None = None
         self._stats = GenerationStats()
         self.seen: list[list[ChatMessage]] = []
+        self.continued: list[bool] = []  # per answer: was it Continue (the last message carried on)
         self.hold = False  # True: after its pieces the answer stays open until it is stopped
 
     @property
@@ -83,8 +84,11 @@ class FakeEngine:
         sampling: SamplingParams,
         cancel: threading.Event,
         on_prompt_progress: Callable[[int, int], None] | None = None,
+        *,
+        continue_last: bool = False,
     ) -> Iterator[str]:
         self.seen.append(list(messages))
+        self.continued.append(continue_last)
         prompt = self.count_chat_tokens(messages)
         if on_prompt_progress:
             on_prompt_progress(prompt, prompt)

@@ -90,6 +90,7 @@ class ChatView(QWidget):
     Signals:
         open_model_requested(): the empty state's "Open a GGUF model file…" button.
         edit_requested(int): message id of the user message to edit (sent as a new branch).
+        continue_requested(int): message id of the stopped or cut-off answer to continue.
         regenerate_requested(int): message id of the answer to write again (a new branch).
         branch_requested(int, int): message id, step (-1, +1): show the branch beside it.
         copied(str): what was copied, for a status message ("message" or "code").
@@ -100,6 +101,7 @@ class ChatView(QWidget):
     open_model_requested = Signal()
     edit_requested = Signal(int)
     regenerate_requested = Signal(int)
+    continue_requested = Signal(int)
     branch_requested = Signal(int, int)
     copied = Signal(str)
     citation_clicked = Signal(int, int)
@@ -290,6 +292,13 @@ class ChatView(QWidget):
                     self._pending.setdefault(message_id, [])
                     self._update_timer.start()
 
+    def resume_message(self, message_id: int) -> None:
+        """The answer is being continued: it streams again (Continue)."""
+        widget = self._widgets.get(message_id)
+        if isinstance(widget, MessageWidget):
+            widget.resume()
+        self._refresh_actions()
+
     def set_reading_progress(self, message_id: int, done: int, total: int) -> None:
         """An answer whose document is being read in parts: part ``done`` of ``total``."""
         widget = self._widgets.get(message_id)
@@ -374,6 +383,7 @@ class ChatView(QWidget):
             widget.copy_requested.connect(self._on_message_copy_requested)
             widget.edit_requested.connect(self._on_message_edit_requested)
             widget.regenerate_requested.connect(self._on_message_regenerate_requested)
+            widget.continue_requested.connect(self._on_message_continue_requested)
             widget.branch_requested.connect(self._on_message_branch_requested)
             widget.code_copied.connect(self._on_message_code_copied)
             widget.citation_clicked.connect(self._on_message_citation_clicked)
@@ -388,6 +398,7 @@ class ChatView(QWidget):
         """Any user message can be edited and any answer written again (each a new branch), and
         branches switched, while no answer is being written."""
         previous_role = ""
+        last = self._order[-1] if self._order else None
         for message_id in self._order:
             widget = self._widgets[message_id]
             if isinstance(widget, MessageWidget):
@@ -395,6 +406,7 @@ class ChatView(QWidget):
                     can_edit=not self._busy,
                     can_regenerate=not self._busy and previous_role in ("user", "notice"),
                     can_switch=not self._busy,
+                    can_continue=not self._busy and message_id == last,
                 )
             previous_role = widget.role
 
@@ -443,6 +455,9 @@ class ChatView(QWidget):
 
     def _on_message_regenerate_requested(self, message_id: int) -> None:
         self.regenerate_requested.emit(message_id)
+
+    def _on_message_continue_requested(self, message_id: int) -> None:
+        self.continue_requested.emit(message_id)
 
     def _on_message_branch_requested(self, message_id: int, step: int) -> None:
         self.branch_requested.emit(message_id, step)

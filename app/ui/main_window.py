@@ -303,6 +303,7 @@ class MainWindow(QMainWindow):
         c.reading_progress.connect(self._on_conversations_reading_progress)
         c.turn_decided.connect(self._on_conversations_turn_decided)
         c.queue_changed.connect(self._on_conversations_queue_changed)
+        c.answer_continued.connect(self._on_conversations_answer_continued)
         self.controller.notices.error_occurred.connect(self._on_notices_error_occurred)
         self.controller.api.state_changed.connect(self._on_api_state_changed)
         self.controller.api.answering_changed.connect(self._on_api_answering_changed)
@@ -320,6 +321,7 @@ class MainWindow(QMainWindow):
         self.chat_view.open_model_requested.connect(self._on_chat_view_open_model_requested)
         self.chat_view.edit_requested.connect(self._on_chat_view_edit_requested)
         self.chat_view.regenerate_requested.connect(self._on_chat_view_regenerate_requested)
+        self.chat_view.continue_requested.connect(self._on_chat_view_continue_requested)
         self.chat_view.branch_requested.connect(self._on_chat_view_branch_requested)
         self.chat_view.copied.connect(self._on_chat_view_copied)
         queue = self.chat_view.queue_panel
@@ -812,6 +814,13 @@ class MainWindow(QMainWindow):
 
     def _on_chat_view_regenerate_requested(self, message_id: int) -> None:
         self.conversations.regenerate(message_id)
+
+    def _on_chat_view_continue_requested(self, message_id: int) -> None:
+        self.conversations.continue_answer(message_id)
+
+    def _on_conversations_answer_continued(self, message_id: int) -> None:
+        self.chat_view.resume_message(message_id)
+        self.status.start_answer(message_id)
 
     def _on_chat_view_branch_requested(self, message_id: int, step: int) -> None:
         self.conversations.switch_branch(message_id, step)

@@ -81,6 +81,7 @@ class ConversationController(QObject):
     reading_progress(int, int, int): answer message id, parts read, parts in all.
     path_changed(int, list, int): conversation id, the new active path (list[StoredMessage]), the
         message to keep in view: another branch is shown.
+    answer_continued(int): message id: the answer is being continued (its text grows again).
     queue_changed(object): the MessageQueue of the conversation shown (messages sent while an
         answer was being written).
     """
@@ -102,6 +103,7 @@ class ConversationController(QObject):
     reading_progress = Signal(int, int, int)
     path_changed = Signal(int, list, int)
     queue_changed = Signal(object)
+    answer_continued = Signal(int)
 
     # commands to the worker (queued across threads)
     answer_requested = Signal(int, object, object)
@@ -142,6 +144,7 @@ class ConversationController(QObject):
         self._queues: dict[int, MessageQueue] = {}  # conversation id → messages waiting
         self._queue_ids = itertools.count(1)
         self._queue_editing: int | None = None  # a queued message open in the composer: it waits
+        self._continuing: StoredMessage | None = None  # the answer being continued, as it was
 
         worker = inference.worker
         self.read_requested.connect(worker.read_whole)
@@ -267,7 +270,9 @@ class ConversationController(QObject):
             temperature=s.temperature, top_p=s.top_p, min_p=s.min_p, max_tokens=s.max_tokens
         )
 
-    def _turn_request(self, conversation_id: int | None, *, draft: str | None = None) -> TurnRequest:
+    def _turn_request(
+        self, conversation_id: int | None, *, draft: str | None = None, continue_answer: bool = False
+    ) -> TurnRequest:
         """The conversation as plain data for :func:`app.core.turns.build_turn`."""
         stored = tuple(self._store.messages(conversation_id)) if conversation_id is not None else ()
         user_ids = [m.id for m in stored if m.role == Role.USER.value]
@@ -277,7 +282,14 @@ class ConversationController(QObject):
             pending = tuple(self._store.pending_attachments(conversation_id))
         s = self._preferences.settings
         return TurnRequest(
-            stored, attachments, s.system_prompt, s.max_tokens, draft, pending, s.whole_document_limit
+            stored,
+            attachments,
+            s.system_prompt,
+            s.max_tokens,
+            draft,
+            pending,
+            s.whole_document_limit,
+            continue_answer,
         )
 
     def refresh_preview(self) -> None:
@@ -551,6 +563,7 @@ class ConversationController(QObject):
         self._inference.generating = True
         self._streaming_message = None
         self._streaming_text = []
+        self._continuing = None
         self._turn = None
         self._inference.worker.cancel_event.clear()
         self.busy_changed.emit(True)
@@ -671,6 +684,34 @@ class ConversationController(QObject):
         origin = old.stats.get("edited_from")
         self._send(text, old.parent_id, origin if isinstance(origin, int) else old.id)
 
+    def can_continue(self, message_id: int) -> bool:
+        """Whether the answer ``message_id`` can be continued: it is the last message of the
+        branch shown and it was stopped, cut off by the max-tokens limit, or interrupted."""
+        if self.is_busy or self._conversation_id is None or self._models.model_info is None:
+            return False
+        path = self._store.messages(self._conversation_id)
+        if not path or path[-1].id != message_id:
+            return False
+        return _unfinished(path[-1])
+
+    def continue_answer(self, message_id: int) -> None:
+        """Continue the answer ``message_id`` in place: the model carries on the same text (its
+        prompt ends with the answer as written, no end of turn), and what it writes is added to
+        the same message (its figures updated)."""
+        if not self.can_continue(message_id):
+            return
+        message = self._store.get_message(message_id)
+        assert message is not None
+        assert self._conversation_id is not None
+        gen_id = self._begin_answer()
+        request = self._turn_request(self._conversation_id, continue_answer=True)
+        self._continuing = message
+        self._streaming_message = message_id
+        self._streaming_text = [message.content]
+        self._last_saved = time.monotonic()
+        self.answer_continued.emit(message_id)
+        self.answer_requested.emit(gen_id, request, self._sampling())
+
     def edit_answer(self, message_id: int, text: str) -> None:
         """Keep ``text`` as the answer ``message_id`` (the user fixed it): a new branch beside it,
         marked ``stats["edited"]``; the model's answer stays one ‹ away."""
@@ -716,7 +757,7 @@ class ConversationController(QObject):
             self.stop()  # deleted while its turn was being decided
             return
         self._turn = turn
-        if turn.dropped > 0:
+        if turn.dropped > 0 and not turn.continues:  # a notice would follow the answer continued
             notice = self._store.add_message(conversation_id, "notice", dropped_notice(turn.dropped))
             if self._shown(conversation_id):
                 self.message_added.emit(notice)
@@ -791,8 +832,11 @@ class ConversationController(QObject):
         cancelled = stats.finish_reason == FinishReason.CANCELLED
         status = MessageStatus.CANCELLED if cancelled else MessageStatus.COMPLETE
         saved_stats = _stats_dict(stats)
+        continued, self._continuing = self._continuing, None
+        if continued is not None:  # the figures cover the whole answer now
+            saved_stats = _continued_stats(continued.stats, saved_stats)
         documents = self._turn.documents if self._turn is not None else None
-        if documents is not None:
+        if documents is not None and continued is None:
             saved_stats["context_mode"] = documents.mode.value
             saved_stats["document_tokens"] = documents.tokens
             saved_stats["sources"] = list(documents.sources)
@@ -800,6 +844,8 @@ class ConversationController(QObject):
             message_id, content="".join(self._streaming_text), stats=saved_stats, status=status
         )
         self._streaming_text = []
+        if continued is not None:
+            stats = dataclasses.replace(stats, completion_tokens=saved_stats["completion_tokens"])
         self.generation_finished.emit(message_id, stats)
         if self._shown(conversation_id):
             self.context_changed.emit(stats.context_used, stats.n_ctx or self._models.n_ctx)
@@ -825,7 +871,17 @@ class ConversationController(QObject):
         interrupted = self._engine_stopped_gen == gen_id
         self._engine_stopped_gen = None
         self._end_answer()
-        if message_id is not None:
+        continued, self._continuing = self._continuing, None
+        if message_id is not None and continued is not None:
+            # Continue failed: the answer keeps what it had and what was added, and how it ended
+            status = MessageStatus.INTERRUPTED if interrupted else MessageStatus(continued.status)
+            self._store.update_message(
+                message_id,
+                content="".join(self._streaming_text),
+                status=status,
+                stats={**continued.stats, "error": message},
+            )
+        elif message_id is not None:
             partial = "".join(self._streaming_text)
             status = MessageStatus.INTERRUPTED if interrupted and partial else MessageStatus.ERROR
             self._store.update_message(message_id, content=partial, status=status, stats={"error": message})
@@ -913,6 +969,31 @@ def _branch_anchor(path: list[StoredMessage], index: int) -> StoredMessage:
         while index > 0 and path[index - 1].role == "notice":
             index -= 1
     return path[index]
+
+
+def _unfinished(message: StoredMessage) -> bool:
+    """An answer that stopped before its end: stopped, interrupted, or cut off by a limit."""
+    if message.role != Role.ASSISTANT.value or not message.content.strip():
+        return False
+    if message.status in (MessageStatus.CANCELLED, MessageStatus.INTERRUPTED):
+        return True
+    return message.status == MessageStatus.COMPLETE and message.stats.get("finish_reason") in (
+        FinishReason.LENGTH,
+        FinishReason.CONTEXT,
+    )
+
+
+def _continued_stats(before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """The stats of an answer after a Continue: tokens added up, the speed and the finish of the
+    continuation, how many times it was continued; what the first part recorded (sources) kept."""
+    merged = {**before, **now}
+    merged.pop("error", None)
+    merged["completion_tokens"] = int(before.get("completion_tokens") or 0) + int(now["completion_tokens"])
+    merged["continued"] = int(before.get("continued") or 0) + 1
+    for key in ("context_mode", "document_tokens", "sources"):
+        if key in before:
+            merged[key] = before[key]
+    return merged
 
 
 def _sampling_dict(sampling: SamplingParams) -> dict[str, Any]:
