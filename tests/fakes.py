@@ -40,6 +40,7 @@ class FakeEngine:
         self._stats = GenerationStats()
         self.seen: list[list[ChatMessage]] = []
         self.continued: list[bool] = []  # per answer: was it Continue (the last message carried on)
+        self.sampling: list[SamplingParams] = []  # per answer: the sampling it was asked with
         self.hold = False  # True: after its pieces the answer stays open until it is stopped
 
     @property
@@ -89,6 +90,7 @@ class FakeEngine:
     ) -> Iterator[str]:
         self.seen.append(list(messages))
         self.continued.append(continue_last)
+        self.sampling.append(sampling)
         prompt = self.count_chat_tokens(messages)
         if on_prompt_progress:
             on_prompt_progress(prompt, prompt)

@@ -19,6 +19,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from app.core import reading
 from app.core.context import dropped_notice
+from app.core.presets import ConversationOptions
 from app.core.store import DEFAULT_TITLE, AttachmentState, MessageStatus, make_title
 from app.core.turns import TurnRequest
 from app.core.types import DocumentMode, FinishReason, GenerationStats, Role, SamplingParams
@@ -263,12 +264,32 @@ class ConversationController(QObject):
         if self._models.model_info is not None and not self._models.is_loading and not self._closed:
             self.restore_session_requested.emit(conversation_id, str(self._paths.kv_state_dir))
 
+    # -- this conversation's own instructions and sampling (app/core/presets.py) ---------------
+    def conversation_options(self) -> ConversationOptions:
+        """The options of the conversation shown (the app's settings when it has none)."""
+        if self._conversation_id is None:
+            return ConversationOptions()
+        return ConversationOptions.from_dict(self._store.conversation_options(self._conversation_id))
+
+    def set_conversation_options(self, options: ConversationOptions) -> None:
+        """Give the conversation shown its own preset and/or system prompt (it is created when
+        there is none yet); the next answer uses them."""
+        conversation_id = self.ensure_conversation()
+        self._store.set_conversation_options(conversation_id, options.to_dict())
+        self.refresh_preview()
+
+    def _resolved(self, conversation_id: int | None) -> tuple[str, tuple[float, float, float]]:
+        """The system prompt and sampling a conversation uses (its own, else the app's)."""
+        s = self._preferences.settings
+        stored = self._store.conversation_options(conversation_id) if conversation_id is not None else {}
+        options = ConversationOptions.from_dict(stored)
+        return options.resolve(s.system_prompt, (s.temperature, s.top_p, s.min_p))
+
     # -- turns ------------------------------------------------------------------------------
     def _sampling(self) -> SamplingParams:
         s = self._preferences.settings
-        return SamplingParams(
-            temperature=s.temperature, top_p=s.top_p, min_p=s.min_p, max_tokens=s.max_tokens
-        )
+        temperature, top_p, min_p = self._resolved(self._conversation_id)[1]
+        return SamplingParams(temperature=temperature, top_p=top_p, min_p=min_p, max_tokens=s.max_tokens)
 
     def _turn_request(
         self, conversation_id: int | None, *, draft: str | None = None, continue_answer: bool = False
@@ -284,7 +305,7 @@ class ConversationController(QObject):
         return TurnRequest(
             stored,
             attachments,
-            s.system_prompt,
+            self._resolved(conversation_id)[0],
             s.max_tokens,
             draft,
             pending,
