@@ -39,6 +39,8 @@ class FakeEngine:
         self._info: ModelInfo | None = None
         self._stats = GenerationStats()
         self.seen: list[list[ChatMessage]] = []
+        self.continued: list[bool] = []  # per answer: was it Continue (the last message carried on)
+        self.sampling: list[SamplingParams] = []  # per answer: the sampling it was asked with
         self.hold = False  # True: after its pieces the answer stays open until it is stopped
 
     @property
@@ -83,8 +85,12 @@ class FakeEngine:
         sampling: SamplingParams,
         cancel: threading.Event,
         on_prompt_progress: Callable[[int, int], None] | None = None,
+        *,
+        continue_last: bool = False,
     ) -> Iterator[str]:
         self.seen.append(list(messages))
+        self.continued.append(continue_last)
+        self.sampling.append(sampling)
         prompt = self.count_chat_tokens(messages)
         if on_prompt_progress:
             on_prompt_progress(prompt, prompt)
@@ -109,8 +115,11 @@ class FakeEngine:
             context_used=prompt + produced,
             finish_reason=finish,
         )
-        if self.hold:  # the window can be looked at while an answer is being written
-            cancel.wait(10)
+        # hold: the answer stays open (the window can be looked at while it is written) until it
+        # is stopped, or a test sets hold back to False (it then ends as it would have)
+        waited = 0
+        while self.hold and waited < 1000 and not cancel.wait(0.01):
+            waited += 1
 
 
 def turn_request(messages: Sequence[ChatMessage], *, max_tokens: int = 64) -> TurnRequest:

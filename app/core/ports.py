@@ -41,8 +41,13 @@ class Engine(Protocol):
         sampling: SamplingParams,
         cancel: threading.Event,
         on_prompt_progress: Callable[[int, int], None] | None = None,
+        *,
+        continue_last: bool = False,
     ) -> Iterator[str]:
-        """Yield text pieces of the answer; afterwards ``last_stats`` describes the run."""
+        """Yield text pieces of the answer; afterwards ``last_stats`` describes the run.
+
+        ``continue_last``: the last message is an unfinished answer to carry on (Continue): the
+        prompt ends with its text, without the end of its turn, and the pieces continue it."""
         ...
 
 

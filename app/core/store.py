@@ -264,11 +264,18 @@ def _migrate_to_v4(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX messages_by_parent ON messages (parent_id, id)")
 
 
+def _migrate_to_v5(conn: sqlite3.Connection) -> None:
+    """Each conversation may have its own instructions and sampling (app/core/presets.py
+    ``ConversationOptions`` as JSON; "{}": the app's settings, as before)."""
+    conn.execute("ALTER TABLE conversations ADD COLUMN options TEXT NOT NULL DEFAULT '{}'")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_to_v1,
     _migrate_to_v2,
     _migrate_to_v3,
     _migrate_to_v4,
+    _migrate_to_v5,
 )
 """``MIGRATIONS[n]`` takes the database from ``user_version`` n to n + 1. Append only."""
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -422,6 +429,24 @@ class Store:
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
         )
         return _conversation(rows[0]) if rows else None
+
+    def conversation_options(self, conversation_id: int) -> dict[str, Any]:
+        """The conversation's own instructions and sampling, as stored ({}: none)."""
+        rows = self._query("SELECT options FROM conversations WHERE id = ?", (conversation_id,))
+        if not rows:
+            return {}
+        try:
+            value = json.loads(rows[0][0] or "{}")
+        except ValueError:
+            log.warning("conversation %d has unreadable options; using the app's", conversation_id)
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def set_conversation_options(self, conversation_id: int, options: dict[str, Any]) -> None:
+        with self.transaction(), _storage_errors():
+            self._conn.execute(
+                "UPDATE conversations SET options = ? WHERE id = ?", (json.dumps(options), conversation_id)
+            )
 
     def list_conversations(self, filter_text: str = "") -> list[Conversation]:
         """Most recently updated first; ``filter_text`` matches titles case-insensitively."""

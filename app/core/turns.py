@@ -96,6 +96,7 @@ class TurnRequest:
     draft: str | None = None
     pending: tuple[Attachment, ...] = ()
     whole_limit: int = 0  # documents longer than this go in by passages (0: no limit)
+    continue_answer: bool = False  # the last message is an unfinished answer to carry on (Continue)
 
     @classmethod
     def for_question(
@@ -134,6 +135,7 @@ class Turn:
     documents: DocumentDecision | None = None
     images_left_out: int = 0  # pictures not sent: the model has no vision
     message_ids: tuple[int, ...] = field(default=(), compare=False)
+    continues: bool = False  # the last message is an answer the model carries on (Continue)
 
 
 def build_turn(
@@ -146,6 +148,8 @@ def build_turn(
     :class:`app.core.context.MessageTooLongError` when even the question alone does not fit."""
     reserve = reply_reserve(model.n_ctx, request.max_tokens)
     rows, attachments = _rows(request)
+    if request.continue_answer and (not rows or rows[-1].role != Role.ASSISTANT.value):
+        raise ValueError("Continue needs an answer as the last message")
     system = request.system_prompt.strip()
     head = [ChatMessage.system(system)] if system else []
 
@@ -196,6 +200,7 @@ def build_turn(
         decision,
         images_left_out,
         tuple(mid for mid, _msg in base),
+        continues=request.continue_answer,
     )
 
 
@@ -229,13 +234,14 @@ def _decide_documents(
     whole_limit: int = 0,
 ) -> tuple[DocumentDecision, str]:
     usable = model.n_ctx - reserve
-    question = next((msg.content for _mid, msg in reversed(base) if msg.role == Role.USER.value), "")
+    asked = next(((mid, msg) for mid, msg in reversed(base) if msg.role == Role.USER.value), base[-1])
+    question = asked[1].content if asked[1].role == Role.USER.value else ""
     question_tokens = model.count_text_tokens(question) if question else 0
     base_tokens = model.count_chat_tokens(head + [msg for _mid, msg in base])
     # the documents join the question with a blank line; a tokenizer may merge across the join
     usable -= model.count_text_tokens("\n\n") + 1
     whole_budget = usable - base_tokens - max(0, QUESTION_ALLOWANCE - question_tokens)
-    minimal = model.count_chat_tokens([*head, base[-1][1]])
+    minimal = model.count_chat_tokens([*head, asked[1]])
     retrieval_budget = max(usable - base_tokens, min(usable - minimal, int(usable * RETRIEVAL_SHARE)))
     chunks = [DocumentChunks(a.id, a.name, tuple(source.chunks(a.id))) for _mid, a in docs]
     total = sum(c.tokens for d in chunks for c in d.chunks)
@@ -254,7 +260,7 @@ def _decide_documents(
         host = docs[0][0]  # a stable place: later turns reuse the KV cache
         reason = f"read whole: {composed.tokens:,} tokens"
     else:
-        host = base[-1][0]  # the passages change with each question and go with it
+        host = asked[0]  # the passages change with each question and go with it
         if over_limit and total <= fits:
             reason = f"passages: {total:,} tokens is over the {whole_limit:,} you read whole (Settings)"
         else:

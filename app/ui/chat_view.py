@@ -35,11 +35,13 @@ from app.core.store import MessageStatus
 from app.core.types import FinishReason
 from app.ui import theme
 from app.ui.message_widget import MessageWidget, NoticeWidget
+from app.ui.queue_panel import QueuePanel
 from app.ui.tool_card import ToolCallCard
 
 if TYPE_CHECKING:
     from app.core.store import Attachment
     from app.core.types import GenerationStats
+    from app.workers.conversations import MessageQueue
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,7 @@ class ChatView(QWidget):
     Signals:
         open_model_requested(): the empty state's "Open a GGUF model file…" button.
         edit_requested(int): message id of the user message to edit (sent as a new branch).
+        continue_requested(int): message id of the stopped or cut-off answer to continue.
         regenerate_requested(int): message id of the answer to write again (a new branch).
         branch_requested(int, int): message id, step (-1, +1): show the branch beside it.
         copied(str): what was copied, for a status message ("message" or "code").
@@ -100,6 +103,7 @@ class ChatView(QWidget):
     open_model_requested = Signal()
     edit_requested = Signal(int)
     regenerate_requested = Signal(int)
+    continue_requested = Signal(int)
     branch_requested = Signal(int, int)
     copied = Signal(str)
     citation_clicked = Signal(int, int)
@@ -170,6 +174,8 @@ class ChatView(QWidget):
         self.column_layout = QVBoxLayout(self.column)
         self.column_layout.setContentsMargins(0, 0, 0, 0)
         self.column_layout.setSpacing(6)
+        self.queue_panel = QueuePanel()  # messages sent while the answer is written, under it
+        self.column_layout.addWidget(self.queue_panel)
         self.column_layout.addStretch(1)
         canvas_layout.addWidget(self.column, 100)
         canvas_layout.addStretch(1)
@@ -237,6 +243,14 @@ class ChatView(QWidget):
             self._stick_to_bottom = False
             self._focus = focus
             self._focus_timer.start()
+
+    def set_queue(self, queue: MessageQueue | None) -> None:
+        """The messages waiting to be sent after the answer (None: none)."""
+        at_bottom = self._stick_to_bottom
+        self.queue_panel.set_queue(queue)
+        if at_bottom:
+            self._stick_to_bottom = True
+            self.scroll_to_bottom()
 
     def set_branches(self, positions: dict[int, tuple[int, int]]) -> None:
         """Which messages have branches beside them: message id → (its place from 1, how many)."""
@@ -308,6 +322,13 @@ class ChatView(QWidget):
                 if widget.has_unrendered_text():
                     self._pending.setdefault(message_id, [])
                     self._update_timer.start()
+
+    def resume_message(self, message_id: int) -> None:
+        """The answer is being continued: it streams again (Continue)."""
+        widget = self._widgets.get(message_id)
+        if isinstance(widget, MessageWidget):
+            widget.resume()
+        self._refresh_actions()
 
     def set_reading_progress(self, message_id: int, done: int, total: int) -> None:
         """An answer whose document is being read in parts: part ``done`` of ``total``."""
@@ -393,6 +414,7 @@ class ChatView(QWidget):
             widget.copy_requested.connect(self._on_message_copy_requested)
             widget.edit_requested.connect(self._on_message_edit_requested)
             widget.regenerate_requested.connect(self._on_message_regenerate_requested)
+            widget.continue_requested.connect(self._on_message_continue_requested)
             widget.branch_requested.connect(self._on_message_branch_requested)
             widget.code_copied.connect(self._on_message_code_copied)
             widget.citation_clicked.connect(self._on_message_citation_clicked)
@@ -401,7 +423,7 @@ class ChatView(QWidget):
             return  # system prompts are not shown in the conversation
         self._widgets[message.id] = widget
         self._order.append(message.id)
-        self.column_layout.insertWidget(self.column_layout.count() - 1, widget)
+        self.column_layout.insertWidget(self.column_layout.count() - 2, widget)  # above the queue
         record = message.stats.get("tool_call") if message.role == "assistant" and message.stats else None
         if isinstance(record, dict):
             self.show_tool_call(message.id, record)
@@ -410,6 +432,7 @@ class ChatView(QWidget):
         """Any user message can be edited and any answer written again (each a new branch), and
         branches switched, while no answer is being written."""
         previous_role = ""
+        last = self._order[-1] if self._order else None
         for message_id in self._order:
             widget = self._widgets[message_id]
             if isinstance(widget, MessageWidget):
@@ -417,6 +440,7 @@ class ChatView(QWidget):
                     can_edit=not self._busy,
                     can_regenerate=not self._busy and previous_role in ("user", "notice"),
                     can_switch=not self._busy,
+                    can_continue=not self._busy and message_id == last,
                 )
             previous_role = widget.role
 
@@ -465,6 +489,9 @@ class ChatView(QWidget):
 
     def _on_message_regenerate_requested(self, message_id: int) -> None:
         self.regenerate_requested.emit(message_id)
+
+    def _on_message_continue_requested(self, message_id: int) -> None:
+        self.continue_requested.emit(message_id)
 
     def _on_message_branch_requested(self, message_id: int, step: int) -> None:
         self.branch_requested.emit(message_id, step)

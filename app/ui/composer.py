@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from PySide6.QtGui import QFocusEvent, QKeyEvent
 
 MAX_LINES = 8
+EDITING_TEXT = "Editing — Enter sends it as a new branch (the old one stays), Esc cancels"
 
 
 class ComposerEdit(QPlainTextEdit):
@@ -84,6 +85,7 @@ class Composer(QFrame):
     Signals:
         send_requested(str): the text to send (already stripped; the box is cleared).
         edit_requested(str): the new text for the message being edited (edit mode).
+        edit_cancelled(): edit mode ended without sending (Esc, the bar's ×, another edit).
         stop_requested(): stop the answer being generated.
         attachments_pasted(object): DroppedItems pasted or dropped into the text box.
         read_whole_requested(str): "Read the whole document" with the text typed (may be empty).
@@ -91,6 +93,7 @@ class Composer(QFrame):
 
     send_requested = Signal(str)
     edit_requested = Signal(str)
+    edit_cancelled = Signal()
     stop_requested = Signal()
     attachments_pasted = Signal(object)
     read_whole_requested = Signal(str)
@@ -106,9 +109,7 @@ class Composer(QFrame):
         self.editing_bar = QWidget()
         editing_layout = QHBoxLayout(self.editing_bar)
         editing_layout.setContentsMargins(4, 0, 0, 0)
-        self.editing_label = QLabel(
-            "Editing — Enter sends it as a new branch (the old one stays), Esc cancels"
-        )
+        self.editing_label = QLabel(EDITING_TEXT)
         self.editing_label.setObjectName("editingBar")
         self.cancel_edit_button = QToolButton()
         self.cancel_edit_button.setObjectName("messageAction")
@@ -213,9 +214,11 @@ class Composer(QFrame):
         self._can_read_whole = can
         self._update_button()
 
-    def begin_edit(self, text: str) -> None:
-        """Put a message in the box; Enter sends the edit through ``edit_requested``."""
+    def begin_edit(self, text: str, note: str = EDITING_TEXT) -> None:
+        """Put a message in the box; Enter sends the edit through ``edit_requested``. ``note``:
+        what the bar above the box says Enter and Esc do."""
         self._editing = True
+        self.editing_label.setText(note)
         self.editing_bar.show()
         self.set_text(text)
         self.focus()
@@ -227,12 +230,19 @@ class Composer(QFrame):
             self.editing_bar.hide()
             self.edit.clear()
             self._update_button()
+            self.edit_cancelled.emit()
 
     def focus(self) -> None:
         self.edit.setFocus(Qt.FocusReason.ShortcutFocusReason)
 
     def can_send(self) -> bool:
-        return self._model_ready and not self._busy and bool(self.text().strip())
+        """Enter sends now; while an answer is being written it queues the message (or keeps
+        the edit of a queued one)."""
+        return self._model_ready and bool(self.text().strip())
+
+    def _queues(self) -> bool:
+        """Send would queue the text: an answer is being written and there is text to send."""
+        return self._busy and bool(self.text().strip())
 
     # -- internals --------------------------------------------------------------------------
     def _submit(self) -> None:
@@ -249,19 +259,24 @@ class Composer(QFrame):
             self.send_requested.emit(text)
 
     def _update_button(self) -> None:
-        if self._busy:
+        if self._busy and not self._queues():
             self.send_button.setIcon(theme.icon("stop", "#ffffff"))
             self.send_button.setToolTip("Stop (Esc)")
             self.send_button.setAccessibleName("Stop")
             self.send_button.setEnabled(True)
         else:
             self.send_button.setIcon(theme.icon("send", "#ffffff"))
-            self.send_button.setToolTip("Resend (Enter)" if self._editing else "Send (Enter)")
-            self.send_button.setAccessibleName("Send")
+            if self._editing:
+                self.send_button.setToolTip("Keep (Enter)" if self._busy else "Resend (Enter)")
+            elif self._busy:
+                self.send_button.setToolTip("Queue (Enter): sent when this answer ends; Esc stops the answer")
+            else:
+                self.send_button.setToolTip("Send (Enter)")
+            self.send_button.setAccessibleName("Queue" if self._busy else "Send")
             self.send_button.setEnabled(self.can_send())
         self.read_whole_button.setVisible(self._can_read_whole and not self._editing)
         self.read_whole_button.setEnabled(self._model_ready and not self._busy)
-        self.send_button.setProperty("busy", self._busy)
+        self.send_button.setProperty("busy", self._busy and not self._queues())
         self.send_button.style().unpolish(self.send_button)
         self.send_button.style().polish(self.send_button)
 
@@ -290,10 +305,10 @@ class Composer(QFrame):
         self._submit()
 
     def _on_edit_escape_pressed(self) -> None:
-        if self._busy:
-            self.stop_requested.emit()
-        elif self._editing:
+        if self._editing:
             self.cancel_edit()
+        elif self._busy:
+            self.stop_requested.emit()
 
     def _on_edit_focus_changed(self, focused: bool) -> None:
         self.setProperty("focused", focused)
@@ -301,7 +316,7 @@ class Composer(QFrame):
         self.style().polish(self)
 
     def _on_send_button_clicked(self) -> None:
-        if self._busy:
+        if self._busy and not self._queues():
             self.stop_requested.emit()
         else:
             self._submit()

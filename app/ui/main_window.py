@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from app.ui.servers_dialog import ServersDialog
     from app.ui.welcome import WelcomePage
     from app.workers.controller import AppController
+    from app.workers.conversations import MessageQueue
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class MainWindow(QMainWindow):
         self.reading_read_button: object = None
         self._busy = False
         self._editing_message: int | None = None  # the user message the composer is editing
+        self._editing_queued: int | None = None  # the queued message the composer is editing
         self._conversation_id: int | None = None
         self.setWindowTitle("Scout Chat")
         self.setWindowIcon(theme.app_icon())
@@ -303,6 +305,8 @@ class MainWindow(QMainWindow):
         c.tool_call_proposed.connect(self._on_conversations_tool_call_proposed)
         c.tool_call_updated.connect(self._on_conversations_tool_call_updated)
         self.chat_view.tool_decision_requested.connect(self._on_chat_view_tool_decision_requested)
+        c.queue_changed.connect(self._on_conversations_queue_changed)
+        c.answer_continued.connect(self._on_conversations_answer_continued)
         self.controller.notices.error_occurred.connect(self._on_notices_error_occurred)
         self.controller.api.state_changed.connect(self._on_api_state_changed)
         self.controller.api.answering_changed.connect(self._on_api_answering_changed)
@@ -314,13 +318,19 @@ class MainWindow(QMainWindow):
         self.sidebar.delete_requested.connect(self._on_sidebar_delete_requested)
         self.composer.send_requested.connect(self._on_composer_send_requested)
         self.composer.edit_requested.connect(self._on_composer_edit_requested)
+        self.composer.edit_cancelled.connect(self._on_composer_edit_cancelled)
         self.composer.stop_requested.connect(self._on_composer_stop_requested)
         self.composer.read_whole_requested.connect(self._on_composer_read_whole_requested)
         self.chat_view.open_model_requested.connect(self._on_chat_view_open_model_requested)
         self.chat_view.edit_requested.connect(self._on_chat_view_edit_requested)
         self.chat_view.regenerate_requested.connect(self._on_chat_view_regenerate_requested)
+        self.chat_view.continue_requested.connect(self._on_chat_view_continue_requested)
         self.chat_view.branch_requested.connect(self._on_chat_view_branch_requested)
         self.chat_view.copied.connect(self._on_chat_view_copied)
+        queue = self.chat_view.queue_panel
+        queue.edit_requested.connect(self._on_queue_panel_edit_requested)
+        queue.cancel_requested.connect(self._on_queue_panel_cancel_requested)
+        queue.resume_requested.connect(self._on_queue_panel_resume_requested)
 
     # -- public API -------------------------------------------------------------------------
     def open_plan_panel(self) -> PlanPanel:
@@ -518,6 +528,7 @@ class MainWindow(QMainWindow):
         widget = self.chat_view.message_widget(message_id)
         if widget is None or widget.role not in ("user", "assistant") or self._busy:
             return
+        self._on_composer_edit_cancelled()  # a queued message being edited stays as it was
         self._editing_message = message_id
         self.composer.begin_edit(widget.text)
 
@@ -761,7 +772,42 @@ class MainWindow(QMainWindow):
     def _on_composer_send_requested(self, text: str) -> None:
         self.conversations.send(text)
 
+    def _on_conversations_queue_changed(self, queue: MessageQueue | None) -> None:
+        self.chat_view.set_queue(queue)
+        if self._editing_queued is not None and (
+            queue is None or all(item.id != self._editing_queued for item in queue.items)
+        ):
+            self._editing_queued = None  # it went out or was cancelled meanwhile
+            self.composer.cancel_edit()
+
+    def _on_queue_panel_edit_requested(self, item_id: int) -> None:
+        queue = self.conversations.queue()
+        item = next((i for i in queue.items if i.id == item_id), None) if queue else None
+        if item is None:
+            return
+        self._editing_message = None
+        self._editing_queued = item_id
+        self.conversations.hold_queued(item_id)
+        self.composer.begin_edit(
+            item.text, "Editing a queued message — Enter keeps it in its place, Esc leaves it as it was"
+        )
+
+    def _on_queue_panel_cancel_requested(self, item_id: int) -> None:
+        self.conversations.cancel_queued(item_id)
+
+    def _on_queue_panel_resume_requested(self) -> None:
+        self.conversations.resume_queue()
+
+    def _on_composer_edit_cancelled(self) -> None:
+        if self._editing_queued is not None:
+            self._editing_queued = None
+            self.conversations.hold_queued(None)
+
     def _on_composer_edit_requested(self, text: str) -> None:
+        if self._editing_queued is not None:
+            item_id, self._editing_queued = self._editing_queued, None
+            self.conversations.edit_queued(item_id, text)
+            return
         message_id, self._editing_message = self._editing_message, None
         widget = self.chat_view.message_widget(message_id) if message_id is not None else None
         if message_id is None:
@@ -782,6 +828,13 @@ class MainWindow(QMainWindow):
 
     def _on_chat_view_regenerate_requested(self, message_id: int) -> None:
         self.conversations.regenerate(message_id)
+
+    def _on_chat_view_continue_requested(self, message_id: int) -> None:
+        self.conversations.continue_answer(message_id)
+
+    def _on_conversations_answer_continued(self, message_id: int) -> None:
+        self.chat_view.resume_message(message_id)
+        self.status.start_answer(message_id)
 
     def _on_chat_view_branch_requested(self, message_id: int, step: int) -> None:
         self.conversations.switch_branch(message_id, step)

@@ -174,6 +174,7 @@ class MessageWidget(QFrame):
         copy_requested(int): message id ("Copy message").
         edit_requested(int): message id ("Edit": a user message; a new branch).
         regenerate_requested(int): message id ("Regenerate": an answer; a new branch).
+        continue_requested(int): message id ("Continue": a stopped or cut-off answer, in place).
         code_copied(str): the code that was copied.
         citation_clicked(int, int): message id, page of the clicked "p. 12" citation.
         sources_requested(int): message id ("What the model saw").
@@ -184,6 +185,7 @@ class MessageWidget(QFrame):
     branch_requested = Signal(int, int)
     edit_requested = Signal(int)
     regenerate_requested = Signal(int)
+    continue_requested = Signal(int)
     code_copied = Signal(str)
     citation_clicked = Signal(int, int)
     sources_requested = Signal(int)
@@ -264,6 +266,15 @@ class MessageWidget(QFrame):
         self.edit_button = self._action("edit", "Edit and resend", self._on_edit_button_clicked)
         self.regenerate_button = self._action("regenerate", "Regenerate", self._on_regenerate_button_clicked)
         self.sources_button = self._action("eye", "What the model saw", self._on_sources_button_clicked)
+        self.continue_button = QToolButton()
+        self.continue_button.setObjectName("continueButton")
+        self.continue_button.setText("Continue")
+        self.continue_button.setToolTip("Carry on writing this answer from where it stopped")
+        self.continue_button.setAccessibleName("Continue the answer")
+        self.continue_button.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.continue_button.setFocusPolicy(Qt.FocusPolicy.TabFocus)
+        self.continue_button.clicked.connect(self._on_continue_button_clicked)
+        self.continue_button.hide()
         self.edit_button.hide()
         self.regenerate_button.hide()
         self.sources_button.hide()
@@ -314,6 +325,7 @@ class MessageWidget(QFrame):
         self.actions_row.addWidget(self.edit_button)
         self.actions_row.addWidget(self.regenerate_button)
         self.actions_row.addWidget(self.sources_button)
+        self.actions_row.addWidget(self.continue_button)
         self.actions_row.addSpacing(6)
         self.actions_row.addWidget(self.stats_label)
         self.actions_row.addStretch(1)
@@ -501,14 +513,37 @@ class MessageWidget(QFrame):
             parts.append(f"{tokens} tokens")
         return " · ".join(parts)
 
-    def set_actions(self, *, can_edit: bool, can_regenerate: bool, can_switch: bool = True) -> None:
+    def set_actions(
+        self, *, can_edit: bool, can_regenerate: bool, can_switch: bool = True, can_continue: bool = False
+    ) -> None:
+        """Which actions show; ``can_continue``: this is the last answer and nothing is being
+        written (Continue then shows if the answer stopped before its end)."""
         streaming = self.status == MessageStatus.STREAMING
+        self.continue_button.setVisible(can_continue and self.is_unfinished())
         self.edit_button.setVisible(can_edit and not streaming)
         self.edit_button.setToolTip("Edit and resend" if self.role == "user" else "Edit this answer")
         self.regenerate_button.setVisible(self.role == "assistant" and can_regenerate)
         position = self.branch_position
         self.branch_prev.setEnabled(can_switch and position is not None and position[0] > 1)
         self.branch_next.setEnabled(can_switch and position is not None and position[0] < position[1])
+
+    def is_unfinished(self) -> bool:
+        """An answer that stopped before its end (stopped, interrupted, cut off by a limit)."""
+        if self.role != "assistant" or not self.text.strip():
+            return False
+        if self.status in (MessageStatus.CANCELLED, MessageStatus.INTERRUPTED):
+            return True
+        return self.status == MessageStatus.COMPLETE and self.stats.get("finish_reason") in (
+            FinishReason.LENGTH,
+            FinishReason.CONTEXT,
+        )
+
+    def resume(self) -> None:
+        """The answer streams again (Continue): its badge and figures wait for the new end."""
+        self.status = MessageStatus.STREAMING
+        self.error_text = ""
+        self.continue_button.hide()
+        self._update_decorations()
 
     def set_branch(self, position: tuple[int, int] | None) -> None:
         """``(2, 3)``: this message is the 2nd of 3 branches (shown as ‹ 2/3 ›); None: the only one."""
@@ -538,6 +573,9 @@ class MessageWidget(QFrame):
 
     def _on_edit_button_clicked(self) -> None:
         self.edit_requested.emit(self.message_id)
+
+    def _on_continue_button_clicked(self) -> None:
+        self.continue_requested.emit(self.message_id)
 
     def _on_regenerate_button_clicked(self) -> None:
         self.regenerate_requested.emit(self.message_id)

@@ -8,8 +8,11 @@ ignores results whose ``gen_id`` is stale.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from PySide6.QtCore import QObject, Signal, Slot
@@ -17,6 +20,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from app.core import reading
 from app.core import tools as tool_calls
 from app.core.context import dropped_notice
+from app.core.presets import ConversationOptions
 from app.core.store import DEFAULT_TITLE, AttachmentState, MessageStatus, make_title
 from app.core.turns import TurnRequest
 from app.core.types import DocumentMode, FinishReason, GenerationStats, Role, SamplingParams
@@ -38,6 +42,25 @@ KV_SAVE_MIN_PROMPT_TOKENS = 2048  # after a prompt this long, keep its KV cache 
 PARTIAL_SAVE_INTERVAL_S = 0.5  # the partial answer reaches the database at least once a second
 MIN_TOKENS_MEASURED = 64  # a prompt this long measures the prompt speed well enough for an estimate
 DEFAULT_READING_QUESTION = "Summarize the whole document."
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A message sent while an answer was being written: it waits and goes out when the answer
+    ends. ``id`` is the queue's own (it is not stored until it is sent)."""
+
+    id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class MessageQueue:
+    """The messages waiting in one conversation, in order. ``paused``: the answer before them was
+    stopped or failed, so they wait for the user (Resume) instead of going out by themselves."""
+
+    conversation_id: int
+    items: tuple[QueuedMessage, ...] = ()
+    paused: str = ""  # why they wait ("" while they go out when the answer ends)
 
 
 class ConversationController(QObject):
@@ -65,6 +88,9 @@ class ConversationController(QObject):
         waiting for the user's approval (:meth:`decide_tool_call`).
     tool_call_updated(int, dict): answer message id, its tool call record once allowed, run, denied
         or failed (the result is in the record).
+    answer_continued(int): message id: the answer is being continued (its text grows again).
+    queue_changed(object): the MessageQueue of the conversation shown (messages sent while an
+        answer was being written).
     """
 
     conversations_changed = Signal()
@@ -85,6 +111,8 @@ class ConversationController(QObject):
     path_changed = Signal(int, list, int)
     tool_call_proposed = Signal(int, dict)
     tool_call_updated = Signal(int, dict)
+    queue_changed = Signal(object)
+    answer_continued = Signal(int)
 
     # commands to the worker (queued across threads)
     answer_requested = Signal(int, object, object)
@@ -126,6 +154,10 @@ class ConversationController(QObject):
         self._tool_wait: tuple[int, int, dict[str, Any]] | None = None  # conversation, answer, record
         self._tool_chain = 0  # tool calls since the user's last message
         self._tool_call_id = 0
+        self._queues: dict[int, MessageQueue] = {}  # conversation id → messages waiting
+        self._queue_ids = itertools.count(1)
+        self._queue_editing: int | None = None  # a queued message open in the composer: it waits
+        self._continuing: StoredMessage | None = None  # the answer being continued, as it was
 
         worker = inference.worker
         self.read_requested.connect(worker.read_whole)
@@ -180,6 +212,7 @@ class ConversationController(QObject):
             self.stop()
         self._conversation_id = None
         self.conversation_opened.emit(0, [])
+        self.queue_changed.emit(None)
         self.context_changed.emit(0, self._models.n_ctx)
 
     def open_conversation(self, conversation_id: int) -> None:
@@ -191,6 +224,7 @@ class ConversationController(QObject):
         self._conversation_id = conversation_id
         self._preferences.remember(last_conversation=conversation_id)
         self.conversation_opened.emit(conversation_id, self._store.messages(conversation_id))
+        self.queue_changed.emit(self._queues.get(conversation_id))
         self._restore_kv(conversation_id)
         self.refresh_preview()
 
@@ -214,7 +248,9 @@ class ConversationController(QObject):
                 self.stop()
             self._conversation_id = None
             self.conversation_opened.emit(0, [])
+            self.queue_changed.emit(None)
         self._store.delete_conversation(conversation_id)
+        self._queues.pop(conversation_id, None)
         for stale in self._paths.kv_state_files(conversation_id):
             stale.unlink(missing_ok=True)
         self.conversations_changed.emit()
@@ -245,14 +281,36 @@ class ConversationController(QObject):
         if self._models.model_info is not None and not self._models.is_loading and not self._closed:
             self.restore_session_requested.emit(conversation_id, str(self._paths.kv_state_dir))
 
+    # -- this conversation's own instructions and sampling (app/core/presets.py) ---------------
+    def conversation_options(self) -> ConversationOptions:
+        """The options of the conversation shown (the app's settings when it has none)."""
+        if self._conversation_id is None:
+            return ConversationOptions()
+        return ConversationOptions.from_dict(self._store.conversation_options(self._conversation_id))
+
+    def set_conversation_options(self, options: ConversationOptions) -> None:
+        """Give the conversation shown its own preset and/or system prompt (it is created when
+        there is none yet); the next answer uses them."""
+        conversation_id = self.ensure_conversation()
+        self._store.set_conversation_options(conversation_id, options.to_dict())
+        self.refresh_preview()
+
+    def _resolved(self, conversation_id: int | None) -> tuple[str, tuple[float, float, float]]:
+        """The system prompt and sampling a conversation uses (its own, else the app's)."""
+        s = self._preferences.settings
+        stored = self._store.conversation_options(conversation_id) if conversation_id is not None else {}
+        options = ConversationOptions.from_dict(stored)
+        return options.resolve(s.system_prompt, (s.temperature, s.top_p, s.min_p))
+
     # -- turns ------------------------------------------------------------------------------
     def _sampling(self) -> SamplingParams:
         s = self._preferences.settings
-        return SamplingParams(
-            temperature=s.temperature, top_p=s.top_p, min_p=s.min_p, max_tokens=s.max_tokens
-        )
+        temperature, top_p, min_p = self._resolved(self._conversation_id)[1]
+        return SamplingParams(temperature=temperature, top_p=top_p, min_p=min_p, max_tokens=s.max_tokens)
 
-    def _turn_request(self, conversation_id: int | None, *, draft: str | None = None) -> TurnRequest:
+    def _turn_request(
+        self, conversation_id: int | None, *, draft: str | None = None, continue_answer: bool = False
+    ) -> TurnRequest:
         """The conversation as plain data for :func:`app.core.turns.build_turn`."""
         stored = tuple(self._store.messages(conversation_id)) if conversation_id is not None else ()
         user_ids = [m.id for m in stored if m.role == Role.USER.value]
@@ -261,10 +319,19 @@ class ConversationController(QObject):
         if draft is not None and conversation_id is not None:
             pending = tuple(self._store.pending_attachments(conversation_id))
         s = self._preferences.settings
-        system = s.system_prompt
+        system = self._resolved(conversation_id)[0]
         if self._tools is not None:
             system = tool_calls.with_tools(system, self._tools.tools())
-        return TurnRequest(stored, attachments, system, s.max_tokens, draft, pending, s.whole_document_limit)
+        return TurnRequest(
+            stored,
+            attachments,
+            system,
+            s.max_tokens,
+            draft,
+            pending,
+            s.whole_document_limit,
+            continue_answer,
+        )
 
     def refresh_preview(self) -> None:
         """Ask the worker what the next turn would look like (context meter, document chips)."""
@@ -274,8 +341,94 @@ class ConversationController(QObject):
         self.preview_requested.emit(self._preview_id, self._turn_request(self._conversation_id, draft=""))
 
     def send(self, text: str) -> None:
-        """Send ``text`` after the last message of the branch shown."""
+        """Send ``text`` after the last message of the branch shown. While an answer is being
+        written it is queued instead, and goes out when that answer ends (:meth:`queue`)."""
+        if self.is_busy and self._answering is not None and self._answering == self._conversation_id:
+            self._enqueue(self._answering, text)
+            return
         self._send(text, "active", None)
+
+    # -- the queue: messages sent while an answer is being written -------------------------------
+    def queue(self) -> MessageQueue | None:
+        """The messages waiting in the conversation shown (None: none)."""
+        if self._conversation_id is None:
+            return None
+        return self._queues.get(self._conversation_id)
+
+    def _enqueue(self, conversation_id: int, text: str) -> None:
+        text = text.strip()
+        if not text:
+            return
+        queue = self._queues.get(conversation_id, MessageQueue(conversation_id))
+        item = QueuedMessage(next(self._queue_ids), text)
+        self._set_queue(dataclasses.replace(queue, items=(*queue.items, item)))
+
+    def _set_queue(self, queue: MessageQueue) -> None:
+        if queue.items:
+            self._queues[queue.conversation_id] = queue
+        else:
+            self._queues.pop(queue.conversation_id, None)
+        if queue.conversation_id == self._conversation_id:
+            self.queue_changed.emit(queue if queue.items else None)
+
+    def edit_queued(self, item_id: int, text: str) -> None:
+        """Replace the text of a queued message (empty text: take it out of the queue)."""
+        if self._queue_editing == item_id:
+            self._queue_editing = None
+        queue = self.queue()
+        if queue is None:
+            return
+        text = text.strip()
+        items = tuple(
+            QueuedMessage(i.id, text) if i.id == item_id else i
+            for i in queue.items
+            if i.id != item_id or text
+        )
+        self._set_queue(dataclasses.replace(queue, items=items))
+        self._drain_queue()
+
+    def cancel_queued(self, item_id: int) -> None:
+        """Take a queued message out of the queue: it is never sent."""
+        self.edit_queued(item_id, "")
+
+    def hold_queued(self, item_id: int | None) -> None:
+        """``item_id`` is being edited in the composer: it (and those after it) wait until the
+        edit is kept or cancelled. None: the edit ended without a change."""
+        self._queue_editing = item_id
+        if item_id is None:
+            self._drain_queue()
+
+    def resume_queue(self) -> None:
+        """Send the messages of a paused queue (the answer before them was stopped or failed)."""
+        queue = self.queue()
+        if queue is None:
+            return
+        self._set_queue(dataclasses.replace(queue, paused=""))
+        self._drain_queue()
+
+    def _pause_queue(self, conversation_id: int | None, why: str) -> None:
+        queue = self._queues.get(conversation_id) if conversation_id is not None else None
+        if queue is not None:
+            self._set_queue(dataclasses.replace(queue, paused=why))
+
+    def _drain_queue(self) -> None:
+        """The answer ended: send the first queued message of the conversation shown, unless the
+        queue is paused, its first message is being edited, or another answer is on its way."""
+        queue = self.queue()
+        if queue is None or queue.paused or self.is_busy or self._closed:
+            return
+        first = queue.items[0]
+        if self._queue_editing == first.id:
+            return
+        self._set_queue(dataclasses.replace(queue, items=queue.items[1:]))
+        self._send(first.text, "active", None)
+        if not self.is_busy:  # it could not go (attachments not ready, no model): it waits again
+            queue = self._queues.get(queue.conversation_id, MessageQueue(queue.conversation_id))
+            self._set_queue(
+                dataclasses.replace(
+                    queue, items=(first, *queue.items), paused="It could not be sent; see the message above."
+                )
+            )
 
     def _send(self, text: str, parent: int | Literal["active"] | None, edited_from: int | None) -> None:
         """Store the user's message under ``parent`` (a branch beside its other children) and
@@ -452,6 +605,7 @@ class ConversationController(QObject):
         self._inference.generating = True
         self._streaming_message = None
         self._streaming_text = []
+        self._continuing = None
         self._turn = None
         self._inference.worker.cancel_event.clear()
         self.busy_changed.emit(True)
@@ -463,8 +617,10 @@ class ConversationController(QObject):
             return
         if self._offer is not None:  # Stop while asked whether to read: no answer
             self._offer = None
+            conversation_id = self._answering
             self._end_answer()
             self.busy_changed.emit(False)
+            self._pause_queue(conversation_id, "The answer was stopped, so these wait: Resume sends them.")
             return
         self._inference.cancel_generation()
 
@@ -573,6 +729,34 @@ class ConversationController(QObject):
         origin = old.stats.get("edited_from")
         self._send(text, old.parent_id, origin if isinstance(origin, int) else old.id)
 
+    def can_continue(self, message_id: int) -> bool:
+        """Whether the answer ``message_id`` can be continued: it is the last message of the
+        branch shown and it was stopped, cut off by the max-tokens limit, or interrupted."""
+        if self.is_busy or self._conversation_id is None or self._models.model_info is None:
+            return False
+        path = self._store.messages(self._conversation_id)
+        if not path or path[-1].id != message_id:
+            return False
+        return _unfinished(path[-1])
+
+    def continue_answer(self, message_id: int) -> None:
+        """Continue the answer ``message_id`` in place: the model carries on the same text (its
+        prompt ends with the answer as written, no end of turn), and what it writes is added to
+        the same message (its figures updated)."""
+        if not self.can_continue(message_id):
+            return
+        message = self._store.get_message(message_id)
+        assert message is not None
+        assert self._conversation_id is not None
+        gen_id = self._begin_answer()
+        request = self._turn_request(self._conversation_id, continue_answer=True)
+        self._continuing = message
+        self._streaming_message = message_id
+        self._streaming_text = [message.content]
+        self._last_saved = time.monotonic()
+        self.answer_continued.emit(message_id)
+        self.answer_requested.emit(gen_id, request, self._sampling())
+
     def edit_answer(self, message_id: int, text: str) -> None:
         """Keep ``text`` as the answer ``message_id`` (the user fixed it): a new branch beside it,
         marked ``stats["edited"]``; the model's answer stays one ‹ away."""
@@ -618,7 +802,7 @@ class ConversationController(QObject):
             self.stop()  # deleted while its turn was being decided
             return
         self._turn = turn
-        if turn.dropped > 0:
+        if turn.dropped > 0 and not turn.continues:  # a notice would follow the answer continued
             notice = self._store.add_message(conversation_id, "notice", dropped_notice(turn.dropped))
             if self._shown(conversation_id):
                 self.message_added.emit(notice)
@@ -693,8 +877,11 @@ class ConversationController(QObject):
         cancelled = stats.finish_reason == FinishReason.CANCELLED
         status = MessageStatus.CANCELLED if cancelled else MessageStatus.COMPLETE
         saved_stats = _stats_dict(stats)
+        continued, self._continuing = self._continuing, None
+        if continued is not None:  # the figures cover the whole answer now
+            saved_stats = _continued_stats(continued.stats, saved_stats)
         documents = self._turn.documents if self._turn is not None else None
-        if documents is not None:
+        if documents is not None and continued is None:
             saved_stats["context_mode"] = documents.mode.value
             saved_stats["document_tokens"] = documents.tokens
             saved_stats["sources"] = list(documents.sources)
@@ -702,6 +889,8 @@ class ConversationController(QObject):
             message_id, content="".join(self._streaming_text), stats=saved_stats, status=status
         )
         self._streaming_text = []
+        if continued is not None:
+            stats = dataclasses.replace(stats, completion_tokens=saved_stats["completion_tokens"])
         self.generation_finished.emit(message_id, stats)
         if self._shown(conversation_id):
             self.context_changed.emit(stats.context_used, stats.n_ctx or self._models.n_ctx)
@@ -711,6 +900,10 @@ class ConversationController(QObject):
             return  # still busy: the call waits for the user, then the answer continues
         self.busy_changed.emit(False)
         self._announce(conversation_id)
+        if cancelled:
+            self._pause_queue(conversation_id, "The answer was stopped, so these wait: Resume sends them.")
+        elif self._shown(conversation_id):
+            self._drain_queue()
 
     # -- tool calls -------------------------------------------------------------------------
     def _propose_tool_call(self, conversation_id: int, message_id: int, stats: dict[str, Any]) -> bool:
@@ -816,7 +1009,17 @@ class ConversationController(QObject):
         interrupted = self._engine_stopped_gen == gen_id
         self._engine_stopped_gen = None
         self._end_answer()
-        if message_id is not None:
+        continued, self._continuing = self._continuing, None
+        if message_id is not None and continued is not None:
+            # Continue failed: the answer keeps what it had and what was added, and how it ended
+            status = MessageStatus.INTERRUPTED if interrupted else MessageStatus(continued.status)
+            self._store.update_message(
+                message_id,
+                content="".join(self._streaming_text),
+                status=status,
+                stats={**continued.stats, "error": message},
+            )
+        elif message_id is not None:
             partial = "".join(self._streaming_text)
             status = MessageStatus.INTERRUPTED if interrupted and partial else MessageStatus.ERROR
             self._store.update_message(message_id, content=partial, status=status, stats={"error": message})
@@ -829,6 +1032,7 @@ class ConversationController(QObject):
         self._streaming_text = []
         self.generation_failed.emit(message_id or 0, message, detail)
         self.busy_changed.emit(False)
+        self._pause_queue(conversation_id, "The answer failed, so these wait: Resume sends them.")
 
     def _add_answer(
         self,
@@ -904,6 +1108,31 @@ def _branch_anchor(path: list[StoredMessage], index: int) -> StoredMessage:
         while index > 0 and path[index - 1].role == "notice":
             index -= 1
     return path[index]
+
+
+def _unfinished(message: StoredMessage) -> bool:
+    """An answer that stopped before its end: stopped, interrupted, or cut off by a limit."""
+    if message.role != Role.ASSISTANT.value or not message.content.strip():
+        return False
+    if message.status in (MessageStatus.CANCELLED, MessageStatus.INTERRUPTED):
+        return True
+    return message.status == MessageStatus.COMPLETE and message.stats.get("finish_reason") in (
+        FinishReason.LENGTH,
+        FinishReason.CONTEXT,
+    )
+
+
+def _continued_stats(before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """The stats of an answer after a Continue: tokens added up, the speed and the finish of the
+    continuation, how many times it was continued; what the first part recorded (sources) kept."""
+    merged = {**before, **now}
+    merged.pop("error", None)
+    merged["completion_tokens"] = int(before.get("completion_tokens") or 0) + int(now["completion_tokens"])
+    merged["continued"] = int(before.get("continued") or 0) + 1
+    for key in ("context_mode", "document_tokens", "sources"):
+        if key in before:
+            merged[key] = before[key]
+    return merged
 
 
 def _sampling_dict(sampling: SamplingParams) -> dict[str, Any]:

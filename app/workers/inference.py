@@ -634,7 +634,11 @@ class LlamaWorker(QObject):
         def on_prompt_progress(done: int, total: int) -> None:
             self.prompt_progress.emit(gen_id, done, total)
 
-        for piece in engine.stream_chat(turn.messages, sampling, self.cancel_event, on_prompt_progress):
+        # only a Continue passes the flag: every engine takes the plain call
+        extra = {"continue_last": True} if turn.continues else {}
+        for piece in engine.stream_chat(
+            turn.messages, sampling, self.cancel_event, on_prompt_progress, **extra
+        ):
             buffer.append(piece)
             now = time.monotonic()
             if now - last_emit >= interval:

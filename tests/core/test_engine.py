@@ -388,3 +388,33 @@ def test_state_key_changes_with_the_plan_and_bad_state_files_are_ignored(
         assert chat(engine, [ChatMessage.user("still fine")]).strip()
     finally:
         engine.unload()
+
+
+def test_continue_renders_the_unfinished_answer_without_its_end_of_turn(
+    engine: LlamaEngine, tiny_model: Path
+) -> None:
+    """Continue: the prompt is the conversation with the unfinished answer last and no end of turn
+    after it, so the model carries on the same text; the cache keeps the answer's tokens."""
+    engine.load(LoadParams(tiny_model, n_ctx=1024, n_threads=1))
+    question = [ChatMessage.user("Tell me a long story about a lighthouse")]
+    partial = chat(engine, question, SamplingParams(max_tokens=8, seed=3))
+    assert partial
+    messages = [*question, ChatMessage.assistant(partial)]
+    finished = engine.render_prompt(messages)
+    assert finished.endswith("<|header_start|>assistant<|header_end|>\n\n")  # a new answer next
+    prompt = engine.render_prompt(messages, continue_last=True)
+    assert prompt == engine.render_prompt(question) + partial
+    assert not prompt.endswith("<|eot|>")
+    more = "".join(
+        engine.stream_chat(
+            messages, SamplingParams(max_tokens=8, seed=3), threading.Event(), continue_last=True
+        )
+    )
+    assert engine.last_prompt == prompt
+    stats = engine.last_stats
+    assert stats.completion_tokens > 0
+    assert more
+    # the answer's tokens were still in the cache: only what differs is evaluated again
+    assert stats.prompt_tokens_evaluated < stats.prompt_tokens
+    with pytest.raises(Exception, match="Only an answer"):
+        engine.render_prompt(question, continue_last=True)

@@ -112,6 +112,13 @@ def test_the_proxy_answers_as_the_engine_in_this_process_does(proxies: Proxies, 
         assert proxy.last_stats.completion_tokens == GREEDY.max_tokens
         assert proxy.last_stats.finish_reason == "length"
         assert proxy.state_key() == local.state_key()
+        # Continue crosses the process too: the same continuation as here
+        unfinished = [*messages, ChatMessage.assistant("".join(pieces))]
+        more = proxy.stream_chat(unfinished, GREEDY, threading.Event(), continue_last=True)
+        assert "".join(more) == "".join(
+            local.stream_chat(unfinished, GREEDY, threading.Event(), continue_last=True)
+        )
+        assert proxy.last_stats.prompt_tokens == local.last_stats.prompt_tokens
     finally:
         local.unload()
 

@@ -188,6 +188,13 @@ def test_pictures_to_a_server_without_vision_are_refused(server: RunningServer) 
         list(engine.stream_chat(turn, GREEDY, threading.Event()))
 
 
+def test_continue_on_a_server_that_cannot_carry_on_an_answer_says_so(server: RunningServer) -> None:
+    engine = connect(server, n_ctx=N_CTX)
+    turn = [ChatMessage.user("Tell me a story."), ChatMessage.assistant("Once upon")]
+    with pytest.raises(RemoteError, match="cannot continue an answer"):
+        list(engine.stream_chat(turn, GREEDY, threading.Event(), continue_last=True))
+
+
 def test_a_server_killed_mid_answer_keeps_the_partial_answer(tiny_model: Path, tmp_path: Path) -> None:
     with llama_cpp_server(tiny_model, tmp_path / "killed.log", n_ctx=2048) as doomed:
         engine = connect(doomed, n_ctx=2048)

@@ -62,9 +62,16 @@ def test_busy_turns_send_into_stop_and_esc_stops(qtbot, composer: Composer) -> N
         qtbot.keyClick(composer.edit, Qt.Key.Key_Escape)
     with qtbot.waitSignal(composer.stop_requested):
         qtbot.mouseClick(composer.send_button, Qt.MouseButton.LeftButton)
+    # text typed while busy: Enter (or the button, now "Queue") queues it; Esc still stops
     qtbot.keyClicks(composer.edit, "next question")
-    with qtbot.assertNotEmitted(composer.send_requested):
+    assert composer.send_button.accessibleName() == "Queue"
+    with qtbot.waitSignal(composer.send_requested) as queued:
         qtbot.keyClick(composer.edit, Qt.Key.Key_Return)
+    assert queued.args == ["next question"]
+    assert composer.send_button.accessibleName() == "Stop"
+    qtbot.keyClicks(composer.edit, "one more")
+    with qtbot.waitSignal(composer.stop_requested):
+        qtbot.keyClick(composer.edit, Qt.Key.Key_Escape)
     composer.set_busy(False)
     assert composer.send_button.accessibleName() == "Send"
     with qtbot.waitSignal(composer.send_requested):

@@ -180,7 +180,7 @@ class _Handlers:
     def load_state(self, path: Any) -> int:
         return int(self._engine.load_state(path))
 
-    def stream_chat(self, messages: Any, sampling: Any) -> Any:
+    def stream_chat(self, messages: Any, sampling: Any, continue_last: bool = False) -> Any:
         send = self._conn.send
 
         def on_prompt_progress(done: int, total: int) -> None:
@@ -188,7 +188,9 @@ class _Handlers:
 
         pending: list[str] = []
         last = 0.0
-        for piece in self._engine.stream_chat(messages, sampling, self._cancel, on_prompt_progress):
+        for piece in self._engine.stream_chat(
+            messages, sampling, self._cancel, on_prompt_progress, continue_last=continue_last
+        ):
             pending.append(piece)
             now = time.perf_counter()
             if now - last >= PIECE_FLUSH_S:

@@ -90,6 +90,7 @@ class LlamaEngine:
         self._vision: Any = None  # MTMDChatHandler when the model has a vision projector
         self._tokenizer: PromptTokenizer | None = None
         self._literal = LiteralSpecials(())  # guards message text against control-token injection
+        self.last_prompt = ""  # the prompt of the last answer, as rendered (diagnostics, tests)
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -298,7 +299,16 @@ class LlamaEngine:
         llm = self._require()
         return len(tokenize_bytes(llm, text.encode("utf-8"), add_bos=False, special=False))
 
-    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+    def render_prompt(self, messages: Sequence[ChatMessage], *, continue_last: bool = False) -> str:
+        """The prompt for ``messages``, ending with the generation prompt (the header of the
+        answer to write). ``continue_last``: the last message is an unfinished answer: the prompt
+        is the conversation before it, the answer's header, then its text as written: no end of
+        turn after it, so the model carries on with the same text."""
+        if continue_last:
+            if not messages or messages[-1].role != "assistant":
+                raise EngineError("Only an answer can be continued.")
+            head = self.render_prompt(messages[:-1])
+            return head + self._literal(messages[-1].content)
         self._require()
         assert self._render is not None
         dicts = messages_as_dicts(self._as_text(messages))
@@ -334,9 +344,11 @@ class LlamaEngine:
             for m in messages
         ]
 
-    def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def prompt_tokens(self, messages: Sequence[ChatMessage], *, continue_last: bool = False) -> list[int]:
+        return self._tokens_of(self.render_prompt(messages, continue_last=continue_last))
+
+    def _tokens_of(self, prompt: str) -> list[int]:
         llm = self._require()
-        prompt = self.render_prompt(messages)
         bos = self._token_text(llm, llm.token_bos())
         add_bos = not (bos and prompt.startswith(bos))
         if self._tokenizer is not None:
@@ -453,14 +465,22 @@ class LlamaEngine:
         sampling: SamplingParams,
         cancel: threading.Event,
         on_prompt_progress: Callable[[int, int], None] | None = None,
+        *,
+        continue_last: bool = False,
     ) -> Iterator[str]:
         llama_cpp = import_llama_cpp()
         llm = self._require()
         if any(m.images for m in messages):
+            if continue_last:
+                raise EngineError(
+                    "An answer in a conversation with pictures cannot be continued: use Regenerate, "
+                    "or ask the model to go on."
+                )
             self._stats = yield from self._stream_image_chat(llm, messages, sampling, cancel)
             return
         started = time.perf_counter()
-        tokens = self.prompt_tokens(messages)
+        self.last_prompt = self.render_prompt(messages, continue_last=continue_last)
+        tokens = self._tokens_of(self.last_prompt)
         n_ctx = int(llm.n_ctx())
         if len(tokens) >= n_ctx:
             raise ContextOverflowError(

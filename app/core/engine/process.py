@@ -302,8 +302,10 @@ class EngineProxy:
         sampling: SamplingParams,
         cancel: threading.Event,
         on_prompt_progress: Callable[[int, int], None] | None = None,
+        *,
+        continue_last: bool = False,
     ) -> Iterator[str]:
-        child = self._send("answering", ("stream_chat", list(messages), sampling))
+        child = self._send("answering", ("stream_chat", list(messages), sampling, continue_last))
         give_up_at: float | None = None
         finished = False
         try:

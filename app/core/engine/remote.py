@@ -620,16 +620,23 @@ class RemoteEngine:
         sampling: SamplingParams,
         cancel: threading.Event,
         on_prompt_progress: Callable[[int, int], None] | None = None,
+        *,
+        continue_last: bool = False,
     ) -> Iterator[str]:
         info, identity = self._info, self._identity
         if info is None or identity is None:
             raise NoModelError()
+        if continue_last and identity.kind not in (LLAMA_SERVER, VLLM):
+            raise RemoteError(
+                f"{identity.kind} on {self.config.address} cannot continue an answer (only llama-server "
+                "and vLLM carry on a written answer). Use Regenerate, or ask the model to go on."
+            )
         if any(m.images for m in messages) and not identity.vision:
             raise RemoteError(
                 f"{identity.model} on {self.config.address} does not accept pictures (the server does "
                 "not say it reads images). Remove the pictures, or serve a model with a vision projector."
             )
-        body = self.request_body(messages, sampling)
+        body = self.request_body(messages, sampling, continue_last=continue_last)
         started = time.perf_counter()
         first_at: float | None = None
         pieces = 0
@@ -685,8 +692,12 @@ class RemoteEngine:
         except RemoteError:
             return
 
-    def request_body(self, messages: Sequence[ChatMessage], sampling: SamplingParams) -> dict[str, Any]:
-        """The ``/v1/chat/completions`` request for these messages (also what ``bench/remote.py`` sends)."""
+    def request_body(
+        self, messages: Sequence[ChatMessage], sampling: SamplingParams, *, continue_last: bool = False
+    ) -> dict[str, Any]:
+        """The ``/v1/chat/completions`` request for these messages (also what ``bench/remote.py`` sends).
+        ``continue_last``: the last message is an answer to carry on: llama-server continues a
+        final assistant message by itself (its "prefill"); vLLM is told so."""
         identity = self._identity
         assert identity is not None
         body: dict[str, Any] = {
@@ -711,6 +722,9 @@ class RemoteEngine:
             body["repetition_penalty"] = sampling.repeat_penalty
         if identity.kind == LLAMA_SERVER:
             body["cache_prompt"] = True  # reuse the KV cache of the conversation's earlier turns
+        if continue_last and identity.kind == VLLM:
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
         return body
 
     def _figures(
