@@ -172,3 +172,33 @@ def small_http_server(kind: str) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def rpc_server(binary: Path, log: Path, *, port: int = 0, cache: bool = False) -> Iterator[RunningServer]:
+    """llama.cpp's ``rpc-server`` (one thread) on 127.0.0.1, waited for until it accepts
+    connections, always killed afterwards. ``cache``: its local tensor cache (``-c``)."""
+    port = port or free_port()
+    command = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--threads", "1"]
+    if cache:
+        command.append("--cache")
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    server = RunningServer(process, port, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _accepts(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"rpc-server did not start:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.kill()

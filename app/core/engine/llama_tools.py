@@ -20,7 +20,8 @@ MANIFEST = "tools.json"
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("SCOUT_LLAMA_TOOLS_CACHE", Path.home() / ".cache" / "scout-chat" / "llama-tools"))
+    default = Path.home() / ".cache" / "scout-chat" / "llama-tools"
+    return Path(os.environ.get("SCOUT_LLAMA_TOOLS_CACHE", default))
 
 
 def _exe(name: str) -> str:
