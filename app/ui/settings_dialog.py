@@ -86,6 +86,7 @@ class SettingsDialog(QDialog):
         self._build_sampling(settings)
         self._build_context_and_threads(settings, model, plan, fixed_n_ctx)
         self._build_documents()
+        self._build_machines(settings)
         self._build_theme_and_buttons()
         self._build_layout()
         self._load(settings)
@@ -164,6 +165,48 @@ class SettingsDialog(QDialog):
             "default. Questions that ask for everything (“list every…”) can still read it all in parts."
         )
 
+    def _build_machines(self, settings: Settings) -> None:
+        self.compute_servers = QPlainTextEdit("\n".join(settings.compute_servers))
+        self.compute_servers.setPlaceholderText("none: the model runs on this computer alone")
+        self.compute_servers.setMaximumHeight(70)
+        self.compute_servers.setTabChangesFocus(True)
+        self.compute_servers.setToolTip(
+            "Other computers that lend their memory and processors to this one through llama.cpp RPC: "
+            "one host:port per line, each running `scout-chat --compute-server`. The model's layers "
+            "are split across them by their free memory. Trusted home or office networks only: the "
+            "connection is neither authenticated nor encrypted. Changing the list reloads the model."
+        )
+        self.compute_servers_note = QLabel("")
+        self.compute_servers_note.setObjectName("settingsNotice")
+        self.compute_servers_note.setWordWrap(True)
+        self.compute_servers_note.setVisible(False)
+
+    def machines(self) -> tuple[str, ...] | None:
+        """The compute servers as entered (``host:port``, duplicates dropped), or None with the
+        note saying which line is not an address."""
+        from app.core.engine.rpc import parse_endpoint
+
+        found: list[str] = []
+        for line in self.compute_servers.toPlainText().splitlines():
+            if not line.strip():
+                continue
+            try:
+                endpoint = parse_endpoint(line)
+            except ValueError as exc:
+                self.compute_servers_note.setText(str(exc))
+                self.compute_servers_note.setVisible(True)
+                return None
+            if endpoint not in found:
+                found.append(endpoint)
+        self.compute_servers_note.setVisible(False)
+        return tuple(found)
+
+    def accept(self) -> None:
+        if self.machines() is None:  # the note says what is wrong; the dialog stays open
+            self.compute_servers.setFocus()
+            return
+        super().accept()
+
     def _build_theme_and_buttons(self) -> None:
         self.search_model = QCheckBox("Search long documents by meaning (downloads a 90 MB model)")
         self.search_model.setToolTip(
@@ -202,6 +245,11 @@ class SettingsDialog(QDialog):
         form.addRow(documents)
         form.addRow("Read documents whole", self.whole_document_limit)
         form.addRow("Search by meaning", self.search_model)
+        machines = QLabel("Machines")
+        machines.setFont(font)
+        form.addRow(machines)
+        form.addRow("Compute servers", self.compute_servers)
+        form.addRow("", self.compute_servers_note)
         form.addRow("Theme", self.theme)
 
         buttons = QDialogButtonBox(
@@ -249,6 +297,7 @@ class SettingsDialog(QDialog):
             whole_document_limit=self.whole_document_limit.value(),
             theme=str(self.theme.currentData()),
             search_model=self._search_model_choice(),
+            compute_servers=self.machines() or (),
         )
 
     def _search_model_choice(self) -> str:
