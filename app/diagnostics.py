@@ -50,6 +50,7 @@ SECTIONS = (
     SECTION_DIRECTORIES,
     SECTION_MODELS,
     SECTION_RECOMMENDATION,
+    SECTION_MACHINES,
 )
 
 
@@ -492,7 +493,6 @@ def collect_report(
     ]
     if engine_check is not None:
         sections[SECTION_LLAMA].insert(0, ("Engine process", engine_check()))
-    sections[SECTION_MACHINES] = machine_lines(compute_servers)
 
     hardware = _hardware_sections(hardware_probe or SystemHardware(), sections)
     free = free_space(paths.models_dir)
@@ -527,6 +527,7 @@ def collect_report(
             sections[SECTION_RECOMMENDATION] = [("Build", f"unavailable ({exc})")]
     else:
         sections[SECTION_RECOMMENDATION] = [("Build", "unavailable (no manifest or hardware)")]
+    sections[SECTION_MACHINES] = machine_lines(compute_servers)
     return Report(sections=sections, notes=tuple(notes))
 
 
