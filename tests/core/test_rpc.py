@@ -74,13 +74,8 @@ def test_the_model_is_split_across_two_compute_servers_and_answers_as_locally(
         proxy.load(params(tiny_model, endpoints(two_servers)))
         pooled = "".join(proxy.stream_chat(QUESTION, GREEDY, threading.Event()))
         text = log.read_text(errors="replace")
-        # the planner's dry run in the same engine process measures this machine alone
-        measured = proxy.measure_buffers(params(tiny_model))
     finally:
         proxy.close()
-    names = {*measured.model, *measured.kv, *measured.compute}
-    assert names
-    assert not any("RPC" in name for name in names)
     first, second = endpoints(two_servers)
     # llama.cpp's load log: both servers used, layers on each, model weights in each one's buffer
     assert f"using device RPC0 ({first})" in text

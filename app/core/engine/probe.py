@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.core.engine import rpc
 from app.core.splits import split_parts
 
 if TYPE_CHECKING:
@@ -253,11 +252,6 @@ def _measure(params: LoadParams, *, dry_run: bool, repack: bool) -> MeasuredBuff
     llama_cpp.llama_backend_init()
     mp = llama_cpp.llama_model_default_params()
     mp.n_gpu_layers = params.n_gpu_layers
-    # this machine's devices only, even after a load on compute servers (whose devices stay
-    # registered in the engine process): the planner plans this machine
-    local_devices = rpc.REGISTRY.device_array(())
-    if local_devices is not None:
-        mp.devices = ctypes.cast(local_devices, ctypes.c_void_p)
     mp.use_extra_bufts = repack
     mp.lazy_mode = LLAMA_LAZY_MODE_OFF
     if dry_run:
