@@ -6,6 +6,7 @@ the reason, when the set-up has not built the tools."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 from typing import TYPE_CHECKING
@@ -83,9 +84,10 @@ def test_the_server_is_identified_by_its_props(server: RunningServer, tools: Lla
     version = subprocess.run(
         [str(tools.llama_server), "--version"], capture_output=True, text=True, timeout=60, check=False
     )
-    build = identity.version.split("-")[0]
-    assert build
-    assert build in version.stdout + version.stderr  # the build the tool reports itself
+    # the build the tool reports itself ("build 0, commit unknown": a source archive has no git)
+    said = re.search(r"\(build (\d+), commit (\w+)\)", version.stdout + version.stderr)
+    assert said is not None
+    assert identity.version == f"b{said.group(1)}-{said.group(2)}"
     assert f"llama-server {identity.version} at 127.0.0.1:{server.port}" in identity.describe(
         f"127.0.0.1:{server.port}"
     )

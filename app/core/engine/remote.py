@@ -604,7 +604,13 @@ class RemoteEngine:
                     identity.template_path,
                     {"messages": [_message_json(m, images=False) for m in messages]},
                 )
-                return self.count_tokens(str(rendered["prompt"]))
+                prompt = str(rendered["prompt"])
+                if identity.kind == LLAMA_SERVER:
+                    # its rendered prompt leaves out the BOS token, which it adds when it tokenizes
+                    # the prompt of a chat request: count it the same way
+                    body = {"content": prompt, "add_special": True}
+                    return len(self._http.request_json("POST", "/tokenize", body)["tokens"])
+                return self.count_tokens(prompt)
             except (RemoteError, KeyError, TypeError) as exc:
                 if isinstance(exc, (ServerAuthError, ServerUnreachableError, ServerTimeoutError)):
                     raise
