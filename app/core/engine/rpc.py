@@ -112,14 +112,14 @@ class _Registry:
         self._regs: dict[str, int] = {}  # endpoint -> ggml_backend_reg_t
         self._ggml: Any = None
         self._base: Any = None
-        self._rpc: Any = None
+        self._add_server: Any = None  # ggml_backend_rpc_add_server
 
     @property
     def used(self) -> bool:
         return bool(self._regs)
 
     def _load(self) -> None:
-        if self._rpc is not None:
+        if self._add_server is not None:
             return
         from app.core.engine.llama_tools import find_llama_tools, why_missing
         from app.core.engine.native import import_llama_cpp
@@ -132,6 +132,7 @@ class _Registry:
         ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
         ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
         own = ggml.ggml_backend_reg_by_name(b"RPC")
+        add_server: Any
         if own:  # a llama-cpp-python built with GGML_RPC=on
             base.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
             base.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
@@ -172,7 +173,6 @@ class _Registry:
             ctypes.POINTER(ctypes.c_size_t),
         ]
         self._ggml, self._base, self._add_server = ggml, base, add_server
-        self._rpc = True
 
     def register(self, endpoints: Sequence[str]) -> list[ComputeDevice]:
         """Register each endpoint's devices (once per process); their devices, in order."""
