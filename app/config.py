@@ -133,6 +133,11 @@ class Settings:
     whole_document_limit: int = 32_000  # documents up to this many tokens go in whole (docs/benchmarks.md)
     search_model: str = "ask"  # ask (offer it once) | on | off: the search model for long documents
     compute_servers: tuple[str, ...] = ()  # llama.cpp RPC compute servers, "host:port" (Settings → Machines)
+    api_server: bool = False  # the local OpenAI-compatible API server (Settings → API server)
+    api_host: str = "127.0.0.1"  # another address only when the user chooses it (with a warning)
+    api_port: int = 1236  # 0: any free port (tests)
+    api_cors_origins: tuple[str, ...] = ()  # browser origins allowed to call it; none: no CORS
+    api_allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides localhost and the address
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Settings:

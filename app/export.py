@@ -1,8 +1,10 @@
 """Export a conversation to Markdown (to read) or JSON (to keep, and to import back).
 
-Pure functions over the store's records: no Qt, no file dialogs. The JSON form carries every
-stored field of every message, so :func:`import_json` rebuilds the conversation in another store
-(a new id; timestamps are the importing store's).
+Pure functions over the store's records: no Qt, no file dialogs. Markdown holds the branch shown
+(the active path); the JSON form holds the whole tree — every stored field of every message of
+every branch, with each message's ``id`` and ``parent`` and the ``active_leaf`` — so
+:func:`import_json` rebuilds the conversation with its branches in another store (new ids;
+timestamps are the importing store's). Version 1 files (one linear list) still import.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from app import __version__
 from app.core.errors import UserError
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from app.core.store import Attachment, Conversation, Store, StoredMessage
 
 EXPORT_FORMAT = "scout-chat.conversation"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 ROLE_TITLES = {"user": "You", "assistant": "Scout", "system": "System", "notice": "Note"}
 
 
@@ -37,8 +39,9 @@ class Exported:
     """A conversation as plain data, ready to write."""
 
     conversation: Conversation
-    messages: tuple[StoredMessage, ...]
+    messages: tuple[StoredMessage, ...]  # the active path
     attachments: dict[int, list[Attachment]] = field(default_factory=dict)  # by message id
+    tree: tuple[StoredMessage, ...] = ()  # every branch (empty: the path is all there is)
 
 
 def _iso(timestamp: float) -> str:
@@ -110,7 +113,9 @@ def to_markdown(
 def _message_dict(
     message: StoredMessage, attachments: Sequence[Attachment] = (), files_dir: str = ""
 ) -> dict[str, Any]:
-    out = {
+    out: dict[str, Any] = {
+        "id": message.id,
+        "parent": message.parent_id,
         "role": message.role,
         "content": message.content,
         "created_at": message.created_at,
@@ -138,7 +143,9 @@ def to_json_dict(
     messages: Sequence[StoredMessage],
     attachments: dict[int, list[Attachment]] | None = None,
     files_dir: str = "",
+    active_leaf: int | None = None,
 ) -> dict[str, Any]:
+    """``messages``: the whole tree (or a path), parents before children."""
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -151,6 +158,7 @@ def to_json_dict(
             "model": conversation.model,
         },
         "messages": [_message_dict(m, (attachments or {}).get(m.id, []), files_dir) for m in messages],
+        "active_leaf": active_leaf if active_leaf is not None else (messages[-1].id if messages else None),
     }
 
 
@@ -159,8 +167,9 @@ def to_json(
     messages: Sequence[StoredMessage],
     attachments: dict[int, list[Attachment]] | None = None,
     files_dir: str = "",
+    active_leaf: int | None = None,
 ) -> str:
-    data = to_json_dict(conversation, messages, attachments, files_dir)
+    data = to_json_dict(conversation, messages, attachments, files_dir, active_leaf)
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
 
@@ -182,10 +191,14 @@ def write_export(exported: Exported, target: Path) -> Path:
             source = Path(image.path)
             if source.is_file():
                 shutil.copyfile(source, folder / _attachment_file(image))
-    maker = to_json if target.suffix.lower() == ".json" else to_markdown
-    target.write_text(
-        maker(exported.conversation, exported.messages, exported.attachments, files_dir), encoding="utf-8"
-    )
+    if target.suffix.lower() == ".json":  # the whole tree
+        leaf = exported.messages[-1].id if exported.messages else None
+        text = to_json(
+            exported.conversation, exported.tree or exported.messages, exported.attachments, files_dir, leaf
+        )
+    else:  # the branch shown
+        text = to_markdown(exported.conversation, exported.messages, exported.attachments, files_dir)
+    target.write_text(text, encoding="utf-8")
     return target
 
 
@@ -221,6 +234,16 @@ def parse_json(text: str) -> dict[str, Any]:
         for key in ("sampling", "stats"):
             if key in m and not isinstance(m[key], dict):
                 raise ExportFormatError(f"{where}.{key}: expected an object")
+    ids: set[int] = set()
+    for i, m in enumerate(messages):
+        if "id" not in m:
+            continue  # version 1: one linear list
+        message_id, parent = m["id"], m.get("parent")
+        if not isinstance(message_id, int) or message_id in ids:
+            raise ExportFormatError(f"messages[{i}].id: unexpected value {message_id!r}")
+        if parent is not None and parent not in ids:
+            raise ExportFormatError(f"messages[{i}].parent: {parent!r} is not an earlier message")
+        ids.add(message_id)
     return data
 
 
@@ -229,9 +252,13 @@ def import_json(store: Store, text: str) -> Conversation:
     data = parse_json(text)
     conv = data["conversation"]
     created = store.create_conversation(conv["title"], model=str(conv.get("model", "")))
+    new_ids: dict[int, int] = {}
     with store.transaction():
         for m in data["messages"]:
-            store.add_message(
+            parent: int | Literal["active"] | None = "active"  # version 1: each after the last
+            if "id" in m:
+                parent = None if m.get("parent") is None else new_ids[m["parent"]]
+            added = store.add_message(
                 created.id,
                 m["role"],
                 m["content"],
@@ -239,7 +266,13 @@ def import_json(store: Store, text: str) -> Conversation:
                 sampling=m.get("sampling") or {},
                 stats=m.get("stats") or {},
                 status=MessageStatus(str(m.get("status", MessageStatus.COMPLETE))),
+                parent_id=parent,
             )
+            if "id" in m:
+                new_ids[m["id"]] = added.id
+        leaf = data.get("active_leaf")
+        if isinstance(leaf, int) and leaf in new_ids:
+            store.activate(new_ids[leaf])
     result = store.get_conversation(created.id)
     assert result is not None
     return result
@@ -251,8 +284,9 @@ def export_conversation(store: Store, conversation_id: int) -> Exported:
     if conversation is None:
         raise KeyError(conversation_id)
     messages = tuple(store.messages(conversation_id))
-    attachments = store.message_attachments([m.id for m in messages])
-    return Exported(conversation, messages, attachments)
+    tree = tuple(store.tree(conversation_id))
+    attachments = store.message_attachments([m.id for m in tree])
+    return Exported(conversation, messages, attachments, tree)
 
 
 def suggested_filename(conversation: Conversation, extension: str) -> str:

@@ -53,10 +53,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.config import DEFAULT_SYSTEM_PROMPT
+from app.config import DEFAULT_SYSTEM_PROMPT, Settings
+from app.core import reading
 from app.core.chunking import chunk_document, estimate_tokens
 from app.core.documents import extract
-from app.core.retrieval import NOT_COVERED_INSTRUCTION, ChunkIndex, HybridSource
+from app.core.retrieval import NOT_COVERED_INSTRUCTION, ChunkIndex, DocumentChunks, HybridSource
 from app.core.store import Attachment, StoredMessage
 from app.core.turns import ModelLimits, TurnRequest, build_turn
 from app.core.vectors import Fusion
@@ -364,6 +365,12 @@ def run(
                 )
             print("  best cosine, answerable:", " ".join(f"{c:.2f}" for c in sorted(answerable)))
             print("  best cosine, absent:    ", " ".join(f"{c:.2f}" for c in sorted(absent)))
+    for n_ctx in contexts:
+        items, parts = reading_coverage(questions, docs, n_ctx)
+        print(
+            f"Aggregate questions read whole in parts at {n_ctx // 1024}k: {items:.0%} of the items reach "
+            f"an extraction prompt ({parts:.1f} parts per question)"
+        )
     if timing:
         pdf_pieces = PDF_TOKENS / timing["piece_tokens"]
         print(
@@ -377,6 +384,29 @@ def run(
             "(BM25 + meaning, fused) "
             f"{timing['rank_ms']:.0f} ms (medians)"
         )
+
+
+def reading_coverage(
+    questions: Sequence[Question], docs: dict[str, tuple[str, list[Chunk]]], n_ctx: int
+) -> tuple[float, float]:
+    """Aggregate questions read whole in parts (``app.core.reading``, as ``LlamaWorker.read_whole``
+    does): the share of gold items that reach an extraction prompt, and the parts per question."""
+    limit = Settings().whole_document_limit
+    found: list[float] = []
+    parts_read: list[int] = []
+    for q in questions:
+        if q.kind != "aggregate":
+            continue
+        name, chunks = docs[q.doc]
+        budget = reading.part_budget(n_ctx, q.text, chat_tokens, limit)
+        parts = reading.plan_parts([DocumentChunks(1, name, tuple(chunks))], budget, estimate_tokens)
+        prompts = [
+            _norm("\n".join(m.content for m in reading.extract_messages(q.text, part, n, len(parts))))
+            for n, part in enumerate(parts, start=1)
+        ]
+        found.append(sum(any(_norm(g) in p for p in prompts) for g in q.gold) / len(q.gold))
+        parts_read.append(len(parts))
+    return statistics.mean(found), statistics.mean(parts_read)
 
 
 def _pieces(index: ChunkIndex, doc_id: int) -> list[tuple[int, str]]:

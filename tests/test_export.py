@@ -16,6 +16,7 @@ from app.export import (
     suggested_filename,
     to_json,
     to_markdown,
+    write_export,
 )
 
 if TYPE_CHECKING:
@@ -146,3 +147,45 @@ def test_markdown_export_includes_images_as_files_beside_it(tmp_path) -> None:
     assert "*Attached document: report.pdf, 3 pages*" in text
     as_json = write_export(exported, tmp_path / "out" / "chat.json").read_text(encoding="utf-8")
     assert '"name": "photo.png"' in as_json
+
+
+def test_markdown_holds_the_branch_shown_and_json_the_whole_tree(store: Store, tmp_path: Path) -> None:
+    conv = store.create_conversation("Branches")
+    question = store.add_message(conv.id, "user", "Name a colour")
+    store.add_message(conv.id, "assistant", "Vermilion")
+    store.add_message(conv.id, "assistant", "Ultramarine", parent_id=question.id)  # regenerated
+    edited = store.add_message(conv.id, "user", "Name a bird", parent_id=None)  # the first one edited
+    store.add_message(conv.id, "assistant", "Kingfisher")
+    store.activate(question.id)  # back on the colours, showing the branch seen last there
+    exported = export_conversation(store, conv.id)
+    md_path = write_export(exported, tmp_path / "chat.md")
+    md = md_path.read_text(encoding="utf-8")
+    assert "Ultramarine" in md
+    assert "Vermilion" not in md
+    assert "Kingfisher" not in md
+    json_path = write_export(exported, tmp_path / "chat.json")
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    assert data["version"] == 2
+    assert [m["content"] for m in data["messages"]] == [
+        "Name a colour", "Vermilion", "Ultramarine", "Name a bird", "Kingfisher"
+    ]  # fmt: skip
+    assert [m["parent"] for m in data["messages"]][3] is None
+    with Store(tmp_path / "fresh.sqlite3") as fresh:
+        imported = import_json(fresh, json_path.read_text(encoding="utf-8"))
+        assert [m.content for m in fresh.messages(imported.id)] == ["Name a colour", "Ultramarine"]
+        assert len(fresh.tree(imported.id)) == 5
+        bird = next(m for m in fresh.tree(imported.id) if m.content == "Name a bird")
+        fresh.activate(bird.id)
+        assert [m.content for m in fresh.messages(imported.id)] == ["Name a bird", "Kingfisher"]
+    assert edited.parent_id is None
+
+
+def test_a_parent_that_is_not_an_earlier_message_is_refused(store: Store) -> None:
+    doc = {
+        "format": "scout-chat.conversation",
+        "version": 2,
+        "conversation": {"title": "x"},
+        "messages": [{"id": 1, "parent": 7, "role": "user", "content": "hi"}],
+    }
+    with pytest.raises(ExportFormatError, match=r"messages\[0\]\.parent"):
+        import_json(store, json.dumps(doc))

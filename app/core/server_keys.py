@@ -1,9 +1,11 @@
-"""API keys of the servers the user added: in the system keyring when ``keyring`` works, else a
-private (0600) file per server, exactly as the Hugging Face token is kept (``TokenStore``)."""
+"""API keys of the servers the user added, and the token of the app's own API server: in the
+system keyring when ``keyring`` works, else a private (0600) file, exactly as the Hugging Face
+token is kept (``TokenStore``)."""
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from typing import TYPE_CHECKING
 
 from app.core.downloads.state import TokenStore
@@ -41,3 +43,29 @@ class ServerKeyStore:
     @property
     def backend(self) -> str:
         return TokenStore(self._data_dir, use_keyring=self._use_keyring).backend
+
+
+API_TOKEN_PREFIX = "sk-scout-"
+
+
+class ApiTokenStore:
+    """The local API server's bearer token, kept like the Hugging Face token (keyring, else a
+    0600 file); generated on first use, replaced by :meth:`regenerate`."""
+
+    def __init__(self, data_dir: Path, *, use_keyring: bool = True) -> None:
+        self._store = TokenStore(data_dir, use_keyring=use_keyring)
+        self._store.USERNAME = "api-server-token"
+        self._store.file = data_dir / "api_server_token"
+
+    def get(self) -> str:
+        token = self._store.get()
+        return token if token else self.regenerate()
+
+    def regenerate(self) -> str:
+        token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self._store.set(token)
+        return token
+
+    @property
+    def backend(self) -> str:
+        return self._store.backend

@@ -9,6 +9,7 @@ attachments and chunks; splitting the class would split its transactions.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -16,7 +17,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from app.core.errors import UserError
 from app.core.types import StrEnum
@@ -72,6 +73,9 @@ class Conversation:
 
 @dataclass(frozen=True)
 class StoredMessage:
+    """One message of a conversation's tree: ``parent_id`` is the message it answers or follows
+    (None for a first message). Messages with the same parent are branches of one another."""
+
     id: int
     conversation_id: int
     role: str
@@ -81,6 +85,7 @@ class StoredMessage:
     sampling: dict[str, Any]
     stats: dict[str, Any]
     status: MessageStatus
+    parent_id: int | None = None
 
 
 ATTACHMENT_KINDS = frozenset({"image", "document"})
@@ -227,10 +232,43 @@ def _migrate_to_v3(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_v4(conn: sqlite3.Connection) -> None:
+    """Conversations become trees: every message has a parent (the message before it), and a
+    conversation remembers the last message of the branch shown (its *active leaf*). A linear
+    conversation becomes one branch holding every message in its order; nothing is deleted."""
+    conn.execute(
+        "ALTER TABLE messages ADD COLUMN parent_id INTEGER REFERENCES messages (id) ON DELETE CASCADE"
+    )
+    # the child shown last under each message: going back to a branch shows it as it was left
+    conn.execute("ALTER TABLE messages ADD COLUMN active_child INTEGER")
+    conn.execute("ALTER TABLE conversations ADD COLUMN active_leaf INTEGER")
+    conn.execute(
+        """
+        UPDATE messages SET parent_id = (
+            SELECT max(p.id) FROM messages AS p
+            WHERE p.conversation_id = messages.conversation_id AND p.id < messages.id
+        )
+        """
+    )
+    conn.execute(
+        "UPDATE messages SET active_child = "
+        "(SELECT min(c.id) FROM messages AS c WHERE c.parent_id = messages.id)"
+    )
+    conn.execute(
+        """
+        UPDATE conversations SET active_leaf = (
+            SELECT max(m.id) FROM messages AS m WHERE m.conversation_id = conversations.id
+        )
+        """
+    )
+    conn.execute("CREATE INDEX messages_by_parent ON messages (parent_id, id)")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_to_v1,
     _migrate_to_v2,
     _migrate_to_v3,
+    _migrate_to_v4,
 )
 """``MIGRATIONS[n]`` takes the database from ``user_version`` n to n + 1. Append only."""
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -246,6 +284,7 @@ _MESSAGE_FIELDS = (
     "sampling",
     "stats",
     "status",
+    "parent_id",
 )
 _CONVERSATION_COLUMNS = ", ".join(_CONVERSATION_FIELDS)
 _ATTACHMENT_COLUMNS = "id, conversation_id, message_id, kind, name, path, sha256, meta, created_at"
@@ -420,25 +459,48 @@ class Store:
         sampling: dict[str, Any] | None = None,
         stats: dict[str, Any] | None = None,
         status: MessageStatus = MessageStatus.COMPLETE,
+        parent_id: int | Literal["active"] | None = "active",
     ) -> StoredMessage:
-        """Append a message and bump the conversation's ``updated_at``."""
+        """Add a message and bump the conversation's ``updated_at``; it becomes the active leaf.
+
+        ``parent_id`` "active" appends it to the branch shown (after the active leaf); a message id
+        or None (a first message) starts a branch beside that parent's other children.
+        """
         _check_role(role)
         status = _check_status(status)
         sampling, stats = dict(sampling or {}), dict(stats or {})
         now = self._now()
         with self.transaction(), _storage_errors():
+            if parent_id == "active":
+                parent_id = self._active_leaf(conversation_id)
+            elif parent_id is not None:
+                owner = self._conn.execute(
+                    "SELECT conversation_id FROM messages WHERE id = ?", (parent_id,)
+                ).fetchone()
+                if owner is None or owner[0] != conversation_id:
+                    raise ValueError(f"message {parent_id} is not in conversation {conversation_id}")
             bumped = self._conn.execute(
                 "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
             ).rowcount
             if not bumped:
                 raise ValueError(f"no conversation with id {conversation_id}")
             cursor = self._conn.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, role, content, now, model, _dumps(sampling), _dumps(stats), status.value),
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    conversation_id, role, content, now, model, _dumps(sampling), _dumps(stats),
+                    status.value, parent_id,
+                ),
+            )  # fmt: skip
+            assert cursor.lastrowid is not None
+            self._conn.execute(
+                "UPDATE conversations SET active_leaf = ? WHERE id = ?", (cursor.lastrowid, conversation_id)
             )
-        assert cursor.lastrowid is not None
+            if parent_id is not None:
+                self._conn.execute(
+                    "UPDATE messages SET active_child = ? WHERE id = ?", (cursor.lastrowid, parent_id)
+                )
         return StoredMessage(
-            cursor.lastrowid, conversation_id, role, content, now, model, sampling, stats, status
+            cursor.lastrowid, conversation_id, role, content, now, model, sampling, stats, status, parent_id
         )
 
     def update_message(
@@ -473,28 +535,138 @@ class Store:
         return _message(rows[0]) if rows else None
 
     def messages(self, conversation_id: int) -> list[StoredMessage]:
-        """The conversation's messages in the order they were added."""
+        """The conversation's **active path**: from its first message to the active leaf, in order.
+
+        This is what the chat shows and what the model is sent; the other branches are in
+        :meth:`tree`.
+        """
+        leaf = self._active_leaf(conversation_id)
+        if leaf is None:
+            return []
+        rows = self._query(
+            f"""
+            WITH RECURSIVE path (id) AS (
+                SELECT ? UNION ALL
+                SELECT m.parent_id FROM messages AS m JOIN path ON m.id = path.id
+                WHERE m.parent_id IS NOT NULL
+            )
+            SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN path ORDER BY id
+            """,
+            (leaf,),
+        )
+        return [_message(row) for row in rows]
+
+    def tree(self, conversation_id: int) -> list[StoredMessage]:
+        """Every message of every branch, in the order they were added (a parent before its children)."""
         rows = self._query(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY id",
             (conversation_id,),
         )
         return [_message(row) for row in rows]
 
-    def delete_messages_from(self, conversation_id: int, message_id: int) -> int:
-        """Delete ``message_id`` and every later message of the conversation; return how many went.
+    def active_leaf(self, conversation_id: int) -> int | None:
+        """The last message of the branch shown (None for an empty conversation)."""
+        return self._active_leaf(conversation_id)
 
-        Nothing is deleted when the message is not in that conversation.
+    def _active_leaf(self, conversation_id: int) -> int | None:
+        row = self._conn.execute(
+            "SELECT active_leaf FROM conversations WHERE id = ?", (conversation_id,)
+        ).fetchone()
+        if row is not None and row[0] is not None:
+            return int(row[0])
+        # no leaf recorded (an empty conversation, or its branch was deleted): the newest message
+        row = self._conn.execute(
+            "SELECT max(id) FROM messages WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def set_active_leaf(self, conversation_id: int, message_id: int | None) -> None:
+        """Show the branch ending at ``message_id`` (None: an empty path, before a new first message)."""
+        if message_id is not None:
+            owner = self._query("SELECT conversation_id FROM messages WHERE id = ?", (message_id,))
+            if not owner or owner[0][0] != conversation_id:
+                raise ValueError(f"message {message_id} is not in conversation {conversation_id}")
+        with self.transaction(), _storage_errors():
+            self._conn.execute(
+                "UPDATE conversations SET active_leaf = ? WHERE id = ?", (message_id, conversation_id)
+            )
+            if message_id is not None:  # each message on the path remembers the child shown
+                path = [m.id for m in self.messages(conversation_id)]
+                self._conn.executemany(
+                    "UPDATE messages SET active_child = ? WHERE id = ? AND active_child IS NOT ?",
+                    [(child, parent, child) for parent, child in itertools.pairwise(path)],
+                )
+
+    def activate(self, message_id: int) -> int:
+        """Show a branch through ``message_id``: below it, at each step, the child shown last
+        (the newest one if none was). Returns the new active leaf."""
+        found = self._query("SELECT conversation_id FROM messages WHERE id = ?", (message_id,))
+        if not found:
+            raise ValueError(f"no message with id {message_id}")
+        leaf = message_id
+        while True:
+            child = self._query(
+                """
+                SELECT coalesce(
+                    (SELECT c.id FROM messages AS c, messages AS p
+                     WHERE p.id = ?1 AND c.id = p.active_child AND c.parent_id = p.id),
+                    (SELECT max(id) FROM messages WHERE parent_id = ?1)
+                )
+                """,
+                (leaf,),
+            )
+            if not child or child[0][0] is None:
+                break
+            leaf = int(child[0][0])
+        self.set_active_leaf(int(found[0][0]), leaf)
+        return leaf
+
+    def children(self, conversation_id: int) -> dict[int | None, list[int]]:
+        """Every message id of the conversation under its parent's id (None: first messages), in order."""
+        out: dict[int | None, list[int]] = {}
+        rows = self._query(
+            "SELECT id, parent_id FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,)
+        )
+        for message_id, parent_id in rows:
+            out.setdefault(parent_id, []).append(int(message_id))
+        return out
+
+    def delete_messages_from(self, conversation_id: int, message_id: int) -> int:
+        """Delete ``message_id`` and everything below it in the tree; return how many went.
+
+        Nothing is deleted when the message is not in that conversation. When the active leaf went
+        with them, the branch shown ends at the deleted message's parent.
         """
         with self.transaction(), _storage_errors():
             owner = self._conn.execute(
-                "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)
+                "SELECT conversation_id, parent_id FROM messages WHERE id = ?", (message_id,)
             ).fetchone()
             if owner is None or owner[0] != conversation_id:
                 log.debug("message %d is not in conversation %d", message_id, conversation_id)
                 return 0
-            return self._conn.execute(
-                "DELETE FROM messages WHERE conversation_id = ? AND id >= ?", (conversation_id, message_id)
-            ).rowcount
+            doomed = [
+                int(row[0])
+                for row in self._conn.execute(
+                    """
+                    WITH RECURSIVE below (id) AS (
+                        SELECT ? UNION ALL
+                        SELECT m.id FROM messages AS m JOIN below ON m.parent_id = below.id
+                    )
+                    SELECT id FROM below
+                    """,
+                    (message_id,),
+                )
+            ]
+            leaf = self._conn.execute(
+                "SELECT active_leaf FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()[0]
+            # children first, so no row is left pointing at a deleted parent
+            self._conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in reversed(doomed)])
+            if leaf is None or leaf in doomed:
+                self._conn.execute(
+                    "UPDATE conversations SET active_leaf = ? WHERE id = ?", (owner[1], conversation_id)
+                )
+            return len(doomed)
 
     # --- attachments ---
 
@@ -565,18 +737,31 @@ class Store:
         return [a for a in self.attachments(conversation_id) if a.message_id is None]
 
     def message_attachments(self, message_ids: Sequence[int]) -> dict[int, list[Attachment]]:
+        """The attachments each message was sent with, by message id. A message made by editing
+        another (``stats["edited_from"]``: the first message of the edits) has that one's."""
         out: dict[int, list[Attachment]] = {}
         if not message_ids:
             return out
         marks = ",".join("?" * len(message_ids))
+        owners: dict[int, list[int]] = {}
+        for message_id, origin in self._query(
+            f"SELECT id, json_extract(stats, '$.edited_from') FROM messages WHERE id IN ({marks})",
+            tuple(message_ids),
+        ):
+            owner = int(origin) if isinstance(origin, int) else int(message_id)
+            owners.setdefault(owner, []).append(int(message_id))
+        if not owners:
+            return out
+        marks = ",".join("?" * len(owners))
         rows = self._query(
             f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE message_id IN ({marks}) ORDER BY id",
-            tuple(message_ids),
+            tuple(owners),
         )
         for row in rows:
             attachment = _attachment(row)
             assert attachment.message_id is not None
-            out.setdefault(attachment.message_id, []).append(attachment)
+            for message_id in owners[attachment.message_id]:
+                out.setdefault(message_id, []).append(attachment)
         return out
 
     def delete_attachment(self, attachment_id: int) -> None:
@@ -710,6 +895,7 @@ def _message(row: Sequence[Any]) -> StoredMessage:
         sampling=json.loads(row[6]),
         stats=json.loads(row[7]),
         status=MessageStatus(row[8]),
+        parent_id=None if row[9] is None else int(row[9]),
     )
 
 

@@ -124,6 +124,7 @@ class WindowAttachments(QObject):
         self._controller.notices.info_message.connect(self._on_notices_info_message)
         c.conversation_opened.connect(self._on_conversations_conversation_opened)
         c.message_added.connect(self._on_conversations_message_added)
+        c.path_changed.connect(self._on_conversations_path_changed)
         c.generation_finished.connect(self._on_conversations_generation_finished)
         m.model_loaded.connect(self._on_models_model_loaded)
         m.model_load_failed.connect(self._on_models_model_load_failed)
@@ -273,6 +274,9 @@ class WindowAttachments(QObject):
 
     def _on_conversations_conversation_opened(self, _conversation_id: int, messages: list[Any]) -> None:
         self.bar.clear()  # the controller re-announces what waits in the composer of this conversation
+        self._show_message_attachments([m.id for m in messages if m.role == "user"])
+
+    def _on_conversations_path_changed(self, _conversation_id: int, messages: list[Any], _focus: int) -> None:
         self._show_message_attachments([m.id for m in messages if m.role == "user"])
 
     def _on_conversations_message_added(self, message: Any) -> None:

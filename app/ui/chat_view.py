@@ -87,8 +87,9 @@ class ChatView(QWidget):
 
     Signals:
         open_model_requested(): the empty state's "Open a GGUF model file…" button.
-        edit_requested(int): message id of the last user message to edit and resend.
-        regenerate_requested(): answer the last user message again.
+        edit_requested(int): message id of the user message to edit (sent as a new branch).
+        regenerate_requested(int): message id of the answer to write again (a new branch).
+        branch_requested(int, int): message id, step (-1, +1): show the branch beside it.
         copied(str): what was copied, for a status message ("message" or "code").
         citation_clicked(int, int): message id, page of a clicked citation in an answer.
         sources_requested(int): message id of the answer whose "What the model saw" was clicked.
@@ -96,7 +97,8 @@ class ChatView(QWidget):
 
     open_model_requested = Signal()
     edit_requested = Signal(int)
-    regenerate_requested = Signal()
+    regenerate_requested = Signal(int)
+    branch_requested = Signal(int, int)
     copied = Signal(str)
     citation_clicked = Signal(int, int)
     sources_requested = Signal(int)
@@ -122,6 +124,12 @@ class ChatView(QWidget):
         self._retire_timer = QTimer(self)
         self._retire_timer.setInterval(0)
         self._retire_timer.timeout.connect(self._on_retire_timer_timeout)
+
+        self._focus: int | None = None  # a message to bring into view once laid out
+        self._focus_timer = QTimer(self)
+        self._focus_timer.setSingleShot(True)
+        self._focus_timer.setInterval(0)
+        self._focus_timer.timeout.connect(self._on_focus_timer_timeout)
 
         self._rerender_timer = QTimer(self)
         self._rerender_timer.setSingleShot(True)
@@ -217,6 +225,21 @@ class ChatView(QWidget):
         self._update_page()
         self.scroll_to_bottom()
 
+    def show_path(self, messages: list[Any], focus: int) -> None:
+        """Show another branch of the conversation, keeping message ``focus`` in view."""
+        self.set_messages(messages)
+        if focus in self._widgets and focus != self._order[-1]:
+            self._stick_to_bottom = False
+            self._focus = focus
+            self._focus_timer.start()
+
+    def set_branches(self, positions: dict[int, tuple[int, int]]) -> None:
+        """Which messages have branches beside them: message id → (its place from 1, how many)."""
+        for message_id, widget in self._widgets.items():
+            if isinstance(widget, MessageWidget):
+                widget.set_branch(positions.get(message_id))
+        self._refresh_actions()
+
     def add_message(self, message: Any) -> None:
         self._insert(message)
         self._refresh_actions()
@@ -232,6 +255,7 @@ class ChatView(QWidget):
             return
         self._order.remove(message_id)
         self.column_layout.removeWidget(widget)
+        widget.hide()  # at once: deletion waits for the event loop
         widget.deleteLater()
         self._refresh_actions()
         self._update_page()
@@ -338,6 +362,7 @@ class ChatView(QWidget):
             widget.copy_requested.connect(self._on_message_copy_requested)
             widget.edit_requested.connect(self._on_message_edit_requested)
             widget.regenerate_requested.connect(self._on_message_regenerate_requested)
+            widget.branch_requested.connect(self._on_message_branch_requested)
             widget.code_copied.connect(self._on_message_code_copied)
             widget.citation_clicked.connect(self._on_message_citation_clicked)
             widget.sources_requested.connect(self._on_message_sources_requested)
@@ -348,19 +373,18 @@ class ChatView(QWidget):
         self.column_layout.insertWidget(self.column_layout.count() - 1, widget)
 
     def _refresh_actions(self) -> None:
-        last_user = self.last_message("user")
-        last_assistant = self.last_message("assistant")
+        """Any user message can be edited and any answer written again (each a new branch), and
+        branches switched, while no answer is being written."""
+        previous_role = ""
         for message_id in self._order:
             widget = self._widgets[message_id]
             if isinstance(widget, MessageWidget):
                 widget.set_actions(
-                    can_edit=not self._busy and widget is last_user,
-                    can_regenerate=not self._busy
-                    and widget is last_assistant
-                    and last_user is not None
-                    and self._order.index(last_assistant.message_id)
-                    > self._order.index(last_user.message_id),
+                    can_edit=not self._busy,
+                    can_regenerate=not self._busy and previous_role in ("user", "notice"),
+                    can_switch=not self._busy,
                 )
+            previous_role = widget.role
 
     def _update_page(self) -> None:
         if self._order:
@@ -405,8 +429,17 @@ class ChatView(QWidget):
     def _on_message_edit_requested(self, message_id: int) -> None:
         self.edit_requested.emit(message_id)
 
-    def _on_message_regenerate_requested(self, _message_id: int) -> None:
-        self.regenerate_requested.emit()
+    def _on_message_regenerate_requested(self, message_id: int) -> None:
+        self.regenerate_requested.emit(message_id)
+
+    def _on_message_branch_requested(self, message_id: int, step: int) -> None:
+        self.branch_requested.emit(message_id, step)
+
+    def _on_focus_timer_timeout(self) -> None:
+        widget = self._widgets.get(self._focus) if self._focus is not None else None
+        self._focus = None
+        if widget is not None:
+            self.scroll_area.ensureWidgetVisible(widget, 0, 80)
 
     def _on_message_code_copied(self, _code: str) -> None:
         self.copied.emit("code")

@@ -83,7 +83,7 @@ class Composer(QFrame):
 
     Signals:
         send_requested(str): the text to send (already stripped; the box is cleared).
-        edit_requested(str): the new text for the last user message (edit-and-resend mode).
+        edit_requested(str): the new text for the message being edited (edit mode).
         stop_requested(): stop the answer being generated.
         attachments_pasted(object): DroppedItems pasted or dropped into the text box.
         read_whole_requested(str): "Read the whole document" with the text typed (may be empty).
@@ -106,7 +106,9 @@ class Composer(QFrame):
         self.editing_bar = QWidget()
         editing_layout = QHBoxLayout(self.editing_bar)
         editing_layout.setContentsMargins(4, 0, 0, 0)
-        self.editing_label = QLabel("Editing your last message — Enter resends it, Esc cancels")
+        self.editing_label = QLabel(
+            "Editing — Enter sends it as a new branch (the old one stays), Esc cancels"
+        )
         self.editing_label.setObjectName("editingBar")
         self.cancel_edit_button = QToolButton()
         self.cancel_edit_button.setObjectName("messageAction")
@@ -212,7 +214,7 @@ class Composer(QFrame):
         self._update_button()
 
     def begin_edit(self, text: str) -> None:
-        """Put the last user message in the box; Enter resends it through ``edit_requested``."""
+        """Put a message in the box; Enter sends the edit through ``edit_requested``."""
         self._editing = True
         self.editing_bar.show()
         self.set_text(text)

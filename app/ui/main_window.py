@@ -98,6 +98,7 @@ class MainWindow(QMainWindow):
         self.reading_box: QMessageBox | None = None  # "Read all 212 pages? …" while it is asked
         self.reading_read_button: object = None
         self._busy = False
+        self._editing_message: int | None = None  # the user message the composer is editing
         self._conversation_id: int | None = None
         self.setWindowTitle("Scout Chat")
         self.setWindowIcon(theme.app_icon())
@@ -159,6 +160,7 @@ class MainWindow(QMainWindow):
         self.status = WindowStatus(self.statusBar())
         self.status.model_clicked.connect(self._on_status_model_clicked)
         self.status.cancel_load_clicked.connect(self._on_status_cancel_load_clicked)
+        self.status.stop_api_clicked.connect(self._on_status_stop_api_clicked)
         # the bar's widgets, by name (tests and screenshots read them)
         self.model_label = self.status.model_label
         self.speed_label = self.status.speed_label
@@ -288,6 +290,7 @@ class MainWindow(QMainWindow):
         c.conversation_opened.connect(self._on_conversations_conversation_opened)
         c.message_added.connect(self._on_conversations_message_added)
         c.message_removed.connect(self._on_conversations_message_removed)
+        c.path_changed.connect(self._on_conversations_path_changed)
         c.tokens_streamed.connect(self._on_conversations_tokens_streamed)
         c.generation_finished.connect(self._on_conversations_generation_finished)
         c.generation_failed.connect(self._on_conversations_generation_failed)
@@ -298,6 +301,9 @@ class MainWindow(QMainWindow):
         c.reading_progress.connect(self._on_conversations_reading_progress)
         c.turn_decided.connect(self._on_conversations_turn_decided)
         self.controller.notices.error_occurred.connect(self._on_notices_error_occurred)
+        self.controller.api.state_changed.connect(self._on_api_state_changed)
+        self.controller.api.answering_changed.connect(self._on_api_answering_changed)
+        self.status.set_api_server(self.controller.api.address)
 
         self.sidebar.new_chat_requested.connect(self._on_sidebar_new_chat_requested)
         self.sidebar.conversation_selected.connect(self._on_sidebar_conversation_selected)
@@ -310,6 +316,7 @@ class MainWindow(QMainWindow):
         self.chat_view.open_model_requested.connect(self._on_chat_view_open_model_requested)
         self.chat_view.edit_requested.connect(self._on_chat_view_edit_requested)
         self.chat_view.regenerate_requested.connect(self._on_chat_view_regenerate_requested)
+        self.chat_view.branch_requested.connect(self._on_chat_view_branch_requested)
         self.chat_view.copied.connect(self._on_chat_view_copied)
 
     # -- public API -------------------------------------------------------------------------
@@ -482,6 +489,7 @@ class MainWindow(QMainWindow):
             model=self.models.model_info,
             plan=self.models.plan if self.models.model_info is not None else None,
             fixed_n_ctx=overrides.n_ctx if overrides is not None else None,
+            api_keys=self.controller.api,
         )
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.accepted.connect(self._on_settings_dialog_accepted)
@@ -497,9 +505,17 @@ class MainWindow(QMainWindow):
 
     def start_edit_last_message(self) -> None:
         last_user = self.chat_view.last_message("user")
-        if last_user is None or self._busy:
+        if last_user is not None:
+            self.start_edit(last_user.message_id)
+
+    def start_edit(self, message_id: int) -> None:
+        """Put a message in the composer; sending it makes a new branch beside it (an edited
+        question is answered; an edited answer is kept as written)."""
+        widget = self.chat_view.message_widget(message_id)
+        if widget is None or widget.role not in ("user", "assistant") or self._busy:
             return
-        self.composer.begin_edit(last_user.text)
+        self._editing_message = message_id
+        self.composer.begin_edit(widget.text)
 
     # -- state ------------------------------------------------------------------------------
     def _set_model(self, info: ModelInfo | None) -> None:
@@ -634,12 +650,20 @@ class MainWindow(QMainWindow):
         self.composer.cancel_edit()
         self.status.clear_speed()  # the last answer's speed belongs to the chat that was shown
         self.chat_view.set_messages(messages)
+        self.chat_view.set_branches(self.conversations.branch_positions())
         self.sidebar.set_current(self._conversation_id)
         self._update_title()
         self._update_actions()
 
+    def _on_conversations_path_changed(self, _conversation_id: int, messages: list[Any], focus: int) -> None:
+        self.composer.cancel_edit()
+        self.chat_view.show_path(messages, focus)
+        self.chat_view.set_branches(self.conversations.branch_positions())
+        self._update_actions()
+
     def _on_conversations_message_added(self, message: Any) -> None:
         self.chat_view.add_message(message)
+        self.chat_view.set_branches(self.conversations.branch_positions())
         if message.role == "assistant" and message.status == "streaming":
             self.status.start_answer(message.id)
         self._update_actions()
@@ -724,7 +748,14 @@ class MainWindow(QMainWindow):
         self.conversations.send(text)
 
     def _on_composer_edit_requested(self, text: str) -> None:
-        self.conversations.edit_last_user_message(text)
+        message_id, self._editing_message = self._editing_message, None
+        widget = self.chat_view.message_widget(message_id) if message_id is not None else None
+        if message_id is None:
+            self.conversations.edit_last_user_message(text)
+        elif widget is not None and widget.role == "assistant":
+            self.conversations.edit_answer(message_id, text)  # kept as written: no new answer
+        else:
+            self.conversations.edit_message(message_id, text)
 
     def _on_composer_stop_requested(self) -> None:
         self.conversations.stop()
@@ -732,17 +763,29 @@ class MainWindow(QMainWindow):
     def _on_chat_view_open_model_requested(self) -> None:
         self.open_model_file()
 
-    def _on_chat_view_edit_requested(self, _message_id: int) -> None:
-        self.start_edit_last_message()
+    def _on_chat_view_edit_requested(self, message_id: int) -> None:
+        self.start_edit(message_id)
 
-    def _on_chat_view_regenerate_requested(self) -> None:
-        self.conversations.regenerate()
+    def _on_chat_view_regenerate_requested(self, message_id: int) -> None:
+        self.conversations.regenerate(message_id)
+
+    def _on_chat_view_branch_requested(self, message_id: int, step: int) -> None:
+        self.conversations.switch_branch(message_id, step)
 
     def _on_chat_view_copied(self, what: str) -> None:
         self.show_activity("Code copied to the clipboard" if what == "code" else "Message copied")
 
     def _on_status_cancel_load_clicked(self) -> None:
         self.models.cancel_load()
+
+    def _on_status_stop_api_clicked(self) -> None:
+        self.controller.api.stop_answer()
+
+    def _on_api_state_changed(self, address: str) -> None:
+        self.status.set_api_server(address)
+
+    def _on_api_answering_changed(self, answering: bool) -> None:
+        self.status.set_api_answering(answering)
 
     def _on_status_model_clicked(self) -> None:
         if self.models.is_remote:  # no plan for a server's model: its connection instead
@@ -836,8 +879,8 @@ class MainWindow(QMainWindow):
     def _on_global_search_action_triggered(self) -> None:
         self.open_global_search()
 
-    def _on_search_dialog_conversation_requested(self, conversation_id: int, _message_id: int) -> None:
-        self.conversations.open_conversation(conversation_id)
+    def _on_search_dialog_conversation_requested(self, conversation_id: int, message_id: int) -> None:
+        self.conversations.open_message(conversation_id, message_id)  # on the branch holding it
 
     def _on_export_action_triggered(self) -> None:
         self.export_current_conversation()

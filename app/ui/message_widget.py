@@ -172,14 +172,16 @@ class MessageWidget(QFrame):
 
     Signals:
         copy_requested(int): message id ("Copy message").
-        edit_requested(int): message id (the last user message's "Edit").
-        regenerate_requested(int): message id (the last answer's "Regenerate").
+        edit_requested(int): message id ("Edit": a user message; a new branch).
+        regenerate_requested(int): message id ("Regenerate": an answer; a new branch).
         code_copied(str): the code that was copied.
         citation_clicked(int, int): message id, page of the clicked "p. 12" citation.
         sources_requested(int): message id ("What the model saw").
+        branch_requested(int, int): message id, step (-1 for ‹, +1 for ›): show another branch.
     """
 
     copy_requested = Signal(int)
+    branch_requested = Signal(int, int)
     edit_requested = Signal(int)
     regenerate_requested = Signal(int)
     code_copied = Signal(str)
@@ -265,6 +267,22 @@ class MessageWidget(QFrame):
         self.edit_button.hide()
         self.regenerate_button.hide()
         self.sources_button.hide()
+        # ‹ 2/3 ›: this message has other branches beside it
+        self.branch_box = QWidget()
+        self.branch_box.setObjectName("branchControl")
+        branch_layout = QHBoxLayout(self.branch_box)
+        branch_layout.setContentsMargins(0, 0, 0, 0)
+        branch_layout.setSpacing(0)
+        self.branch_prev = self._branch_button("‹", "Previous branch", self._on_branch_prev_clicked)
+        self.branch_label = QLabel()
+        self.branch_label.setObjectName("branchLabel")
+        self.branch_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.branch_next = self._branch_button("›", "Next branch", self._on_branch_next_clicked)
+        branch_layout.addWidget(self.branch_prev)
+        branch_layout.addWidget(self.branch_label)
+        branch_layout.addWidget(self.branch_next)
+        self.branch_box.hide()
+        self.branch_position: tuple[int, int] | None = None
 
     def _arrange_as_user(self, outer: QVBoxLayout) -> None:
         """A bubble on the right; Edit and Copy under it."""
@@ -281,6 +299,7 @@ class MessageWidget(QFrame):
         row.addWidget(bubble)
         outer.addLayout(row)
         self.actions_row.addStretch(1)
+        self.actions_row.addWidget(self.branch_box)
         self.actions_row.addWidget(self.edit_button)
         self.actions_row.addWidget(self.copy_button)
         self.role_label.hide()
@@ -290,7 +309,9 @@ class MessageWidget(QFrame):
         outer.addLayout(self.header)
         outer.addWidget(self.body)
         outer.addWidget(self.error_label)
+        self.actions_row.addWidget(self.branch_box)
         self.actions_row.addWidget(self.copy_button)
+        self.actions_row.addWidget(self.edit_button)
         self.actions_row.addWidget(self.regenerate_button)
         self.actions_row.addWidget(self.sources_button)
         self.actions_row.addSpacing(6)
@@ -305,6 +326,17 @@ class MessageWidget(QFrame):
         button.setAccessibleName(tip)
         button.setIcon(theme.icon(icon_name, role=self.foregroundRole()))  # follows the theme
         button.setIconSize(QSize(15, 15))
+        button.setCursor(Qt.CursorShape.PointingHandCursor)
+        button.setFocusPolicy(Qt.FocusPolicy.TabFocus)
+        button.clicked.connect(slot)
+        return button
+
+    def _branch_button(self, text: str, tip: str, slot: Any) -> QToolButton:
+        button = QToolButton()
+        button.setObjectName("branchButton")
+        button.setText(text)
+        button.setToolTip(tip)
+        button.setAccessibleName(tip)
         button.setCursor(Qt.CursorShape.PointingHandCursor)
         button.setFocusPolicy(Qt.FocusPolicy.TabFocus)
         button.clicked.connect(slot)
@@ -469,9 +501,27 @@ class MessageWidget(QFrame):
             parts.append(f"{tokens} tokens")
         return " · ".join(parts)
 
-    def set_actions(self, *, can_edit: bool, can_regenerate: bool) -> None:
-        self.edit_button.setVisible(self.role == "user" and can_edit)
+    def set_actions(self, *, can_edit: bool, can_regenerate: bool, can_switch: bool = True) -> None:
+        streaming = self.status == MessageStatus.STREAMING
+        self.edit_button.setVisible(can_edit and not streaming)
+        self.edit_button.setToolTip("Edit and resend" if self.role == "user" else "Edit this answer")
         self.regenerate_button.setVisible(self.role == "assistant" and can_regenerate)
+        position = self.branch_position
+        self.branch_prev.setEnabled(can_switch and position is not None and position[0] > 1)
+        self.branch_next.setEnabled(can_switch and position is not None and position[0] < position[1])
+
+    def set_branch(self, position: tuple[int, int] | None) -> None:
+        """``(2, 3)``: this message is the 2nd of 3 branches (shown as ‹ 2/3 ›); None: the only one."""
+        self.branch_position = position
+        if position is None:
+            self.branch_box.hide()
+            return
+        index, count = position
+        self.branch_label.setText(f"{index}/{count}")
+        self.branch_label.setAccessibleName(f"Branch {index} of {count}")
+        self.branch_prev.setEnabled(index > 1)
+        self.branch_next.setEnabled(index < count)
+        self.branch_box.show()
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
@@ -491,6 +541,12 @@ class MessageWidget(QFrame):
 
     def _on_regenerate_button_clicked(self) -> None:
         self.regenerate_requested.emit(self.message_id)
+
+    def _on_branch_prev_clicked(self) -> None:
+        self.branch_requested.emit(self.message_id, -1)
+
+    def _on_branch_next_clicked(self) -> None:
+        self.branch_requested.emit(self.message_id, 1)
 
     def _on_sources_button_clicked(self) -> None:
         self.sources_requested.emit(self.message_id)

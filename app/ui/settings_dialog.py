@@ -1,10 +1,12 @@
 """Settings: system prompt, sampling (Meta's Scout defaults one click away), context size, threads,
-documents (how long a document may be to go in whole), theme."""
+documents (how long a document may be to go in whole), the local API server, theme."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import ipaddress
+from typing import TYPE_CHECKING, Protocol
 
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -12,7 +14,9 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QDoubleSpinBox,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
@@ -39,6 +43,28 @@ N_CTX_MIN = 512  # the smallest context size that can be asked for (0 is Auto)
 N_CTX_MAX = 10_485_760  # Scout's trained context
 N_THREADS_MAX = 512
 WHOLE_LIMIT_DEFAULT = Settings().whole_document_limit
+EXPOSED_WARNING = (
+    "Other computers can reach the server at this address: only the key protects the model. "
+    "127.0.0.1 keeps it to this computer."
+)
+
+
+class ApiKeys(Protocol):
+    """The API server's key (``ApiController``)."""
+
+    def token(self) -> str: ...
+
+    def regenerate_token(self) -> str: ...
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this computer can reach (127.0.0.1, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False
 
 
 def context_cap_reason(
@@ -74,10 +100,11 @@ class SettingsDialog(QDialog):
         model: ModelInfo | None = None,
         plan: Plan | None = None,
         fixed_n_ctx: int | None = None,
+        api_keys: ApiKeys | None = None,
     ) -> None:
         """``model``: the loaded model (Auto shows its context size); ``plan``: its offload plan;
         ``fixed_n_ctx``: a context size fixed in Memory & offload (these say why a context size was
-        capped)."""
+        capped); ``api_keys``: the API server's key (shown, copied, regenerated here)."""
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self.setMinimumWidth(520)
@@ -87,6 +114,7 @@ class SettingsDialog(QDialog):
         self._build_context_and_threads(settings, model, plan, fixed_n_ctx)
         self._build_documents()
         self._build_machines(settings)
+        self._build_api_server(settings, api_keys)
         self._build_theme_and_buttons()
         self._build_layout()
         self._load(settings)
@@ -207,6 +235,47 @@ class SettingsDialog(QDialog):
             return
         super().accept()
 
+    def _build_api_server(self, settings: Settings, api_keys: ApiKeys | None) -> None:
+        self._api_keys = api_keys
+        self.api_server = QCheckBox("Let other programs use the model (OpenAI-compatible API)")
+        self.api_server.setToolTip(
+            "Editors, scripts and note apps can send chat requests to the loaded model at "
+            "http://ADDRESS:PORT/v1 with the key below. Requests wait their turn with this window's chat."
+        )
+        self.api_host = QLineEdit(settings.api_host)
+        self.api_host.setPlaceholderText("127.0.0.1")
+        self.api_host.textChanged.connect(self._on_api_host_text_changed)
+        self.api_port = QSpinBox()
+        self.api_port.setRange(0, 65535)
+        self.api_port.setSpecialValueText("any free port")
+        self.api_host_warning = QLabel(EXPOSED_WARNING)
+        self.api_host_warning.setObjectName("settingsNotice")
+        self.api_host_warning.setWordWrap(True)
+        self.api_key = QLineEdit(api_keys.token() if api_keys is not None else "")
+        self.api_key.setReadOnly(True)
+        self.api_key.setEchoMode(QLineEdit.EchoMode.Password)
+        self.api_key.setToolTip(
+            "Clients send it as 'Authorization: Bearer KEY' (the API key of OpenAI's clients)"
+        )
+        self.show_api_key = QPushButton("Show")
+        self.show_api_key.setCheckable(True)
+        self.show_api_key.toggled.connect(self._on_show_api_key_toggled)
+        self.copy_api_key = QPushButton("Copy")
+        self.copy_api_key.clicked.connect(self._on_copy_api_key_clicked)
+        self.regenerate_api_key = QPushButton("New key")
+        self.regenerate_api_key.setToolTip(
+            "Make a new key; programs using the old one are refused from now on"
+        )
+        self.regenerate_api_key.clicked.connect(self._on_regenerate_api_key_clicked)
+        for button in (self.show_api_key, self.copy_api_key, self.regenerate_api_key):
+            button.setEnabled(api_keys is not None)
+        self.api_cors = QLineEdit(", ".join(settings.api_cors_origins))
+        self.api_cors.setPlaceholderText("none (web pages cannot call the server)")
+        self.api_cors.setToolTip(
+            "Web pages (origins such as http://localhost:3000, separated by commas) whose scripts may "
+            "call the server. Leave empty unless a web app of yours needs it."
+        )
+
     def _build_theme_and_buttons(self) -> None:
         self.search_model = QCheckBox("Search long documents by meaning (downloads a 90 MB model)")
         self.search_model.setToolTip(
@@ -250,6 +319,19 @@ class SettingsDialog(QDialog):
         form.addRow(machines)
         form.addRow("Compute servers", self.compute_servers)
         form.addRow("", self.compute_servers_note)
+        api = QLabel("API server")
+        api.setFont(font)
+        form.addRow(api)
+        form.addRow("", self.api_server)
+        form.addRow("Address", self.api_host)
+        form.addRow("", self.api_host_warning)
+        form.addRow("Port", self.api_port)
+        key_row = QHBoxLayout()
+        key_row.addWidget(self.api_key, 1)
+        for button in (self.show_api_key, self.copy_api_key, self.regenerate_api_key):
+            key_row.addWidget(button)
+        form.addRow("Key", key_row)
+        form.addRow("Web pages allowed", self.api_cors)
         form.addRow("Theme", self.theme)
 
         buttons = QDialogButtonBox(
@@ -276,6 +358,9 @@ class SettingsDialog(QDialog):
         self.whole_document_limit.setValue(settings.whole_document_limit)
         self.n_ctx.valueChanged.connect(self._on_n_ctx_value_changed)
         self.search_model.setChecked(settings.search_model == "on")
+        self.api_server.setChecked(settings.api_server)
+        self.api_port.setValue(settings.api_port)
+        self._on_api_host_text_changed(settings.api_host)
         index = self.theme.findData(settings.theme)
         self.theme.setCurrentIndex(max(0, index))
 
@@ -298,6 +383,12 @@ class SettingsDialog(QDialog):
             theme=str(self.theme.currentData()),
             search_model=self._search_model_choice(),
             compute_servers=self.machines() or (),
+            api_server=self.api_server.isChecked(),
+            api_host=self.api_host.text().strip() or "127.0.0.1",
+            api_port=self.api_port.value(),
+            api_cors_origins=tuple(
+                o.strip().rstrip("/") for o in self.api_cors.text().split(",") if o.strip()
+            ),
         )
 
     def _search_model_choice(self) -> str:
@@ -312,3 +403,17 @@ class SettingsDialog(QDialog):
     def _on_n_ctx_value_changed(self, value: int) -> None:
         # the notice is about the saved setting; it no longer applies to another value
         self.n_ctx_note.setVisible(value == self._settings.n_ctx and bool(self.n_ctx_note.text()))
+
+    def _on_api_host_text_changed(self, text: str) -> None:
+        self.api_host_warning.setVisible(bool(text.strip()) and not is_loopback(text))
+
+    def _on_show_api_key_toggled(self, shown: bool) -> None:
+        self.api_key.setEchoMode(QLineEdit.EchoMode.Normal if shown else QLineEdit.EchoMode.Password)
+        self.show_api_key.setText("Hide" if shown else "Show")
+
+    def _on_copy_api_key_clicked(self) -> None:
+        QGuiApplication.clipboard().setText(self.api_key.text())
+
+    def _on_regenerate_api_key_clicked(self) -> None:
+        if self._api_keys is not None:
+            self.api_key.setText(self._api_keys.regenerate_token())

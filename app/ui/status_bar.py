@@ -38,10 +38,12 @@ class WindowStatus(QObject):
     Signals:
         model_clicked(): the model name was clicked (Memory & offload).
         cancel_load_clicked(): the user asked to stop loading.
+        stop_api_clicked(): the user asked to stop the API answer being written.
     """
 
     model_clicked = Signal()
     cancel_load_clicked = Signal()
+    stop_api_clicked = Signal()
 
     def __init__(self, bar: QStatusBar) -> None:
         super().__init__(bar)
@@ -51,6 +53,7 @@ class WindowStatus(QObject):
         self._context = (0, 0)  # the last exact context figures: tokens used, n_ctx
         self._has_model = False
         self._remote = False  # the model runs on a server
+        self._api_address = ""  # where the API server listens ("": off)
         self._live_id: int | None = None  # the answer being streamed, for the live figures
         self._live_text = ""
         self._live_first = ""  # the first piece: the speed is measured from its arrival
@@ -85,12 +88,47 @@ class WindowStatus(QObject):
         self.context_label.setToolTip("Context used by this conversation / context size (tokens)")
         self.context_meter = _thin_bar("contextMeter", 90)
         self.context_meter.setToolTip(self.context_label.toolTip())
+        self.api_label = QLabel()
+        self.api_label.setObjectName("apiLabel")
+        self.stop_api_button = QPushButton("Stop")
+        self.stop_api_button.setObjectName("stopApiButton")
+        self.stop_api_button.setToolTip("Stop the answer to the API request")
+        self.stop_api_button.clicked.connect(self._on_stop_api_button_clicked)
         bar.addWidget(self.model_label)
         bar.addWidget(self.speed_label)
         bar.addWidget(self.activity_label, 1)
-        for widget in (*self._loading_widgets(), self.context_label, self.context_meter):
+        for widget in (
+            *self._loading_widgets(),
+            self.api_label,
+            self.stop_api_button,
+            self.context_label,
+            self.context_meter,
+        ):
             bar.addPermanentWidget(widget)
             widget.hide()
+
+    # -- the API server ---------------------------------------------------------------------
+    def set_api_server(self, address: str) -> None:
+        """The indicator while the API server listens (``address``: "host:port"; "": off)."""
+        self._api_address = address
+        self.api_label.setText(f"API on {address}" if address else "")
+        self.api_label.setToolTip(
+            f"Other programs can use the model at http://{address}/v1 with the key from Settings → API server"
+            if address
+            else ""
+        )
+        self.api_label.setVisible(bool(address))
+        self.stop_api_button.hide()
+
+    def set_api_answering(self, answering: bool) -> None:
+        """ "Answering an API request…" with Stop, while the worker answers one."""
+        address = self._api_address
+        self.api_label.setText("Answering an API request…" if answering else f"API on {address}")
+        self.api_label.setVisible(answering or bool(address))
+        self.stop_api_button.setVisible(answering)
+
+    def _on_stop_api_button_clicked(self) -> None:
+        self.stop_api_clicked.emit()
 
     def _loading_widgets(self) -> tuple[QLabel, QProgressBar, QPushButton]:
         return self.load_label, self.load_progress, self.cancel_load_button

@@ -10,6 +10,8 @@ The widgets talk to the three controllers it holds, each with one job:
 
 - :class:`~app.workers.embedding.EmbeddingController` (``search``): the search model (offered,
   downloaded on request) and the documents it indexes in the background;
+- :class:`~app.workers.api.ApiController` (``api``): the local OpenAI-compatible API server,
+  answered by the same inference worker;
 
 plus :class:`~app.workers.preferences.Preferences` (``preferences``: the settings) and
 :class:`~app.workers.preferences.Notices` (``notices``: sentences for the user from any of them).
@@ -27,6 +29,7 @@ from PySide6.QtCore import QObject, Slot
 
 from app.core.heap import freeze_long_lived
 from app.core.retrieval import ChunkIndex
+from app.workers.api import ApiController
 from app.workers.attachments import AttachmentController
 from app.workers.conversations import ConversationController
 from app.workers.embedding import EmbeddingController
@@ -84,6 +87,9 @@ class AppController(QObject):
             models_dir,
             n_threads=settings.n_threads,
         )
+        self.api = ApiController(
+            paths, self.preferences, self.notices, self._inference, self.models, self._search_model
+        )
         self.models.model_loaded.connect(self._on_models_model_loaded)
         self._gc = MainThreadGarbageCollector(self)  # worker threads must never finalize Qt objects
         self._gc.start()
@@ -123,5 +129,6 @@ class AppController(QObject):
         self.conversations.close()
         self.attachments.shutdown()
         self.search.shutdown()
+        self.api.shutdown()
         self._inference.shutdown()
         self._gc.stop()

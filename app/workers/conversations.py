@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from PySide6.QtCore import QObject, Signal, Slot
 
@@ -57,6 +57,8 @@ class ConversationController(QObject):
     reading_offered(object): a ReadingOffer: ask whether to read the documents whole
         (:meth:`accept_reading` / :meth:`decline_reading`).
     reading_progress(int, int, int): answer message id, parts read, parts in all.
+    path_changed(int, list, int): conversation id, the new active path (list[StoredMessage]), the
+        message to keep in view: another branch is shown.
     """
 
     conversations_changed = Signal()
@@ -74,6 +76,7 @@ class ConversationController(QObject):
     attachments_sent = Signal(list)
     reading_offered = Signal(object)
     reading_progress = Signal(int, int, int)
+    path_changed = Signal(int, list, int)
 
     # commands to the worker (queued across threads)
     answer_requested = Signal(int, object, object)
@@ -253,6 +256,12 @@ class ConversationController(QObject):
         self.preview_requested.emit(self._preview_id, self._turn_request(self._conversation_id, draft=""))
 
     def send(self, text: str) -> None:
+        """Send ``text`` after the last message of the branch shown."""
+        self._send(text, "active", None)
+
+    def _send(self, text: str, parent: int | Literal["active"] | None, edited_from: int | None) -> None:
+        """Store the user's message under ``parent`` (a branch beside its other children) and
+        answer it. ``edited_from``: the message this one is an edit of (its attachments go too)."""
         text = text.strip()
         if not text:
             return
@@ -276,7 +285,10 @@ class ConversationController(QObject):
             )
             return
         conversation_id = self._title_conversation(text)
-        user = self._store.add_message(conversation_id, Role.USER.value, text, model=info.name)
+        stats = {"edited_from": edited_from} if edited_from is not None else None
+        user = self._store.add_message(
+            conversation_id, Role.USER.value, text, model=info.name, stats=stats, parent_id=parent
+        )
         if pending:
             self._store.link_attachments([a.id for a in pending], user.id)
             self.attachments_sent.emit([a.id for a in pending])  # now shown with the message
@@ -434,37 +446,142 @@ class ConversationController(QObject):
             return
         self._inference.cancel_generation()
 
-    def regenerate(self) -> None:
+    # -- branches ---------------------------------------------------------------------------
+    def branch_positions(self) -> dict[int, tuple[int, int]]:
+        """For each user message and answer of the branch shown that has other branches beside
+        it: (its place, counting from 1; how many). An answer after a "left out" notice counts
+        with the notice: the branch starts there."""
+        if self._conversation_id is None:
+            return {}
+        children = self._store.children(self._conversation_id)
+        out: dict[int, tuple[int, int]] = {}
+        path = self._store.messages(self._conversation_id)
+        for i, message in enumerate(path):
+            if message.role not in (Role.USER.value, Role.ASSISTANT.value):
+                continue
+            anchor = _branch_anchor(path, i)
+            siblings = children.get(anchor.parent_id, [])
+            if len(siblings) > 1 and anchor.id in siblings:
+                out[message.id] = (siblings.index(anchor.id) + 1, len(siblings))
+        return out
+
+    def switch_branch(self, message_id: int, step: int) -> None:
+        """Show the branch ``step`` places beside the one holding ``message_id`` (‹ −1, › +1)."""
+        if self.is_busy or self._conversation_id is None:
+            return
+        path = self._store.messages(self._conversation_id)
+        index = next((i for i, m in enumerate(path) if m.id == message_id), None)
+        if index is None:
+            return
+        anchor = _branch_anchor(path, index)
+        siblings = self._store.children(self._conversation_id).get(anchor.parent_id, [])
+        if anchor.id not in siblings:
+            return
+        target = siblings.index(anchor.id) + step
+        if not 0 <= target < len(siblings):
+            return
+        self._store.activate(siblings[target])
+        self._show_path(siblings[target])
+
+    def open_message(self, conversation_id: int, message_id: int) -> None:
+        """Open a conversation on the branch holding ``message_id`` (a search result)."""
+        found = self._store.get_message(message_id)
+        if found is None or found.conversation_id != conversation_id:
+            self.open_conversation(conversation_id)
+            return
+        if conversation_id == self._conversation_id and self.is_busy:
+            if any(m.id == message_id for m in self._store.messages(conversation_id)):
+                self.path_changed.emit(conversation_id, self._store.messages(conversation_id), message_id)
+            return  # another branch waits until the answer ends
+        self._store.activate(message_id)
+        if conversation_id == self._conversation_id:
+            self._show_path(message_id)
+        else:
+            self.open_conversation(conversation_id)
+            self.path_changed.emit(conversation_id, self._store.messages(conversation_id), message_id)
+
+    def _show_path(self, focus: int) -> None:
+        assert self._conversation_id is not None
+        self.path_changed.emit(self._conversation_id, self._store.messages(self._conversation_id), focus)
+        self.refresh_preview()
+
+    def _cut_view_from(self, path: list[StoredMessage], index: int) -> None:
+        """The messages of the branch shown from ``index`` on leave the view (they stay stored)."""
+        for m in path[index:]:
+            self.message_removed.emit(m.id)
+
+    def regenerate(self, message_id: int | None = None) -> None:
+        """Answer again (the last answer, or ``message_id``): the new answer is a branch beside
+        the old one, which is kept."""
         if self.is_busy or self._conversation_id is None or self._models.model_info is None:
             return
-        stored = self._store.messages(self._conversation_id)
-        last_user = next((m for m in reversed(stored) if m.role == Role.USER.value), None)
-        if last_user is None:
+        path = self._store.messages(self._conversation_id)
+        if message_id is None:
+            last_user = max((i for i, m in enumerate(path) if m.role == Role.USER.value), default=None)
+            if last_user is None:
+                return
+            index = last_user + 1
+        else:
+            found = next((i for i, m in enumerate(path) if m.id == message_id), None)
+            if found is None or path[found].role != Role.ASSISTANT.value:
+                return
+            index = path.index(_branch_anchor(path, found))
+        if index == 0 or path[index - 1].role != Role.USER.value:
             return
-        tail = [m for m in stored if m.id > last_user.id]
-        if tail:
-            self._store.delete_messages_from(self._conversation_id, tail[0].id)
-            for m in tail:
-                self.message_removed.emit(m.id)
+        self._store.set_active_leaf(self._conversation_id, path[index - 1].id)
+        self._cut_view_from(path, index)
         self._start_generation()
 
-    def edit_last_user_message(self, text: str) -> None:
+    def edit_message(self, message_id: int, text: str) -> None:
+        """Send ``text`` in place of the user message ``message_id``: a new branch beside it (the
+        old message and everything after it stay, one ‹ › away)."""
         text = text.strip()
         if not text or self.is_busy or self._conversation_id is None:
             return
+        path = self._store.messages(self._conversation_id)
+        index = next((i for i, m in enumerate(path) if m.id == message_id), None)
+        if index is None or path[index].role != Role.USER.value:
+            return
+        old = path[index]
+        if index == 0:
+            conversation = self._store.get_conversation(self._conversation_id)
+            if conversation is not None and conversation.title == make_title(old.content):
+                self._store.rename_conversation(conversation.id, DEFAULT_TITLE)  # retitled by send
+        self._cut_view_from(path, index)
+        origin = old.stats.get("edited_from")
+        self._send(text, old.parent_id, origin if isinstance(origin, int) else old.id)
+
+    def edit_answer(self, message_id: int, text: str) -> None:
+        """Keep ``text`` as the answer ``message_id`` (the user fixed it): a new branch beside it,
+        marked ``stats["edited"]``; the model's answer stays one ‹ away."""
+        text = text.strip()
+        if not text or self.is_busy or self._conversation_id is None:
+            return
+        path = self._store.messages(self._conversation_id)
+        index = next((i for i, m in enumerate(path) if m.id == message_id), None)
+        if index is None or path[index].role != Role.ASSISTANT.value:
+            return
+        old = path[index]
+        anchor = _branch_anchor(path, index)
+        edited = self._store.add_message(
+            self._conversation_id,
+            Role.ASSISTANT.value,
+            text,
+            model=old.model,
+            sampling=old.sampling,
+            stats={"edited": True, "edited_from": old.id},
+            parent_id=anchor.parent_id,
+        )
+        self._show_path(edited.id)
+        self._announce(self._conversation_id)
+
+    def edit_last_user_message(self, text: str) -> None:
+        if self._conversation_id is None:
+            return
         stored = self._store.messages(self._conversation_id)
         last_user = next((m for m in reversed(stored) if m.role == Role.USER.value), None)
-        if last_user is None:
-            return
-        self._store.delete_messages_from(self._conversation_id, last_user.id)
-        for m in stored:
-            if m.id >= last_user.id:
-                self.message_removed.emit(m.id)
-        if last_user.id == stored[0].id:
-            conversation = self._store.get_conversation(self._conversation_id)
-            if conversation is not None and conversation.title == make_title(last_user.content):
-                self._store.rename_conversation(conversation.id, DEFAULT_TITLE)  # retitled by send
-        self.send(text)
+        if last_user is not None:
+            self.edit_message(last_user.id, text)
 
     # -- worker results ---------------------------------------------------------------------
     def _shown(self, conversation_id: int | None) -> bool:
@@ -599,13 +716,25 @@ class ConversationController(QObject):
         self.busy_changed.emit(False)
 
     def _add_answer(
-        self, conversation_id: int, status: MessageStatus, **fields: dict[str, Any]
+        self,
+        conversation_id: int,
+        status: MessageStatus,
+        *,
+        sampling: dict[str, Any] | None = None,
+        stats: dict[str, Any] | None = None,
     ) -> StoredMessage:
-        """An empty answer by the loaded model (filled as it streams, or saying why it failed)."""
+        """An empty answer by the loaded model (filled as it streams, or saying why it failed),
+        after the last message of the branch shown."""
         info = self._models.model_info
         model = info.name if info else ""
         return self._store.add_message(
-            conversation_id, Role.ASSISTANT.value, "", model=model, status=status, **fields
+            conversation_id,
+            Role.ASSISTANT.value,
+            "",
+            model=model,
+            status=status,
+            sampling=sampling,
+            stats=stats,
         )
 
     def _end_answer(self) -> None:
@@ -648,6 +777,17 @@ class ConversationController(QObject):
             )
         except Exception:
             log.exception("could not save the partial answer at shutdown")
+
+
+def _branch_anchor(path: list[StoredMessage], index: int) -> StoredMessage:
+    """Where the branch holding ``path[index]`` starts: an answer after "left out" notices starts
+    at the first of them (a turn's notice and answer are one branch)."""
+    while index > 0 and path[index].role == Role.ASSISTANT.value and path[index - 1].role == "notice":
+        index -= 1
+    if path[index].role == "notice":
+        while index > 0 and path[index - 1].role == "notice":
+            index -= 1
+    return path[index]
 
 
 def _sampling_dict(sampling: SamplingParams) -> dict[str, Any]:

@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 BATCH = 8
 """Pieces embedded per request: a question waiting for the embedder waits at most one batch."""
 SHUTDOWN_WAIT_MS = 5000
+PAUSE_POLL_S = 0.1
+"""How often a paused indexing job looks whether the chat model has finished answering."""
 
 ASK, ON, OFF = "ask", "on", "off"  # the ``search_model`` setting
 
@@ -101,6 +103,7 @@ class EmbeddingWorker(QObject):
         install_finished(int job, str gguf): the GGUF is in place.
         install_failed(int job, str message, str detail): message is for the user; "" if cancelled.
         index_progress(int job, int doc_id, int done, int total): pieces embedded so far.
+        index_paused(int job, int doc_id, int done, int total): waiting for the chat model's answer.
         index_finished(int job, int doc_id, bool complete): False when cancelled.
         index_failed(int job, int doc_id, str message, str detail)
     """
@@ -109,6 +112,7 @@ class EmbeddingWorker(QObject):
     install_finished = Signal(int, str)
     install_failed = Signal(int, str, str)
     index_progress = Signal(int, int, int, int)
+    index_paused = Signal(int, int, int, int)
     index_finished = Signal(int, int, bool)
     index_failed = Signal(int, int, str, str)
 
@@ -117,6 +121,7 @@ class EmbeddingWorker(QObject):
         self._database = database
         self._index: ChunkIndex | None = None
         self.cancel_event = threading.Event()  # set from the GUI thread: stops the job in progress
+        self.chat_busy = threading.Event()  # set from the GUI thread while the chat model answers
         self._downloader: Downloader | None = None
 
     def cancel(self) -> None:
@@ -164,6 +169,10 @@ class EmbeddingWorker(QObject):
             done, total = index.embedding_progress(doc_id, model)
             self.index_progress.emit(job, doc_id, done, total)
             for start in range(0, len(todo), BATCH):
+                if self.chat_busy.is_set():
+                    self.index_paused.emit(job, doc_id, done, total)
+                    self._wait_while_chat_busy()
+                    self.index_progress.emit(job, doc_id, done, total)
                 if self.cancel_event.is_set():
                     self.index_finished.emit(job, doc_id, False)
                     return
@@ -183,6 +192,12 @@ class EmbeddingWorker(QObject):
             self.index_failed.emit(job, doc_id, f"Indexing for search failed: {exc}", repr(exc))
             return
         self.index_finished.emit(job, doc_id, True)
+
+    def _wait_while_chat_busy(self) -> None:
+        """Between batches, give the cores back to the chat model while it answers (the embedder
+        uses all of them: two llama.cpp thread pools on the same cores slow both many times)."""
+        while self.chat_busy.is_set() and not self.cancel_event.wait(PAUSE_POLL_S):
+            pass
 
     def close(self) -> None:
         """Close this worker's database connection (after its thread has finished)."""
@@ -250,10 +265,12 @@ class EmbeddingController(QObject):
         self._worker.install_finished.connect(self._on_worker_install_finished)
         self._worker.install_failed.connect(self._on_worker_install_failed)
         self._worker.index_progress.connect(self._on_worker_index_progress)
+        self._worker.index_paused.connect(self._on_worker_index_paused)
         self._worker.index_finished.connect(self._on_worker_index_finished)
         self._worker.index_failed.connect(self._on_worker_index_failed)
         preferences.settings_changed.connect(self._on_preferences_settings_changed)
         conversations.turn_decided.connect(self._on_conversations_turn_decided)
+        conversations.busy_changed.connect(self._on_conversations_busy_changed)
         if self.installed:
             self._open_embedder()
             store.chunk_index().forget_vectors(self.model_id)  # vectors of an earlier search model
@@ -446,6 +463,14 @@ class EmbeddingController(QObject):
         elif new.search_model == OFF and (self.installed or self.downloading):
             self.remove()
 
+    @Slot(bool)
+    def _on_conversations_busy_changed(self, busy: bool) -> None:
+        """Indexing pauses between batches while the chat model answers or reads."""
+        if busy:
+            self._worker.chat_busy.set()
+        else:
+            self._worker.chat_busy.clear()
+
     @Slot(object)
     def _on_conversations_turn_decided(self, turn: Turn) -> None:
         """Documents the turn builder sends by retrieval want the search model."""
@@ -503,6 +528,21 @@ class EmbeddingController(QObject):
             ),
         )
 
+    @Slot(int, int, int, int)
+    def _on_worker_index_paused(self, job: int, doc_id: int, done: int, total: int) -> None:
+        if self._current is None or self._current[0] != job:
+            return
+        fraction = done / total if total else 1.0
+        self._set_status(
+            doc_id,
+            SearchStatus(
+                SearchState.INDEXING,
+                f"Indexing paused while Scout answers… {round(fraction * 100)} %",
+                "The search model waits for the answer to finish, so the two never share the cores.",
+                fraction,
+            ),
+        )
+
     @Slot(int, int, bool)
     def _on_worker_index_finished(self, job: int, doc_id: int, complete: bool) -> None:
         if not self._end_current(job):
@@ -542,7 +582,7 @@ def _keyword() -> SearchStatus:
 
 
 def _default_threads() -> int:
-    """Half the physical cores: the chat model keeps the rest while both work."""
+    """Every physical core: indexing pauses while the chat model answers, so they never share."""
     from app.core.hardware import physical_cores
 
-    return max(1, physical_cores() // 2)
+    return max(1, physical_cores())

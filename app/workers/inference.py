@@ -19,6 +19,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.config import kv_state_files
 from app.core import reading
+from app.core.api_requests import ApiError
 from app.core.context import MessageTooLongError, reply_reserve
 from app.core.engine import OutOfMemoryError, ProjectorError, check_model_file, first_split_part
 from app.core.engine.errors import EngineCrashedError, EngineHungError, TrialCrashedError
@@ -36,6 +37,7 @@ from app.core.types import DocumentMode, FinishReason
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from app.core.api_requests import ApiJob
     from app.core.planner import PlannedLoad
     from app.core.ports import Engine
     from app.core.reading import ReadingRequest
@@ -96,6 +98,8 @@ class LlamaWorker(QObject):
             (the engine's, or the throw-away one that tried the file). Sent before ``load_failed``.
         file_tried(str, float): a model path was tried in a throw-away engine process and
             survived; the seconds that took.
+        api_answer_started(int): the worker began answering an API request (job id).
+        api_answer_finished(int): that answer ended (done, failed or cancelled).
     """
 
     load_progress = Signal(float)
@@ -117,6 +121,8 @@ class LlamaWorker(QObject):
     extract_read = Signal(int, object)
     load_killed_engine = Signal(str)
     file_tried = Signal(str, float)
+    api_answer_started = Signal(int)
+    api_answer_finished = Signal(int)
 
     def __init__(
         self,
@@ -452,6 +458,52 @@ class LlamaWorker(QObject):
             log.exception("generation %d failed", gen_id)
             self._note_engine_stopped(exc, message, detail)
             self.generation_failed.emit(gen_id, message, detail)
+
+    @Slot(object)
+    def answer_api(self, job: ApiJob) -> None:
+        """Answer a request of the local API server (app/core/api_server.py): the client's own
+        messages, streamed into ``job.events`` for the HTTP thread. It waited in this thread's
+        queue like the window's answers; ``job.cancel`` stops it (client gone, the window's Stop)."""
+        if job.cancel.is_set():  # the client left while it waited
+            job.fail(ApiError(499, "The client went away.", "cancelled"))
+            return
+        self.api_answer_started.emit(job.id)
+        try:
+            engine = self.engine
+            info = engine.model_info
+            if info is None:
+                job.fail(
+                    ApiError(503, "No model is loaded in Scout Chat.", "server_error", "model_not_loaded")
+                )
+                return
+            messages = job.request.messages
+            if job.request.has_images and not info.has_vision:
+                job.fail(
+                    ApiError(400, f"The loaded model ({info.name}) cannot read pictures.", param="messages")
+                )
+                return
+            room = info.n_ctx - engine.count_chat_tokens(messages)
+            if room < 1:
+                job.fail(
+                    ApiError(
+                        400,
+                        f"The messages do not fit the model's context of {info.n_ctx:,} tokens.",
+                        code="context_length_exceeded",
+                        param="messages",
+                    )
+                )
+                return
+            sampling = job.with_max_tokens(min(job.request.sampling.max_tokens, room))
+            for piece in engine.stream_chat(messages, sampling, job.cancel, None):
+                job.piece(piece)
+            job.done(engine.last_stats)
+        except Exception as exc:
+            message, detail = _human(exc)
+            log.exception("API answer %d failed", job.id)
+            self._note_engine_stopped(exc, message, detail)
+            job.fail(ApiError(500, message, "server_error"))
+        finally:
+            self.api_answer_finished.emit(job.id)
 
     @Slot(int, object, object)
     def read_whole(self, gen_id: int, request: ReadingRequest, sampling: SamplingParams) -> None:

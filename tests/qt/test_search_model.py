@@ -89,14 +89,17 @@ def statuses(controller: AppController, doc_id: int) -> list[object]:
     return seen
 
 
-def installed_controller(make_controller, app_paths: AppPaths, gguf: Path, qtbot) -> AppController:
+def installed_controller(
+    make_controller, app_paths: AppPaths, gguf: Path, qtbot, engine: FakeEngine | None = None
+) -> AppController:
     """An app whose search model was downloaded and converted before it started, with a fake
     chat model loaded (a small context: long documents go to retrieval)."""
     files = SearchModelFiles(ENTRY, app_paths.models_dir)
     files.folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(gguf, files.gguf)
     settings = Settings(n_ctx=1024, max_tokens=128, n_threads=1, search_model="on")
-    controller = loaded(make_controller(FakeEngine(["ok"], n_ctx=1024), settings), qtbot)
+    engine = engine or FakeEngine(["ok"], n_ctx=1024)
+    controller = loaded(make_controller(engine, settings), qtbot)
     assert controller.search.installed
     return controller
 
@@ -198,6 +201,32 @@ def test_cancel_stops_indexing_and_keyword_search_stays(
     )
     assert any("item 900" in hit.text for hit in found.chunks)
     assert found.note.startswith("Keyword search only for now")
+
+
+def test_indexing_waits_while_the_chat_model_answers(
+    make_controller, app_paths: AppPaths, qtbot, minilm_gguf: Path, tmp_path: Path
+) -> None:
+    """The embedder uses every core, so it pauses between batches while an answer streams."""
+    engine = FakeEngine(["ok"], n_ctx=1024)
+    engine.hold = True  # the answer stays open until it is stopped
+    controller = installed_controller(make_controller, app_paths, minilm_gguf, qtbot, engine)
+    conversations = controller.conversations
+    (ready,) = attach(controller, qtbot, [lease(tmp_path, 1200)])
+    qtbot.waitUntil(lambda: controller.search.status(ready.id).state == SearchState.INDEXING, timeout=30_000)
+    conversations.send("Which clause is about item 5?")
+    qtbot.waitUntil(
+        lambda: controller.search.status(ready.id).text.startswith("Indexing paused"), timeout=30_000
+    )
+    index = controller.store.chunk_index()
+    paused_at = index.embedding_progress(ready.id, ENTRY.id)[0]
+    qtbot.wait(1500)  # nothing is embedded while the answer is open
+    assert index.embedding_progress(ready.id, ENTRY.id)[0] == paused_at
+    assert paused_at < index.embedding_progress(ready.id, ENTRY.id)[1]
+    with qtbot.waitSignal(conversations.generation_finished, timeout=10_000):
+        conversations.stop()
+    qtbot.waitUntil(lambda: controller.search.status(ready.id).state == SearchState.READY, timeout=120_000)
+    done, total = index.embedding_progress(ready.id, ENTRY.id)
+    assert done == total
 
 
 def test_a_killed_embedder_is_a_message_and_keyword_search_still_answers(
@@ -313,3 +342,32 @@ def test_the_chip_shows_indexing_progress_and_stops(
     assert chip.search_label.text() == KEYWORD_TEXT
     assert not chip.search_stop.isVisible()
     assert not chip.progress.isVisible()
+
+
+def test_the_api_server_serves_the_search_model_s_embeddings(
+    make_controller, app_paths: AppPaths, minilm_gguf: Path, qtbot
+) -> None:
+    import numpy as np
+    import openai
+
+    controller = installed_controller(make_controller, app_paths, minilm_gguf, qtbot)
+    with qtbot.waitSignal(controller.api.state_changed):
+        controller.update_settings(controller.settings.replace(api_server=True, api_port=0))
+    texts = [
+        "The tenant must leave within thirty days.",
+        "Renters have a month to move out.",
+        "Bananas are yellow.",
+    ]
+    with openai.OpenAI(
+        base_url=f"http://{controller.api.address}/v1", api_key=controller.api.token(), max_retries=0
+    ) as api:
+        assert ENTRY.id in [m.id for m in api.models.list()]
+        packed = api.embeddings.create(model=ENTRY.id, input=texts)  # the client asks for base64
+        plain = api.embeddings.create(model=ENTRY.id, input=texts, encoding_format="float")
+        with pytest.raises(openai.NotFoundError):
+            api.embeddings.create(model="no-such-model", input="x")
+    vectors = [np.array(d.embedding) for d in packed.data]
+    assert [len(v) for v in vectors] == [384, 384, 384]
+    assert np.allclose(vectors[0], plain.data[0].embedding, atol=1e-6)
+    unit = [v / np.linalg.norm(v) for v in vectors]
+    assert float(unit[0] @ unit[1]) > float(unit[0] @ unit[2]) + 0.2  # meaning, not words

@@ -127,12 +127,14 @@ def test_copy_message_and_last_message_actions(qtbot, view: ChatView) -> None:
     last_q, last_a = msg("user", "second"), msg("assistant", "two **2**")
     view.set_messages([first_q, first_a, last_q, last_a])
     widgets = {m.id: view.message_widget(m.id) for m in (first_q, first_a, last_q, last_a)}
+    # any message can be edited or answered again (a new branch beside it)
     assert widgets[last_q.id].edit_button.isVisibleTo(view)
-    assert not widgets[first_q.id].edit_button.isVisibleTo(view)
+    assert widgets[first_q.id].edit_button.isVisibleTo(view)
     assert widgets[last_a.id].regenerate_button.isVisibleTo(view)
-    assert not widgets[first_a.id].regenerate_button.isVisibleTo(view)
-    with qtbot.waitSignal(view.regenerate_requested):
-        qtbot.mouseClick(widgets[last_a.id].regenerate_button, Qt.MouseButton.LeftButton)
+    assert widgets[first_a.id].regenerate_button.isVisibleTo(view)
+    with qtbot.waitSignal(view.regenerate_requested) as regenerated:
+        qtbot.mouseClick(widgets[first_a.id].regenerate_button, Qt.MouseButton.LeftButton)
+    assert regenerated.args == [first_a.id]
     with qtbot.waitSignal(view.edit_requested) as blocker:
         qtbot.mouseClick(widgets[last_q.id].edit_button, Qt.MouseButton.LeftButton)
     assert blocker.args == [last_q.id]

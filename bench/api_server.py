@@ -1,0 +1,149 @@
+"""The local API server's cost: the same answers through ``/v1/chat/completions`` (the official
+``openai`` client, streaming) and through the window's path (``ConversationController.send``).
+
+One AppController on the real engine process (``EngineProxy``, n_threads 1) with the generated
+tiny llama4 model and its API server on 127.0.0.1; both paths go through the same inference
+worker. Greedy, the same prompt and answer length; runs alternate A/B. Measured as each caller
+sees it: TTFT from the request to the first text, tokens/s from the first text to the last (the
+engine's completion-token count). Target: API tokens/s ≥ 0.97 of the window's.
+
+    python -m bench.api_server [--runs 5] [--tokens 256] [--model PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--model", type=Path, default=None, help="a GGUF (default: the generated tiny model)")
+    args = parser.parse_args()
+
+    import openai
+    from PySide6.QtCore import QCoreApplication, QEventLoop
+
+    from app.config import AppPaths, Settings
+    from app.core.engine.process import EngineProxy
+    from app.core.store import Store
+    from app.core.tiny_model import write_tiny_model
+    from app.workers.controller import AppController
+
+    qt = QCoreApplication.instance() or QCoreApplication([])
+    tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    model = args.model or write_tiny_model(tmp / "tiny-llama4.gguf")[0]
+    paths = AppPaths.under(tmp / "data").ensure()
+    settings = Settings(
+        n_ctx=2048, n_threads=1, temperature=0.0, max_tokens=args.tokens, api_server=True, api_port=0
+    )
+    store = Store(paths.database)
+    proxy = EngineProxy()
+    controller = AppController(store, paths, settings, lambda: proxy)
+
+    def wait(done: threading.Event | list[object], timeout: float = 600) -> None:
+        loop = QEventLoop()
+        deadline = time.monotonic() + timeout
+        while not (done.is_set() if isinstance(done, threading.Event) else done):
+            loop.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+            if time.monotonic() > deadline:
+                raise SystemExit("timed out")
+
+    loaded: list[object] = []
+    controller.models.model_loaded.connect(loaded.append)
+    controller.models.load_model(str(model))
+    wait(loaded)
+    name = controller.api.chat_model()
+    prompt = "Tell me a long story about a lighthouse keeper."
+
+    def window_run() -> tuple[float, float, int]:
+        marks: dict[str, float] = {}
+        finished: list[object] = []
+
+        def first(*_a: object) -> None:
+            marks.setdefault("first", time.perf_counter())
+            marks["last"] = time.perf_counter()
+
+        def end(_id: int, stats: object) -> None:
+            finished.append(stats)
+
+        controller.conversations.tokens_streamed.connect(first)
+        controller.conversations.generation_finished.connect(end)
+        controller.conversations.new_conversation()
+        start = time.perf_counter()
+        controller.conversations.send(prompt)
+        wait(finished)
+        controller.conversations.tokens_streamed.disconnect(first)
+        controller.conversations.generation_finished.disconnect(end)
+        tokens = finished[0].completion_tokens  # type: ignore[attr-defined]
+        return marks["first"] - start, tokens / max(1e-9, marks["last"] - marks["first"]), tokens
+
+    def api_run() -> tuple[float, float, int]:
+        out: dict[str, float] = {}
+        done = threading.Event()
+
+        def ask() -> None:
+            with openai.OpenAI(
+                base_url=f"http://{controller.api.address}/v1", api_key=controller.api.token()
+            ) as c:
+                start = time.perf_counter()
+                for chunk in c.chat.completions.create(
+                    model=name or "",
+                    messages=[{"role": "user", "content": prompt}],
+                    max_tokens=args.tokens,
+                    temperature=0,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                ):
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        out.setdefault("first", time.perf_counter() - start)
+                        out["last"] = time.perf_counter() - start
+                    if chunk.usage is not None:
+                        out["tokens"] = chunk.usage.completion_tokens
+            done.set()
+
+        thread = threading.Thread(target=ask)
+        thread.start()
+        wait(done)
+        thread.join()
+        tokens = int(out["tokens"])
+        return out["first"], tokens / max(1e-9, out["last"] - out["first"]), tokens
+
+    try:
+        window_run()  # warm-up (first prompt, caches)
+        api_run()
+        rows = []
+        for run in range(1, args.runs + 1):
+            w = window_run()
+            a = api_run()
+            rows.append((w, a))
+            print(
+                f"run {run}: window {w[1]:.1f} tok/s (TTFT {w[0] * 1000:.1f} ms, {w[2]} tokens) | "
+                f"API {a[1]:.1f} tok/s (TTFT {a[0] * 1000:.1f} ms, {a[2]} tokens)"
+            )
+        wt = statistics.median(r[0][1] for r in rows)
+        at = statistics.median(r[1][1] for r in rows)
+        wf = statistics.median(r[0][0] for r in rows)
+        af = statistics.median(r[1][0] for r in rows)
+        print(
+            f"median: window {wt:.1f} tok/s, API {at:.1f} tok/s, ratio {at / wt:.3f} (target ≥ 0.97); "
+            f"TTFT window {wf * 1000:.1f} ms, API {af * 1000:.1f} ms ({(af - wf) * 1000:+.1f} ms)"
+        )
+    finally:
+        controller.shutdown()
+        store.close()
+        proxy.close()
+        del qt
+
+
+if __name__ == "__main__":
+    main()
