@@ -138,6 +138,11 @@ class Settings:
     api_port: int = 1236  # 0: any free port (tests)
     api_cors_origins: tuple[str, ...] = ()  # browser origins allowed to call it; none: no CORS
     api_allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides localhost and the address
+    # MCP tool servers (Settings → Tools): the mcpServers JSON, secret env values replaced by
+    # "<secret>" (the values are in the key store); the servers turned on; tools always allowed
+    tools_servers: str = ""
+    tools_enabled: tuple[str, ...] = ()  # server names; none: nothing is started
+    tools_always_allowed: tuple[str, ...] = ()  # "server/tool": run without asking
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Settings:

@@ -101,6 +101,9 @@ def to_markdown(
                 pages = attachment.meta.get("pages")
                 extra = f", {pages} pages" if pages else ""
                 lines += ["", f"*Attached {attachment.kind}: {attachment.name}{extra}*"]
+        record = message.stats.get("tool_call") if message.stats else None
+        if isinstance(record, dict):
+            lines += ["", *_tool_call_lines(record)]
         if message.status in (MessageStatus.CANCELLED, MessageStatus.INTERRUPTED):
             lines += ["", f"*(answer {message.status.value})*"]
         elif message.status == MessageStatus.ERROR:
@@ -108,6 +111,18 @@ def to_markdown(
             lines += ["", f"*(failed{': ' + error if error else ''})*"]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _tool_call_lines(record: dict[str, Any]) -> list[str]:
+    """A tool call and its outcome (the arguments and result as given, fenced)."""
+    arguments = json.dumps(record.get("arguments") or {}, ensure_ascii=False, indent=2, sort_keys=True)
+    lines = [f"*Tool call: {record.get('name', '')} ({record.get('server', '')}), {record.get('state', '')}*"]
+    lines += ["", "```json", arguments, "```"]
+    result = str(record.get("result", ""))
+    if result:
+        fence = _fence(result)
+        lines += ["", fence + "text", result, fence]
+    return lines
 
 
 def _message_dict(

@@ -69,3 +69,25 @@ class ApiTokenStore:
     @property
     def backend(self) -> str:
         return self._store.backend
+
+
+class ToolSecretStore:
+    """Secret environment values of the MCP tool servers (``GITHUB_TOKEN``…), one per server and
+    variable, kept as the keys above; the settings file keeps only a placeholder."""
+
+    def __init__(self, data_dir: Path, *, use_keyring: bool = True) -> None:
+        self._data_dir = data_dir
+        self._use_keyring = use_keyring
+
+    def _store(self, server: str, name: str) -> TokenStore:
+        store = TokenStore(self._data_dir, use_keyring=self._use_keyring)
+        store.USERNAME = f"tool-secret {server}/{name}"
+        digest = hashlib.sha256(f"{server}\0{name}".encode()).hexdigest()[:16]
+        store.file = self._data_dir / "tool_secrets" / digest
+        return store
+
+    def get(self, server: str, name: str) -> str | None:
+        return self._store(server, name).get()
+
+    def set(self, server: str, name: str, value: str) -> None:
+        self._store(server, name).set(value)

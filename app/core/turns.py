@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from app.core.context import MessageTooLongError, fit_messages, reply_reserve
 from app.core.retrieval import DocumentChunks, compose_document_context
 from app.core.store import AttachmentState, MessageStatus, StoredMessage
+from app.core.tools import TOOL_ROLE, result_for_model
 from app.core.types import ChatMessage, DocumentMode, Role
 
 if TYPE_CHECKING:
@@ -159,6 +160,10 @@ def build_turn(
             else:
                 images_left_out += len(pictures)
         base.append((m.id, ChatMessage(m.role, m.content, images)))
+        record = m.stats.get("tool_call") if m.role == Role.ASSISTANT.value and m.stats else None
+        result = result_for_model(record) if isinstance(record, dict) else None
+        if result is not None:  # the call's result (or its denial) follows the answer that made it
+            base.append((m.id, ChatMessage(TOOL_ROLE, result)))
 
     decision = None
     docs = [

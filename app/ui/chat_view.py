@@ -35,6 +35,7 @@ from app.core.store import MessageStatus
 from app.core.types import FinishReason
 from app.ui import theme
 from app.ui.message_widget import MessageWidget, NoticeWidget
+from app.ui.tool_card import ToolCallCard
 
 if TYPE_CHECKING:
     from app.core.store import Attachment
@@ -93,6 +94,7 @@ class ChatView(QWidget):
         copied(str): what was copied, for a status message ("message" or "code").
         citation_clicked(int, int): message id, page of a clicked citation in an answer.
         sources_requested(int): message id of the answer whose "What the model saw" was clicked.
+        tool_decision_requested(int, str): answer message id, ``once`` | ``always`` | ``deny``.
     """
 
     open_model_requested = Signal()
@@ -102,12 +104,14 @@ class ChatView(QWidget):
     copied = Signal(str)
     citation_clicked = Signal(int, int)
     sources_requested = Signal(int)
+    tool_decision_requested = Signal(int, str)
 
     PAGE_NO_MODEL, PAGE_EMPTY, PAGE_MESSAGES = range(3)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._widgets: dict[int, MessageWidget | NoticeWidget] = {}
+        self._cards: dict[int, ToolCallCard] = {}
         self._order: list[int] = []
         self._pending: dict[int, list[str]] = {}
         self._model_loaded = False
@@ -194,10 +198,11 @@ class ChatView(QWidget):
     def clear(self) -> None:
         self._pending.clear()
         self._update_timer.stop()
-        for widget in self._widgets.values():
+        for widget in [*self._widgets.values(), *self._cards.values()]:
             self.column_layout.removeWidget(widget)
             widget.hide()
             self._retired.append(widget)
+        self._cards.clear()
         if self._retired:
             self._retire_timer.start()
         self._widgets.clear()
@@ -248,7 +253,33 @@ class ChatView(QWidget):
             self._stick_to_bottom = True  # sending always shows the answer
             self.scroll_to_bottom()
 
+    def show_tool_call(self, message_id: int, record: dict[str, Any]) -> None:
+        """Show (or update) the tool call card under the answer ``message_id``."""
+        card = self._cards.get(message_id)
+        if card is not None:
+            card.set_record(record)
+            return
+        anchor = self._widgets.get(message_id)
+        if anchor is None:
+            return
+        card = ToolCallCard(message_id, record)
+        card.decided.connect(self._on_card_decided)
+        self._cards[message_id] = card
+        self.column_layout.insertWidget(self.column_layout.indexOf(anchor) + 1, card)
+        if self._stick_to_bottom:
+            self.scroll_to_bottom()
+
+    def tool_card(self, message_id: int) -> ToolCallCard | None:
+        return self._cards.get(message_id)
+
+    def _on_card_decided(self, message_id: int, decision: str) -> None:
+        self.tool_decision_requested.emit(message_id, decision)
+
     def remove_message(self, message_id: int) -> None:
+        card = self._cards.pop(message_id, None)
+        if card is not None:
+            self.column_layout.removeWidget(card)
+            card.deleteLater()
         widget = self._widgets.pop(message_id, None)
         self._pending.pop(message_id, None)
         if widget is None:
@@ -371,6 +402,9 @@ class ChatView(QWidget):
         self._widgets[message.id] = widget
         self._order.append(message.id)
         self.column_layout.insertWidget(self.column_layout.count() - 1, widget)
+        record = message.stats.get("tool_call") if message.role == "assistant" and message.stats else None
+        if isinstance(record, dict):
+            self.show_tool_call(message.id, record)
 
     def _refresh_actions(self) -> None:
         """Any user message can be edited and any answer written again (each a new branch), and

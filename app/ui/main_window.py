@@ -300,6 +300,9 @@ class MainWindow(QMainWindow):
         c.reading_offered.connect(self._on_conversations_reading_offered)
         c.reading_progress.connect(self._on_conversations_reading_progress)
         c.turn_decided.connect(self._on_conversations_turn_decided)
+        c.tool_call_proposed.connect(self._on_conversations_tool_call_proposed)
+        c.tool_call_updated.connect(self._on_conversations_tool_call_updated)
+        self.chat_view.tool_decision_requested.connect(self._on_chat_view_tool_decision_requested)
         self.controller.notices.error_occurred.connect(self._on_notices_error_occurred)
         self.controller.api.state_changed.connect(self._on_api_state_changed)
         self.controller.api.answering_changed.connect(self._on_api_answering_changed)
@@ -490,6 +493,7 @@ class MainWindow(QMainWindow):
             plan=self.models.plan if self.models.model_info is not None else None,
             fixed_n_ctx=overrides.n_ctx if overrides is not None else None,
             api_keys=self.controller.api,
+            tool_servers=self.controller.tools,
         )
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.accepted.connect(self._on_settings_dialog_accepted)
@@ -719,6 +723,16 @@ class MainWindow(QMainWindow):
 
     def _on_conversations_reading_progress(self, message_id: int, done: int, total: int) -> None:
         self.chat_view.set_reading_progress(message_id, done, total)
+
+    def _on_conversations_tool_call_proposed(self, message_id: int, record: dict[str, Any]) -> None:
+        self.chat_view.flush()
+        self.chat_view.show_tool_call(message_id, record)
+
+    def _on_conversations_tool_call_updated(self, message_id: int, record: dict[str, Any]) -> None:
+        self.chat_view.show_tool_call(message_id, record)
+
+    def _on_chat_view_tool_decision_requested(self, _message_id: int, decision: str) -> None:
+        self.conversations.decide_tool_call(decision)
 
     def _on_conversations_turn_decided(self, turn: Turn) -> None:
         documents = turn.documents

@@ -26,6 +26,8 @@ from PySide6.QtWidgets import (
 
 from app.config import Settings
 from app.core.hardware import physical_cores
+from app.core.tools import ToolConfigError
+from app.ui.tools_settings import ToolServers, ToolsSection
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -101,6 +103,7 @@ class SettingsDialog(QDialog):
         plan: Plan | None = None,
         fixed_n_ctx: int | None = None,
         api_keys: ApiKeys | None = None,
+        tool_servers: ToolServers | None = None,
     ) -> None:
         """``model``: the loaded model (Auto shows its context size); ``plan``: its offload plan;
         ``fixed_n_ctx``: a context size fixed in Memory & offload (these say why a context size was
@@ -115,6 +118,8 @@ class SettingsDialog(QDialog):
         self._build_documents()
         self._build_machines(settings)
         self._build_api_server(settings, api_keys)
+        self.tools = ToolsSection(settings, tool_servers)
+        self._with_tools: Settings | None = None  # the settings with the tool servers, once accepted
         self._build_theme_and_buttons()
         self._build_layout()
         self._load(settings)
@@ -332,6 +337,10 @@ class SettingsDialog(QDialog):
             key_row.addWidget(button)
         form.addRow("Key", key_row)
         form.addRow("Web pages allowed", self.api_cors)
+        tools_title = QLabel("Tools (MCP servers)")
+        tools_title.setFont(font)
+        form.addRow(tools_title)
+        form.addRow(self.tools)
         form.addRow("Theme", self.theme)
 
         buttons = QDialogButtonBox(
@@ -371,7 +380,8 @@ class SettingsDialog(QDialog):
         self.max_tokens.setValue(SCOUT_DEFAULTS.max_tokens)
 
     def result_settings(self) -> Settings:
-        return self._settings.replace(
+        base = self._with_tools or self._settings
+        return base.replace(
             system_prompt=self.system_prompt.toPlainText().strip(),
             temperature=round(self.temperature.value(), 2),
             top_p=round(self.top_p.value(), 2),
@@ -390,6 +400,16 @@ class SettingsDialog(QDialog):
                 o.strip().rstrip("/") for o in self.api_cors.text().split(",") if o.strip()
             ),
         )
+
+    def accept(self) -> None:
+        """Closes only with usable tool servers (bad JSON is said under the editor)."""
+        try:
+            self._with_tools = self.tools.apply(self._settings)
+        except ToolConfigError as exc:
+            self.tools.error.setText(exc.message)
+            self.tools.error.setVisible(True)
+            return
+        super().accept()
 
     def _search_model_choice(self) -> str:
         """``on`` / ``off`` once the box was changed; the saved choice (``ask`` too) otherwise."""

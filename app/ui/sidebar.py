@@ -341,8 +341,10 @@ class ConversationSidebar(QFrame):
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         # Delete / Backspace on the list asks to delete, even where shortcuts are not delivered.
+        # The list is recognised by its name, not by ``self.list_view``: Qt also calls filters while
+        # a window is being torn down, when the Python side of this object may have no attributes.
         if (
-            watched is self.list_view
+            watched.objectName() == "conversationList"
             and event.type() == QEvent.Type.KeyPress
             and isinstance(event, QKeyEvent)
             and event.key() in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace)

@@ -267,8 +267,10 @@ class WindowStatus(QObject):
 
     # -- events -----------------------------------------------------------------------------
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        # By name, not ``self.model_label``: Qt also calls filters while a window is being torn
+        # down, when the Python side of this object may have no attributes left.
         if (
-            watched is self.model_label
+            watched.objectName() == "modelLabel"
             and event.type() == QEvent.Type.MouseButtonRelease
             and isinstance(event, QMouseEvent)
             and event.button() == Qt.MouseButton.LeftButton

@@ -37,6 +37,7 @@ from app.workers.gc_guard import MainThreadGarbageCollector
 from app.workers.inference import InferenceThread
 from app.workers.models import ModelController
 from app.workers.preferences import Notices, Preferences
+from app.workers.tools import ToolsController
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -90,6 +91,8 @@ class AppController(QObject):
         self.api = ApiController(
             paths, self.preferences, self.notices, self._inference, self.models, self._search_model
         )
+        self.tools = ToolsController(paths, self.preferences, self.notices)
+        self.conversations.attach_tools(self.tools)
         self.models.model_loaded.connect(self._on_models_model_loaded)
         self._gc = MainThreadGarbageCollector(self)  # worker threads must never finalize Qt objects
         self._gc.start()
@@ -130,5 +133,6 @@ class AppController(QObject):
         self.attachments.shutdown()
         self.search.shutdown()
         self.api.shutdown()
+        self.tools.shutdown()
         self._inference.shutdown()
         self._gc.stop()

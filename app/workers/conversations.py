@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from PySide6.QtCore import QObject, Signal, Slot
 
 from app.core import reading
+from app.core import tools as tool_calls
 from app.core.context import dropped_notice
 from app.core.store import DEFAULT_TITLE, AttachmentState, MessageStatus, make_title
 from app.core.turns import TurnRequest
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from app.workers.inference import InferenceThread
     from app.workers.models import ModelController
     from app.workers.preferences import Notices, Preferences
+    from app.workers.tools import ToolsController
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,10 @@ class ConversationController(QObject):
     reading_progress(int, int, int): answer message id, parts read, parts in all.
     path_changed(int, list, int): conversation id, the new active path (list[StoredMessage]), the
         message to keep in view: another branch is shown.
+    tool_call_proposed(int, dict): answer message id, its tool call record (``stats["tool_call"]``)
+        waiting for the user's approval (:meth:`decide_tool_call`).
+    tool_call_updated(int, dict): answer message id, its tool call record once allowed, run, denied
+        or failed (the result is in the record).
     """
 
     conversations_changed = Signal()
@@ -77,6 +83,8 @@ class ConversationController(QObject):
     reading_offered = Signal(object)
     reading_progress = Signal(int, int, int)
     path_changed = Signal(int, list, int)
+    tool_call_proposed = Signal(int, dict)
+    tool_call_updated = Signal(int, dict)
 
     # commands to the worker (queued across threads)
     answer_requested = Signal(int, object, object)
@@ -114,6 +122,10 @@ class ConversationController(QObject):
         self._offer: reading.ReadingOffer | None = None  # asked, not answered yet
         self._force_offer = False  # the user asked to read whole (not just an aggregate question)
         self._speeds: reading.Speeds | None = None  # measured by the last answers
+        self._tools: ToolsController | None = None
+        self._tool_wait: tuple[int, int, dict[str, Any]] | None = None  # conversation, answer, record
+        self._tool_chain = 0  # tool calls since the user's last message
+        self._tool_call_id = 0
 
         worker = inference.worker
         self.read_requested.connect(worker.read_whole)
@@ -143,7 +155,12 @@ class ConversationController(QObject):
     @property
     def is_busy(self) -> bool:
         """True from a send until its answer has ended."""
-        return self._answering is not None
+        return self._answering is not None or self._tool_wait is not None
+
+    def attach_tools(self, tools: ToolsController) -> None:
+        """Offer the tools of the servers that are on to the model (the AppController does it)."""
+        self._tools = tools
+        tools.call_finished.connect(self._on_tools_call_finished)
 
     @property
     def store(self) -> Store:
@@ -244,9 +261,10 @@ class ConversationController(QObject):
         if draft is not None and conversation_id is not None:
             pending = tuple(self._store.pending_attachments(conversation_id))
         s = self._preferences.settings
-        return TurnRequest(
-            stored, attachments, s.system_prompt, s.max_tokens, draft, pending, s.whole_document_limit
-        )
+        system = s.system_prompt
+        if self._tools is not None:
+            system = tool_calls.with_tools(system, self._tools.tools())
+        return TurnRequest(stored, attachments, system, s.max_tokens, draft, pending, s.whole_document_limit)
 
     def refresh_preview(self) -> None:
         """Ask the worker what the next turn would look like (context meter, document chips)."""
@@ -298,6 +316,7 @@ class ConversationController(QObject):
                 "answers may get less reliable."
             )
         self.message_added.emit(user)
+        self._tool_chain = 0
         if not ((self._force_offer or reading.is_aggregate_question(text)) and self._offer_reading(text)):
             self._start_generation()
 
@@ -439,6 +458,9 @@ class ConversationController(QObject):
         return self._gen_id
 
     def stop(self) -> None:
+        if self._tool_wait is not None:  # Stop while a tool call waits: denied, no answer follows
+            self._decide_tool(tool_calls.DENIED, tool_calls.denied_result(self._pending_call()), resume=False)
+            return
         if self._offer is not None:  # Stop while asked whether to read: no answer
             self._offer = None
             self._end_answer()
@@ -685,8 +707,101 @@ class ConversationController(QObject):
             self.context_changed.emit(stats.context_used, stats.n_ctx or self._models.n_ctx)
         if stats.prompt_tokens >= KV_SAVE_MIN_PROMPT_TOKENS:
             self.save_session_requested.emit(conversation_id, str(self._paths.kv_state_dir))
+        if not cancelled and self._propose_tool_call(conversation_id, message_id, saved_stats):
+            return  # still busy: the call waits for the user, then the answer continues
         self.busy_changed.emit(False)
         self._announce(conversation_id)
+
+    # -- tool calls -------------------------------------------------------------------------
+    def _propose_tool_call(self, conversation_id: int, message_id: int, stats: dict[str, Any]) -> bool:
+        """If the answer just stored is a call of a tool that is on, keep it as a pending call and
+        ask for approval (or run it, when the user chose "Always" for that tool)."""
+        if self._tools is None or self._tool_chain >= tool_calls.MAX_CALLS_PER_QUESTION:
+            return False
+        offered = {t.name for t in self._tools.tools()}
+        if not offered:
+            return False
+        message = next((m for m in self._store.messages(conversation_id) if m.id == message_id), None)
+        call = tool_calls.parse_tool_call(message.content, offered) if message is not None else None
+        spec = self._tools.find(call.name) if call is not None else None
+        if call is None or spec is None:
+            return False
+        self._tool_chain += 1
+        record = tool_calls.call_record(spec.server, call)
+        self._store.update_message(message_id, stats={**stats, "tool_call": record})
+        self._tool_wait = (conversation_id, message_id, record)
+        if self._tools.always_allowed(spec):
+            self._run_tool()
+        else:
+            self.tool_call_proposed.emit(message_id, record)
+        return True
+
+    @property
+    def pending_tool_call(self) -> dict[str, Any] | None:
+        """The tool call record waiting for approval or its result (None: none)."""
+        return self._tool_wait[2] if self._tool_wait is not None else None
+
+    def _pending_call(self) -> tool_calls.ToolCall:
+        assert self._tool_wait is not None
+        record = self._tool_wait[2]
+        return tool_calls.ToolCall(record["name"], dict(record.get("arguments") or {}))
+
+    def decide_tool_call(self, decision: str) -> None:
+        """The user's answer to the pending call: ``once``, ``always`` (this tool from now on) or
+        ``deny`` (the model is told it was denied and answers without it)."""
+        if self._tool_wait is None or self._tool_wait[2].get("running"):
+            return
+        if decision == "deny":
+            self._decide_tool(tool_calls.DENIED, tool_calls.denied_result(self._pending_call()))
+            return
+        if decision == "always" and self._tools is not None:
+            spec = self._tools.find(self._tool_wait[2]["name"])
+            if spec is not None:
+                self._tools.allow_always(spec)
+        self._run_tool()
+
+    def _run_tool(self) -> None:
+        assert self._tool_wait is not None
+        assert self._tools is not None
+        conversation_id, message_id, record = self._tool_wait
+        record = {**record, "running": True}
+        self._tool_wait = (conversation_id, message_id, record)
+        self.tool_call_updated.emit(message_id, record)
+        self._tool_call_id += 1
+        self._tools.call(self._tool_call_id, record["server"], record["name"], dict(record["arguments"]))
+
+    @Slot(int, object)
+    def _on_tools_call_finished(self, call_id: int, outcome: Any) -> None:
+        if call_id != self._tool_call_id or self._tool_wait is None:
+            return
+        call = self._pending_call()
+        if getattr(outcome, "is_error", None) is None:  # a ToolServerError: the server failed or died
+            text = tool_calls.failed_result(call, outcome.message)
+            self._notices.error_occurred.emit(outcome.message)
+            self._decide_tool(tool_calls.FAILED, text)
+            return
+        text, cut = tool_calls.cap_result(outcome.text)
+        if outcome.is_error:
+            self._decide_tool(tool_calls.FAILED, tool_calls.failed_result(call, text), cut)
+        else:
+            self._decide_tool(tool_calls.DONE, text, cut)
+
+    def _decide_tool(self, state: str, result: str, cut: bool = False, *, resume: bool = True) -> None:
+        assert self._tool_wait is not None
+        conversation_id, message_id, record = self._tool_wait
+        record = tool_calls.decided_record(
+            {k: v for k, v in record.items() if k != "running"}, state, result, cut
+        )
+        message = next((m for m in self._store.messages(conversation_id) if m.id == message_id), None)
+        if message is not None:
+            self._store.update_message(message_id, stats={**message.stats, "tool_call": record})
+        self._tool_wait = None
+        self.tool_call_updated.emit(message_id, record)
+        if resume and message is not None and self._conversation_id == conversation_id and not self._closed:
+            self._start_generation()  # the model reads the result (or the denial) and goes on
+        else:
+            self.busy_changed.emit(False)
+            self._announce(conversation_id)
 
     @Slot(str, str)
     def _on_worker_engine_stopped(self, _message: str, _detail: str) -> None:
@@ -766,6 +881,7 @@ class ConversationController(QObject):
         self._preview_id += 1
         self._answering = None
         self._streaming_message = None
+        self._tool_wait = None
 
     def save_partial_answer(self) -> None:
         """At shutdown: keep what was written of the answer, marked as stopped."""
