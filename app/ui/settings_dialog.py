@@ -234,12 +234,6 @@ class SettingsDialog(QDialog):
         self.compute_servers_note.setVisible(False)
         return tuple(found)
 
-    def accept(self) -> None:
-        if self.machines() is None:  # the note says what is wrong; the dialog stays open
-            self.compute_servers.setFocus()
-            return
-        super().accept()
-
     def _build_api_server(self, settings: Settings, api_keys: ApiKeys | None) -> None:
         self._api_keys = api_keys
         self.api_server = QCheckBox("Let other programs use the model (OpenAI-compatible API)")
@@ -402,7 +396,11 @@ class SettingsDialog(QDialog):
         )
 
     def accept(self) -> None:
-        """Closes only with usable tool servers (bad JSON is said under the editor)."""
+        """Closes only with usable compute server addresses and tool servers (what is wrong is
+        said under the editor)."""
+        if self.machines() is None:
+            self.compute_servers.setFocus()
+            return
         try:
             self._with_tools = self.tools.apply(self._settings)
         except ToolConfigError as exc:
