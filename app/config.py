@@ -132,6 +132,7 @@ class Settings:
     last_export_dir: str = ""  # empty: the user's documents folder
     whole_document_limit: int = 32_000  # documents up to this many tokens go in whole (docs/benchmarks.md)
     search_model: str = "ask"  # ask (offer it once) | on | off: the search model for long documents
+    compute_servers: tuple[str, ...] = ()  # llama.cpp RPC compute servers, "host:port" (Settings → Machines)
     api_server: bool = False  # the local OpenAI-compatible API server (Settings → API server)
     api_host: str = "127.0.0.1"  # another address only when the user chooses it (with a warning)
     api_port: int = 1236  # 0: any free port (tests)

@@ -41,6 +41,7 @@ SECTION_MEMORY = "Memory"
 SECTION_DIRECTORIES = "Directories"
 SECTION_MODELS = "Installed models"
 SECTION_RECOMMENDATION = "Recommendation"
+SECTION_MACHINES = "Machines (llama.cpp RPC)"
 SECTIONS = (
     SECTION_VERSIONS,
     SECTION_LLAMA,
@@ -49,6 +50,7 @@ SECTIONS = (
     SECTION_DIRECTORIES,
     SECTION_MODELS,
     SECTION_RECOMMENDATION,
+    SECTION_MACHINES,
 )
 
 
@@ -431,6 +433,30 @@ def check_engine_process() -> str:
     )
 
 
+def machine_lines(compute_servers: Sequence[str]) -> list[tuple[str, str]]:
+    """llama.cpp's tools (llama-server, rpc-server, the RPC client) and the compute servers of
+    Settings → Machines, each tried with one TCP connection (none is tried when none is set)."""
+    from app.core.engine.errors import ComputeServerError
+    from app.core.engine.llama_tools import find_llama_tools, why_missing
+    from app.core.engine.rpc import check_reachable, parse_endpoint
+
+    tools = find_llama_tools()
+    lines = [("llama.cpp tools", str(tools.bin_dir) if tools is not None else why_missing())]
+    if not compute_servers:
+        return [*lines, ("Compute servers", "none (Settings → Machines)")]
+    for text in compute_servers:
+        try:
+            endpoint = parse_endpoint(text)
+            check_reachable(endpoint, timeout_s=2.0)
+            state = "answers"
+        except ValueError as exc:
+            endpoint, state = text, str(exc)
+        except ComputeServerError as exc:
+            endpoint, state = text, exc.message
+        lines.append((f"Compute server {endpoint}", state))
+    return lines
+
+
 def collect_report(
     paths: AppPaths,
     *,
@@ -439,6 +465,7 @@ def collect_report(
     extra_models: Sequence[Path] = (),
     free_space: Callable[[Path], int | None] = free_disk,
     engine_check: Callable[[], str] | None = None,
+    compute_servers: Sequence[str] = (),
 ) -> Report:
     """Gather everything ``--check`` prints. Never raises for a missing part. ``engine_check``
     (``--check``: :func:`check_engine_process`) adds the engine process's line."""
@@ -500,6 +527,7 @@ def collect_report(
             sections[SECTION_RECOMMENDATION] = [("Build", f"unavailable ({exc})")]
     else:
         sections[SECTION_RECOMMENDATION] = [("Build", "unavailable (no manifest or hardware)")]
+    sections[SECTION_MACHINES] = machine_lines(compute_servers)
     return Report(sections=sections, notes=tuple(notes))
 
 

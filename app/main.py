@@ -71,6 +71,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="allow unencrypted http:// to an address outside this computer and the private networks",
     )
+    machines = parser.add_argument_group("lend this machine to another Scout Chat (llama.cpp RPC)")
+    machines.add_argument(
+        "--compute-server",
+        action="store_true",
+        help="run a compute server: another Scout Chat puts part of its model on this machine "
+        "(trusted networks only: no authentication, no encryption)",
+    )
+    machines.add_argument("--host", metavar="ADDR", help="address to listen on (default 127.0.0.1)")
+    machines.add_argument("--port", type=int, default=50052, help="port to listen on (default 50052)")
+    machines.add_argument("--threads", type=int, default=0, help="CPU threads of the compute server")
+    machines.add_argument("--device", metavar="DEV,…", help="llama.cpp devices to lend (default: all)")
+    machines.add_argument(
+        "--i-understand-this-is-unauthenticated",
+        action="store_true",
+        help="allow a compute server on a public address or on every interface",
+    )
     return parser.parse_args(argv)
 
 
@@ -268,7 +284,7 @@ def run_check(args: argparse.Namespace) -> int:
     paths = AppPaths.default(args.data_dir)
     settings = load_settings(paths)
     extra = [Path(p).expanduser() for p in (args.model, settings.last_model) if p]
-    return write_report(paths, extra_models=extra)
+    return write_report(paths, extra_models=extra, compute_servers=settings.compute_servers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     excepthooks.install()  # uncaught exceptions are logged (run_gui also shows them in the window)
     if args.check:
         return run_check(args)
+    if args.compute_server:
+        from app.compute_server import run_compute_server
+
+        return run_compute_server(args)
     if args.self_test:
         from app.self_test import run_self_test
 

@@ -1,11 +1,15 @@
-"""The remote engine's cost: RemoteEngine vs the same server called with a plain HTTP client.
+"""The remote engine's cost: RemoteEngine vs the same server called with a plain HTTP client, and
+llama.cpp's RPC overhead: the local engine vs the same model split across two loopback compute
+servers.
 
-One llama-cpp-python server (``python -m llama_cpp.server``, one thread) on 127.0.0.1 serves the
-generated tiny llama4 model. Both sides send the very same ``/v1/chat/completions`` request body
+Servers on 127.0.0.1 (one thread each) serve the generated tiny llama4 model: llama-cpp-python's
+(``python -m llama_cpp.server``) and, when the set-up has built it, llama.cpp's own
+``llama-server``. Both sides send the very same ``/v1/chat/completions`` request body
 (``RemoteEngine.request_body``: greedy, same prompt) and are measured the same way, as the caller
 sees them: TTFT from sending the request to the first text piece, tokens/s from the first piece to
 the last. Runs alternate A/B; the medians are compared (target: tokens/s ratio ≥ 0.97, TTFT
-overhead ≤ 20 ms).
+overhead ≤ 20 ms). The RPC rows (with the set-up's ``rpc-server``) compare the in-process engine
+alone and with two ``rpc-server`` processes holding the layers (no target: it is llama.cpp's cost).
 
     python -m bench.remote [--runs 15] [--tokens 200]
 """
@@ -37,10 +41,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(model: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def llama_cpp_python_command(model: Path, port: int) -> list[str]:
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "tiny"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_threads_batch", "1"]
-    command += ["--n_ctx", "1024"]
+    return [*command, "--n_ctx", "1024"]
+
+
+def llama_server_command(binary: Path, model: Path, port: int) -> list[str]:
+    command = [str(binary), "--model", str(model), "--alias", "tiny", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--threads", "1", "--threads-batch", "1", "--ctx-size", "1024"]
+    return [*command, "--parallel", "1", "--flash-attn", "off"]
+
+
+def start_server(command: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -96,46 +109,39 @@ def through_engine(
     return first - started, (pieces - 1) / (last - first), pieces
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--tokens", type=int, default=200)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-remote-") as tmp:
-        model = write_tiny_model(Path(tmp) / "tiny-llama4.gguf")[0]
-        port = free_port()
-        server = start_server(model, port, Path(tmp) / "server.log")
-        try:
-            engine = RemoteEngine(ServerConfig(f"http://127.0.0.1:{port}", n_ctx=1024))
-            engine.load()
-            sampling = SamplingParams(temperature=0.0, max_tokens=args.tokens, seed=1)
-            results: dict[str, list[tuple[float, float, int]]] = {"engine": [], "direct": []}
-            for run in range(args.runs + 1):
-                # a different question each run: neither side gets the other's prompt cache
-                messages = [
-                    ChatMessage.system("You are helpful."),
-                    ChatMessage.user(f"Question {run}: say hello."),
-                ]
-                body = engine.request_body(messages, sampling)
-                order = ("engine", "direct") if run % 2 else ("direct", "engine")
-                for side in order:
-                    figures = (
-                        through_engine(engine, messages, sampling) if side == "engine" else direct(port, body)
-                    )
-                    if run:  # the first round warms both up
-                        results[side].append(figures)
-            engine.close()
-        finally:
-            server.send_signal(signal.SIGKILL)
-            server.wait()
+def compare(label: str, command: list[str], port: int, log: Path, runs: int, tokens: int) -> None:
+    server = start_server(command, port, log)
+    try:
+        engine = RemoteEngine(ServerConfig(f"http://127.0.0.1:{port}", n_ctx=1024))
+        engine.load()
+        sampling = SamplingParams(temperature=0.0, max_tokens=tokens, seed=1)
+        results: dict[str, list[tuple[float, float, int]]] = {"engine": [], "direct": []}
+        for run in range(runs + 1):
+            # a different question each run: neither side gets the other's prompt cache
+            messages = [
+                ChatMessage.system("You are helpful."),
+                ChatMessage.user(f"Question {run}: say hello."),
+            ]
+            body = engine.request_body(messages, sampling)
+            order = ("engine", "direct") if run % 2 else ("direct", "engine")
+            for side in order:
+                figures = (
+                    through_engine(engine, messages, sampling) if side == "engine" else direct(port, body)
+                )
+                if run:  # the first round warms both up
+                    results[side].append(figures)
+        engine.close()
+    finally:
+        server.send_signal(signal.SIGKILL)
+        server.wait()
     med = {
         side: (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows))
         for side, rows in results.items()
     }
     pieces = {side: rows[0][2] for side, rows in results.items()}
     print(
-        f"llama-cpp-python server {os.environ.get('BENCH_NOTE', '')}on 127.0.0.1, tiny llama4, 1 thread, "
-        f"{args.runs} runs each, {pieces['engine']} tokens (direct: {pieces['direct']})"
+        f"{label} {os.environ.get('BENCH_NOTE', '')}on 127.0.0.1, tiny llama4, 1 thread, "
+        f"{runs} runs each, {pieces['engine']} tokens (direct: {pieces['direct']})"
     )
     for side in ("direct", "engine"):
         ttft, tps = med[side]
@@ -143,6 +149,93 @@ def main() -> None:
     ratio = med["engine"][1] / med["direct"][1]
     overhead = (med["engine"][0] - med["direct"][0]) * 1000
     print(f"  tokens/s ratio {ratio:.3f} (target ≥ 0.97)   TTFT overhead {overhead:+.1f} ms (target ≤ 20 ms)")
+
+
+def rpc_rows(rpc_binary: Path, model: Path, tmp: Path, runs: int, tokens: int) -> None:
+    """The in-process engine alone, then with the model's layers on two loopback rpc-servers."""
+    from app.core.engine import LlamaEngine
+    from app.core.types import LoadParams
+
+    servers = []
+    for name in ("a", "b"):
+        port = free_port()
+        with (tmp / f"rpc-{name}.log").open("wb") as out:
+            command = [str(rpc_binary), "--host", "127.0.0.1", "--port", str(port), "--threads", "1"]
+            servers.append((subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), port))
+    try:
+        for _process, port in servers:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"rpc-server on port {port} did not start") from None
+                    time.sleep(0.1)
+        endpoints = tuple(f"127.0.0.1:{port}" for _process, port in servers)
+        sampling = SamplingParams(temperature=0.0, max_tokens=tokens, seed=1)
+        med: dict[str, tuple[float, float]] = {}
+        engine = LlamaEngine()
+        for side, pool in (("local", ()), ("2 × RPC", endpoints)):
+            engine.load(LoadParams(model, n_ctx=1024, n_threads=1, n_threads_batch=1, compute_servers=pool))
+            rows = []
+            for run in range(runs + 1):
+                messages = [ChatMessage.user(f"Question {run}: say hello.")]
+                started = time.perf_counter()
+                first = last = 0.0
+                pieces = 0
+                for _piece in engine.stream_chat(messages, sampling, threading.Event()):
+                    last = time.perf_counter()
+                    first = first or last
+                    pieces += 1
+                if run:
+                    rows.append((first - started, (pieces - 1) / (last - first)))
+            engine.unload()
+            med[side] = (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows))
+    finally:
+        for process, _port in servers:
+            process.kill()
+            process.wait()
+    print(
+        f"llama.cpp RPC {os.environ.get('BENCH_NOTE', '')}: tiny llama4, 1 thread, {runs} runs each, "
+        f"{tokens} tokens"
+    )
+    for side, (ttft, tps) in med.items():
+        print(f"  {side:7s} TTFT {ttft * 1000:7.1f} ms   {tps:7.1f} tokens/s")
+    print(
+        f"  tokens/s ratio RPC/local {med['2 × RPC'][1] / med['local'][1]:.3f} "
+        "(llama.cpp's RPC overhead, no target)"
+    )
+
+
+def main() -> None:
+    from app.core.engine.llama_tools import find_llama_tools, why_missing
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--tokens", type=int, default=200)
+    args = parser.parse_args()
+    tools = find_llama_tools()
+    with tempfile.TemporaryDirectory(prefix="bench-remote-") as tmp:
+        model = write_tiny_model(Path(tmp) / "tiny-llama4.gguf")[0]
+        port = free_port()
+        log = Path(tmp) / "server.log"
+        compare(
+            "llama-cpp-python server",
+            llama_cpp_python_command(model, port),
+            port,
+            log,
+            args.runs,
+            args.tokens,
+        )
+        if tools is None:
+            print(f"llama-server and RPC rows skipped: {why_missing()}")
+            return
+        port = free_port()
+        command = llama_server_command(tools.llama_server, model, port)
+        compare("llama-server", command, port, Path(tmp) / "llama-server.log", args.runs, args.tokens)
+        rpc_rows(tools.rpc_server, model, Path(tmp), args.runs, args.tokens)
 
 
 if __name__ == "__main__":

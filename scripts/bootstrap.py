@@ -27,6 +27,8 @@ import platform
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import venv
 from pathlib import Path
@@ -130,9 +132,15 @@ def fingerprint(backend: str) -> dict[str, str]:
 
 def pip(*args: str, env: dict[str, str] | None = None) -> None:
     """Run pip in the venv with its output in LOG; on failure show the end of it and stop."""
-    cmd = [str(venv_python()), "-m", "pip", *args]
+    run_logged([str(venv_python()), "-m", "pip", *args], env=env)
+
+
+def run_logged(
+    cmd: list[str], *, env: dict[str, str] | None = None, log_path: Path = LOG, what: str = "pip"
+) -> None:
+    """Run ``cmd`` with its output in ``log_path``; on failure show the end of it and stop."""
     started = time.monotonic()
-    with LOG.open("a", encoding="utf-8") as log:
+    with log_path.open("a", encoding="utf-8") as log:
         log.write(f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')}] $ {' '.join(cmd)}\n")
         log.flush()
         process = subprocess.Popen(
@@ -145,17 +153,17 @@ def pip(*args: str, env: dict[str, str] | None = None) -> None:
                     break
                 except subprocess.TimeoutExpired:
                     minutes = int((time.monotonic() - started) // 60)
-                    say(f"  ... still working ({minutes} min; progress in {LOG})")
+                    say(f"  ... still working ({minutes} min; progress in {log_path})")
         except KeyboardInterrupt:
             process.terminate()
             process.wait()
             raise
     if status != 0:
-        tail = LOG.read_text(encoding="utf-8", errors="replace").splitlines()[-30:]
-        say(f"this step failed (pip exit status {status}): $ {' '.join(cmd)}")
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-30:]
+        say(f"this step failed ({what} exit status {status}): $ {' '.join(cmd)}")
         for line in tail:
             sys.stderr.write(f"    {line}\n")
-        say(f"the full output is in {LOG}")
+        say(f"the full output is in {log_path}")
         raise SystemExit(status)
 
 
@@ -209,6 +217,184 @@ def install_llama_cpp(backend: str) -> None:
         LLAMA_CPP_PIN,
     )
     pip("install", *constraint, LLAMA_CPP_PIN)  # its pure-Python dependencies
+
+
+# llama.cpp's own `llama-server` and `rpc-server`, built from the very llama.cpp that the installed
+# llama-cpp-python vendors (its source archive's vendor/llama.cpp): the remote-engine tests serve the
+# tiny model with them, and RPC needs the same protocol version on both sides. CPU only, with the
+# AMX-free flags where the wheel needs them, RPC on, no curl/OpenSSL and no downloaded web UI.
+LLAMA_TOOLS_TARGETS = {"llama-server": "llama-server", "ggml-rpc-server": "rpc-server"}
+LLAMA_TOOLS_CMAKE_ARGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=ON",
+    "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+    "-DCMAKE_INSTALL_RPATH=$ORIGIN",
+    "-DGGML_RPC=ON",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+)
+LLAMA_TOOLS_MANIFEST = "tools.json"
+
+
+def llama_tools_cmake_args() -> list[str]:
+    args = list(LLAMA_TOOLS_CMAKE_ARGS)
+    if native_cpu_cmake_args()[1] == "noamx":
+        args += [f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"]
+    return args
+
+
+def llama_tools_dir(version: str) -> Path:
+    """~/.cache/scout-chat/llama-tools/<llama-cpp-python version>-cpu[-noamx]-<flags hash>."""
+    root = Path(
+        os.environ.get("SCOUT_LLAMA_TOOLS_CACHE", Path.home() / ".cache" / "scout-chat" / "llama-tools")
+    )
+    native_name = native_cpu_cmake_args()[1]
+    flags = hashlib.sha1(" ".join(llama_tools_cmake_args()).encode()).hexdigest()[:8]
+    return root / f"{version}-cpu{'-' + native_name if native_name else ''}-{flags}"
+
+
+def installed_llama_cpp_version() -> str:
+    probe = "import importlib.metadata as m; print(m.version('llama_cpp_python'))"
+    done = subprocess.run([str(venv_python()), "-c", probe], capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _exe(name: str) -> str:
+    return name + (".exe" if os.name == "nt" else "")
+
+
+def ensure_llama_tools() -> Path | None:
+    """Build (once; cached) llama-server and rpc-server for the installed llama-cpp-python.
+
+    Returns their folder, or None (with a note) when they cannot be built: the tests that need
+    them then skip and say why. ``SCOUT_SKIP_LLAMA_TOOLS=1`` skips the step.
+    """
+    if os.environ.get("SCOUT_SKIP_LLAMA_TOOLS"):
+        say("llama.cpp tools: skipped (SCOUT_SKIP_LLAMA_TOOLS); their tests will skip")
+        return None
+    version = installed_llama_cpp_version()
+    if not version:
+        return None
+    folder = llama_tools_dir(version)
+    bin_dir = folder / "bin"
+    if (folder / LLAMA_TOOLS_MANIFEST).exists() and all(
+        (bin_dir / _exe(name)).exists() for name in LLAMA_TOOLS_TARGETS.values()
+    ):
+        say(f"llama.cpp tools (llama-server, rpc-server) for llama-cpp-python {version}: cached in {folder}")
+        return folder
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        say("llama.cpp tools: cmake not found, not built; the llama-server and RPC tests will skip")
+        return None
+    say(
+        f"building llama.cpp's llama-server and rpc-server for llama-cpp-python {version} (CPU) into "
+        f"{folder}: about 20 minutes on 2 cores the first time, cached after"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / "build.log"
+    started = time.monotonic()
+    try:
+        source = _llama_tools_source(version, folder, log_path)
+        build = folder / "build"
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        run_logged(
+            [cmake, "-S", str(source), "-B", str(build), *generator, *llama_tools_cmake_args()],
+            log_path=log_path,
+            what="cmake",
+        )
+        jobs = str(os.cpu_count() or 2)
+        run_logged(
+            [
+                cmake,
+                "--build",
+                str(build),
+                "--config",
+                "Release",
+                "-j",
+                jobs,
+                "--target",
+                *LLAMA_TOOLS_TARGETS,
+            ],
+            log_path=log_path,
+            what="cmake",
+        )
+        _collect_llama_tools(build, bin_dir)
+    except SystemExit:
+        say(f"llama.cpp tools: the build failed (see {log_path}); the llama-server and RPC tests will skip")
+        return None
+    seconds = time.monotonic() - started
+    shutil.rmtree(folder / "build", ignore_errors=True)
+    shutil.rmtree(folder / "src", ignore_errors=True)
+    size = sum(path.stat().st_size for path in bin_dir.rglob("*") if path.is_file() and not path.is_symlink())
+    manifest = {
+        "llama_cpp_python": version,
+        "cmake_args": llama_tools_cmake_args(),
+        "tools": {name: _exe(name) for name in LLAMA_TOOLS_TARGETS.values()},
+        "build_seconds": round(seconds),
+        "bytes": size,
+    }
+    (folder / LLAMA_TOOLS_MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    say(f"llama.cpp tools built in {seconds / 60:.0f} min ({size / 1e6:.0f} MB in {bin_dir})")
+    return folder
+
+
+def _llama_tools_source(version: str, folder: Path, log_path: Path) -> Path:
+    """vendor/llama.cpp of llama-cpp-python ``version``'s source archive, unpacked into ``folder/src``."""
+    source = folder / "src"
+    if (source / "CMakeLists.txt").exists():
+        return source  # an earlier, interrupted build
+    archives = folder / "sdist"
+    found = sorted(archives.glob(f"llama_cpp_python-{version}.tar.gz"))
+    if not found:
+        say(f"  fetching llama-cpp-python {version}'s source archive (pip download)")
+        run_logged(
+            [
+                str(venv_python()),
+                "-m",
+                "pip",
+                "download",
+                "--no-binary",
+                ":all:",
+                "--no-deps",
+                "-d",
+                str(archives),
+                f"llama-cpp-python=={version}",
+            ],
+            log_path=log_path,
+        )
+        found = sorted(archives.glob("llama_cpp_python-*.tar.gz"))
+    if not found:
+        say(f"  pip download left no source archive in {archives}")
+        raise SystemExit(1)
+    prefix = f"{found[0].name[: -len('.tar.gz')]}/vendor/llama.cpp/"
+    with tempfile.TemporaryDirectory(dir=folder) as scratch, tarfile.open(found[0]) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith(prefix)]
+        if hasattr(tarfile, "data_filter"):
+            archive.extractall(scratch, members=members, filter="data")
+        else:  # Python < 3.12 without the security back-port: our own archive from PyPI
+            archive.extractall(scratch, members=members)
+        Path(scratch, prefix).rename(source)
+    shutil.rmtree(archives, ignore_errors=True)
+    return source
+
+
+def _collect_llama_tools(build: Path, bin_dir: Path) -> None:
+    """The two programs (rpc-server under its usual name) and the shared libraries they load."""
+    outputs = build / "bin"
+    if (outputs / "Release").is_dir():  # multi-config generators (Visual Studio)
+        outputs = outputs / "Release"
+    if bin_dir.exists():
+        shutil.rmtree(bin_dir)
+    bin_dir.mkdir(parents=True)
+    for path in outputs.iterdir():
+        if path.name.endswith((".so", ".dylib", ".dll")) or ".so." in path.name:
+            shutil.copy2(path, bin_dir / path.name, follow_symlinks=False)
+    for target, name in LLAMA_TOOLS_TARGETS.items():
+        shutil.copy2(outputs / _exe(target), bin_dir / _exe(name))
 
 
 def ensure_venv() -> None:
@@ -412,6 +598,7 @@ def main() -> int:
         if status or args.no_launch:
             return status
         return exec_in_venv([python, "-m", "app", *rest])
+    ensure_llama_tools()
     if args.test:
         return exec_in_venv([python, "-m", "pytest", *rest])
     return 0

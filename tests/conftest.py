@@ -34,7 +34,12 @@ def _utf8_locale() -> str:
 def _hermetic_environment() -> str:
     """Drop what the caller's environment would change (Hub endpoint, token, offline mode, app and Qt
     settings, proxies, locale) and point HOME and the XDG folders at a fresh temporary folder, so the suite
-    never writes outside temporary folders. Return that folder."""
+    never writes outside temporary folders. Return that folder. llama.cpp's tools that the set-up builds
+    (llama-server, rpc-server) stay found in the caller's cache: SCOUT_LLAMA_TOOLS_CACHE names it."""
+    tools_cache = os.environ.get("SCOUT_LLAMA_TOOLS_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "scout-chat", "llama-tools"
+    )
+    tools_folder = os.environ.get("SCOUT_LLAMA_TOOLS")
     for name in list(os.environ):
         if (
             name.startswith(("HF_", "HUGGING_FACE_", "QT_", "LC_"))
@@ -60,6 +65,9 @@ def _hermetic_environment() -> str:
     os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"  # never the user's keyring
     os.environ.pop("LANGUAGE", None)
     os.environ["LANG"] = os.environ["LC_ALL"] = _utf8_locale()
+    os.environ["SCOUT_LLAMA_TOOLS_CACHE"] = tools_cache
+    if tools_folder:
+        os.environ["SCOUT_LLAMA_TOOLS"] = tools_folder
     return root
 
 

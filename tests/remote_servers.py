@@ -1,6 +1,7 @@
 """Real servers on 127.0.0.1 for the remote-engine tests: llama-cpp-python's own OpenAI-compatible
-server on a generated tiny model, and two small ``http.server`` servers that misbehave (one sends
-HTML, one never answers)."""
+server and llama.cpp's ``llama-server`` (built by the set-up from the same llama.cpp) on a
+generated tiny model, llama.cpp's ``rpc-server`` compute servers, and two small ``http.server``
+servers that misbehave (one sends HTML, one never answers)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,43 @@ def _ready(port: int, key: str) -> bool:
         conn.close()
 
 
+def _wait_until_ready(server: RunningServer, name: str, key: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _ready(server.port, key):
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start:\n{server.log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _serve(command: list[str], port: int, log: Path, name: str, key: str) -> Iterator[RunningServer]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = RunningServer(process, port, log)
+    try:
+        _wait_until_ready(server, name, key)
+        yield server
+    finally:
+        server.kill()
+
+
+@contextlib.contextmanager
+def llama_server(
+    binary: Path, model: Path, log: Path, *, n_ctx: int = 1024, key: str = API_KEY
+) -> Iterator[RunningServer]:
+    """llama.cpp's ``llama-server`` on ``model``: one thread, one slot, flash attention off and
+    the default batch sizes of the local engine, so that its greedy answers are the local
+    engine's."""
+    port = free_port()
+    command = [str(binary), "--model", str(model), "--alias", "tiny", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--threads", "1", "--threads-batch", "1", "--ctx-size", str(n_ctx)]
+    command += ["--parallel", "1", "--flash-attn", "off", "--batch-size", "512", "--ubatch-size", "512"]
+    command += ["--api-key", key]
+    with _serve(command, port, log, "llama-server", key) as server:
+        yield server
+
+
 @contextlib.contextmanager
 def llama_cpp_server(
     model: Path, log: Path, *, n_ctx: int = 1024, key: str = API_KEY
@@ -86,21 +124,8 @@ def llama_cpp_server(
         "--api_key",
         key,
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = RunningServer(process, port, log)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ready(port, key):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"llama_cpp.server did not start:\n{log.read_text(errors='replace')[-3000:]}"
-                )
-            time.sleep(0.2)
+    with _serve(command, port, log, "llama_cpp.server", key) as server:
         yield server
-    finally:
-        server.kill()
 
 
 class _HtmlHandler(http.server.BaseHTTPRequestHandler):
@@ -147,3 +172,33 @@ def small_http_server(kind: str) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def rpc_server(binary: Path, log: Path, *, port: int = 0, cache: bool = False) -> Iterator[RunningServer]:
+    """llama.cpp's ``rpc-server`` (one thread) on 127.0.0.1, waited for until it accepts
+    connections, always killed afterwards. ``cache``: its local tensor cache (``-c``)."""
+    port = port or free_port()
+    command = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--threads", "1"]
+    if cache:
+        command.append("--cache")
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    server = RunningServer(process, port, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _accepts(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"rpc-server did not start:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.kill()

@@ -442,6 +442,7 @@ class LoadRequest:
     overrides: PlanOverrides = field(default_factory=PlanOverrides)
     n_threads: int | None = None  # None: the planner's choice (physical cores)
     use_projector: bool = True
+    compute_servers: tuple[str, ...] = ()  # llama.cpp RPC compute servers (Settings → Machines)
 
 
 @dataclass(frozen=True)
@@ -472,6 +473,10 @@ def plan_load(
     params = plan.to_load_params(info.path, mmproj_path=projector)
     if request.n_threads:
         params = replace(params, n_threads=request.n_threads, n_threads_batch=request.n_threads)
+    if request.compute_servers:
+        # The plan is this machine's alone: with compute servers, every layer goes to them and to
+        # this machine's GPUs, split by llama.cpp by their free memory (its default for --rpc).
+        params = replace(params, compute_servers=request.compute_servers, n_gpu_layers=0, tensor_overrides=())
     return PlannedLoad(params=params, plan=plan, info=info)
 
 

@@ -105,6 +105,9 @@ class LoadParams:
     tensor_overrides: tuple[TensorOverride, ...] = ()
     mmproj_path: Path | None = None
     seed: int = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: random
+    # llama.cpp RPC compute servers ("host:port"): the layers go to their devices, split by their
+    # free memory (all layers when n_gpu_layers is 0). app/core/engine/rpc.py
+    compute_servers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n_ctx <= 0:

@@ -116,6 +116,7 @@ class SettingsDialog(QDialog):
         self._build_sampling(settings)
         self._build_context_and_threads(settings, model, plan, fixed_n_ctx)
         self._build_documents()
+        self._build_machines(settings)
         self._build_api_server(settings, api_keys)
         self.tools = ToolsSection(settings, tool_servers)
         self._with_tools: Settings | None = None  # the settings with the tool servers, once accepted
@@ -197,6 +198,42 @@ class SettingsDialog(QDialog):
             "default. Questions that ask for everything (“list every…”) can still read it all in parts."
         )
 
+    def _build_machines(self, settings: Settings) -> None:
+        self.compute_servers = QPlainTextEdit("\n".join(settings.compute_servers))
+        self.compute_servers.setPlaceholderText("none: the model runs on this computer alone")
+        self.compute_servers.setMaximumHeight(70)
+        self.compute_servers.setTabChangesFocus(True)
+        self.compute_servers.setToolTip(
+            "Other computers that lend their memory and processors to this one through llama.cpp RPC: "
+            "one host:port per line, each running `scout-chat --compute-server`. The model's layers "
+            "are split across them by their free memory. Trusted home or office networks only: the "
+            "connection is neither authenticated nor encrypted. Changing the list reloads the model."
+        )
+        self.compute_servers_note = QLabel("")
+        self.compute_servers_note.setObjectName("settingsNotice")
+        self.compute_servers_note.setWordWrap(True)
+        self.compute_servers_note.setVisible(False)
+
+    def machines(self) -> tuple[str, ...] | None:
+        """The compute servers as entered (``host:port``, duplicates dropped), or None with the
+        note saying which line is not an address."""
+        from app.core.engine.rpc import parse_endpoint
+
+        found: list[str] = []
+        for line in self.compute_servers.toPlainText().splitlines():
+            if not line.strip():
+                continue
+            try:
+                endpoint = parse_endpoint(line)
+            except ValueError as exc:
+                self.compute_servers_note.setText(str(exc))
+                self.compute_servers_note.setVisible(True)
+                return None
+            if endpoint not in found:
+                found.append(endpoint)
+        self.compute_servers_note.setVisible(False)
+        return tuple(found)
+
     def _build_api_server(self, settings: Settings, api_keys: ApiKeys | None) -> None:
         self._api_keys = api_keys
         self.api_server = QCheckBox("Let other programs use the model (OpenAI-compatible API)")
@@ -276,6 +313,11 @@ class SettingsDialog(QDialog):
         form.addRow(documents)
         form.addRow("Read documents whole", self.whole_document_limit)
         form.addRow("Search by meaning", self.search_model)
+        machines = QLabel("Machines")
+        machines.setFont(font)
+        form.addRow(machines)
+        form.addRow("Compute servers", self.compute_servers)
+        form.addRow("", self.compute_servers_note)
         api = QLabel("API server")
         api.setFont(font)
         form.addRow(api)
@@ -344,6 +386,7 @@ class SettingsDialog(QDialog):
             whole_document_limit=self.whole_document_limit.value(),
             theme=str(self.theme.currentData()),
             search_model=self._search_model_choice(),
+            compute_servers=self.machines() or (),
             api_server=self.api_server.isChecked(),
             api_host=self.api_host.text().strip() or "127.0.0.1",
             api_port=self.api_port.value(),
@@ -353,7 +396,11 @@ class SettingsDialog(QDialog):
         )
 
     def accept(self) -> None:
-        """Closes only with usable tool servers (bad JSON is said under the editor)."""
+        """Closes only with usable compute server addresses and tool servers (what is wrong is
+        said under the editor)."""
+        if self.machines() is None:
+            self.compute_servers.setFocus()
+            return
         try:
             self._with_tools = self.tools.apply(self._settings)
         except ToolConfigError as exc:

@@ -144,9 +144,19 @@ class ModelController(QObject):
         user's Advanced ``overrides`` fix it), or plain LoadParams when no planner is configured."""
         s = self._preferences.settings
         if self._planner is not None:
-            return LoadRequest(Path(path), merge_overrides(overrides, s.n_ctx), n_threads=s.n_threads or None)
+            return LoadRequest(
+                Path(path),
+                merge_overrides(overrides, s.n_ctx),
+                n_threads=s.n_threads or None,
+                compute_servers=s.compute_servers,
+            )
         n_ctx = s.n_ctx or FALLBACK_N_CTX
-        return LoadParams(model_path=Path(path), n_ctx=n_ctx, n_threads=s.n_threads or None)
+        return LoadParams(
+            model_path=Path(path),
+            n_ctx=n_ctx,
+            n_threads=s.n_threads or None,
+            compute_servers=s.compute_servers,
+        )
 
     def load_model(self, path: str, overrides: PlanOverrides | None = None) -> None:
         """Load (or reload) a model; ``overrides`` are the Advanced settings of the plan panel."""
@@ -237,7 +247,11 @@ class ModelController(QObject):
 
     @Slot(object, object)
     def _on_preferences_settings_changed(self, old: Settings, new: Settings) -> None:
-        reload_needed = (old.n_ctx, old.n_threads) != (new.n_ctx, new.n_threads)
+        reload_needed = (old.n_ctx, old.n_threads, old.compute_servers) != (
+            new.n_ctx,
+            new.n_threads,
+            new.compute_servers,
+        )
         idle = not self._loading and not self._inference.generating
         if reload_needed and self._model_info is not None and idle and not self.is_remote:
             self.load_model(str(self._model_info.path), self._overrides)

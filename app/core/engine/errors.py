@@ -99,3 +99,7 @@ def explain_load_failure(path: Path, detail: str) -> str:
     if "split" in low:
         return f"{path.name} is part of a split model and its other parts could not be opened."
     return f"llama.cpp could not load {path.name}. The file may be damaged or not a supported model."
+
+
+class ComputeServerError(EngineError):
+    """A llama.cpp RPC compute server cannot be used; ``message`` says why (app/core/engine/rpc.py)."""

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.core.engine import rpc
 from app.core.engine.errors import (
     ContextOverflowError,
     EngineError,
@@ -119,7 +120,18 @@ class LlamaEngine:
         overrides = build_tensor_overrides(params)
         n_threads = params.n_threads or physical_cores()
         started = time.perf_counter()
-        llm = _open_llama(path, _llama_kwargs(params, n_threads), overrides, progress)
+        devices = None
+        if params.compute_servers or rpc.REGISTRY.used:
+            rpc.register_compute_servers(params.compute_servers)
+            devices = rpc.REGISTRY.device_array(params.compute_servers)
+        mark = NATIVE_LOG.mark()
+        llm = _open_llama(path, _llama_kwargs(params, n_threads), overrides, progress, devices)
+        if params.compute_servers:
+            # where llama.cpp put the layers and weights (its load log is silenced on stderr while
+            # llama-cpp-python loads: kept in the engine's log)
+            for line in NATIVE_LOG.since(mark):
+                if any(key in line for key in rpc.PLACEMENT_LINES):
+                    log.info("llama.cpp: %s", line.strip())
         elapsed = time.perf_counter() - started
         self._llm = llm
         self._overrides = overrides
@@ -131,7 +143,8 @@ class LlamaEngine:
         self._literal = LiteralSpecials(controls)
         self._tokenizer = self._build_prompt_tokenizer(llm, specials)
         if params.mmproj_path is not None:
-            self._attach_vision(llm, Path(params.mmproj_path), n_threads, params.n_gpu_layers > 0, controls)
+            use_gpu = params.n_gpu_layers > 0 and not params.compute_servers
+            self._attach_vision(llm, Path(params.mmproj_path), n_threads, use_gpu, controls)
         # Llama 4 uses chunked attention unless the file sets sliding_window to 0 (MobileLLM).
         self._is_iswa = (
             self._arch(llm) == "llama4"
@@ -675,7 +688,7 @@ def _llama_kwargs(params: LoadParams, n_threads: int) -> dict[str, Any]:
     """The ``Llama(...)`` keyword arguments for a plan."""
     return {
         "n_ctx": params.n_ctx,
-        "n_gpu_layers": params.n_gpu_layers,
+        "n_gpu_layers": params.n_gpu_layers or (-1 if params.compute_servers else 0),
         "n_threads": n_threads,
         "n_threads_batch": params.n_threads_batch or n_threads,
         "n_batch": params.n_batch,
@@ -697,9 +710,11 @@ def _open_llama(
     kwargs: dict[str, Any],
     overrides: Overrides | None,
     progress: Callable[[float], bool] | None,
+    devices: Any = None,
 ) -> Any:
-    """``llama_cpp.Llama(path, **kwargs)`` with a progress callback that can cancel and the tensor
-    overrides; a failure becomes LoadCancelled, OutOfMemoryError or ModelLoadError with a sentence."""
+    """``llama_cpp.Llama(path, **kwargs)`` with a progress callback that can cancel, the tensor
+    overrides and the devices (``None``: llama.cpp's choice); a failure becomes LoadCancelled,
+    OutOfMemoryError or ModelLoadError with a sentence."""
     llama_cpp = import_llama_cpp()
     cancelled = threading.Event()
 
@@ -726,6 +741,8 @@ def _open_llama(
         model_params.progress_callback = on_progress
         if overrides is not None:
             model_params.tensor_buft_overrides = ctypes.cast(overrides.array, ctypes.c_void_p)
+        if devices is not None:
+            model_params.devices = ctypes.cast(devices, ctypes.c_void_p)
         return model_params
 
     mark = NATIVE_LOG.mark()

@@ -49,6 +49,7 @@ from app.core.engine.errors import (
     LoadCancelled,
     TrialCrashedError,
 )
+from app.core.engine.rpc import lost_compute_server
 from app.core.types import FinishReason, GenerationStats
 
 if TYPE_CHECKING:
@@ -163,6 +164,7 @@ class EngineProxy:
         self._info: ModelInfo | None = None
         self._stats = GenerationStats()
         self._owed = False  # a cancelled stream's final reply has not been read yet
+        self._compute_servers: tuple[str, ...] = ()  # of the last load: named if the engine dies
 
     # -- the process ----------------------------------------------------------------------------
     @property
@@ -256,6 +258,7 @@ class EngineProxy:
                 child.load_cancel.set()
 
         name = Path(params.model_path).name
+        self._compute_servers = params.compute_servers
         info: ModelInfo = self._call(f"loading {name}", ("load", params), on_message)
         if child.load_cancel.is_set():  # asked while the child was finishing: cancelled all the same
             self.unload()
@@ -411,7 +414,10 @@ class EngineProxy:
         tail = self._forget(child)
         how = _exit_text(code)
         log.error("the engine process ended (%s) while %s; its last lines:\n%s", how, phase, tail)
-        if phase.startswith("loading "):
+        lost = lost_compute_server(tail, self._compute_servers)
+        if lost:
+            message = lost
+        elif phase.startswith("loading "):
             message = (
                 f"The model engine stopped unexpectedly while {phase} — the file may be damaged or "
                 "made for a newer llama.cpp."

@@ -604,7 +604,13 @@ class RemoteEngine:
                     identity.template_path,
                     {"messages": [_message_json(m, images=False) for m in messages]},
                 )
-                return self.count_tokens(str(rendered["prompt"]))
+                prompt = str(rendered["prompt"])
+                if identity.kind == LLAMA_SERVER:
+                    # its rendered prompt leaves out the BOS token, which it adds when it tokenizes
+                    # the prompt of a chat request: count it the same way
+                    body = {"content": prompt, "add_special": True}
+                    return len(self._http.request_json("POST", "/tokenize", body)["tokens"])
+                return self.count_tokens(prompt)
             except (RemoteError, KeyError, TypeError) as exc:
                 if isinstance(exc, (ServerAuthError, ServerUnreachableError, ServerTimeoutError)):
                     raise
@@ -651,6 +657,9 @@ class RemoteEngine:
                     usage = event["usage"]
                 if isinstance(event.get("timings"), dict):
                     timings = event["timings"]
+                progress = event.get("prompt_progress")
+                if isinstance(progress, dict) and on_prompt_progress is not None:
+                    _report_progress(progress, on_prompt_progress)
                 if "error" in event:
                     raise self._http.http_error(400, json.dumps(event), "/v1/chat/completions")
                 for choice in event.get("choices") or ():
@@ -722,6 +731,7 @@ class RemoteEngine:
             body["repetition_penalty"] = sampling.repeat_penalty
         if identity.kind == LLAMA_SERVER:
             body["cache_prompt"] = True  # reuse the KV cache of the conversation's earlier turns
+            body["return_progress"] = True  # prompt-processing progress events while it reads
         if continue_last and identity.kind == VLLM:
             body["continue_final_message"] = True
             body["add_generation_prompt"] = False
@@ -775,6 +785,19 @@ class RemoteEngine:
             if n_ctx != self._info.n_ctx:
                 log.info("the server's context is %d tokens (was assumed %d)", n_ctx, self._info.n_ctx)
                 self._info = replace(self._info, n_ctx=n_ctx, n_ctx_train=n_ctx, chat_template_note="")
+
+
+def _report_progress(progress: dict[str, Any], on_prompt_progress: Callable[[int, int], None]) -> None:
+    """llama-server's ``prompt_progress`` (``total`` prompt tokens, ``cache`` of them reused,
+    ``processed`` so far, the reused ones included) as the local engine reports it: the tokens
+    evaluated so far out of those to evaluate."""
+    try:
+        total, cache, processed = (int(progress[key]) for key in ("total", "cache", "processed"))
+    except (KeyError, TypeError, ValueError):
+        return
+    todo = total - cache
+    if todo > 0:
+        on_prompt_progress(max(0, min(todo, processed - cache)), todo)
 
 
 def _message_json(message: ChatMessage, *, images: bool) -> dict[str, Any]:
