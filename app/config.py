@@ -66,6 +66,11 @@ class AppPaths:
         return kv_state_files(self.kv_state_dir, conversation_id)
 
     @property
+    def speeds_file(self) -> Path:
+        """The forecast's measured probe of this machine (app/core/forecast.py), per hardware."""
+        return self.data_dir / "machine-speeds.json"
+
+    @property
     def downloads_state(self) -> Path:
         return self.data_dir / "downloads.json"
 

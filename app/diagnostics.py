@@ -173,7 +173,7 @@ class Recommendation:
             return (
                 f"Recommended for this machine: {self.best.build.display_name}, a "
                 f"{format_gb(self.best.download_bytes)} download — {fit.label}, {format_context(plan.n_ctx)} "
-                f"context, about {plan.tokens_per_s_estimate:.0f} tokens/s (rough estimate)."
+                f"context, {plan.forecast.summary}."
             )
         if self.smallest is None:
             return "No Scout build is listed in the manifest."

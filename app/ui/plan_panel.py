@@ -508,7 +508,7 @@ class PlanPanel(QDialog):
         self.verdict_label.setProperty("kind", verdict_kind(plan))
         self.verdict_label.style().unpolish(self.verdict_label)
         self.verdict_label.style().polish(self.verdict_label)
-        self.speed_label.setText(speed_text(plan.tokens_per_s_estimate))
+        self.speed_label.setText(speed_text(plan.forecast))
         usages = [*plan.devices, plan.ram]
         while len(self.device_rows) < len(usages):
             row = DeviceRow()

@@ -1,0 +1,128 @@
+"""llama.cpp's own speed on this machine, measured on two generated models (the forecast's probe).
+
+Run in the engine process (:meth:`app.core.engine.process.EngineProxy.measure_speeds`), at the
+thread count the app will use. Two llama4 models are generated into a temporary folder:
+
+* ``tiny`` (the test model, ~4 MB): what one decoded token and one prompt micro-batch cost when the
+  weights cost nothing — llama.cpp's fixed per-token and per-batch overheads;
+* ``work`` (Q8_0, 768 wide, ~45 MB): the weights it streams per decoded token beyond the tiny
+  model's time gives the streaming rate; a 256-token prompt gives the matrix-multiply rate.
+
+Returns ``(token_s, prompt_token_s, attention_gflops, read_gbs, gflops)``; see :mod:`app.core.forecast` for how they are used.
+The whole probe takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from app.core.forecast import GB, bits_per_weight
+
+WORK_SPEC = {
+    "n_layer": 4,
+    "n_embd": 768,
+    "n_head": 12,
+    "n_head_kv": 4,
+    "n_expert": 2,
+    "n_ff_exp": 1536,
+    "dtype": "Q8_0",
+    "seed": 71,
+    "name": "speed probe",
+}
+PROMPT_TOKENS = 256
+SHORT_PROMPT = 64
+DECODES = 12
+
+
+def measure_llama(n_threads: int) -> tuple[float, float, float, float, float]:
+    """(seconds per token, seconds per prompt token, attention GFLOP/s, GB/s streamed, prompt
+    GFLOP/s).
+
+    The tiny model's 1-token decode is the fixed cost of a batch; its prompts of 64 and 256 tokens
+    separate a cost per prompt token from the attention's (which grows with the square of the
+    prompt); the work model's extra time over the tiny one, less its extra attention, is weights:
+    streamed (decode) or multiplied (prompt)."""
+    from app.core.forecast import attention_flops
+    from app.core.gguf_info import read_gguf_info
+    from app.core.tiny_model import TinyModelSpec, write_tiny_model
+
+    with tempfile.TemporaryDirectory(prefix="scout-speed-") as tmp:
+        tiny = write_tiny_model(Path(tmp) / "tiny.gguf")[0]
+        work = write_tiny_model(Path(tmp) / "work.gguf", TinyModelSpec(**WORK_SPEC))[0]  # type: ignore[arg-type]
+        tiny_token, tiny_short, tiny_prompt = _time_model(tiny, n_threads)
+        work_token, _work_short, work_prompt = _time_model(work, n_threads)
+        tiny_info, work_info = read_gguf_info(tiny), read_gguf_info(work)
+    n1, n2 = SHORT_PROMPT, PROMPT_TOKENS
+    a1, a2 = attention_flops(tiny_info, n1), attention_flops(tiny_info, n2)
+    # t(n) = token_s + per_token * n + attention(n) / attn_rate, at n1 and n2
+    t1, t2 = max(tiny_short - tiny_token, 1e-6), max(tiny_prompt - tiny_token, 1e-6)
+    # solve: t1 = p n1 + a1 x, t2 = p n2 + a2 x   (x = 1 / attention rate)
+    det = n1 * a2 - n2 * a1
+    x = (n1 * t2 - n2 * t1) / det if det else 0.0
+    per_token = (t1 - a1 * x) / n1
+    if x <= 0 or per_token <= 0:  # noise: put it all on the per-token cost
+        per_token, x = t2 / n2, 1e-12
+    attn_gflops = 1 / x / 1e9
+    active_bytes, active_params = _active(work_info)
+    stream_s = max(work_token - tiny_token, 1e-6)
+    read_gbs = active_bytes / stream_s / GB
+    extra_attention = (attention_flops(work_info, n2) - a2) * x
+    compute_s = max(work_prompt - tiny_prompt - extra_attention, 1e-6)
+    gflops = 2 * active_params * n2 / compute_s / 1e9
+    return tiny_token, per_token, attn_gflops, read_gbs, gflops
+
+
+def _active(info: object) -> tuple[float, float]:
+    """Bytes and parameters one token reads of the work model (shared + 1 routed expert)."""
+    from app.core.gguf_info import GGUFInfo
+
+    assert isinstance(info, GGUFInfo)
+    used = max(1, info.n_expert_used) / info.n_expert if info.n_expert else 1.0
+    total_bytes = 0.0
+    total_params = 0.0
+    for t in info.tensors:
+        if t.name.startswith("token_embd."):
+            continue
+        share = used if t.is_expert else 1.0
+        total_bytes += t.n_bytes * share
+        total_params += t.n_bytes * 8 / bits_per_weight(t.type_name) * share
+    return total_bytes, total_params
+
+
+def _time_model(model: Path, n_threads: int) -> tuple[float, float, float]:
+    """Fastest seconds of one decoded token, a SHORT_PROMPT- and a PROMPT_TOKENS-token prompt
+    (the fastest: the machine may be shared; what is measured is what llama.cpp can do)."""
+    from app.core.engine.native import import_llama_cpp
+
+    llama_cpp = import_llama_cpp()
+    llm = llama_cpp.Llama(
+        str(model),
+        n_ctx=1024,
+        n_batch=PROMPT_TOKENS,
+        n_ubatch=PROMPT_TOKENS,
+        n_threads=n_threads,
+        n_threads_batch=n_threads,
+        swa_full=False,
+        verbose=False,
+    )
+    try:
+        n_vocab = int(llm.n_vocab())
+        tokens = [(i * 7) % (n_vocab - 20) + 10 for i in range(PROMPT_TOKENS)]
+        times: dict[int, float] = {}
+        for _ in range(3):
+            for n in (SHORT_PROMPT, PROMPT_TOKENS):
+                llm.reset()
+                llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+                started = time.perf_counter()
+                llm.eval(tokens[:n])
+                times[n] = min(times.get(n, 1e9), time.perf_counter() - started)
+        decodes = []
+        for k in range(DECODES):
+            started = time.perf_counter()
+            llm.eval([tokens[k]])
+            decodes.append(time.perf_counter() - started)
+        return min(decodes[2:]), times[SHORT_PROMPT], times[PROMPT_TOKENS]
+    finally:
+        llm.close()

@@ -1,0 +1,142 @@
+"""The speed forecast against measured speeds, on every model this machine can run.
+
+    python -m bench.forecast [--threads 1 2] [--decodes 16]
+
+For each thread count: the forecast's probe of this machine (app/core/forecast.py: RAM, llama.cpp's
+per-token and per-batch costs, streaming and matmul rates; cached in a temporary folder), then for
+each generated model and context depth: the plan the app makes here, its forecast (generation
+tokens/s at that depth, prompt tokens/s for a prompt of that length), and the same measured with
+the real llama.cpp loaded with the plan's parameters (a prompt of that length from an empty cache,
+then single decoded tokens; the fastest prompt of two and the fastest quarter of the tokens, since
+other work on a shared machine slows some of them). Targets: generation within ±25 %, prompt within ±35 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+
+
+def _models() -> tuple[tuple[str, dict[str, Any], tuple[int, ...]], ...]:
+    from bench.documents import SCOUT_PROPORTIONED_SPEC
+    from bench.generation import BENCH_SPEC
+
+    return (
+        ("tiny llama4 F32", {}, (512,)),
+        ("tiny llama4 Q8_0", {"dtype": "Q8_0", "seed": 3}, (512,)),
+        ("bench model (BENCH_SPEC, Q8_0)", BENCH_SPEC, (512, 4096)),
+        ("Scout-proportioned (Q8_0)", SCOUT_PROPORTIONED_SPEC, (512, 2048)),
+    )
+
+
+def measure(model: Path, params: Any, depth: int, decodes: int) -> tuple[float, float]:
+    """(generation tokens/s at ``depth``, prompt tokens/s of a ``depth``-token prompt)."""
+    from app.core.engine import LlamaEngine
+
+    engine = LlamaEngine()
+    engine.load(params)
+    llm = engine._llm
+    tokens = [(i * 7) % 300 + 10 for i in range(depth + decodes + 8)]
+    prompts = []
+    gens: list[float] = []
+    for _ in range(2):
+        engine._reset_cache()
+        started = time.perf_counter()
+        for i in range(0, depth, params.n_batch):
+            llm.eval(tokens[i : min(depth, i + params.n_batch)])
+        prompts.append(time.perf_counter() - started)
+        for k in range(decodes):
+            started = time.perf_counter()
+            llm.eval([tokens[depth + k]])
+            gens.append(time.perf_counter() - started)
+    engine.unload()
+    # the machine may be shared: the fastest quarter of the tokens and the fastest prompt are
+    # what llama.cpp does when it has the cores (the probe measures the same way)
+    return 1 / statistics.quantiles(gens, n=4)[0], depth / min(prompts)
+
+
+def run(threads: list[int], decodes: int) -> list[tuple[str, ...]]:
+    from app.core import forecast as fc
+    from app.core.engine.speed_probe import measure_llama
+    from app.core.gguf_info import read_gguf_info
+    from app.core.hardware import SystemHardware
+    from app.core.planner import PlanOverrides, forecast_for, make_plan
+    from app.core.tiny_model import TinyModelSpec, write_tiny_model
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-forecast-") as tmp:
+        cache = fc.SpeedCache(Path(tmp) / "speeds.json")
+        files = {}
+        for label, spec, _depths in _models():
+            files[label] = write_tiny_model(Path(tmp) / f"{len(files)}.gguf", TinyModelSpec(**spec))[0]
+        for n in threads:
+            hw = SystemHardware().probe()
+            started = time.perf_counter()
+            speeds = fc.machine_speeds(hw, n, cache, measure_llama=measure_llama)
+            probe_s = time.perf_counter() - started
+            s = speeds.at_threads(n)
+            assert s is not None
+            print(
+                f"probe, {n} thread(s), {probe_s:.1f} s: token {s.token_s * 1000:.2f} ms, batch "
+                f"prompt token {s.prompt_token_s * 1e6:.0f} µs, attention {s.attention_gflops:.0f} GFLOP/s, streams {s.read_gbs:.1f} GB/s, {s.gflops:.0f} GFLOP/s, RAM "
+                f"{s.ram_gbs:.1f} GB/s",
+                flush=True,
+            )
+            hw = replace(hw, speeds=speeds)
+            for label, _spec, depths in _models():
+                info = read_gguf_info(files[label])
+                for depth in depths:
+                    n_ctx = max(1024, depth * 2)
+                    plan = make_plan(info, hw, PlanOverrides(n_ctx=n_ctx), n_threads=n)
+                    f = forecast_for(info, hw, plan, depth=depth, prompt_tokens=depth)
+                    params = plan.to_load_params(info.path)
+                    params = replace(params, n_threads=n, n_threads_batch=n)
+                    out: dict[str, tuple[float, float]] = {}
+                    worker = threading.Thread(
+                        target=lambda p=params, d=depth: out.update(m=measure(info.path, p, d, decodes))
+                    )
+                    worker.start()
+                    worker.join()
+                    gen, prompt = out["m"]
+                    row = (
+                        label,
+                        str(n),
+                        f"{depth:,}",
+                        f"{f.tokens_per_s:,.0f}",
+                        f"{gen:,.0f}",
+                        f"{(f.tokens_per_s / gen - 1) * 100:+.0f} %",
+                        f"{f.prompt_tokens_per_s:,.0f}",
+                        f"{prompt:,.0f}",
+                        f"{(f.prompt_tokens_per_s / prompt - 1) * 100:+.0f} %",
+                    )
+                    print(" | ".join(row), flush=True)
+                    rows.append(row)
+    return rows
+
+
+def main() -> None:
+    from app.core.hardware import physical_cores
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, nargs="*", default=[1, max(1, physical_cores())])
+    parser.add_argument("--decodes", type=int, default=16)
+    args = parser.parse_args()
+    rows = run(sorted(set(args.threads)), args.decodes)
+    head = ("model", "threads", "depth", "gen forecast", "gen measured", "error",
+            "prompt forecast", "prompt measured", "error")  # fmt: skip
+    print()
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
