@@ -150,7 +150,7 @@ def planner(
             hardware, threads, forecast.default_cache(), measure_llama=measure_speeds
         )
         hardware = dataclasses.replace(hardware, speeds=speeds)
-    except Exception:  # noqa: BLE001 - the forecast is not worth failing a load for
+    except Exception:
         log.warning("the speed probe failed; the plan's forecast uses assumed figures", exc_info=True)
     return plan_load(request, hardware, measure)
 

@@ -7,8 +7,7 @@ per-token and per-batch costs, streaming and matmul rates; cached in a temporary
 each generated model and context depth: the plan the app makes here, its forecast (generation
 tokens/s at that depth, prompt tokens/s for a prompt of that length), and the same measured with
 the real llama.cpp loaded with the plan's parameters (a prompt of that length from an empty cache,
-then single decoded tokens; the fastest prompt of two and the fastest quarter of the tokens, since
-other work on a shared machine slows some of them). Targets: generation within ±25 %, prompt within ±35 %.
+then decoded tokens; the mean of two runs each, as an answer takes them). Targets: generation within ±25 %, prompt within ±35 %.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def _models() -> tuple[tuple[str, dict[str, Any], tuple[int, ...]], ...]:
     from bench.documents import SCOUT_PROPORTIONED_SPEC
     from bench.generation import BENCH_SPEC
@@ -36,7 +34,7 @@ def _models() -> tuple[tuple[str, dict[str, Any], tuple[int, ...]], ...]:
     )
 
 
-def measure(model: Path, params: Any, depth: int, decodes: int) -> tuple[float, float]:
+def measure(params: Any, depth: int, decodes: int) -> tuple[float, float]:
     """(generation tokens/s at ``depth``, prompt tokens/s of a ``depth``-token prompt)."""
     from app.core.engine import LlamaEngine
 
@@ -45,21 +43,24 @@ def measure(model: Path, params: Any, depth: int, decodes: int) -> tuple[float, 
     llm = engine._llm
     tokens = [(i * 7) % 300 + 10 for i in range(depth + decodes + 8)]
     prompts = []
-    gens: list[float] = []
+    gens = []
     for _ in range(2):
         engine._reset_cache()
         started = time.perf_counter()
         for i in range(0, depth, params.n_batch):
             llm.eval(tokens[i : min(depth, i + params.n_batch)])
         prompts.append(time.perf_counter() - started)
+        started = time.perf_counter()
         for k in range(decodes):
-            started = time.perf_counter()
             llm.eval([tokens[depth + k]])
-            gens.append(time.perf_counter() - started)
+        gens.append((time.perf_counter() - started) / decodes)
     engine.unload()
-    # the machine may be shared: the fastest quarter of the tokens and the fastest prompt are
-    # what llama.cpp does when it has the cores (the probe measures the same way)
-    return 1 / statistics.quantiles(gens, n=4)[0], depth / min(prompts)
+    # means, as an answer takes them (and as the probe measures)
+    return 1 / statistics.mean(gens), depth / statistics.mean(prompts)
+
+
+def _measure_into(out: dict[str, tuple[float, float]], params: Any, depth: int, decodes: int) -> None:
+    out["m"] = measure(params, depth, decodes)
 
 
 def run(threads: list[int], decodes: int) -> list[tuple[str, ...]]:
@@ -84,9 +85,9 @@ def run(threads: list[int], decodes: int) -> list[tuple[str, ...]]:
             s = speeds.at_threads(n)
             assert s is not None
             print(
-                f"probe, {n} thread(s), {probe_s:.1f} s: token {s.token_s * 1000:.2f} ms, batch "
-                f"prompt token {s.prompt_token_s * 1e6:.0f} µs, attention {s.attention_gflops:.0f} GFLOP/s, streams {s.read_gbs:.1f} GB/s, {s.gflops:.0f} GFLOP/s, RAM "
-                f"{s.ram_gbs:.1f} GB/s",
+                f"probe, {n} thread(s), {probe_s:.1f} s: token {s.token_s * 1000:.2f} ms, prompt token "
+                f"{s.prompt_token_s * 1e6:.0f} µs, attention {s.attention_gflops:.0f} GFLOP/s, streams "
+                f"{s.read_gbs:.1f} GB/s, matmul {s.gflops:.0f} GFLOP/s, RAM {s.ram_gbs:.1f} GB/s",
                 flush=True,
             )
             hw = replace(hw, speeds=speeds)
@@ -99,9 +100,7 @@ def run(threads: list[int], decodes: int) -> list[tuple[str, ...]]:
                     params = plan.to_load_params(info.path)
                     params = replace(params, n_threads=n, n_threads_batch=n)
                     out: dict[str, tuple[float, float]] = {}
-                    worker = threading.Thread(
-                        target=lambda p=params, d=depth: out.update(m=measure(info.path, p, d, decodes))
-                    )
+                    worker = threading.Thread(target=_measure_into, args=(out, params, depth, decodes))
                     worker.start()
                     worker.join()
                     gen, prompt = out["m"]

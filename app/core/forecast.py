@@ -474,7 +474,9 @@ def _prompt_seconds(
     n_micro = math.ceil(tokens / ubatch)
     cpu_gbs = _cpu_read_gbs(placement, llama, cache_bytes)
     width = info.n_head * (info.head_dim_k + info.head_dim_v)
-    seconds = n_micro * llama.token_s + tokens * (llama.prompt_token_s + SAMPLE_S_PER_VOCAB * info.vocab_size / ubatch)
+    seconds = n_micro * llama.token_s + tokens * (
+        llama.prompt_token_s + SAMPLE_S_PER_VOCAB * info.vocab_size / ubatch
+    )
     for pool in placement.pools:
         flops = 2 * (pool.dense_params + pool.expert_params * used) * tokens
         # attention over the growing cache: each token attends to the ones before it (chunked

@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from app.core.forecast import Forecast, Placement, Pool, forecast, params_of
+from app.core.forecast import Forecast, Placement, Pool, forecast, params_of, speed_figure
 from app.core.projection import (
     N_BATCH,
     N_UBATCH,
@@ -61,7 +61,7 @@ from app.core.projection import (
     layer_devices,
 )
 from app.core.types import LoadParams, TensorOverride
-from app.core.units import GB, format_bytes, format_context, format_gb
+from app.core.units import format_bytes, format_context, format_gb
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -76,6 +76,10 @@ log = logging.getLogger(__name__)
 KV_QUALITY = {"f32": 3, "f16": 3, "bf16": 3, "q8_0": 2, "q4_0": 1}
 DEFAULT_N_CTX = 32768
 N_CTX_FLOOR = 4096
+
+UBATCH_CHOICES = (512, 1024, 2048, 4096)
+UBATCH_GAIN = 1.03  # a larger micro-batch must forecast at least 3 % faster prompts to be chosen
+GEN_LOSS_MAX = 0.05  # generation speed a larger micro-batch may cost (experts moved to RAM for it)
 
 VERDICT_FULL = "full GPU"
 VERDICT_SPLIT = "split GPU+RAM"
@@ -98,6 +102,7 @@ class PlanOverrides:
     n_ctx_target: int | None = None  # preferred context size, shrunk to fit (None: 32k)
     kv_type: str | None = None  # f16 | q8_0 | q4_0 (K and V)
     flash_attn: bool | None = None
+    n_ubatch: int | None = None  # prompt micro-batch (n_batch follows it)
 
 
 @dataclass(frozen=True)
@@ -248,9 +253,11 @@ def make_plan(
     measurements: Mapping[tuple[int, bool, str], MeasuredBuffers] | None = None,
     mmproj_bytes: int = 0,
     n_threads: int | None = None,
+    max_ubatch: int = UBATCH_CHOICES[-1],
 ) -> Plan:
     """The best plan for ``info`` on ``hardware`` honouring ``overrides`` (``n_threads``: the
-    user's thread count, for the forecast; None: the physical cores).
+    user's thread count, for the forecast; None: the physical cores; ``max_ubatch``: the largest
+    prompt micro-batch to consider).
 
     ``measurements`` maps (n_ctx, flash_attn, kv_type) to llama.cpp dry-run figures (see
     :func:`plan_with_dry_run`); configurations without one use the compute formula, scaled by the
@@ -282,9 +289,25 @@ def make_plan(
     if chosen is None:
         assert best_fail is not None
         chosen = best_fail[1]
-    projection = proj.project(chosen)
+    threads = n_threads or max(1, hardware.physical_cores)
+    ubatch = o.n_ubatch or N_UBATCH
+    base_prompt = 0.0
+    if o.n_ubatch is None and o.n_cpu_moe is None and fits:
+        ubatch, chosen, base_prompt = _choose_ubatch(info, hardware, proj, chosen, threads, max_ubatch)
+    projection = with_ubatch(proj.project(chosen), info, ubatch)
+    if o.n_ubatch is not None:
+        fits = projection.fits
     source = compute_for(chosen.n_ctx, chosen.flash_attn, chosen.kv_type).source
-    plan = _finish(info, hardware, proj, chosen, projection, fits, source, n_threads)
+    plan = _finish(info, hardware, proj, chosen, projection, fits, source, threads, ubatch)
+    if ubatch != N_UBATCH and base_prompt:
+        why = (
+            f"Prompts are read {ubatch:,} tokens at a time (n_ubatch; llama.cpp's default is "
+            f"{N_UBATCH}): with weights in system RAM, llama.cpp copies them to the GPU once per batch, "
+            f"so a long document reads at ≈ {speed_figure(plan.forecast.prompt_tokens_per_s)} instead of "
+            f"≈ {speed_figure(base_prompt)} tokens/s. Its larger compute buffers are counted above "
+            "(Advanced → Prompt batch to choose another)."
+        )
+        plan = replace(plan, notes=(*plan.notes, why), explanation=f"{plan.explanation} {why}")
     plan = replace(plan, plan_seconds=time.perf_counter() - started)
     log.debug("plan for %s: %s in %.1f ms", info.path.name, plan.fits_text, plan.plan_seconds * 1000)
     return plan
@@ -299,6 +322,7 @@ def _finish(
     fits: bool,
     source: str,
     threads: int | None = None,
+    ubatch: int = N_UBATCH,
 ) -> Plan:
     n_layer = info.n_layer
     g = cfg.n_gpu_layers if hw.devices else 0
@@ -316,7 +340,8 @@ def _finish(
     else:
         verdict = VERDICT_SPLIT
     n_threads = threads or max(1, hw.physical_cores)
-    speed = forecast(info, placement_of(info, hw, proj, cfg, n_threads), hw.speeds)
+    n_batch = max(N_BATCH, ubatch)
+    speed = forecast(info, placement_of(info, hw, proj, cfg, n_threads, ubatch, n_batch), hw.speeds)
     mapped = proj.mapped_bytes(cfg)
     p = replace(p, ram=replace(p.ram, mapped=mapped))
     notes: list[str] = []
@@ -352,8 +377,61 @@ def _finish(
         explanation="",
         n_layer=n_layer,
         notes=tuple(notes),
+        n_batch=n_batch,
+        n_ubatch=ubatch,
     )
     return replace(plan, explanation=explain(plan, info, hw))
+
+
+def with_ubatch(p: Projection, info: GGUFInfo, ubatch: int) -> Projection:
+    """The projection at micro-batch ``ubatch`` (the buffers above are for N_UBATCH): llama.cpp's
+    compute buffers grow in proportion (activations, logits and masks are n_ubatch rows), and
+    llama-cpp-python's logits array holds n_batch rows of the vocabulary."""
+    if ubatch == N_UBATCH:
+        return p
+    factor = ubatch / N_UBATCH
+    devices = tuple(replace(d, compute=int(d.compute * factor)) for d in p.devices)
+    extra_logits = (max(N_BATCH, ubatch) - N_BATCH) * info.vocab_size * 4
+    ram = replace(p.ram, compute=int(p.ram.compute * factor), other=p.ram.other + extra_logits)
+    return Projection(devices, ram)
+
+
+def _choose_ubatch(
+    info: GGUFInfo, hw: HardwareInfo, proj: Projector, cfg: Config, threads: int, max_ubatch: int
+) -> tuple[int, Config, float]:
+    """The prompt micro-batch for a GPU machine with weights in RAM: llama.cpp uploads those weights
+    to the GPU once per micro-batch, so a larger one reads a long prompt faster. Its larger compute
+    buffers may take the room of some layers' experts, which then move to RAM too, as long as
+    generation loses at most GEN_LOSS_MAX. Returns the smallest size within UBATCH_GAIN of the
+    fastest prompts, its configuration, and the prompt speed at the default size (0.0: nothing
+    was compared)."""
+    n_layer = info.n_layer
+    in_ram = cfg.n_cpu_moe > 0 or cfg.n_gpu_layers <= n_layer
+    if not hw.devices or not in_ram:
+        return N_UBATCH, cfg, 0.0
+    most = gpu_layers_repeating(n_layer, cfg.n_gpu_layers)
+    options: list[tuple[int, Config, Forecast]] = []
+    for ub in (u for u in UBATCH_CHOICES if u <= max(N_UBATCH, max_ubatch)):
+        c = next(
+            (
+                replace(cfg, n_cpu_moe=e)
+                for e in range(cfg.n_cpu_moe, most + 1)
+                if with_ubatch(proj.project(replace(cfg, n_cpu_moe=e)), info, ub).fits
+            ),
+            None,
+        )
+        if c is None:
+            break
+        placement = placement_of(info, hw, proj, c, threads, ub, max(N_BATCH, ub))
+        f = forecast(info, placement, hw.speeds)
+        if options and f.tokens_per_s < (1 - GEN_LOSS_MAX) * options[0][2].tokens_per_s:
+            break
+        options.append((ub, c, f))
+    if not options:
+        return N_UBATCH, cfg, 0.0
+    best = max(f.prompt_tokens_per_s for _, _, f in options)
+    ub, c, _f = next(o for o in options if o[2].prompt_tokens_per_s * UBATCH_GAIN >= best)
+    return ub, c, options[0][2].prompt_tokens_per_s
 
 
 def placement_of(
@@ -481,16 +559,51 @@ def plan_with_dry_run(
     """Plan with the formula, measure that configuration with llama.cpp's dry run, re-plan with the
     measured compute buffer; repeat until the configuration is stable (usually 1–2 dry runs)."""
     measurements: dict[tuple[int, bool, str], MeasuredBuffers] = {}
-    plan = make_plan(info, hardware, overrides, mmproj_bytes=mmproj_bytes, n_threads=n_threads)
+    o = overrides or PlanOverrides()
+    plan = make_plan(info, hardware, o, mmproj_bytes=mmproj_bytes, n_threads=n_threads)
     for _ in range(max_rounds):
         key = (plan.n_ctx, plan.flash_attn, plan.type_k)
         if key in measurements:
             break
-        measurements[key] = measure(plan.to_load_params(info.path))
+        # measured at the base micro-batch: the planner scales compute buffers from it
+        base = replace(plan.to_load_params(info.path), n_batch=N_BATCH, n_ubatch=N_UBATCH)
+        measurements[key] = measure(base)
         plan = make_plan(
-            info, hardware, overrides, measurements=measurements, mmproj_bytes=mmproj_bytes, n_threads=n_threads
+            info, hardware, o, measurements=measurements, mmproj_bytes=mmproj_bytes, n_threads=n_threads
+        )
+    while plan.fits and o.n_ubatch is None and plan.n_ubatch > N_UBATCH:
+        # the micro-batch the planner chose, checked with llama.cpp's own figures
+        m = measure(plan.to_load_params(info.path))
+        if _compute_fits(plan, m, hardware):
+            break
+        log.info("n_ubatch %d: llama.cpp's compute buffers do not fit; trying less", plan.n_ubatch)
+        plan = make_plan(
+            info,
+            hardware,
+            o,
+            measurements=measurements,
+            mmproj_bytes=mmproj_bytes,
+            n_threads=n_threads,
+            max_ubatch=plan.n_ubatch // 2,
         )
     return plan
+
+
+def _compute_fits(plan: Plan, m: MeasuredBuffers, hw: HardwareInfo) -> bool:
+    """Whether llama.cpp's measured compute buffers at the plan's micro-batch fit each GPU's room."""
+    from app.core.engine.probe import is_host_buffer
+    from app.core.projection import device_index
+
+    per_gpu: dict[int, int] = {}
+    for buf, size in m.compute.items():
+        if not is_host_buffer(buf) and hw.devices:
+            i = device_index(buf, hw.devices)
+            per_gpu[i] = per_gpu.get(i, 0) + size
+    for i, usage in enumerate(plan.devices):
+        measured = per_gpu.get(i)
+        if measured is not None and usage.total - usage.compute + measured > usage.budget:
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
