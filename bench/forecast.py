@@ -7,7 +7,8 @@ per-token and per-batch costs, streaming and matmul rates; cached in a temporary
 each generated model and context depth: the plan the app makes here, its forecast (generation
 tokens/s at that depth, prompt tokens/s for a prompt of that length), and the same measured with
 the real llama.cpp loaded with the plan's parameters (a prompt of that length from an empty cache,
-then decoded tokens; the mean of two runs each, as an answer takes them). Targets: generation within ±25 %, prompt within ±35 %.
+then decoded tokens; the mean of two runs each, as an answer takes them).
+Targets: generation within ±25 %, prompt within ±35 %.
 """
 
 from __future__ import annotations
