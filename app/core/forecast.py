@@ -519,3 +519,39 @@ def _touched(info: GGUFInfo, ubatch: int) -> float:
         return 1.0
     miss = 1 - max(1, info.n_expert_used) / info.n_expert
     return 1 - miss**ubatch
+
+
+# --------------------------------------------------------------------------------------------
+# Time left while a long prompt is read
+
+
+@dataclass
+class PromptTimer:
+    """Seconds left of a prompt being read, from the rate measured while it is read.
+
+    The first progress report (after llama.cpp's first batch) has no rate of its own yet: it
+    uses ``known_rate`` (tokens/s the last answers measured, else the plan's forecast; 0: none).
+    Later ones use the tokens read since the first report over the time since then (the first
+    batch carries the start-up costs)."""
+
+    known_rate: float = 0.0
+    _first: tuple[float, int] | None = None
+
+    def remaining(self, done: int, total: int, now: float) -> float | None:
+        left = max(0, total - done)
+        if self._first is None:
+            self._first = (now, done)
+            return left / self.known_rate if self.known_rate > 0 else None
+        t0, d0 = self._first
+        if now <= t0 or done <= d0:
+            return left / self.known_rate if self.known_rate > 0 else None
+        return left / ((done - d0) / (now - t0))
+
+
+def format_time_left(seconds: float) -> str:
+    """``about 40 s left`` / ``about 3 min left`` / ``about 1.5 h left``."""
+    if seconds < 60:
+        return f"about {max(1, round(seconds / 5) * 5 if seconds > 10 else round(seconds))} s left"
+    if seconds < 5400:
+        return f"about {round(seconds / 60)} min left"
+    return f"about {seconds / 3600:.1f} h left"

@@ -208,3 +208,21 @@ def test_the_device_probe_measures_through_ggml() -> None:
     copy, upload = measure_device(cpu_device(), 16 * 1024**2, runs=2)
     assert copy > 0
     assert upload > 0
+
+
+# --------------------------------------------------------------------------------------------
+# time left while a prompt is read
+
+
+def test_prompt_time_left_comes_from_the_rate_measured_while_reading() -> None:
+    timer = fc.PromptTimer(known_rate=100.0)
+    # the first batch: no rate of its own yet, the known one (1,536 tokens at 100 tok/s)
+    assert timer.remaining(512, 2048, now=10.0) == pytest.approx(15.36)
+    # then: 512 tokens in 2 s since the first report -> 256 tok/s, 1,024 left
+    assert timer.remaining(1024, 2048, now=12.0) == pytest.approx(4.0)
+    assert timer.remaining(2048, 2048, now=14.0) == 0
+    assert fc.PromptTimer().remaining(512, 2048, now=1.0) is None  # nothing known yet
+    assert fc.format_time_left(7) == "about 7 s left"
+    assert fc.format_time_left(42) == "about 40 s left"
+    assert fc.format_time_left(130) == "about 2 min left"
+    assert fc.format_time_left(3 * 3600) == "about 3.0 h left"

@@ -3,8 +3,8 @@
 Run in the engine process (:meth:`app.core.engine.process.EngineProxy.measure_speeds`), at the
 thread count the app will use. Two llama4 models are generated into a temporary folder:
 
-* ``tiny`` (the test model, ~4 MB): what one decoded token and one prompt micro-batch cost when the
-  weights cost nothing — llama.cpp's fixed per-token and per-batch overheads;
+* ``tiny`` (the test model in Q8_0, ~1 MB): what one decoded token and one prompt micro-batch cost
+  when the weights cost next to nothing — llama.cpp's fixed per-token and per-batch overheads;
 * ``work`` (Q8_0, 768 wide, ~45 MB): the weights it streams per decoded token beyond the tiny
   model's time gives the streaming rate; a 256-token prompt gives the matrix-multiply rate.
 
@@ -42,38 +42,44 @@ def measure_llama(n_threads: int) -> tuple[float, float, float, float, float]:
     """(seconds per token, seconds per prompt token, attention GFLOP/s, GB/s streamed, prompt
     GFLOP/s).
 
-    The tiny model's 1-token decode is the fixed cost of a batch; its prompts of 64 and 256 tokens
-    separate a cost per prompt token from the attention's (which grows with the square of the
-    prompt); the work model's extra time over the tiny one, less its extra attention, is weights:
-    streamed (decode) or multiplied (prompt)."""
+    Decoding: tiny and work model each take the fixed cost plus their active weights over the
+    streaming rate — two equations, two unknowns. Prompts (the fixed cost of the batch taken off):
+    a cost per token, the attention's FLOPs (which grow with the square of the prompt) and the
+    weights' FLOPs — the tiny model at two lengths and the work model: three equations."""
+    import numpy as np
+
     from app.core.forecast import attention_flops
     from app.core.gguf_info import read_gguf_info
-    from app.core.tiny_model import TinyModelSpec, write_tiny_model
+    from app.core.tiny_model import TinyModelSpec, quantized, write_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="scout-speed-") as tmp:
-        tiny = write_tiny_model(Path(tmp) / "tiny.gguf")[0]
+        tiny = write_tiny_model(Path(tmp) / "tiny.gguf", quantized(TinyModelSpec(), "Q8_0"))[0]
         work = write_tiny_model(Path(tmp) / "work.gguf", TinyModelSpec(**WORK_SPEC))[0]  # type: ignore[arg-type]
         tiny_token, tiny_short, tiny_prompt = _time_model(tiny, n_threads)
         work_token, _work_short, work_prompt = _time_model(work, n_threads)
         tiny_info, work_info = read_gguf_info(tiny), read_gguf_info(work)
-    n1, n2 = SHORT_PROMPT, PROMPT_TOKENS
-    a1, a2 = attention_flops(tiny_info, n1), attention_flops(tiny_info, n2)
-    # t(n) = token_s + per_token * n + attention(n) / attn_rate, at n1 and n2
-    t1, t2 = max(tiny_short - tiny_token, 1e-6), max(tiny_prompt - tiny_token, 1e-6)
-    # solve: t1 = p n1 + a1 x, t2 = p n2 + a2 x   (x = 1 / attention rate)
-    det = n1 * a2 - n2 * a1
-    x = (n1 * t2 - n2 * t1) / det if det else 0.0
-    per_token = (t1 - a1 * x) / n1
-    if x <= 0 or per_token <= 0:  # noise: put it all on the per-token cost
-        per_token, x = t2 / n2, 1e-12
-    attn_gflops = 1 / x / 1e9
-    active_bytes, active_params = _active(work_info)
+    tiny_bytes, tiny_params = _active(tiny_info)
+    work_bytes, work_params = _active(work_info)
     stream_s = max(work_token - tiny_token, 1e-6)
-    read_gbs = active_bytes / stream_s / GB
-    extra_attention = (attention_flops(work_info, n2) - a2) * x
-    compute_s = max(work_prompt - tiny_prompt - extra_attention, 1e-6)
-    gflops = 2 * active_params * n2 / compute_s / 1e9
-    return tiny_token, per_token, attn_gflops, read_gbs, gflops
+    inv_rate = stream_s / max(1.0, work_bytes - tiny_bytes)  # seconds per byte
+    token_s = max(1e-6, tiny_token - tiny_bytes * inv_rate)
+    read_gbs = 1 / inv_rate / GB
+    n1, n2 = SHORT_PROMPT, PROMPT_TOKENS
+    rows = [
+        [n1, attention_flops(tiny_info, n1), 2 * tiny_params * n1],
+        [n2, attention_flops(tiny_info, n2), 2 * tiny_params * n2],
+        [n2, attention_flops(work_info, n2), 2 * work_params * n2],
+    ]
+    times = [max(t - token_s, 1e-6) for t in (tiny_short, tiny_prompt, work_prompt)]
+    try:
+        per_token, per_attention, per_flop = (float(x) for x in np.linalg.solve(np.array(rows), times))
+    except np.linalg.LinAlgError:
+        per_token = per_attention = per_flop = -1.0
+    if min(per_token, per_attention, per_flop) <= 0:  # noise: the simpler split
+        per_flop = max(work_prompt - tiny_prompt, 1e-6) / max(1.0, rows[2][2] - rows[1][2])
+        per_attention = per_flop * 4
+        per_token = max(1e-7, (times[1] - rows[1][1] * per_attention - rows[1][2] * per_flop) / n2)
+    return token_s, per_token, 1 / per_attention / 1e9, read_gbs, 1 / per_flop / 1e9
 
 
 def _active(info: object) -> tuple[float, float]:
