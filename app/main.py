@@ -142,7 +142,9 @@ def planner(
     if measure is None:
         from app.core.engine.probe import measure_buffers as measure
     if measure_speeds is None:
-        from app.core.engine.speed_probe import measure_llama as measure_speeds
+        from app.core.engine.speed_probe import measure_llama
+
+        measure_speeds = measure_llama
     hardware = SystemHardware().probe()
     threads = request.n_threads or max(1, hardware.physical_cores)
     try:

@@ -72,10 +72,10 @@ def run(threads: list[int], decodes: int) -> list[tuple[str, ...]]:
     from app.core.planner import PlanOverrides, forecast_for, make_plan
     from app.core.tiny_model import TinyModelSpec, write_tiny_model
 
-    rows = []
+    rows: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory(prefix="bench-forecast-") as tmp:
         cache = fc.SpeedCache(Path(tmp) / "speeds.json")
-        files = {}
+        files: dict[str, Path] = {}
         for label, spec, _depths in _models():
             files[label] = write_tiny_model(Path(tmp) / f"{len(files)}.gguf", TinyModelSpec(**spec))[0]
         for n in threads:

@@ -265,7 +265,9 @@ def machine_speeds(
     started = time.perf_counter()
     if speeds is None:
         if measure_gpus is None:
-            from app.core.ggml_speed import measure_gpus as measure_gpus
+            from app.core import ggml_speed
+
+            measure_gpus = ggml_speed.measure_gpus
         gpus = tuple(measure_gpus()) if hw.devices else ()
         speeds = MachineSpeeds(fp, last_level_cache_bytes(), gpus, (), time.time())
     figures = measure_llama(n_threads)

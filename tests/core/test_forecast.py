@@ -14,7 +14,8 @@ from app.core.engine.probe import MeasuredBuffers
 from app.core.forecast import GB, GpuSpeeds, LlamaSpeeds, MachineSpeeds, Placement, Pool, SpeedCache
 from app.core.gguf_info import GGUFInfo, read_gguf_info
 from app.core.hardware import SimulatedHardware
-from app.core.planner import N_UBATCH, PlanOverrides, forecast_for, make_plan, plan_with_dry_run
+from app.core.planner import PlanOverrides, forecast_for, make_plan, plan_with_dry_run
+from app.core.projection import N_UBATCH
 from app.core.scout_shape import write_scout_shape
 
 if TYPE_CHECKING:

@@ -279,7 +279,9 @@ def test_about_dialog_opens(qtbot, window: MainWindow) -> None:
     dialog.close()
 
 
-def test_the_prompt_progress_shows_the_time_left(qtbot, controller: AppController, window: MainWindow) -> None:
+def test_the_prompt_progress_shows_the_time_left(
+    qtbot, controller: AppController, window: MainWindow
+) -> None:
     """The worker's progress reports (tokens read of the prompt) through the real controller: the
     status bar's "Reading the prompt…" gains the time left from the rate measured meanwhile."""
     conversations = controller.conversations
@@ -290,6 +292,8 @@ def test_the_prompt_progress_shows_the_time_left(qtbot, controller: AppControlle
     worker.prompt_progress.emit(41, 512, 4096)
     qtbot.waitUntil(lambda: "Reading the prompt… 12%" in window.status.activity_label.text())
     worker.prompt_progress.emit(41, 1024, 4096)  # 512 tokens in 2 s: 3,072 left take 12 s
-    qtbot.waitUntil(lambda: window.status.activity_label.text() == "Reading the prompt… 25% — about 10 s left")
+    qtbot.waitUntil(
+        lambda: window.status.activity_label.text() == "Reading the prompt… 25% — about 10 s left"
+    )
     worker.prompt_progress.emit(40, 2048, 4096)  # a stale answer's report is ignored
     assert "25%" in window.status.activity_label.text()
