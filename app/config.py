@@ -67,8 +67,9 @@ class AppPaths:
 
     @property
     def speeds_file(self) -> Path:
-        """The forecast's measured probe of this machine (app/core/forecast.py), per hardware."""
-        return self.data_dir / "machine-speeds.json"
+        """The forecast's measured probe of this machine (app/core/forecast.py), per hardware
+        (``SCOUT_SPEEDS_FILE`` names another file: the test suite shares one across its apps)."""
+        return Path(os.environ.get("SCOUT_SPEEDS_FILE") or self.data_dir / "machine-speeds.json")
 
     @property
     def downloads_state(self) -> Path:

@@ -2,9 +2,10 @@
 
     python -m bench.forecast [--threads 1 2] [--decodes 16]
 
-For each thread count: the forecast's probe of this machine (app/core/forecast.py: RAM, llama.cpp's
-per-token and per-batch costs, streaming and matmul rates; cached in a temporary folder), then for
-each generated model and context depth: the plan the app makes here, its forecast (generation
+For each thread count, generated model and context depth: the forecast's probe of this machine
+(app/core/forecast.py: RAM, llama.cpp's per-token and per-batch costs, streaming and matmul rates),
+measured again just before each row because a shared machine's speed changes within minutes; the
+plan the app makes here, its forecast (generation
 tokens/s at that depth, prompt tokens/s for a prompt of that length), and the same measured with
 the real llama.cpp loaded with the plan's parameters (a prompt of that length from an empty cache,
 then decoded tokens; the mean of two runs each, as an answer takes them).
@@ -79,22 +80,24 @@ def run(threads: list[int], decodes: int) -> list[tuple[str, ...]]:
         for label, spec, _depths in _models():
             files[label] = write_tiny_model(Path(tmp) / f"{len(files)}.gguf", TinyModelSpec(**spec))[0]
         for n in threads:
-            hw = SystemHardware().probe()
-            started = time.perf_counter()
-            speeds = fc.machine_speeds(hw, n, cache, measure_llama=measure_llama)
-            probe_s = time.perf_counter() - started
-            s = speeds.at_threads(n)
-            assert s is not None
-            print(
-                f"probe, {n} thread(s), {probe_s:.1f} s: token {s.token_s * 1000:.2f} ms, prompt token "
-                f"{s.prompt_token_s * 1e6:.0f} µs, attention {s.attention_gflops:.0f} GFLOP/s, streams "
-                f"{s.read_gbs:.1f} GB/s, matmul {s.gflops:.0f} GFLOP/s, RAM {s.ram_gbs:.1f} GB/s",
-                flush=True,
-            )
-            hw = replace(hw, speeds=speeds)
             for label, _spec, depths in _models():
                 info = read_gguf_info(files[label])
                 for depth in depths:
+                    # the probe just before each measurement: on a shared machine the speed
+                    # changes several times over within minutes, and the probe is a snapshot
+                    hw = SystemHardware().probe()
+                    cache.path.unlink(missing_ok=True)
+                    speeds = fc.machine_speeds(hw, n, cache, measure_llama=measure_llama)
+                    s = speeds.at_threads(n)
+                    assert s is not None
+                    print(
+                        f"probe, {n} thread(s): token {s.token_s * 1000:.2f} ms, prompt token "
+                        f"{s.prompt_token_s * 1e6:.0f} µs, attention {s.attention_gflops:.0f} GFLOP/s, "
+                        f"streams {s.read_gbs:.1f} GB/s, matmul {s.gflops:.0f} GFLOP/s, "
+                        f"RAM {s.ram_gbs:.1f} GB/s",
+                        flush=True,
+                    )
+                    hw = replace(hw, speeds=speeds)
                     n_ctx = max(1024, depth * 2)
                     plan = make_plan(info, hw, PlanOverrides(n_ctx=n_ctx), n_threads=n)
                     f = forecast_for(info, hw, plan, depth=depth, prompt_tokens=depth)
