@@ -4,10 +4,10 @@
 
 For each thread count, generated model and context depth: the forecast's probe of this machine
 (app/core/forecast.py: RAM, llama.cpp's per-token and per-batch costs, streaming and matmul rates),
-measured again just before each row because a shared machine's speed changes within minutes; the
-plan the app makes here, its forecast (generation
-tokens/s at that depth, prompt tokens/s for a prompt of that length), and the same measured with
-the real llama.cpp loaded with the plan's parameters (a prompt of that length from an empty cache,
+measured just before and just after each row (a shared machine's speed changes several times over
+within minutes; the forecast shown is the geometric mean of the two, with both in brackets); the
+plan the app makes here, its forecast (generation tokens/s at that depth, prompt tokens/s for a
+prompt of that length), and the same measured with the real llama.cpp loaded with the plan's parameters (a prompt of that length from an empty cache,
 then decoded tokens; the mean of two runs each, as an answer takes them).
 Targets: generation within ±25 %, prompt within ±35 %.
 """
@@ -65,12 +65,33 @@ def _measure_into(out: dict[str, tuple[float, float]], params: Any, depth: int, 
     out["m"] = measure(params, depth, decodes)
 
 
-def run(threads: list[int], decodes: int) -> list[tuple[str, ...]]:
+def _forecast(info: Any, n: int, n_ctx: int, depth: int, cache: Any) -> tuple[Any, Any]:
+    """A fresh probe (on a shared machine the speed changes several times over within minutes,
+    and the probe is a snapshot), the plan the app makes here and its forecast at ``depth``."""
     from app.core import forecast as fc
     from app.core.engine.speed_probe import measure_llama
-    from app.core.gguf_info import read_gguf_info
     from app.core.hardware import SystemHardware
     from app.core.planner import PlanOverrides, forecast_for, make_plan
+
+    hw = SystemHardware().probe()
+    cache.path.unlink(missing_ok=True)
+    speeds = fc.machine_speeds(hw, n, cache, measure_llama=measure_llama)
+    s = speeds.at_threads(n)
+    assert s is not None
+    print(
+        f"probe, {n} thread(s): token {s.token_s * 1000:.2f} ms, prompt token "
+        f"{s.prompt_token_s * 1e6:.0f} µs, attention {s.attention_gflops:.0f} GFLOP/s, "
+        f"streams {s.read_gbs:.1f} GB/s, matmul {s.gflops:.0f} GFLOP/s, RAM {s.ram_gbs:.1f} GB/s",
+        flush=True,
+    )
+    hw = replace(hw, speeds=speeds)
+    plan = make_plan(info, hw, PlanOverrides(n_ctx=n_ctx), n_threads=n)
+    return plan, forecast_for(info, hw, plan, depth=depth, prompt_tokens=depth)
+
+
+def run(threads: list[int], decodes: int) -> list[tuple[str, ...]]:
+    from app.core import forecast as fc
+    from app.core.gguf_info import read_gguf_info
     from app.core.tiny_model import TinyModelSpec, write_tiny_model
 
     rows: list[tuple[str, ...]] = []
@@ -83,41 +104,31 @@ def run(threads: list[int], decodes: int) -> list[tuple[str, ...]]:
             for label, _spec, depths in _models():
                 info = read_gguf_info(files[label])
                 for depth in depths:
-                    # the probe just before each measurement: on a shared machine the speed
-                    # changes several times over within minutes, and the probe is a snapshot
-                    hw = SystemHardware().probe()
-                    cache.path.unlink(missing_ok=True)
-                    speeds = fc.machine_speeds(hw, n, cache, measure_llama=measure_llama)
-                    s = speeds.at_threads(n)
-                    assert s is not None
-                    print(
-                        f"probe, {n} thread(s): token {s.token_s * 1000:.2f} ms, prompt token "
-                        f"{s.prompt_token_s * 1e6:.0f} µs, attention {s.attention_gflops:.0f} GFLOP/s, "
-                        f"streams {s.read_gbs:.1f} GB/s, matmul {s.gflops:.0f} GFLOP/s, "
-                        f"RAM {s.ram_gbs:.1f} GB/s",
-                        flush=True,
-                    )
-                    hw = replace(hw, speeds=speeds)
                     n_ctx = max(1024, depth * 2)
-                    plan = make_plan(info, hw, PlanOverrides(n_ctx=n_ctx), n_threads=n)
-                    f = forecast_for(info, hw, plan, depth=depth, prompt_tokens=depth)
-                    params = plan.to_load_params(info.path)
-                    params = replace(params, n_threads=n, n_threads_batch=n)
+                    before = _forecast(info, n, n_ctx, depth, cache)
+                    plan, _f = before
+                    params = replace(plan.to_load_params(info.path), n_threads=n, n_threads_batch=n)
                     out: dict[str, tuple[float, float]] = {}
                     worker = threading.Thread(target=_measure_into, args=(out, params, depth, decodes))
                     worker.start()
                     worker.join()
                     gen, prompt = out["m"]
+                    _plan, after = _forecast(info, n, n_ctx, depth, cache)
+                    # the probe before and after the measurement bracket the machine's load
+                    f_gen = statistics.geometric_mean([before[1].tokens_per_s, after.tokens_per_s])
+                    f_prompt = statistics.geometric_mean(
+                        [before[1].prompt_tokens_per_s, after.prompt_tokens_per_s]
+                    )
                     row = (
                         label,
                         str(n),
                         f"{depth:,}",
-                        f"{f.tokens_per_s:,.0f}",
+                        f"{f_gen:,.0f} ({before[1].tokens_per_s:,.0f}–{after.tokens_per_s:,.0f})",
                         f"{gen:,.0f}",
-                        f"{(f.tokens_per_s / gen - 1) * 100:+.0f} %",
-                        f"{f.prompt_tokens_per_s:,.0f}",
+                        f"{(f_gen / gen - 1) * 100:+.0f} %",
+                        f"{f_prompt:,.0f}",
                         f"{prompt:,.0f}",
-                        f"{(f.prompt_tokens_per_s / prompt - 1) * 100:+.0f} %",
+                        f"{(f_prompt / prompt - 1) * 100:+.0f} %",
                     )
                     print(" | ".join(row), flush=True)
                     rows.append(row)
@@ -132,7 +143,7 @@ def main() -> None:
     parser.add_argument("--decodes", type=int, default=16)
     args = parser.parse_args()
     rows = run(sorted(set(args.threads)), args.decodes)
-    head = ("model", "threads", "depth", "gen forecast", "gen measured", "error",
+    head = ("model", "threads", "depth", "gen forecast (before–after)", "gen measured", "error",
             "prompt forecast", "prompt measured", "error")  # fmt: skip
     print()
     print("| " + " | ".join(head) + " |")

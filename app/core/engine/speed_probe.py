@@ -35,7 +35,8 @@ WORK_SPEC = {
 }
 PROMPT_TOKENS = 256
 SHORT_PROMPT = 64
-DECODES = 24
+DECODES = 12
+DECODE_BLOCKS = 5  # the median block: one stall (another process took the core) does not count
 
 
 def measure_llama(n_threads: int) -> tuple[float, float, float, float, float]:
@@ -100,10 +101,11 @@ def _active(info: object) -> tuple[float, float]:
 
 
 def _time_model(model: Path, n_threads: int) -> tuple[float, float, float]:
-    """Mean seconds of one decoded token, and median of a SHORT_PROMPT- and a PROMPT_TOKENS-token
-    prompt. Means, not the fastest: llama.cpp's threads spin-wait between operations, and on a
-    busy machine a few tokens take many times the others (2 threads on 2 shared cores: a median
-    token of 0.4 ms, a mean of 4 ms) — the mean is what an answer takes."""
+    """Seconds of one decoded token (the median of DECODE_BLOCKS blocks' means) and the median of
+    a SHORT_PROMPT- and a PROMPT_TOKENS-token prompt. Means over blocks, not the fastest token:
+    llama.cpp's threads spin-wait between operations, and on a busy machine some tokens take many
+    times the others (2 threads on 2 shared cores: a median token of 0.4 ms, a mean of 4 ms) —
+    the mean is what an answer takes; the median block keeps one long stall from deciding it."""
     from app.core.engine.native import import_llama_cpp
 
     llama_cpp = import_llama_cpp()
@@ -129,10 +131,13 @@ def _time_model(model: Path, n_threads: int) -> tuple[float, float, float]:
                 llm.eval(tokens[:n])
                 times[n].append(time.perf_counter() - started)
         llm.eval([tokens[0]])
-        started = time.perf_counter()
-        for k in range(DECODES):
-            llm.eval([tokens[k + 1]])
-        token = (time.perf_counter() - started) / DECODES
+        blocks = []
+        for b in range(DECODE_BLOCKS):
+            started = time.perf_counter()
+            for k in range(DECODES):
+                llm.eval([tokens[1 + b * DECODES + k]])
+            blocks.append((time.perf_counter() - started) / DECODES)
+        token = statistics.median(blocks)
         return token, statistics.median(times[SHORT_PROMPT]), statistics.median(times[PROMPT_TOKENS])
     finally:
         llm.close()
