@@ -7,8 +7,9 @@ For each thread count, generated model and context depth: the forecast's probe o
 measured just before and just after each row (a shared machine's speed changes several times over
 within minutes; the forecast shown is the geometric mean of the two, with both in brackets); the
 plan the app makes here, its forecast (generation tokens/s at that depth, prompt tokens/s for a
-prompt of that length), and the same measured with the real llama.cpp loaded with the plan's parameters (a prompt of that length from an empty cache,
-then decoded tokens; the mean of two runs each, as an answer takes them).
+prompt of that length), and the same measured with the real llama.cpp loaded with the plan's
+parameters (a prompt of that length from an empty cache, then decoded tokens; the mean of two
+runs each, as an answer takes them).
 Targets: generation within ±25 %, prompt within ±35 %.
 """
 
@@ -66,6 +67,17 @@ def _measure_into(out: dict[str, tuple[float, float]], params: Any, depth: int, 
 
 
 def _forecast(info: Any, n: int, n_ctx: int, depth: int, cache: Any) -> tuple[Any, Any]:
+    """:func:`_probe_forecast` on a thread of its own, which then ends (as the engine process's
+    probe and the measurements): llama.cpp's OpenMP team spin-waits after each parallel region, so
+    a team left on this thread would compete with the measurement for the cores."""
+    out: list[tuple[Any, Any]] = []
+    worker = threading.Thread(target=lambda: out.append(_probe_forecast(info, n, n_ctx, depth, cache)))
+    worker.start()
+    worker.join()
+    return out[0]
+
+
+def _probe_forecast(info: Any, n: int, n_ctx: int, depth: int, cache: Any) -> tuple[Any, Any]:
     """A fresh probe (on a shared machine the speed changes several times over within minutes,
     and the probe is a snapshot), the plan the app makes here and its forecast at ``depth``."""
     from app.core import forecast as fc
