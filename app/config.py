@@ -66,6 +66,12 @@ class AppPaths:
         return kv_state_files(self.kv_state_dir, conversation_id)
 
     @property
+    def speeds_file(self) -> Path:
+        """The forecast's measured probe of this machine (app/core/forecast.py), per hardware
+        (``SCOUT_SPEEDS_FILE`` names another file: the test suite shares one across its apps)."""
+        return Path(os.environ.get("SCOUT_SPEEDS_FILE") or self.data_dir / "machine-speeds.json")
+
+    @property
     def downloads_state(self) -> Path:
         return self.data_dir / "downloads.json"
 

@@ -175,7 +175,7 @@ class Recommendation:
             return (
                 f"Recommended for this machine: {self.best.build.display_name}, a "
                 f"{format_gb(self.best.download_bytes)} download — {fit.label}, {format_context(plan.n_ctx)} "
-                f"context, about {plan.tokens_per_s_estimate:.0f} tokens/s (rough estimate)."
+                f"context, {plan.forecast.summary}."
             )
         if self.smallest is None:
             return "No Scout build is listed in the manifest."
@@ -422,6 +422,8 @@ def check_engine_process() -> str:
     proxy = EngineProxy(watchdog_s=60.0)
     try:
         info = proxy.version()
+        ready = time.perf_counter() - started
+        speeds = _speed_probe(proxy)
     except Exception as exc:
         log.exception("the engine process did not start")
         return f"did not start: {getattr(exc, 'message', exc)}"
@@ -429,7 +431,34 @@ def check_engine_process() -> str:
         proxy.close()
     return (
         f"starts (spawn): pid {info['pid']}, llama-cpp-python {info['llama_cpp']}, "
-        f"Python {info['python']}, ready in {time.perf_counter() - started:.1f} s"
+        f"Python {info['python']}, ready in {ready:.1f} s{speeds}"
+    )
+
+
+def _speed_probe(proxy: Any) -> str:
+    """The forecast's probe at the app's thread count, measured in ``proxy``'s engine process when
+    this hardware has none cached (saved in the app's data folder): ``; speed probe: …``."""
+    from app.core import forecast
+    from app.core.hardware import SystemHardware
+
+    hw = SystemHardware().probe()
+    threads = max(1, hw.physical_cores)
+    try:
+        speeds = forecast.machine_speeds(
+            hw, threads, forecast.default_cache(), measure_llama=proxy.measure_speeds
+        )
+    except Exception as exc:
+        log.warning("the speed probe failed", exc_info=True)
+        return f"; speed probe failed: {getattr(exc, 'message', exc)}"
+    s = speeds.at_threads(threads)
+    if s is None:
+        return ""
+    gpus = "".join(
+        f", {g.name} {g.memory_gbs:,.0f} GB/s (upload {g.upload_gbs:.1f} GB/s)" for g in speeds.gpus
+    )
+    return (
+        f"; speed probe ({threads} threads): {s.token_s * 1000:.2f} ms a token, weights streamed at "
+        f"{s.read_gbs:.1f} GB/s, prompts at {s.gflops:.0f} GFLOP/s, RAM {s.ram_gbs:.1f} GB/s{gpus}"
     )
 
 
@@ -549,7 +578,13 @@ def format_report(report: Report) -> str:
 
 
 def run_check(paths: AppPaths, stream: TextIO | None = None, **kwargs: Any) -> int:
-    """``scout-chat --check``: write the report to ``stream`` (stdout) and return 0."""
+    """``scout-chat --check``: write the report to ``stream`` (stdout) and return 0. The engine
+    check measures the forecast's probe when none is cached (``paths.speeds_file``): the plans
+    below use it."""
+    from app.core import forecast
+
+    if forecast.default_cache() is None:
+        forecast.set_default_cache(paths.speeds_file)
     kwargs.setdefault("engine_check", check_engine_process)
     text = format_report(collect_report(paths, **kwargs))
     out = stream or sys.stdout

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from app import __version__, excepthooks
 from app.config import AppPaths, Settings, load_settings, setup_logging
+from app.core.forecast import set_default_cache
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -140,16 +141,36 @@ def make_engine(paths: AppPaths) -> Engine:
 
 
 def planner(
-    request: LoadRequest, measure: Callable[[LoadParams], MeasuredBuffers] | None = None
+    request: LoadRequest,
+    measure: Callable[[LoadParams], MeasuredBuffers] | None = None,
+    measure_speeds: Callable[[int], tuple[float, float, float, float, float]] | None = None,
 ) -> PlannedLoad:
     """Runs on the inference thread: fresh free-memory figures and llama.cpp's dry run each load
-    (``measure``: in the engine process; None: in this process)."""
+    (``measure``: in the engine process; None: in this process), and the speed probe the first
+    time at this thread count on this hardware (``measure_speeds``: in the engine process; None:
+    in this process), cached for the forecast."""
+    import dataclasses
+
+    from app.core import forecast
     from app.core.hardware import SystemHardware
     from app.core.planner import plan_load
 
     if measure is None:
         from app.core.engine.probe import measure_buffers as measure
-    return plan_load(request, SystemHardware().probe(), measure)
+    if measure_speeds is None:
+        from app.core.engine.speed_probe import measure_llama
+
+        measure_speeds = measure_llama
+    hardware = SystemHardware().probe()
+    threads = request.n_threads or max(1, hardware.physical_cores)
+    try:
+        speeds = forecast.machine_speeds(
+            hardware, threads, forecast.default_cache(), measure_llama=measure_speeds
+        )
+        hardware = dataclasses.replace(hardware, speeds=speeds)
+    except Exception:
+        log.warning("the speed probe failed; the plan's forecast uses assumed figures", exc_info=True)
+    return plan_load(request, hardware, measure)
 
 
 def build_application(args: argparse.Namespace) -> Application:
@@ -163,6 +184,7 @@ def build_application(args: argparse.Namespace) -> Application:
 
     paths = AppPaths.default(args.data_dir).ensure()
     setup_logging(paths)
+    set_default_cache(paths.speeds_file)
     settings = load_settings(paths)
     if args.n_ctx:
         settings = settings.replace(n_ctx=args.n_ctx)
@@ -176,7 +198,11 @@ def build_application(args: argparse.Namespace) -> Application:
         paths,
         settings,
         lambda: engine,
-        planner=functools.partial(planner, measure=getattr(engine, "measure_buffers", None)),
+        planner=functools.partial(
+            planner,
+            measure=getattr(engine, "measure_buffers", None),
+            measure_speeds=getattr(engine, "measure_speeds", None),
+        ),
     )
     window = MainWindow(controller)
     window.app_paths = paths

@@ -17,6 +17,7 @@ from app.core.types import LoadParams, SamplingParams
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
     from app.core.engine.remote import ServerConfig
     from app.core.types import GenerationStats, ModelInfo
@@ -46,6 +47,7 @@ class Driver(QObject):
         self.image = image  # a stored picture: a second turn asks about it
         self.image_text = ""
         self.image_stats: GenerationStats | None = None
+        self.forecast_line = ""  # local models: the forecast next to what was measured
         self.load_requested.connect(worker.load_model)
         self.answer_requested.connect(worker.answer)
         worker.model_loaded.connect(self._on_worker_model_loaded)
@@ -124,7 +126,7 @@ def run_self_test(args: argparse.Namespace) -> int:
         except ValueError as exc:
             say(f"self-test FAILED: {exc}")
             return 2
-        driver = _drive(params, image)
+        driver = _drive(params, image, speeds_file(args))
     if tmp is not None:
         tmp.cleanup()
     return _report(driver, image is not None)
@@ -164,9 +166,20 @@ def _load_params(model: Path, n_ctx: int | None, images: Path) -> tuple[LoadPara
     return params, image
 
 
-def _drive(params: LoadParams | ServerConfig, image: Path | None) -> Driver:
+def speeds_file(args: argparse.Namespace) -> Path | None:
+    """Where the forecast's probe is cached (the app's data folder); None when it cannot be made."""
+    from app.config import AppPaths
+
+    try:
+        return AppPaths.default(getattr(args, "data_dir", None)).ensure().speeds_file
+    except OSError:
+        return None
+
+
+def _drive(params: LoadParams | ServerConfig, image: Path | None, speeds: Path | None = None) -> Driver:
     """Run the worker on its own thread until the turns are done (or ten minutes have passed), on
-    the app's engine: llama.cpp in an engine process."""
+    the app's engine: llama.cpp in an engine process; then, for a local model, the forecast of its
+    speed here (the probe measured in the same engine process) next to what was measured."""
     from app.core.engine.process import EngineProxy
     from app.workers.inference import LlamaWorker
 
@@ -183,8 +196,46 @@ def _drive(params: LoadParams | ServerConfig, image: Path | None) -> Driver:
     worker.cancel_event.set()
     thread.quit()
     thread.wait(30_000)
+    if isinstance(params, LoadParams) and driver.stats is not None and not driver.error:
+        try:
+            driver.forecast_line = forecast_line(params, driver.stats, engine.measure_speeds, speeds)
+        except Exception as exc:  # noqa: BLE001 - the forecast must not fail the self-test
+            driver.forecast_line = f"forecast unavailable: {exc}"
     engine.close()
     return driver
+
+
+def forecast_line(
+    params: LoadParams,
+    stats: GenerationStats,
+    measure: Callable[[int], tuple[float, float, float, float, float]],
+    cache_file: Path | None,
+) -> str:
+    """``forecast 812 tok/s, measured 790 tok/s; prompt: forecast …, measured …`` for the answer
+    just given: the plan's forecast for this model at this machine's measured speeds (the probe
+    cached under ``cache_file``), at the answer's depth and prompt length."""
+    import dataclasses
+
+    from app.core import forecast as fc
+    from app.core.gguf_info import read_gguf_info
+    from app.core.hardware import SystemHardware
+    from app.core.planner import PlanOverrides, forecast_for, make_plan
+
+    hw = SystemHardware().probe()
+    threads = params.n_threads or max(1, hw.physical_cores)
+    cache = fc.SpeedCache(cache_file) if cache_file is not None else None
+    hw = dataclasses.replace(hw, speeds=fc.machine_speeds(hw, threads, cache, measure_llama=measure))
+    info = read_gguf_info(params.model_path)
+    overrides = PlanOverrides(n_ctx=params.n_ctx, n_gpu_layers=params.n_gpu_layers, n_ubatch=params.n_ubatch)
+    plan = make_plan(info, hw, overrides, n_threads=threads)
+    evaluated = max(1, stats.prompt_tokens_evaluated)
+    f = forecast_for(info, hw, plan, depth=stats.prompt_tokens, prompt_tokens=evaluated)
+    prompt = evaluated / stats.prompt_eval_s if stats.prompt_eval_s > 0 else 0.0
+    return (
+        f"forecast {fc.speed_figure(f.tokens_per_s)} tok/s, measured {fc.speed_figure(stats.tokens_per_s)} "
+        f"tok/s; prompt ({evaluated} tokens): forecast {fc.speed_figure(f.prompt_tokens_per_s)} tok/s, "
+        f"measured {fc.speed_figure(prompt)} tok/s"
+    )
 
 
 def _report(driver: Driver, with_image: bool) -> int:
@@ -204,6 +255,8 @@ def _report(driver: Driver, with_image: bool) -> int:
         say(f"load time: {info.load_seconds:.2f} s")
     say(f"time to first token: {stats.ttft_s * 1000:.0f} ms")
     say(f"tokens per second: {stats.tokens_per_s:.1f} ({stats.completion_tokens} tokens)")
+    if driver.forecast_line:
+        say(driver.forecast_line)
     say(f"answer: {text[:120]!r}")
     if with_image:
         image_stats = driver.image_stats

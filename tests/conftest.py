@@ -62,6 +62,8 @@ def _hermetic_environment() -> str:
         os.environ[name] = folder
     os.environ["QT_QPA_PLATFORM"] = "offscreen"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    # every app the suite starts shares one speed probe (measured by the first model load, ~10 s)
+    os.environ["SCOUT_SPEEDS_FILE"] = os.path.join(root, "machine-speeds.json")
     os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"  # never the user's keyring
     os.environ.pop("LANGUAGE", None)
     os.environ["LANG"] = os.environ["LC_ALL"] = _utf8_locale()

@@ -96,6 +96,10 @@ class GGUFInitParams(ctypes.Structure):
     _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
 
 
+class GGMLInitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
 # enum gguf_type
 GGUF_TYPE_UINT8, GGUF_TYPE_INT8, GGUF_TYPE_UINT16, GGUF_TYPE_INT16 = 0, 1, 2, 3
 GGUF_TYPE_UINT32, GGUF_TYPE_INT32, GGUF_TYPE_FLOAT32, GGUF_TYPE_BOOL = 4, 5, 6, 7
@@ -154,6 +158,21 @@ _GGML_BASE_FUNCS: dict[str, tuple[list[object], object]] = {
     "ggml_backend_reg_name": ([_P], ctypes.c_char_p),
     "ggml_backend_reg_count": ([], _SZ),
     "ggml_backend_load_all_from_path": ([ctypes.c_char_p], None),
+    # buffers and transfers: the forecast's device probe (app/core/ggml_speed.py)
+    "ggml_backend_dev_by_name": ([ctypes.c_char_p], _P),
+    "ggml_backend_dev_by_type": ([ctypes.c_int], _P),
+    "ggml_backend_dev_buffer_type": ([_P], _P),
+    "ggml_backend_buft_alloc_buffer": ([_P, _SZ], _P),
+    "ggml_backend_buffer_free": ([_P], None),
+    "ggml_backend_buffer_get_base": ([_P], _P),
+    "ggml_init": ([GGMLInitParams], _P),
+    "ggml_free": ([_P], None),
+    "ggml_tensor_overhead": ([], _SZ),
+    "ggml_new_tensor_1d": ([_P, ctypes.c_int, _I64], _P),
+    "ggml_backend_tensor_alloc": ([_P, _P, _P], ctypes.c_int),
+    "ggml_backend_tensor_set": ([_P, _P, _SZ, _SZ], None),
+    "ggml_backend_tensor_get": ([_P, _P, _SZ, _SZ], None),
+    "ggml_backend_tensor_copy": ([_P, _P], None),
 }
 
 

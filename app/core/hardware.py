@@ -14,7 +14,7 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from app.core import ggml_lib
@@ -22,6 +22,8 @@ from app.core.units import format_gb
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from app.core.forecast import MachineSpeeds
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class HardwareInfo:
     cpu_name: str = ""
     ram_bandwidth_gbs: float | None = None
     notes: tuple[str, ...] = field(default=())
+    speeds: MachineSpeeds | None = None  # the measured probe (app/core/forecast.py), when cached
 
     @property
     def cpu_only(self) -> bool:
@@ -338,7 +341,7 @@ class SystemHardware:
                 Device(d.name, d.backend, d.free_bytes, d.total_bytes, True, d.description, d.bandwidth_gbs)
                 for d in devices
             ]
-        return HardwareInfo(
+        info = HardwareInfo(
             devices=tuple(devices),
             ram_total_bytes=total,
             ram_available_bytes=available,
@@ -347,6 +350,12 @@ class SystemHardware:
             cpu_name=_cpu_name(),
             notes=tuple(notes),
         )
+        from app.core import forecast
+
+        cache = forecast.default_cache()
+        if cache is not None:
+            info = replace(info, speeds=cache.load(forecast.fingerprint(info)))
+        return info
 
 
 class SimulatedHardware:

@@ -46,6 +46,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from app.core.forecast import Forecast, Placement, Pool, forecast, params_of, speed_figure
 from app.core.projection import (
     N_BATCH,
     N_UBATCH,
@@ -56,10 +57,11 @@ from app.core.projection import (
     compute_model,
     expert_override_pattern,
     gpu_layers_repeating,
+    kv_row_bytes,
     layer_devices,
 )
 from app.core.types import LoadParams, TensorOverride
-from app.core.units import GB, format_bytes, format_context, format_gb
+from app.core.units import format_bytes, format_context, format_gb
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -74,9 +76,10 @@ log = logging.getLogger(__name__)
 KV_QUALITY = {"f32": 3, "f16": 3, "bf16": 3, "q8_0": 2, "q4_0": 1}
 DEFAULT_N_CTX = 32768
 N_CTX_FLOOR = 4096
-DEFAULT_RAM_BANDWIDTH_GBS = 50.0
-DEFAULT_GPU_BANDWIDTH_GBS = 300.0
-SPEED_EFFICIENCY = 0.55  # fraction of peak bandwidth token generation reaches in practice
+
+UBATCH_CHOICES = (512, 1024, 2048, 4096)
+UBATCH_GAIN = 1.03  # a larger micro-batch must forecast at least 3 % faster prompts to be chosen
+GEN_LOSS_MAX = 0.05  # generation speed a larger micro-batch may cost (experts moved to RAM for it)
 
 VERDICT_FULL = "full GPU"
 VERDICT_SPLIT = "split GPU+RAM"
@@ -99,6 +102,7 @@ class PlanOverrides:
     n_ctx_target: int | None = None  # preferred context size, shrunk to fit (None: 32k)
     kv_type: str | None = None  # f16 | q8_0 | q4_0 (K and V)
     flash_attn: bool | None = None
+    n_ubatch: int | None = None  # prompt micro-batch (n_batch follows it)
 
 
 @dataclass(frozen=True)
@@ -117,12 +121,18 @@ class Plan:
     n_threads: int
     devices: tuple[DeviceUsage, ...]  # GPUs (may be empty)
     ram: DeviceUsage
-    tokens_per_s_estimate: float  # rough, from memory bandwidth: label it as an estimate
+    forecast: Forecast  # tokens/s and prompt tokens/s on this machine (app/core/forecast.py)
     compute_source: str  # "measured" (llama.cpp dry run) or "estimate" (formula)
     explanation: str
     n_layer: int
     plan_seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    n_batch: int = N_BATCH
+    n_ubatch: int = N_UBATCH
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.forecast.tokens_per_s
 
     @property
     def fits_text(self) -> str:
@@ -148,8 +158,8 @@ class Plan:
             n_gpu_layers=self.n_gpu_layers,
             n_threads=self.n_threads,
             n_threads_batch=self.n_threads,
-            n_batch=N_BATCH,
-            n_ubatch=N_UBATCH,
+            n_batch=self.n_batch,
+            n_ubatch=self.n_ubatch,
             flash_attn=self.flash_attn,
             type_k=self.type_k,
             type_v=self.type_v,
@@ -242,8 +252,12 @@ def make_plan(
     *,
     measurements: Mapping[tuple[int, bool, str], MeasuredBuffers] | None = None,
     mmproj_bytes: int = 0,
+    n_threads: int | None = None,
+    max_ubatch: int = UBATCH_CHOICES[-1],
 ) -> Plan:
-    """The best plan for ``info`` on ``hardware`` honouring ``overrides``.
+    """The best plan for ``info`` on ``hardware`` honouring ``overrides`` (``n_threads``: the
+    user's thread count, for the forecast; None: the physical cores; ``max_ubatch``: the largest
+    prompt micro-batch to consider).
 
     ``measurements`` maps (n_ctx, flash_attn, kv_type) to llama.cpp dry-run figures (see
     :func:`plan_with_dry_run`); configurations without one use the compute formula, scaled by the
@@ -275,16 +289,40 @@ def make_plan(
     if chosen is None:
         assert best_fail is not None
         chosen = best_fail[1]
-    projection = proj.project(chosen)
+    threads = n_threads or max(1, hardware.physical_cores)
+    ubatch = o.n_ubatch or N_UBATCH
+    base_prompt = 0.0
+    if o.n_ubatch is None and o.n_cpu_moe is None and fits:
+        ubatch, chosen, base_prompt = _choose_ubatch(info, hardware, proj, chosen, threads, max_ubatch)
+    projection = with_ubatch(proj.project(chosen), info, ubatch)
+    if o.n_ubatch is not None:
+        fits = projection.fits
     source = compute_for(chosen.n_ctx, chosen.flash_attn, chosen.kv_type).source
-    plan = _finish(info, hardware, proj, chosen, projection, fits, source)
+    plan = _finish(info, hardware, proj, chosen, projection, fits, source, threads, ubatch)
+    if ubatch != N_UBATCH and base_prompt:
+        why = (
+            f"Prompts are read {ubatch:,} tokens at a time (n_ubatch; llama.cpp's default is "
+            f"{N_UBATCH}): with weights in system RAM, llama.cpp copies them to the GPU once per batch, "
+            f"so a long document reads at ≈ {speed_figure(plan.forecast.prompt_tokens_per_s)} instead of "
+            f"≈ {speed_figure(base_prompt)} tokens/s. Its larger compute buffers are counted above "
+            "(Advanced → Prompt batch to choose another)."
+        )
+        plan = replace(plan, notes=(*plan.notes, why), explanation=f"{plan.explanation} {why}")
     plan = replace(plan, plan_seconds=time.perf_counter() - started)
     log.debug("plan for %s: %s in %.1f ms", info.path.name, plan.fits_text, plan.plan_seconds * 1000)
     return plan
 
 
 def _finish(
-    info: GGUFInfo, hw: HardwareInfo, proj: Projector, cfg: Config, p: Projection, fits: bool, source: str
+    info: GGUFInfo,
+    hw: HardwareInfo,
+    proj: Projector,
+    cfg: Config,
+    p: Projection,
+    fits: bool,
+    source: str,
+    threads: int | None = None,
+    ubatch: int = N_UBATCH,
 ) -> Plan:
     n_layer = info.n_layer
     g = cfg.n_gpu_layers if hw.devices else 0
@@ -301,7 +339,9 @@ def _finish(
         verdict = VERDICT_FULL
     else:
         verdict = VERDICT_SPLIT
-    tps = _speed(info, hw, p, cfg)
+    n_threads = threads or max(1, hw.physical_cores)
+    n_batch = max(N_BATCH, ubatch)
+    speed = forecast(info, placement_of(info, hw, proj, cfg, n_threads, ubatch, n_batch), hw.speeds)
     mapped = proj.mapped_bytes(cfg)
     p = replace(p, ram=replace(p.ram, mapped=mapped))
     notes: list[str] = []
@@ -329,38 +369,136 @@ def _finish(
         type_v=cfg.kv_type,
         flash_attn=cfg.flash_attn or cfg.kv_type != "f16",
         swa_full=False,
-        n_threads=max(1, hw.physical_cores),
+        n_threads=n_threads,
         devices=p.devices,
         ram=p.ram,
-        tokens_per_s_estimate=tps,
+        forecast=speed,
         compute_source=source,
         explanation="",
         n_layer=n_layer,
         notes=tuple(notes),
+        n_batch=n_batch,
+        n_ubatch=ubatch,
     )
     return replace(plan, explanation=explain(plan, info, hw))
 
 
-def _speed(info: GGUFInfo, hw: HardwareInfo, p: Projection, cfg: Config) -> float:
-    """tok/s ≲ bandwidth ÷ bytes read per token (active experts only), per memory pool."""
-    active_fraction = 1.0 if not info.n_expert else max(1, info.n_expert_used) / info.n_expert
-    seconds = 0.0
-    for usage, dev in zip(p.devices, hw.devices, strict=True):
-        if not usage.weights:
-            continue
-        # experts are most of the weights: scale the expert part by the active fraction
-        bw = dev.bandwidth_gbs or DEFAULT_GPU_BANDWIDTH_GBS
-        seconds += _active_bytes(usage.weights, info, active_fraction) / (bw * GB)
-    ram_bw = hw.ram_bandwidth_gbs or DEFAULT_RAM_BANDWIDTH_GBS
-    ram_active = _active_bytes(p.ram.weights - info.token_embd_bytes, info, active_fraction)
-    seconds += ram_active / (ram_bw * GB)
-    return SPEED_EFFICIENCY / seconds if seconds > 0 else 0.0
+def with_ubatch(p: Projection, info: GGUFInfo, ubatch: int) -> Projection:
+    """The projection at micro-batch ``ubatch`` (the buffers above are for N_UBATCH): llama.cpp's
+    compute buffers grow in proportion (activations, logits and masks are n_ubatch rows), and
+    llama-cpp-python's logits array holds n_batch rows of the vocabulary."""
+    if ubatch == N_UBATCH:
+        return p
+    factor = ubatch / N_UBATCH
+    devices = tuple(replace(d, compute=int(d.compute * factor)) for d in p.devices)
+    extra_logits = (max(N_BATCH, ubatch) - N_BATCH) * info.vocab_size * 4
+    ram = replace(p.ram, compute=int(p.ram.compute * factor), other=p.ram.other + extra_logits)
+    return Projection(devices, ram)
 
 
-def _active_bytes(weights: int, info: GGUFInfo, active_fraction: float) -> float:
-    total = max(1, info.total_bytes - info.token_embd_bytes)
-    expert_share = info.expert_bytes / total
-    return weights * ((1 - expert_share) + expert_share * active_fraction)
+def _choose_ubatch(
+    info: GGUFInfo, hw: HardwareInfo, proj: Projector, cfg: Config, threads: int, max_ubatch: int
+) -> tuple[int, Config, float]:
+    """The prompt micro-batch for a GPU machine with weights in RAM: llama.cpp uploads those weights
+    to the GPU once per micro-batch, so a larger one reads a long prompt faster. Its larger compute
+    buffers may take the room of some layers' experts, which then move to RAM too, as long as
+    generation loses at most GEN_LOSS_MAX. Returns the smallest size within UBATCH_GAIN of the
+    fastest prompts, its configuration, and the prompt speed at the default size (0.0: nothing
+    was compared)."""
+    n_layer = info.n_layer
+    in_ram = cfg.n_cpu_moe > 0 or cfg.n_gpu_layers <= n_layer
+    if not hw.devices or not in_ram:
+        return N_UBATCH, cfg, 0.0
+    most = gpu_layers_repeating(n_layer, cfg.n_gpu_layers)
+    options: list[tuple[int, Config, Forecast]] = []
+    for ub in (u for u in UBATCH_CHOICES if u <= max(N_UBATCH, max_ubatch)):
+        c = next(
+            (
+                replace(cfg, n_cpu_moe=e)
+                for e in range(cfg.n_cpu_moe, most + 1)
+                if with_ubatch(proj.project(replace(cfg, n_cpu_moe=e)), info, ub).fits
+            ),
+            None,
+        )
+        if c is None:
+            break
+        placement = placement_of(info, hw, proj, c, threads, ub, max(N_BATCH, ub))
+        f = forecast(info, placement, hw.speeds)
+        if options and f.tokens_per_s < (1 - GEN_LOSS_MAX) * options[0][2].tokens_per_s:
+            break
+        options.append((ub, c, f))
+    if not options:
+        return N_UBATCH, cfg, 0.0
+    best = max(f.prompt_tokens_per_s for _, _, f in options)
+    ub, c, _f = next(o for o in options if o[2].prompt_tokens_per_s * UBATCH_GAIN >= best)
+    return ub, c, options[0][2].prompt_tokens_per_s
+
+
+def placement_of(
+    info: GGUFInfo,
+    hw: HardwareInfo,
+    proj: Projector,
+    cfg: Config,
+    n_threads: int,
+    n_ubatch: int = N_UBATCH,
+    n_batch: int = N_BATCH,
+) -> Placement:
+    """Where ``cfg`` puts each layer's dense and routed-expert weights, for the forecast."""
+    n_layer = info.n_layer
+    g = cfg.n_gpu_layers if hw.devices else 0
+    where = layer_devices(n_layer, g, hw.devices)
+    moe_cpu = set(proj.expert_order(where)[: cfg.n_cpu_moe])
+    layer_params, output_params = params_of(info)
+    kv_cell = kv_row_bytes(cfg.kv_type, info.n_embd_k_gqa) + kv_row_bytes(cfg.kv_type, info.n_embd_v_gqa)
+    pools: dict[int, dict[str, float]] = {}
+    chunked: dict[int, list[bool]] = {}
+
+    def pool(d: int) -> dict[str, float]:
+        return pools.setdefault(d, {"dense": 0, "expert": 0, "dp": 0, "ep": 0, "layers": 0})
+
+    for il, layer in enumerate(info.layers[:n_layer]):
+        d = where[il]
+        dense_p, expert_p = layer_params.get(il, (0.0, 0.0))
+        p = pool(d)
+        p["dense"] += layer.dense_bytes
+        p["dp"] += dense_p
+        p["layers"] += 1
+        chunked.setdefault(d, []).append(info.swa_layers[il] if il < len(info.swa_layers) else False)
+        e = pool(-1) if (d >= 0 and il in moe_cpu) else p
+        e["expert"] += layer.expert_bytes
+        e["ep"] += expert_p
+    out = pool(where[n_layer])
+    out["dense"] += info.output_bytes + info.output_norm_bytes
+    out["dp"] += output_params
+    result = []
+    for d in sorted(pools, key=lambda k: (k < 0, k)):
+        p = pools[d]
+        layers = chunked.get(d, [])
+        dev = hw.devices[d] if d >= 0 else None
+        result.append(
+            Pool(
+                gpu=dev.name if dev else None,
+                dense_bytes=int(p["dense"]),
+                expert_bytes=int(p["expert"]),
+                dense_params=p["dp"],
+                expert_params=p["ep"],
+                layers=int(p["layers"]),
+                kv_bytes_per_cell=kv_cell * len(layers),
+                attn_layers=tuple(layers),
+                bandwidth_gbs=dev.bandwidth_gbs if dev else None,
+            )
+        )
+    first = hw.devices[0] if hw.devices else None
+    return Placement(
+        pools=tuple(result),
+        n_threads=n_threads,
+        n_ubatch=n_ubatch,
+        n_batch=n_batch,
+        n_ctx=cfg.n_ctx,
+        has_gpu=first is not None,
+        first_gpu=first.name if first else "",
+        first_gpu_bandwidth=first.bandwidth_gbs if first else None,
+    )
 
 
 def explain(plan: Plan, info: GGUFInfo, hw: HardwareInfo) -> str:
@@ -398,7 +536,7 @@ def explain(plan: Plan, info: GGUFInfo, hw: HardwareInfo) -> str:
     )
     if any(d.unified for d in hw.devices):
         mem = f"≈ {format_gb(plan.vram_bytes)} GPU + {format_gb(plan.ram.total)} CPU of unified memory"
-    speed = f"expect ~{plan.tokens_per_s_estimate:.0f} tok/s (rough estimate from memory bandwidth)"
+    speed = f"expect {plan.forecast.summary}" + ("" if plan.forecast.measured else " (not yet measured here)")
     head = f"{plan.label}: "
     text = f"{head}{where}, {ctx}, {mem}, {speed}."
     if not plan.fits:
@@ -416,18 +554,56 @@ def plan_with_dry_run(
     measure: Callable[[LoadParams], MeasuredBuffers],
     mmproj_bytes: int = 0,
     max_rounds: int = 3,
+    n_threads: int | None = None,
 ) -> Plan:
     """Plan with the formula, measure that configuration with llama.cpp's dry run, re-plan with the
     measured compute buffer; repeat until the configuration is stable (usually 1–2 dry runs)."""
     measurements: dict[tuple[int, bool, str], MeasuredBuffers] = {}
-    plan = make_plan(info, hardware, overrides, mmproj_bytes=mmproj_bytes)
+    o = overrides or PlanOverrides()
+    plan = make_plan(info, hardware, o, mmproj_bytes=mmproj_bytes, n_threads=n_threads)
     for _ in range(max_rounds):
         key = (plan.n_ctx, plan.flash_attn, plan.type_k)
         if key in measurements:
             break
-        measurements[key] = measure(plan.to_load_params(info.path))
-        plan = make_plan(info, hardware, overrides, measurements=measurements, mmproj_bytes=mmproj_bytes)
+        # measured at the base micro-batch: the planner scales compute buffers from it
+        base = replace(plan.to_load_params(info.path), n_batch=N_BATCH, n_ubatch=N_UBATCH)
+        measurements[key] = measure(base)
+        plan = make_plan(
+            info, hardware, o, measurements=measurements, mmproj_bytes=mmproj_bytes, n_threads=n_threads
+        )
+    while plan.fits and o.n_ubatch is None and plan.n_ubatch > N_UBATCH:
+        # the micro-batch the planner chose, checked with llama.cpp's own figures
+        m = measure(plan.to_load_params(info.path))
+        if _compute_fits(plan, m, hardware):
+            break
+        log.info("n_ubatch %d: llama.cpp's compute buffers do not fit; trying less", plan.n_ubatch)
+        plan = make_plan(
+            info,
+            hardware,
+            o,
+            measurements=measurements,
+            mmproj_bytes=mmproj_bytes,
+            n_threads=n_threads,
+            max_ubatch=plan.n_ubatch // 2,
+        )
     return plan
+
+
+def _compute_fits(plan: Plan, m: MeasuredBuffers, hw: HardwareInfo) -> bool:
+    """Whether llama.cpp's measured compute buffers at the plan's micro-batch fit each GPU's room."""
+    from app.core.engine.probe import is_host_buffer
+    from app.core.projection import device_index
+
+    per_gpu: dict[int, int] = {}
+    for buf, size in m.compute.items():
+        if not is_host_buffer(buf) and hw.devices:
+            i = device_index(buf, hw.devices)
+            per_gpu[i] = per_gpu.get(i, 0) + size
+    for i, usage in enumerate(plan.devices):
+        measured = per_gpu.get(i)
+        if measured is not None and usage.total - usage.compute + measured > usage.budget:
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,10 +642,17 @@ def plan_load(
     mmproj_bytes = projector.stat().st_size if projector else 0
     if measure is not None:
         plan = plan_with_dry_run(
-            info, hardware, request.overrides, measure=measure, mmproj_bytes=mmproj_bytes
+            info,
+            hardware,
+            request.overrides,
+            measure=measure,
+            mmproj_bytes=mmproj_bytes,
+            n_threads=request.n_threads,
         )
     else:
-        plan = make_plan(info, hardware, request.overrides, mmproj_bytes=mmproj_bytes)
+        plan = make_plan(
+            info, hardware, request.overrides, mmproj_bytes=mmproj_bytes, n_threads=request.n_threads
+        )
     params = plan.to_load_params(info.path, mmproj_path=projector)
     if request.n_threads:
         params = replace(params, n_threads=request.n_threads, n_threads_batch=request.n_threads)
@@ -523,3 +706,14 @@ def merge_overrides(overrides: PlanOverrides | None, n_ctx_setting: int) -> Plan
     if o.n_ctx is None and o.n_ctx_target is None and n_ctx_setting:
         return replace(o, n_ctx_target=n_ctx_setting)
     return o
+
+
+def forecast_for(
+    info: GGUFInfo, hardware: HardwareInfo, plan: Plan, *, depth: int, prompt_tokens: int
+) -> Forecast:
+    """The forecast of ``plan`` at another depth / prompt length (the self-test and the bench
+    compare it with what they measure)."""
+    proj = Projector(info, hardware, mmproj_bytes=0, compute_for=compute_model(info, hardware.devices, {}))
+    cfg = Config(plan.n_gpu_layers, plan.n_cpu_moe, plan.n_ctx, plan.type_k, plan.flash_attn)
+    placement = placement_of(info, hardware, proj, cfg, plan.n_threads, plan.n_ubatch, plan.n_batch)
+    return forecast(info, placement, hardware.speeds, depth=depth, prompt_tokens=prompt_tokens)

@@ -17,6 +17,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from app.core.downloads import Phase
+from app.core.forecast import speed_figure
 from app.core.manifest import Manifest
 from app.core.splits import split_parts
 from app.core.units import format_bytes, format_rate
@@ -145,9 +146,12 @@ class BuildRowWidget(QFrame):
         self.vision_badge.setToolTip("Comes with a vision projector: you can attach images")
         self.vision_badge.setVisible(build.projector is not None)
         self.fit_badge = _badge("", "fit")
+        self.speed_badge = _badge("", "info")  # the forecast here (filled by set_fit)
+        self.speed_badge.hide()
         badges = QHBoxLayout()
         badges.setSpacing(6)
-        for badge in (self.quant_badge, self.bits_badge, self.size_badge, self.vision_badge, self.fit_badge):
+        for badge in (self.quant_badge, self.bits_badge, self.size_badge, self.vision_badge, self.fit_badge,
+                      self.speed_badge):  # fmt: skip
             badges.addWidget(badge)
         badges.addStretch(1)
         return badges
@@ -214,6 +218,11 @@ class BuildRowWidget(QFrame):
         basis = "Planned from the file's header: " if from_file else "Planned from the manifest's figures: "
         self.fit_badge.setToolTip(basis + fit.plan.explanation)
         _restyle(self.fit_badge)
+        forecast = fit.plan.forecast
+        self.speed_badge.setVisible(fit.fits and forecast.tokens_per_s > 0)
+        self.speed_badge.setText(f"≈ {speed_figure(forecast.tokens_per_s)} tok/s here")
+        measured = "" if forecast.measured else " (assumed figures until a model is first loaded)"
+        self.speed_badge.setToolTip(f"Forecast for this computer: {forecast.summary}{measured}")
 
     def set_progress(self, progress: DownloadProgress | None) -> None:
         if progress is None:

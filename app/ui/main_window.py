@@ -702,8 +702,8 @@ class MainWindow(QMainWindow):
         self.show_error(message, detail)
         self._update_actions()
 
-    def _on_conversations_prompt_progress(self, fraction: float) -> None:
-        self.status.show_prompt_progress(fraction)
+    def _on_conversations_prompt_progress(self, fraction: float, seconds_left: float) -> None:
+        self.status.show_prompt_progress(fraction, None if seconds_left < 0 else seconds_left)
 
     def _on_conversations_context_changed(self, used: int, n_ctx: int) -> None:
         self.status.set_context(used, n_ctx)

@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 RECOMPUTE_DELAY_MS = 50
 KV_CHOICES = (("Auto", None), ("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"))
 FLASH_CHOICES = (("Auto", None), ("On", True), ("Off", False))
+UBATCH_CHOICES = (("Auto", None), ("512", 512), ("1,024", 1024), ("2,048", 2048), ("4,096", 4096))
 
 
 def choose_model_file(parent: QWidget, start_dir: str) -> str:
@@ -288,6 +289,15 @@ class PlanPanel(QDialog):
             "larger buffers fit, because llama.cpp's CPU flash attention is slower"
         )
         self.flash_combo.currentIndexChanged.connect(self._on_advanced_input_changed)
+        self.ubatch_combo = QComboBox()
+        for label, ubatch in UBATCH_CHOICES:
+            self.ubatch_combo.addItem(label, ubatch)
+        self.ubatch_combo.setToolTip(
+            "Tokens of a prompt read at a time (n_ubatch). Auto: 512, larger on a GPU machine with "
+            "weights in system RAM (they are copied to the GPU once per batch), as far as its larger "
+            "buffers fit"
+        )
+        self.ubatch_combo.currentIndexChanged.connect(self._on_advanced_input_changed)
         self.advanced_note = _label("planMuted")
         self.advanced_note.hide()
         form = QFormLayout(box)
@@ -302,6 +312,7 @@ class PlanPanel(QDialog):
             self.context_combo,
             self.kv_combo,
             self.flash_combo,
+            self.ubatch_combo,
         ):
             widget.setMinimumWidth(130)
         form.addRow("GPU layers", self.gpu_layers_spin)
@@ -309,6 +320,7 @@ class PlanPanel(QDialog):
         form.addRow("Context size", self.context_combo)
         form.addRow("KV cache type", self.kv_combo)
         form.addRow("Flash attention", self.flash_combo)
+        form.addRow("Prompt batch", self.ubatch_combo)
         form.addRow(self.advanced_note)
         return box
 
@@ -384,6 +396,7 @@ class PlanPanel(QDialog):
             n_ctx_target=None if n_ctx else self._n_ctx_target,
             kv_type=self.kv_combo.currentData(),
             flash_attn=self.flash_combo.currentData(),
+            n_ubatch=self.ubatch_combo.currentData(),
         )
 
     def set_overrides(self, overrides: PlanOverrides | None) -> None:
@@ -396,6 +409,7 @@ class PlanPanel(QDialog):
             self.context_combo,
             self.kv_combo,
             self.flash_combo,
+            self.ubatch_combo,
         )
         for widget in widgets:
             widget.blockSignals(True)
@@ -407,6 +421,7 @@ class PlanPanel(QDialog):
             self.context_combo.setCurrentIndex(max(0, self.context_combo.findData(o.n_ctx)))
             self.kv_combo.setCurrentIndex(max(0, self.kv_combo.findData(o.kv_type)))
             self.flash_combo.setCurrentIndex(max(0, self.flash_combo.findData(o.flash_attn)))
+            self.ubatch_combo.setCurrentIndex(max(0, self.ubatch_combo.findData(o.n_ubatch)))
         finally:
             for widget in widgets:
                 widget.blockSignals(False)
@@ -508,7 +523,7 @@ class PlanPanel(QDialog):
         self.verdict_label.setProperty("kind", verdict_kind(plan))
         self.verdict_label.style().unpolish(self.verdict_label)
         self.verdict_label.style().polish(self.verdict_label)
-        self.speed_label.setText(speed_text(plan.tokens_per_s_estimate))
+        self.speed_label.setText(speed_text(plan.forecast))
         usages = [*plan.devices, plan.ram]
         while len(self.device_rows) < len(usages):
             row = DeviceRow()
@@ -534,6 +549,7 @@ class PlanPanel(QDialog):
         self.context_combo.setItemText(0, f"Auto ({format_context(plan.n_ctx)})")
         self.kv_combo.setItemText(0, f"Auto ({plan.type_k})")
         self.flash_combo.setItemText(0, f"Auto ({'on' if plan.flash_attn else 'off'})")
+        self.ubatch_combo.setItemText(0, f"Auto ({plan.n_ubatch:,})")
         kv = self.kv_combo.currentData()
         if kv in ("q8_0", "q4_0") and self.flash_combo.currentData() is False:
             self.advanced_note.setText("A quantized KV cache needs flash attention, so it stays on.")

@@ -16,6 +16,7 @@ from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QStatusBar
 
 from app.core.chunking import estimate_tokens
+from app.core.forecast import format_time_left
 from app.core.units import format_tokens
 
 if TYPE_CHECKING:
@@ -195,9 +196,14 @@ class WindowStatus(QObject):
     def clear_activity(self) -> None:
         self.activity_label.clear()
 
-    def show_prompt_progress(self, fraction: float) -> None:
+    def show_prompt_progress(self, fraction: float, seconds_left: float | None = None) -> None:
+        """``Reading the prompt… 40% — about 2 min left`` (the time from the rate measured while
+        it is read; without one yet, the percentage alone)."""
         self._activity_timer.stop()  # shown until the answer starts
-        self.activity_label.setText(f"Reading the prompt… {round(fraction * 100)}%")
+        text = f"Reading the prompt… {round(fraction * 100)}%"
+        if seconds_left is not None and fraction < 1:
+            text += f" — {format_time_left(seconds_left)}"
+        self.activity_label.setText(text)
 
     # -- answers: speed and context ---------------------------------------------------------
     def set_context(self, used: int, n_ctx: int) -> None:

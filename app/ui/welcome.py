@@ -332,9 +332,10 @@ class WelcomePage(QWidget):
             self.recommendation_label.setText(rec.summary)
         else:
             verdict = fit.fit.label
+            speed = f", {fit.plan.forecast.summary}" if fit.fits and fit.plan.forecast.summary else ""
             self.recommendation_label.setText(
                 f"{fit.build.display_name}, a {format_gb(fit.download_bytes)} download — "
-                f"{verdict} on this machine."
+                f"{verdict} on this machine{speed}."
             )
         detail = [fit.build.who_for + "."]
         if fit.fits:

@@ -20,12 +20,15 @@ from PySide6.QtCore import QObject, Signal, Slot
 from app.core import reading
 from app.core import tools as tool_calls
 from app.core.context import dropped_notice
+from app.core.forecast import PromptTimer
 from app.core.presets import ConversationOptions
 from app.core.store import DEFAULT_TITLE, AttachmentState, MessageStatus, make_title
 from app.core.turns import TurnRequest
 from app.core.types import DocumentMode, FinishReason, GenerationStats, Role, SamplingParams
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from app.config import AppPaths, Settings
     from app.core.store import Attachment, Conversation, Store, StoredMessage
     from app.core.turns import Turn
@@ -74,7 +77,8 @@ class ConversationController(QObject):
     tokens_streamed(int, str): assistant message id, text delta.
     generation_finished(int, object): message id, GenerationStats.
     generation_failed(int, str, str): message id (0 when no answer was started), human message, detail.
-    prompt_progress(float): 0..1 while a long prompt is processed.
+    prompt_progress(float, float): 0..1 while a long prompt is processed, and the seconds left
+        (from the rate measured while it is read; -1 while unknown).
     context_changed(int, int): tokens used, n_ctx.
     busy_changed(bool): True from a send until its answer ends.
     turn_decided(object): the Turn the model sees (a preview of the next one, or one being answered).
@@ -101,7 +105,7 @@ class ConversationController(QObject):
     tokens_streamed = Signal(int, str)
     generation_finished = Signal(int, object)
     generation_failed = Signal(int, str, str)
-    prompt_progress = Signal(float)
+    prompt_progress = Signal(float, float)
     context_changed = Signal(int, int)
     busy_changed = Signal(bool)
     turn_decided = Signal(object)
@@ -158,6 +162,8 @@ class ConversationController(QObject):
         self._queue_ids = itertools.count(1)
         self._queue_editing: int | None = None  # a queued message open in the composer: it waits
         self._continuing: StoredMessage | None = None  # the answer being continued, as it was
+        self._prompt_timer: tuple[int, PromptTimer] | None = None  # (gen id, its timer)
+        self.clock: Callable[[], float] = time.monotonic  # the prompt timer's (tests set one)
 
         worker = inference.worker
         self.read_requested.connect(worker.read_whole)
@@ -838,8 +844,19 @@ class ConversationController(QObject):
 
     @Slot(int, int, int)
     def _on_worker_prompt_progress(self, gen_id: int, done: int, total: int) -> None:
-        if gen_id == self._gen_id and total > 0:
-            self.prompt_progress.emit(done / total)
+        if gen_id != self._gen_id or total <= 0:
+            return
+        if self._prompt_timer is None or self._prompt_timer[0] != gen_id:
+            self._prompt_timer = (gen_id, PromptTimer(self._known_prompt_rate()))
+        left = self._prompt_timer[1].remaining(done, total, self.clock())
+        self.prompt_progress.emit(done / total, -1.0 if left is None else left)
+
+    def _known_prompt_rate(self) -> float:
+        """Prompt tokens/s before this prompt measured its own: the last answers', else the plan's."""
+        if self._speeds is not None and self._speeds.prompt > 0:
+            return self._speeds.prompt
+        plan = self._models.plan
+        return plan.forecast.prompt_tokens_per_s if plan is not None else 0.0
 
     @Slot(int, str)
     def _on_worker_tokens_generated(self, gen_id: int, text: str) -> None:

@@ -203,6 +203,16 @@ def test_the_planner_dry_run_in_the_engine_process_measures_what_it_measures_her
     assert there.model_bytes > 0
 
 
+def test_the_speed_probe_runs_in_the_engine_process(proxies: Proxies) -> None:
+    """The forecast's llama.cpp figures are measured in the engine process (the window never
+    imports llama_cpp); five positive figures (no timing is asserted: the machine is shared)."""
+    proxy = proxies()
+    figures = proxy.measure_speeds(1)
+    proxies.note(proxy)
+    assert len(figures) == 5
+    assert all(f > 0 for f in figures)
+
+
 def test_a_killed_engine_mid_answer_is_an_error_and_the_next_load_works(
     proxies: Proxies, tiny_model: Path
 ) -> None:

@@ -4,6 +4,7 @@ llama.cpp's dry run), real llama.cpp in the inference thread, real SQLite, real 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,7 @@ def test_self_test_command(capsys, tmp_path: Path) -> None:
     out = capsys.readouterr().out
     assert "self-test OK" in out
     assert "tokens per second" in out
+    assert re.search(r"^forecast [\d,.]+ tok/s, measured [\d,.]+ tok/s; prompt", out, re.MULTILINE), out
     model = write_tiny_model(tmp_path / "other.gguf", TinyModelSpec(seed=5, dtype="Q8_0"))[0]
     assert main(["--self-test", "--model", str(model)]) == 0
     bad = tmp_path / "bad.gguf"

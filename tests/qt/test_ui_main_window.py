@@ -277,3 +277,23 @@ def test_about_dialog_opens(qtbot, window: MainWindow) -> None:
     assert "MIT" in dialog.text.text()
     assert "Llama 4 Community License" in dialog.text.text()
     dialog.close()
+
+
+def test_the_prompt_progress_shows_the_time_left(
+    qtbot, controller: AppController, window: MainWindow
+) -> None:
+    """The worker's progress reports (tokens read of the prompt) through the real controller: the
+    status bar's "Reading the prompt…" gains the time left from the rate measured meanwhile."""
+    conversations = controller.conversations
+    times = iter([100.0, 102.0])
+    conversations.clock = lambda: next(times)
+    conversations._gen_id = 41  # an answer in progress (its prompt being read)
+    worker = controller._inference.worker
+    worker.prompt_progress.emit(41, 512, 4096)
+    qtbot.waitUntil(lambda: "Reading the prompt… 12%" in window.status.activity_label.text())
+    worker.prompt_progress.emit(41, 1024, 4096)  # 512 tokens in 2 s: 3,072 left take 12 s
+    qtbot.waitUntil(
+        lambda: window.status.activity_label.text() == "Reading the prompt… 25% — about 10 s left"
+    )
+    worker.prompt_progress.emit(40, 2048, 4096)  # a stale answer's report is ignored
+    assert "25%" in window.status.activity_label.text()

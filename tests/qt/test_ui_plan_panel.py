@@ -13,9 +13,9 @@ from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QApplication
 
 from app.core.hardware import SimulatedHardware
-from app.core.planner import GB, VERDICT_SPLIT, PlanOverrides, make_plan, plan_load
+from app.core.planner import VERDICT_SPLIT, PlanOverrides, make_plan, plan_load
 from app.core.scout_shape import write_scout_shape
-from app.core.units import format_context
+from app.core.units import GB, format_context
 from app.ui.main_window import MainWindow
 from app.ui.plan_panel import PlanPanel, context_choices
 
@@ -103,7 +103,13 @@ def test_24gb_gpu_splits_with_one_bar_per_device(qtbot, controller, scout_q4) ->
     assert panel.explanation_label.text() == expected.explanation
     assert "all 48 layers on the NVIDIA GeForce RTX 4090" in panel.explanation_label.text()
     assert panel.speed_label.text().startswith("≈ ")
-    assert panel.speed_label.text().endswith("tok/s (estimate)")
+    assert "tok/s, prompt ≈ " in panel.speed_label.text()
+    assert "a 100-page document: " in panel.speed_label.text()
+    assert "assumed figures" in panel.speed_label.text()  # no probe measured on a simulated machine
+    # experts in RAM on a GPU: a larger prompt batch, explained, and shown as Advanced's Auto
+    assert expected.n_ubatch > 512
+    assert f"Prompts are read {expected.n_ubatch:,} tokens at a time" in panel.explanation_label.text()
+    assert panel.ubatch_combo.itemText(0) == f"Auto ({expected.n_ubatch:,})"
     assert "Q4_K_M" in panel.model_detail.text()
     assert "48 layers" in panel.model_detail.text()
     assert panel.gpu_layers_spin.specialValueText() == f"Auto ({expected.n_gpu_layers})"
@@ -158,6 +164,20 @@ def test_context_128k_grows_the_kv_cache_live(qtbot, controller) -> None:
     assert panel.device_rows[0].usage.kv == after.devices[0].kv
     assert "128k context" in panel.explanation_label.text()
     assert panel.overrides() == PlanOverrides(n_ctx=131072)
+
+
+def test_the_prompt_batch_can_be_fixed_in_advanced(qtbot, controller) -> None:
+    panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
+    auto = panel.plan
+    assert auto is not None
+    assert auto.n_ubatch > 512
+    with qtbot.waitSignal(panel.plan_projected, timeout=1000) as blocker:
+        set_combo_data(panel.ubatch_combo, 512)
+    fixed: Plan = blocker.args[0]
+    assert (fixed.n_ubatch, fixed.n_batch) == (512, 512)
+    assert fixed.forecast.prompt_tokens_per_s < auto.forecast.prompt_tokens_per_s
+    assert "Prompts are read" not in panel.explanation_label.text()
+    assert panel.overrides() == PlanOverrides(n_ubatch=512)
 
 
 def test_edits_are_debounced_into_one_projection(qtbot, controller) -> None:

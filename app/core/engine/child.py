@@ -9,7 +9,8 @@ last lines it wrote; llama.cpp's own log (the log callback) is written there too
 The protocol (plain tuples, pickled by ``multiprocessing.connection``):
 
 * requests: ``(command, *args)`` — ``load``, ``unload``, ``count_tokens``, ``count_chat_tokens``,
-  ``stream_chat``, ``measure_buffers`` (the planner's dry run), ``state_key``, ``save_state``,
+  ``stream_chat``, ``measure_buffers`` (the planner's dry run), ``measure_speeds`` (the forecast's
+  probe: :mod:`.speed_probe`), ``state_key``, ``save_state``,
   ``load_state``, ``version``, ``trial`` (a file never loaded before, in a throw-away process:
   :func:`~app.core.engine.probe.try_model_file`), ``quit``;
 * replies: ``("progress", fraction)`` while loading, ``("prompt", done, total)`` and
@@ -76,7 +77,7 @@ def serve(conn: Connection, cancel: Any, load_cancel: Any, shared: Any, log_path
 
 def _answer(handlers: _Handlers, command: str, args: list[Any]) -> tuple[Any, ...]:
     """Run one request; its final reply (``ok`` or ``error``)."""
-    _LOADING.active = command in ("load", "measure_buffers", "trial")
+    _LOADING.active = command in ("load", "measure_buffers", "trial", "measure_speeds")
     try:
         return ("ok", getattr(handlers, command)(*args))
     except OSError as exc:
@@ -165,6 +166,11 @@ class _Handlers:
         from app.core.engine.probe import measure_buffers
 
         return measure_buffers(params)
+
+    def measure_speeds(self, n_threads: int) -> tuple[float, float, float, float, float]:
+        from app.core.engine.speed_probe import measure_llama
+
+        return measure_llama(int(n_threads))
 
     def trial(self, path: Any) -> None:
         from app.core.engine.probe import try_model_file

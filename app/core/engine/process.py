@@ -290,6 +290,12 @@ class EngineProxy:
         )
         return buffers
 
+    def measure_speeds(self, n_threads: int) -> tuple[float, float, float, float, float]:
+        """llama.cpp's speeds on this machine for the forecast
+        (:func:`app.core.engine.speed_probe.measure_llama`), in the engine process."""
+        figures = self._call("measuring this computer's speed", ("measure_speeds", n_threads))
+        return tuple(float(x) for x in figures)  # type: ignore[return-value]
+
     def state_key(self) -> str:
         return str(self._call("working", ("state_key",)))
 
