@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from app.core.errors import UserError
-from app.core.types import StrEnum
+from app.core.types import FinishReason, StrEnum
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -48,6 +48,16 @@ class MessageStatus(StrEnum):
 
 
 STATUSES = frozenset(status.value for status in MessageStatus)
+
+
+def answer_unfinished(role: str, text: str, status: str, finish_reason: object) -> bool:
+    """An answer that stopped before its end: stopped, interrupted, or cut off by a limit (what
+    Continue can extend)."""
+    if role != "assistant" or not text.strip():
+        return False
+    if status in (MessageStatus.CANCELLED, MessageStatus.INTERRUPTED):
+        return True
+    return status == MessageStatus.COMPLETE and finish_reason in (FinishReason.LENGTH, FinishReason.CONTEXT)
 
 
 class AttachmentState(StrEnum):

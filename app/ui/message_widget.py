@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.store import MessageStatus
+from app.core.store import MessageStatus, answer_unfinished
 from app.core.types import FinishReason
 from app.ui import theme
 from app.ui.attachment_chips import MessageAttachmentsWidget
@@ -529,14 +529,7 @@ class MessageWidget(QFrame):
 
     def is_unfinished(self) -> bool:
         """An answer that stopped before its end (stopped, interrupted, cut off by a limit)."""
-        if self.role != "assistant" or not self.text.strip():
-            return False
-        if self.status in (MessageStatus.CANCELLED, MessageStatus.INTERRUPTED):
-            return True
-        return self.status == MessageStatus.COMPLETE and self.stats.get("finish_reason") in (
-            FinishReason.LENGTH,
-            FinishReason.CONTEXT,
-        )
+        return answer_unfinished(self.role, self.text, self.status, self.stats.get("finish_reason"))
 
     def resume(self) -> None:
         """The answer streams again (Continue): its badge and figures wait for the new end."""

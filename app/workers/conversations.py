@@ -22,7 +22,7 @@ from app.core import tools as tool_calls
 from app.core.context import dropped_notice
 from app.core.forecast import PromptTimer
 from app.core.presets import ConversationOptions
-from app.core.store import DEFAULT_TITLE, AttachmentState, MessageStatus, make_title
+from app.core.store import DEFAULT_TITLE, AttachmentState, MessageStatus, answer_unfinished, make_title
 from app.core.turns import TurnRequest
 from app.core.types import DocumentMode, FinishReason, GenerationStats, Role, SamplingParams
 
@@ -654,7 +654,7 @@ class ConversationController(QObject):
         if self.is_busy or self._conversation_id is None:
             return
         path = self._store.messages(self._conversation_id)
-        index = next((i for i, m in enumerate(path) if m.id == message_id), None)
+        index = _position(path, message_id)
         if index is None:
             return
         anchor = _branch_anchor(path, index)
@@ -706,7 +706,7 @@ class ConversationController(QObject):
                 return
             index = last_user + 1
         else:
-            found = next((i for i, m in enumerate(path) if m.id == message_id), None)
+            found = _position(path, message_id)
             if found is None or path[found].role != Role.ASSISTANT.value:
                 return
             index = path.index(_branch_anchor(path, found))
@@ -723,7 +723,7 @@ class ConversationController(QObject):
         if not text or self.is_busy or self._conversation_id is None:
             return
         path = self._store.messages(self._conversation_id)
-        index = next((i for i, m in enumerate(path) if m.id == message_id), None)
+        index = _position(path, message_id)
         if index is None or path[index].role != Role.USER.value:
             return
         old = path[index]
@@ -743,7 +743,8 @@ class ConversationController(QObject):
         path = self._store.messages(self._conversation_id)
         if not path or path[-1].id != message_id:
             return False
-        return _unfinished(path[-1])
+        last = path[-1]
+        return answer_unfinished(last.role, last.content, last.status, last.stats.get("finish_reason"))
 
     def continue_answer(self, message_id: int) -> None:
         """Continue the answer ``message_id`` in place: the model carries on the same text (its
@@ -770,7 +771,7 @@ class ConversationController(QObject):
         if not text or self.is_busy or self._conversation_id is None:
             return
         path = self._store.messages(self._conversation_id)
-        index = next((i for i, m in enumerate(path) if m.id == message_id), None)
+        index = _position(path, message_id)
         if index is None or path[index].role != Role.ASSISTANT.value:
             return
         old = path[index]
@@ -1127,16 +1128,9 @@ def _branch_anchor(path: list[StoredMessage], index: int) -> StoredMessage:
     return path[index]
 
 
-def _unfinished(message: StoredMessage) -> bool:
-    """An answer that stopped before its end: stopped, interrupted, or cut off by a limit."""
-    if message.role != Role.ASSISTANT.value or not message.content.strip():
-        return False
-    if message.status in (MessageStatus.CANCELLED, MessageStatus.INTERRUPTED):
-        return True
-    return message.status == MessageStatus.COMPLETE and message.stats.get("finish_reason") in (
-        FinishReason.LENGTH,
-        FinishReason.CONTEXT,
-    )
+def _position(path: list[StoredMessage], message_id: int) -> int | None:
+    """Where ``message_id`` is on the branch ``path`` (None: not on it)."""
+    return next((i for i, m in enumerate(path) if m.id == message_id), None)
 
 
 def _continued_stats(before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
