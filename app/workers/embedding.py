@@ -63,6 +63,8 @@ PAUSE_POLL_S = 0.1
 
 ASK, ON, OFF = "ask", "on", "off"  # the ``search_model`` setting
 
+INDEXING_TIP = "Questions use keyword search until indexing is done."
+PAUSED_TIP = "The search model waits for the answer to finish, so the two never share the cores."
 KEYWORD_TEXT = "Keyword search: may miss reworded questions"
 KEYWORD_NOTE = "Keyword search only: answers may miss questions asked in other words."
 
@@ -515,32 +517,19 @@ class EmbeddingController(QObject):
 
     @Slot(int, int, int, int)
     def _on_worker_index_progress(self, job: int, doc_id: int, done: int, total: int) -> None:
-        if self._current is None or self._current[0] != job:
-            return
-        fraction = done / total if total else 1.0
-        self._set_status(
-            doc_id,
-            SearchStatus(
-                SearchState.INDEXING,
-                f"Indexing for search… {round(fraction * 100)} %",
-                "Questions use keyword search until indexing is done.",
-                fraction,
-            ),
-        )
+        self._indexing(job, doc_id, done, total, "Indexing for search…", INDEXING_TIP)
 
     @Slot(int, int, int, int)
     def _on_worker_index_paused(self, job: int, doc_id: int, done: int, total: int) -> None:
+        self._indexing(job, doc_id, done, total, "Indexing paused while Scout answers…", PAUSED_TIP)
+
+    def _indexing(self, job: int, doc_id: int, done: int, total: int, text: str, tip: str) -> None:
+        """The chip's status while the current job indexes ``doc_id`` (``done`` of ``total``)."""
         if self._current is None or self._current[0] != job:
             return
         fraction = done / total if total else 1.0
         self._set_status(
-            doc_id,
-            SearchStatus(
-                SearchState.INDEXING,
-                f"Indexing paused while Scout answers… {round(fraction * 100)} %",
-                "The search model waits for the answer to finish, so the two never share the cores.",
-                fraction,
-            ),
+            doc_id, SearchStatus(SearchState.INDEXING, f"{text} {round(fraction * 100)} %", tip, fraction)
         )
 
     @Slot(int, int, bool)

@@ -451,13 +451,8 @@ class LlamaWorker(QObject):
             turn = build_turn(request, limits, self._documents(), image_uri)
             self.turn_built.emit(gen_id, turn)
             self._stream(gen_id, turn, sampling)
-        except MessageTooLongError as exc:
-            self.generation_failed.emit(gen_id, str(exc), "")
-        except Exception as exc:
-            message, detail = _human(exc)
-            log.exception("generation %d failed", gen_id)
-            self._note_engine_stopped(exc, message, detail)
-            self.generation_failed.emit(gen_id, message, detail)
+        except Exception as exc:  # noqa: BLE001 - thread boundary
+            self._answer_failed(gen_id, exc, "generation")
 
     @Slot(object)
     def answer_api(self, job: ApiJob) -> None:
@@ -505,6 +500,17 @@ class LlamaWorker(QObject):
         finally:
             self.api_answer_finished.emit(job.id)
 
+    def _answer_failed(self, gen_id: int, exc: Exception, what: str) -> None:
+        """Report why answer ``gen_id`` failed: a question too long
+        for the context as it is; anything else logged, and noted when the engine stopped."""
+        if isinstance(exc, MessageTooLongError):
+            self.generation_failed.emit(gen_id, str(exc), "")
+            return
+        message, detail = _human(exc)
+        log.error("%s %d failed", what, gen_id, exc_info=exc)
+        self._note_engine_stopped(exc, message, detail)
+        self.generation_failed.emit(gen_id, message, detail)
+
     @Slot(int, object, object)
     def read_whole(self, gen_id: int, request: ReadingRequest, sampling: SamplingParams) -> None:
         """Read the documents whole, in parts that fit (app/core/reading.py), then stream the answer
@@ -516,13 +522,8 @@ class LlamaWorker(QObject):
                 self.generation_failed.emit(gen_id, "No model is loaded. Open a GGUF model file first.", "")
                 return
             self._read_whole(gen_id, request, sampling, limits, source)
-        except MessageTooLongError as exc:
-            self.generation_failed.emit(gen_id, str(exc), "")
-        except Exception as exc:
-            message, detail = _human(exc)
-            log.exception("reading %d failed", gen_id)
-            self._note_engine_stopped(exc, message, detail)
-            self.generation_failed.emit(gen_id, message, detail)
+        except Exception as exc:  # noqa: BLE001 - thread boundary
+            self._answer_failed(gen_id, exc, "reading")
 
     def _read_whole(
         self,
