@@ -462,6 +462,14 @@ class HybridSource:
         self.min_confidence = min_confidence
         self._vectors: dict[int, tuple[tuple[int, int], PieceVectors]] = {}
 
+    @property
+    def embed_query(self) -> EmbedQuery | None:
+        return self._embed_query
+
+    @property
+    def model(self) -> str | None:
+        return self._model
+
     def chunks(self, doc_id: int) -> list[Chunk]:
         return self._index.chunks(doc_id)
 

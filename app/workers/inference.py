@@ -144,6 +144,7 @@ class LlamaWorker(QObject):
         self._trimmed_at = 0.0
         self._open_documents = documents  # opened lazily, in this worker's thread
         self._document_source: ChunkIndex | None = None
+        self._hybrid: HybridSource | None = None
         self._search_model = search_model  # (embed_query, model id) of the search model, or Nones
 
     @property
@@ -390,7 +391,11 @@ class LlamaWorker(QObject):
         if self._document_source is None:
             return None
         embed_query, model = self._search_model() if self._search_model is not None else (None, None)
-        return HybridSource(self._document_source, embed_query, model)
+        source = self._hybrid
+        if source is None or (source.embed_query, source.model) != (embed_query, model):
+            # kept while the search model stays: it caches the documents' vectors between turns
+            source = self._hybrid = HybridSource(self._document_source, embed_query, model)
+        return source
 
     @Slot(int, object)
     def preview_turn(self, request_id: int, request: TurnRequest) -> None:
@@ -501,8 +506,8 @@ class LlamaWorker(QObject):
             self.api_answer_finished.emit(job.id)
 
     def _answer_failed(self, gen_id: int, exc: Exception, what: str) -> None:
-        """Report why answer ``gen_id`` failed: a question too long
-        for the context as it is; anything else logged, and noted when the engine stopped."""
+        """Report why answer ``gen_id`` failed: a question too long for the context as it is;
+        anything else logged, and noted when the engine stopped."""
         if isinstance(exc, MessageTooLongError):
             self.generation_failed.emit(gen_id, str(exc), "")
             return
@@ -659,6 +664,7 @@ class LlamaWorker(QObject):
         if self._document_source is not None:
             self._document_source.close()
             self._document_source = None
+            self._hybrid = None
         if self._remote is not None:
             self._remote.close()
             self._remote = None
