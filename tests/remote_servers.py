@@ -18,12 +18,35 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import pytest
+
+from app.core.engine.remote import RemoteEngine, ServerConfig
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
 API_KEY = "sk-test-0123456789abcdef"  # what the tests' server requires
 START_TIMEOUT_S = 120.0
+
+
+_OPEN: list[RemoteEngine] = []
+
+
+@pytest.fixture(autouse=True)
+def close_remote_engines() -> Iterator[None]:
+    """Close every engine :func:`connect` opened in a test (import it into the test module)."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def connect(server: RunningServer, **config: object) -> RemoteEngine:
+    """A RemoteEngine on ``server`` with the tests' key (``config`` overrides), loaded."""
+    engine = RemoteEngine(ServerConfig(server.url, **{"api_key": API_KEY, **config}))  # type: ignore[arg-type]
+    _OPEN.append(engine)
+    engine.load()
+    return engine
 
 
 def free_port() -> int:

@@ -16,7 +16,6 @@ from app.core.engine.remote import (
     LLAMA_CPP_PYTHON,
     InsecureServerError,
     NotOpenAICompatibleError,
-    RemoteEngine,
     RemoteError,
     ServerAuthError,
     ServerConfig,
@@ -27,7 +26,14 @@ from app.core.engine.remote import (
     probe_server,
 )
 from app.core.types import ChatMessage, FinishReason, LoadParams, SamplingParams
-from tests.remote_servers import API_KEY, free_port, llama_cpp_server, small_http_server
+from tests.remote_servers import (  # noqa: F401 - close_remote_engines: fixture
+    API_KEY,
+    close_remote_engines,
+    connect,
+    free_port,
+    llama_cpp_server,
+    small_http_server,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -45,23 +51,6 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     with llama_cpp_server(tiny_model, log, n_ctx=N_CTX) as running:
         yield running
-
-
-_OPEN: list[RemoteEngine] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_engines() -> Iterator[None]:
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
-
-
-def connect(server: RunningServer, **config: object) -> RemoteEngine:
-    engine = RemoteEngine(ServerConfig(server.url, **{"api_key": API_KEY, **config}))  # type: ignore[arg-type]
-    _OPEN.append(engine)
-    engine.load()
-    return engine
 
 
 def test_the_server_is_identified(server: RunningServer) -> None:

@@ -16,7 +16,6 @@ import pytest
 from app.core.engine.llama_tools import find_llama_tools, why_missing
 from app.core.engine.remote import (
     LLAMA_SERVER,
-    RemoteEngine,
     ServerAuthError,
     ServerConfig,
     ServerLostError,
@@ -24,7 +23,7 @@ from app.core.engine.remote import (
     probe_server,
 )
 from app.core.types import ChatMessage, FinishReason, LoadParams, SamplingParams
-from tests.remote_servers import API_KEY, llama_server
+from tests.remote_servers import API_KEY, close_remote_engines, connect, llama_server  # noqa: F401 - fixture
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -54,23 +53,6 @@ def server(
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     with llama_server(tools.llama_server, tiny_model, log, n_ctx=N_CTX) as running:
         yield running
-
-
-_OPEN: list[RemoteEngine] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_engines() -> Iterator[None]:
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
-
-
-def connect(server: RunningServer, **config: object) -> RemoteEngine:
-    engine = RemoteEngine(ServerConfig(server.url, **{"api_key": API_KEY, **config}))  # type: ignore[arg-type]
-    _OPEN.append(engine)
-    engine.load()
-    return engine
 
 
 def test_the_server_is_identified_by_its_props(server: RunningServer, tools: LlamaTools) -> None:
