@@ -72,6 +72,27 @@ def model_name(controller: AppController) -> str:
     return name
 
 
+def endless_answer(controller: AppController, content: str) -> tuple[threading.Thread, list[BaseException]]:
+    """A thread (not started) that streams an answer with no length limit through the official
+    client, and the API errors it met (an answer stopped in the window ends with one)."""
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            with client(controller) as api:
+                for _chunk in api.chat.completions.create(
+                    model="tiny-llama4",
+                    messages=[{"role": "user", "content": content}],
+                    max_tokens=100_000,
+                    stream=True,
+                ):
+                    pass
+        except openai.APIError as exc:
+            errors.append(exc)
+
+    return threading.Thread(target=ask), errors
+
+
 def test_models_and_a_whole_answer_through_the_openai_client(served) -> None:
     controller, _engine = served
     with client(controller) as api:
@@ -289,22 +310,7 @@ def test_a_client_that_disconnects_cancels_its_answer_and_the_window_goes_next(s
 
 def test_the_window_s_stop_stops_an_api_answer(served, qtbot) -> None:
     controller, engine = served
-    errors: list[BaseException] = []
-
-    def ask() -> None:
-        try:
-            with client(controller) as api:
-                for _chunk in api.chat.completions.create(
-                    model="tiny-llama4",
-                    messages=[{"role": "user", "content": "Go on forever"}],
-                    max_tokens=100_000,
-                    stream=True,
-                ):
-                    pass
-        except openai.APIError as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=ask)
+    thread, errors = endless_answer(controller, "Go on forever")
     with qtbot.waitSignal(controller.api.answering_changed, timeout=60_000, check_params_cb=lambda on: on):
         thread.start()
     assert controller.api.answering
@@ -427,22 +433,7 @@ def test_the_window_shows_and_stops_an_api_answer_and_settings_turn_it_on(served
     assert QGuiApplication.clipboard().text() == controller.api.token()
     dialog.reject()
 
-    errors: list[BaseException] = []
-
-    def ask() -> None:
-        try:
-            with client(controller) as api:
-                for _chunk in api.chat.completions.create(
-                    model="tiny-llama4",
-                    messages=[{"role": "user", "content": "Go on"}],
-                    max_tokens=100_000,
-                    stream=True,
-                ):
-                    pass
-        except openai.APIError as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=ask)
+    thread, errors = endless_answer(controller, "Go on")
     with qtbot.waitSignal(controller.api.answering_changed, timeout=60_000, check_params_cb=lambda on: on):
         thread.start()
     assert status.api_label.text() == "Answering an API request…"
