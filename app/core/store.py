@@ -79,6 +79,7 @@ class Conversation:
     created_at: float
     updated_at: float
     model: str
+    pinned: bool = False  # shown in the sidebar's "Pinned" group, at the top (schema 6)
 
 
 @dataclass(frozen=True)
@@ -280,17 +281,24 @@ def _migrate_to_v5(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE conversations ADD COLUMN options TEXT NOT NULL DEFAULT '{}'")
 
 
+def _migrate_to_v6(conn: sqlite3.Connection) -> None:
+    """Conversations can be pinned: the sidebar shows them in a "Pinned" group at the top
+    (0: not pinned, as every conversation before schema 6)."""
+    conn.execute("ALTER TABLE conversations ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_to_v1,
     _migrate_to_v2,
     _migrate_to_v3,
     _migrate_to_v4,
     _migrate_to_v5,
+    _migrate_to_v6,
 )
 """``MIGRATIONS[n]`` takes the database from ``user_version`` n to n + 1. Append only."""
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_CONVERSATION_FIELDS = ("id", "title", "created_at", "updated_at", "model")
+_CONVERSATION_FIELDS = ("id", "title", "created_at", "updated_at", "model", "pinned")
 _MESSAGE_FIELDS = (
     "id",
     "conversation_id",
@@ -458,15 +466,34 @@ class Store:
                 "UPDATE conversations SET options = ? WHERE id = ?", (json.dumps(options), conversation_id)
             )
 
+    def set_pinned(self, conversation_id: int, pinned: bool) -> None:
+        """Pin a conversation (or unpin it) without moving it in time (updated_at is kept)."""
+        with self.transaction(), _storage_errors():
+            self._conn.execute(
+                "UPDATE conversations SET pinned = ? WHERE id = ?", (int(pinned), conversation_id)
+            )
+
+    def rename_preset_uses(self, old: str, new: str) -> int:
+        """Conversations that use the preset ``old`` use ``new`` (a renamed user preset); returns
+        how many. Names match without case, as :func:`app.core.presets.find_preset` does."""
+        with self.transaction(), _storage_errors():
+            cursor = self._conn.execute(
+                "UPDATE conversations SET options = json_set(options, '$.preset', ?) "
+                "WHERE json_valid(options) AND casefold(json_extract(options, '$.preset')) = ?",
+                (new, old.strip().casefold()),
+            )
+        return cursor.rowcount
+
     def list_conversations(self, filter_text: str = "") -> list[Conversation]:
-        """Most recently updated first; ``filter_text`` matches titles case-insensitively."""
+        """Pinned first, then most recently updated first; ``filter_text`` matches titles
+        case-insensitively."""
         needle = filter_text.strip().casefold()
         sql = f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
         params: tuple[Any, ...] = ()
         if needle:
             sql += " WHERE instr(casefold(title), ?) > 0"
             params = (needle,)
-        sql += " ORDER BY updated_at DESC, id DESC"
+        sql += " ORDER BY pinned DESC, updated_at DESC, id DESC"
         return [_conversation(row) for row in self._query(sql, params)]
 
     def rename_conversation(self, conversation_id: int, title: str) -> None:
@@ -916,7 +943,7 @@ def _check_status(status: str) -> MessageStatus:
 
 
 def _conversation(row: Sequence[Any]) -> Conversation:
-    return Conversation(int(row[0]), row[1], float(row[2]), float(row[3]), row[4])
+    return Conversation(int(row[0]), row[1], float(row[2]), float(row[3]), row[4], bool(row[5]))
 
 
 def _message(row: Sequence[Any]) -> StoredMessage:

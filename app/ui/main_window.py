@@ -289,6 +289,7 @@ class MainWindow(QMainWindow):
         c = self.conversations
         c.conversations_changed.connect(self._on_conversations_conversations_changed)
         c.conversation_updated.connect(self._on_conversations_conversation_updated)
+        c.conversation_pinned.connect(self._on_conversations_conversation_pinned)
         c.conversation_opened.connect(self._on_conversations_conversation_opened)
         c.message_added.connect(self._on_conversations_message_added)
         c.message_removed.connect(self._on_conversations_message_removed)
@@ -316,6 +317,7 @@ class MainWindow(QMainWindow):
         self.sidebar.conversation_selected.connect(self._on_sidebar_conversation_selected)
         self.sidebar.rename_requested.connect(self._on_sidebar_rename_requested)
         self.sidebar.delete_requested.connect(self._on_sidebar_delete_requested)
+        self.sidebar.pin_requested.connect(self._on_sidebar_pin_requested)
         self.composer.send_requested.connect(self._on_composer_send_requested)
         self.composer.edit_requested.connect(self._on_composer_edit_requested)
         self.composer.edit_cancelled.connect(self._on_composer_edit_cancelled)
@@ -652,6 +654,12 @@ class MainWindow(QMainWindow):
     def _on_conversations_conversations_changed(self) -> None:
         self.sidebar.reload()
         self._update_title()
+
+    def _on_conversations_conversation_pinned(self, conversation: Any) -> None:
+        self.sidebar.conversation_pinned(conversation)
+
+    def _on_sidebar_pin_requested(self, conversation_id: int, pinned: bool) -> None:
+        self.conversations.set_pinned(conversation_id, pinned)
 
     def _on_conversations_conversation_updated(self, conversation: Any) -> None:
         self.sidebar.conversation_updated(conversation)

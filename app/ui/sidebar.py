@@ -1,4 +1,5 @@
-"""The conversation list: New chat, a title filter, rename (F2 / context menu), delete with confirm."""
+"""The conversation list: New chat, a title filter, rename (F2 / context menu), delete with confirm,
+pin to a "Pinned" group at the top (context menu)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QAction, QKeyEvent, QKeySequence, QPalette
+from PySide6.QtGui import QAction, QFont, QKeyEvent, QKeySequence, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFrame,
@@ -49,6 +50,7 @@ class ConversationRole(IntEnum):
     TITLE = auto()
     UPDATED_AT = auto()
     MODEL = auto()
+    PINNED = auto()
 
 
 def _as_datetime(value: Any) -> dt.datetime | None:
@@ -82,8 +84,19 @@ def describe_time(value: Any) -> str:
     return when.strftime("%Y-%m-%d %H:%M")
 
 
+PINNED_GROUP = "Pinned"
+RECENT_GROUP = "Recent"
+
+
+def _order_key(conversation: Conversation) -> tuple[bool, float, int]:
+    """Pinned first, then the most recently updated."""
+    return (bool(conversation.pinned), *_recency(conversation))
+
+
 class ConversationListModel(QAbstractListModel):
-    """Conversations, most recently updated first. Editing a title emits ``title_edited``.
+    """Conversations, most recently updated first; when some are pinned, they come first under a
+    "Pinned" heading and the others under "Recent" (heading rows are neither selectable nor
+    enabled, so the keyboard skips them). Editing a title emits ``title_edited``.
 
     Signals:
         title_edited(int, str): conversation id, the new title (the model shows it at once).
@@ -93,39 +106,84 @@ class ConversationListModel(QAbstractListModel):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self._rows: list[Conversation] = []
+        self._rows: list[Conversation | str] = []  # a str is a group heading
         self._titles: dict[int, str] = {}
 
     def set_conversations(self, conversations: Sequence[Conversation]) -> None:
+        ordered = sorted(conversations, key=_order_key, reverse=True)
+        pinned = [c for c in ordered if c.pinned]
+        rows: list[Conversation | str] = list(ordered)
+        if pinned:
+            rows = [PINNED_GROUP, *pinned]
+            if len(pinned) < len(ordered):
+                rows += [RECENT_GROUP, *ordered[len(pinned) :]]
         self.beginResetModel()
-        self._rows = sorted(conversations, key=_recency, reverse=True)
-        self._titles = {c.id: c.title for c in self._rows}
+        self._rows = rows
+        self._titles = {c.id: c.title for c in ordered}
         self.endResetModel()
 
+    def conversations(self) -> list[Conversation]:
+        """The conversations shown, in their order (headings left out)."""
+        return [row for row in self._rows if not isinstance(row, str)]
+
     def put_first(self, conversation: Conversation) -> None:
-        """Show ``conversation`` (new, or updated just now) as the most recent, without a reset:
-        a move (or an insert) and one changed row, whatever the number of conversations."""
+        """Show ``conversation`` (new, or updated just now) as the most recent of its group,
+        without a reset: a move (or an insert) and one changed row, whatever the number of
+        conversations. Only a change of group (pinned or not) lays the list out again."""
         row = self.row_of(conversation.id)
+        target = self._group_start(conversation.pinned)
+        if target < 0 or (row >= 0 and self._pinned_at(row) != conversation.pinned):
+            self.place(conversation)
+            return
         if row < 0:
-            self.beginInsertRows(QModelIndex(), 0, 0)
-            self._rows.insert(0, conversation)
+            self.beginInsertRows(QModelIndex(), target, target)
+            self._rows.insert(target, conversation)
             self.endInsertRows()
-        elif row > 0:
-            self.beginMoveRows(QModelIndex(), row, row, QModelIndex(), 0)
-            self._rows.insert(0, self._rows.pop(row))
+        elif row > target:
+            self.beginMoveRows(QModelIndex(), row, row, QModelIndex(), target)
+            self._rows.insert(target, self._rows.pop(row))
             self.endMoveRows()
-        self._rows[0] = conversation
+        self._rows[target] = conversation
         self._titles[conversation.id] = conversation.title
-        self.dataChanged.emit(self.index(0), self.index(0))
+        self.dataChanged.emit(self.index(target), self.index(target))
+
+    def place(self, conversation: Conversation) -> None:
+        """Show ``conversation`` (pinned or unpinned just now) where its order puts it: the list is
+        laid out again from the rows it holds (no query)."""
+        others = [c for c in self.conversations() if c.id != conversation.id]
+        self.set_conversations([*others, conversation])
+
+    def _pinned_at(self, row: int) -> bool:
+        item = self._rows[row]
+        return not isinstance(item, str) and bool(item.pinned)
+
+    def _group_start(self, pinned: bool) -> int:
+        """The row a conversation of that group goes first at; -1 when the group has no heading
+        yet but needs one."""
+        has_pinned = bool(self._rows) and self._rows[0] == PINNED_GROUP
+        if pinned:
+            return 1 if has_pinned else -1
+        if not has_pinned:
+            return 0
+        try:
+            return self._rows.index(RECENT_GROUP) + 1
+        except ValueError:
+            return -1
 
     def conversation_id(self, row: int) -> int:
-        return int(self._rows[row].id)
+        item = self._rows[row]
+        return 0 if isinstance(item, str) else int(item.id)
 
     def row_of(self, conversation_id: int) -> int:
         for row, conversation in enumerate(self._rows):
-            if conversation.id == conversation_id:
+            if not isinstance(conversation, str) and conversation.id == conversation_id:
                 return row
         return -1
+
+    def conversation(self, conversation_id: int) -> Conversation | None:
+        row = self.row_of(conversation_id)
+        item = self._rows[row] if row >= 0 else None
+        return item if item is not None and not isinstance(item, str) else None
 
     def title(self, conversation_id: int) -> str:
         return self._titles.get(conversation_id, "")
@@ -138,18 +196,32 @@ class ConversationListModel(QAbstractListModel):
         if not index.isValid() or not 0 <= index.row() < len(self._rows):
             return None
         conversation = self._rows[index.row()]
+        if isinstance(conversation, str):  # a group heading
+            if role == Qt.ItemDataRole.DisplayRole:
+                return conversation.upper()
+            if role == Qt.ItemDataRole.AccessibleTextRole:
+                return f"{conversation} conversations"
+            if role == Qt.ItemDataRole.FontRole:
+                font = QFont()
+                font.setPointSizeF(max(font.pointSizeF() * 0.8, 7.0))
+                font.setBold(True)
+                return font
+            return None
         title = self._titles.get(conversation.id, conversation.title) or "Untitled chat"
         if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole, ConversationRole.TITLE):
             return title
         if role == Qt.ItemDataRole.ToolTipRole:
             when = describe_time(conversation.updated_at)
-            return f"{title}\n{when}" if when else title
+            tip = f"{title}\n{when}" if when else title
+            return f"{tip}\nPinned" if conversation.pinned else tip
         if role == ConversationRole.ID:
             return int(conversation.id)
         if role == ConversationRole.UPDATED_AT:
             return str(conversation.updated_at or "")
         if role == ConversationRole.MODEL:
             return str(conversation.model or "")
+        if role == ConversationRole.PINNED:
+            return bool(conversation.pinned)
         return None
 
     def setData(self, index: Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:
@@ -158,7 +230,10 @@ class ConversationListModel(QAbstractListModel):
         title = " ".join(value.split())
         if not title:
             return False
-        conversation_id = int(self._rows[index.row()].id)
+        item = self._rows[index.row()]
+        if isinstance(item, str):
+            return False
+        conversation_id = int(item.id)
         if title == self._titles.get(conversation_id):
             return True
         self._titles[conversation_id] = title
@@ -167,7 +242,7 @@ class ConversationListModel(QAbstractListModel):
         return True
 
     def flags(self, index: Index) -> Qt.ItemFlag:
-        if not index.isValid():
+        if not index.isValid() or isinstance(self._rows[index.row()], str):
             return Qt.ItemFlag.NoItemFlags
         return (
             Qt.ItemFlag.ItemIsEnabled
@@ -206,12 +281,14 @@ class ConversationSidebar(QFrame):
         conversation_selected(int): the user picked a conversation (id).
         rename_requested(int, str): conversation id, new title.
         delete_requested(int): conversation id (after confirmation).
+        pin_requested(int, bool): conversation id, whether to pin it (True) or unpin it.
     """
 
     new_chat_requested = Signal()
     conversation_selected = Signal(int)
     rename_requested = Signal(int, str)
     delete_requested = Signal(int)
+    pin_requested = Signal(int, bool)
 
     def __init__(
         self,
@@ -303,6 +380,15 @@ class ConversationSidebar(QFrame):
         with self._selection_kept():
             self.model.put_first(conversation)
         self.empty_label.setVisible(False)
+
+    def conversation_pinned(self, conversation: Conversation) -> None:
+        """A conversation was pinned or unpinned: it moves into or out of the "Pinned" group
+        (a filtered list is asked again, as for an update)."""
+        if self.filter_edit.text().strip():
+            self.reload()
+            return
+        with self._selection_kept():
+            self.model.place(conversation)
 
     def set_current(self, conversation_id: int | None) -> None:
         """Show ``conversation_id`` as selected without emitting ``conversation_selected``."""
@@ -400,17 +486,27 @@ class ConversationSidebar(QFrame):
     def _on_delete_action_triggered(self) -> None:
         self.delete()
 
+    def context_menu(self, conversation_id: int) -> QMenu:
+        """The menu of one conversation: Pin (or Unpin), Rename…, Delete… (the caller shows it
+        and deletes it)."""
+        menu = QMenu(self)
+        found = self.model.conversation(conversation_id)
+        pinned = found is not None and bool(found.pinned)
+        pin = menu.addAction("Unpin" if pinned else "Pin to top")
+        pin.setObjectName("pinAction")
+        pin.triggered.connect(lambda _checked=False: self.pin_requested.emit(conversation_id, not pinned))
+        menu.addSeparator()
+        rename = menu.addAction("Rename…")
+        rename.triggered.connect(lambda _checked=False: self.rename(conversation_id))
+        delete = menu.addAction("Delete…")
+        delete.triggered.connect(lambda _checked=False: self.delete(conversation_id))
+        return menu
+
     def _on_list_view_custom_context_menu_requested(self, pos: QPoint) -> None:
         index = self.list_view.indexAt(pos)
-        if not index.isValid():
+        conversation_id = index.data(ConversationRole.ID) if index.isValid() else None
+        if conversation_id is None:  # empty space or a group heading
             return
-        conversation_id = int(index.data(ConversationRole.ID))
-        menu = QMenu(self)
-        rename = menu.addAction("Rename…")
-        delete = menu.addAction("Delete…")
-        chosen = menu.exec(self.list_view.viewport().mapToGlobal(pos))
-        if chosen is rename:
-            self.rename(conversation_id)
-        elif chosen is delete:
-            self.delete(conversation_id)
+        menu = self.context_menu(int(conversation_id))
+        menu.exec(self.list_view.viewport().mapToGlobal(pos))
         menu.deleteLater()

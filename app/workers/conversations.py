@@ -71,6 +71,11 @@ class ConversationController(QObject):
     conversations_changed(): the sidebar should reload ``conversations()``.
     conversation_updated(object): a Conversation that just had activity: it moves to the top of the
         list as one row (users keep thousands of conversations).
+    conversation_pinned(object): a Conversation just pinned or unpinned: it moves into or out of
+        the sidebar's "Pinned" group as one row.
+    options_changed(object): the ConversationOptions of the conversation shown (its preset and
+        instructions) were set, or another conversation was shown.
+    presets_changed(): the user's presets were saved, renamed or deleted.
     conversation_opened(int, list): conversation id (0: a new, empty chat), list[StoredMessage].
     message_added(object): StoredMessage.
     message_removed(int): message id.
@@ -99,6 +104,9 @@ class ConversationController(QObject):
 
     conversations_changed = Signal()
     conversation_updated = Signal(object)
+    conversation_pinned = Signal(object)
+    options_changed = Signal(object)
+    presets_changed = Signal()
     conversation_opened = Signal(int, list)
     message_added = Signal(object)
     message_removed = Signal(int)
@@ -247,6 +255,13 @@ class ConversationController(QObject):
             return
         self._store.rename_conversation(conversation_id, title[:200])
         self.conversations_changed.emit()
+
+    def set_pinned(self, conversation_id: int, pinned: bool) -> None:
+        """Pin a conversation to the top of the sidebar (or unpin it)."""
+        self._store.set_pinned(conversation_id, pinned)
+        conversation = self._store.get_conversation(conversation_id)
+        if conversation is not None:
+            self.conversation_pinned.emit(conversation)
 
     def delete_conversation(self, conversation_id: int) -> None:
         if conversation_id == self._conversation_id:

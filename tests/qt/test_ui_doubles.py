@@ -23,6 +23,7 @@ class Conv:
     created_at: str = "2025-01-01T10:00:00"
     updated_at: str = "2025-01-01T10:00:00"
     model: str = "tiny"
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
