@@ -110,7 +110,7 @@ class AppPaths:
         )
 
 
-SETTINGS_SCHEMA_VERSION = 1
+SETTINGS_SCHEMA_VERSION = 2  # 2: the file records the defaults it was written with ("defaults")
 RECENT_MODELS_MAX = 8
 DEFAULT_SYSTEM_PROMPT = (
     "You are Scout, a helpful, accurate and concise assistant running privately on this computer."
@@ -149,6 +149,7 @@ class Settings:
     tools_servers: str = ""
     tools_enabled: tuple[str, ...] = ()  # server names; none: nothing is started
     tools_always_allowed: tuple[str, ...] = ()  # "server/tool": run without asking
+    user_presets: str = ""  # the user's presets (app/core/presets.py): a JSON list, "" for none
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Settings:
@@ -157,11 +158,20 @@ class Settings:
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
         data["schema_version"] = SETTINGS_SCHEMA_VERSION
+        data[DEFAULTS_KEY] = current_defaults()
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
+        return cls.read(data)[0]
+
+    @classmethod
+    def read(cls, data: dict[str, Any]) -> tuple[Settings, tuple[DefaultChange, ...]]:
+        """Settings from a file's dict, and the defaults that changed since that file was written
+        for settings the user had left at their default (those now take the new default)."""
+        newer = int(data.get("schema_version", 0) or 0) > SETTINGS_SCHEMA_VERSION
         data = migrate_settings(dict(data))
+        data, changes = (data, ()) if newer else apply_default_changes(data)
         known = {f.name for f in dataclasses.fields(cls)}
         clean = {k: v for k, v in data.items() if k in known}
         defaults = cls()
@@ -174,7 +184,7 @@ class Settings:
             elif not isinstance(value, expected):
                 log.warning("settings: ignoring %s=%r (expected %s)", key, value, expected.__name__)
                 del clean[key]
-        return cls(**clean)
+        return cls(**clean), changes
 
 
 def push_recent_model(recent: tuple[str, ...], path: str, limit: int = RECENT_MODELS_MAX) -> tuple[str, ...]:
@@ -182,9 +192,90 @@ def push_recent_model(recent: tuple[str, ...], path: str, limit: int = RECENT_MO
     return (path, *(p for p in recent if p != path))[:limit]
 
 
+# -- defaults that change between versions --------------------------------------------------------
+# A settings file records the defaults it was written with (DEFAULTS_KEY). When this version's
+# default of a setting differs and the file's value is still the recorded default, the user never
+# chose it: it takes the new default and the change is announced once (the window's banner). A
+# value the user set is never changed. Every setting named here is covered, so a default changed
+# in Settings above is announced without anything else to write.
+DEFAULTS_KEY = "defaults"
+ANNOUNCED_SETTINGS: dict[str, str] = {
+    "system_prompt": "System prompt",
+    "temperature": "Temperature",
+    "top_p": "Top-p",
+    "min_p": "Min-p",
+    "max_tokens": "Maximum answer length",
+    "n_ctx": "Context size",
+    "n_threads": "Threads",
+    "theme": "Theme",
+    "whole_document_limit": "Whole-document limit",
+    "search_model": "Search model",
+}
+# A file without a version predates versioned settings: the first release's defaults, where they
+# differ from today's (the context size became automatic when the load planner came).
+FIRST_RELEASE_DEFAULTS: dict[str, Any] = {"n_ctx": 8192}
+
+
+@dataclass(frozen=True)
+class DefaultChange:
+    """A default that changed since the settings file was written, for a setting the user had
+    left at its default (it now has the new one)."""
+
+    name: str
+    label: str
+    old: Any
+    new: Any
+
+    def sentence(self) -> str:
+        old, new = describe_setting(self.name, self.old), describe_setting(self.name, self.new)
+        return f"{self.label} is now {new} (the new default; it was {old}, the old default)."
+
+
+def describe_setting(name: str, value: Any) -> str:
+    """A setting's value as the user reads it ("automatic", "8,192", "“You are…”")."""
+    if name in ("n_ctx", "n_threads") and value == 0:
+        return "automatic"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, str):
+        short = value if len(value) <= 40 else value[:39].rstrip() + "…"
+        return f"“{short}”"
+    return str(value)
+
+
+def current_defaults() -> dict[str, Any]:
+    """This version's defaults of the announced settings, as they are written to the file."""
+    defaults = Settings()
+    return {name: getattr(defaults, name) for name in ANNOUNCED_SETTINGS}
+
+
+def apply_default_changes(data: dict[str, Any]) -> tuple[dict[str, Any], tuple[DefaultChange, ...]]:
+    """``data`` with every setting still at the default its file recorded moved to this version's
+    default, and those changes. A pure function."""
+    recorded = data.get(DEFAULTS_KEY)
+    if not isinstance(recorded, dict):
+        return data, ()
+    now = current_defaults()
+    out = dict(data)
+    changes: list[DefaultChange] = []
+    for name, label in ANNOUNCED_SETTINGS.items():
+        if name not in recorded or name not in data or recorded[name] == now[name]:
+            continue
+        if data[name] == recorded[name]:  # never changed by the user
+            out[name] = now[name]
+            changes.append(DefaultChange(name, label, recorded[name], now[name]))
+    out[DEFAULTS_KEY] = now
+    return out, tuple(changes)
+
+
 # version -> function turning that version's dict into the next version's dict
 _MIGRATIONS: dict[int, Any] = {
-    0: lambda d: {**d, "schema_version": 1},
+    0: lambda d: {**d, "schema_version": 1, DEFAULTS_KEY: {**current_defaults(), **FIRST_RELEASE_DEFAULTS}},
+    # a version-1 file recorded no defaults: today's are assumed, so none of its values changes
+    # (a context of 8,192 may be the user's choice or an old default: it is kept)
+    1: lambda d: {DEFAULTS_KEY: current_defaults(), **d, "schema_version": 2},
 }
 
 
@@ -200,24 +291,30 @@ def migrate_settings(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_settings(paths: AppPaths) -> Settings:
+    return read_settings(paths)[0]
+
+
+def read_settings(paths: AppPaths) -> tuple[Settings, tuple[DefaultChange, ...]]:
+    """The saved settings and the defaults that changed for them since they were saved (to be
+    announced, then saved, so that they are announced once)."""
     try:
         text = paths.settings_file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return Settings()
+        return Settings(), ()
     except OSError:
         log.exception("could not read %s; using defaults", paths.settings_file)
-        return Settings()
+        return Settings(), ()
     try:
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("settings file is not a JSON object")
-        return Settings.from_dict(data)
+        return Settings.read(data)
     except (ValueError, TypeError):
         backup = paths.settings_file.with_suffix(".json.bad")
         log.warning("settings file is damaged; kept a copy as %s and using defaults", backup.name)
         with contextlib.suppress(OSError):
             paths.settings_file.replace(backup)
-        return Settings()
+        return Settings(), ()
 
 
 def save_settings(paths: AppPaths, settings: Settings) -> None:

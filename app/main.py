@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app import __version__, excepthooks
-from app.config import AppPaths, Settings, load_settings, setup_logging
+from app.config import AppPaths, Settings, load_settings, read_settings, setup_logging
 from app.core.forecast import set_default_cache
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def build_application(args: argparse.Namespace) -> Application:
     paths = AppPaths.default(args.data_dir).ensure()
     setup_logging(paths)
     set_default_cache(paths.speeds_file)
-    settings = load_settings(paths)
+    settings, default_changes = read_settings(paths)
     if args.n_ctx:
         settings = settings.replace(n_ctx=args.n_ctx)
     try:
@@ -204,6 +204,7 @@ def build_application(args: argparse.Namespace) -> Application:
             measure_speeds=getattr(engine, "measure_speeds", None),
         ),
     )
+    controller.preferences.default_changes = default_changes  # the window announces them once
     window = MainWindow(controller)
     window.app_paths = paths
     if not args.model and not args.server and is_first_run(paths, settings):

@@ -44,6 +44,7 @@ from app.ui.sidebar import ConversationSidebar
 from app.ui.status_bar import ACTIVITY_MESSAGE_MS, NOTICE_MESSAGE_MS, WindowStatus
 from app.ui.window_dialogs import (
     ErrorBanner,
+    InfoBanner,
     ask_resume_downloads,
     choose_export_file,
     choose_model_file,
@@ -110,6 +111,7 @@ class MainWindow(QMainWindow):
         self.sidebar = ConversationSidebar(self.conversations.conversations)
         self.chat_view = ChatView()
         self.error_banner = ErrorBanner()
+        self.info_banner = InfoBanner()
         self.composer = Composer()
 
         chat_panel = QWidget()
@@ -122,6 +124,10 @@ class MainWindow(QMainWindow):
         banner_row.setContentsMargins(16, 10, 16, 0)
         banner_row.addWidget(self.error_banner)
         chat_layout.addLayout(banner_row)
+        info_row = QHBoxLayout()
+        info_row.setContentsMargins(16, 10, 16, 0)
+        info_row.addWidget(self.info_banner)
+        chat_layout.addLayout(info_row)
         chat_layout.addWidget(self.chat_view, 1)
         composer_row = QHBoxLayout()
         composer_row.setContentsMargins(24, 6, 24, 14)
@@ -156,6 +162,9 @@ class MainWindow(QMainWindow):
             self.status.show_loading("")
         self._set_busy(self.conversations.is_busy)
         self.sidebar.set_current(self.conversations.current_conversation_id)
+        announcement = controller.preferences.announce_default_changes()  # once: then saved
+        if announcement:
+            self.info_banner.show_message(announcement)
 
     # -- construction -----------------------------------------------------------------------
     def _build_status_bar(self) -> None:

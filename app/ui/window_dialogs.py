@@ -62,6 +62,41 @@ def ask_resume_downloads(parent: QWidget, names: list[str]) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
+class InfoBanner(QFrame):
+    """A dismissible note shown above the chat until closed (never modal): things the user should
+    read once, such as a default an upgrade changed."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("infoBanner")
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.close_button = QToolButton()
+        self.close_button.setObjectName("infoBannerClose")
+        self.close_button.setIcon(theme.icon("close"))
+        self.close_button.setIconSize(QSize(14, 14))
+        self.close_button.setToolTip("Dismiss")
+        self.close_button.setAccessibleName("Dismiss note")
+        self.close_button.clicked.connect(self._on_close_button_clicked)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(12, 8, 8, 8)
+        layout.setSpacing(10)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
+        self.hide()
+
+    def show_message(self, message: str) -> None:
+        self.label.setText(message)
+        self.show()
+
+    def text(self) -> str:
+        return self.label.text()
+
+    def _on_close_button_clicked(self) -> None:
+        self.hide()
+
+
 class ErrorBanner(QFrame):
     """A dismissible error message shown above the chat (never modal)."""
 

@@ -10,7 +10,7 @@ from PySide6.QtCore import QObject, Signal
 from app.config import save_settings
 
 if TYPE_CHECKING:
-    from app.config import AppPaths, Settings
+    from app.config import AppPaths, DefaultChange, Settings
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,9 @@ class Preferences(QObject):
         self._paths = paths
         self._settings = settings
         self._notices = notices
+        # defaults an upgrade changed for settings the user had left alone (app/config.py): the
+        # window announces them once (announce_default_changes)
+        self.default_changes: tuple[DefaultChange, ...] = ()
 
     @property
     def settings(self) -> Settings:
@@ -42,6 +45,21 @@ class Preferences(QObject):
         except OSError as exc:
             self._notices.error_occurred.emit(f"Your settings could not be saved: {exc.strerror or exc}")
         self.settings_changed.emit(old, settings)
+
+    def announce_default_changes(self) -> str:
+        """The sentence announcing :attr:`default_changes` ("" for none); the settings are saved
+        with this version's defaults, so the next start does not announce them again."""
+        if not self.default_changes:
+            return ""
+        changes, self.default_changes = self.default_changes, ()
+        try:
+            save_settings(self._paths, self._settings)
+        except OSError:
+            log.exception("could not save settings")
+        if len(changes) == 1:
+            return f"This version of Scout Chat changed a default you had kept: {changes[0].sentence()}"
+        lines = " ".join(change.sentence() for change in changes)
+        return f"This version of Scout Chat changed defaults you had kept: {lines}"
 
     def remember(self, **changes: Any) -> None:
         """Bookkeeping the user did not ask for (last model, last conversation): saved quietly."""
