@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QSplitter,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -37,6 +38,7 @@ from app.ui.about_dialog import AboutDialog, SystemInfoDialog
 from app.ui.attachments import WindowAttachments
 from app.ui.chat_view import ChatView
 from app.ui.composer import Composer
+from app.ui.instructions_dialog import InstructionsDialog
 from app.ui.plan_panel import PlanPanel
 from app.ui.search_dialog import SearchDialog
 from app.ui.settings_dialog import SettingsDialog, context_cap_reason
@@ -128,6 +130,21 @@ class MainWindow(QMainWindow):
         info_row.setContentsMargins(16, 10, 16, 0)
         info_row.addWidget(self.info_banner)
         chat_layout.addLayout(info_row)
+        # what this conversation uses (preset, own instructions): opens "Instructions & preset"
+        self.instructions_button = QToolButton()
+        self.instructions_button.setObjectName("instructionsButton")
+        self.instructions_button.setIcon(theme.icon("settings"))
+        self.instructions_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.instructions_button.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.instructions_button.setToolTip("Instructions & preset of this conversation")
+        self.instructions_button.setAccessibleName("Instructions and preset")
+        self.instructions_button.clicked.connect(self._on_instructions_button_clicked)
+        self.instructions_dialog: InstructionsDialog | None = None
+        header_row = QHBoxLayout()
+        header_row.setContentsMargins(16, 6, 16, 0)
+        header_row.addStretch(1)
+        header_row.addWidget(self.instructions_button)
+        chat_layout.addLayout(header_row)
         chat_layout.addWidget(self.chat_view, 1)
         composer_row = QHBoxLayout()
         composer_row.setContentsMargins(24, 6, 24, 14)
@@ -162,6 +179,7 @@ class MainWindow(QMainWindow):
             self.status.show_loading("")
         self._set_busy(self.conversations.is_busy)
         self.sidebar.set_current(self.conversations.current_conversation_id)
+        self._update_instructions_button()
         announcement = controller.preferences.announce_default_changes()  # once: then saved
         if announcement:
             self.info_banner.show_message(announcement)
@@ -299,6 +317,8 @@ class MainWindow(QMainWindow):
         c.conversations_changed.connect(self._on_conversations_conversations_changed)
         c.conversation_updated.connect(self._on_conversations_conversation_updated)
         c.conversation_pinned.connect(self._on_conversations_conversation_pinned)
+        c.options_changed.connect(self._on_conversations_options_changed)
+        c.presets_changed.connect(self._on_conversations_presets_changed)
         c.conversation_opened.connect(self._on_conversations_conversation_opened)
         c.message_added.connect(self._on_conversations_message_added)
         c.message_removed.connect(self._on_conversations_message_removed)
@@ -664,6 +684,28 @@ class MainWindow(QMainWindow):
         self.sidebar.reload()
         self._update_title()
 
+    def _update_instructions_button(self) -> None:
+        options = self.conversations.conversation_options()
+        self.instructions_button.setText(options.describe(self.conversations.user_presets()))
+
+    def open_instructions(self) -> InstructionsDialog:
+        """Show "Instructions & preset" for the conversation shown (one at a time)."""
+        if self.instructions_dialog is not None:
+            self.instructions_dialog.close()
+            self.instructions_dialog.deleteLater()
+        self.instructions_dialog = InstructionsDialog(self.conversations, self)
+        self.instructions_dialog.show()
+        return self.instructions_dialog
+
+    def _on_instructions_button_clicked(self) -> None:
+        self.open_instructions()
+
+    def _on_conversations_options_changed(self, _options: Any) -> None:
+        self._update_instructions_button()
+
+    def _on_conversations_presets_changed(self) -> None:
+        self._update_instructions_button()
+
     def _on_conversations_conversation_pinned(self, conversation: Any) -> None:
         self.sidebar.conversation_pinned(conversation)
 
@@ -686,6 +728,7 @@ class MainWindow(QMainWindow):
         self.sidebar.set_current(self._conversation_id)
         self._update_title()
         self._update_actions()
+        self._update_instructions_button()
 
     def _on_conversations_path_changed(self, _conversation_id: int, messages: list[Any], focus: int) -> None:
         self.composer.cancel_edit()

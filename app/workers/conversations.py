@@ -21,7 +21,13 @@ from app.core import reading
 from app.core import tools as tool_calls
 from app.core.context import dropped_notice
 from app.core.forecast import PromptTimer
-from app.core.presets import ConversationOptions
+from app.core.presets import (
+    ConversationOptions,
+    Preset,
+    check_preset_name,
+    dump_user_presets,
+    parse_user_presets,
+)
 from app.core.store import DEFAULT_TITLE, AttachmentState, MessageStatus, answer_unfinished, make_title
 from app.core.turns import TurnRequest
 from app.core.types import DocumentMode, FinishReason, GenerationStats, Role, SamplingParams
@@ -310,18 +316,65 @@ class ConversationController(QObject):
         return ConversationOptions.from_dict(self._store.conversation_options(self._conversation_id))
 
     def set_conversation_options(self, options: ConversationOptions) -> None:
-        """Give the conversation shown its own preset and/or system prompt (it is created when
-        there is none yet); the next answer uses them."""
+        """Give the conversation shown its own preset, system prompt and/or sampling (it is
+        created when there is none yet); the next answer uses them."""
         conversation_id = self.ensure_conversation()
         self._store.set_conversation_options(conversation_id, options.to_dict())
+        self.options_changed.emit(options)
         self.refresh_preview()
+
+    def resolved_options(self, options: ConversationOptions) -> tuple[str, tuple[float, float, float]]:
+        """The system prompt and (temperature, top_p, min_p) ``options`` give with the app's
+        settings and the user's presets (what the window's panel shows)."""
+        s = self._preferences.settings
+        return options.resolve(s.system_prompt, (s.temperature, s.top_p, s.min_p), self.user_presets())
 
     def _resolved(self, conversation_id: int | None) -> tuple[str, tuple[float, float, float]]:
         """The system prompt and sampling a conversation uses (its own, else the app's)."""
-        s = self._preferences.settings
         stored = self._store.conversation_options(conversation_id) if conversation_id is not None else {}
-        options = ConversationOptions.from_dict(stored)
-        return options.resolve(s.system_prompt, (s.temperature, s.top_p, s.min_p))
+        return self.resolved_options(ConversationOptions.from_dict(stored))
+
+    # -- the user's presets (kept in the settings) -----------------------------------------------
+    def user_presets(self) -> tuple[Preset, ...]:
+        return parse_user_presets(self._preferences.settings.user_presets)
+
+    def save_preset(self, preset: Preset) -> Preset:
+        """Add (or, same name, replace) a user preset; ValueError with a sentence when its name
+        is taken by a built-in or its values are out of range."""
+        mine = self.user_presets()
+        replaced = next((p for p in mine if p.name.casefold() == preset.name.strip().casefold()), None)
+        name = check_preset_name(preset.name, mine, renaming=replaced.name if replaced else "")
+        checked = Preset.from_dict({**preset.to_dict(), "name": name})
+        kept = [p for p in mine if p is not replaced]
+        self._save_presets([*kept, checked])
+        return checked
+
+    def rename_preset(self, old: str, new: str) -> str:
+        """Rename a user preset; the conversations that use it follow. Returns the new name."""
+        mine = self.user_presets()
+        found = next((p for p in mine if p.name.casefold() == old.strip().casefold()), None)
+        if found is None:
+            raise ValueError(f"There is no preset of yours named “{old}”.")
+        name = check_preset_name(new, mine, renaming=found.name)
+        renamed = Preset.from_dict({**found.to_dict(), "name": name})
+        self._save_presets([renamed if p is found else p for p in mine])
+        self._store.rename_preset_uses(found.name, name)
+        if self._conversation_id is not None:
+            self.options_changed.emit(self.conversation_options())
+        return name
+
+    def delete_preset(self, name: str) -> None:
+        """Delete a user preset; conversations that used it go back to the app's settings."""
+        mine = self.user_presets()
+        self._save_presets([p for p in mine if p.name.casefold() != name.strip().casefold()])
+        if self._conversation_id is not None:
+            self.options_changed.emit(self.conversation_options())
+
+    def _save_presets(self, presets: list[Preset]) -> None:
+        settings = self._preferences.settings
+        self._preferences.update(settings.replace(user_presets=dump_user_presets(presets)))
+        self.presets_changed.emit()
+        self.refresh_preview()
 
     # -- turns ------------------------------------------------------------------------------
     def _sampling(self) -> SamplingParams:

@@ -13,7 +13,10 @@ from app.core.presets import (
     ConversationOptions,
     Preset,
     all_presets,
+    check_preset_name,
+    dump_user_presets,
     find_preset,
+    parse_user_presets,
 )
 from app.core.store import SCHEMA_VERSION, Store
 
@@ -78,3 +81,28 @@ def test_options_round_trip_through_the_store(tmp_path: Path) -> None:
         assert store.conversation_options(999) == {}
     finally:
         store.close()
+
+
+def test_own_sampling_wins_and_is_described() -> None:
+    own = ConversationOptions(preset="Precise", sampling=(1.1, 0.8, 0.0))
+    assert own.resolve(*APP)[1] == (1.1, 0.8, 0.0)
+    assert ConversationOptions.from_dict(own.to_dict()) == own
+    assert own.describe() == "Precise · own sampling"
+    assert ConversationOptions().describe() == "App settings"
+    assert ConversationOptions(system_prompt="x").describe() == "App settings · own instructions"
+    assert ConversationOptions(preset="Gone").describe() == "Gone (deleted: app settings)"
+    assert ConversationOptions.from_dict({"sampling": ["hot", 1, 2]}).sampling is None  # damaged: ignored
+
+
+def test_user_presets_round_trip_and_names_are_checked() -> None:
+    mine = (Preset("Terse", 0.4, 0.9, 0.02, "Answer in one line.", builtin=False),)
+    assert parse_user_presets(dump_user_presets(mine)) == mine
+    assert parse_user_presets('[{"name": "Bad", "temperature": 9, "top_p": 1, "min_p": 0}]') == ()
+    assert parse_user_presets("not json") == ()
+    assert dump_user_presets(()) == ""
+    assert check_preset_name("  My   preset ", mine) == "My preset"
+    with pytest.raises(ValueError, match="built-in"):
+        check_preset_name("creative", mine)
+    with pytest.raises(ValueError, match="already have"):
+        check_preset_name("TERSE", mine)
+    assert check_preset_name("terse", mine, renaming="Terse") == "terse"
