@@ -22,6 +22,7 @@ from app.core.types import GenerationStats, ModelInfo
 
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Callable
 
 MODEL_NAME = "Llama-4-Scout-17B-16E-Instruct-Q4_K_M"
 
@@ -165,8 +166,75 @@ def main() -> int:
             controller.shutdown()
             window.close()
             store.close()
-    sys.stdout.write(f"wrote {out}/screenshot-light.png and screenshot-dark.png\n")
+    apply_theme(app, "light")
+    shoot_presets_and_pins(out, settle)
+    sys.stdout.write(
+        f"wrote {out}/screenshot-light.png, screenshot-dark.png, screenshot-instructions.png "
+        "and screenshot-pinned.png\n"
+    )
     return 0
+
+
+def shoot_presets_and_pins(out: Path, settle: Callable[[float], None]) -> None:
+    """The "Instructions & preset" dialog over the window, and a sidebar with pinned chats."""
+    from app.config import AppPaths, Settings
+    from app.core.presets import ConversationOptions, Preset
+    from app.core.store import Store
+    from app.ui.main_window import MainWindow
+    from app.workers.controller import AppController
+
+    titles = [
+        "Lease agreement: notice periods",
+        "Trip to Lisbon in May",
+        "Explain mixture-of-experts routing",
+        "Quarterly report summary",
+        "Regex for ISO dates",
+        "Birthday speech ideas",
+        "Compare two job offers",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = AppPaths.under(Path(tmp)).ensure()
+        store = Store(paths.database)
+        made = [store.create_conversation(title, MODEL_NAME) for title in titles]
+        for pinned in (made[0], made[3]):
+            store.set_pinned(pinned.id, True)
+        engine = DemoEngine([ANSWER_1])
+        controller = AppController(store, paths, Settings(theme="light"), lambda engine=engine: engine)
+        chats = controller.conversations
+        chats.save_preset(Preset("Legal reviewer", 0.3, 0.9, 0.05, "Quote the clause you rely on.", builtin=False))
+        window = MainWindow(controller)
+        window.resize(1200, 800)
+        window.show()
+        controller.models.load_model(f"/models/{MODEL_NAME}.gguf")
+        settle(0.5)
+        chats.open_conversation(made[0].id)
+        chats.set_conversation_options(ConversationOptions(preset="Document analyst", sampling=(0.3, 0.9, 0.1)))
+        window.sidebar.reload()
+        settle(0.3)
+        window.sidebar.grab().save(str(out / "screenshot-pinned.png"))
+        dialog = window.open_instructions()
+        settle(0.3)
+        shot = window.grab()
+        # the dialog is a window of its own offscreen: paint it over the main window's picture,
+        # under a title bar, framed, below the button that opens it
+        from PySide6.QtCore import QRect, Qt
+        from PySide6.QtGui import QColor, QPainter
+
+        left, top, bar = window.width() - dialog.width() - 24, 110, 30
+        painter = QPainter(shot)
+        frame = QRect(left - 1, top - bar - 1, dialog.width() + 2, dialog.height() + bar + 2)
+        painter.fillRect(frame.adjusted(4, 4, 4, 4), QColor(0, 0, 0, 40))
+        painter.fillRect(frame, QColor("#cfd3d8"))
+        painter.fillRect(QRect(left, top - bar, dialog.width(), bar), QColor("#e9ebee"))
+        painter.setPen(QColor("#1f2328"))
+        painter.drawText(QRect(left, top - bar, dialog.width(), bar), Qt.AlignmentFlag.AlignCenter, dialog.windowTitle())
+        painter.drawPixmap(left, top, dialog.grab())
+        painter.end()
+        shot.save(str(out / "screenshot-instructions.png"))
+        dialog.close()
+        controller.shutdown()
+        window.close()
+        store.close()
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ class InstructionsDialog(QDialog):
         self.prompt_edit.setAccessibleName("System prompt of this conversation")
         self.prompt_edit.setPlaceholderText("No instructions: the model's own behaviour")
         self.prompt_edit.setTabChangesFocus(True)
-        self.prompt_edit.setMinimumHeight(90)
+        self.prompt_edit.setMinimumHeight(80)
         self.prompt_edit.textChanged.connect(self._on_value_changed)
 
         self.temperature_spin = self._spin(0.0, 2.0, 0.05, "Temperature: higher is more varied")
@@ -153,7 +153,7 @@ class InstructionsDialog(QDialog):
         layout.addWidget(self.summary_label)
         layout.addWidget(self.error_label)
         layout.addLayout(bottom)
-        self.resize(620, 380)
+        self.resize(620, 330)
 
         options = chats.conversation_options()
         self._fill_presets(options.preset)
