@@ -201,14 +201,18 @@ def shoot_presets_and_pins(out: Path, settle: Callable[[float], None]) -> None:
         engine = DemoEngine([ANSWER_1])
         controller = AppController(store, paths, Settings(theme="light"), lambda engine=engine: engine)
         chats = controller.conversations
-        chats.save_preset(Preset("Legal reviewer", 0.3, 0.9, 0.05, "Quote the clause you rely on.", builtin=False))
+        chats.save_preset(
+            Preset("Legal reviewer", 0.3, 0.9, 0.05, "Quote the clause you rely on.", builtin=False)
+        )
         window = MainWindow(controller)
         window.resize(1200, 800)
         window.show()
         controller.models.load_model(f"/models/{MODEL_NAME}.gguf")
         settle(0.5)
         chats.open_conversation(made[0].id)
-        chats.set_conversation_options(ConversationOptions(preset="Document analyst", sampling=(0.3, 0.9, 0.1)))
+        chats.set_conversation_options(
+            ConversationOptions(preset="Document analyst", sampling=(0.3, 0.9, 0.1))
+        )
         window.sidebar.reload()
         settle(0.3)
         window.sidebar.grab().save(str(out / "screenshot-pinned.png"))
@@ -227,7 +231,9 @@ def shoot_presets_and_pins(out: Path, settle: Callable[[float], None]) -> None:
         painter.fillRect(frame, QColor("#cfd3d8"))
         painter.fillRect(QRect(left, top - bar, dialog.width(), bar), QColor("#e9ebee"))
         painter.setPen(QColor("#1f2328"))
-        painter.drawText(QRect(left, top - bar, dialog.width(), bar), Qt.AlignmentFlag.AlignCenter, dialog.windowTitle())
+        painter.drawText(
+            QRect(left, top - bar, dialog.width(), bar), Qt.AlignmentFlag.AlignCenter, dialog.windowTitle()
+        )
         painter.drawPixmap(left, top, dialog.grab())
         painter.end()
         shot.save(str(out / "screenshot-instructions.png"))
