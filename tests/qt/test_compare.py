@@ -58,9 +58,8 @@ def _send(qtbot, window: MainWindow, text: str) -> None:
 
 
 def _answers(window: MainWindow) -> list[MessageWidget]:
-    return [
-        w for w in window.chat_view.message_widgets() if isinstance(w, MessageWidget) and w.role == "assistant"
-    ]
+    shown = window.chat_view.message_widgets()
+    return [w for w in shown if isinstance(w, MessageWidget) and w.role == "assistant"]
 
 
 def _compare_from_menu(qtbot, window: MainWindow, text: str, right: str = "Precise") -> object:
