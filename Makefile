@@ -42,6 +42,7 @@ soak: setup
 
 screenshots: setup
 	QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/screenshots.py docs
+	QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/tree_screenshots.py docs
 
 clean:
 	rm -rf .venv build dist .pytest_cache .ruff_cache

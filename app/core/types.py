@@ -75,6 +75,7 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     max_tokens: int = 2048
     seed: int | None = None
+    model: str = ""  # another model of the server in use (a comparison); "": the model loaded
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class ModelInfo:
     load_seconds: float = 0.0
     has_vision: bool = False
     server: str = ""  # where a served model runs ("127.0.0.1:8081 — llama-server"); "": this computer
+    server_models: tuple[str, ...] = ()  # every model that server offers (a comparison may name one)
 
 
 @dataclass(frozen=True)

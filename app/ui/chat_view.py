@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 from app.core.store import MessageStatus
 from app.core.types import FinishReason
 from app.ui import theme
+from app.ui.compare_view import ComparePanel
 from app.ui.message_widget import MessageWidget, NoticeWidget
 from app.ui.queue_panel import QueuePanel
 from app.ui.tool_card import ToolCallCard
@@ -41,7 +42,7 @@ from app.ui.tool_card import ToolCallCard
 if TYPE_CHECKING:
     from app.core.store import Attachment
     from app.core.types import GenerationStats
-    from app.workers.conversations import MessageQueue
+    from app.workers.conversations import CompareRun, MessageQueue
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class ChatView(QWidget):
         citation_clicked(int, int): message id, page of a clicked citation in an answer.
         sources_requested(int): message id of the answer whose "What the model saw" was clicked.
         tool_decision_requested(int, str): answer message id, ``once`` | ``always`` | ``deny``.
+        delete_branch_requested(int): message id whose branch the user wants deleted (menu).
+        keep_requested(int): the answer of a comparison the user keeps ("Keep this one").
     """
 
     open_model_requested = Signal()
@@ -109,6 +112,8 @@ class ChatView(QWidget):
     citation_clicked = Signal(int, int)
     sources_requested = Signal(int)
     tool_decision_requested = Signal(int, str)
+    delete_branch_requested = Signal(int)
+    keep_requested = Signal(int)
 
     PAGE_NO_MODEL, PAGE_EMPTY, PAGE_MESSAGES = range(3)
 
@@ -116,6 +121,7 @@ class ChatView(QWidget):
         super().__init__(parent)
         self._widgets: dict[int, MessageWidget | NoticeWidget] = {}
         self._cards: dict[int, ToolCallCard] = {}
+        self.compare_panel: ComparePanel | None = None  # a comparison's two answers, side by side
         self._order: list[int] = []
         self._pending: dict[int, list[str]] = {}
         self._model_loaded = False
@@ -204,7 +210,8 @@ class ChatView(QWidget):
     def clear(self) -> None:
         self._pending.clear()
         self._update_timer.stop()
-        for widget in [*self._widgets.values(), *self._cards.values()]:
+        panel: list[QWidget] = [self._take_compare_panel()] if self.compare_panel is not None else []
+        for widget in [*self._widgets.values(), *self._cards.values(), *panel]:
             self.column_layout.removeWidget(widget)
             widget.hide()
             self._retired.append(widget)
@@ -254,7 +261,8 @@ class ChatView(QWidget):
 
     def set_branches(self, positions: dict[int, tuple[int, int]]) -> None:
         """Which messages have branches beside them: message id → (its place from 1, how many)."""
-        for message_id, widget in self._widgets.items():
+        for message_id in self._order:  # a comparison's answers are not on the path yet
+            widget = self._widgets[message_id]
             if isinstance(widget, MessageWidget):
                 widget.set_branch(positions.get(message_id))
         self._refresh_actions()
@@ -266,6 +274,57 @@ class ChatView(QWidget):
         if message.role == "user":
             self._stick_to_bottom = True  # sending always shows the answer
             self.scroll_to_bottom()
+
+    # -- compare: two answers side by side ---------------------------------------------------------
+    def start_compare(self, run: CompareRun) -> None:
+        """A comparison starts: its panel goes under the question (the last message shown)."""
+        self.end_compare()
+        panel = ComparePanel(run)
+        panel.keep_requested.connect(self._on_compare_panel_keep_requested)
+        self.compare_panel = panel
+        self.column_layout.insertWidget(self.column_layout.count() - 2, panel)  # above the queue
+        self._stick_to_bottom = True
+        self.scroll_to_bottom()
+
+    def add_compare_answer(self, side: int, message: Any) -> None:
+        """One side's answer starts: it streams in its column (``append_delta`` by its id)."""
+        if self.compare_panel is None:
+            return
+        widget = MessageWidget(message)
+        widget.copy_requested.connect(self._on_message_copy_requested)
+        widget.code_copied.connect(self._on_message_code_copied)
+        self._widgets[message.id] = widget  # streamed into like any answer, not on the path (_order)
+        self.compare_panel.set_answer(side, widget)
+
+    def finish_compare(self, run: CompareRun) -> None:
+        if self.compare_panel is not None:
+            self.flush()
+            self.compare_panel.finish(run)
+
+    def end_compare(self) -> None:
+        """Take the comparison's panel away (its answers are then shown as branches)."""
+        if self.compare_panel is None:
+            return
+        panel = self._take_compare_panel()
+        self.column_layout.removeWidget(panel)
+        panel.hide()
+        panel.deleteLater()
+
+    def _take_compare_panel(self) -> ComparePanel:
+        """The panel, no longer the chat's: its answers leave the streamed-into widgets (they are
+        the panel's children and go with it)."""
+        panel = self.compare_panel
+        assert panel is not None
+        self.compare_panel = None
+        for side in range(2):
+            answer = panel.answer(side)
+            if answer is not None:
+                self._widgets.pop(answer.message_id, None)
+                self._pending.pop(answer.message_id, None)
+        return panel
+
+    def _on_compare_panel_keep_requested(self, message_id: int) -> None:
+        self.keep_requested.emit(message_id)
 
     def show_tool_call(self, message_id: int, record: dict[str, Any]) -> None:
         """Show (or update) the tool call card under the answer ``message_id``."""
@@ -416,6 +475,7 @@ class ChatView(QWidget):
             widget.regenerate_requested.connect(self._on_message_regenerate_requested)
             widget.continue_requested.connect(self._on_message_continue_requested)
             widget.branch_requested.connect(self._on_message_branch_requested)
+            widget.delete_branch_requested.connect(self._on_message_delete_branch_requested)
             widget.code_copied.connect(self._on_message_code_copied)
             widget.citation_clicked.connect(self._on_message_citation_clicked)
             widget.sources_requested.connect(self._on_message_sources_requested)
@@ -492,6 +552,9 @@ class ChatView(QWidget):
 
     def _on_message_continue_requested(self, message_id: int) -> None:
         self.continue_requested.emit(message_id)
+
+    def _on_message_delete_branch_requested(self, message_id: int) -> None:
+        self.delete_branch_requested.emit(message_id)
 
     def _on_message_branch_requested(self, message_id: int, step: int) -> None:
         self.branch_requested.emit(message_id, step)

@@ -36,6 +36,7 @@ from app.export import export_conversation, suggested_filename, write_export
 from app.ui import theme
 from app.ui.about_dialog import AboutDialog, SystemInfoDialog
 from app.ui.attachments import WindowAttachments
+from app.ui.branch_actions import BranchActions
 from app.ui.chat_view import ChatView
 from app.ui.composer import Composer
 from app.ui.instructions_dialog import InstructionsDialog
@@ -172,6 +173,8 @@ class MainWindow(QMainWindow):
         # paperclip, drops anywhere in the window, paste, chips, citations (after _connect: its slots
         # run after the chat view got the message)
         self.attachments = WindowAttachments(self)
+        # Compare two answers, "Keep this one", "Delete this branch…"
+        self.branches = BranchActions(self, self.chat_menu)
 
         self._restore_geometry()
         self._set_model(self.models.model_info)
@@ -300,6 +303,7 @@ class MainWindow(QMainWindow):
         chat_menu.addAction(self.stop_action)
         chat_menu.addAction(self.regenerate_action)
         chat_menu.addAction(self.edit_last_action)
+        self.chat_menu = chat_menu
         help_menu = menus.addMenu("&Help")
         help_menu.addAction(self.system_info_action)
         help_menu.addAction(self.about_action)

@@ -12,7 +12,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QSize, Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QFontDatabase, QFontMetrics, QGuiApplication
+from PySide6.QtGui import QAction, QDesktopServices, QFontDatabase, QFontMetrics, QGuiApplication
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -40,7 +40,7 @@ from app.ui.markdown_render import (
 )
 
 if TYPE_CHECKING:
-    from PySide6.QtGui import QResizeEvent, QWheelEvent
+    from PySide6.QtGui import QContextMenuEvent, QResizeEvent, QWheelEvent
 
     from app.core.store import Attachment
 
@@ -134,6 +134,19 @@ class RichTextSegment(QTextBrowser):
         super().resizeEvent(event)
         self._fit_height()
 
+    def contextMenuEvent(self, event: QContextMenuEvent) -> None:
+        """The text's own menu (Copy, Select all), then the message's actions (its parent's)."""
+        menu = self.createStandardContextMenu(event.pos())
+        owner = self.parentWidget()
+        while owner is not None and not isinstance(owner, MessageWidget):
+            owner = owner.parentWidget()
+        extra = owner.menu_actions() if owner is not None else []
+        if extra:
+            menu.addSeparator()
+            menu.addActions(extra)
+        menu.exec(event.globalPos())
+        menu.deleteLater()
+
     def wheelEvent(self, event: QWheelEvent) -> None:
         event.ignore()  # the chat's scroll area scrolls, not this fixed-height text
 
@@ -179,6 +192,7 @@ class MessageWidget(QFrame):
         citation_clicked(int, int): message id, page of the clicked "p. 12" citation.
         sources_requested(int): message id ("What the model saw").
         branch_requested(int, int): message id, step (-1 for ‹, +1 for ›): show another branch.
+        delete_branch_requested(int): message id (context menu "Delete this branch…").
     """
 
     copy_requested = Signal(int)
@@ -189,6 +203,7 @@ class MessageWidget(QFrame):
     code_copied = Signal(str)
     citation_clicked = Signal(int, int)
     sources_requested = Signal(int)
+    delete_branch_requested = Signal(int)
 
     def __init__(self, message: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -294,6 +309,19 @@ class MessageWidget(QFrame):
         branch_layout.addWidget(self.branch_next)
         self.branch_box.hide()
         self.branch_position: tuple[int, int] | None = None
+        # the context menu (right click): this message's branch can be deleted while it has siblings
+        self.delete_branch_action = QAction("Delete this branch…", self)
+        self.delete_branch_action.setToolTip(
+            "Delete this message and everything after it on this branch (the branch beside it stays)"
+        )
+        self.delete_branch_action.triggered.connect(self._on_delete_branch_action_triggered)
+        self.delete_branch_action.setEnabled(False)
+        self.addAction(self.delete_branch_action)
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+
+    def menu_actions(self) -> list[QAction]:
+        """The message's context-menu actions (also offered in its text's own menu)."""
+        return [self.delete_branch_action]
 
     def _arrange_as_user(self, outer: QVBoxLayout) -> None:
         """A bubble on the right; Edit and Copy under it."""
@@ -526,6 +554,7 @@ class MessageWidget(QFrame):
         position = self.branch_position
         self.branch_prev.setEnabled(can_switch and position is not None and position[0] > 1)
         self.branch_next.setEnabled(can_switch and position is not None and position[0] < position[1])
+        self.delete_branch_action.setEnabled(can_switch and position is not None and position[1] > 1)
 
     def is_unfinished(self) -> bool:
         """An answer that stopped before its end (stopped, interrupted, cut off by a limit)."""
@@ -543,8 +572,10 @@ class MessageWidget(QFrame):
         self.branch_position = position
         if position is None:
             self.branch_box.hide()
+            self.delete_branch_action.setEnabled(False)
             return
         index, count = position
+        self.delete_branch_action.setEnabled(count > 1)
         self.branch_label.setText(f"{index}/{count}")
         self.branch_label.setAccessibleName(f"Branch {index} of {count}")
         self.branch_prev.setEnabled(index > 1)
@@ -578,6 +609,9 @@ class MessageWidget(QFrame):
 
     def _on_branch_next_clicked(self) -> None:
         self.branch_requested.emit(self.message_id, 1)
+
+    def _on_delete_branch_action_triggered(self) -> None:
+        self.delete_branch_requested.emit(self.message_id)
 
     def _on_sources_button_clicked(self) -> None:
         self.sources_requested.emit(self.message_id)

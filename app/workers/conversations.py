@@ -26,6 +26,7 @@ from app.core.presets import (
     Preset,
     check_preset_name,
     dump_user_presets,
+    find_preset,
     parse_user_presets,
 )
 from app.core.store import DEFAULT_TITLE, AttachmentState, MessageStatus, answer_unfinished, make_title
@@ -72,6 +73,35 @@ class MessageQueue:
     paused: str = ""  # why they wait ("" while they go out when the answer ends)
 
 
+@dataclass(frozen=True)
+class CompareSide:
+    """One side of a comparison: a preset (by name; "" the conversation's own sampling) and, on a
+    server that offers several, a model ("" the one in use)."""
+
+    preset: str = ""
+    model: str = ""
+
+    @property
+    def label(self) -> str:
+        """What the side's column is headed with: "Precise", "qwen3 · Precise"."""
+        preset = self.preset or "This chat's settings"
+        return f"{self.model} · {preset}" if self.model else preset
+
+
+@dataclass(frozen=True)
+class CompareRun:
+    """One message sent to two sides, answered one after the other as siblings under
+    ``question_id``. ``answers``: the answers' ids as they start (left first); ``side``: the one
+    being written; ``done``: both ended (or the run was stopped or failed)."""
+
+    conversation_id: int
+    question_id: int
+    sides: tuple[CompareSide, CompareSide]
+    answers: tuple[int, ...] = ()
+    side: int = 0
+    done: bool = False
+
+
 class ConversationController(QObject):
     """Signals:
     conversations_changed(): the sidebar should reload ``conversations()``.
@@ -106,6 +136,12 @@ class ConversationController(QObject):
     answer_continued(int): message id: the answer is being continued (its text grows again).
     queue_changed(object): the MessageQueue of the conversation shown (messages sent while an
         answer was being written).
+    compare_started(object): a CompareRun: one message goes to two presets or models (the chat
+        shows their answers side by side).
+    compare_answer_added(int, object): side (0 left, 1 right), the answer's StoredMessage (it then
+        streams like any answer: ``tokens_streamed``, ``generation_finished``).
+    compare_finished(object): the CompareRun once both answers ended (or it was stopped): the user
+        keeps one (:meth:`keep_compared`).
     """
 
     conversations_changed = Signal()
@@ -131,6 +167,9 @@ class ConversationController(QObject):
     tool_call_updated = Signal(int, dict)
     queue_changed = Signal(object)
     answer_continued = Signal(int)
+    compare_started = Signal(object)
+    compare_answer_added = Signal(int, object)
+    compare_finished = Signal(object)
 
     # commands to the worker (queued across threads)
     answer_requested = Signal(int, object, object)
@@ -176,6 +215,7 @@ class ConversationController(QObject):
         self._queue_ids = itertools.count(1)
         self._queue_editing: int | None = None  # a queued message open in the composer: it waits
         self._continuing: StoredMessage | None = None  # the answer being continued, as it was
+        self._compare: CompareRun | None = None  # a message answered by two presets or models
         self._prompt_timer: tuple[int, PromptTimer] | None = None  # (gen id, its timer)
         self.clock: Callable[[], float] = time.monotonic  # the prompt timer's (tests set one)
 
@@ -231,6 +271,7 @@ class ConversationController(QObject):
         if self.is_busy:
             self.stop()
         self._conversation_id = None
+        self._compare = None
         self.conversation_opened.emit(0, [])
         self.queue_changed.emit(None)
         self.context_changed.emit(0, self._models.n_ctx)
@@ -242,6 +283,8 @@ class ConversationController(QObject):
         if self.is_busy and conversation_id != self._conversation_id:
             self.stop()
         self._conversation_id = conversation_id
+        if self._compare is not None and self._compare.done:
+            self._compare = None  # the conversation opens on its branch shown
         self._preferences.remember(last_conversation=conversation_id)
         self.conversation_opened.emit(conversation_id, self._store.messages(conversation_id))
         self.queue_changed.emit(self._queues.get(conversation_id))
@@ -332,7 +375,11 @@ class ConversationController(QObject):
     def _resolved(self, conversation_id: int | None) -> tuple[str, tuple[float, float, float]]:
         """The system prompt and sampling a conversation uses (its own, else the app's)."""
         stored = self._store.conversation_options(conversation_id) if conversation_id is not None else {}
-        return self.resolved_options(ConversationOptions.from_dict(stored))
+        options = ConversationOptions.from_dict(stored)
+        side = self._compare_side(conversation_id)
+        if side is not None and side.preset:  # the side's preset, with this chat's own instructions
+            options = dataclasses.replace(options, preset=side.preset, sampling=None)
+        return self.resolved_options(options)
 
     # -- the user's presets (kept in the settings) -----------------------------------------------
     def user_presets(self) -> tuple[Preset, ...]:
@@ -380,7 +427,14 @@ class ConversationController(QObject):
     def _sampling(self) -> SamplingParams:
         s = self._preferences.settings
         temperature, top_p, min_p = self._resolved(self._conversation_id)[1]
-        return SamplingParams(temperature=temperature, top_p=top_p, min_p=min_p, max_tokens=s.max_tokens)
+        side = self._compare_side(self._conversation_id)
+        return SamplingParams(
+            temperature=temperature,
+            top_p=top_p,
+            min_p=min_p,
+            max_tokens=s.max_tokens,
+            model=side.model if side is not None else "",
+        )
 
     def _turn_request(
         self, conversation_id: int | None, *, draft: str | None = None, continue_answer: bool = False
@@ -507,28 +561,39 @@ class ConversationController(QObject):
     def _send(self, text: str, parent: int | Literal["active"] | None, edited_from: int | None) -> None:
         """Store the user's message under ``parent`` (a branch beside its other children) and
         answer it. ``edited_from``: the message this one is an edit of (its attachments go too)."""
+        if self._store_question(text, parent, edited_from) is None:
+            return
+        if not ((self._force_offer or reading.is_aggregate_question(text)) and self._offer_reading(text)):
+            self._start_generation()
+
+    def _store_question(
+        self, text: str, parent: int | Literal["active"] | None, edited_from: int | None
+    ) -> StoredMessage | None:
+        """Store the user's message with the composer's attachments and show it; None when it
+        cannot go (nothing typed, no model, busy, attachments not ready: the user is told why)."""
         text = text.strip()
         if not text:
-            return
+            return None
         info = self._models.model_info
         if info is None:
             self._notices.error_occurred.emit("Load a model first: File → Open model file…")
-            return
+            return None
         if self.is_busy:
-            return
+            return None
         pending = self._store.pending_attachments(self._conversation_id) if self._conversation_id else []
         if any(a.meta.get("state") != AttachmentState.READY for a in pending):
             self._notices.error_occurred.emit(
                 "Wait until the attachments are ready (or remove them), then send."
             )
-            return
+            return None
         images = [a for a in pending if a.kind == "image"]
         if images and not info.has_vision:
             self._notices.error_occurred.emit(
                 "This model has no vision projector, so it cannot see images. Download the projector "
                 "(mmproj) for it in the model manager, or remove the images."
             )
-            return
+            return None
+        self._settle_compare()
         conversation_id = self._title_conversation(text)
         stats = {"edited_from": edited_from} if edited_from is not None else None
         user = self._store.add_message(
@@ -544,8 +609,101 @@ class ConversationController(QObject):
             )
         self.message_added.emit(user)
         self._tool_chain = 0
-        if not ((self._force_offer or reading.is_aggregate_question(text)) and self._offer_reading(text)):
+        return user
+
+    # -- compare: one message, two presets or models, answers side by side ---------------------
+    @property
+    def compare_run(self) -> CompareRun | None:
+        """The comparison being written, or ended and waiting for the user's choice (None: none)."""
+        return self._compare
+
+    def compare(self, text: str, left: CompareSide, right: CompareSide) -> None:
+        """Send ``text`` to two sides: each answer is written in turn with its side's preset (and
+        model, on a server), as two branches under the one message. :meth:`keep_compared` then
+        shows the one the user keeps; the other stays one ‹ › away."""
+        if self.is_busy:
+            self._notices.error_occurred.emit("Wait until the answer ends (or stop it), then compare.")
+            return
+        problem = self._compare_problem(left, right)
+        if problem:
+            self._notices.error_occurred.emit(problem)
+            return
+        question = self._store_question(text, "active", None)
+        if question is None:
+            return
+        assert self._conversation_id is not None
+        self._compare = CompareRun(self._conversation_id, question.id, (left, right))
+        self.compare_started.emit(self._compare)
+        self._start_generation()
+
+    def compare_models(self) -> tuple[str, ...]:
+        """The models a comparison may name: those the connected server offers (none locally)."""
+        info = self._models.model_info
+        return info.server_models if info is not None and info.server else ()
+
+    def _compare_problem(self, left: CompareSide, right: CompareSide) -> str:
+        if left == right:
+            return "Choose two different presets (or models) to compare."
+        for side in (left, right):
+            if side.preset and find_preset(side.preset, self.user_presets()) is None:
+                return f"There is no preset named “{side.preset}”."
+            if side.model and side.model not in self.compare_models():
+                return (
+                    f"The model “{side.model}” is not offered by the server in use: models can be "
+                    "compared only on a server that serves several (File → Servers…)."
+                )
+        return ""
+
+    def _compare_side(self, conversation_id: int | None) -> CompareSide | None:
+        """The side being answered, while a comparison of ``conversation_id`` is written."""
+        run = self._compare
+        if run is None or run.done or run.conversation_id != conversation_id:
+            return None
+        return run.sides[run.side]
+
+    def _advance_compare(self, conversation_id: int, ended_early: bool) -> bool:
+        """One side's answer ended: start the other side's (True: still busy), or end the run
+        (stopped, failed, or both written)."""
+        run = self._compare
+        if run is None or run.done or run.conversation_id != conversation_id:
+            return False
+        if run.side == 0 and not ended_early and self._shown(conversation_id) and not self._closed:
+            self._compare = dataclasses.replace(run, side=1)
+            self._store.set_active_leaf(conversation_id, run.question_id)  # a sibling of the first
             self._start_generation()
+            return True
+        self._finish_compare()
+        return False
+
+    def _finish_compare(self) -> None:
+        run = self._compare
+        assert run is not None
+        run = dataclasses.replace(run, done=True)
+        if run.answers and self._store.get_conversation(run.conversation_id) is not None:
+            self._store.activate(run.answers[0])  # until the user keeps one: the left one
+        self._compare = run if self._shown(run.conversation_id) and run.answers else None
+        self.compare_finished.emit(run)
+
+    def _settle_compare(self) -> None:
+        """A comparison waiting for a choice becomes the plain branch shown (the left answer, or
+        the one kept) before anything else changes the conversation."""
+        run = self._compare
+        if run is None or not run.done:
+            return
+        self._compare = None
+        if self._shown(run.conversation_id):
+            leaf = self._store.active_leaf(run.conversation_id)
+            self._show_path(leaf if leaf is not None else run.question_id)
+
+    def keep_compared(self, answer_id: int) -> None:
+        """Keep one answer of the comparison: its branch is shown (the other stays a sibling)."""
+        run = self._compare
+        if run is None or not run.done or answer_id not in run.answers or self.is_busy:
+            return
+        self._compare = None
+        if self._shown(run.conversation_id):
+            self._store.activate(answer_id)
+            self._show_path(answer_id)
 
     # -- reading documents whole (app/core/reading.py) ----------------------------------------
     def read_whole_document(self, text: str) -> None:
@@ -721,6 +879,7 @@ class ConversationController(QObject):
         """Show the branch ``step`` places beside the one holding ``message_id`` (‹ −1, › +1)."""
         if self.is_busy or self._conversation_id is None:
             return
+        self._settle_compare()
         path = self._store.messages(self._conversation_id)
         index = _position(path, message_id)
         if index is None:
@@ -734,6 +893,43 @@ class ConversationController(QObject):
             return
         self._store.activate(siblings[target])
         self._show_path(siblings[target])
+
+    def can_delete_branch(self, message_id: int) -> bool:
+        """Whether the branch holding ``message_id`` (on the branch shown) has another branch
+        beside it: the last one left cannot be deleted this way."""
+        return self._deletable(message_id) is not None
+
+    def _deletable(self, message_id: int) -> tuple[StoredMessage, int] | None:
+        """(where the branch holding ``message_id`` starts, the sibling to show instead)."""
+        if self.is_busy or self._conversation_id is None:
+            return None
+        path = self._store.messages(self._conversation_id)
+        index = _position(path, message_id)
+        if index is None:
+            return None
+        anchor = _branch_anchor(path, index)
+        siblings = self._store.children(self._conversation_id).get(anchor.parent_id, [])
+        if anchor.id not in siblings or len(siblings) < 2:
+            return None
+        place = siblings.index(anchor.id)
+        return anchor, siblings[place - 1] if place > 0 else siblings[place + 1]
+
+    def delete_branch(self, message_id: int) -> None:
+        """Delete the branch holding ``message_id``: that message (with its "left out" notice) and
+        everything after it on every branch below it. The branch beside it is shown instead."""
+        self._settle_compare()
+        found = self._deletable(message_id)
+        if found is None:
+            self._notices.error_occurred.emit(
+                "This is the only branch here: delete the conversation instead, or edit the message."
+            )
+            return
+        anchor, sibling = found
+        assert self._conversation_id is not None
+        self._store.delete_messages_from(self._conversation_id, anchor.id)
+        self._store.activate(sibling)
+        self._show_path(sibling)
+        self._announce(self._conversation_id)
 
     def open_message(self, conversation_id: int, message_id: int) -> None:
         """Open a conversation on the branch holding ``message_id`` (a search result)."""
@@ -767,6 +963,7 @@ class ConversationController(QObject):
         the old one, which is kept."""
         if self.is_busy or self._conversation_id is None or self._models.model_info is None:
             return
+        self._settle_compare()
         path = self._store.messages(self._conversation_id)
         if message_id is None:
             last_user = max((i for i, m in enumerate(path) if m.role == Role.USER.value), default=None)
@@ -790,6 +987,7 @@ class ConversationController(QObject):
         text = text.strip()
         if not text or self.is_busy or self._conversation_id is None:
             return
+        self._settle_compare()
         path = self._store.messages(self._conversation_id)
         index = _position(path, message_id)
         if index is None or path[index].role != Role.USER.value:
@@ -820,6 +1018,7 @@ class ConversationController(QObject):
         the same message (its figures updated)."""
         if not self.can_continue(message_id):
             return
+        self._settle_compare()
         message = self._store.get_message(message_id)
         assert message is not None
         assert self._conversation_id is not None
@@ -838,6 +1037,7 @@ class ConversationController(QObject):
         text = text.strip()
         if not text or self.is_busy or self._conversation_id is None:
             return
+        self._settle_compare()
         path = self._store.messages(self._conversation_id)
         index = _position(path, message_id)
         if index is None or path[index].role != Role.ASSISTANT.value:
@@ -879,7 +1079,7 @@ class ConversationController(QObject):
         self._turn = turn
         if turn.dropped > 0 and not turn.continues:  # a notice would follow the answer continued
             notice = self._store.add_message(conversation_id, "notice", dropped_notice(turn.dropped))
-            if self._shown(conversation_id):
+            if self._shown(conversation_id) and self._compare_side(conversation_id) is None:
                 self.message_added.emit(notice)
         reading_turn = self._streaming_message is not None  # a reading made its answer when it started
         if not reading_turn:
@@ -888,8 +1088,7 @@ class ConversationController(QObject):
             )
             self._streaming_message = placeholder.id
             self._last_saved = time.monotonic()
-            if self._shown(conversation_id):
-                self.message_added.emit(placeholder)
+            self._show_answer(conversation_id, placeholder)
         if self._shown(conversation_id):
             self.context_changed.emit(turn.prompt_tokens, self._models.n_ctx)
         if not reading_turn:  # the documents' usual mode (their chips) is not the reading's
@@ -951,6 +1150,8 @@ class ConversationController(QObject):
         conversation_id, message_id = self._answering, self._streaming_message
         self._end_answer()
         if message_id is None:  # stopped before its turn was decided
+            if self._compare_side(conversation_id) is not None:
+                self._finish_compare()
             return
         if (
             stats.prompt_tokens_evaluated >= MIN_TOKENS_MEASURED
@@ -982,7 +1183,11 @@ class ConversationController(QObject):
             self.context_changed.emit(stats.context_used, stats.n_ctx or self._models.n_ctx)
         if stats.prompt_tokens >= KV_SAVE_MIN_PROMPT_TOKENS:
             self.save_session_requested.emit(conversation_id, str(self._paths.kv_state_dir))
-        if not cancelled and self._propose_tool_call(conversation_id, message_id, saved_stats):
+        if self._advance_compare(conversation_id, ended_early=cancelled):
+            return  # still busy: the other side's answer is on its way
+        if self._compare is None and (
+            not cancelled and self._propose_tool_call(conversation_id, message_id, saved_stats)
+        ):
             return  # still busy: the call waits for the user, then the answer continues
         self.busy_changed.emit(False)
         self._announce(conversation_id)
@@ -1113,12 +1318,24 @@ class ConversationController(QObject):
             # the turn could not be built (too long, say): the answer that never started says why
             failed = self._add_answer(conversation_id, MessageStatus.ERROR, stats={"error": message})
             message_id = failed.id
-            if self._shown(conversation_id):
-                self.message_added.emit(failed)
+            self._show_answer(conversation_id, failed)
         self._streaming_text = []
         self.generation_failed.emit(message_id or 0, message, detail)
+        self._advance_compare(conversation_id, ended_early=True)
         self.busy_changed.emit(False)
         self._pause_queue(conversation_id, "The answer failed, so these wait: Resume sends them.")
+
+    def _show_answer(self, conversation_id: int, answer: StoredMessage) -> None:
+        """A new answer goes into the chat: under its question, or into its side of a comparison."""
+        side = self._compare_side(conversation_id)
+        if side is not None:
+            run = self._compare
+            assert run is not None
+            self._compare = dataclasses.replace(run, answers=(*run.answers, answer.id))
+            if self._shown(conversation_id):
+                self.compare_answer_added.emit(run.side, answer)
+        elif self._shown(conversation_id):
+            self.message_added.emit(answer)
 
     def _add_answer(
         self,
@@ -1131,7 +1348,8 @@ class ConversationController(QObject):
         """An empty answer by the loaded model (filled as it streams, or saying why it failed),
         after the last message of the branch shown."""
         info = self._models.model_info
-        model = info.name if info else ""
+        side = self._compare_side(conversation_id)
+        model = side.model if side is not None and side.model else (info.name if info else "")
         return self._store.add_message(
             conversation_id,
             Role.ASSISTANT.value,

@@ -4,6 +4,9 @@
 ``python -m tests.reliability.chat_child chat DATA_DIR MODEL SIDE_FILE``
     loads the tiny model, sends one message and streams a long answer; every streamed delta
     appends ``<monotonic time> <chars streamed so far>`` to SIDE_FILE (flushed: a SIGKILL keeps it).
+``python -m tests.reliability.chat_child branch DATA_DIR MODEL SIDE_FILE CONVERSATION ANSWER``
+    as ``chat``, but in a conversation already in DATA_DIR's database: opens CONVERSATION and
+    regenerates ANSWER, so a new sibling branch streams beside the branches already there.
 ``python -m tests.reliability.chat_child ingest DATA_DIR MODEL SIDE_FILE DOC``
     attaches DOC (a big generated document) and writes ``attached <id>`` then progress lines.
 
@@ -52,6 +55,9 @@ def main(argv: list[str]) -> int:
         log_line("loaded")
         if mode == "chat":
             controller.conversations.send("Tell me a very long story about a lighthouse keeper.")
+        elif mode == "branch":
+            controller.conversations.open_conversation(int(argv[4]))
+            controller.conversations.regenerate(int(argv[5]))
         else:
             controller.attachments.attach_files([argv[4]])
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from app.config import AppPaths
 from app.core.store import Store
 from tests.reliability.figures import emit
 
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # 20 SIGKILLs of the app in all (issue 9): 14 while streaming an answer, 6 while ingesting a document.
 CHAT_KILLS = int(os.environ.get("SCOUT_RELIABILITY_KILLS", "14"))
 INGEST_KILLS = 6
+BRANCH_KILLS = 6  # SIGKILLs while a regenerated answer (a new sibling branch) streams
 SAVE_WINDOW_S = 1.0  # at most one second of streamed text may be lost
 
 
@@ -138,6 +140,89 @@ def test_sigkill_while_streaming_loses_at_most_one_second(tiny_model: Path, tmp_
         summary.append((run, streamed, len(answer.content), round(lag, 3)))
         assert _integrity(db) == "ok"
     emit(f"streaming kills: {len(summary)} (+{finished_first} finished first), worst loss {worst_lag:.3f} s")
+    for n, streamed, saved, lost in summary:
+        emit(f"  run {n}: streamed {streamed} chars, saved {saved}, lost the last {lost:.3f} s")
+
+
+def _branched_conversation(database: Path) -> tuple[int, int, list[tuple[int, str, str, int | None]]]:
+    """A conversation with branches: q1 → a1 → q2 → (a2 → q3 → a3 | a2') → returns its id, the
+    answer to regenerate (a2, on the branch shown) and every message as (id, role, text, parent)."""
+    with Store(database) as store:
+        c = store.create_conversation("Branches")
+        q1 = store.add_message(c.id, "user", "Where is the lighthouse?")
+        a1 = store.add_message(c.id, "assistant", "On the northern cape, above the harbour.")
+        q2 = store.add_message(c.id, "user", "Who keeps it?")
+        a2b = store.add_message(c.id, "assistant", "A keeper named Ada, for thirty years.")
+        a2 = store.add_message(c.id, "assistant", "Nobody: it is automatic now.", parent_id=q2.id)
+        q3 = store.add_message(c.id, "user", "Since when?")
+        a3 = store.add_message(c.id, "assistant", "Since 1987, when the last keeper retired.")
+        assert [m.id for m in store.messages(c.id)] == [q1.id, a1.id, q2.id, a2.id, q3.id, a3.id]
+        tree = [(m.id, m.role, m.content, m.parent_id) for m in store.tree(c.id)]
+        assert len(tree) == 7
+        assert a2b.parent_id == q2.id
+    return c.id, a2.id, tree
+
+
+def test_sigkill_while_a_branch_streams_keeps_every_other_branch(tiny_model: Path, tmp_path: Path) -> None:
+    """Regenerate an answer in a conversation with branches and SIGKILL the app while the new
+    sibling streams: that branch loses at most the last second; every other message (both
+    earlier siblings, the sub-branch under one of them) is intact, and the conversation reopens on
+    the new branch."""
+    rng = random.Random(int(os.environ.get("SCOUT_RELIABILITY_SEED", "9")) + 20)
+    worst_lag = 0.0
+    summary: list[tuple[int, int, int, float]] = []
+    for run in range(BRANCH_KILLS * 2):
+        if len(summary) == BRANCH_KILLS:
+            break
+        data = tmp_path / f"branch{run}"
+        db = AppPaths.under(data).ensure().database
+        conversation, regenerated, before_tree = _branched_conversation(db)
+        side = tmp_path / f"branch{run}.side"
+        proc = _spawn("branch", str(data), str(tiny_model), str(side), str(conversation), str(regenerated))
+        _wait_for(side, proc, lambda ls: len(_token_lines(ls)) >= 1)
+        time.sleep(rng.uniform(0.05, 2.5))
+        killed_at = _kill(proc)
+
+        assert _integrity(db) == "ok", f"run {run}: integrity_check failed"
+        lines = _read_side(side)
+        if "finished" in lines:
+            continue  # the answer ended before the kill: nothing to measure
+        ticks = _token_lines(lines)
+        before = [chars for t, chars in ticks if t <= killed_at - SAVE_WINDOW_S]
+        must_have = before[-1] if before else 0
+        streamed = ticks[-1][1] if ticks else 0
+        with Store(db) as store:  # reopening marks the answer left streaming as interrupted
+            tree = store.tree(conversation)
+            # every message that was there before is there unchanged, under the same parent
+            assert [(m.id, m.role, m.content, m.parent_id) for m in tree[: len(before_tree)]] == before_tree
+            assert all(m.status == "complete" for m in tree[: len(before_tree)])
+            new = tree[len(before_tree) :]
+            assert [m.role for m in new] == ["assistant"], f"run {run}: {[m.role for m in new]}"
+            answer = new[0]
+            q2 = before_tree[2][0]
+            assert answer.parent_id == q2  # a sibling of the two earlier answers
+            assert answer.status == "interrupted"
+            assert len(answer.content) >= must_have, (
+                f"run {run}: saved {len(answer.content)} chars, but {must_have} had streamed "
+                f"{SAVE_WINDOW_S} s before the kill (of {streamed})"
+            )
+            # the conversation reopens on the new branch; the others are one ‹ › away
+            path = [m.id for m in store.messages(conversation)]
+            assert path == [before_tree[0][0], before_tree[1][0], q2, answer.id]
+            assert store.children(conversation)[q2] == [before_tree[3][0], before_tree[4][0], answer.id]
+            store.activate(before_tree[4][0])  # the earlier branch, with its own follow-up, is whole
+            assert [m.content for m in store.messages(conversation)][-3:] == [
+                before_tree[4][2],
+                before_tree[5][2],
+                before_tree[6][2],
+            ]
+        unsaved = [t for t, chars in ticks if chars > len(answer.content)]
+        lag = killed_at - unsaved[0] if unsaved else 0.0
+        worst_lag = max(worst_lag, lag)
+        summary.append((run, streamed, len(answer.content), round(lag, 3)))
+        assert _integrity(db) == "ok"
+    assert len(summary) == BRANCH_KILLS, "the answers kept ending before the kill"
+    emit(f"branch kills: {len(summary)}, worst loss of the streaming branch {worst_lag:.3f} s")
     for n, streamed, saved, lost in summary:
         emit(f"  run {n}: streamed {streamed} chars, saved {saved}, lost the last {lost:.3f} s")
 

@@ -92,6 +92,7 @@ class LlamaEngine:
         self._tokenizer: PromptTokenizer | None = None
         self._literal = LiteralSpecials(())  # guards message text against control-token injection
         self.last_prompt = ""  # the prompt of the last answer, as rendered (diagnostics, tests)
+        self.last_sampling: SamplingParams | None = None  # the last answer's sampling (tests)
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -493,6 +494,7 @@ class LlamaEngine:
             return
         started = time.perf_counter()
         self.last_prompt = self.render_prompt(messages, continue_last=continue_last)
+        self.last_sampling = sampling
         tokens = self._tokens_of(self.last_prompt)
         n_ctx = int(llm.n_ctx())
         if len(tokens) >= n_ctx:

@@ -543,6 +543,7 @@ class RemoteEngine:
             load_seconds=time.perf_counter() - started,
             has_vision=identity.vision,
             server=self.where,
+            server_models=identity.models,
         )
         if progress is not None:
             progress(1.0)
@@ -710,7 +711,7 @@ class RemoteEngine:
         identity = self._identity
         assert identity is not None
         body: dict[str, Any] = {
-            "model": identity.model,
+            "model": sampling.model or identity.model,
             "messages": [_message_json(m, images=identity.vision) for m in messages],
             "stream": True,
             "max_tokens": sampling.max_tokens,
