@@ -31,7 +31,7 @@ def server(endpoint: str, free_gb: float, rtt_ms: float = 0.5, index: int = 0) -
         backend="RPC",
         free_bytes=int(free_gb * GIB),
         total_bytes=int(free_gb * GIB),
-        description=f"{endpoint} (compute server)",
+        description=f"compute server {endpoint}",
         endpoint=endpoint,
         rtt_s=rtt_ms / 1000,
     )
@@ -120,4 +120,4 @@ def test_hardware_lists_the_servers_devices_with_their_free_memory() -> None:
     assert hw.remote_devices[0].endpoint == "workstation:50052"
     assert hw.local_devices == local.devices
     lines = describe_hardware(hw)
-    assert lines[0] == "workstation:50052 (compute server): 51.5 GB free of 51.5 GB"
+    assert lines[0] == "compute server workstation:50052: 51.5 GB free of 51.5 GB"

@@ -120,7 +120,7 @@ class ComputeDevice:
             backend="RPC",
             free_bytes=self.free_bytes,
             total_bytes=self.total_bytes,
-            description=f"{self.endpoint} (compute server)",
+            description=f"compute server {self.endpoint}",
             endpoint=self.endpoint,
             rtt_s=self.rtt_s,
         )
