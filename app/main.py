@@ -231,7 +231,7 @@ def build_application(args: argparse.Namespace) -> Application:
         app.aboutToQuit.connect(controller.shutdown)
         if downloads is not None:
             app.aboutToQuit.connect(downloads.shutdown)
-    controller.restore_session()
+    controller.restore_session(reload_model=not (args.server or args.model))
     if args.server:
         from app.core.server_keys import ServerKeyStore
 

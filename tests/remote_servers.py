@@ -122,11 +122,11 @@ def llama_server(
 
 @contextlib.contextmanager
 def llama_cpp_server(
-    model: Path, log: Path, *, n_ctx: int = 1024, key: str = API_KEY
+    model: Path, log: Path, *, n_ctx: int = 1024, key: str = API_KEY, port: int = 0
 ) -> Iterator[RunningServer]:
-    """``python -m llama_cpp.server`` on ``model`` (one thread), waited for with a health poll and
-    always killed afterwards."""
-    port = free_port()
+    """``python -m llama_cpp.server`` on ``model`` (one thread; ``port``: 0 = a free one), waited
+    for with a health poll and always killed afterwards."""
+    port = port or free_port()
     command = [
         sys.executable,
         "-m",
