@@ -139,6 +139,12 @@ class Settings:
     whole_document_limit: int = 32_000  # documents up to this many tokens go in whole (docs/benchmarks.md)
     search_model: str = "ask"  # ask (offer it once) | on | off: the search model for long documents
     compute_servers: tuple[str, ...] = ()  # llama.cpp RPC compute servers, "host:port" (Settings → Machines)
+    # the server last connected (File → Servers…), reconnected at start; "" = the last model was a
+    # file (its key stays in the key store, never here)
+    last_server: str = ""
+    last_server_model: str = ""
+    last_server_ca: str = ""
+    last_server_plain_http: bool = False
     api_server: bool = False  # the local OpenAI-compatible API server (Settings → API server)
     api_host: str = "127.0.0.1"  # another address only when the user chooses it (with a warning)
     api_port: int = 1236  # 0: any free port (tests)

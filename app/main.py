@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from app.core.engine.probe import MeasuredBuffers
     from app.core.engine.remote import ServerConfig
+    from app.core.engine.rpc import ComputeDevice
     from app.core.planner import LoadRequest, PlannedLoad
     from app.core.ports import Engine
     from app.core.store import Store
@@ -144,15 +145,18 @@ def planner(
     request: LoadRequest,
     measure: Callable[[LoadParams], MeasuredBuffers] | None = None,
     measure_speeds: Callable[[int], tuple[float, float, float, float, float]] | None = None,
+    compute_devices: Callable[[Sequence[str]], Sequence[ComputeDevice]] | None = None,
 ) -> PlannedLoad:
     """Runs on the inference thread: fresh free-memory figures and llama.cpp's dry run each load
-    (``measure``: in the engine process; None: in this process), and the speed probe the first
+    (``measure``: in the engine process; None: in this process), the speed probe the first
     time at this thread count on this hardware (``measure_speeds``: in the engine process; None:
-    in this process), cached for the forecast."""
+    in this process), cached for the forecast, and with compute servers (Settings → Machines)
+    their devices and free memory (``compute_devices``: in the engine process, where they are
+    registered with ggml; None: in this process)."""
     import dataclasses
 
     from app.core import forecast
-    from app.core.hardware import SystemHardware
+    from app.core.hardware import SystemHardware, with_remote_devices
     from app.core.planner import plan_load
 
     if measure is None:
@@ -162,6 +166,13 @@ def planner(
 
         measure_speeds = measure_llama
     hardware = SystemHardware().probe()
+    if request.compute_servers:
+        if compute_devices is None:
+            from app.core.engine.rpc import compute_devices as in_this_process
+
+            compute_devices = in_this_process
+        remote = [d.as_device() for d in compute_devices(request.compute_servers)]
+        hardware = with_remote_devices(hardware, remote)
     threads = request.n_threads or max(1, hardware.physical_cores)
     try:
         speeds = forecast.machine_speeds(
@@ -202,6 +213,7 @@ def build_application(args: argparse.Namespace) -> Application:
             planner,
             measure=getattr(engine, "measure_buffers", None),
             measure_speeds=getattr(engine, "measure_speeds", None),
+            compute_devices=getattr(engine, "compute_devices", None),
         ),
     )
     controller.preferences.default_changes = default_changes  # the window announces them once
@@ -220,7 +232,7 @@ def build_application(args: argparse.Namespace) -> Application:
         app.aboutToQuit.connect(controller.shutdown)
         if downloads is not None:
             app.aboutToQuit.connect(downloads.shutdown)
-    controller.restore_session()
+    controller.restore_session(reload_model=not (args.server or args.model))
     if args.server:
         from app.core.server_keys import ServerKeyStore
 

@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import http.server
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,11 +122,11 @@ def llama_server(
 
 @contextlib.contextmanager
 def llama_cpp_server(
-    model: Path, log: Path, *, n_ctx: int = 1024, key: str = API_KEY
+    model: Path, log: Path, *, n_ctx: int = 1024, key: str = API_KEY, port: int = 0
 ) -> Iterator[RunningServer]:
-    """``python -m llama_cpp.server`` on ``model`` (one thread), waited for with a health poll and
-    always killed afterwards."""
-    port = free_port()
+    """``python -m llama_cpp.server`` on ``model`` (one thread; ``port``: 0 = a free one), waited
+    for with a health poll and always killed afterwards."""
+    port = port or free_port()
     command = [
         sys.executable,
         "-m",
@@ -206,15 +207,19 @@ def _accepts(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def rpc_server(binary: Path, log: Path, *, port: int = 0, cache: bool = False) -> Iterator[RunningServer]:
+def rpc_server(
+    binary: Path, log: Path, *, port: int = 0, cache: bool = False, memory: MemoryLimit | None = None
+) -> Iterator[RunningServer]:
     """llama.cpp's ``rpc-server`` (one thread) on 127.0.0.1, waited for until it accepts
-    connections, always killed afterwards. ``cache``: its local tensor cache (``-c``)."""
+    connections, always killed afterwards. ``cache``: its local tensor cache (``-c``); ``memory``:
+    the memory it reports (:class:`MemoryLimit`)."""
     port = port or free_port()
     command = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--threads", "1"]
     if cache:
         command.append("--cache")
+    env = None if memory is None else {**os.environ, **memory.env()}
     with log.open("ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = RunningServer(process, port, log)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -225,3 +230,49 @@ def rpc_server(binary: Path, log: Path, *, port: int = 0, cache: bool = False) -
         yield server
     finally:
         server.kill()
+
+
+# rpc-server lends its CPU device, whose memory ggml reads from sysconf(_SC_PHYS_PAGES): the whole
+# RAM of this machine for every server on it, and this build's rpc-server has no option to
+# declare less. The tests give two servers different sizes by answering that sysconf call.
+_MEMORY_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <unistd.h>
+long sysconf(int name) {
+    static long (*real)(int) = 0;
+    if (!real) real = (long (*)(int))dlsym(RTLD_NEXT, "sysconf");
+    if (name == _SC_PHYS_PAGES || name == _SC_AVPHYS_PAGES) {
+        const char *mib = getenv("SCOUT_TEST_MEMORY_MIB");
+        if (mib) return (long)(atoll(mib) * 1024 * 1024 / real(_SC_PAGESIZE));
+    }
+    return real(name);
+}
+"""
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """The memory an rpc-server reports, through a preloaded sysconf (:func:`memory_shim`)."""
+
+    shim: Path
+    mib: int
+
+    def env(self) -> dict[str, str]:
+        return {"LD_PRELOAD": str(self.shim), "SCOUT_TEST_MEMORY_MIB": str(self.mib)}
+
+
+def memory_shim(directory: Path) -> Path | None:
+    """The sysconf shim built with the C compiler (None, when there is none or not on Linux)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not sys.platform.startswith("linux") or compiler is None:
+        return None
+    source, library = directory / "memory_shim.c", directory / "libmemory_shim.so"
+    source.write_text(_MEMORY_SHIM)
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"],
+        check=True,
+        capture_output=True,
+    )
+    return library

@@ -55,6 +55,13 @@ GPU_FLOP_PER_BYTE = 40.0  # a GPU's quantized matmul rate in FLOP/s per byte/s o
 GPU_LAYER_S = 25e-6  # kernel launches per layer and token on a GPU
 OFFLOAD_MIN_BATCH = 32  # llama.cpp offloads a CPU weight's matmul to the GPU from this batch size
 SAMPLE_S_PER_VOCAB = 4e-9  # logits copy + sampling per vocabulary entry and token
+# A compute server (llama.cpp RPC): its round trip is measured when it is registered; the rest
+# are labelled assumptions.
+RPC_ROUND_TRIPS = 2  # per graph split on a server and evaluation: the inputs sent, the result read
+RPC_MIN_RTT_S = 20e-6  # below this the measured connect time is noise
+NETWORK_GBS = 0.117  # 1 Gbit/s Ethernet, the common home/office link
+LOOPBACK_GBS = 2.0  # a server on this machine (tests, benchmarks)
+REMOTE_DEVICE_GBS = 50.0  # a compute server's memory rate: not reported by llama.cpp's RPC
 # Without a probe (first start before the engine measured anything):
 ASSUMED_RAM_GBS = 20.0
 ASSUMED_TOKEN_S = 0.002
@@ -303,6 +310,30 @@ class Pool:
     kv_bytes_per_cell: int  # K + V bytes of one cached token, summed over this pool's layers
     attn_layers: tuple[bool, ...] = ()  # per layer here: chunked (True) or global
     bandwidth_gbs: float | None = None  # a GPU's catalogue bandwidth (used when not measured)
+    endpoint: str = ""  # a compute server's "host:port" (llama.cpp RPC); "" = this machine
+    rtt_s: float = 0.0  # that server's measured network round trip
+    has_output: bool = False  # the output layer is here (a server then sends the logits back)
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.endpoint)
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a compute server's ``host:port`` is on this machine."""
+    host = endpoint.rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def network_seconds(info: GGUFInfo, pool: Pool, tokens: int, evaluations: int = 1) -> float:
+    """What reaching a compute server costs for ``tokens`` tokens in ``evaluations`` graph
+    evaluations: round trips, the activations there and back, the logits when it holds the
+    output layer. 0 for this machine's own devices."""
+    if not pool.endpoint:
+        return 0.0
+    rate = (LOOPBACK_GBS if pool.loopback else NETWORK_GBS) * GB
+    sent = 2 * tokens * info.n_embd * 4 + (evaluations * info.vocab_size * 4 if pool.has_output else 0)
+    return evaluations * RPC_ROUND_TRIPS * max(pool.rtt_s, RPC_MIN_RTT_S) + sent / rate
 
 
 @dataclass(frozen=True)
@@ -460,6 +491,7 @@ def _token_seconds(
         else:
             memory, _upload = _gpu_rates(pool.gpu, pool.bandwidth_gbs, speeds)
             seconds += (active + kv) / (memory * GPU_EFFICIENCY * GB) + GPU_LAYER_S * pool.layers
+            seconds += network_seconds(info, pool, 1)
     return seconds
 
 
@@ -497,6 +529,7 @@ def _prompt_seconds(
             memory, _upload = _gpu_rates(pool.gpu, pool.bandwidth_gbs, speeds)
             seconds += (flops + attention) / (memory * GB * GPU_FLOP_PER_BYTE)
             seconds += n_micro * (weights / (memory * GPU_EFFICIENCY * GB) + GPU_LAYER_S * pool.layers)
+            seconds += network_seconds(info, pool, tokens, n_micro)
     return seconds
 
 

@@ -41,10 +41,16 @@ class Device:
     unified: bool = False  # shares system RAM (Apple silicon, integrated GPUs)
     description: str = ""  # e.g. "NVIDIA GeForce RTX 4090"
     bandwidth_gbs: float | None = None  # memory bandwidth if known (speed estimates only)
+    endpoint: str = ""  # a compute server's "host:port" (llama.cpp RPC); "" = this machine
+    rtt_s: float = 0.0  # a compute server's network round trip, measured when it was registered
 
     @property
     def label(self) -> str:
         return self.description or self.name
+
+    @property
+    def is_remote(self) -> bool:
+        return bool(self.endpoint)
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,21 @@ class HardwareInfo:
     @property
     def cpu_only(self) -> bool:
         return not self.devices
+
+    @property
+    def local_devices(self) -> tuple[Device, ...]:
+        """This machine's own accelerators (not the compute servers')."""
+        return tuple(d for d in self.devices if not d.endpoint)
+
+    @property
+    def remote_devices(self) -> tuple[Device, ...]:
+        return tuple(d for d in self.devices if d.endpoint)
+
+
+def with_remote_devices(info: HardwareInfo, remote: Sequence[Device]) -> HardwareInfo:
+    """``info`` with the compute servers' devices, first: llama.cpp lists them before this
+    machine's GPUs (app/core/engine/rpc.py ``device_array``), and layers go in that order."""
+    return replace(info, devices=(*remote, *info.local_devices))
 
 
 class HardwareProbe(Protocol):
@@ -154,6 +175,8 @@ def describe_hardware(hardware: HardwareInfo) -> list[str]:
     for d in hardware.devices:
         shared = " (shared with the CPU)" if d.unified else ""
         lines.append(f"{d.label}: {format_gb(d.free_bytes)} free of {format_gb(d.total_bytes)}{shared}")
+    if not hardware.local_devices and hardware.devices:
+        lines.append("No GPU on this computer that llama.cpp can use")
     if not hardware.devices:
         lines.append("No GPU that llama.cpp can use: Scout would run on the CPU only")
     lines.append(

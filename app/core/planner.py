@@ -46,7 +46,17 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from app.core.forecast import Forecast, Placement, Pool, forecast, params_of, speed_figure
+from app.core.forecast import (
+    REMOTE_DEVICE_GBS,
+    Forecast,
+    Placement,
+    Pool,
+    forecast,
+    is_loopback,
+    network_seconds,
+    params_of,
+    speed_figure,
+)
 from app.core.projection import (
     N_BATCH,
     N_UBATCH,
@@ -69,7 +79,7 @@ if TYPE_CHECKING:
 
     from app.core.engine.probe import MeasuredBuffers
     from app.core.gguf_info import GGUFInfo
-    from app.core.hardware import HardwareInfo
+    from app.core.hardware import Device, HardwareInfo
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +99,11 @@ _VERDICT_LABELS = {
     VERDICT_FULL: "Fits fully on GPU",
     VERDICT_SPLIT: "Split GPU + RAM",
     VERDICT_CPU: "CPU only",
+}
+_POOLED_LABELS = {  # with compute servers (llama.cpp RPC): their devices count as the "GPUs"
+    VERDICT_FULL: "Fits on the compute servers",
+    VERDICT_SPLIT: "Split compute servers + this computer",
+    VERDICT_CPU: "This computer only",
 }
 
 
@@ -129,6 +144,10 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
     n_batch: int = N_BATCH
     n_ubatch: int = N_UBATCH
+    # llama.cpp RPC: the compute servers' devices the plan spreads layers over (first in
+    # ``devices``), and what reaching them adds to each generated token (in the forecast)
+    remote_devices: tuple[Device, ...] = ()
+    network_s_per_token: float = 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -145,6 +164,8 @@ class Plan:
         ``Split GPU + RAM`` / ``CPU only`` / ``Won't fit: needs 3.2 GB more``."""
         if not self.fits:
             return f"Won't fit: needs {format_gb(self.shortfall_bytes)} more"
+        if self.remote_devices and self.verdict in _POOLED_LABELS:
+            return _POOLED_LABELS[self.verdict]
         return _VERDICT_LABELS.get(self.verdict, self.verdict)
 
     @property
@@ -341,7 +362,9 @@ def _finish(
         verdict = VERDICT_SPLIT
     n_threads = threads or max(1, hw.physical_cores)
     n_batch = max(N_BATCH, ubatch)
-    speed = forecast(info, placement_of(info, hw, proj, cfg, n_threads, ubatch, n_batch), hw.speeds)
+    placement = placement_of(info, hw, proj, cfg, n_threads, ubatch, n_batch)
+    speed = forecast(info, placement, hw.speeds)
+    network = sum(network_seconds(info, pool, 1) for pool in placement.pools)
     mapped = proj.mapped_bytes(cfg)
     p = replace(p, ram=replace(p.ram, mapped=mapped))
     notes: list[str] = []
@@ -379,6 +402,8 @@ def _finish(
         notes=tuple(notes),
         n_batch=n_batch,
         n_ubatch=ubatch,
+        remote_devices=hw.remote_devices,
+        network_s_per_token=network,
     )
     return replace(plan, explanation=explain(plan, info, hw))
 
@@ -407,7 +432,7 @@ def _choose_ubatch(
     was compared)."""
     n_layer = info.n_layer
     in_ram = cfg.n_cpu_moe > 0 or cfg.n_gpu_layers <= n_layer
-    if not hw.devices or not in_ram:
+    if not hw.local_devices or not in_ram:
         return N_UBATCH, cfg, 0.0
     most = gpu_layers_repeating(n_layer, cfg.n_gpu_layers)
     options: list[tuple[int, Config, Forecast]] = []
@@ -475,6 +500,9 @@ def placement_of(
         p = pools[d]
         layers = chunked.get(d, [])
         dev = hw.devices[d] if d >= 0 else None
+        bandwidth = dev.bandwidth_gbs if dev else None
+        if dev is not None and dev.is_remote:
+            bandwidth = bandwidth or REMOTE_DEVICE_GBS
         result.append(
             Pool(
                 gpu=dev.name if dev else None,
@@ -485,10 +513,14 @@ def placement_of(
                 layers=int(p["layers"]),
                 kv_bytes_per_cell=kv_cell * len(layers),
                 attn_layers=tuple(layers),
-                bandwidth_gbs=dev.bandwidth_gbs if dev else None,
+                bandwidth_gbs=bandwidth,
+                endpoint=dev.endpoint if dev else "",
+                rtt_s=dev.rtt_s if dev else 0.0,
+                has_output=d == where[n_layer],
             )
         )
-    first = hw.devices[0] if hw.devices else None
+    local = hw.local_devices
+    first = local[0] if local else None  # prompt matmuls are offloaded to this machine's GPU only
     return Placement(
         pools=tuple(result),
         n_threads=n_threads,
@@ -536,14 +568,64 @@ def explain(plan: Plan, info: GGUFInfo, hw: HardwareInfo) -> str:
     )
     if any(d.unified for d in hw.devices):
         mem = f"≈ {format_gb(plan.vram_bytes)} GPU + {format_gb(plan.ram.total)} CPU of unified memory"
+    if hw.remote_devices:  # the split sentence below says where each layer goes
+        where = f"all {n} layers spread" if plan.n_gpu_layers > n else f"{n} layers spread"
+        if plan.n_cpu_moe:
+            where += f", experts of {plan.n_cpu_moe} layers in RAM"
+        mem = (
+            f"≈ {format_gb(plan.vram_bytes)} on the compute servers and GPUs"
+            f" + {format_gb(plan.ram.total)} RAM"
+        )
     speed = f"expect {plan.forecast.summary}" + ("" if plan.forecast.measured else " (not yet measured here)")
     head = f"{plan.label}: "
     text = f"{head}{where}, {ctx}, {mem}, {speed}."
     if not plan.fits:
         text += f" Even at this setting it needs {format_gb(plan.shortfall_bytes)} more memory than is free."
+    if hw.remote_devices:
+        text += f" {split_over_machines(plan, info, hw)}"
     if plan.compute_source == "estimate":
         text += " (Compute buffer estimated; llama.cpp's dry run will refine it.)"
     return text
+
+
+def _layers(n: int) -> str:
+    return f"{n} layer{'' if n == 1 else 's'}"
+
+
+def split_over_machines(plan: Plan, info: GGUFInfo, hw: HardwareInfo) -> str:
+    """With compute servers: how many layers go to each machine and why (their free memory),
+    and what the network adds to each token — ``Layers by free memory: 24 on
+    workstation:50052 (40 GB free), 24 here; the network adds ≈ 1.2 ms a token (…)``."""
+    n = info.n_layer
+    where = layer_devices(n, plan.n_gpu_layers, hw.devices)
+    parts = []
+    for i, d in enumerate(hw.devices):
+        count = sum(1 for il in range(n) if where[il] == i)
+        output = where[n] == i
+        if not count and not output:
+            continue
+        what = _layers(count) + (" and the output layer" if output else "")
+        place = d.endpoint if d.is_remote else f"this computer's {d.label}"
+        parts.append(f"{what} on {place} ({format_gb(d.free_bytes)} free)")
+    here = sum(1 for il in range(n) if where[il] < 0)
+    parts.append(f"{here} here" if here else "none here")
+    text = "Layers spread by free memory: " + ", ".join(parts)
+    if plan.n_cpu_moe:
+        text += f" (the experts of {_layers(plan.n_cpu_moe)} in this computer's RAM)"
+    idle = [d.endpoint for i, d in enumerate(hw.devices) if d.is_remote and i not in where]
+    if idle:
+        text += f"; nothing on {', '.join(idle)}"
+    if plan.network_s_per_token > 0:
+        rtt = max(d.rtt_s for d in hw.remote_devices)
+        text += (
+            f"; the network adds ≈ {plan.network_s_per_token * 1000:.2g} ms a token "
+            f"(round trip {rtt * 1000:.2g} ms measured, {_link(hw)} assumed)"
+        )
+    return text + "."
+
+
+def _link(hw: HardwareInfo) -> str:
+    return "loopback" if all(is_loopback(d.endpoint) for d in hw.remote_devices) else "1 Gbit/s Ethernet"
 
 
 def plan_with_dry_run(
@@ -640,6 +722,13 @@ def plan_load(
     info = read_gguf_info(request.model_path)
     projector = find_projector(info.path) if request.use_projector else None
     mmproj_bytes = projector.stat().st_size if projector else 0
+    # with the compute servers' devices in ``hardware`` (app/main.py asks the engine process for
+    # them), the plan spreads the layers over them and this machine, and the load and its dry run
+    # name those devices with the plan's split
+    servers = request.compute_servers if hardware.remote_devices else ()
+    split = tensor_split(hardware) if servers else ()
+    if measure is not None and servers:
+        measure = _with_servers(measure, servers, split)
     if measure is not None:
         plan = plan_with_dry_run(
             info,
@@ -656,11 +745,31 @@ def plan_load(
     params = plan.to_load_params(info.path, mmproj_path=projector)
     if request.n_threads:
         params = replace(params, n_threads=request.n_threads, n_threads_batch=request.n_threads)
-    if request.compute_servers:
-        # The plan is this machine's alone: with compute servers, every layer goes to them and to
-        # this machine's GPUs, split by llama.cpp by their free memory (its default for --rpc).
+    if servers:
+        if plan.n_gpu_layers > 0:  # (0: nothing goes to the servers)
+            params = replace(params, compute_servers=servers, tensor_split=split)
+    elif request.compute_servers:
+        # The servers' devices are not known (a plan made without asking them): every layer goes
+        # to them and to this machine's GPUs, split by llama.cpp by their free memory.
         params = replace(params, compute_servers=request.compute_servers, n_gpu_layers=0, tensor_overrides=())
     return PlannedLoad(params=params, plan=plan, info=info)
+
+
+def tensor_split(hardware: HardwareInfo) -> tuple[float, ...]:
+    """llama.cpp's tensor_split for the devices the planner spread layers over: their free memory
+    as the plan saw it (the same proportions as :func:`app.core.projection.layer_devices`)."""
+    return tuple(float(max(1, d.free_bytes)) for d in hardware.devices)
+
+
+def _with_servers(
+    measure: Callable[[LoadParams], MeasuredBuffers], servers: tuple[str, ...], split: tuple[float, ...]
+) -> Callable[[LoadParams], MeasuredBuffers]:
+    def measured(params: LoadParams) -> MeasuredBuffers:
+        if params.n_gpu_layers <= 0:
+            return measure(params)
+        return measure(replace(params, compute_servers=servers, tensor_split=split))
+
+    return measured
 
 
 def safer_overrides(plan: Plan, overrides: PlanOverrides) -> tuple[PlanOverrides, str] | None:

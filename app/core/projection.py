@@ -195,6 +195,12 @@ class Compute:
 
 def device_index(buffer: str, gpus: tuple[Device, ...]) -> int:
     """The GPU a device buffer (``CUDA1``, ``MTL0``, ``Vulkan0_Private`` …) belongs to."""
+    if buffer.endswith("]") and "[" in buffer:  # a compute server's: RPC0[host:port] (its own index)
+        endpoint = buffer[buffer.index("[") + 1 : -1]
+        remote = [i for i, g in enumerate(gpus) if g.endpoint == endpoint]
+        index = int(re.sub(r"\D", "", buffer[: buffer.index("[")]) or 0)
+        if remote:
+            return remote[min(index, len(remote) - 1)]
     for i, g in enumerate(gpus):
         if g.name == buffer or buffer.split("_")[0] == g.name:
             return i
@@ -333,9 +339,11 @@ class Projector:
         used = [w[i] > 0 for i in range(n_gpu)]
         gpu_compute = [c.gpu[i] if used[i] else 0 for i in range(n_gpu)]
         any_gpu = any(used)
-        if n_gpu and not any_gpu:
-            # a GPU build still offloads big matmuls to the first GPU with no layer on it
-            gpu_compute[0] = c.gpu_no_layers
+        first_local = next((i for i, g in enumerate(self.gpus) if not g.endpoint), None)
+        if first_local is not None and not any_gpu:
+            # a GPU build still offloads big matmuls to the first GPU with no layer on it (never
+            # to a compute server: llama.cpp's RPC backend offloads no operation)
+            gpu_compute[first_local] = c.gpu_no_layers
         host_compute = c.host
         gpu_other = [0] * n_gpu
         ram_other = APP_RAM + N_BATCH * info.vocab_size * 4  # llama-cpp-python's logits array

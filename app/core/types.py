@@ -109,6 +109,10 @@ class LoadParams:
     # llama.cpp RPC compute servers ("host:port"): the layers go to their devices, split by their
     # free memory (all layers when n_gpu_layers is 0). app/core/engine/rpc.py
     compute_servers: tuple[str, ...] = ()
+    # llama.cpp's tensor_split: each device's share of the offloaded layers, in the order of the
+    # devices the load names (the compute servers', then this machine's GPUs); () = llama.cpp's
+    # own split by free memory. The planner sets it to the free memory it planned with.
+    tensor_split: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n_ctx <= 0:

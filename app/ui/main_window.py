@@ -315,6 +315,7 @@ class MainWindow(QMainWindow):
         m.model_loaded.connect(self._on_models_model_loaded)
         m.model_load_failed.connect(self._on_models_model_load_failed)
         m.model_lost.connect(self._on_models_model_lost)
+        m.reconnect_failed.connect(self._on_models_reconnect_failed)
         m.load_confirmation_needed.connect(self._on_models_load_confirmation_needed)
         m.plan_changed.connect(self._on_models_plan_changed)
         c = self.conversations
@@ -678,6 +679,10 @@ class MainWindow(QMainWindow):
         safer = self.models.safer_reload()  # the cause looks like memory: offer a smaller plan too
         second = (safer[0], self.models.reload_lost_model_safer) if safer is not None else None
         self.error_banner.set_action("Reload model", self.models.reload_lost_model, second)
+
+    def _on_models_reconnect_failed(self, _address: str) -> None:
+        # the server used last did not answer at start: the error says why, the banner retries
+        self.error_banner.set_action("Retry", self.models.retry_reconnect)
 
     def _on_models_load_confirmation_needed(self, path: str, question: str) -> None:
         # a model whose load stopped the engine twice: asked in the banner, never loaded unasked

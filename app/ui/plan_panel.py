@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.gguf_info import GGUFError, find_projector, read_gguf_info
-from app.core.hardware import SystemHardware
+from app.core.hardware import SystemHardware, with_remote_devices
 from app.core.planner import PlanOverrides, make_plan, merge_overrides
 from app.core.units import format_context, gb_number
 from app.ui import theme
@@ -377,6 +377,10 @@ class PlanPanel(QDialog):
             return False
         self._info = info
         self._hardware = self._probe.probe()
+        loaded = self.controller.models.plan
+        if loaded is not None and loaded.remote_devices and self.controller.settings.compute_servers:
+            # the compute servers' devices as the last load found them (asked in the engine process)
+            self._hardware = with_remote_devices(self._hardware, loaded.remote_devices)
         projector = find_projector(info.path)
         self._mmproj_bytes = projector.stat().st_size if projector is not None else 0
         self._show_model_header(info)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from app.config import AppPaths, Settings
+    from app.core.engine.remote import ServerConfig
     from app.core.planner import LoadRequest, PlannedLoad
     from app.core.ports import Engine
     from app.core.retrieval import EmbedQuery
@@ -105,13 +106,33 @@ class AppController(QObject):
     def update_settings(self, settings: Settings) -> None:
         self.preferences.update(settings)
 
-    def restore_session(self) -> None:
-        """Reopen the last conversation and reload the last model (called once at start-up) —
-        unless its load stopped the engine twice: then the user is asked first."""
+    def restore_session(self, *, reload_model: bool = True) -> None:
+        """Reopen the last conversation and reconnect the server used last or reload the last
+        model (called once at start-up; ``reload_model`` False: the command line names one) —
+        unless the model's load stopped the engine twice: then the user is asked first."""
         self.conversations.restore_last()
+        if not reload_model:
+            return
+        if self.settings.last_server:
+            self.models.connect_server(self.last_server_config(), reconnecting=True)
+            return
         last_model = self.settings.last_model
         if last_model and Path(last_model).exists() and not self.models.ask_before_loading(last_model):
             self.models.load_model(last_model)
+
+    def last_server_config(self) -> ServerConfig:
+        """The server connected last (File → Servers…), with its key from the key store."""
+        from app.core.engine.remote import ServerConfig
+        from app.core.server_keys import ServerKeyStore
+
+        s = self.settings
+        return ServerConfig(
+            s.last_server,
+            api_key=ServerKeyStore(self.paths.data_dir).get(s.last_server) or "",
+            model=s.last_server_model,
+            ca_file=Path(s.last_server_ca) if s.last_server_ca else None,
+            allow_plain_http=s.last_server_plain_http,
+        )
 
     def _search_model(self) -> tuple[EmbedQuery | None, str | None]:
         """The search model for the inference thread's documents (thread-safe)."""

@@ -236,6 +236,7 @@ class ConversationController(QObject):
         worker.generation_finished.connect(self._on_worker_generation_finished)
         worker.generation_failed.connect(self._on_worker_generation_failed)
         worker.engine_stopped.connect(self._on_worker_engine_stopped)
+        worker.answer_interrupted.connect(self._on_worker_answer_interrupted)
         models.model_loaded.connect(self._on_models_model_loaded)
         preferences.settings_changed.connect(self._on_preferences_settings_changed)
 
@@ -1291,6 +1292,12 @@ class ConversationController(QObject):
     def _on_worker_engine_stopped(self, _message: str, _detail: str) -> None:
         # the answer being written (if any) fails next: its partial text is kept as "interrupted"
         self._engine_stopped_gen = self._gen_id if self._answering is not None else None
+
+    @Slot(int)
+    def _on_worker_answer_interrupted(self, gen_id: int) -> None:
+        # a server went away mid-answer: kept as "interrupted", as for a local engine's crash
+        if gen_id == self._gen_id and self._answering is not None:
+            self._engine_stopped_gen = gen_id
 
     @Slot(int, str, str)
     def _on_worker_generation_failed(self, gen_id: int, message: str, detail: str) -> None:

@@ -23,7 +23,7 @@ from app.core.api_requests import ApiError
 from app.core.context import MessageTooLongError, reply_reserve
 from app.core.engine import OutOfMemoryError, ProjectorError, check_model_file, first_split_part
 from app.core.engine.errors import EngineCrashedError, EngineHungError, TrialCrashedError
-from app.core.engine.remote import RemoteEngine, ServerConfig
+from app.core.engine.remote import RemoteEngine, ServerConfig, ServerLostError
 from app.core.errors import UserError
 from app.core.gguf_info import GGUFError, find_projector, projector_mismatch, read_gguf_info
 from app.core.heap import release_free_heap
@@ -91,6 +91,8 @@ class LlamaWorker(QObject):
         session_restored(int, int): conversation id, tokens of KV cache read back (0: none).
         engine_stopped(str, str): the engine process died or hung (message, detail); the model is
             gone. Sent before the ``*_failed`` signal of the request it broke.
+        answer_interrupted(int): gen_id: the server answering it went away mid-answer (the text
+            so far stands, as after a local engine's crash). Sent before ``generation_failed``.
         reading_progress(int, int, int): gen_id, parts read, parts in all (``read_whole``; first
             with 0 read, before any part).
         extract_read(int, object): gen_id, the PartExtract of a part just read (to be saved).
@@ -117,6 +119,7 @@ class LlamaWorker(QObject):
     session_saved = Signal(int, int)
     session_restored = Signal(int, int)
     engine_stopped = Signal(str, str)
+    answer_interrupted = Signal(int)
     reading_progress = Signal(int, int, int)
     extract_read = Signal(int, object)
     load_killed_engine = Signal(str)
@@ -514,6 +517,8 @@ class LlamaWorker(QObject):
         message, detail = _human(exc)
         log.error("%s %d failed", what, gen_id, exc_info=exc)
         self._note_engine_stopped(exc, message, detail)
+        if isinstance(exc, ServerLostError):
+            self.answer_interrupted.emit(gen_id)
         self.generation_failed.emit(gen_id, message, detail)
 
     @Slot(int, object, object)

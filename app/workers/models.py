@@ -67,6 +67,8 @@ class ModelController(QObject):
         model_lost(): the engine process stopped (crash, abort, watchdog): no model is loaded now.
         load_confirmation_needed(str, str): model path, the question: a model whose load stopped
             the engine twice was not loaded at start-up (:meth:`ask_before_loading`).
+        reconnect_failed(str): the server used last (reconnected at start) did not answer: its
+            address (``model_load_failed`` said why first); :meth:`retry_reconnect` tries again.
     """
 
     model_load_started = Signal(str)
@@ -76,6 +78,7 @@ class ModelController(QObject):
     plan_changed = Signal(object)
     model_lost = Signal()
     load_confirmation_needed = Signal(str, str)
+    reconnect_failed = Signal(str)
 
     load_requested = Signal(object)  # to the worker (queued across threads)
     load_untried_requested = Signal(object)  # to the worker: try the file in a throw-away process first
@@ -97,6 +100,8 @@ class ModelController(QObject):
         self._overrides: PlanOverrides | None = None
         self._loading = False
         self._kept: ModelInfo | None = None  # the model still loaded after a failed load
+        self._server: ServerConfig | None = None  # the server asked for last (connect_server)
+        self._reconnecting = False  # that request is the reconnection at start
         self._previous: tuple[Plan | None, PlanOverrides | None] = (None, None)
         # the model a stopped engine took: path, overrides, plan, whether memory looks like the cause
         self._lost: tuple[str, PlanOverrides | None, Plan | None, bool] | None = None
@@ -227,8 +232,11 @@ class ModelController(QObject):
     def _on_worker_load_killed_engine(self, path: str) -> None:
         self._remember_file(path, good=False)
 
-    def connect_server(self, config: ServerConfig) -> None:
-        """Use the model ``config`` names on a server (the current model stays until it answers)."""
+    def connect_server(self, config: ServerConfig, *, reconnecting: bool = False) -> None:
+        """Use the model ``config`` names on a server (the current model stays until it answers);
+        ``reconnecting``: the server used last, at start (a failure offers Retry)."""
+        self._server = config
+        self._reconnecting = reconnecting
         self._inference.cancel_generation()
         if not self._loading:
             self._previous = (self._plan, self._overrides)
@@ -236,6 +244,11 @@ class ModelController(QObject):
         self._inference.worker.load_cancel_event.clear()
         self.model_load_started.emit(f"{config.model or 'model'} on {config.address}")
         self.load_requested.emit(config)
+
+    def retry_reconnect(self) -> None:
+        """Try the server used last again (after :attr:`reconnect_failed`)."""
+        if self._server is not None:
+            self.connect_server(self._server, reconnecting=True)
 
     @property
     def is_remote(self) -> bool:
@@ -274,15 +287,24 @@ class ModelController(QObject):
         self._loading = False
         self._model_info = info
         self._lost = None
-        if info.server:  # a server's model: not a file to reopen
+        self._reconnecting = False
+        if info.server:  # a server's model: not a file to reopen, the server is reconnected at start
             self._plan = None
+            if self._server is not None:
+                c = self._server
+                self._preferences.remember(
+                    last_server=c.url,
+                    last_server_model=c.model,
+                    last_server_ca=str(c.ca_file or ""),
+                    last_server_plain_http=c.allow_plain_http,
+                )
             self.model_loaded.emit(info)
             if info.chat_template_note:
                 self._notices.info_message.emit(info.chat_template_note)
             return
         path = str(info.path)
         recent = push_recent_model(self._preferences.settings.recent_models, path)
-        self._preferences.remember(last_model=path, recent_models=recent)
+        self._preferences.remember(last_model=path, recent_models=recent, last_server="")
         self._remember_file(path, good=True)
         self.model_loaded.emit(info)
         if info.chat_template_note:
@@ -362,4 +384,10 @@ class ModelController(QObject):
                 self._plan = plan
                 self.plan_changed.emit(plan)
             message = f"{message} {kept.name} is still loaded."
+        if self._reconnecting and self._server is not None:
+            self._reconnecting = False
+            message = f"Could not reconnect to {self._server.address}, the server used last: {message}"
+            self.model_load_failed.emit(message, detail)
+            self.reconnect_failed.emit(self._server.address)
+            return
         self.model_load_failed.emit(message, detail)

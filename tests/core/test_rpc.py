@@ -5,6 +5,7 @@ answer, and reconnecting. Skipped, with the reason, when the set-up has not buil
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import TYPE_CHECKING
 
@@ -14,8 +15,10 @@ from app.core.engine.errors import EngineCrashedError
 from app.core.engine.llama_tools import find_llama_tools, why_missing
 from app.core.engine.process import EngineProxy
 from app.core.engine.rpc import ComputeServerError, lost_compute_server, parse_endpoint
+from app.core.hardware import SystemHardware, with_remote_devices
+from app.core.planner import LoadRequest, PlanOverrides, plan_load
 from app.core.types import ChatMessage, LoadParams, SamplingParams
-from tests.remote_servers import free_port, rpc_server
+from tests.remote_servers import MemoryLimit, free_port, memory_shim, rpc_server
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -53,6 +56,19 @@ def two_servers(tools: LlamaTools, tmp_path: Path) -> Iterator[list[RunningServe
 
 def endpoints(servers: list[RunningServer]) -> tuple[str, ...]:
     return tuple(f"127.0.0.1:{s.port}" for s in servers)
+
+
+@pytest.fixture
+def sized_servers(tools: LlamaTools, tmp_path: Path) -> Iterator[list[RunningServer]]:
+    """Two compute servers that report 1 GiB and 4 GiB of memory."""
+    shim = memory_shim(tmp_path)
+    if shim is None:
+        pytest.skip("no C compiler to build the memory shim the sized compute servers need")
+    with (
+        rpc_server(tools.rpc_server, tmp_path / "rpc-small.log", memory=MemoryLimit(shim, 1024)) as small,
+        rpc_server(tools.rpc_server, tmp_path / "rpc-big.log", memory=MemoryLimit(shim, 4096)) as big,
+    ):
+        yield [small, big]
 
 
 def local_answer(model: Path, tmp_path: Path) -> str:
@@ -156,3 +172,53 @@ def test_bad_compute_server_addresses_are_refused(text: str) -> None:
 def test_only_llama_cpps_lost_server_lines_name_the_compute_servers() -> None:
     assert lost_compute_server("ggml.c: Remote RPC server crashed or returned malformed response", ["a:1"])
     assert lost_compute_server("Segmentation fault", ["a:1"]) == ""
+
+
+MIB = 1024**2
+
+
+def _buffer_bytes(text: str, endpoint: str) -> int:
+    found = re.findall(rf"RPC\d+\[{re.escape(endpoint)}\] model buffer size =\s+([\d.]+) MiB", text)
+    assert found, text[-3000:]
+    return int(float(found[-1]) * MIB)  # the load's (the dry run's come first, allocating nothing)
+
+
+@needs_tools
+def test_the_plan_spreads_layers_by_the_servers_free_memory_and_llama_cpp_follows_it(
+    sized_servers: list[RunningServer], tiny_model: Path, tmp_path: Path
+) -> None:
+    servers = endpoints(sized_servers)
+    log = tmp_path / "engine.log"
+    proxy = EngineProxy(log_path=log)
+    try:
+        devices = proxy.compute_devices(servers)
+        # what each server reports, asked in the engine process where ggml registered them
+        assert [(d.endpoint, d.free_bytes, d.total_bytes) for d in devices] == [
+            (servers[0], 1024 * MIB, 1024 * MIB),
+            (servers[1], 4096 * MIB, 4096 * MIB),
+        ]
+        assert all(d.rtt_s > 0 for d in devices)
+        hardware = with_remote_devices(SystemHardware().probe(), [d.as_device() for d in devices])
+        request = LoadRequest(tiny_model, PlanOverrides(n_ctx=N_CTX), n_threads=1, compute_servers=servers)
+        planned = plan_load(request, hardware, proxy.measure_buffers)  # llama.cpp's dry run, too
+        plan = planned.plan
+        assert plan is not None
+        assert plan.compute_source == "measured"
+        # 1 : 4 of free memory: of the 4 layers + the output layer, 1 on the small server
+        assert "1 layer on " + servers[0] + " (1.1 GB free)" in plan.explanation
+        assert "3 layers and the output layer on " + servers[1] + " (4.3 GB free)" in plan.explanation
+        assert "none here" in plan.explanation
+        assert planned.params.tensor_split == (1024.0 * MIB, 4096.0 * MIB)
+        proxy.load(planned.params)
+        answer = "".join(proxy.stream_chat(QUESTION, GREEDY, threading.Event()))
+        text = log.read_text(errors="replace")
+    finally:
+        proxy.close()
+    assert answer
+    # llama.cpp's load log: the layers where the plan put them, the weights the plan projected
+    assert "layer   0 assigned to device RPC0" in text
+    for layer in (1, 2, 3, 4):  # 4: the output layer
+        assert f"layer   {layer} assigned to device RPC1" in text
+    for endpoint, usage in zip(servers, plan.devices, strict=True):
+        assert abs(_buffer_bytes(text, endpoint) - usage.weights) <= 10_486  # MiB, 2 decimals
+    assert "assigned to device CPU" not in text

@@ -373,3 +373,31 @@ def test_screenshots(qtbot, controller, themed, mode: str) -> None:
     forced.cpu_moe_spin.setValue(0)
     forced.recompute()
     assert shoot(forced, f"gpu_over_{mode}").stat().st_size > 0
+
+
+def test_the_panel_shows_the_compute_servers_split(qtbot, make_controller, scout_q4) -> None:
+    """With compute servers (Settings → Machines) the panel shows their devices as the last load
+    found them: a bar each, and the split by free memory in the explanation."""
+    from app.config import Settings
+    from app.core.hardware import GIB, Device, with_remote_devices
+
+    workstation = Device(
+        "RPC0", "RPC", 48 * GIB, 48 * GIB, description="compute server workstation:50052",
+        endpoint="workstation:50052", rtt_s=0.0005,
+    )  # fmt: skip
+    local = SimulatedHardware.cpu_only(32)
+    pooled = with_remote_devices(local.probe(), [workstation])
+    controller = make_controller(
+        settings=Settings(compute_servers=("workstation:50052",)),
+        planner=lambda request: plan_load(request, pooled),
+    )
+    with qtbot.waitSignal(controller.models.plan_changed, timeout=5000):
+        controller.models.load_model(str(scout_q4))
+    panel = make_panel(qtbot, controller, local)
+    assert panel.set_model_path(scout_q4)
+    names = [row.name_label.text() for row in panel.device_rows]
+    assert "Compute server workstation:50052 (RPC0)" in names
+    text = panel.explanation_label.text()
+    assert "Layers spread by free memory:" in text
+    assert "on workstation:50052 (51.5 GB free)" in text
+    assert "the network adds ≈" in text

@@ -9,7 +9,8 @@ last lines it wrote; llama.cpp's own log (the log callback) is written there too
 The protocol (plain tuples, pickled by ``multiprocessing.connection``):
 
 * requests: ``(command, *args)`` — ``load``, ``unload``, ``count_tokens``, ``count_chat_tokens``,
-  ``stream_chat``, ``measure_buffers`` (the planner's dry run), ``measure_speeds`` (the forecast's
+  ``stream_chat``, ``measure_buffers`` (the planner's dry run), ``compute_devices`` (the compute
+  servers' devices and free memory, for the planner), ``measure_speeds`` (the forecast's
   probe: :mod:`.speed_probe`), ``state_key``, ``save_state``,
   ``load_state``, ``version``, ``trial`` (a file never loaded before, in a throw-away process:
   :func:`~app.core.engine.probe.try_model_file`), ``quit``;
@@ -171,6 +172,9 @@ class _Handlers:
         from app.core.engine.speed_probe import measure_llama
 
         return measure_llama(int(n_threads))
+
+    def compute_devices(self, endpoints: Any) -> Any:
+        return self._engine.compute_devices(list(endpoints))
 
     def trial(self, path: Any) -> None:
         from app.core.engine.probe import try_model_file

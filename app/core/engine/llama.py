@@ -373,6 +373,11 @@ class LlamaEngine:
         return len(self.prompt_tokens(messages))
 
     # -- KV state on disk -------------------------------------------------------------------
+    def compute_devices(self, endpoints: Sequence[str]) -> list[rpc.ComputeDevice]:
+        """The compute servers' devices with their free memory now (registered in this process
+        the first time): what the planner spreads layers over."""
+        return rpc.compute_devices(endpoints)
+
     def state_key(self) -> str:
         """Identifies what a saved KV state is valid for: the model file and every parameter that
         shapes the cache. A different model or plan gives a different key (the old state is stale)."""
@@ -691,6 +696,7 @@ def _llama_kwargs(params: LoadParams, n_threads: int) -> dict[str, Any]:
     return {
         "n_ctx": params.n_ctx,
         "n_gpu_layers": params.n_gpu_layers or (-1 if params.compute_servers else 0),
+        "tensor_split": list(params.tensor_split) or None,
         "n_threads": n_threads,
         "n_threads_batch": params.n_threads_batch or n_threads,
         "n_batch": params.n_batch,

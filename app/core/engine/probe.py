@@ -170,6 +170,8 @@ def _cache_key(params: LoadParams, dry_run: bool, repack: bool) -> tuple[Any, ..
         params.n_gpu_layers,
         params.offload_kqv,
         tuple((o.pattern, o.device) for o in params.tensor_overrides),
+        params.compute_servers,
+        params.tensor_split,
         dry_run,
         repack,
     )
@@ -262,6 +264,22 @@ def _measure(params: LoadParams, *, dry_run: bool, repack: bool) -> MeasuredBuff
     else:
         mp.load_mode = LLAMA_LOAD_MODE_MMAP if params.use_mmap else LLAMA_LOAD_MODE_NONE
     keep_alive: list[Any] = []
+    from app.core.engine import rpc
+
+    if params.compute_servers or rpc.REGISTRY.used:
+        # the devices the load will name: the compute servers' (registered in this process), and
+        # never those of an earlier load's servers
+        rpc.register_compute_servers(params.compute_servers)
+        devices = rpc.REGISTRY.device_array(params.compute_servers)
+        keep_alive.append(devices)
+        mp.devices = ctypes.cast(devices, ctypes.c_void_p)
+        if params.compute_servers and not params.n_gpu_layers:
+            mp.n_gpu_layers = -1  # as the load does (LoadParams.compute_servers)
+    if params.tensor_split:
+        # llama.cpp reads one entry per device: room for its most (llama_max_devices), zero-padded
+        split = (ctypes.c_float * max(16, len(params.tensor_split)))(*params.tensor_split)
+        keep_alive.append(split)
+        mp.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
     if params.tensor_overrides:
         patterns = [o.pattern.encode() for o in params.tensor_overrides]
         array = (_BuftOverride * (len(patterns) + 1))()

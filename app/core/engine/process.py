@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     from app.core.engine.probe import MeasuredBuffers
+    from app.core.engine.rpc import ComputeDevice
     from app.core.types import ChatMessage, LoadParams, ModelInfo, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -295,6 +296,14 @@ class EngineProxy:
         (:func:`app.core.engine.speed_probe.measure_llama`), in the engine process."""
         figures = self._call("measuring this computer's speed", ("measure_speeds", n_threads))
         return tuple(float(x) for x in figures)  # type: ignore[return-value]
+
+    def compute_devices(self, endpoints: Sequence[str]) -> list[ComputeDevice]:
+        """The compute servers' devices with their free memory, asked in the engine process
+        (where ggml and the RPC client live: :func:`app.core.engine.rpc.compute_devices`)."""
+        devices: list[ComputeDevice] = self._call(
+            "asking the compute servers for their memory", ("compute_devices", tuple(endpoints))
+        )
+        return devices
 
     def state_key(self) -> str:
         return str(self._call("working", ("state_key",)))

@@ -22,6 +22,7 @@ import ctypes
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +31,14 @@ from app.core.engine.errors import ComputeServerError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from app.core.hardware import Device
+
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ComputeDevice",
     "ComputeServerError",
+    "compute_devices",
     "lost_compute_server",
     "parse_endpoint",
     "register_compute_servers",
@@ -74,12 +78,14 @@ def parse_endpoint(text: str) -> str:
     return f"{host}:{port}"
 
 
-def check_reachable(endpoint: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """A TCP connection to ``endpoint`` (llama.cpp would stop the process if it cannot connect)."""
+def check_reachable(endpoint: str, timeout_s: float = CONNECT_TIMEOUT_S) -> float:
+    """A TCP connection to ``endpoint`` (llama.cpp would stop the process if it cannot connect);
+    the seconds it took to open (one network round trip, the forecast's figure for the network)."""
     host, _, port = endpoint.rpartition(":")
     try:
+        started = time.perf_counter()
         with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
+            return time.perf_counter() - started
     except ConnectionRefusedError as exc:
         raise ComputeServerError(
             f"Nothing answers at {endpoint} (connection refused). Start `scout-chat --compute-server` "
@@ -96,12 +102,28 @@ def check_reachable(endpoint: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None
 
 @dataclass(frozen=True)
 class ComputeDevice:
-    """A device a compute server lends (as ggml lists it: ``RPC0`` … with its endpoint)."""
+    """A device a compute server lends (as ggml lists it: ``RPC0`` … with its endpoint), its memory
+    as the server reports it, and the round trip measured when it was registered."""
 
     name: str
     endpoint: str
     free_bytes: int
     total_bytes: int
+    rtt_s: float = 0.0
+
+    def as_device(self) -> Device:
+        """The planner's view: a device like a GPU, on another machine."""
+        from app.core.hardware import Device
+
+        return Device(
+            name=self.name,
+            backend="RPC",
+            free_bytes=self.free_bytes,
+            total_bytes=self.total_bytes,
+            description=f"compute server {self.endpoint}",
+            endpoint=self.endpoint,
+            rtt_s=self.rtt_s,
+        )
 
 
 class _Registry:
@@ -110,6 +132,7 @@ class _Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._regs: dict[str, int] = {}  # endpoint -> ggml_backend_reg_t
+        self._rtt: dict[str, float] = {}  # endpoint -> seconds to connect, at registration
         self._ggml: Any = None
         self._base: Any = None
         self._add_server: Any = None  # ggml_backend_rpc_add_server
@@ -182,7 +205,8 @@ class _Registry:
             for endpoint in endpoints:
                 reg = self._regs.get(endpoint)
                 if reg is None:
-                    check_reachable(endpoint)
+                    # the quickest of three connections: the first pays for name lookup and start-up
+                    self._rtt[endpoint] = min(check_reachable(endpoint) for _ in range(3))
                     reg = self._add_server(endpoint.encode())
                     if not reg:
                         raise ComputeServerError(f"The compute server {endpoint} lends no device.")
@@ -200,7 +224,9 @@ class _Registry:
             free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
             base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
             name = base.ggml_backend_dev_name(dev).decode("utf-8", "replace")
-            found.append(ComputeDevice(name, endpoint, int(free.value), int(total.value)))
+            found.append(
+                ComputeDevice(name, endpoint, int(free.value), int(total.value), self._rtt.get(endpoint, 0.0))
+            )
         return found
 
     def device_array(self, endpoints: Sequence[str]) -> Any:
@@ -240,6 +266,12 @@ REGISTRY = _Registry()
 def register_compute_servers(endpoints: Sequence[str]) -> list[ComputeDevice]:
     """In the engine process: make the compute servers' devices available to llama.cpp."""
     return REGISTRY.register([parse_endpoint(e) for e in endpoints])
+
+
+def compute_devices(endpoints: Sequence[str]) -> list[ComputeDevice]:
+    """In the engine process: the compute servers' devices with their free memory now (each
+    server is registered the first time; its memory is asked again each call)."""
+    return register_compute_servers(endpoints)
 
 
 def lost_compute_server(log_tail: str, endpoints: Sequence[str]) -> str:
