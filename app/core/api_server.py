@@ -38,6 +38,20 @@ MAX_PENDING = 16  # chat requests queued or answering; more are refused with 429
 MAX_EMBED_INPUTS = 256
 POLL_S = 0.1  # how often a waiting request checks that its client is still there
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+EXPOSED_WARNING = (
+    "Other computers can reach the server at this address: only the key protects the model. "
+    "127.0.0.1 keeps it to this computer."
+)
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this computer can reach (127.0.0.1, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class ApiBackend(Protocol):

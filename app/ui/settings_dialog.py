@@ -3,7 +3,6 @@ documents (how long a document may be to go in whole), the local API server, the
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING, Protocol
 
 from PySide6.QtGui import QGuiApplication
@@ -25,6 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.config import Settings
+from app.core.api_server import EXPOSED_WARNING, is_loopback
 from app.core.hardware import physical_cores
 from app.core.tools import ToolConfigError
 from app.ui.tools_settings import ToolServers, ToolsSection
@@ -45,10 +45,6 @@ N_CTX_MIN = 512  # the smallest context size that can be asked for (0 is Auto)
 N_CTX_MAX = 10_485_760  # Scout's trained context
 N_THREADS_MAX = 512
 WHOLE_LIMIT_DEFAULT = Settings().whole_document_limit
-EXPOSED_WARNING = (
-    "Other computers can reach the server at this address: only the key protects the model. "
-    "127.0.0.1 keeps it to this computer."
-)
 
 
 class ApiKeys(Protocol):
@@ -57,16 +53,6 @@ class ApiKeys(Protocol):
     def token(self) -> str: ...
 
     def regenerate_token(self) -> str: ...
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address only this computer can reach (127.0.0.1, ::1, localhost)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip()).is_loopback
-    except ValueError:
-        return False
 
 
 def context_cap_reason(

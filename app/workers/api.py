@@ -69,6 +69,7 @@ class ApiController(QObject):
         self._models = models
         self._search_model = search_model
         self._tokens = ApiTokenStore(paths.data_dir, use_keyring=use_keyring)
+        self._fixed_token = ""  # a key given for this run (headless --api-key-env), never saved
         self._server: ApiServer | None = None
         self._lock = threading.Lock()
         self._jobs: dict[int, ApiJob] = {}
@@ -97,10 +98,17 @@ class ApiController(QObject):
 
     def token(self) -> str:
         """The bearer token clients must send (generated the first time)."""
-        return self._tokens.get()
+        return self._fixed_token or self._tokens.get()
+
+    def use_token(self, token: str) -> None:
+        """Serve with ``token`` instead of the saved one, for this run only (not saved)."""
+        self._fixed_token = token
+        if self._server is not None:
+            self._server.set_token(token)
 
     def regenerate_token(self) -> str:
         """A new token; the old one stops working at once."""
+        self._fixed_token = ""
         token = self._tokens.regenerate()
         if self._server is not None:
             self._server.set_token(token)

@@ -64,12 +64,13 @@ class AppController(QObject):
         parent: QObject | None = None,
         *,
         planner: Callable[[LoadRequest], PlannedLoad] | None = None,
+        save_settings: bool = True,
     ) -> None:
         super().__init__(parent)
         self.store = store
         self.paths = paths
         self.notices = Notices()
-        self.preferences = Preferences(paths, settings, self.notices)
+        self.preferences = Preferences(paths, settings, self.notices, save=save_settings)
         database = store.path
         self._inference = InferenceThread(
             engine_factory, planner, lambda: ChunkIndex.open(database), self._search_model
