@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from app.core.api_requests import ApiError, ApiJob, StopMatcher, finish_reason, parse_chat_request
 
 if TYPE_CHECKING:
+    from app.core.api_requests import ChatRequest
     from app.core.types import GenerationStats, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class ApiServer:
         self._pending = threading.BoundedSemaphore(config.max_pending)
         self._jobs: set[ApiJob] = set()
         self._lock = threading.Lock()
+        self._arrivals = threading.Lock()  # held while a chat request gets its id and is queued
         self.closing = threading.Event()
 
     @property
@@ -187,6 +189,19 @@ class ApiServer:
     def try_admit(self) -> bool:
         return self._pending.acquire(blocking=False)
 
+    def queue(self, request: ChatRequest) -> ApiJob:
+        """An admitted request as a job on the backend's queue. Ids follow the order the backend
+        receives the jobs (so answers go in order of arrival)."""
+        with self._arrivals:
+            job = ApiJob(request)
+            self.track(job)
+            try:
+                self.backend.submit(job)
+            except BaseException:
+                self.release(job)
+                raise
+        return job
+
     def track(self, job: ApiJob) -> None:
         with self._lock:
             self._jobs.add(job)
@@ -200,6 +215,7 @@ class ApiServer:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = False  # server_close() joins them
     block_on_close = True
+    request_queue_size = 128  # listen backlog: socketserver's 5 reset connections of a burst
 
     def __init__(
         self, address: tuple[str, int], handler: type[_Handler], family: int, api: ApiServer
@@ -411,10 +427,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(
                 429, "Too many requests are waiting; try again when one has finished.", "rate_limit_exceeded"
             )
-        job = ApiJob(request)
-        api.track(job)
+        job = api.queue(request)
         try:
-            api.backend.submit(job)
             if request.stream:
                 self._stream(job)
             else:

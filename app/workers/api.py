@@ -96,6 +96,11 @@ class ApiController(QObject):
     def answering(self) -> bool:
         return self._current is not None
 
+    @property
+    def answering_job(self) -> int | None:
+        """The id of the API answer being written (``chatcmpl-<id>``); None when none is."""
+        return self._current
+
     def token(self) -> str:
         """The bearer token clients must send (generated the first time)."""
         return self._fixed_token or self._tokens.get()

@@ -454,3 +454,49 @@ def test_the_window_shows_and_stops_an_api_answer_and_settings_turn_it_on(served
         dialog.accept()
     assert controller.api.address == ""
     assert not status.api_label.isVisible()
+
+
+def test_a_burst_of_50_requests_is_answered_in_order_of_arrival_or_refused_with_429(served, qtbot) -> None:
+    """50 official clients at once: each is answered (in the order the server queued them) or
+    refused with 429 once the queue limit is reached; none is lost and none hangs."""
+    from app.core.api_server import MAX_PENDING
+
+    controller, _engine = served
+    started: list[int] = []
+    controller.api.answering_changed.connect(
+        lambda on: started.append(controller.api.answering_job or 0) if on else None
+    )
+    answered: dict[int, str] = {}  # client number → the answer's id
+    refused: list[int] = []  # their status (429, with the queue's sentence)
+    other: list[BaseException] = []
+    gate = threading.Barrier(50)
+
+    def ask(number: int) -> None:
+        try:
+            with client(controller) as api:
+                gate.wait(60)
+                answer = api.chat.completions.create(
+                    model="tiny-llama4",
+                    messages=[{"role": "user", "content": f"Request {number}"}],
+                    max_tokens=4,
+                )
+            assert answer.choices[0].message.content is not None
+            answered[number] = answer.id
+        except openai.RateLimitError as exc:
+            refused.append(exc.status_code if "Too many requests are waiting" in exc.message else -1)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            other.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(50)]
+    for thread in threads:
+        thread.start()
+    qtbot.waitUntil(lambda: not any(t.is_alive() for t in threads), timeout=300_000)
+    assert other == []
+    assert set(refused) <= {429}
+    assert len(answered) + len(refused) == 50  # none lost
+    # a request is refused only while MAX_PENDING are queued, and those are all answered
+    assert len(answered) >= min(50, MAX_PENDING)
+    ids = sorted(int(i.removeprefix("chatcmpl-")) for i in answered.values())
+    qtbot.waitUntil(lambda: len(started) == len(answered), timeout=60_000)
+    assert started == ids  # the worker took them in the order the server queued them
+    assert not controller.api.answering
