@@ -500,3 +500,57 @@ def test_a_burst_of_50_requests_is_answered_in_order_of_arrival_or_refused_with_
     qtbot.waitUntil(lambda: len(started) == len(answered), timeout=60_000)
     assert started == ids  # the worker took them in the order the server queued them
     assert not controller.api.answering
+
+
+@pytest.fixture(scope="module")
+def tiny_vision_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with its vision projector beside it, in a folder of their own."""
+    from app.core.tiny_model import TinyModelSpec, write_tiny_model
+    from app.core.tiny_vision import write_tiny_projector
+
+    folder = tmp_path_factory.mktemp("vision")
+    model = write_tiny_model(folder / "tiny-llama4.gguf")[0]
+    write_tiny_projector(folder / "mmproj-tiny-llama4.gguf", TinyModelSpec())
+    return model
+
+
+def test_a_picture_as_a_data_uri_reaches_a_model_with_vision(
+    qtbot, make_controller, tiny_vision_model: Path
+) -> None:
+    from app.core.hardware import SimulatedHardware
+    from app.core.planner import PlanOverrides, plan_load
+    from tests.vision_fixtures import png_bytes
+
+    hardware = SimulatedHardware.cpu_only(ram_gb=32).probe()
+    controller = make_controller(  # the planner finds the projector beside the model
+        LlamaEngine(), SETTINGS, planner=lambda request: plan_load(request, hardware)
+    )
+    with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000) as loaded:
+        controller.models.load_model(str(tiny_vision_model), PlanOverrides(n_ctx=2048))
+    assert loaded.args[0].has_vision
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes(48, 40, gradient=True)).decode()
+    question: Any = {"type": "text", "text": "What is in this picture?"}
+    picture: Any = {"type": "image_url", "image_url": {"url": uri}}
+    with client(controller) as api:
+        text_only = api.chat.completions.create(
+            model="tiny-llama4", messages=[{"role": "user", "content": [question]}], max_tokens=4
+        )
+        with_picture = api.chat.completions.create(
+            model="tiny-llama4", messages=[{"role": "user", "content": [question, picture]}], max_tokens=4
+        )
+        streamed = list(
+            api.chat.completions.create(
+                model="tiny-llama4",
+                messages=[{"role": "user", "content": [picture, question]}],
+                max_tokens=4,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+    assert text_only.usage is not None
+    assert with_picture.usage is not None
+    assert with_picture.choices[0].message.content is not None
+    # the picture's tokens were read by the model (the projector's image embeddings)
+    assert with_picture.usage.prompt_tokens > text_only.usage.prompt_tokens
+    assert streamed[-1].usage is not None
+    assert streamed[-1].usage.prompt_tokens == with_picture.usage.prompt_tokens
