@@ -554,3 +554,65 @@ def test_a_picture_as_a_data_uri_reaches_a_model_with_vision(
     assert with_picture.usage.prompt_tokens > text_only.usage.prompt_tokens
     assert streamed[-1].usage is not None
     assert streamed[-1].usage.prompt_tokens == with_picture.usage.prompt_tokens
+
+
+def test_the_composer_s_stop_and_esc_stop_an_api_answer(served, qtbot) -> None:
+    """While the window shows "Answering an API request…", its composer's Stop and Chat → Stop
+    (Esc) stop that answer; typing still sends (after it)."""
+    from app.ui.main_window import MainWindow
+
+    controller, engine = served
+    window = MainWindow(controller)
+    qtbot.addWidget(window)
+    window.show()
+    assert window.composer.send_button.accessibleName() == "Send"
+    assert not window.stop_action.isEnabled()
+    for stop in (window.composer.send_button.click, window.stop_action.trigger):
+        thread, errors = endless_answer(controller, "Go on")
+        with qtbot.waitSignal(
+            controller.api.answering_changed, timeout=60_000, check_params_cb=lambda on: on
+        ):
+            thread.start()
+        assert window.composer.send_button.accessibleName() == "Stop"
+        assert window.stop_action.isEnabled()
+        window.composer.set_text("typed meanwhile")
+        assert window.composer.send_button.accessibleName() == "Queue"  # text: Enter would send it
+        window.composer.set_text("")
+        with qtbot.waitSignal(
+            controller.api.answering_changed, timeout=60_000, check_params_cb=lambda on: not on
+        ):
+            stop()
+        thread.join(60)
+        assert engine.last_stats.finish_reason == FinishReason.CANCELLED
+        assert len(errors) == 1
+        assert "stopped in Scout Chat" in str(errors[0])
+        assert window.composer.send_button.accessibleName() == "Send"
+        assert not window.stop_action.isEnabled()
+
+
+def test_an_openai_client_that_closes_its_stream_cancels_the_answer(served, qtbot) -> None:
+    """The official client leaving mid-stream (``stream.close()``) ends the generation; the
+    window's chat is answered next, in full."""
+    controller, engine = served
+    controller.update_settings(controller.settings.replace(max_tokens=8))
+    pieces: list[str] = []
+    with (
+        qtbot.waitSignal(controller.api.answering_changed, timeout=60_000, check_params_cb=lambda on: not on),
+        client(controller) as api,
+    ):
+        stream = api.chat.completions.create(
+            model="tiny-llama4",
+            messages=[{"role": "user", "content": "A long story"}],
+            max_tokens=100_000,
+            stream=True,
+        )
+        for chunk in stream:
+            pieces.append(chunk.choices[0].delta.content or "")
+            if len(pieces) > 3:
+                break
+        stream.close()
+    assert engine.last_stats.finish_reason == FinishReason.CANCELLED
+    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=60_000) as finished:
+        controller.conversations.send("And now the window")
+    assert controller.store.get_message(finished.args[0]).status == "complete"
+    assert engine.last_stats.finish_reason != FinishReason.CANCELLED
