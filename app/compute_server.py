@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 UNAUTHENTICATED_FLAG = "--i-understand-this-is-unauthenticated"
 EXIT_REFUSED = 2
+DEFAULT_PORT = 50052
 
 WARNING = """\
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
@@ -61,7 +62,7 @@ def run_compute_server(args: argparse.Namespace) -> int:
     from app.core.engine.llama_tools import find_llama_tools, why_missing
 
     host = args.host or "127.0.0.1"
-    port = int(args.port)
+    port = int(args.port) if args.port is not None else DEFAULT_PORT
     kind = address_kind(host)
     if kind == "public" and not args.i_understand_this_is_unauthenticated:
         say(

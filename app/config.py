@@ -150,6 +150,8 @@ class Settings:
     api_port: int = 1236  # 0: any free port (tests)
     api_cors_origins: tuple[str, ...] = ()  # browser origins allowed to call it; none: no CORS
     api_allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides localhost and the address
+    api_log_requests: bool = False  # write API requests' messages and answers to the log (off: never)
+    api_save_history: bool = False  # keep API conversations in the chat history (off: never stored)
     # MCP tool servers (Settings → Tools): the mcpServers JSON, secret env values replaced by
     # "<secret>" (the values are in the key store); the servers turned on; tools always allowed
     tools_servers: str = ""

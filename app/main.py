@@ -63,7 +63,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--server", metavar="URL", help="use the model on this server (http://host:port or https://…)"
     )
     server.add_argument(
-        "--api-key-env", metavar="VAR", help="read the server's API key from environment variable VAR"
+        "--api-key-env",
+        metavar="VAR",
+        help="read the server's API key from environment variable VAR (with --api-server: the key "
+        "clients must send)",
     )
     server.add_argument(
         "--server-model", metavar="NAME", help="the server's model to use (default: its first)"
@@ -73,6 +76,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="allow unencrypted http:// to an address outside this computer and the private networks",
     )
+    api = parser.add_argument_group("the local OpenAI-compatible API server without a window")
+    api.add_argument(
+        "--api-server",
+        action="store_true",
+        help="serve --model to other programs at http://HOST:PORT/v1 (no window; stop with Ctrl+C "
+        "or SIGTERM); --host (default 127.0.0.1), --port (default: Settings → API server, 1236), "
+        "--threads, --api-key-env",
+    )
+    api.add_argument(
+        "--allow-other-computers",
+        action="store_true",
+        help="let --api-server listen on an address other computers can reach (only the key "
+        "protects the model)",
+    )
     machines = parser.add_argument_group("lend this machine to another Scout Chat (llama.cpp RPC)")
     machines.add_argument(
         "--compute-server",
@@ -81,8 +98,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(trusted networks only: no authentication, no encryption)",
     )
     machines.add_argument("--host", metavar="ADDR", help="address to listen on (default 127.0.0.1)")
-    machines.add_argument("--port", type=int, default=50052, help="port to listen on (default 50052)")
-    machines.add_argument("--threads", type=int, default=0, help="CPU threads of the compute server")
+    machines.add_argument(
+        "--port", type=int, default=None, help="port to listen on (default 50052; --api-server: 1236)"
+    )
+    machines.add_argument(
+        "--threads", type=int, default=0, help="CPU threads of the compute server (or of --api-server)"
+    )
     machines.add_argument("--device", metavar="DEV,…", help="llama.cpp devices to lend (default: all)")
     machines.add_argument(
         "--i-understand-this-is-unauthenticated",
@@ -184,6 +205,29 @@ def planner(
     return plan_load(request, hardware, measure)
 
 
+def make_controller(
+    store: Store, paths: AppPaths, settings: Settings, *, save_settings: bool = True
+) -> AppController:
+    """The app's controllers on the app's engine (``make_engine``) and planner (its dry run and
+    speed probe in the engine process): the window's, and the headless API server's."""
+    from app.workers.controller import AppController
+
+    engine = make_engine(paths)
+    return AppController(
+        store,
+        paths,
+        settings,
+        lambda: engine,
+        planner=functools.partial(
+            planner,
+            measure=getattr(engine, "measure_buffers", None),
+            measure_speeds=getattr(engine, "measure_speeds", None),
+            compute_devices=getattr(engine, "compute_devices", None),
+        ),
+        save_settings=save_settings,
+    )
+
+
 def build_application(args: argparse.Namespace) -> Application:
     """Create the store, controller and main window (a QApplication must exist)."""
     from PySide6.QtCore import QCoreApplication
@@ -191,7 +235,6 @@ def build_application(args: argparse.Namespace) -> Application:
     from app.core.heap import freeze_long_lived
     from app.core.store import StorageError, Store
     from app.ui.main_window import MainWindow
-    from app.workers.controller import AppController
 
     paths = AppPaths.default(args.data_dir).ensure()
     setup_logging(paths)
@@ -203,19 +246,7 @@ def build_application(args: argparse.Namespace) -> Application:
         store = Store(paths.database)
     except StorageError:
         raise
-    engine = make_engine(paths)
-    controller = AppController(
-        store,
-        paths,
-        settings,
-        lambda: engine,
-        planner=functools.partial(
-            planner,
-            measure=getattr(engine, "measure_buffers", None),
-            measure_speeds=getattr(engine, "measure_speeds", None),
-            compute_devices=getattr(engine, "compute_devices", None),
-        ),
-    )
+    controller = make_controller(store, paths, settings)
     controller.preferences.default_changes = default_changes  # the window announces them once
     window = MainWindow(controller)
     window.app_paths = paths
@@ -335,6 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from app.compute_server import run_compute_server
 
         return run_compute_server(args)
+    if args.api_server:
+        from app.headless import run_api_server
+
+        return run_api_server(args)
     if args.self_test:
         from app.self_test import run_self_test
 

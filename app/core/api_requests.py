@@ -229,14 +229,19 @@ class ApiJob:
     cancel: threading.Event = field(default_factory=threading.Event)
     events: queue.SimpleQueue[tuple[str, Any]] = field(default_factory=queue.SimpleQueue)
     stopped_by_user: bool = False
+    answer: list[str] = field(default_factory=list)  # the pieces written (for the history and the log)
+    outcome: str = ""  # "done" or "error" once it ended
 
     def piece(self, text: str) -> None:
+        self.answer.append(text)
         self.events.put(("piece", text))
 
     def done(self, stats: GenerationStats) -> None:
+        self.outcome = "done"
         self.events.put(("done", stats))
 
     def fail(self, error: ApiError) -> None:
+        self.outcome = "error"
         self.events.put(("error", error))
 
     def with_max_tokens(self, max_tokens: int) -> SamplingParams:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from app.core.api_requests import ApiError, ApiJob, StopMatcher, finish_reason, parse_chat_request
 
 if TYPE_CHECKING:
+    from app.core.api_requests import ChatRequest
     from app.core.types import GenerationStats, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,20 @@ MAX_PENDING = 16  # chat requests queued or answering; more are refused with 429
 MAX_EMBED_INPUTS = 256
 POLL_S = 0.1  # how often a waiting request checks that its client is still there
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+EXPOSED_WARNING = (
+    "Other computers can reach the server at this address: only the key protects the model. "
+    "127.0.0.1 keeps it to this computer."
+)
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this computer can reach (127.0.0.1, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class ApiBackend(Protocol):
@@ -106,6 +121,7 @@ class ApiServer:
         self._pending = threading.BoundedSemaphore(config.max_pending)
         self._jobs: set[ApiJob] = set()
         self._lock = threading.Lock()
+        self._arrivals = threading.Lock()  # held while a chat request gets its id and is queued
         self.closing = threading.Event()
 
     @property
@@ -173,6 +189,19 @@ class ApiServer:
     def try_admit(self) -> bool:
         return self._pending.acquire(blocking=False)
 
+    def queue(self, request: ChatRequest) -> ApiJob:
+        """An admitted request as a job on the backend's queue. Ids follow the order the backend
+        receives the jobs (so answers go in order of arrival)."""
+        with self._arrivals:
+            job = ApiJob(request)
+            self.track(job)
+            try:
+                self.backend.submit(job)
+            except BaseException:
+                self.release(job)
+                raise
+        return job
+
     def track(self, job: ApiJob) -> None:
         with self._lock:
             self._jobs.add(job)
@@ -186,6 +215,7 @@ class ApiServer:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = False  # server_close() joins them
     block_on_close = True
+    request_queue_size = 128  # listen backlog: socketserver's 5 reset connections of a burst
 
     def __init__(
         self, address: tuple[str, int], handler: type[_Handler], family: int, api: ApiServer
@@ -397,10 +427,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(
                 429, "Too many requests are waiting; try again when one has finished.", "rate_limit_exceeded"
             )
-        job = ApiJob(request)
-        api.track(job)
+        job = api.queue(request)
         try:
-            api.backend.submit(job)
             if request.stream:
                 self._stream(job)
             else:

@@ -61,6 +61,10 @@ class ApiTokenStore:
         token = self._store.get()
         return token if token else self.regenerate()
 
+    def saved(self) -> str | None:
+        """The token kept so far; None when none was made yet."""
+        return self._store.get() or None
+
     def regenerate(self) -> str:
         token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
         self._store.set(token)

@@ -103,6 +103,7 @@ class MainWindow(QMainWindow):
         self.reading_box: QMessageBox | None = None  # "Read all 212 pages? …" while it is asked
         self.reading_read_button: object = None
         self._busy = False
+        self._api_answering = False  # the worker is answering an API request (Stop stops it)
         self._editing_message: int | None = None  # the user message the composer is editing
         self._editing_queued: int | None = None  # the queued message the composer is editing
         self._conversation_id: int | None = None
@@ -588,7 +589,7 @@ class MainWindow(QMainWindow):
 
     def _set_busy(self, busy: bool) -> None:
         self._busy = busy
-        self.composer.set_busy(busy)
+        self.composer.set_busy(busy or self._api_answering)
         self.chat_view.set_busy(busy)
         if not busy:
             self.status.clear_activity()
@@ -597,7 +598,7 @@ class MainWindow(QMainWindow):
     def _update_actions(self) -> None:
         loaded = self.models.model_info is not None
         has_user = self.chat_view.last_message("user") is not None
-        self.stop_action.setEnabled(self._busy)
+        self.stop_action.setEnabled(self._busy or self._api_answering)
         self.regenerate_action.setEnabled(loaded and not self._busy and has_user)
         self.edit_last_action.setEnabled(loaded and not self._busy and has_user)
         self.copy_answer_action.setEnabled(self.chat_view.last_message("assistant") is not None)
@@ -887,7 +888,14 @@ class MainWindow(QMainWindow):
             self.conversations.edit_message(message_id, text)
 
     def _on_composer_stop_requested(self) -> None:
-        self.conversations.stop()
+        self._stop()
+
+    def _stop(self) -> None:
+        """Stop what is being written: the window's answer, else an API request's answer."""
+        if self._busy:
+            self.conversations.stop()
+        elif self._api_answering:
+            self.controller.api.stop_answer()
 
     def _on_chat_view_open_model_requested(self) -> None:
         self.open_model_file()
@@ -921,7 +929,10 @@ class MainWindow(QMainWindow):
         self.status.set_api_server(address)
 
     def _on_api_answering_changed(self, answering: bool) -> None:
+        self._api_answering = answering
         self.status.set_api_answering(answering)
+        self.composer.set_busy(self._busy or answering)  # its Stop (and Esc) stop the API answer
+        self._update_actions()
 
     def _on_status_model_clicked(self) -> None:
         if self.models.is_remote:  # no plan for a server's model: its connection instead
@@ -974,7 +985,7 @@ class MainWindow(QMainWindow):
         self.sidebar.focus_filter()
 
     def _on_stop_action_triggered(self) -> None:
-        self.conversations.stop()
+        self._stop()
 
     def _on_regenerate_action_triggered(self) -> None:
         self.conversations.regenerate()

@@ -3,7 +3,6 @@ documents (how long a document may be to go in whole), the local API server, the
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING, Protocol
 
 from PySide6.QtGui import QGuiApplication
@@ -25,6 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.config import Settings
+from app.core.api_server import EXPOSED_WARNING, is_loopback
 from app.core.hardware import physical_cores
 from app.core.tools import ToolConfigError
 from app.ui.tools_settings import ToolServers, ToolsSection
@@ -45,10 +45,6 @@ N_CTX_MIN = 512  # the smallest context size that can be asked for (0 is Auto)
 N_CTX_MAX = 10_485_760  # Scout's trained context
 N_THREADS_MAX = 512
 WHOLE_LIMIT_DEFAULT = Settings().whole_document_limit
-EXPOSED_WARNING = (
-    "Other computers can reach the server at this address: only the key protects the model. "
-    "127.0.0.1 keeps it to this computer."
-)
 
 
 class ApiKeys(Protocol):
@@ -57,16 +53,6 @@ class ApiKeys(Protocol):
     def token(self) -> str: ...
 
     def regenerate_token(self) -> str: ...
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address only this computer can reach (127.0.0.1, ::1, localhost)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip()).is_loopback
-    except ValueError:
-        return False
 
 
 def context_cap_reason(
@@ -274,6 +260,17 @@ class SettingsDialog(QDialog):
             "Web pages (origins such as http://localhost:3000, separated by commas) whose scripts may "
             "call the server. Leave empty unless a web app of yours needs it."
         )
+        self.api_save_history = QCheckBox("Keep API conversations in the chat history")
+        self.api_save_history.setToolTip(
+            "Off: what other programs ask and what Scout answers them is never stored. On: each "
+            "request and its answer is kept as a conversation titled “API: …”."
+        )
+        self.api_save_history.setChecked(settings.api_save_history)
+        self.api_log_requests = QCheckBox("Write API requests and answers to the log")
+        self.api_log_requests.setToolTip(
+            "For finding out what a program sends. Off: prompts and answers never reach the log file."
+        )
+        self.api_log_requests.setChecked(settings.api_log_requests)
 
     def _build_theme_and_buttons(self) -> None:
         self.search_model = QCheckBox("Search long documents by meaning (downloads a 90 MB model)")
@@ -331,6 +328,8 @@ class SettingsDialog(QDialog):
             key_row.addWidget(button)
         form.addRow("Key", key_row)
         form.addRow("Web pages allowed", self.api_cors)
+        form.addRow("", self.api_save_history)
+        form.addRow("", self.api_log_requests)
         tools_title = QLabel("Tools (MCP servers)")
         tools_title.setFont(font)
         form.addRow(tools_title)
@@ -393,6 +392,8 @@ class SettingsDialog(QDialog):
             api_cors_origins=tuple(
                 o.strip().rstrip("/") for o in self.api_cors.text().split(",") if o.strip()
             ),
+            api_save_history=self.api_save_history.isChecked(),
+            api_log_requests=self.api_log_requests.isChecked(),
         )
 
     def accept(self) -> None:

@@ -35,6 +35,15 @@ log = logging.getLogger(__name__)
 _SERVER_FIELDS = ("api_server", "api_host", "api_port", "api_cors_origins", "api_allowed_hosts")
 
 
+def request_text(job: ApiJob) -> str:
+    """A request's messages and its answer as one log line's text (request logging only)."""
+    parts = [
+        f"{m.role}: {m.content!r}" + (f" (+{len(m.images)} pictures)" if m.images else "")
+        for m in job.request.messages
+    ]
+    return "; ".join([*parts, f"answer: {''.join(job.answer)!r}"])
+
+
 def model_id(name: str) -> str:
     """The id clients use for a model (its file name without ``.gguf``)."""
     return name.removesuffix(".gguf")
@@ -46,10 +55,13 @@ class ApiController(QObject):
     Signals:
         state_changed(str): "host:port" while the server listens, "" while it is off.
         answering_changed(bool): the worker is (or is no longer) answering an API request.
+        exchange_finished(object): an API answer ended (an ApiJob): the history keeps it only when
+            Settings → API server → "Keep API conversations" is on.
     """
 
     state_changed = Signal(str)
     answering_changed = Signal(bool)
+    exchange_finished = Signal(object)  # an ApiJob that wrote an answer (kept in the history when asked)
     api_answer_requested = Signal(object)  # to the worker (queued across threads): an ApiJob
 
     def __init__(
@@ -69,6 +81,7 @@ class ApiController(QObject):
         self._models = models
         self._search_model = search_model
         self._tokens = ApiTokenStore(paths.data_dir, use_keyring=use_keyring)
+        self._fixed_token = ""  # a key given for this run (headless --api-key-env), never saved
         self._server: ApiServer | None = None
         self._lock = threading.Lock()
         self._jobs: dict[int, ApiJob] = {}
@@ -95,12 +108,24 @@ class ApiController(QObject):
     def answering(self) -> bool:
         return self._current is not None
 
+    @property
+    def answering_job(self) -> int | None:
+        """The id of the API answer being written (``chatcmpl-<id>``); None when none is."""
+        return self._current
+
     def token(self) -> str:
         """The bearer token clients must send (generated the first time)."""
-        return self._tokens.get()
+        return self._fixed_token or self._tokens.get()
+
+    def use_token(self, token: str) -> None:
+        """Serve with ``token`` instead of the saved one, for this run only (not saved)."""
+        self._fixed_token = token
+        if self._server is not None:
+            self._server.set_token(token)
 
     def regenerate_token(self) -> str:
         """A new token; the old one stops working at once."""
+        self._fixed_token = ""
         token = self._tokens.regenerate()
         if self._server is not None:
             self._server.set_token(token)
@@ -200,10 +225,17 @@ class ApiController(QObject):
     @Slot(int)
     def _on_worker_api_answer_finished(self, job_id: int) -> None:
         with self._lock:
-            self._jobs.pop(job_id, None)
+            job = self._jobs.pop(job_id, None)
             if self._current == job_id:
                 self._current = None
         self.answering_changed.emit(False)
+        if job is None:
+            return
+        settings = self._preferences.settings
+        if settings.api_log_requests:  # the user asked for it; off, no prompt ever reaches the log
+            log.info("API request %d (%s): %s", job.id, job.outcome or "cancelled", request_text(job))
+        if settings.api_save_history and job.answer:
+            self.exchange_finished.emit(job)
 
     def shutdown(self) -> None:
         """Stop listening and end the requests in flight (idempotent)."""

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from app.config import AppPaths, Settings
+    from app.core.api_requests import ApiJob
     from app.core.engine.remote import ServerConfig
     from app.core.planner import LoadRequest, PlannedLoad
     from app.core.ports import Engine
@@ -65,12 +66,13 @@ class AppController(QObject):
         parent: QObject | None = None,
         *,
         planner: Callable[[LoadRequest], PlannedLoad] | None = None,
+        save_settings: bool = True,
     ) -> None:
         super().__init__(parent)
         self.store = store
         self.paths = paths
         self.notices = Notices()
-        self.preferences = Preferences(paths, settings, self.notices)
+        self.preferences = Preferences(paths, settings, self.notices, save=save_settings)
         database = store.path
         self._inference = InferenceThread(
             engine_factory, planner, lambda: ChunkIndex.open(database), self._search_model
@@ -92,6 +94,7 @@ class AppController(QObject):
         self.api = ApiController(
             paths, self.preferences, self.notices, self._inference, self.models, self._search_model
         )
+        self.api.exchange_finished.connect(self._on_api_exchange_finished)
         self.tools = ToolsController(paths, self.preferences, self.notices)
         self.conversations.attach_tools(self.tools)
         self.models.model_loaded.connect(self._on_models_model_loaded)
@@ -138,6 +141,13 @@ class AppController(QObject):
         """The search model for the inference thread's documents (thread-safe)."""
         search = getattr(self, "search", None)  # None only while this controller is being built
         return search.search_model() if search is not None else (None, None)
+
+    @Slot(object)
+    def _on_api_exchange_finished(self, job: ApiJob) -> None:
+        info = self.models.model_info
+        self.conversations.save_api_exchange(
+            job.request.messages, "".join(job.answer), info.name if info else "", job.outcome == "done"
+        )
 
     @Slot(object)
     def _on_models_model_loaded(self, _info: ModelInfo) -> None:

@@ -34,12 +34,12 @@ from app.core.turns import TurnRequest
 from app.core.types import DocumentMode, FinishReason, GenerationStats, Role, SamplingParams
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from app.config import AppPaths, Settings
     from app.core.store import Attachment, Conversation, Store, StoredMessage
     from app.core.turns import Turn
-    from app.core.types import ModelInfo
+    from app.core.types import ChatMessage, ModelInfo
     from app.workers.inference import InferenceThread
     from app.workers.models import ModelController
     from app.workers.preferences import Notices, Preferences
@@ -305,6 +305,33 @@ class ConversationController(QObject):
             return
         self._store.rename_conversation(conversation_id, title[:200])
         self.conversations_changed.emit()
+
+    def save_api_exchange(
+        self, messages: Sequence[ChatMessage], answer: str, model: str, finished: bool
+    ) -> int | None:
+        """Keep one API request and its answer as a conversation of the history (Settings → API
+        server → "Keep API conversations"): titled "API: …", the client's system message as the
+        chat's own instructions, pictures named but not kept. Returns the conversation's id (None
+        when the request had nothing to keep)."""
+        turns = [m for m in messages if m.role in ("user", "assistant") and (m.content or m.images)]
+        if not turns or not answer:
+            return None
+        first = next((m.content for m in turns if m.role == "user" and m.content.strip()), "")
+        conversation = self._store.create_conversation(f"API: {make_title(first or 'request')}", model)
+        system = "\n\n".join(m.content for m in messages if m.role == "system" and m.content.strip())
+        if system:
+            options = ConversationOptions(system_prompt=system)
+            self._store.set_conversation_options(conversation.id, options.to_dict())
+        for message in turns:
+            pictures = len(message.images)
+            note = (
+                f"\n\n({pictures} picture{'s' if pictures != 1 else ''} sent, not kept)" if pictures else ""
+            )
+            self._store.add_message(conversation.id, message.role, message.content + note)
+        status = MessageStatus.COMPLETE if finished else MessageStatus.CANCELLED
+        self._store.add_message(conversation.id, "assistant", answer, model=model, status=status)
+        self.conversations_changed.emit()
+        return conversation.id
 
     def set_pinned(self, conversation_id: int, pinned: bool) -> None:
         """Pin a conversation to the top of the sidebar (or unpin it)."""

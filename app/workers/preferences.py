@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class Preferences(QObject):
-    """The current :class:`~app.config.Settings`, saved on every change.
+    """The current :class:`~app.config.Settings`, saved on every change (unless ``save`` is
+    False: the headless API server runs with the command line's choices and never writes them).
 
     Signals:
         settings_changed(object, object): the old Settings, the new Settings.
@@ -24,8 +25,9 @@ class Preferences(QObject):
 
     settings_changed = Signal(object, object)
 
-    def __init__(self, paths: AppPaths, settings: Settings, notices: Notices) -> None:
+    def __init__(self, paths: AppPaths, settings: Settings, notices: Notices, *, save: bool = True) -> None:
         super().__init__()
+        self._save = save
         self._paths = paths
         self._settings = settings
         self._notices = notices
@@ -41,7 +43,8 @@ class Preferences(QObject):
         """The user changed settings: save them (saying so when that fails) and announce them."""
         old, self._settings = self._settings, settings
         try:
-            save_settings(self._paths, settings)
+            if self._save:
+                save_settings(self._paths, settings)
         except OSError as exc:
             self._notices.error_occurred.emit(f"Your settings could not be saved: {exc.strerror or exc}")
         self.settings_changed.emit(old, settings)
@@ -64,6 +67,8 @@ class Preferences(QObject):
     def remember(self, **changes: Any) -> None:
         """Bookkeeping the user did not ask for (last model, last conversation): saved quietly."""
         self._settings = self._settings.replace(**changes)
+        if not self._save:
+            return
         try:
             save_settings(self._paths, self._settings)
         except OSError:

@@ -454,3 +454,211 @@ def test_the_window_shows_and_stops_an_api_answer_and_settings_turn_it_on(served
         dialog.accept()
     assert controller.api.address == ""
     assert not status.api_label.isVisible()
+
+
+def test_a_burst_of_50_requests_is_answered_in_order_of_arrival_or_refused_with_429(served, qtbot) -> None:
+    """50 official clients at once: each is answered (in the order the server queued them) or
+    refused with 429 once the queue limit is reached; none is lost and none hangs."""
+    from app.core.api_server import MAX_PENDING
+
+    controller, _engine = served
+    started: list[int] = []
+    controller.api.answering_changed.connect(
+        lambda on: started.append(controller.api.answering_job or 0) if on else None
+    )
+    answered: dict[int, str] = {}  # client number → the answer's id
+    refused: list[int] = []  # their status (429, with the queue's sentence)
+    other: list[BaseException] = []
+    gate = threading.Barrier(50)
+
+    def ask(number: int) -> None:
+        try:
+            with client(controller) as api:
+                gate.wait(60)
+                answer = api.chat.completions.create(
+                    model="tiny-llama4",
+                    messages=[{"role": "user", "content": f"Request {number}"}],
+                    max_tokens=4,
+                )
+            assert answer.choices[0].message.content is not None
+            answered[number] = answer.id
+        except openai.RateLimitError as exc:
+            refused.append(exc.status_code if "Too many requests are waiting" in exc.message else -1)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            other.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(50)]
+    for thread in threads:
+        thread.start()
+    qtbot.waitUntil(lambda: not any(t.is_alive() for t in threads), timeout=300_000)
+    assert other == []
+    assert set(refused) <= {429}
+    assert len(answered) + len(refused) == 50  # none lost
+    # a request is refused only while MAX_PENDING are queued, and those are all answered
+    assert len(answered) >= min(50, MAX_PENDING)
+    ids = sorted(int(i.removeprefix("chatcmpl-")) for i in answered.values())
+    qtbot.waitUntil(lambda: len(started) == len(answered), timeout=60_000)
+    assert started == ids  # the worker took them in the order the server queued them
+    qtbot.waitUntil(lambda: not controller.api.answering, timeout=60_000)  # the last "finished" signal
+
+
+@pytest.fixture(scope="module")
+def tiny_vision_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with its vision projector beside it, in a folder of their own."""
+    from app.core.tiny_model import TinyModelSpec, write_tiny_model
+    from app.core.tiny_vision import write_tiny_projector
+
+    folder = tmp_path_factory.mktemp("vision")
+    model = write_tiny_model(folder / "tiny-llama4.gguf")[0]
+    write_tiny_projector(folder / "mmproj-tiny-llama4.gguf", TinyModelSpec())
+    return model
+
+
+def test_a_picture_as_a_data_uri_reaches_a_model_with_vision(
+    qtbot, make_controller, tiny_vision_model: Path
+) -> None:
+    from app.core.hardware import SimulatedHardware
+    from app.core.planner import PlanOverrides, plan_load
+    from tests.vision_fixtures import png_bytes
+
+    hardware = SimulatedHardware.cpu_only(ram_gb=32).probe()
+    controller = make_controller(  # the planner finds the projector beside the model
+        LlamaEngine(), SETTINGS, planner=lambda request: plan_load(request, hardware)
+    )
+    with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000) as loaded:
+        controller.models.load_model(str(tiny_vision_model), PlanOverrides(n_ctx=2048))
+    assert loaded.args[0].has_vision
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes(48, 40, gradient=True)).decode()
+    question: Any = {"type": "text", "text": "What is in this picture?"}
+    picture: Any = {"type": "image_url", "image_url": {"url": uri}}
+    with client(controller) as api:
+        text_only = api.chat.completions.create(
+            model="tiny-llama4", messages=[{"role": "user", "content": [question]}], max_tokens=4
+        )
+        with_picture = api.chat.completions.create(
+            model="tiny-llama4", messages=[{"role": "user", "content": [question, picture]}], max_tokens=4
+        )
+        streamed = list(
+            api.chat.completions.create(
+                model="tiny-llama4",
+                messages=[{"role": "user", "content": [picture, question]}],
+                max_tokens=4,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+    assert text_only.usage is not None
+    assert with_picture.usage is not None
+    assert with_picture.choices[0].message.content is not None
+    # the picture's tokens were read by the model (the projector's image embeddings)
+    assert with_picture.usage.prompt_tokens > text_only.usage.prompt_tokens
+    assert streamed[-1].usage is not None
+    assert streamed[-1].usage.prompt_tokens == with_picture.usage.prompt_tokens
+
+
+def test_the_composer_s_stop_and_esc_stop_an_api_answer(served, qtbot) -> None:
+    """While the window shows "Answering an API request…", its composer's Stop and Chat → Stop
+    (Esc) stop that answer; typing still sends (after it)."""
+    from app.ui.main_window import MainWindow
+
+    controller, engine = served
+    window = MainWindow(controller)
+    qtbot.addWidget(window)
+    window.show()
+    assert window.composer.send_button.accessibleName() == "Send"
+    assert not window.stop_action.isEnabled()
+    for stop in (window.composer.send_button.click, window.stop_action.trigger):
+        thread, errors = endless_answer(controller, "Go on")
+        with qtbot.waitSignal(
+            controller.api.answering_changed, timeout=60_000, check_params_cb=lambda on: on
+        ):
+            thread.start()
+        assert window.composer.send_button.accessibleName() == "Stop"
+        assert window.stop_action.isEnabled()
+        window.composer.set_text("typed meanwhile")
+        assert window.composer.send_button.accessibleName() == "Queue"  # text: Enter would send it
+        window.composer.set_text("")
+        with qtbot.waitSignal(
+            controller.api.answering_changed, timeout=60_000, check_params_cb=lambda on: not on
+        ):
+            stop()
+        thread.join(60)
+        assert engine.last_stats.finish_reason == FinishReason.CANCELLED
+        assert len(errors) == 1
+        assert "stopped in Scout Chat" in str(errors[0])
+        assert window.composer.send_button.accessibleName() == "Send"
+        assert not window.stop_action.isEnabled()
+
+
+def test_an_openai_client_that_closes_its_stream_cancels_the_answer(served, qtbot) -> None:
+    """The official client leaving mid-stream (``stream.close()``) ends the generation; the
+    window's chat is answered next, in full."""
+    controller, engine = served
+    controller.update_settings(controller.settings.replace(max_tokens=8))
+    pieces: list[str] = []
+    with (
+        qtbot.waitSignal(controller.api.answering_changed, timeout=60_000, check_params_cb=lambda on: not on),
+        client(controller) as api,
+    ):
+        stream = api.chat.completions.create(
+            model="tiny-llama4",
+            messages=[{"role": "user", "content": "A long story"}],
+            max_tokens=100_000,
+            stream=True,
+        )
+        for chunk in stream:
+            pieces.append(chunk.choices[0].delta.content or "")
+            if len(pieces) > 3:
+                break
+        stream.close()
+    assert engine.last_stats.finish_reason == FinishReason.CANCELLED
+    with qtbot.waitSignal(controller.conversations.generation_finished, timeout=60_000) as finished:
+        controller.conversations.send("And now the window")
+    assert controller.store.get_message(finished.args[0]).status == "complete"
+    assert engine.last_stats.finish_reason != FinishReason.CANCELLED
+
+
+def ask_and_wait(qtbot, controller: AppController, messages: list[dict[str, str]]) -> str:
+    """One answer through the official client; returns once the GUI thread heard it ended."""
+    with (
+        qtbot.waitSignal(controller.api.answering_changed, timeout=60_000, check_params_cb=lambda on: not on),
+        client(controller) as api,
+    ):
+        reply = api.chat.completions.create(model=model_name(controller), messages=messages, max_tokens=4)  # type: ignore[arg-type]
+    return reply.choices[0].message.content or ""
+
+
+def test_api_conversations_are_kept_only_when_the_user_turns_it_on(served, qtbot) -> None:
+    controller, _engine = served
+    store = controller.conversations._store
+    before = len(store.list_conversations())
+    messages = [
+        {"role": "system", "content": "Answer like a pirate."},
+        {"role": "user", "content": "Where is the treasure buried?"},
+    ]
+    ask_and_wait(qtbot, controller, messages)
+    assert len(store.list_conversations()) == before  # off by default: nothing stored
+
+    controller.update_settings(controller.settings.replace(api_save_history=True))
+    answer = ask_and_wait(qtbot, controller, messages)
+    kept = store.list_conversations()[0]
+    assert kept.title == "API: Where is the treasure buried?"
+    stored = [(m.role, m.content, m.status) for m in store.messages(kept.id)]
+    assert stored == [
+        ("user", "Where is the treasure buried?", "complete"),
+        ("assistant", answer, "complete"),
+    ]
+    assert store.conversation_options(kept.id) == {"system_prompt": "Answer like a pirate."}
+
+
+def test_request_logging_writes_prompts_only_when_turned_on(served, qtbot, caplog) -> None:
+    controller, _engine = served
+    question = [{"role": "user", "content": "log this question"}]
+    with caplog.at_level(logging.INFO, logger="app.workers.api"):
+        ask_and_wait(qtbot, controller, question)
+        assert "log this question" not in caplog.text  # off by default
+        controller.update_settings(controller.settings.replace(api_log_requests=True))
+        ask_and_wait(qtbot, controller, question)
+    assert "user: 'log this question'" in caplog.text
+    assert "answer: " in caplog.text
+    assert controller.api.token() not in caplog.text
