@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from app import __version__
 from app.core.errors import UserError
+from app.core.presets import ConversationOptions, Preset
 from app.core.store import MessageStatus
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class Exported:
     messages: tuple[StoredMessage, ...]  # the active path
     attachments: dict[int, list[Attachment]] = field(default_factory=dict)  # by message id
     tree: tuple[StoredMessage, ...] = ()  # every branch (empty: the path is all there is)
+    options: dict[str, Any] = field(default_factory=dict)  # its own preset / instructions / sampling
 
 
 def _iso(timestamp: float) -> str:
@@ -159,8 +161,10 @@ def to_json_dict(
     attachments: dict[int, list[Attachment]] | None = None,
     files_dir: str = "",
     active_leaf: int | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``messages``: the whole tree (or a path), parents before children."""
+    """``messages``: the whole tree (or a path), parents before children; ``options``: the
+    conversation's own preset, instructions and sampling (``Store.conversation_options``)."""
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -171,6 +175,8 @@ def to_json_dict(
             "created_at": conversation.created_at,
             "updated_at": conversation.updated_at,
             "model": conversation.model,
+            "pinned": conversation.pinned,
+            "options": dict(options or {}),
         },
         "messages": [_message_dict(m, (attachments or {}).get(m.id, []), files_dir) for m in messages],
         "active_leaf": active_leaf if active_leaf is not None else (messages[-1].id if messages else None),
@@ -183,8 +189,9 @@ def to_json(
     attachments: dict[int, list[Attachment]] | None = None,
     files_dir: str = "",
     active_leaf: int | None = None,
+    options: dict[str, Any] | None = None,
 ) -> str:
-    data = to_json_dict(conversation, messages, attachments, files_dir, active_leaf)
+    data = to_json_dict(conversation, messages, attachments, files_dir, active_leaf, options)
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
 
@@ -209,12 +216,20 @@ def write_export(exported: Exported, target: Path) -> Path:
     if target.suffix.lower() == ".json":  # the whole tree
         leaf = exported.messages[-1].id if exported.messages else None
         text = to_json(
-            exported.conversation, exported.tree or exported.messages, exported.attachments, files_dir, leaf
+            exported.conversation,
+            exported.tree or exported.messages,
+            exported.attachments,
+            files_dir,
+            leaf,
+            exported.options,
         )
     else:  # the branch shown
         text = to_markdown(exported.conversation, exported.messages, exported.attachments, files_dir)
     target.write_text(text, encoding="utf-8")
     return target
+
+
+SAMPLING_KEYS = ("temperature", "top_p", "min_p")
 
 
 def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -239,6 +254,16 @@ def parse_json(text: str) -> dict[str, Any]:
         raise ExportFormatError(f"version: unsupported export version {version!r}")
     conv = _field(data, "conversation", dict, "export")
     _field(conv, "title", str, "conversation")
+    if "options" in conv and not isinstance(conv["options"], dict):
+        raise ExportFormatError("conversation.options: expected an object")
+    sampling = ConversationOptions.from_dict(conv.get("options") or {}).sampling
+    if sampling is not None:
+        try:
+            Preset.from_dict({"name": "conversation", **dict(zip(SAMPLING_KEYS, sampling, strict=True))})
+        except ValueError as exc:
+            raise ExportFormatError(f"conversation.options.sampling: {exc}") from exc
+    if "pinned" in conv and not isinstance(conv["pinned"], bool):
+        raise ExportFormatError(f"conversation.pinned: unexpected value {conv['pinned']!r}")
     messages = _field(data, "messages", list, "export")
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
@@ -288,6 +313,11 @@ def import_json(store: Store, text: str) -> Conversation:
         leaf = data.get("active_leaf")
         if isinstance(leaf, int) and leaf in new_ids:
             store.activate(new_ids[leaf])
+    options = ConversationOptions.from_dict(conv.get("options") or {})  # unknown keys are dropped
+    if not options.is_default:
+        store.set_conversation_options(created.id, options.to_dict())
+    if conv.get("pinned"):
+        store.set_pinned(created.id, True)
     result = store.get_conversation(created.id)
     assert result is not None
     return result
@@ -301,7 +331,7 @@ def export_conversation(store: Store, conversation_id: int) -> Exported:
     messages = tuple(store.messages(conversation_id))
     tree = tuple(store.tree(conversation_id))
     attachments = store.message_attachments([m.id for m in tree])
-    return Exported(conversation, messages, attachments, tree)
+    return Exported(conversation, messages, attachments, tree, store.conversation_options(conversation_id))
 
 
 def suggested_filename(conversation: Conversation, extension: str) -> str:

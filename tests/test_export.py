@@ -189,3 +189,32 @@ def test_a_parent_that_is_not_an_earlier_message_is_refused(store: Store) -> Non
     }
     with pytest.raises(ExportFormatError, match=r"messages\[0\]\.parent"):
         import_json(store, json.dumps(doc))
+
+
+def test_the_json_keeps_a_conversation_s_own_instructions_sampling_and_pin(
+    store: Store, tmp_path: Path
+) -> None:
+    conv_id = _fill(store)
+    options = {"preset": "Precise", "system_prompt": "Answer in French.", "sampling": [0.3, 0.8, 0.05]}
+    store.set_conversation_options(conv_id, options)
+    store.set_pinned(conv_id, True)
+    target = write_export(export_conversation(store, conv_id), tmp_path / "chat.json")
+    with Store(tmp_path / "fresh.sqlite3") as fresh:
+        imported = import_json(fresh, target.read_text(encoding="utf-8"))
+        assert imported.pinned
+        assert fresh.conversation_options(imported.id) == options
+
+
+def test_imported_sampling_out_of_range_is_refused(store: Store) -> None:
+    doc = {
+        "format": "scout-chat.conversation",
+        "version": 2,
+        "conversation": {"title": "x", "options": {"sampling": [50, 0.9, 0.01]}},
+        "messages": [],
+    }
+    with pytest.raises(ExportFormatError, match=r"conversation\.options\.sampling: .*out of range"):
+        import_json(store, json.dumps(doc))
+    doc["conversation"] = {"title": "x", "pinned": "yes"}
+    with pytest.raises(ExportFormatError, match=r"conversation\.pinned"):
+        import_json(store, json.dumps(doc))
+    assert store.list_conversations() == []
