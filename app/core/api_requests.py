@@ -84,6 +84,12 @@ class ChatRequest:
     def tool_names(self) -> frozenset[str]:
         return frozenset(t.name for t in self.tools)
 
+    @property
+    def prompt_messages(self) -> tuple[ChatMessage, ...]:
+        """What the model reads: the client's messages with the tools in the system message
+        (``messages`` stay the client's, for the history and the log)."""
+        return _offer_tools(self.messages, self.tools)
+
 
 def _number(body: dict[str, Any], key: str, low: float, high: float, default: float) -> float:
     value = body.get(key)
@@ -271,7 +277,7 @@ def parse_chat_request(body: Any, defaults: SamplingParams) -> ChatRequest:
     if not isinstance(raw, list) or not raw:
         raise ApiError(400, "'messages' must be a non-empty list.", param="messages")
     specs = _tools(body)
-    messages = _offer_tools(tuple(_message(m, i) for i, m in enumerate(raw)), specs)
+    messages = tuple(_message(m, i) for i, m in enumerate(raw))
     if sum(len(m.images) for m in messages) > MAX_IMAGES:
         raise ApiError(400, f"At most {MAX_IMAGES} pictures per request.", param="messages")
     stop = body.get("stop")

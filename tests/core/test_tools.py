@@ -205,9 +205,12 @@ def test_a_request_s_tools_are_offered_and_its_tool_turns_mapped() -> None:
         "tools": [{"type": "function", "function": {"name": "add", "parameters": {"title": "t"}}}],
     }
     request = parse_chat_request(body, SamplingParams())
-    assert [m.role for m in request.messages] == ["system", "user", "assistant", tools.TOOL_ROLE]
-    assert request.messages[0].content == tools.tools_prompt([tools.ToolSpec("api", "add")])
-    assert request.messages[2].content == '{"name": "add", "parameters": {"a": 2}}'
-    assert request.messages[3].content == "5"
+    prompt = request.prompt_messages
+    assert [m.role for m in prompt] == ["system", "user", "assistant", tools.TOOL_ROLE]
+    assert prompt[0].content == tools.tools_prompt([tools.ToolSpec("api", "add")])
+    assert prompt[2].content == '{"name": "add", "parameters": {"a": 2}}'
+    assert prompt[3].content == "5"
+    assert request.messages == prompt[1:]  # the client's own, for the history and the log
     assert request.tool_names == {"add"}
-    assert parse_chat_request({**body, "tool_choice": "none"}, SamplingParams()).messages[0].role == "user"
+    none = parse_chat_request({**body, "tool_choice": "none"}, SamplingParams())
+    assert none.prompt_messages[0].role == "user"

@@ -236,3 +236,17 @@ def test_the_official_client_raises_bad_request_for_bad_tools(scripted) -> None:
             model=model, messages=QUESTION, tools=[{"type": "function", "function": {}}]
         )  # type: ignore[arg-type, list-item]
     assert "tools[0].function.name" in str(refused.value)
+
+
+def test_a_kept_api_conversation_keeps_the_clients_instructions_not_the_tool_section(qtbot, scripted) -> None:
+    controller, engine, model = scripted
+    controller.update_settings(controller.settings.replace(api_save_history=True))
+    engine.pieces = ["It is 5."]
+    with (
+        qtbot.waitSignal(controller.conversations.conversations_changed, timeout=30_000),
+        client(controller) as api,
+    ):
+        api.chat.completions.create(model=model, messages=QUESTION, tools=[ADD])  # type: ignore[arg-type, list-item]
+    assert tools.TOOLS_INTRO.strip() in engine.seen[-1][0].content  # the model was offered the tool
+    [kept] = [c for c in controller.store.list_conversations() if c.title.startswith("API:")]
+    assert controller.store.conversation_options(kept.id)["system_prompt"] == "Be brief."
