@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -193,6 +194,90 @@ def small_http_server(kind: str) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+class ScriptedServer:
+    """An OpenAI-compatible server whose answers are scripted: each ``/v1/chat/completions``
+    request takes the next answer of ``answers`` (a list of streamed pieces) and is kept, as the
+    JSON body the client sent, in ``requests``. Stands for a model that emits a given text (a tool
+    call) on demand, which no model here does; the client, HTTP and SSE are real."""
+
+    def __init__(self, answers: list[list[str]], model: str = "scripted") -> None:
+        self.answers = list(answers)
+        self.model = model
+        self.requests: list[dict[str, object]] = []
+        self._lock = threading.Lock()
+
+    def next_answer(self, body: dict[str, object]) -> list[str] | None:
+        with self._lock:
+            self.requests.append(body)
+            return self.answers.pop(0) if self.answers else None
+
+
+class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    script: ScriptedServer
+
+    def _send_json(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [{"id": self.script.model, "object": "model"}]})
+        else:
+            self._send_json(404, {"error": {"message": "not found"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        if self.path != "/v1/chat/completions":
+            self._send_json(404, {"error": {"message": "not found"}})
+            return
+        pieces = self.script.next_answer(body)
+        if pieces is None:
+            self._send_json(500, {"error": {"message": "the script has no more answers"}})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+        def event(delta: dict[str, str], reason: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": reason}
+            return (
+                f"data: {json.dumps({'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n".encode()
+            )
+
+        self.wfile.write(event({"role": "assistant", "content": ""}))
+        for piece in pieces:
+            self.wfile.write(event({"content": piece}))
+            self.wfile.flush()
+        self.wfile.write(event({}, "stop") + b"data: [DONE]\n\n")
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def scripted_server(answers: list[list[str]]) -> Iterator[tuple[str, ScriptedServer]]:
+    """A :class:`ScriptedServer` on 127.0.0.1 (any free port): its URL and the script."""
+    script = ScriptedServer(answers)
+    handler = type("Scripted", (_ScriptedHandler,), {"script": script})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="test-scripted-server")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", script
+    finally:
         server.shutdown()
         server.server_close()
         thread.join(10)

@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Protocol
 
-from app.core.api_requests import ApiError, ApiJob, StopMatcher, finish_reason, parse_chat_request
+from app.core.api_requests import (
+    ApiError,
+    ApiJob,
+    StopMatcher,
+    ToolCallWatch,
+    finish_reason,
+    parse_chat_request,
+    tool_call_json,
+)
+from app.core.tools import parse_tool_call
 
 if TYPE_CHECKING:
     from app.core.api_requests import ChatRequest
@@ -465,6 +474,13 @@ class _Handler(BaseHTTPRequestHandler):
                 if job.stopped_by_user:
                     raise ApiError(409, "The answer was stopped in Scout Chat.", "cancelled", "cancelled")
                 text.append(stops.flush())
+                answer = "".join(text)
+                call = parse_tool_call(answer, set(job.request.tool_names)) if job.request.tools else None
+                message: dict[str, Any] = {"role": "assistant", "content": answer}
+                reason = finish_reason(stats, stops.stopped)
+                if call is not None:
+                    message = {"role": "assistant", "content": None, "tool_calls": [tool_call_json(call)]}
+                    reason = "tool_calls"
                 self._json(
                     200,
                     {
@@ -473,12 +489,7 @@ class _Handler(BaseHTTPRequestHandler):
                         "created": job.created,
                         "model": job.request.model,
                         "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": "".join(text)},
-                                "finish_reason": finish_reason(stats, stops.stopped),
-                                "logprobs": None,
-                            }
+                            {"index": 0, "message": message, "finish_reason": reason, "logprobs": None}
                         ],
                         "usage": _usage(stats),
                     },
@@ -487,6 +498,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, job: ApiJob) -> None:
         stops = StopMatcher(job.request.stop)
+        calls = ToolCallWatch(job.request.tool_names)  # withholds what may be a tool call
         started = False
 
         def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
@@ -527,7 +539,7 @@ class _Handler(BaseHTTPRequestHandler):
                             job.events.put(more)  # SimpleQueue: put back at the end (nothing follows)
                             break
                         pieces.append(more[1])
-                    text = stops.feed("".join(pieces))
+                    text = calls.feed(stops.feed("".join(pieces)))
                     if stops.stopped:
                         job.cancel.set()
                     if text:
@@ -537,9 +549,15 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     if job.stopped_by_user:
                         raise ApiError(409, "The answer was stopped in Scout Chat.", "cancelled", "cancelled")
-                    tail = stops.flush()
+                    released = calls.feed(stops.flush())
+                    held, call = calls.finish()
+                    tail = released + held
                     final = [chunk({"content": tail})] if tail else []
-                    final.append(chunk({}, finish_reason(value, stops.stopped)))
+                    if call is not None:  # the answer was a call: sent once parsed, as a whole
+                        final.append(chunk({"tool_calls": [tool_call_json(call, 0)]}))
+                        final.append(chunk({}, "tool_calls"))
+                    else:
+                        final.append(chunk({}, finish_reason(value, stops.stopped)))
                     if job.request.include_usage:
                         final.append({**chunk({}), "choices": [], "usage": _usage(value)})
                     send(*final, "[DONE]")

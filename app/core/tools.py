@@ -86,6 +86,10 @@ class ToolCall:
     def arguments_json(self) -> str:
         return json.dumps(self.arguments, indent=2, ensure_ascii=False, sort_keys=True)
 
+    def as_text(self) -> str:
+        """The call as the model is asked to write it (``{"name": …, "parameters": {…}}``)."""
+        return json.dumps({"name": self.name, "parameters": self.arguments}, ensure_ascii=False)
+
 
 def is_secret_name(name: str) -> bool:
     """Whether an environment variable's value is a secret (by its name: ``GITHUB_TOKEN``)."""
@@ -208,6 +212,26 @@ def parse_tool_call(text: str, known: set[str] | None = None) -> ToolCall | None
     if call is None or (known is not None and call.name not in known):
         return None
     return call
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+_CALL_OPENINGS = ("<|python_start|>", "```")
+
+
+def may_be_call(text: str, known: set[str] | frozenset[str]) -> bool:
+    """Whether an answer that begins with ``text`` may still turn out to be a call of one of the
+    ``known`` tools (:func:`parse_tool_call`'s forms): what a stream withholds until it is sure."""
+    body = text.lstrip()
+    if not body or body[0] in "{[":
+        return True
+    if any(o.startswith(body) or body.startswith(o) for o in _CALL_OPENINGS):
+        return True
+    name = _IDENTIFIER.match(body)
+    if name is None:
+        return False
+    if name.end() == len(body):  # still writing a name: the pythonic add(a=1)
+        return any(k.startswith(name.group()) for k in known)
+    return name.group() in known and body[name.end()] == "("
 
 
 def _json_call(body: str) -> ToolCall | None:

@@ -479,7 +479,7 @@ class LlamaWorker(QObject):
                     ApiError(503, "No model is loaded in Scout Chat.", "server_error", "model_not_loaded")
                 )
                 return
-            messages = job.request.messages
+            messages = job.request.prompt_messages  # the client's, with its tools offered
             if job.request.has_images and not info.has_vision:
                 job.fail(
                     ApiError(400, f"The loaded model ({info.name}) cannot read pictures.", param="messages")

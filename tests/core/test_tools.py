@@ -7,7 +7,9 @@ import json
 import pytest
 
 from app.core import tools
+from app.core.api_requests import ToolCallWatch, parse_chat_request
 from app.core.tools import ToolCall, ToolConfigError, ToolSpec
+from app.core.types import SamplingParams
 
 ADD = ToolSpec(
     "calc",
@@ -145,3 +147,70 @@ def test_call_record_reaches_the_model_once_decided() -> None:
     assert tools.result_for_model(tools.decided_record(record, tools.DENIED, tools.denied_result(call))) == (
         tools.denied_result(call)
     )
+
+
+@pytest.mark.parametrize(
+    ("start", "may"),
+    [
+        ("", True),
+        ("  ", True),
+        ('{"na', True),
+        ("[ad", True),
+        ("<|python", True),
+        ("<|python_start|>{", True),
+        ("``", True),
+        ("ad", True),  # could become add(…)
+        ("add(a=", True),
+        ("add ", False),
+        ("adding", False),
+        ("Sure", False),
+        ("The sum", False),
+        ("print(1)", False),  # a call, but of no tool offered
+    ],
+)
+def test_what_may_still_become_a_call(start: str, may: bool) -> None:
+    assert tools.may_be_call(start, {"add", "read_note"}) is may
+
+
+def test_the_watch_withholds_a_call_and_gives_out_other_text() -> None:
+    watch = ToolCallWatch(frozenset({"add"}))
+    assert [watch.feed(p) for p in ['{"name": "add", ', '"parameters": {"a": 1}}']] == ["", ""]
+    held, call = watch.finish()
+    assert held == ""
+    assert call is not None
+    assert (call.name, call.arguments) == ("add", {"a": 1})
+
+    watch = ToolCallWatch(frozenset({"add"}))
+    assert [watch.feed(p) for p in ["ad", "ding", " more"]] == ["", "adding", " more"]
+    assert watch.finish() == ("", None)
+
+    watch = ToolCallWatch(frozenset({"add"}))
+    assert watch.feed('{"not": "a call"}') == ""  # JSON that is no call: given out at the end
+    assert watch.finish() == ('{"not": "a call"}', None)
+
+    assert ToolCallWatch(frozenset()).feed("{") == "{"  # no tools: nothing is withheld
+
+
+def test_a_request_s_tools_are_offered_and_its_tool_turns_mapped() -> None:
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "2+3?"},
+            {
+                "role": "assistant",
+                "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": '{"a": 2}'}}],
+            },
+            {"role": "tool", "tool_call_id": "x", "content": [{"type": "text", "text": "5"}]},
+        ],
+        "tools": [{"type": "function", "function": {"name": "add", "parameters": {"title": "t"}}}],
+    }
+    request = parse_chat_request(body, SamplingParams())
+    prompt = request.prompt_messages
+    assert [m.role for m in prompt] == ["system", "user", "assistant", tools.TOOL_ROLE]
+    assert prompt[0].content == tools.tools_prompt([tools.ToolSpec("api", "add")])
+    assert prompt[2].content == '{"name": "add", "parameters": {"a": 2}}'
+    assert prompt[3].content == "5"
+    assert request.messages == prompt[1:]  # the client's own, for the history and the log
+    assert request.tool_names == {"add"}
+    none = parse_chat_request({**body, "tool_choice": "none"}, SamplingParams())
+    assert none.prompt_messages[0].role == "user"

@@ -15,9 +15,17 @@ from mcp.server.mcpserver import MCPServer
 server = MCPServer("notes")
 
 
+def _logged(name: str) -> None:
+    log = os.environ.get("NOTES_CALL_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as out:
+            out.write(name + "\n")
+
+
 @server.tool()
 def add(a: float, b: float) -> str:
     """Add two numbers."""
+    _logged("add")
     total = a + b
     return str(int(total) if total == int(total) else total)
 
@@ -25,6 +33,7 @@ def add(a: float, b: float) -> str:
 @server.tool()
 def read_note(name: str) -> str:
     """Read the note called ``name``."""
+    _logged("read_note")
     folder = Path(os.environ.get("NOTES_DIR", "."))
     path = folder / f"{name}.txt"
     if not path.is_file():
@@ -35,12 +44,14 @@ def read_note(name: str) -> str:
 @server.tool()
 def big(n: int) -> str:
     """Return ``n`` characters of text."""
+    _logged("big")
     return ("0123456789" * (n // 10 + 1))[:n]
 
 
 @server.tool()
 def crash() -> str:
     """End the server's process in the middle of the call."""
+    _logged("crash")
     os._exit(3)
 
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.chunking import estimate_tokens
 from app.core.engine.errors import ContextOverflowError, EngineError, NoModelError
+from app.core.tools import TOOL_ROLE
 from app.core.types import FinishReason, GenerationStats, ModelInfo
 
 if TYPE_CHECKING:
@@ -603,7 +604,7 @@ class RemoteEngine:
                 rendered = self._http.request_json(
                     "POST",
                     identity.template_path,
-                    {"messages": [_message_json(m, images=False) for m in messages]},
+                    {"messages": _messages_json(messages, images=False)},
                 )
                 prompt = str(rendered["prompt"])
                 if identity.kind == LLAMA_SERVER:
@@ -712,7 +713,7 @@ class RemoteEngine:
         assert identity is not None
         body: dict[str, Any] = {
             "model": sampling.model or identity.model,
-            "messages": [_message_json(m, images=identity.vision) for m in messages],
+            "messages": _messages_json(messages, images=identity.vision),
             "stream": True,
             "max_tokens": sampling.max_tokens,
             "temperature": sampling.temperature,
@@ -801,7 +802,18 @@ def _report_progress(progress: dict[str, Any], on_prompt_progress: Callable[[int
         on_prompt_progress(max(0, min(todo, processed - cache)), todo)
 
 
-def _message_json(message: ChatMessage, *, images: bool) -> dict[str, Any]:
+def _messages_json(messages: Sequence[ChatMessage], *, images: bool) -> list[dict[str, Any]]:
+    return [_message_json(m, i, images=images) for i, m in enumerate(messages)]
+
+
+def _message_json(message: ChatMessage, index: int, *, images: bool) -> dict[str, Any]:
+    if message.role == TOOL_ROLE:
+        # A tool's result goes as OpenAI's "tool" message: servers that check messages against
+        # OpenAI's schema (llama-cpp-python's, LM Studio's) refuse Llama 4's own "ipython" role
+        # and a tool message without its "tool_call_id". Scout's chat template renders "tool"
+        # and "ipython" alike (an <|header_start|>ipython<|header_end|> turn). The call itself
+        # stays the assistant's text as the model wrote it, so the template shows it unchanged.
+        return {"role": "tool", "tool_call_id": f"call_{index}", "content": message.content}
     if not (images and message.images):
         return {"role": message.role, "content": message.content}
     parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": uri}} for uri in message.images]
