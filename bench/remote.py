@@ -13,7 +13,7 @@ alone and with two ``rpc-server`` processes holding the layers (no target: it is
 The split rows start two ``rpc-server`` processes that declare different memory (1 GiB and 4 GiB,
 through the tests' sysconf shim) and compare the planner's split (``plan_load``: ``tensor_split`` by
 the servers' free memory, with llama.cpp's dry run) with llama.cpp's default split (the same
-devices, no ``tensor_split``): tokens/s of each and whether the greedy answers are the same.
+load parameters but no ``tensor_split``): tokens/s of each and whether the greedy answers are the same.
 
     python -m bench.remote [--runs 15] [--tokens 200]
 """
@@ -21,6 +21,7 @@ devices, no ``tensor_split``): tokens/s of each and whether the greedy answers a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
@@ -252,7 +253,6 @@ def split_rows(rpc_binary: Path, model: Path, tmp: Path, runs: int, tokens: int)
     from app.core.engine.rpc import compute_devices
     from app.core.hardware import SystemHardware, with_remote_devices
     from app.core.planner import LoadRequest, PlanOverrides, plan_load
-    from app.core.types import LoadParams
 
     servers = _start_rpc_servers(rpc_binary, tmp, (1024, 4096))
     try:
@@ -261,7 +261,8 @@ def split_rows(rpc_binary: Path, model: Path, tmp: Path, runs: int, tokens: int)
         hardware = with_remote_devices(SystemHardware().probe(), [d.as_device() for d in devices])
         request = LoadRequest(model, PlanOverrides(n_ctx=1024), n_threads=1, compute_servers=endpoints)
         planned = plan_load(request, hardware, measure_buffers)
-        default = LoadParams(model, n_ctx=1024, n_threads=1, n_threads_batch=1, compute_servers=endpoints)
+        # the very same load but for tensor_split: llama.cpp then splits by the devices' free memory
+        default = dataclasses.replace(planned.params, tensor_split=())
         sampling = SamplingParams(temperature=0.0, max_tokens=tokens, seed=1)
         engine = LlamaEngine()
         results: dict[str, tuple[float, float, str, str]] = {}
