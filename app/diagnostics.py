@@ -3,8 +3,9 @@
 Everything here is plain data plus text formatting, shared by the command line (``--check``), the
 Help → System information… dialog and the first-run welcome page. Nothing here imports
 ``llama_cpp`` (the llama.cpp libraries are read through :mod:`app.core.ggml_lib`, ctypes;
-``--check`` starts an engine process, which does) and nothing touches the network. Building the
-report never raises: a part that cannot be read says so in its line.
+``--check`` starts an engine process, which does) and nothing touches the network but the compute
+servers of Settings → Machines, when some are set. Building the report never raises: a part that
+cannot be read says so in its line.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from app.config import AppPaths
+    from app.core.engine.rpc import ComputeDevice
     from app.core.fit import Fit
     from app.core.hardware import HardwareInfo, HardwareProbe
     from app.core.manifest import Build, Manifest
@@ -462,9 +464,20 @@ def _speed_probe(proxy: Any) -> str:
     )
 
 
-def machine_lines(compute_servers: Sequence[str]) -> list[tuple[str, str]]:
+CHECK_STALL_S = 30.0  # the throw-away engine process's limit per question (``--check`` stays quick)
+
+
+def machine_lines(
+    compute_servers: Sequence[str],
+    compute_devices: Callable[[Sequence[str]], Sequence[ComputeDevice]] | None = None,
+) -> list[tuple[str, str]]:
     """llama.cpp's tools (llama-server, rpc-server, the RPC client) and the compute servers of
-    Settings → Machines, each tried with one TCP connection (none is tried when none is set)."""
+    Settings → Machines, each tried with one TCP connection (none is tried when none is set);
+    those that answer are asked for the device they lend, its free and total memory and the round
+    trip, through ``compute_devices`` (an engine process's
+    :meth:`~app.core.engine.process.EngineProxy.compute_devices`), else through a throw-away engine
+    process started here (only when a server answered). A server that cannot be used is a
+    sentence, never an exception."""
     from app.core.engine.errors import ComputeServerError
     from app.core.engine.llama_tools import find_llama_tools, why_missing
     from app.core.engine.rpc import check_reachable, parse_endpoint
@@ -473,17 +486,59 @@ def machine_lines(compute_servers: Sequence[str]) -> list[tuple[str, str]]:
     lines = [("llama.cpp tools", str(tools.bin_dir) if tools is not None else why_missing())]
     if not compute_servers:
         return [*lines, ("Compute servers", "none (Settings → Machines)")]
+    states: dict[str, str] = {}
+    answering: list[str] = []
     for text in compute_servers:
+        endpoint = text
         try:
             endpoint = parse_endpoint(text)
-            check_reachable(endpoint, timeout_s=2.0)
-            state = "answers"
+            rtt = check_reachable(endpoint, timeout_s=2.0)
+            states[endpoint] = f"answers (connects in {rtt * 1000:.2f} ms)"
+            answering.append(endpoint)
         except ValueError as exc:
-            endpoint, state = text, str(exc)
+            states[endpoint] = str(exc)
         except ComputeServerError as exc:
-            endpoint, state = text, exc.message
-        lines.append((f"Compute server {endpoint}", state))
-    return lines
+            states[endpoint] = exc.message
+    if answering:
+        for endpoint, lent in _lent_devices(answering, compute_devices).items():
+            states[endpoint] = f"answers — {lent}"
+    return [*lines, *((f"Compute server {endpoint}", state) for endpoint, state in states.items())]
+
+
+def _lent_devices(
+    endpoints: Sequence[str],
+    compute_devices: Callable[[Sequence[str]], Sequence[ComputeDevice]] | None,
+) -> dict[str, str]:
+    """For each endpoint that answered: what it lends (``RPC0: 4.3 GB free of 4.3 GB, round trip
+    0.2 ms``), or why it could not be asked. One server at a time: one that stops the engine
+    process (llama.cpp ends a process whose server goes away) costs only its own line."""
+    proxy = None
+    if compute_devices is None:
+        from app.core.engine.process import EngineProxy
+
+        proxy = EngineProxy(watchdog_s=CHECK_STALL_S, stall_s=CHECK_STALL_S)
+        compute_devices = proxy.compute_devices
+    found: dict[str, str] = {}
+    try:
+        for endpoint in endpoints:
+            try:
+                devices = compute_devices([endpoint])
+            except Exception as exc:
+                log.warning("compute server %s: its devices could not be read", endpoint, exc_info=True)
+                found[endpoint] = f"its devices could not be read: {getattr(exc, 'message', exc)}"
+                continue
+            found[endpoint] = (
+                "; ".join(
+                    f"lends {d.name}: {format_gb(d.free_bytes)} free of {format_gb(d.total_bytes)}, "
+                    f"round trip {d.rtt_s * 1000:.2f} ms"
+                    for d in devices
+                )
+                or "it lends no device"
+            )
+    finally:
+        if proxy is not None:
+            proxy.close()
+    return found
 
 
 def collect_report(
@@ -495,9 +550,11 @@ def collect_report(
     free_space: Callable[[Path], int | None] = free_disk,
     engine_check: Callable[[], str] | None = None,
     compute_servers: Sequence[str] = (),
+    compute_devices: Callable[[Sequence[str]], Sequence[ComputeDevice]] | None = None,
 ) -> Report:
     """Gather everything ``--check`` prints. Never raises for a missing part. ``engine_check``
-    (``--check``: :func:`check_engine_process`) adds the engine process's line."""
+    (``--check``: :func:`check_engine_process`) adds the engine process's line; ``compute_devices``
+    asks the compute servers for their devices (:func:`machine_lines`)."""
     from app.core.hardware import SystemHardware
     from app.core.manifest import ManifestError, load_manifest
 
@@ -556,7 +613,7 @@ def collect_report(
             sections[SECTION_RECOMMENDATION] = [("Build", f"unavailable ({exc})")]
     else:
         sections[SECTION_RECOMMENDATION] = [("Build", "unavailable (no manifest or hardware)")]
-    sections[SECTION_MACHINES] = machine_lines(compute_servers)
+    sections[SECTION_MACHINES] = machine_lines(compute_servers, compute_devices)
     return Report(sections=sections, notes=tuple(notes))
 
 

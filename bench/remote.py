@@ -10,6 +10,10 @@ sees them: TTFT from sending the request to the first text piece, tokens/s from 
 the last. Runs alternate A/B; the medians are compared (target: tokens/s ratio ≥ 0.97, TTFT
 overhead ≤ 20 ms). The RPC rows (with the set-up's ``rpc-server``) compare the in-process engine
 alone and with two ``rpc-server`` processes holding the layers (no target: it is llama.cpp's cost).
+The split rows start two ``rpc-server`` processes that declare different memory (1 GiB and 4 GiB,
+through the tests' sysconf shim) and compare the planner's split (``plan_load``: ``tensor_split`` by
+the servers' free memory, with llama.cpp's dry run) with llama.cpp's default split (the same
+load parameters but no ``tensor_split``): tokens/s of each and whether the greedy answers are the same.
 
     python -m bench.remote [--runs 15] [--tokens 200]
 """
@@ -17,6 +21,7 @@ alone and with two ``rpc-server`` processes holding the layers (no target: it is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
@@ -209,6 +214,110 @@ def rpc_rows(rpc_binary: Path, model: Path, tmp: Path, runs: int, tokens: int) -
     )
 
 
+def _start_rpc_servers(
+    rpc_binary: Path, tmp: Path, memory_mib: tuple[int, ...]
+) -> list[tuple[subprocess.Popen[bytes], int]]:
+    """``rpc-server`` processes on 127.0.0.1 (one thread), each declaring ``memory_mib`` (0: the
+    machine's own), waited for until they accept connections."""
+    from tests.remote_servers import MemoryLimit, memory_shim
+
+    shim = memory_shim(tmp) if any(memory_mib) else None
+    if any(memory_mib) and shim is None:
+        raise SystemExit("no C compiler for the memory shim the sized compute servers need")
+    servers = []
+    for index, mib in enumerate(memory_mib):
+        port = free_port()
+        env = {**os.environ, **MemoryLimit(shim, mib).env()} if mib and shim is not None else None
+        with (tmp / f"rpc-sized-{index}.log").open("wb") as out:
+            command = [str(rpc_binary), "--host", "127.0.0.1", "--port", str(port), "--threads", "1"]
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        servers.append((process, port))
+    for _process, port in servers:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"rpc-server on port {port} did not start") from None
+                time.sleep(0.1)
+    return servers
+
+
+def split_rows(rpc_binary: Path, model: Path, tmp: Path, runs: int, tokens: int) -> None:
+    """The planner's split vs llama.cpp's default split over two rpc-servers declaring 1 and 4 GiB."""
+    from app.core.engine import LlamaEngine
+    from app.core.engine.native import NATIVE_LOG
+    from app.core.engine.probe import measure_buffers
+    from app.core.engine.rpc import compute_devices
+    from app.core.hardware import SystemHardware, with_remote_devices
+    from app.core.planner import LoadRequest, PlanOverrides, plan_load
+
+    servers = _start_rpc_servers(rpc_binary, tmp, (1024, 4096))
+    try:
+        endpoints = tuple(f"127.0.0.1:{port}" for _process, port in servers)
+        devices = compute_devices(endpoints)
+        hardware = with_remote_devices(SystemHardware().probe(), [d.as_device() for d in devices])
+        request = LoadRequest(model, PlanOverrides(n_ctx=1024), n_threads=1, compute_servers=endpoints)
+        planned = plan_load(request, hardware, measure_buffers)
+        # the very same load but for tensor_split: llama.cpp then splits by the devices' free memory
+        default = dataclasses.replace(planned.params, tensor_split=())
+        sampling = SamplingParams(temperature=0.0, max_tokens=tokens, seed=1)
+        engine = LlamaEngine()
+        results: dict[str, tuple[float, float, str, str]] = {}
+        for side, params in (("planner", planned.params), ("default", default)):
+            mark = NATIVE_LOG.mark()
+            engine.load(params)
+            placed = [line for line in NATIVE_LOG.since(mark) if "assigned to device" in line]
+            where: dict[str, int] = {}
+            for line in placed:
+                device = line.rsplit("device ", 1)[-1].split(",")[0].strip()
+                where[device] = where.get(device, 0) + 1
+            rows, answers = [], []
+            for run in range(runs + 1):
+                messages = [ChatMessage.user(f"Question {run}: say hello.")]
+                started = time.perf_counter()
+                first = last = 0.0
+                pieces: list[str] = []
+                for piece in engine.stream_chat(messages, sampling, threading.Event()):
+                    last = time.perf_counter()
+                    first = first or last
+                    pieces.append(piece)
+                answers.append("".join(pieces))
+                if run:
+                    rows.append((first - started, (len(pieces) - 1) / (last - first)))
+            engine.unload()
+            layout = ", ".join(f"{n} on {device}" for device, n in where.items())
+            results[side] = (
+                statistics.median(r[0] for r in rows),
+                statistics.median(r[1] for r in rows),
+                layout,
+                "\n".join(answers),
+            )
+    finally:
+        for process, _port in servers:
+            process.kill()
+            process.wait()
+    print(
+        f"planner split vs llama.cpp's default split {os.environ.get('BENCH_NOTE', '')}: tiny llama4, "
+        f"1 thread, 2 loopback rpc-servers declaring 1 GiB ({endpoints[0]}) and 4 GiB ({endpoints[1]}), "
+        f"{runs} runs each, {tokens} tokens"
+    )
+    explanation = planned.plan.explanation if planned.plan else ""
+    split = next((part for part in explanation.split(". ") if part.startswith("Layers spread")), "no split")
+    print(f"  plan: {split.split(';')[0]}")
+    for side, (ttft, tps, layout, _text) in results.items():
+        print(
+            f"  {side:8s} TTFT {ttft * 1000:7.1f} ms   {tps:7.1f} tokens/s   layers (incl. output): {layout}"
+        )
+    same = results["planner"][3] == results["default"][3]
+    print(
+        f"  tokens/s ratio planner/default {results['planner'][1] / results['default'][1]:.3f}; "
+        f"greedy answers {'the same' if same else 'DIFFERENT'}"
+    )
+
+
 def main() -> None:
     from app.core.engine.llama_tools import find_llama_tools, why_missing
 
@@ -236,6 +345,7 @@ def main() -> None:
         command = llama_server_command(tools.llama_server, model, port)
         compare("llama-server", command, port, Path(tmp) / "llama-server.log", args.runs, args.tokens)
         rpc_rows(tools.rpc_server, model, Path(tmp), args.runs, args.tokens)
+        split_rows(tools.rpc_server, model, Path(tmp), args.runs, args.tokens)
 
 
 if __name__ == "__main__":

@@ -361,3 +361,58 @@ def memory_shim(directory: Path) -> Path | None:
         capture_output=True,
     )
     return library
+
+
+# The socket audit's recorder for the processes the app starts (the engine process, whose compute
+# server connections are made by llama.cpp's C code as well as by Python): a preloaded connect()
+# that appends "pid host port" for every IPv4/IPv6 connection to the file SCOUT_TEST_CONNECT_LOG.
+_CONNECT_SHIM = r"""
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int connect(int fd, const struct sockaddr *addr, socklen_t len) {
+    static int (*real)(int, const struct sockaddr *, socklen_t) = 0;
+    if (!real) real = (int (*)(int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT, "connect");
+    const char *path = getenv("SCOUT_TEST_CONNECT_LOG");
+    if (path && addr && (addr->sa_family == AF_INET || addr->sa_family == AF_INET6)) {
+        char host[INET6_ADDRSTRLEN] = "?";
+        int port = 0;
+        if (addr->sa_family == AF_INET) {
+            const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+            inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+            port = ntohs(a->sin_port);
+        } else {
+            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+            port = ntohs(a->sin6_port);
+        }
+        FILE *f = fopen(path, "a");
+        if (f) {
+            fprintf(f, "%d %s %d\n", (int)getpid(), host, port);
+            fclose(f);
+        }
+    }
+    return real(fd, addr, len);
+}
+"""
+
+
+def connect_recorder(directory: Path) -> Path | None:
+    """The connect() recorder (LD_PRELOAD it with SCOUT_TEST_CONNECT_LOG set); None when there is
+    no C compiler or not on Linux."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not sys.platform.startswith("linux") or compiler is None:
+        return None
+    source, library = directory / "connect_recorder.c", directory / "libconnect_recorder.so"
+    source.write_text(_CONNECT_SHIM)
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"],
+        check=True,
+        capture_output=True,
+    )
+    return library

@@ -3,6 +3,7 @@ public address, ``--check``'s Machines section, and Settings → Machines."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from app.core.engine.llama_tools import find_llama_tools, why_missing
 from app.core.engine.process import EngineProxy
 from app.core.types import ChatMessage, LoadParams, SamplingParams
 from app.diagnostics import machine_lines
-from tests.remote_servers import _accepts, free_port, rpc_server
+from tests.remote_servers import MemoryLimit, _accepts, free_port, memory_shim, rpc_server
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -139,36 +140,52 @@ def test_an_address_other_than_127_0_0_1_gets_llama_cpps_warning(tmp_path: Path)
         server.stdout.close()
 
 
-def test_check_lists_the_compute_servers_and_says_which_answer(tmp_path: Path) -> None:
+def test_check_lists_the_compute_servers_and_says_which_answer() -> None:
     assert machine_lines(())[-1] == ("Compute servers", "none (Settings → Machines)")
     closed = free_port()
-    lines = dict(machine_lines([f"127.0.0.1:{closed}", "http://nope"]))
+    lines = dict(machine_lines([f"127.0.0.1:{closed}", "http://nope"]))  # no engine process needed
     assert lines[f"Compute server 127.0.0.1:{closed}"].startswith(f"Nothing answers at 127.0.0.1:{closed}")
     assert "is not a compute server address" in lines["Compute server http://nope"]
-    if TOOLS is not None:
-        with rpc_server(TOOLS.rpc_server, tmp_path / "rpc.log") as running:
-            assert (
-                dict(machine_lines([f"127.0.0.1:{running.port}"]))[f"Compute server 127.0.0.1:{running.port}"]
-                == "answers"
-            )
 
 
-def test_check_prints_the_machines_section(tmp_path: Path) -> None:
+@needs_tools
+def test_check_shows_what_each_compute_server_lends_and_a_sentence_for_one_down(tmp_path: Path) -> None:
+    """``--check`` with two real rpc-servers that declare 1 GiB and 4 GiB, and one that is not
+    running: each answering one's device with its memory and round trip (asked in a throw-away
+    engine process), the one down a sentence, and the check ends normally."""
     from app.config import AppPaths, save_settings
 
-    paths = AppPaths.under(tmp_path).ensure()
-    port = free_port()
-    save_settings(paths, Settings(compute_servers=(f"127.0.0.1:{port}",)))
-    done = subprocess.run(
-        scout("--check", data_dir=tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    assert TOOLS is not None
+    shim = memory_shim(tmp_path)
+    if shim is None:
+        pytest.skip("no C compiler to build the memory shim the sized compute servers need")
+    paths = AppPaths.under(tmp_path / "data").ensure()
+    down = free_port()
+    with (
+        rpc_server(TOOLS.rpc_server, tmp_path / "rpc-small.log", memory=MemoryLimit(shim, 1024)) as small,
+        rpc_server(TOOLS.rpc_server, tmp_path / "rpc-big.log", memory=MemoryLimit(shim, 4096)) as big,
+    ):
+        servers = (f"127.0.0.1:{small.port}", f"127.0.0.1:{down}", f"127.0.0.1:{big.port}")
+        save_settings(paths, Settings(compute_servers=servers))
+        done = subprocess.run(
+            scout("--check", data_dir=paths.data_dir),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     assert done.returncode == 0, done.stderr
-    assert "== Machines (llama.cpp RPC) ==" in done.stdout
-    assert f"Compute server 127.0.0.1:{port}: Nothing answers at 127.0.0.1:{port}" in done.stdout
+    section = done.stdout.split("== Machines (llama.cpp RPC) ==", 1)[1]
+    lines = dict(line.split(": ", 1) for line in section.strip().splitlines())
+    small_line = lines[f"Compute server {servers[0]}"]
+    big_line = lines[f"Compute server {servers[2]}"]
+    assert re.fullmatch(
+        r"answers — lends RPC\d+: 1\.1 GB free of 1\.1 GB, round trip \d+\.\d\d ms", small_line
+    )
+    assert re.fullmatch(r"answers — lends RPC\d+: 4\.3 GB free of 4\.3 GB, round trip \d+\.\d\d ms", big_line)
+    assert lines[f"Compute server {servers[1]}"].startswith(
+        f"Nothing answers at {servers[1]} (connection refused)"
+    )
 
 
 def test_settings_machines_are_parsed_and_a_bad_line_keeps_the_dialog_open(qtbot: QtBot) -> None:

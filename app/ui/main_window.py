@@ -317,6 +317,7 @@ class MainWindow(QMainWindow):
         m.model_load_failed.connect(self._on_models_model_load_failed)
         m.model_lost.connect(self._on_models_model_lost)
         m.reconnect_failed.connect(self._on_models_reconnect_failed)
+        m.compute_servers_failed.connect(self._on_models_compute_servers_failed)
         m.load_confirmation_needed.connect(self._on_models_load_confirmation_needed)
         m.plan_changed.connect(self._on_models_plan_changed)
         c = self.conversations
@@ -684,6 +685,13 @@ class MainWindow(QMainWindow):
     def _on_models_reconnect_failed(self, _address: str) -> None:
         # the server used last did not answer at start: the error says why, the banner retries
         self.error_banner.set_action("Retry", self.models.retry_reconnect)
+
+    def _on_models_compute_servers_failed(self, _path: str) -> None:
+        # a compute server cannot be used: nothing was half-loaded; the error names it, the banner
+        # offers the choice
+        self.error_banner.set_action(
+            "Retry", self.models.retry_compute_servers, ("Load here only", self.models.load_here_only)
+        )
 
     def _on_models_load_confirmation_needed(self, path: str, question: str) -> None:
         # a model whose load stopped the engine twice: asked in the banner, never loaded unasked

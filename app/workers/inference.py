@@ -22,8 +22,9 @@ from app.core import reading
 from app.core.api_requests import ApiError
 from app.core.context import MessageTooLongError, reply_reserve
 from app.core.engine import OutOfMemoryError, ProjectorError, check_model_file, first_split_part
-from app.core.engine.errors import EngineCrashedError, EngineHungError, TrialCrashedError
+from app.core.engine.errors import ComputeServerError, EngineCrashedError, EngineHungError, TrialCrashedError
 from app.core.engine.remote import RemoteEngine, ServerConfig, ServerLostError
+from app.core.engine.rpc import lost_compute_server
 from app.core.errors import UserError
 from app.core.gguf_info import GGUFError, find_projector, projector_mismatch, read_gguf_info
 from app.core.heap import release_free_heap
@@ -98,6 +99,8 @@ class LlamaWorker(QObject):
         extract_read(int, object): gen_id, the PartExtract of a part just read (to be saved).
         load_killed_engine(str): the load of this model path ended with an engine process dead
             (the engine's, or the throw-away one that tried the file). Sent before ``load_failed``.
+        compute_server_failed(): the load failed because a compute server (Settings → Machines)
+            cannot be used: not reachable, or lost while loading. Sent before ``load_failed``.
         file_tried(str, float): a model path was tried in a throw-away engine process and
             survived; the seconds that took.
         api_answer_started(int): the worker began answering an API request (job id).
@@ -123,6 +126,7 @@ class LlamaWorker(QObject):
     reading_progress = Signal(int, int, int)
     extract_read = Signal(int, object)
     load_killed_engine = Signal(str)
+    compute_server_failed = Signal()
     file_tried = Signal(str, float)
     api_answer_started = Signal(int)
     api_answer_finished = Signal(int)
@@ -228,7 +232,10 @@ class LlamaWorker(QObject):
         except Exception as exc:  # noqa: BLE001 - thread boundary
             message, detail = _human(exc)
             self._note_engine_stopped(exc, message, detail)
-            if isinstance(exc, (EngineCrashedError, EngineHungError, TrialCrashedError)):
+            servers = request.compute_servers
+            if servers and (isinstance(exc, ComputeServerError) or lost_compute_server(detail, servers)):
+                self.compute_server_failed.emit()  # the network's doing, not the file's
+            elif isinstance(exc, (EngineCrashedError, EngineHungError, TrialCrashedError)):
                 self.load_killed_engine.emit(str(request.model_path))
             log.warning("model load failed: %s", message)
             if remote is not None:

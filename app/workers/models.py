@@ -69,6 +69,10 @@ class ModelController(QObject):
             the engine twice was not loaded at start-up (:meth:`ask_before_loading`).
         reconnect_failed(str): the server used last (reconnected at start) did not answer: its
             address (``model_load_failed`` said why first); :meth:`retry_reconnect` tries again.
+        compute_servers_failed(str): a model was not loaded because a compute server (Settings →
+            Machines) cannot be used (``model_load_failed`` said which first): its path;
+            :meth:`retry_compute_servers` tries again, :meth:`load_here_only` loads it on this
+            computer alone.
     """
 
     model_load_started = Signal(str)
@@ -79,6 +83,7 @@ class ModelController(QObject):
     model_lost = Signal()
     load_confirmation_needed = Signal(str, str)
     reconnect_failed = Signal(str)
+    compute_servers_failed = Signal(str)
 
     load_requested = Signal(object)  # to the worker (queued across threads)
     load_untried_requested = Signal(object)  # to the worker: try the file in a throw-away process first
@@ -106,11 +111,14 @@ class ModelController(QObject):
         # the model a stopped engine took: path, overrides, plan, whether memory looks like the cause
         self._lost: tuple[str, PlanOverrides | None, Plan | None, bool] | None = None
         self._loading_path: str | None = None
+        self._loading_overrides: PlanOverrides | None = None
+        self._compute_failed = False  # the load failing now failed because of a compute server
 
         worker = inference.worker
         self.load_requested.connect(worker.load_model)
         self.load_untried_requested.connect(worker.load_untried_model)
         worker.load_killed_engine.connect(self._on_worker_load_killed_engine)
+        worker.compute_server_failed.connect(self._on_worker_compute_server_failed)
         worker.load_progress.connect(self._on_worker_load_progress)
         worker.plan_ready.connect(self._on_worker_plan_ready)
         worker.load_notice.connect(self._on_worker_load_notice)
@@ -144,38 +152,47 @@ class ModelController(QObject):
         """The context size of the loaded model, else the one the settings ask for (0: automatic)."""
         return self._model_info.n_ctx if self._model_info else self._preferences.settings.n_ctx
 
-    def load_params_for(self, path: str, overrides: PlanOverrides | None = None) -> LoadParams | LoadRequest:
+    def load_params_for(
+        self, path: str, overrides: PlanOverrides | None = None, *, here_only: bool = False
+    ) -> LoadParams | LoadRequest:
         """A LoadRequest for the planner (context target from settings, shrunk to fit, unless the
-        user's Advanced ``overrides`` fix it), or plain LoadParams when no planner is configured."""
+        user's Advanced ``overrides`` fix it), or plain LoadParams when no planner is configured.
+        ``here_only``: without the compute servers of Settings → Machines."""
         s = self._preferences.settings
+        servers = () if here_only else s.compute_servers
         if self._planner is not None:
             return LoadRequest(
                 Path(path),
                 merge_overrides(overrides, s.n_ctx),
                 n_threads=s.n_threads or None,
-                compute_servers=s.compute_servers,
+                compute_servers=servers,
             )
         n_ctx = s.n_ctx or FALLBACK_N_CTX
         return LoadParams(
             model_path=Path(path),
             n_ctx=n_ctx,
             n_threads=s.n_threads or None,
-            compute_servers=s.compute_servers,
+            compute_servers=servers,
         )
 
-    def load_model(self, path: str, overrides: PlanOverrides | None = None) -> None:
-        """Load (or reload) a model; ``overrides`` are the Advanced settings of the plan panel."""
+    def load_model(
+        self, path: str, overrides: PlanOverrides | None = None, *, here_only: bool = False
+    ) -> None:
+        """Load (or reload) a model; ``overrides`` are the Advanced settings of the plan panel;
+        ``here_only``: on this computer alone, without the compute servers (this load only)."""
         self._inference.cancel_generation()  # an answer being written stops first
         if not self._loading:  # what to go back to when this load fails and the model stays
             self._previous = (self._plan, self._overrides)
         self._overrides = overrides
+        self._compute_failed = False
         try:
-            params = self.load_params_for(path, overrides)
+            params = self.load_params_for(path, overrides, here_only=here_only)
         except ValueError as exc:
             self.model_load_failed.emit(str(exc), "")
             return
         self._loading = True
         self._loading_path = path
+        self._loading_overrides = overrides
         self._inference.worker.load_cancel_event.clear()
         self.model_load_started.emit(path)
         if self.known_good(path):
@@ -231,6 +248,21 @@ class ModelController(QObject):
     @Slot(str)
     def _on_worker_load_killed_engine(self, path: str) -> None:
         self._remember_file(path, good=False)
+
+    @Slot()
+    def _on_worker_compute_server_failed(self) -> None:
+        self._compute_failed = True
+
+    def retry_compute_servers(self) -> None:
+        """Load the model again across the compute servers (after :attr:`compute_servers_failed`)."""
+        if self._loading_path is not None:
+            self.load_model(self._loading_path, self._loading_overrides)
+
+    def load_here_only(self) -> None:
+        """Load that model on this computer alone (after :attr:`compute_servers_failed`); the
+        compute servers stay in Settings → Machines for the next load."""
+        if self._loading_path is not None:
+            self.load_model(self._loading_path, self._loading_overrides, here_only=True)
 
     def connect_server(self, config: ServerConfig, *, reconnecting: bool = False) -> None:
         """Use the model ``config`` names on a server (the current model stays until it answers);
@@ -384,6 +416,14 @@ class ModelController(QObject):
                 self._plan = plan
                 self.plan_changed.emit(plan)
             message = f"{message} {kept.name} is still loaded."
+        if self._compute_failed and self._loading_path is not None:
+            self._compute_failed = False
+            name = Path(self._loading_path).name
+            if kept is None:
+                message = f"{name} was not loaded: {message}"
+            self.model_load_failed.emit(f"{message} Retry, or load {name} on this computer alone.", detail)
+            self.compute_servers_failed.emit(self._loading_path)
+            return
         if self._reconnecting and self._server is not None:
             self._reconnecting = False
             message = f"Could not reconnect to {self._server.address}, the server used last: {message}"

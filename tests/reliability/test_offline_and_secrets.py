@@ -69,6 +69,83 @@ def test_a_full_session_opens_no_socket(
     assert attempts == [], attempts
 
 
+def test_with_a_server_and_a_compute_server_the_app_connects_only_to_them(
+    qtbot, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One OpenAI-compatible server (llama-server) and one compute server (rpc-server) configured,
+    both on 127.0.0.1: an answer from the server, then the local model loaded across the compute
+    server and an answer from it. Every connection the window's process makes (Python's sockets)
+    and every one its engine processes make (connect() itself, preloaded: llama.cpp's RPC client
+    is C) goes to one of those two addresses."""
+    from app.config import Settings
+    from app.core.engine.llama_tools import find_llama_tools, why_missing
+    from app.main import build_application, parse_args
+    from tests.remote_servers import API_KEY, connect_recorder, llama_server, rpc_server
+
+    tools = find_llama_tools()
+    if tools is None:
+        pytest.skip(why_missing())
+    recorder = connect_recorder(tmp_path)
+    if recorder is None:
+        pytest.skip("no C compiler to build the connect() recorder")
+    here: list[tuple[str, int]] = []  # the window's process
+    real_connect, real_create = socket.socket.connect, socket.create_connection
+
+    def connect(sock: socket.socket, address: object, *args: object) -> object:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            here.append((str(address[0]), int(address[1])))  # type: ignore[index]
+        return real_connect(sock, address, *args)  # type: ignore[arg-type]
+
+    def create_connection(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
+        here.append((str(address[0]), int(address[1])))
+        return real_create(address, *args, **kwargs)  # type: ignore[arg-type]
+
+    children_log = tmp_path / "connections.txt"
+    with (
+        llama_server(tools.llama_server, tiny_model, tmp_path / "llama-server.log") as server,
+        rpc_server(tools.rpc_server, tmp_path / "rpc.log") as compute,
+    ):
+        # from here on, every process the app starts records its connections
+        monkeypatch.setenv("LD_PRELOAD", str(recorder))
+        monkeypatch.setenv("SCOUT_TEST_CONNECT_LOG", str(children_log))
+        monkeypatch.setenv("SCOUT_TEST_KEY", API_KEY)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setattr(socket.socket, "connect", connect)
+        monkeypatch.setattr(socket, "create_connection", create_connection)
+        data = tmp_path / "data"
+        settings = Settings(
+            n_threads=1, n_ctx=512, max_tokens=8, compute_servers=(f"127.0.0.1:{compute.port}",)
+        )
+        save_settings(AppPaths.default(str(data)).ensure(), settings)
+        args = ["--data-dir", str(data), "--server", server.url, "--api-key-env", "SCOUT_TEST_KEY"]
+        application = build_application(parse_args(args))
+        qtbot.addWidget(application.window)
+        controller = application.controller
+        try:
+            if controller.models.model_info is None:
+                with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
+                    pass
+            assert controller.models.is_remote
+            with qtbot.waitSignal(controller.conversations.generation_finished, timeout=60_000):
+                controller.conversations.send("From the server: say hello.")
+            with qtbot.waitSignal(controller.models.model_loaded, timeout=120_000):
+                controller.models.load_model(str(tiny_model))
+            assert controller.models.plan is not None
+            assert controller.models.plan.remote_devices  # the model is across the compute server
+            with qtbot.waitSignal(controller.conversations.generation_finished, timeout=60_000):
+                controller.conversations.send("From the compute server: say hello.")
+        finally:
+            controller.shutdown()
+            application.window.close()
+            application.store.close()
+        allowed = {("127.0.0.1", server.port), ("127.0.0.1", compute.port)}
+    children = [line.split() for line in children_log.read_text().splitlines()]
+    elsewhere = [(host, int(port)) for _pid, host, port in children]
+    assert ("127.0.0.1", server.port) in here
+    assert ("127.0.0.1", compute.port) in elsewhere  # the engine process, through llama.cpp's RPC client
+    assert set(here) | set(elsewhere) <= allowed, (here, elsewhere)
+
+
 def test_the_token_never_reaches_the_log_or_the_settings(tmp_path: Path) -> None:
     from app.core.downloads import Downloader, DownloadError, TokenStore
 
