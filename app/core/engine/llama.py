@@ -153,10 +153,8 @@ class LlamaEngine:
             self._arch(llm) == "llama4"
             and str(llm.metadata.get("llama4.attention.sliding_window", "")) != "0"
         )
-        llama_cpp = import_llama_cpp()
-        self._recurrent = bool(
-            llama_cpp.llama_model_is_recurrent(llm._model.model) or llama_cpp.llama_model_is_hybrid(llm._model.model)
-        )
+        low, model = import_llama_cpp(), llm._model.model
+        self._recurrent = bool(low.llama_model_is_recurrent(model) or low.llama_model_is_hybrid(model))
         self._info = self._model_info(llm, path, elapsed)
         log.info(
             "loaded %s in %.2fs (n_ctx=%d, gpu layers=%d)",
@@ -620,7 +618,7 @@ class LlamaEngine:
         )
         if sampling.seed is not None:
             llm.set_seed(sampling.seed)
-        decoder = _Decoder(self, llm, n_ctx, self._speculates(sampling))
+        decoder = _Decoder(self, llm, n_ctx, self._speculation())
         finish = FinishReason.LENGTH
         kept = 0  # answer tokens that belong in the cache
         try:
@@ -655,14 +653,17 @@ class LlamaEngine:
             answer.speculation = decoder.stats
         return finish
 
-    def _speculates(self, sampling: SamplingParams) -> bool:
-        """Whether this answer drafts from the context (Advanced → Speculation)."""
-        choice = self._params.speculation if self._params is not None else "auto"
-        if choice == "off" or self._recurrent:
-            return False
-        if choice == "on":
-            return True
-        return speculation.auto_enabled(sampling)
+    def _speculation(self) -> str:
+        """Advanced → Speculation for this model: "off"; "on" (drafts whenever the context has a
+        match); "auto": as "on" while drafts save time, and only with flash attention — llama.cpp's
+        other attention path rounds a batch's rows differently from single tokens, so a near-tie
+        could go the other way (flash attention computes each row alone: on quantized weights the
+        greedy answer is then the same token for token)."""
+        params = self._params
+        choice = params.speculation if params is not None else "auto"
+        if self._recurrent or (choice == "auto" and not (params is not None and params.flash_attn)):
+            return "off"
+        return choice
 
     def _take_text(self, answer: _AnswerText, data: bytes) -> tuple[str, bool]:
         """Decode one token's bytes into ``answer``; return the text that can be shown now (text
@@ -689,7 +690,7 @@ class _Decoder:
     llama.cpp's cache: positions past the accepted tokens are removed after each verification,
     and :meth:`settle` leaves exactly the prompt and the answer's kept tokens."""
 
-    def __init__(self, engine: LlamaEngine, llm: Any, n_ctx: int, speculate: bool) -> None:
+    def __init__(self, engine: LlamaEngine, llm: Any, n_ctx: int, mode: str) -> None:
         self._llm = llm
         self._n_ctx = n_ctx
         self.n_prompt = int(llm.n_tokens)
@@ -699,11 +700,11 @@ class _Decoder:
         self._drafter: speculation.NgramDrafter | None = None
         self._batch: Any = None
         self._chunk = 0  # Llama 4's small chunked cache: drafts stay within the current chunk
-        if speculate:
+        if mode in ("auto", "on"):
             from llama_cpp._internals import LlamaBatch
 
             self._drafter = speculation.NgramDrafter(llm._input_ids[: self.n_prompt].tolist())
-            self._policy = speculation.DraftPolicy()
+            self._policy = speculation.DraftPolicy(guarded=mode == "auto")
             self._batch = LlamaBatch(n_tokens=speculation.MAX_DRAFT + 1, embd=0, n_seq_max=1, verbose=False)
             params = engine.load_params
             if engine._is_iswa and not (params is not None and params.swa_full):
@@ -725,7 +726,10 @@ class _Decoder:
             draft = self._draft(remaining)
             if draft:
                 return self._verify(pending, draft)
+            started = time.perf_counter()
             llm.eval(pending)
+            if self._drafter is not None:
+                self._policy.decoded(time.perf_counter() - started)
         return int(llm._sampler.sample(llm._ctx, -1))
 
     def _draft(self, remaining: int) -> list[int]:
@@ -743,9 +747,11 @@ class _Decoder:
         llm = self._llm
         n_past = int(llm.n_tokens)
         batch = [*pending, *draft]
+        started = time.perf_counter()
         llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
         self._batch.set_batch(batch=batch, n_past=n_past, logits_all=True)
         llm._ctx.decode(self._batch)
+        seconds = time.perf_counter() - started  # the picks below cost what they cost without a draft
         llm.input_ids[n_past : n_past + len(batch)] = batch
         llm.n_tokens = n_past + len(batch)
         picks: list[int] = []
@@ -760,7 +766,7 @@ class _Decoder:
         stats.drafted += len(draft)
         stats.accepted += accepted
         stats.max_logit_rows = max(stats.max_logit_rows, len(batch))
-        self._policy.update(len(draft), accepted)
+        self._policy.verified(len(draft), accepted, seconds)
         self._ready.extend(picks[1:])
         return picks[0]
 

@@ -16,7 +16,8 @@ next token; the cache entries of the rejected draft tokens are removed (``llama_
 
 The cost: a batch of a few tokens takes longer than one token, so a rejected draft is a loss.
 :class:`DraftPolicy` keeps that small: it drafts only after a match of :data:`MIN_NGRAM` tokens or
-more, shortens the drafts after rejections and lengthens them after acceptances.
+more, shortens the drafts after rejections and lengthens them after acceptances, and ("auto")
+stops drafting for a while when drafts cost more time than they saved.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from app.core.types import SamplingParams
-
 SPECULATION_CHOICES = ("auto", "on", "off")
 MAX_NGRAM = 3  # the longest suffix looked up
 MIN_NGRAM = 2  # a single repeated token predicts too little to be worth a batch
 MAX_DRAFT = 8  # drafted tokens per batch (the batch requests at most MAX_DRAFT + 1 logits rows)
+COOLDOWN = 8  # "auto": plain decodes after a draft that lost time (doubling while they keep losing)
+MAX_COOLDOWN = 256
 
 
 @dataclass
@@ -88,25 +89,52 @@ class NgramDrafter:
 
 
 class DraftPolicy:
-    """How many tokens to draft next: starts at ``initial``, doubles (up to :data:`MAX_DRAFT`)
-    after a fully accepted draft, halves after a draft rejected at its first token (down to
-    ``minimum``)."""
+    """How many tokens to draft next. The size starts at ``initial``, doubles (up to
+    :data:`MAX_DRAFT`) after a fully accepted draft and halves (down to ``minimum``) after a
+    draft rejected at its first token.
 
-    def __init__(self, initial: int = 4, minimum: int = 2, maximum: int = MAX_DRAFT) -> None:
+    ``guarded`` (the "auto" setting): a draft is worth it only when its batch took less time than
+    decoding the tokens it gave one by one — on a mixture-of-experts model on a CPU a batch of a
+    few tokens reads a few experts' weights each, so it costs much more than one token. The
+    policy measures both (a plain decode, each verification) and after a batch that lost time
+    stops drafting for :data:`COOLDOWN` tokens, twice as long after each further loss, up to
+    :data:`MAX_COOLDOWN`; a batch that saved time resets the wait. Without a plain decode
+    measured yet it does not draft."""
+
+    def __init__(
+        self, *, guarded: bool, initial: int = 4, minimum: int = 2, maximum: int = MAX_DRAFT
+    ) -> None:
+        self.guarded = guarded
         self.size, self.minimum, self.maximum = initial, minimum, maximum
+        self.single_s: float | None = None  # a plain one-token decode (moving average)
+        self._wait = 0  # tokens to decode plainly before the next draft
+        self._cooldown = COOLDOWN
 
     def next_size(self) -> int:
+        """Tokens to draft now (0: decode plainly). Called once per plain decode opportunity."""
+        if not self.guarded:
+            return self.size
+        if self.single_s is None:
+            return 0
+        if self._wait > 0:
+            self._wait -= 1
+            return 0
         return self.size
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def decoded(self, seconds: float) -> None:
+        """A plain one-token decode took ``seconds``."""
+        self.single_s = seconds if self.single_s is None else 0.7 * self.single_s + 0.3 * seconds
+
+    def verified(self, drafted: int, accepted: int, seconds: float) -> None:
+        """A verification of ``drafted`` tokens gave ``accepted`` + 1 tokens in ``seconds``."""
         if accepted == drafted:
             self.size = min(self.maximum, self.size * 2)
         elif accepted == 0:
             self.size = max(self.minimum, self.size // 2)
-
-
-
-def auto_enabled(sampling: SamplingParams) -> bool:
-    """Whether "auto" speculates for an answer with these sampling settings."""
-    del sampling
-    return True
+        if not self.guarded or self.single_s is None:
+            return
+        if (accepted + 1) * self.single_s >= seconds:
+            self._cooldown = COOLDOWN
+        else:
+            self._wait = self._cooldown
+            self._cooldown = min(MAX_COOLDOWN, self._cooldown * 2)
