@@ -156,6 +156,7 @@ class ModelController(QObject):
             n_ctx=n_ctx,
             n_threads=s.n_threads or None,
             compute_servers=s.compute_servers,
+            speculation=(overrides.speculation if overrides else None) or "auto",
         )
 
     def load_model(self, path: str, overrides: PlanOverrides | None = None) -> None:

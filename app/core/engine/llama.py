@@ -89,6 +89,7 @@ class LlamaEngine:
         self._stop_strings: tuple[str, ...] = ()
         self._overrides: Overrides | None = None
         self._stats = GenerationStats()
+        self._speculation_stats = SpeculationStats()
         self._is_iswa = False
         self._recurrent = False  # recurrent/hybrid memory cannot take back a draft: no speculation
         self._vision: Any = None  # MTMDChatHandler when the model has a vision projector
@@ -104,6 +105,11 @@ class LlamaEngine:
     @property
     def last_stats(self) -> GenerationStats:
         return self._stats
+
+    @property
+    def last_speculation(self) -> SpeculationStats:
+        """What speculation did in the last answer (drafted, accepted, logits rows per batch)."""
+        return self._speculation_stats
 
     @property
     def load_params(self) -> LoadParams | None:
@@ -650,7 +656,7 @@ class LlamaEngine:
         finally:
             llm._sampler = None
             decoder.close()
-            answer.speculation = decoder.stats
+            answer.speculation = self._speculation_stats = decoder.stats
         return finish
 
     def _speculation(self) -> str:
@@ -783,6 +789,7 @@ class _Decoder:
     def settle(self, kept: int, *, evaluate: bool) -> None:
         """Leave the prompt and the first ``kept`` answer tokens in the cache (evaluating the
         last one when it is not yet, unless ``evaluate`` is false: a cancelled answer)."""
+        self.stats.dropped = len(self._ready)
         target = self.n_prompt + kept
         self._truncate(target)
         llm = self._llm

@@ -44,6 +44,7 @@ class SpeculationStats:
     accepted: int = 0  # of them, the ones the sampler picked too
     batches: int = 0  # verification batches
     max_logit_rows: int = 0  # the most logits rows one batch requested
+    dropped: int = 0  # verified tokens not written: the answer ended (stop, Stop, limit) before them
 
     @property
     def acceptance(self) -> float:
