@@ -8,7 +8,7 @@ speculation must be the same token for token.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,6 +17,9 @@ from app.core.engine.native import import_llama_cpp
 from app.core.engine.speculation import COOLDOWN, MAX_DRAFT, DraftPolicy, NgramDrafter
 from app.core.tiny_model import TinyModelSpec, write_tiny_model
 from app.core.types import ChatMessage, LoadParams, SamplingParams
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=96)
 QUESTION = "What does the report say about the harbour and the ships?"
@@ -102,7 +105,7 @@ def test_greedy_answers_are_the_same_token_for_token(engines: dict[str, LlamaEng
     for mode in ("on", "auto"):
         assert answer(engines[mode], messages) == reference, mode
     spec = engines["on"].last_speculation
-    assert 0 < spec.batches
+    assert spec.batches > 0
     assert 1 < spec.max_logit_rows <= MAX_DRAFT + 1
     if case == "document-quoting":
         assert spec.accepted > GREEDY.max_tokens // 4  # the quotes were drafted and accepted
