@@ -43,22 +43,40 @@ def test_no_draft_without_a_match_of_min_n_tokens() -> None:
         NgramDrafter(min_n=0)
 
 
-def test_the_guarded_policy_drafts_only_while_drafts_save_time() -> None:
-    policy = DraftPolicy(guarded=True, initial=4)
-    assert policy.next_size() == 0  # no plain decode measured yet
+def test_the_guarded_policy_drafts_as_much_as_the_measurements_make_worth_it() -> None:
+    policy = DraftPolicy(guarded=True)
+    assert policy.next_size() == 0  # no plain decode timed yet
     policy.decoded(0.010)
-    assert policy.next_size() == 4
-    policy.verified(drafted=4, accepted=4, seconds=0.020)  # 5 tokens for the time of 2: doubles
-    assert policy.next_size() == 8
-    policy.verified(drafted=8, accepted=0, seconds=0.030)  # 1 token for the time of 3: a loss
+    # p = 1/2 and a drafted token costing half a decode: no draft pays, so a one-token probe ...
+    assert policy.best_size() == 0
+    assert policy.next_size() == 1
+    # ... which lost time (1 token for the time of 2): the next probe waits COOLDOWN tokens
+    policy.verified(drafted=1, accepted=0, seconds=0.020)
     assert [policy.next_size() for _ in range(COOLDOWN)] == [0] * COOLDOWN
-    assert policy.next_size() == 4  # halved after the rejection
-    policy.verified(drafted=4, accepted=0, seconds=0.030)  # a second loss waits twice as long
+    assert policy.next_size() == 1
+    policy.verified(drafted=1, accepted=0, seconds=0.020)  # lost again: twice as long
     assert [policy.next_size() for _ in range(2 * COOLDOWN)] == [0] * (2 * COOLDOWN)
-    assert policy.next_size() == 2
-    unguarded = DraftPolicy(guarded=False)
-    unguarded.verified(drafted=4, accepted=0, seconds=1.0)
-    assert unguarded.next_size() == 2
+    # quoting: drafts accepted in batches that cost little more than one token (a GPU) -> long drafts
+    for _ in range(6):
+        policy.verified(drafted=8, accepted=8, seconds=0.012)
+    assert policy.acceptance > 0.9
+    assert policy.beta < 0.2
+    assert policy.next_size() == MAX_DRAFT
+    # the same acceptance where each drafted token costs a whole decode: never worth it
+    costly = DraftPolicy(guarded=True)
+    costly.decoded(0.010)
+    for _ in range(6):
+        costly.verified(drafted=2, accepted=2, seconds=0.030)
+    assert costly.best_size() == 0
+
+
+def test_the_unguarded_policy_adapts_the_size_only() -> None:
+    policy = DraftPolicy(guarded=False, initial=4)
+    assert policy.next_size() == 4  # no timing needed
+    policy.verified(drafted=4, accepted=4, seconds=1.0)
+    assert policy.next_size() == 8
+    policy.verified(drafted=8, accepted=0, seconds=1.0)
+    assert policy.next_size() == 4
 
 
 # -- the engine ------------------------------------------------------------------------------

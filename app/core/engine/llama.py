@@ -742,10 +742,11 @@ class _Decoder:
         if self._drafter is None:
             return []
         n_past = int(self._llm.n_tokens)  # the pending token's position
-        limit = min(self._policy.next_size(), remaining - 1, self._n_ctx - n_past - 2)
+        limit = min(speculation.MAX_DRAFT, remaining - 1, self._n_ctx - n_past - 2)
         if self._chunk:
             limit = min(limit, self._chunk - 1 - n_past % self._chunk)
-        return self._drafter.draft(limit)
+        draft = self._drafter.draft(limit)
+        return draft[: self._policy.next_size()] if draft else []
 
     def _verify(self, pending: list[int], draft: list[int]) -> int:
         """Evaluate the pending token and ``draft`` in one batch whose every position requests

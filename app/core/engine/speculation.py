@@ -16,8 +16,8 @@ next token; the cache entries of the rejected draft tokens are removed (``llama_
 
 The cost: a batch of a few tokens takes longer than one token, so a rejected draft is a loss.
 :class:`DraftPolicy` keeps that small: it drafts only after a match of :data:`MIN_NGRAM` tokens or
-more, shortens the drafts after rejections and lengthens them after acceptances, and ("auto")
-stops drafting for a while when drafts cost more time than they saved.
+more, and ("auto") drafts only as many tokens as the measured acceptance and batch cost make
+worth it, probing now and then when none is.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ SPECULATION_CHOICES = ("auto", "on", "off")
 MAX_NGRAM = 3  # the longest suffix looked up
 MIN_NGRAM = 2  # a single repeated token predicts too little to be worth a batch
 MAX_DRAFT = 8  # drafted tokens per batch (the batch requests at most MAX_DRAFT + 1 logits rows)
-COOLDOWN = 8  # "auto": plain decodes after a draft that lost time (doubling while they keep losing)
+COOLDOWN = 8  # "auto": plain decodes between probes (doubling while probes lose time)
 MAX_COOLDOWN = 256
+MARGIN = 0.05  # "auto" drafts when the expected gain is at least 5 %
+DECAY = 0.8  # weight of the older acceptance counts at each verification
 
 
 @dataclass
@@ -90,17 +92,19 @@ class NgramDrafter:
 
 
 class DraftPolicy:
-    """How many tokens to draft next. The size starts at ``initial``, doubles (up to
-    :data:`MAX_DRAFT`) after a fully accepted draft and halves (down to ``minimum``) after a
-    draft rejected at its first token.
+    """How many tokens to draft next.
 
-    ``guarded`` (the "auto" setting): a draft is worth it only when its batch took less time than
-    decoding the tokens it gave one by one — on a mixture-of-experts model on a CPU a batch of a
-    few tokens reads a few experts' weights each, so it costs much more than one token. The
-    policy measures both (a plain decode, each verification) and after a batch that lost time
-    stops drafting for :data:`COOLDOWN` tokens, twice as long after each further loss, up to
-    :data:`MAX_COOLDOWN`; a batch that saved time resets the wait. Without a plain decode
-    measured yet it does not draft."""
+    Unguarded ("on"): the size starts at ``initial``, doubles (up to :data:`MAX_DRAFT`) after a
+    fully accepted draft and halves (down to ``minimum``) after a draft rejected at its first token.
+
+    Guarded ("auto"): drafts only where the measurements say it saves time. A batch of ``1 + d``
+    tokens costs ``1 + beta * d`` plain decodes (``beta`` measured: on a mixture of experts on a
+    CPU each drafted token may read another expert's weights, ≈ 0.5; on a GPU holding the model
+    ≈ 0); with a chance ``p`` that a drafted token is accepted (measured, decaying counts) the batch
+    gives ``1 + p + p² + … + p^d`` tokens on average. The size with the best ratio is drafted when
+    it beats a plain decode by :data:`MARGIN`; otherwise a one-token probe keeps the estimates
+    fresh, after :data:`COOLDOWN` plain tokens, twice as long after each probe that lost time
+    (up to :data:`MAX_COOLDOWN`). Nothing is drafted before a plain decode was timed."""
 
     def __init__(
         self, *, guarded: bool, initial: int = 4, minimum: int = 2, maximum: int = MAX_DRAFT
@@ -108,19 +112,43 @@ class DraftPolicy:
         self.guarded = guarded
         self.size, self.minimum, self.maximum = initial, minimum, maximum
         self.single_s: float | None = None  # a plain one-token decode (moving average)
-        self._wait = 0  # tokens to decode plainly before the next draft
+        self.beta = 0.5  # extra cost of one drafted token, in plain decodes (moving average)
+        self._accepted, self._rejected = 1.0, 1.0  # decaying counts: p starts at 1/2
+        self._wait = 0  # plain decodes before the next probe
         self._cooldown = COOLDOWN
 
+    @property
+    def acceptance(self) -> float:
+        return self._accepted / (self._accepted + self._rejected)
+
+    def best_size(self) -> int:
+        """The draft size with the best expected tokens per time, 0 when none beats a plain
+        decode by :data:`MARGIN`."""
+        p = self.acceptance
+        best, best_gain = 0, 1.0 + MARGIN
+        tokens, term = 1.0, 1.0
+        for d in range(1, self.maximum + 1):
+            term *= p
+            tokens += term
+            gain = tokens / (1.0 + self.beta * d)
+            if gain > best_gain:
+                best, best_gain = d, gain
+        return best
+
     def next_size(self) -> int:
-        """Tokens to draft now (0: decode plainly). Called once per plain decode opportunity."""
+        """Tokens to draft now, where the context offers a draft (0: decode plainly)."""
         if not self.guarded:
             return self.size
         if self.single_s is None:
             return 0
+        size = self.best_size()
+        if size:
+            return size
         if self._wait > 0:
             self._wait -= 1
             return 0
-        return self.size
+        self._wait = self._cooldown
+        return 1  # a probe
 
     def decoded(self, seconds: float) -> None:
         """A plain one-token decode took ``seconds``."""
@@ -132,10 +160,13 @@ class DraftPolicy:
             self.size = min(self.maximum, self.size * 2)
         elif accepted == 0:
             self.size = max(self.minimum, self.size // 2)
-        if not self.guarded or self.single_s is None:
+        self._accepted = DECAY * self._accepted + accepted
+        self._rejected = DECAY * self._rejected + (1 if accepted < drafted else 0)
+        if self.single_s is None:
             return
+        extra = max(0.0, (seconds / self.single_s - 1.0) / drafted)
+        self.beta = 0.7 * self.beta + 0.3 * extra
         if (accepted + 1) * self.single_s >= seconds:
             self._cooldown = COOLDOWN
         else:
-            self._wait = self._cooldown
             self._cooldown = min(MAX_COOLDOWN, self._cooldown * 2)
