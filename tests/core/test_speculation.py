@@ -8,7 +8,7 @@ speculation must be the same token for token.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -80,16 +80,21 @@ def test_the_unguarded_policy_adapts_the_size_only() -> None:
 
 
 # -- the engine ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def engines(tiny_model_q8: Path):
-    """One engine per setting, on the Q8_0 tiny model with flash attention."""
-    made = {}
-    for mode in ("off", "on", "auto"):
+@pytest.fixture
+def load(tiny_model_q8: Path):
+    """Fresh engines on the Q8_0 tiny model with flash attention (a fresh cache each: what an
+    answer reuses of the previous one's cache changes how its prompt is batched, and so its
+    rounding, with or without speculation)."""
+    made: list[LlamaEngine] = []
+
+    def make(mode: str) -> LlamaEngine:
         engine = LlamaEngine()
         engine.load(LoadParams(tiny_model_q8, n_ctx=2048, n_threads=1, flash_attn=True, speculation=mode))
-        made[mode] = engine
-    yield made
-    for engine in made.values():
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
         engine.unload()
 
 
@@ -109,15 +114,16 @@ def answer(engine: LlamaEngine, messages: list[ChatMessage], cancel_after: int =
 
 def quoting_prompt(engine: LlamaEngine) -> list[ChatMessage]:
     """A document the answer copies from: the model's own earlier answer (a model with random
-    weights follows no instruction to quote; given its own words, it writes them again)."""
+    weights follows no instruction to quote; given its own words, it writes much of them again)."""
     earlier, _ = answer(engine, [ChatMessage.user(QUESTION)])
     return [ChatMessage.user(f"The report:\n\n{earlier}\n\nEnd of the report.\n\n{QUESTION}")]
 
 
 @pytest.mark.parametrize("case", ["document-quoting", "free"])
-def test_greedy_answers_are_the_same_token_for_token(engines: dict[str, LlamaEngine], case: str) -> None:
+def test_greedy_answers_are_the_same_token_for_token(load: Any, case: str) -> None:
     free = [ChatMessage.user("Tell me something new about foxes and dogs.")]
-    messages = quoting_prompt(engines["off"]) if case == "document-quoting" else free
+    messages = quoting_prompt(load("off")) if case == "document-quoting" else free
+    engines = {mode: load(mode) for mode in ("off", "on", "auto")}
     reference = answer(engines["off"], messages)
     assert engines["off"].last_speculation.drafted == 0
     for mode in ("on", "auto"):
@@ -131,12 +137,10 @@ def test_greedy_answers_are_the_same_token_for_token(engines: dict[str, LlamaEng
         assert (stats.drafted_tokens, stats.accepted_tokens) == (spec.drafted, spec.accepted)
 
 
-def test_cancel_mid_draft_leaves_exactly_the_written_tokens_in_the_cache(
-    engines: dict[str, LlamaEngine],
-) -> None:
-    engine = engines["on"]
+def test_cancel_mid_draft_leaves_exactly_the_written_tokens_in_the_cache(load: Any) -> None:
+    engine = load("on")
     llama_cpp = import_llama_cpp()
-    messages = quoting_prompt(engines["off"])
+    messages = quoting_prompt(load("off"))
     full_text, full_tokens = answer(engine, messages)
     dropped = 0
     for cancel_after in range(1, 40):
