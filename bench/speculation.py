@@ -6,9 +6,9 @@ On the Scout-proportioned bench model (bench/documents.py: Scout's weight/attent
 a mixture of experts, Q8_0) and the smaller bench model (bench/generation.py), at temperature 0:
 
 * **free answers**: a question with no document;
-* **document-quoting answers**: the document is an earlier answer of the same model, and the
-  question makes the model write it again — the answer copies passages of the document (a model
-  with random weights follows no instruction to quote; this is how its answers come to quote).
+* **document-quoting answers**: the document is the model's own answer, fed back as the document
+  twice (a model with random weights follows no instruction to quote; given its own words as the
+  document, its answer copies passages of them — more with each round).
 
 Each answer is written with speculation off, auto and on, in turns (A/B/C), each run in a thread
 of its own that then ends (llama.cpp's OpenMP team spin-waits after each parallel region); the
@@ -43,6 +43,7 @@ MODES = (
 BIG_VOCAB = 202_048
 BIG_CTX = 32_768
 QUESTION = "Question: what does the report say about the harbour, the ships and the weather?"
+QUOTING_ROUNDS = 2  # the answer fed back as the document: each round its answer copies more of it
 
 
 def _models() -> tuple[tuple[str, dict[str, Any]], ...]:
@@ -91,9 +92,11 @@ def _cases(model: Path, tokens: int, threads: int) -> dict[str, list[Any]]:
     from app.core.types import ChatMessage
 
     free = [ChatMessage.user(QUESTION)]
-    earlier = _in_thread(_answer, model, "off", free, tokens, threads)["text"]
-    document = f"The report:\n\n{earlier}\n\nEnd of the report."
-    quoting = [ChatMessage.user(f"{document}\n\n{QUESTION}")]
+    document = _in_thread(_answer, model, "off", free, tokens, threads)["text"]
+    for _ in range(QUOTING_ROUNDS):
+        quoting = [ChatMessage.user(f"The report:\n\n{document}\n\nEnd of the report.\n\n{QUESTION}")]
+        document = _in_thread(_answer, model, "off", quoting, tokens, threads)["text"]
+    quoting = [ChatMessage.user(f"The report:\n\n{document}\n\nEnd of the report.\n\n{QUESTION}")]
     return {"free answer": free, "document-quoting answer": quoting}
 
 
