@@ -494,6 +494,7 @@ class LlamaEngine:
     ) -> Iterator[str]:
         llama_cpp = import_llama_cpp()
         llm = self._require()
+        self._speculation_stats = SpeculationStats()
         if any(m.images for m in messages):
             if continue_last:
                 raise EngineError(
@@ -663,8 +664,9 @@ class LlamaEngine:
         """Advanced → Speculation for this model: "off"; "on" (drafts whenever the context has a
         match); "auto": as "on" while drafts save time, and only with flash attention — llama.cpp's
         other attention path rounds a batch's rows differently from single tokens, so a near-tie
-        could go the other way (flash attention computes each row alone: on quantized weights the
-        greedy answer is then the same token for token)."""
+        could go the other way (flash attention computes each row alone: with quantized matrices
+        the greedy answer is then the same token for token; llama.cpp's batched F32/F16 matrix
+        kernels still round differently from its one-token ones, e.g. a router kept in F32)."""
         params = self._params
         choice = params.speculation if params is not None else "auto"
         if self._recurrent or (choice == "auto" and not (params is not None and params.flash_attn)):
