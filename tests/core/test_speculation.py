@@ -196,3 +196,18 @@ def test_logits_stay_a_few_rows_of_a_scout_sized_vocabulary_at_any_context(
         assert llm.scores.shape == (llm.n_batch, SCOUT_VOCAB)
     finally:
         engine.unload()
+
+
+def test_the_engine_process_speculates_and_reports_it(load: Any, tiny_model_q8: Path) -> None:
+    from app.core.engine.process import EngineProxy
+
+    messages = [ChatMessage.user(" ".join(["the quick brown fox jumps over the lazy dog"] * 20))]
+    reference = answer(load("off"), messages)[0]
+    proxy = EngineProxy()
+    try:
+        proxy.load(LoadParams(tiny_model_q8, n_ctx=2048, n_threads=1, flash_attn=True, speculation="on"))
+        assert "".join(proxy.stream_chat(messages, GREEDY, threading.Event())) == reference
+        stats = proxy.last_stats
+        assert 0 < stats.accepted_tokens <= stats.drafted_tokens
+    finally:
+        proxy.close()
