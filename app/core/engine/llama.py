@@ -705,13 +705,14 @@ class _Decoder:
         self.answer: list[int] = []  # tokens handed out and taken, in order
         self._ready: collections.deque[int] = collections.deque()  # verified, not handed out yet
         self.stats = speculation.SpeculationStats()
-        self._drafter: speculation.NgramDrafter | None = None
+        self._speculate = mode in ("auto", "on")
+        self._drafter: speculation.NgramDrafter | None = None  # built at the first draft (not before
+        # the first token: indexing a 32k-token prompt takes ~50 ms)
         self._batch: Any = None
         self._chunk = 0  # Llama 4's small chunked cache: drafts stay within the current chunk
-        if mode in ("auto", "on"):
+        if self._speculate:
             from llama_cpp._internals import LlamaBatch
 
-            self._drafter = speculation.NgramDrafter(llm._input_ids[: self.n_prompt].tolist())
             self._policy = speculation.DraftPolicy(guarded=mode == "auto")
             self._batch = LlamaBatch(n_tokens=speculation.MAX_DRAFT + 1, embd=0, n_seq_max=1, verbose=False)
             params = engine.load_params
@@ -736,13 +737,17 @@ class _Decoder:
                 return self._verify(pending, draft)
             started = time.perf_counter()
             llm.eval(pending)
-            if self._drafter is not None:
+            if self._speculate:
                 self._policy.decoded(time.perf_counter() - started)
         return int(llm._sampler.sample(llm._ctx, -1))
 
     def _draft(self, remaining: int) -> list[int]:
-        if self._drafter is None:
+        if not self._speculate:
             return []
+        if self._drafter is None:
+            self._drafter = speculation.NgramDrafter(
+                [*self._llm._input_ids[: self.n_prompt].tolist(), *self.answer]
+            )
         n_past = int(self._llm.n_tokens)  # the pending token's position
         limit = min(speculation.MAX_DRAFT, remaining - 1, self._n_ctx - n_past - 2)
         if self._chunk:
