@@ -118,6 +118,7 @@ class PlanOverrides:
     kv_type: str | None = None  # f16 | q8_0 | q4_0 (K and V)
     flash_attn: bool | None = None
     n_ubatch: int | None = None  # prompt micro-batch (n_batch follows it)
+    speculation: str | None = None  # "on" / "off" (None: "auto"; app/core/engine/speculation.py)
 
 
 @dataclass(frozen=True)
@@ -743,6 +744,8 @@ def plan_load(
             info, hardware, request.overrides, mmproj_bytes=mmproj_bytes, n_threads=request.n_threads
         )
     params = plan.to_load_params(info.path, mmproj_path=projector)
+    if request.overrides.speculation is not None:
+        params = replace(params, speculation=request.overrides.speculation)
     if request.n_threads:
         params = replace(params, n_threads=request.n_threads, n_threads_batch=request.n_threads)
     if servers:

@@ -127,6 +127,9 @@ class TinyModelSpec:
     # temperature keys that go with it: llama.cpp loads such a file, then aborts the process
     # (GGML_ASSERT f_attn_temp_scale != 0) when it builds the first graph — the engine-process tests.
     sliding_window: int | None = None
+    # None: the learnt vocabulary alone (a few hundred tokens). A larger number pads it with unused
+    # reserved tokens to that size (Scout's 202,048: the logits are Scout-sized, the rest tiny).
+    n_vocab: int | None = None
 
     @property
     def head_dim(self) -> int:
@@ -219,12 +222,27 @@ def build_vocabulary(n_merges: int) -> Vocabulary:
     )
 
 
+def vocabulary_of(spec: TinyModelSpec) -> Vocabulary:
+    """The vocabulary written for ``spec``: the learnt one, padded to ``spec.n_vocab`` with unused
+    reserved tokens (type 5: never special, never produced by the tokenizer, never sampled)."""
+    vocab = build_vocabulary(spec.n_merges)
+    n_pad = (spec.n_vocab or 0) - len(vocab.tokens)
+    if n_pad <= 0:
+        return vocab
+    return Vocabulary(
+        tokens=vocab.tokens + tuple(f"<|reserved_special_token_{k}|>" for k in range(n_pad)),
+        token_types=vocab.token_types + (5,) * n_pad,
+        merges=vocab.merges,
+        printable=vocab.printable + (False,) * n_pad,
+    )
+
+
 def _weights(spec: TinyModelSpec) -> list[tuple[str, np.ndarray]]:
     """Tensors in GGUF order, as numpy arrays (numpy shape = reversed ggml ne)."""
     import numpy as np
 
     rng = np.random.default_rng(spec.seed)
-    vocab = build_vocabulary(spec.n_merges)
+    vocab = vocabulary_of(spec)
     n_vocab = len(vocab.tokens)
     e, hd = spec.n_embd, spec.head_dim
 
@@ -290,7 +308,7 @@ def write_tiny_model(path: Path, spec: TinyModelSpec | None = None, *, n_shards:
     import gguf
 
     spec = spec or TinyModelSpec()
-    vocab = build_vocabulary(spec.n_merges)
+    vocab = vocabulary_of(spec)
     tensors = [(name, *_encode(name, data, spec.dtype)) for name, data in _weights(spec)]
     path.parent.mkdir(parents=True, exist_ok=True)
     if n_shards == 1:

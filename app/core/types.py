@@ -113,6 +113,8 @@ class LoadParams:
     # devices the load names (the compute servers', then this machine's GPUs); () = llama.cpp's
     # own split by free memory. The planner sets it to the free memory it planned with.
     tensor_split: tuple[float, ...] = ()
+    # draft-free speculative decoding (app/core/engine/speculation.py): "auto", "on" or "off"
+    speculation: str = "auto"
 
     def __post_init__(self) -> None:
         if self.n_ctx <= 0:
@@ -158,6 +160,8 @@ class GenerationStats:
     context_used: int = 0
     finish_reason: FinishReason = FinishReason.STOP
     dropped_messages: int = 0
+    drafted_tokens: int = 0  # speculation: tokens drafted from the context and verified
+    accepted_tokens: int = 0  # of them, the ones written (each saved one decode)
 
 
 def timed_stats(
@@ -172,6 +176,8 @@ def timed_stats(
     n_ctx: int,
     context_used: int,
     finish_reason: FinishReason,
+    drafted_tokens: int = 0,
+    accepted_tokens: int = 0,
 ) -> GenerationStats:
     """Stats of one answer from its timestamps (perf_counter seconds)."""
     generation_s = max(1e-9, ended - prompt_done)
@@ -186,4 +192,6 @@ def timed_stats(
         n_ctx=n_ctx,
         context_used=context_used,
         finish_reason=finish_reason,
+        drafted_tokens=drafted_tokens,
+        accepted_tokens=accepted_tokens,
     )

@@ -65,6 +65,7 @@ RECOMPUTE_DELAY_MS = 50
 KV_CHOICES = (("Auto", None), ("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"))
 FLASH_CHOICES = (("Auto", None), ("On", True), ("Off", False))
 UBATCH_CHOICES = (("Auto", None), ("512", 512), ("1,024", 1024), ("2,048", 2048), ("4,096", 4096))
+SPECULATION_CHOICES = (("Auto", None), ("On", "on"), ("Off", "off"))
 
 
 def choose_model_file(parent: QWidget, start_dir: str) -> str:
@@ -298,6 +299,16 @@ class PlanPanel(QDialog):
             "buffers fit"
         )
         self.ubatch_combo.currentIndexChanged.connect(self._on_advanced_input_changed)
+        self.speculation_combo = QComboBox()
+        for label, choice in SPECULATION_CHOICES:
+            self.speculation_combo.addItem(label, choice)
+        self.speculation_combo.setToolTip(
+            "Draft-free speculation: the next tokens are guessed from the document and the "
+            "conversation (answers that quote) and checked in one batch. Auto: with flash attention "
+            "only, and only while it saves time. On: always (without flash attention a near-tie "
+            "can then go the other way)"
+        )
+        self.speculation_combo.currentIndexChanged.connect(self._on_advanced_input_changed)
         self.advanced_note = _label("planMuted")
         self.advanced_note.hide()
         form = QFormLayout(box)
@@ -313,6 +324,7 @@ class PlanPanel(QDialog):
             self.kv_combo,
             self.flash_combo,
             self.ubatch_combo,
+            self.speculation_combo,
         ):
             widget.setMinimumWidth(130)
         form.addRow("GPU layers", self.gpu_layers_spin)
@@ -321,6 +333,7 @@ class PlanPanel(QDialog):
         form.addRow("KV cache type", self.kv_combo)
         form.addRow("Flash attention", self.flash_combo)
         form.addRow("Prompt batch", self.ubatch_combo)
+        form.addRow("Speculation", self.speculation_combo)
         form.addRow(self.advanced_note)
         return box
 
@@ -401,6 +414,7 @@ class PlanPanel(QDialog):
             kv_type=self.kv_combo.currentData(),
             flash_attn=self.flash_combo.currentData(),
             n_ubatch=self.ubatch_combo.currentData(),
+            speculation=self.speculation_combo.currentData(),
         )
 
     def set_overrides(self, overrides: PlanOverrides | None) -> None:
@@ -414,6 +428,7 @@ class PlanPanel(QDialog):
             self.kv_combo,
             self.flash_combo,
             self.ubatch_combo,
+            self.speculation_combo,
         )
         for widget in widgets:
             widget.blockSignals(True)
@@ -426,6 +441,7 @@ class PlanPanel(QDialog):
             self.kv_combo.setCurrentIndex(max(0, self.kv_combo.findData(o.kv_type)))
             self.flash_combo.setCurrentIndex(max(0, self.flash_combo.findData(o.flash_attn)))
             self.ubatch_combo.setCurrentIndex(max(0, self.ubatch_combo.findData(o.n_ubatch)))
+            self.speculation_combo.setCurrentIndex(max(0, self.speculation_combo.findData(o.speculation)))
         finally:
             for widget in widgets:
                 widget.blockSignals(False)

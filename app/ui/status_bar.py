@@ -241,10 +241,16 @@ class WindowStatus(QObject):
         self.clear_speed()
         if stats.tokens_per_s > 0:
             self.speed_label.setText(f"{stats.tokens_per_s:.1f} tok/s")
-            self.speed_label.setToolTip(
+            tip = (
                 f"Last answer: {stats.completion_tokens} tokens at {stats.tokens_per_s:.1f} tokens/s, "
                 f"first token after {stats.ttft_s * 1000:.0f} ms"
             )
+            if stats.drafted_tokens:
+                tip += (
+                    f"; speculation: {stats.accepted_tokens} of {stats.drafted_tokens} tokens "
+                    "drafted from the context were accepted"
+                )
+            self.speed_label.setToolTip(tip)
 
     def answer_failed(self) -> None:
         self._live_id = None

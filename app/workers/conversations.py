@@ -1486,4 +1486,6 @@ def _stats_dict(stats: GenerationStats) -> dict[str, Any]:
         "context_used": stats.context_used,
         "n_ctx": stats.n_ctx,
         "dropped_messages": stats.dropped_messages,
+        "drafted_tokens": stats.drafted_tokens,
+        "accepted_tokens": stats.accepted_tokens,
     }

@@ -173,6 +173,7 @@ class ModelController(QObject):
             n_ctx=n_ctx,
             n_threads=s.n_threads or None,
             compute_servers=servers,
+            speculation=(overrides.speculation if overrides else None) or "auto",
         )
 
     def load_model(

@@ -401,3 +401,21 @@ def test_the_panel_shows_the_compute_servers_split(qtbot, make_controller, scout
     assert "Layers spread by free memory:" in text
     assert "on workstation:50052 (51.5 GB free)" in text
     assert "the network adds ≈" in text
+
+
+def test_speculation_can_be_set_in_advanced_and_reaches_the_load_parameters(
+    qtbot, controller, tmp_path
+) -> None:
+    from app.core.planner import LoadRequest
+    from app.core.tiny_model import write_tiny_model
+
+    panel = make_panel(qtbot, controller, SimulatedHardware.nvidia(24, 64))
+    assert panel.speculation_combo.currentData() is None  # Auto
+    set_combo_data(panel.speculation_combo, "off")
+    assert panel.overrides() == PlanOverrides(speculation="off")
+    panel.set_overrides(PlanOverrides(speculation="on"))
+    assert panel.speculation_combo.currentText() == "On"
+    model = write_tiny_model(tmp_path / "tiny.gguf")[0]
+    hardware = SimulatedHardware.nvidia(24, 64).probe()
+    assert plan_load(LoadRequest(model, panel.overrides()), hardware).params.speculation == "on"
+    assert plan_load(LoadRequest(model), hardware).params.speculation == "auto"

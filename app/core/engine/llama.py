@@ -20,6 +20,7 @@ Over ~600 lines: loading, prompting, the KV cache and generation share the engin
 from __future__ import annotations
 
 import codecs
+import collections
 import ctypes
 import dataclasses
 import functools
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.core.engine import rpc
+from app.core.engine import rpc, speculation
 from app.core.engine.errors import (
     ContextOverflowError,
     EngineError,
@@ -44,6 +45,7 @@ from app.core.engine.errors import (
 from app.core.engine.files import check_model_file, first_split_part
 from app.core.engine.native import NATIVE_LOG, import_llama_cpp, tokenize_bytes, tokenize_vocab
 from app.core.engine.overrides import Overrides, build_tensor_overrides
+from app.core.engine.speculation import SpeculationStats
 from app.core.engine.templates import (
     PLAIN_FALLBACK_TEMPLATE,
     PLAIN_STOP_STRINGS,
@@ -87,7 +89,9 @@ class LlamaEngine:
         self._stop_strings: tuple[str, ...] = ()
         self._overrides: Overrides | None = None
         self._stats = GenerationStats()
+        self._speculation_stats = SpeculationStats()
         self._is_iswa = False
+        self._recurrent = False  # recurrent/hybrid memory cannot take back a draft: no speculation
         self._vision: Any = None  # MTMDChatHandler when the model has a vision projector
         self._tokenizer: PromptTokenizer | None = None
         self._literal = LiteralSpecials(())  # guards message text against control-token injection
@@ -102,6 +106,11 @@ class LlamaEngine:
     @property
     def last_stats(self) -> GenerationStats:
         return self._stats
+
+    @property
+    def last_speculation(self) -> SpeculationStats:
+        """What speculation did in the last answer (drafted, accepted, logits rows per batch)."""
+        return self._speculation_stats
 
     @property
     def load_params(self) -> LoadParams | None:
@@ -151,6 +160,8 @@ class LlamaEngine:
             self._arch(llm) == "llama4"
             and str(llm.metadata.get("llama4.attention.sliding_window", "")) != "0"
         )
+        low, model = import_llama_cpp(), llm._model.model
+        self._recurrent = bool(low.llama_model_is_recurrent(model) or low.llama_model_is_hybrid(model))
         self._info = self._model_info(llm, path, elapsed)
         log.info(
             "loaded %s in %.2fs (n_ctx=%d, gpu layers=%d)",
@@ -489,6 +500,7 @@ class LlamaEngine:
     ) -> Iterator[str]:
         llama_cpp = import_llama_cpp()
         llm = self._require()
+        self._speculation_stats = SpeculationStats()
         if any(m.images for m in messages):
             if continue_last:
                 raise EngineError(
@@ -533,7 +545,16 @@ class LlamaEngine:
             n_ctx=n_ctx,
             context_used=int(llm.n_tokens),
             finish_reason=finish,
+            drafted_tokens=answer.speculation.drafted,
+            accepted_tokens=answer.speculation.accepted,
         )
+        if answer.speculation.batches:
+            log.info(
+                "speculation: %d of %d drafted tokens accepted in %d batches",
+                answer.speculation.accepted,
+                answer.speculation.drafted,
+                answer.speculation.batches,
+            )
 
     def _stream_image_chat(
         self,
@@ -596,7 +617,9 @@ class LlamaEngine:
         answer: _AnswerText,
     ) -> Generator[str, None, FinishReason]:
         """Sample up to ``max_new`` tokens (cancellation between tokens), yielding the text as it
-        is decoded; return the finish reason."""
+        is decoded; return the finish reason. With speculation (:mod:`.speculation`) the tokens
+        come from verified drafts several at a time, each one still handled (and cancellable) on
+        its own; at the end the cache holds exactly the answer's tokens."""
         llama_cpp = import_llama_cpp()
         llm = self._llm
         vocab = llm._model.vocab
@@ -609,27 +632,26 @@ class LlamaEngine:
         )
         if sampling.seed is not None:
             llm.set_seed(sampling.seed)
+        decoder = _Decoder(self, llm, n_ctx, self._speculation())
         finish = FinishReason.LENGTH
-        unevaluated: int | None = None  # sampled and shown, not yet fed to the model
+        kept = 0  # answer tokens that belong in the cache
         try:
             for _ in range(max_new):
                 if cancel.is_set():
                     finish = FinishReason.CANCELLED
                     break
-                if unevaluated is not None:
-                    llm.eval([unevaluated])
-                    unevaluated = None
-                token = llm._sampler.sample(llm._ctx, -1)
+                token = decoder.next_token(max_new - answer.completion)
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     finish = FinishReason.STOP
                     break
                 answer.completion += 1
-                if llm.n_tokens + 1 >= n_ctx:
+                if decoder.n_prompt + answer.completion >= n_ctx:
                     finish = FinishReason.CONTEXT
                     break
+                decoder.take(token)
+                kept = answer.completion
                 # The token is shown before it is evaluated: the evaluation (the cost of a
                 # token) runs when the caller asks for the next piece, not before this one.
-                unevaluated = token
                 emit, stopped = self._take_text(answer, bytes(llm._model.token_to_piece(token)).rstrip(b"\0"))
                 if stopped:
                     finish = FinishReason.STOP
@@ -638,11 +660,25 @@ class LlamaEngine:
                     if answer.first_token_at is None:
                         answer.first_token_at = time.perf_counter()
                     yield emit
-            if unevaluated is not None and finish != FinishReason.CANCELLED:
-                llm.eval([unevaluated])  # the cache holds the whole answer
+            decoder.settle(kept, evaluate=finish != FinishReason.CANCELLED)
         finally:
             llm._sampler = None
+            decoder.close()
+            answer.speculation = self._speculation_stats = decoder.stats
         return finish
+
+    def _speculation(self) -> str:
+        """Advanced → Speculation for this model: "off"; "on" (drafts whenever the context has a
+        match); "auto": as "on" while drafts save time, and only with flash attention — llama.cpp's
+        other attention path rounds a batch's rows differently from single tokens, so a near-tie
+        could go the other way (flash attention computes each row alone: with quantized matrices
+        the greedy answer is then the same token for token; llama.cpp's batched F32/F16 matrix
+        kernels still round differently from its one-token ones, e.g. a router kept in F32)."""
+        params = self._params
+        choice = params.speculation if params is not None else "auto"
+        if self._recurrent or (choice == "auto" and not (params is not None and params.flash_attn)):
+            return "off"
+        return choice
 
     def _take_text(self, answer: _AnswerText, data: bytes) -> tuple[str, bool]:
         """Decode one token's bytes into ``answer``; return the text that can be shown now (text
@@ -661,6 +697,124 @@ class LlamaEngine:
         keep = max((len(s) - 1 for s in self._stop_strings), default=0)
         answer.pending = pending[len(pending) - keep :]
         return pending[: len(pending) - keep], False
+
+
+class _Decoder:
+    """The tokens of one answer, one at a time, from the sampler — with speculation, several at a
+    time from one verified draft (:mod:`.speculation`). Keeps ``llm``'s token list in step with
+    llama.cpp's cache: positions past the accepted tokens are removed after each verification,
+    and :meth:`settle` leaves exactly the prompt and the answer's kept tokens."""
+
+    def __init__(self, engine: LlamaEngine, llm: Any, n_ctx: int, mode: str) -> None:
+        self._llm = llm
+        self._n_ctx = n_ctx
+        self.n_prompt = int(llm.n_tokens)
+        self.answer: list[int] = []  # tokens handed out and taken, in order
+        self._ready: collections.deque[int] = collections.deque()  # verified, not handed out yet
+        self.stats = speculation.SpeculationStats()
+        self._speculate = mode in ("auto", "on")
+        self._drafter: speculation.NgramDrafter | None = None  # built at the first draft (not before
+        # the first token: indexing a 32k-token prompt takes ~50 ms)
+        self._batch: Any = None
+        self._chunk = 0  # Llama 4's small chunked cache: drafts stay within the current chunk
+        if self._speculate:
+            from llama_cpp._internals import LlamaBatch
+
+            self._policy = speculation.DraftPolicy(guarded=mode == "auto")
+            self._batch = LlamaBatch(n_tokens=speculation.MAX_DRAFT + 1, embd=0, n_seq_max=1, verbose=False)
+            params = engine.load_params
+            if engine._is_iswa and not (params is not None and params.swa_full):
+                self._chunk = LLAMA4_CHUNK
+
+    def take(self, token: int) -> None:
+        """``token`` is part of the answer (it was handed out and is not an end of turn)."""
+        self.answer.append(token)
+        if self._drafter is not None:
+            self._drafter.append(token)
+
+    def next_token(self, remaining: int) -> int:
+        """The next token of the answer (``remaining``: tokens the answer may still have)."""
+        if self._ready:
+            return self._ready.popleft()
+        llm = self._llm
+        pending = self.answer[llm.n_tokens - self.n_prompt :]  # taken, not evaluated (0 or 1)
+        if pending:
+            draft = self._draft(remaining)
+            if draft:
+                return self._verify(pending, draft)
+            started = time.perf_counter()
+            llm.eval(pending)
+            if self._speculate:
+                self._policy.decoded(time.perf_counter() - started)
+        return int(llm._sampler.sample(llm._ctx, -1))
+
+    def _draft(self, remaining: int) -> list[int]:
+        if not self._speculate:
+            return []
+        if self._drafter is None:
+            self._drafter = speculation.NgramDrafter(
+                [*self._llm._input_ids[: self.n_prompt].tolist(), *self.answer]
+            )
+        n_past = int(self._llm.n_tokens)  # the pending token's position
+        limit = min(speculation.MAX_DRAFT, remaining - 1, self._n_ctx - n_past - 2)
+        if self._chunk:
+            limit = min(limit, self._chunk - 1 - n_past % self._chunk)
+        draft = self._drafter.draft(limit)
+        return draft[: self._policy.next_size()] if draft else []
+
+    def _verify(self, pending: list[int], draft: list[int]) -> int:
+        """Evaluate the pending token and ``draft`` in one batch whose every position requests
+        logits; pick a token at each row while the picks equal the draft; drop the rest."""
+        llm = self._llm
+        n_past = int(llm.n_tokens)
+        batch = [*pending, *draft]
+        started = time.perf_counter()
+        llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+        self._batch.set_batch(batch=batch, n_past=n_past, logits_all=True)
+        llm._ctx.decode(self._batch)
+        seconds = time.perf_counter() - started  # the picks below cost what they cost without a draft
+        llm.input_ids[n_past : n_past + len(batch)] = batch
+        llm.n_tokens = n_past + len(batch)
+        picks: list[int] = []
+        for row in range(len(batch)):
+            picks.append(int(llm._sampler.sample(llm._ctx, row)))
+            if row == len(draft) or picks[-1] != draft[row]:
+                break
+        accepted = len(picks) - 1
+        self._truncate(n_past + len(pending) + accepted)
+        stats = self.stats
+        stats.batches += 1
+        stats.drafted += len(draft)
+        stats.accepted += accepted
+        stats.max_logit_rows = max(stats.max_logit_rows, len(batch))
+        self._policy.verified(len(draft), accepted, seconds)
+        self._ready.extend(picks[1:])
+        return picks[0]
+
+    def _truncate(self, n_tokens: int) -> None:
+        llm = self._llm
+        if llm.n_tokens > n_tokens:
+            if not llm._ctx.kv_cache_seq_rm(-1, n_tokens, -1):
+                raise EngineError(
+                    "The model's cache could not take back a rejected draft.",
+                    f"llama_memory_seq_rm(0, {n_tokens}, -1) failed",
+                )
+            llm.n_tokens = n_tokens
+
+    def settle(self, kept: int, *, evaluate: bool) -> None:
+        """Leave the prompt and the first ``kept`` answer tokens in the cache (evaluating the
+        last one when it is not yet, unless ``evaluate`` is false: a cancelled answer)."""
+        self.stats.dropped = len(self._ready)
+        target = self.n_prompt + kept
+        self._truncate(target)
+        llm = self._llm
+        if evaluate and llm.n_tokens < target:
+            llm.eval(self.answer[llm.n_tokens - self.n_prompt : kept])
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
 
 
 _PROBE_TEXT = "Scout Chat checks the chat template"
@@ -689,6 +843,7 @@ class _AnswerText:
     pending: str = ""  # text held back while it could be the start of a stop string
     completion: int = 0
     first_token_at: float | None = None
+    speculation: SpeculationStats = dataclasses.field(default_factory=SpeculationStats)
 
 
 def _llama_kwargs(params: LoadParams, n_threads: int) -> dict[str, Any]:
