@@ -14,12 +14,26 @@ from app.core.engine.probe import MeasuredBuffers
 from app.core.forecast import GB, GpuSpeeds, LlamaSpeeds, MachineSpeeds, Placement, Pool, SpeedCache
 from app.core.gguf_info import GGUFInfo, read_gguf_info
 from app.core.hardware import SimulatedHardware
-from app.core.planner import PlanOverrides, forecast_for, make_plan, plan_with_dry_run
-from app.core.projection import N_UBATCH
+from app.core.planner import (
+    GEN_LOSS_MAX,
+    UBATCH_CHOICES,
+    UBATCH_GAIN,
+    PlanOverrides,
+    forecast_for,
+    make_plan,
+    placement_of,
+    plan_with_dry_run,
+    with_ubatch,
+)
+from app.core.projection import N_UBATCH, Config, Projector, compute_model
 from app.core.scout_shape import write_scout_shape
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from app.core.forecast import Forecast
+    from app.core.hardware import HardwareInfo
+    from app.core.planner import Plan
 
 LLAMA_1 = LlamaSpeeds(
     n_threads=1,
@@ -142,6 +156,65 @@ def test_the_micro_batch_shrinks_when_llama_cpp_measures_it_too_big(scout: GGUFI
     assert plan.fits
     assert plan.n_ubatch <= 1024
     assert any(s > 1024 for s in sizes)  # the larger choice was checked and given up
+
+
+def _every_plan(info: GGUFInfo, hw: HardwareInfo, plan: Plan) -> list[tuple[bool, Forecast]]:
+    """Every layout (GPU layers × experts in RAM) × micro-batch at the plan's context and KV
+    cache: (fits, forecast)."""
+    proj = Projector(info, hw, mmproj_bytes=0, compute_for=compute_model(info, hw.devices, {}))
+    params = fc.params_of(info)
+    n_ctx, kv, fa = plan.n_ctx, plan.type_k, plan.flash_attn
+    out = []
+    for g in range(info.n_layer + 2):
+        for e in range(info.n_layer + 1):
+            cfg = Config(g, e, n_ctx, kv, fa)
+            placement = placement_of(info, hw, proj, cfg, plan.n_threads, params=params)
+            for u in UBATCH_CHOICES:
+                fits = with_ubatch(proj.project(cfg), info, u).fits
+                at_u = dataclasses.replace(placement, n_ubatch=u, n_batch=max(512, u))
+                out.append((fits, fc.forecast(info, at_u, hw.speeds)))
+    return out
+
+
+def test_a_slow_gpu_loses_to_the_cpu_and_the_plan_says_why(scout: GGUFInfo) -> None:
+    """Fed figures: a GPU whose memory is slower than this machine's RAM. Every layout fits (80 GB
+    of GPU memory); the forecast's fastest is the one with nothing on the GPU, and it is chosen."""
+    hw = SimulatedHardware.nvidia(80, 128).probe()
+    hw = dataclasses.replace(hw, speeds=fed(gpus=(GpuSpeeds("CUDA0", 3.0, 25.0),)))
+    plan = make_plan(scout, hw, PlanOverrides(n_ctx=8192))
+    assert plan.fits
+    assert plan.forecast.measured
+    assert plan.n_gpu_layers == 0
+    assert plan.label == "CPU only"
+    every = _every_plan(scout, hw, plan)
+    assert plan.forecast.tokens_per_s == pytest.approx(max(f.tokens_per_s for fits, f in every if fits))
+    assert "fastest answers" in plan.explanation
+    assert "all 48 layers on the GPU" in plan.explanation  # what it is compared with
+    # the usual fast GPU: everything on it, no such note
+    fast = dataclasses.replace(hw, speeds=fed(gpus=(GpuSpeeds("CUDA0", 2000.0, 25.0),)))
+    usual = make_plan(scout, fast, PlanOverrides(n_ctx=8192))
+    assert usual.verdict == "full GPU"
+    assert "fastest answers" not in usual.explanation
+
+
+def test_the_fastest_plan_that_fits_is_chosen_never_one_that_does_not(scout: GGUFInfo) -> None:
+    """Fed figures, a 24 GB GPU: putting everything on it would be fastest but does not fit; the
+    plan is the forecast's fastest of those that fit (its generation within GEN_LOSS_MAX of their
+    best, traded for faster prompts), and no faster plan that fits is left out."""
+    hw = SimulatedHardware.nvidia(24, 128).probe()
+    hw = dataclasses.replace(hw, speeds=fed(gpus=(GpuSpeeds("CUDA0", 900.0, 25.0),)))
+    plan = make_plan(scout, hw, PlanOverrides(n_ctx=8192))
+    assert plan.fits
+    every = _every_plan(scout, hw, plan)
+    fitting = [f for fits, f in every if fits]
+    best_gen = max(f.tokens_per_s for f in fitting)
+    assert max(f.tokens_per_s for fits, f in every if not fits) > 1.5 * best_gen  # the GPU would be faster
+    assert plan.forecast.tokens_per_s >= (1 - GEN_LOSS_MAX) * best_gen
+    near = [f for f in fitting if f.tokens_per_s >= (1 - GEN_LOSS_MAX) * best_gen]
+    assert plan.forecast.prompt_tokens_per_s * UBATCH_GAIN >= max(f.prompt_tokens_per_s for f in near)
+    # the plan's own projection fits, at its micro-batch
+    assert all(d.total <= d.budget for d in plan.devices)
+    assert plan.ram.total <= plan.ram.budget
 
 
 # --------------------------------------------------------------------------------------------
