@@ -11,7 +11,16 @@ import pytest
 
 from app.core import forecast as fc
 from app.core.engine.probe import MeasuredBuffers
-from app.core.forecast import GB, GpuSpeeds, LlamaSpeeds, MachineSpeeds, Placement, Pool, SpeedCache
+from app.core.forecast import (
+    GB,
+    GpuSpeeds,
+    LlamaFigures,
+    LlamaSpeeds,
+    MachineSpeeds,
+    Placement,
+    Pool,
+    SpeedCache,
+)
 from app.core.gguf_info import GGUFInfo, read_gguf_info
 from app.core.hardware import SimulatedHardware
 from app.core.planner import (
@@ -82,6 +91,26 @@ def test_generation_is_the_per_token_cost_plus_active_bytes_over_the_rate(tiny_m
     )
     assert f.prompt_tokens_per_s == pytest.approx(512 / prompt_s)
     assert f.minutes_to_read(100) == pytest.approx(100 * fc.TOKENS_PER_PAGE / f.prompt_tokens_per_s / 60)
+
+
+def test_weights_larger_than_the_cache_stream_at_the_rate_measured_from_ram(tiny_model: Path) -> None:
+    """A model held in the CPU's cache decodes at the probe's in-cache rate; a larger one at its
+    rate from RAM (a probe from before that figure: no faster than numpy reads RAM)."""
+    info = read_gguf_info(tiny_model)
+    speeds = dataclasses.replace(LLAMA_1, read_gbs=16.0, ram_read_gbs=6.0, ram_gbs=12.0)
+
+    def token_s(resident: int, llama: LlamaSpeeds) -> float:
+        pool = Pool(None, dense_bytes=resident, expert_bytes=0, dense_params=resident, expert_params=0,
+                    layers=info.n_layer, kv_bytes_per_cell=0, attn_layers=())  # fmt: skip
+        placement = Placement((pool,), n_threads=1, n_ubatch=512, n_batch=512, n_ctx=4096, has_gpu=False)
+        machine = MachineSpeeds("x", 300 * 10**6, (), (llama,))
+        f = fc.forecast(info, placement, machine, depth=0, prompt_tokens=512)
+        return 1 / f.tokens_per_s - llama.token_s - fc.SAMPLE_S_PER_VOCAB * info.vocab_size
+
+    assert token_s(10**8, speeds) == pytest.approx(10**8 / (16.0 * GB))  # in the cache
+    assert token_s(10**9, speeds) == pytest.approx(10**9 / (6.0 * GB))  # from RAM
+    older = dataclasses.replace(speeds, ram_read_gbs=0.0)
+    assert token_s(10**9, older) == pytest.approx(10**9 / (12.0 * GB))
 
 
 def test_a_deeper_context_is_slower_and_unmeasured_machines_say_so(tiny_model: Path) -> None:
@@ -228,7 +257,7 @@ def test_the_probe_runs_and_is_cached_per_hardware(tmp_path: Path) -> None:
     hw = SimulatedHardware.cpu_only(16).probe()
     calls: list[int] = []
 
-    def counted(n: int) -> tuple[float, float, float, float, float]:
+    def counted(n: int) -> LlamaFigures:
         calls.append(n)
         return measure_llama(n)
 
@@ -239,13 +268,15 @@ def test_the_probe_runs_and_is_cached_per_hardware(tmp_path: Path) -> None:
     assert all(v > 0 for v in dataclasses.astuple(llama))
     assert cache.load(fc.fingerprint(hw)) == speeds
 
-    def refuse(_n: int) -> tuple[float, float, float, float, float]:
+    def refuse(_n: int) -> LlamaFigures:
         raise AssertionError("measured again")
 
     assert fc.machine_speeds(hw, 1, cache, measure_llama=refuse) == speeds  # cached
     other = dataclasses.replace(hw, cpu_name="another CPU")
     assert fc.fingerprint(other) != fc.fingerprint(hw)
-    remeasured = fc.machine_speeds(other, 1, cache, measure_llama=lambda n: (0.001, 1e-5, 5.0, 4.0, 30.0))
+    remeasured = fc.machine_speeds(
+        other, 1, cache, measure_llama=lambda n: (0.001, 1e-5, 5.0, 4.0, 30.0, 3.0)
+    )
     assert remeasured.fingerprint == fc.fingerprint(other)
     assert cache.load(fc.fingerprint(hw)) == speeds  # both kept
 
@@ -259,7 +290,7 @@ def test_gpus_are_measured_once_per_hardware_and_new_thread_counts_added(tmp_pat
         gpu_calls.append(1)
         return [GpuSpeeds("CUDA0", 900.0, 25.0)]
 
-    figures = (0.001, 1e-5, 5.0, 4.0, 30.0)
+    figures = (0.001, 1e-5, 5.0, 4.0, 30.0, 3.0)
     fc.machine_speeds(hw, 1, cache, measure_llama=lambda n: figures, measure_gpus=gpus)
     both = fc.machine_speeds(hw, 8, cache, measure_llama=lambda n: figures, measure_gpus=gpus)
     assert gpu_calls == [1]
@@ -271,7 +302,7 @@ def test_a_damaged_cache_is_measured_again(tmp_path: Path) -> None:
     path = tmp_path / "speeds.json"
     path.write_text("{not json")
     assert SpeedCache(path).load("x") is None
-    path.write_text('{"version": 1, "machines": {"x": {"cache_bytes": "?"}}}')
+    path.write_text(f'{{"version": {fc.CACHE_VERSION}, "machines": {{"x": {{"cache_bytes": "?"}}}}}}')
     assert SpeedCache(path).load("x") is None
 
 
