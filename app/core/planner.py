@@ -488,6 +488,11 @@ def _layout(cfg: Config, n_layer: int) -> str:
     return where + (f", experts of {experts} layers in RAM" if experts else "")
 
 
+def _in_ram(cfg: Config, n_layer: int) -> bool:
+    """Whether a GPU layout keeps weights in system RAM (experts, or whole layers)."""
+    return cfg.n_cpu_moe > 0 or cfg.n_gpu_layers <= n_layer
+
+
 def _fitting_range(
     proj: Projector, info: GGUFInfo, group: list[tuple[int, int]], step: Config, ubatch: int
 ) -> tuple[int, int] | None:
@@ -530,7 +535,9 @@ def _fastest(
     """Among the plans that fit at ``step``'s context and KV cache — each group's layouts (GPU layers,
     experts in RAM) × the prompt micro-batches — the one the speed forecast says is fastest: the
     best generation, then among those within GEN_LOSS_MAX of it the best prompts (within
-    UBATCH_GAIN: the smaller micro-batch, the more on the GPU). A larger micro-batch than llama.cpp's
+    UBATCH_GAIN: the smaller micro-batch, the more on the GPU). Where everything fits on the GPU, a
+    layout with weights in RAM competes only with faster answers (PLACEMENT_GAIN), never for
+    prompts alone. A larger micro-batch than llama.cpp's
     default is tried only where weights stay in RAM on a GPU machine (llama.cpp uploads them once
     per micro-batch); it needs larger compute buffers, so fewer layouts fit with it.
 
@@ -559,8 +566,7 @@ def _fastest(
             for i in picks:
                 g, e = group[i]
                 cfg = replace(step, n_gpu_layers=g, n_cpu_moe=e)
-                in_ram = bool(hw.devices) and (e > 0 or g <= n_layer)
-                if u != N_UBATCH and fixed_ubatch is None and not in_ram:
+                if u != N_UBATCH and fixed_ubatch is None and not (hw.devices and _in_ram(cfg, n_layer)):
                     continue
                 if (g, e) not in placements:
                     placements[g, e] = placement_of(info, hw, proj, cfg, threads, params=params)
@@ -569,6 +575,11 @@ def _fastest(
         rank_base += len(group)
     if not options:
         return None
+    # prompt speed never moves weights off a GPU that holds them all: only faster answers do
+    on_gpu = [o.forecast.tokens_per_s for o in options if not _in_ram(o.cfg, n_layer)]
+    if on_gpu:
+        floor = max(on_gpu) * PLACEMENT_GAIN
+        options = [o for o in options if not _in_ram(o.cfg, n_layer) or o.forecast.tokens_per_s > floor]
     best_gen = max(o.forecast.tokens_per_s for o in options)
     near = [o for o in options if o.forecast.tokens_per_s >= (1 - GEN_LOSS_MAX) * best_gen]
     best_prompt = max(o.forecast.prompt_tokens_per_s for o in near)
