@@ -566,7 +566,11 @@ def _fastest(
             for i in picks:
                 g, e = group[i]
                 cfg = replace(step, n_gpu_layers=g, n_cpu_moe=e)
-                if u != N_UBATCH and fixed_ubatch is None and not (hw.devices and _in_ram(cfg, n_layer)):
+                if (
+                    u != N_UBATCH
+                    and fixed_ubatch is None
+                    and not (hw.local_devices and _in_ram(cfg, n_layer))
+                ):
                     continue
                 if (g, e) not in placements:
                     placements[g, e] = placement_of(info, hw, proj, cfg, threads, params=params)
