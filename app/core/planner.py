@@ -541,6 +541,9 @@ def _fastest(
     default is tried only where weights stay in RAM on a GPU machine (llama.cpp uploads them once
     per micro-batch); it needs larger compute buffers, so fewer layouts fit with it.
 
+    With compute servers (llama.cpp RPC) the layout stays the first that fits, the layers spread
+    by free memory as the user pooled them; only the micro-batch is compared.
+
     Each group is sampled at up to SAMPLES_PER_GROUP evenly spaced layouts of its fitting stretch,
     both ends included: each step along a group moves one layer's like-sized weights, so the
     forecast changes by like-sized steps and its fastest is at (or next to) a sample."""
@@ -554,15 +557,18 @@ def _fastest(
     options: list[_Option] = []
     placements: dict[tuple[int, int], Placement] = {}
     params = params_of(info)
-    rank_base = 0
-    for group in groups:
-        for u in ubatches:
+    offsets = [sum(len(g) for g in groups[:k]) for k in range(len(groups))]
+    pooled = bool(hw.remote_devices)
+    for u in ubatches:
+        for group, rank_base in zip(groups, offsets, strict=True):
             found = _fitting_range(proj, info, group, step, u)
             if found is None:
                 continue
             first, last = found
             count = min(SAMPLES_PER_GROUP, last - first + 1)
             picks = sorted({first + round(k * (last - first) / max(1, count - 1)) for k in range(count)})
+            if pooled:  # compute servers: the layers go where the free memory is (the first fit)
+                picks = [first]
             for i in picks:
                 g, e = group[i]
                 cfg = replace(step, n_gpu_layers=g, n_cpu_moe=e)
@@ -576,7 +582,8 @@ def _fastest(
                     placements[g, e] = placement_of(info, hw, proj, cfg, threads, params=params)
                 placement = replace(placements[g, e], n_ubatch=u, n_batch=max(N_BATCH, u))
                 options.append(_Option(cfg, u, forecast(info, placement, hw.speeds), rank_base + i))
-        rank_base += len(group)
+            if pooled:
+                break
     if not options:
         return None
     # prompt speed never moves weights off a GPU that holds them all: only faster answers do
