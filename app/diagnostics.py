@@ -460,7 +460,8 @@ def _speed_probe(proxy: Any) -> str:
     )
     return (
         f"; speed probe ({threads} threads): {s.token_s * 1000:.2f} ms a token, weights streamed at "
-        f"{s.read_gbs:.1f} GB/s, prompts at {s.gflops:.0f} GFLOP/s, RAM {s.ram_gbs:.1f} GB/s{gpus}"
+        f"{s.read_gbs:.1f} GB/s from the cache and {s.ram_read_gbs:.1f} GB/s from RAM, prompts at "
+        f"{s.gflops:.0f} GFLOP/s, RAM {s.ram_gbs:.1f} GB/s{gpus}"
     )
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from app.core.engine.probe import MeasuredBuffers
     from app.core.engine.remote import ServerConfig
     from app.core.engine.rpc import ComputeDevice
+    from app.core.forecast import LlamaFigures
     from app.core.planner import LoadRequest, PlannedLoad
     from app.core.ports import Engine
     from app.core.store import Store
@@ -165,7 +166,7 @@ def make_engine(paths: AppPaths) -> Engine:
 def planner(
     request: LoadRequest,
     measure: Callable[[LoadParams], MeasuredBuffers] | None = None,
-    measure_speeds: Callable[[int], tuple[float, float, float, float, float]] | None = None,
+    measure_speeds: Callable[[int], LlamaFigures] | None = None,
     compute_devices: Callable[[Sequence[str]], Sequence[ComputeDevice]] | None = None,
 ) -> PlannedLoad:
     """Runs on the inference thread: fresh free-memory figures and llama.cpp's dry run each load

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from app.core.engine.remote import ServerConfig
+    from app.core.forecast import LlamaFigures
     from app.core.types import GenerationStats, ModelInfo
     from app.workers.inference import LlamaWorker
 
@@ -208,7 +209,7 @@ def _drive(params: LoadParams | ServerConfig, image: Path | None, speeds: Path |
 def forecast_line(
     params: LoadParams,
     stats: GenerationStats,
-    measure: Callable[[int], tuple[float, float, float, float, float]],
+    measure: Callable[[int], LlamaFigures],
     cache_file: Path | None,
 ) -> str:
     """``forecast 812 tok/s, measured 790 tok/s; prompt: forecast …, measured …`` for the answer

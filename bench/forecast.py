@@ -93,7 +93,8 @@ def _probe_forecast(info: Any, n: int, n_ctx: int, depth: int, cache: Any) -> tu
     print(
         f"probe, {n} thread(s): token {s.token_s * 1000:.2f} ms, prompt token "
         f"{s.prompt_token_s * 1e6:.0f} µs, attention {s.attention_gflops:.0f} GFLOP/s, "
-        f"streams {s.read_gbs:.1f} GB/s, matmul {s.gflops:.0f} GFLOP/s, RAM {s.ram_gbs:.1f} GB/s",
+        f"streams {s.read_gbs:.1f} GB/s (from RAM {s.ram_read_gbs:.1f}), matmul {s.gflops:.0f} GFLOP/s, "
+        f"RAM {s.ram_gbs:.1f} GB/s",
         flush=True,
     )
     hw = replace(hw, speeds=speeds)

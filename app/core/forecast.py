@@ -6,7 +6,8 @@ number of threads llama.cpp will use, on an array larger than the CPU's last-lev
 GPU's memory bandwidth and host-to-device rate through ggml (:mod:`app.core.ggml_speed`), and
 llama.cpp's own figures on two generated models (:mod:`app.core.engine.speed_probe`, in the
 engine process): the fixed cost of one decoded token and of one prompt batch, the rate at which it
-streams weights per token, and its prompt (matrix-multiply) rate.
+streams weights per token — from the CPU's cache and from RAM (a model larger than the cache) —
+and its prompt (matrix-multiply) rate.
 
 **The forecast** (:func:`forecast`) for a model and a plan: where each byte of weights sits (the
 plan's placement: per GPU and in RAM, dense and routed-expert parts) →
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GB = 1e9
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: llama.cpp's streaming rate from RAM (LlamaSpeeds.ram_read_gbs)
 TOKENS_PER_PAGE = 600  # a printed page of prose: ~450 words, ~1.3 tokens a word
 DEFAULT_DEPTH = 1024  # tokens already in the context when the shown tokens/s is forecast
 # Not measured by the probe (labelled assumptions; GPU machines are checked by bench/forecast.py):
@@ -101,6 +102,12 @@ class LlamaSpeeds:
     read_gbs: float  # weights streamed per decoded token (a model held in the CPU's cache)
     gflops: float  # prompt matrix multiplications
     ram_gbs: float  # numpy's read rate of an array larger than the cache, same thread count
+    ram_read_gbs: float = 0.0  # weights streamed per decoded token from RAM (0: not measured)
+
+
+# What the engine process's probe returns (:func:`app.core.engine.speed_probe.measure_llama`):
+# token_s, prompt_token_s, attention_gflops, read_gbs, gflops, ram_read_gbs
+LlamaFigures = tuple[float, float, float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -257,14 +264,14 @@ def machine_speeds(
     n_threads: int,
     cache: SpeedCache | None,
     *,
-    measure_llama: Callable[[int], tuple[float, float, float, float, float]],
+    measure_llama: Callable[[int], LlamaFigures],
     measure_gpus: Callable[[], Sequence[GpuSpeeds]] | None = None,
 ) -> MachineSpeeds:
     """The cached figures for this hardware at ``n_threads``, measuring what is missing (the GPUs
     once per fingerprint, llama.cpp and RAM once per thread count) and saving them.
 
-    ``measure_llama(n_threads)`` returns (token_s, prompt_token_s, attention_gflops, read_gbs,
-    gflops): the engine process's :func:`app.core.engine.speed_probe.measure_llama`."""
+    ``measure_llama(n_threads)`` returns :data:`LlamaFigures`: the engine process's
+    :func:`app.core.engine.speed_probe.measure_llama`."""
     fp = fingerprint(hw)
     speeds = cache.load(fp) if cache is not None else None
     if speeds is not None and speeds.at_threads(n_threads) is not None:
@@ -277,9 +284,12 @@ def machine_speeds(
             measure_gpus = ggml_speed.measure_gpus
         gpus = tuple(measure_gpus()) if hw.devices else ()
         speeds = MachineSpeeds(fp, last_level_cache_bytes(), gpus, (), time.time())
-    figures = measure_llama(n_threads)
+    token_s, prompt_token_s, attention_gflops, read_gbs, gflops, ram_read_gbs = measure_llama(n_threads)
     ram = measure_ram_gbs(n_threads, speeds.cache_bytes)
-    speeds = speeds.with_llama(LlamaSpeeds(n_threads, *figures, ram_gbs=ram))
+    llama = LlamaSpeeds(
+        n_threads, token_s, prompt_token_s, attention_gflops, read_gbs, gflops, ram, ram_read_gbs
+    )
+    speeds = speeds.with_llama(llama)
     log.info("speed probe at %d thread(s) in %.1f s: %s", n_threads, time.perf_counter() - started, speeds)
     if cache is not None:
         try:
@@ -448,11 +458,13 @@ def forecast(
 
 def _cpu_read_gbs(placement: Placement, llama: LlamaSpeeds, cache_bytes: int) -> float:
     """llama.cpp's streaming rate for the CPU's weights: as measured while they fit in the cache,
-    else no faster than RAM delivers."""
+    else as measured from RAM (a probe without that figure: no faster than RAM delivers)."""
     ram = next((p for p in placement.pools if p.gpu is None), None)
     resident = (ram.dense_bytes + ram.expert_bytes) if ram else 0
     if cache_bytes and resident <= cache_bytes // 2:
         return llama.read_gbs
+    if llama.ram_read_gbs > 0:
+        return llama.ram_read_gbs
     return min(llama.read_gbs, llama.ram_gbs)
 
 

@@ -90,6 +90,8 @@ N_CTX_FLOOR = 4096
 UBATCH_CHOICES = (512, 1024, 2048, 4096)
 UBATCH_GAIN = 1.03  # a larger micro-batch must forecast at least 3 % faster prompts to be chosen
 GEN_LOSS_MAX = 0.05  # generation speed a larger micro-batch may cost (experts moved to RAM for it)
+PLACEMENT_GAIN = 1.02  # a less-preferred layout (less on the GPU) must forecast 2 % faster answers
+SAMPLES_PER_GROUP = 7  # layouts of each candidate group the speed forecast compares
 
 VERDICT_FULL = "full GPU"
 VERDICT_SPLIT = "split GPU+RAM"
@@ -313,23 +315,21 @@ def make_plan(
         chosen = best_fail[1]
     threads = n_threads or max(1, hardware.physical_cores)
     ubatch = o.n_ubatch or N_UBATCH
-    base_prompt = 0.0
-    if o.n_ubatch is None and o.n_cpu_moe is None and fits:
-        ubatch, chosen, base_prompt = _choose_ubatch(info, hardware, proj, chosen, threads, max_ubatch)
+    choice: _Choice | None = None
+    if fits:
+        choice = _fastest(info, hardware, proj, chosen, groups, threads, o.n_ubatch, max_ubatch)
+        if choice is not None:
+            chosen, ubatch = choice.picked.cfg, choice.picked.ubatch
     projection = with_ubatch(proj.project(chosen), info, ubatch)
     if o.n_ubatch is not None:
         fits = projection.fits
     source = compute_for(chosen.n_ctx, chosen.flash_attn, chosen.kv_type).source
     plan = _finish(info, hardware, proj, chosen, projection, fits, source, threads, ubatch)
-    if ubatch != N_UBATCH and base_prompt:
-        why = (
-            f"Prompts are read {ubatch:,} tokens at a time (n_ubatch; llama.cpp's default is "
-            f"{N_UBATCH}): with weights in system RAM, llama.cpp copies them to the GPU once per batch, "
-            f"so a long document reads at ≈ {speed_figure(plan.forecast.prompt_tokens_per_s)} instead of "
-            f"≈ {speed_figure(base_prompt)} tokens/s. Its larger compute buffers are counted above "
-            "(Advanced → Prompt batch to choose another)."
-        )
-        plan = replace(plan, notes=(*plan.notes, why), explanation=f"{plan.explanation} {why}")
+    if choice is not None:
+        reasons = choice.reasons(plan, info.n_layer)
+        if reasons:
+            why = " ".join(reasons)
+            plan = replace(plan, notes=(*plan.notes, *reasons), explanation=f"{plan.explanation} {why}")
     plan = replace(plan, plan_seconds=time.perf_counter() - started)
     log.debug("plan for %s: %s in %.1f ms", info.path.name, plan.fits_text, plan.plan_seconds * 1000)
     return plan
@@ -422,42 +422,185 @@ def with_ubatch(p: Projection, info: GGUFInfo, ubatch: int) -> Projection:
     return Projection(devices, ram)
 
 
-def _choose_ubatch(
-    info: GGUFInfo, hw: HardwareInfo, proj: Projector, cfg: Config, threads: int, max_ubatch: int
-) -> tuple[int, Config, float]:
-    """The prompt micro-batch for a GPU machine with weights in RAM: llama.cpp uploads those weights
-    to the GPU once per micro-batch, so a larger one reads a long prompt faster. Its larger compute
-    buffers may take the room of some layers' experts, which then move to RAM too, as long as
-    generation loses at most GEN_LOSS_MAX. Returns the smallest size within UBATCH_GAIN of the
-    fastest prompts, its configuration, and the prompt speed at the default size (0.0: nothing
-    was compared)."""
-    n_layer = info.n_layer
-    in_ram = cfg.n_cpu_moe > 0 or cfg.n_gpu_layers <= n_layer
-    if not hw.local_devices or not in_ram:
-        return N_UBATCH, cfg, 0.0
-    most = gpu_layers_repeating(n_layer, cfg.n_gpu_layers)
-    options: list[tuple[int, Config, Forecast]] = []
-    for ub in (u for u in UBATCH_CHOICES if u <= max(N_UBATCH, max_ubatch)):
-        c = next(
-            (
-                replace(cfg, n_cpu_moe=e)
-                for e in range(cfg.n_cpu_moe, most + 1)
-                if with_ubatch(proj.project(replace(cfg, n_cpu_moe=e)), info, ub).fits
-            ),
-            None,
+@dataclass(frozen=True)
+class _Option:
+    """One plan that fits: a layout, a prompt micro-batch and the forecast for them."""
+
+    cfg: Config
+    ubatch: int
+    forecast: Forecast
+    rank: int  # its place in the planner's order of preference (most on the GPU first)
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """The plans that fit at the context and KV cache the search reached, and the one picked."""
+
+    options: tuple[_Option, ...]
+    picked: _Option
+
+    def first(self, ubatch: int | None = None) -> _Option | None:
+        """The most-preferred fitting layout (at ``ubatch``; None: any), as the planner picked before
+        it compared forecasts."""
+        return min(
+            (o for o in self.options if ubatch is None or o.ubatch == ubatch),
+            key=lambda o: o.rank,
+            default=None,
         )
-        if c is None:
-            break
-        placement = placement_of(info, hw, proj, c, threads, ub, max(N_BATCH, ub))
-        f = forecast(info, placement, hw.speeds)
-        if options and f.tokens_per_s < (1 - GEN_LOSS_MAX) * options[0][2].tokens_per_s:
-            break
-        options.append((ub, c, f))
+
+    def reasons(self, plan: Plan, n_layer: int) -> list[str]:
+        """Sentences for the plan's notes: why this micro-batch, why this layout."""
+        out: list[str] = []
+        picked = self.picked
+        base = self.first(N_UBATCH)
+        if picked.ubatch != N_UBATCH and base is not None:
+            out.append(
+                f"Prompts are read {picked.ubatch:,} tokens at a time (n_ubatch; llama.cpp's default is "
+                f"{N_UBATCH}): with weights in system RAM, llama.cpp copies them to the GPU once per batch, "
+                f"so a long document reads at ≈ {speed_figure(plan.forecast.prompt_tokens_per_s)} instead of "
+                f"≈ {speed_figure(base.forecast.prompt_tokens_per_s)} tokens/s. Its larger compute buffers "
+                "are counted above (Advanced → Prompt batch to choose another)."
+            )
+        usual = self.first(picked.ubatch)
+        if (
+            usual is not None
+            and usual.cfg != picked.cfg
+            and usual.rank < picked.rank
+            and (picked.forecast.tokens_per_s > usual.forecast.tokens_per_s * PLACEMENT_GAIN)
+        ):
+            out.append(
+                f"Of the layouts that fit, the speed forecast gives this one the fastest answers: "
+                f"≈ {speed_figure(picked.forecast.tokens_per_s)} tok/s against "
+                f"≈ {speed_figure(usual.forecast.tokens_per_s)} with {_layout(usual.cfg, n_layer)} "
+                f"(this machine's {'measured' if plan.forecast.measured else 'assumed'} speeds)."
+            )
+        return out
+
+
+def _layout(cfg: Config, n_layer: int) -> str:
+    """``all layers on the GPU`` / ``24 GPU layers, experts of 10 layers in RAM`` (for a sentence)."""
+    on_gpu = gpu_layers_repeating(n_layer, cfg.n_gpu_layers)
+    if cfg.n_gpu_layers == 0:
+        return "nothing on the GPU"
+    where = (
+        f"all {n_layer} layers on the GPU" if cfg.n_gpu_layers > n_layer else f"{on_gpu} layers on the GPU"
+    )
+    experts = min(cfg.n_cpu_moe, on_gpu)
+    return where + (f", experts of {experts} layers in RAM" if experts else "")
+
+
+def _in_ram(cfg: Config, n_layer: int) -> bool:
+    """Whether a GPU layout keeps weights in system RAM (experts, or whole layers)."""
+    return cfg.n_cpu_moe > 0 or cfg.n_gpu_layers <= n_layer
+
+
+def _fitting_range(
+    proj: Projector, info: GGUFInfo, group: list[tuple[int, int]], step: Config, ubatch: int
+) -> tuple[int, int] | None:
+    """First and last index of ``group`` that fit at micro-batch ``ubatch`` (GPU use falls and RAM
+    use grows along a group, so the fitting ones are one stretch); None: none fits."""
+
+    def project(i: int) -> Projection:
+        g, e = group[i]
+        return with_ubatch(proj.project(replace(step, n_gpu_layers=g, n_cpu_moe=e)), info, ubatch)
+
+    lo, hi = 0, len(group)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if project(mid).gpu_fits:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo == len(group) or not project(lo).fits:
+        return None
+    first, lo, hi = lo, lo, len(group) - 1
+    while lo < hi:  # the last that still fits in RAM
+        mid = (lo + hi + 1) // 2
+        if project(mid).fits:
+            lo = mid
+        else:
+            hi = mid - 1
+    return first, lo
+
+
+def _fastest(
+    info: GGUFInfo,
+    hw: HardwareInfo,
+    proj: Projector,
+    step: Config,
+    groups: list[list[tuple[int, int]]],
+    threads: int,
+    fixed_ubatch: int | None,
+    max_ubatch: int,
+) -> _Choice | None:
+    """Among the plans that fit at ``step``'s context and KV cache — each group's layouts (GPU layers,
+    experts in RAM) × the prompt micro-batches — the one the speed forecast says is fastest: the
+    best generation, then among those within GEN_LOSS_MAX of it the best prompts (within
+    UBATCH_GAIN: the smaller micro-batch, the more on the GPU). Where everything fits on the GPU, a
+    layout with weights in RAM competes only with faster answers (PLACEMENT_GAIN), never for
+    prompts alone. A larger micro-batch than llama.cpp's
+    default is tried only where weights stay in RAM on a GPU machine (llama.cpp uploads them once
+    per micro-batch); it needs larger compute buffers, so fewer layouts fit with it.
+
+    With compute servers (llama.cpp RPC) the layout stays the first that fits, the layers spread
+    by free memory as the user pooled them; only the micro-batch is compared.
+
+    Each group is sampled at up to SAMPLES_PER_GROUP evenly spaced layouts of its fitting stretch,
+    both ends included: each step along a group moves one layer's like-sized weights, so the
+    forecast changes by like-sized steps and its fastest is at (or next to) a sample."""
+    n_layer = info.n_layer
+    if fixed_ubatch is not None:
+        ubatches: tuple[int, ...] = (fixed_ubatch,)
+    elif hw.local_devices:
+        ubatches = tuple(u for u in UBATCH_CHOICES if u <= max(N_UBATCH, max_ubatch))
+    else:
+        ubatches = (N_UBATCH,)
+    options: list[_Option] = []
+    placements: dict[tuple[int, int], Placement] = {}
+    params = params_of(info)
+    offsets = [sum(len(g) for g in groups[:k]) for k in range(len(groups))]
+    pooled = bool(hw.remote_devices)
+    for u in ubatches:
+        for group, rank_base in zip(groups, offsets, strict=True):
+            found = _fitting_range(proj, info, group, step, u)
+            if found is None:
+                continue
+            first, last = found
+            count = min(SAMPLES_PER_GROUP, last - first + 1)
+            picks = sorted({first + round(k * (last - first) / max(1, count - 1)) for k in range(count)})
+            if pooled:  # compute servers: the layers go where the free memory is (the first fit)
+                picks = [first]
+            for i in picks:
+                g, e = group[i]
+                cfg = replace(step, n_gpu_layers=g, n_cpu_moe=e)
+                if (
+                    u != N_UBATCH
+                    and fixed_ubatch is None
+                    and not (hw.local_devices and _in_ram(cfg, n_layer))
+                ):
+                    continue
+                if (g, e) not in placements:
+                    placements[g, e] = placement_of(info, hw, proj, cfg, threads, params=params)
+                placement = replace(placements[g, e], n_ubatch=u, n_batch=max(N_BATCH, u))
+                options.append(_Option(cfg, u, forecast(info, placement, hw.speeds), rank_base + i))
+            if pooled:
+                break
     if not options:
-        return N_UBATCH, cfg, 0.0
-    best = max(f.prompt_tokens_per_s for _, _, f in options)
-    ub, c, _f = next(o for o in options if o[2].prompt_tokens_per_s * UBATCH_GAIN >= best)
-    return ub, c, options[0][2].prompt_tokens_per_s
+        return None
+    # prompt speed never moves weights off a GPU that holds them all: only faster answers do
+    on_gpu = [o.forecast.tokens_per_s for o in options if not _in_ram(o.cfg, n_layer)]
+    if on_gpu:
+        floor = max(on_gpu) * PLACEMENT_GAIN
+        options = [o for o in options if not _in_ram(o.cfg, n_layer) or o.forecast.tokens_per_s > floor]
+    best_gen = max(o.forecast.tokens_per_s for o in options)
+    near = [o for o in options if o.forecast.tokens_per_s >= (1 - GEN_LOSS_MAX) * best_gen]
+    best_prompt = max(o.forecast.prompt_tokens_per_s for o in near)
+    good = [o for o in near if o.forecast.prompt_tokens_per_s * UBATCH_GAIN >= best_prompt]
+    # the fastest answers among them; equal ones: the smaller micro-batch, the more on the GPU
+    top = max(o.forecast.tokens_per_s for o in good)
+    tied = [o for o in good if o.forecast.tokens_per_s * PLACEMENT_GAIN >= top]
+    picked = min(tied, key=lambda o: (o.ubatch, o.rank))
+    return _Choice(tuple(options), picked)
 
 
 def placement_of(
@@ -468,13 +611,16 @@ def placement_of(
     n_threads: int,
     n_ubatch: int = N_UBATCH,
     n_batch: int = N_BATCH,
+    *,
+    params: tuple[dict[int, tuple[float, float]], float] | None = None,
 ) -> Placement:
-    """Where ``cfg`` puts each layer's dense and routed-expert weights, for the forecast."""
+    """Where ``cfg`` puts each layer's dense and routed-expert weights, for the forecast
+    (``params``: :func:`~app.core.forecast.params_of` ``info``, when the caller has it)."""
     n_layer = info.n_layer
     g = cfg.n_gpu_layers if hw.devices else 0
     where = layer_devices(n_layer, g, hw.devices)
     moe_cpu = set(proj.expert_order(where)[: cfg.n_cpu_moe])
-    layer_params, output_params = params_of(info)
+    layer_params, output_params = params if params is not None else params_of(info)
     kv_cell = kv_row_bytes(cfg.kv_type, info.n_embd_k_gqa) + kv_row_bytes(cfg.kv_type, info.n_embd_v_gqa)
     pools: dict[int, dict[str, float]] = {}
     chunked: dict[int, list[bool]] = {}

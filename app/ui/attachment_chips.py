@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.forecast import format_time_left
 from app.core.store import AttachmentState
 from app.core.types import DocumentMode
 from app.core.units import format_token_count
@@ -110,6 +111,7 @@ class AttachmentChip(QFrame):
         self.attachment_id = attachment.id
         self.progress_value = 0.0
         self.search_status: SearchStatus | None = None
+        self.model_reading: tuple[float, float | None] | None = None  # the model reads it: 0..1, s left
         self.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
 
         self.thumb = QLabel()
@@ -247,16 +249,35 @@ class AttachmentChip(QFrame):
         self.adjustSize()
 
     def _show_progress(self) -> None:
-        """The bar shows reading (processing) or the search model's download or indexing."""
+        """The bar shows reading (processing, or the model reading it in a prompt) or the search
+        model's download or indexing."""
         if self.state == AttachmentState.PROCESSING:
             self.progress.setVisible(True)
             self.progress.setValue(round(self.progress_value * 1000))
+            return
+        if self.model_reading is not None:
+            self.progress.setVisible(True)
+            self.progress.setValue(round(self.model_reading[0] * 1000))
             return
         status = self.search_status
         busy = status is not None and status.busy and not self.is_image
         self.progress.setVisible(busy)
         if busy and status is not None:
             self.progress.setValue(round(status.fraction * 1000))
+
+    def set_model_reading(self, fraction: float | None, seconds_left: float | None = None) -> None:
+        """The model is reading this document in a prompt: ``fraction`` 0..1 of the prompt read and
+        the time left (None: not known yet) — ``Reading — about 2 min left``; ``fraction`` None:
+        it is read (the chip shows its pages and tokens again)."""
+        if self.is_image or self.state != AttachmentState.READY:
+            return
+        self.model_reading = None if fraction is None else (max(0.0, min(1.0, fraction)), seconds_left)
+        self.detail_label.setText(self._detail_text())
+        self._show_progress()
+        layout = self.layout()
+        if layout is not None:
+            layout.activate()
+        self.adjustSize()
 
     def set_progress(self, fraction: float) -> None:
         self.progress_value = max(0.0, min(1.0, fraction))
@@ -273,6 +294,9 @@ class AttachmentChip(QFrame):
             return f"Reading… {round(self.progress_value * 100)}%" if self.progress_value else "Reading…"
         if state == AttachmentState.LOCKED:
             return "Password-protected"
+        if self.model_reading is not None and not self.is_image:
+            left = self.model_reading[1]
+            return "Reading…" if left is None else f"Reading — {format_time_left(left)}"
         parts: list[str] = []
         if self.is_image:
             width, height = meta.get("width"), meta.get("height")

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.images import IMAGE_SUFFIXES
-from app.ui.attachment_chips import NO_VISION_TEXT, AttachmentsBar
+from app.ui.attachment_chips import NO_VISION_TEXT, AttachmentChip, AttachmentsBar
 from app.ui.attachment_drops import (
     DOCUMENT_SUFFIXES,
     DroppedItems,
@@ -39,6 +39,7 @@ from app.ui.attachment_drops import (
     mime_attachments,
 )
 from app.ui.citations import open_sources_dialog
+from app.ui.message_widget import MessageWidget
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -114,6 +115,8 @@ class WindowAttachments(QObject):
         self.ask_password: Callable[[QWidget, str], str | None] = ask_password
         self.offer_dialog: QMessageBox | None = None  # the search model's offer, while it is open
         self.last_dialog: QDialog | None = None
+        # the documents the model is reading now: their chips, 0..1, seconds left (None: unknown)
+        self._model_reading: tuple[tuple[tuple[int, int], ...], float, float | None] = ((), 0.0, None)
 
         a, c, m = self._attachments, self._controller.conversations, self._controller.models
         a.attachment_added.connect(self._on_attachments_attachment_added)
@@ -126,6 +129,7 @@ class WindowAttachments(QObject):
         c.message_added.connect(self._on_conversations_message_added)
         c.path_changed.connect(self._on_conversations_path_changed)
         c.generation_finished.connect(self._on_conversations_generation_finished)
+        c.documents_reading.connect(self._on_conversations_documents_reading)
         m.model_loaded.connect(self._on_models_model_loaded)
         m.model_load_failed.connect(self._on_models_model_load_failed)
         self.composer.attach_button.clicked.connect(self._on_attach_button_clicked)
@@ -211,6 +215,20 @@ class WindowAttachments(QObject):
         for message_id, attachments in self._attachments.message_attachments(message_ids).items():
             if attachments:
                 self.chat_view.set_attachments(message_id, attachments)
+        self._show_model_reading()  # chips made again keep saying that they are being read
+
+    def _message_chips(self, message_id: int) -> list[AttachmentChip]:
+        widget = self.chat_view.message_widget(message_id)
+        if isinstance(widget, MessageWidget) and widget.attachments_widget is not None:
+            return list(widget.attachments_widget.chips)
+        return []
+
+    def _show_model_reading(self) -> None:
+        chips, fraction, left = self._model_reading
+        for message_id, attachment_id in chips:
+            for chip in self._message_chips(message_id):
+                if chip.attachment_id == attachment_id:
+                    chip.set_model_reading(fraction, left)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         kind = event.type()
@@ -282,6 +300,18 @@ class WindowAttachments(QObject):
     def _on_conversations_message_added(self, message: Any) -> None:
         if message.role == "user":
             self._show_message_attachments([message.id])
+
+    def _on_conversations_documents_reading(
+        self, chips: tuple[tuple[int, int], ...], fraction: float, seconds_left: float
+    ) -> None:
+        """The chips of the documents being read in a long prompt show the time left."""
+        for message_id, attachment_id in self._model_reading[0]:
+            if (message_id, attachment_id) not in chips:
+                for chip in self._message_chips(message_id):
+                    if chip.attachment_id == attachment_id:
+                        chip.set_model_reading(None)
+        self._model_reading = (tuple(chips), fraction, None if seconds_left < 0 else seconds_left)
+        self._show_model_reading()
 
     def _on_conversations_generation_finished(self, message_id: int, _stats: object) -> None:
         stored = self._controller.store.get_message(message_id)

@@ -120,6 +120,9 @@ class ConversationController(QObject):
     generation_failed(int, str, str): message id (0 when no answer was started), human message, detail.
     prompt_progress(float, float): 0..1 while a long prompt is processed, and the seconds left
         (from the rate measured while it is read; -1 while unknown).
+    documents_reading(object, float, float): the documents the model is reading in that prompt, as
+        ((message id, attachment id), ...) — the chips that show it —, 0..1 and the seconds left
+        (-1 while unknown); an empty tuple: the reading ended.
     context_changed(int, int): tokens used, n_ctx.
     busy_changed(bool): True from a send until its answer ends.
     turn_decided(object): the Turn the model sees (a preview of the next one, or one being answered).
@@ -156,6 +159,7 @@ class ConversationController(QObject):
     generation_finished = Signal(int, object)
     generation_failed = Signal(int, str, str)
     prompt_progress = Signal(float, float)
+    documents_reading = Signal(object, float, float)
     context_changed = Signal(int, int)
     busy_changed = Signal(bool)
     turn_decided = Signal(object)
@@ -217,6 +221,9 @@ class ConversationController(QObject):
         self._continuing: StoredMessage | None = None  # the answer being continued, as it was
         self._compare: CompareRun | None = None  # a message answered by two presets or models
         self._prompt_timer: tuple[int, PromptTimer] | None = None  # (gen id, its timer)
+        # the answer's whole documents: (gen id, their chips, their tokens), and whether shown read
+        self._turn_documents: tuple[int, tuple[tuple[int, int], ...], int] | None = None
+        self._documents_shown = False
         self.clock: Callable[[], float] = time.monotonic  # the prompt timer's (tests set one)
 
         worker = inference.worker
@@ -1121,6 +1128,7 @@ class ConversationController(QObject):
             self.context_changed.emit(turn.prompt_tokens, self._models.n_ctx)
         if not reading_turn:  # the documents' usual mode (their chips) is not the reading's
             self.turn_decided.emit(turn)
+            self._turn_documents = self._whole_documents(gen_id, turn)
         if any(m.images for m in turn.messages):
             self._notices.info_message.emit(
                 "This conversation has images: each answer re-reads the whole conversation "
@@ -1146,6 +1154,34 @@ class ConversationController(QObject):
             self._prompt_timer = (gen_id, PromptTimer(self._known_prompt_rate()))
         left = self._prompt_timer[1].remaining(done, total, self.clock())
         self.prompt_progress.emit(done / total, -1.0 if left is None else left)
+        documents = self._turn_documents
+        # the documents' chips say so while they are read (not when the cache already held them)
+        if documents is not None and documents[0] == gen_id and total >= documents[2]:
+            if done < total:
+                self._documents_shown = True
+                self.documents_reading.emit(documents[1], done / total, -1.0 if left is None else left)
+            else:
+                self._end_documents_reading()
+
+    def _whole_documents(
+        self, gen_id: int, turn: Turn
+    ) -> tuple[int, tuple[tuple[int, int], ...], int] | None:
+        """The documents a turn sends whole, as (gen id, their chips, their tokens)."""
+        decision = turn.documents
+        if decision is None or decision.mode != DocumentMode.WHOLE:
+            return None
+        chips = []
+        for attachment_id in decision.doc_ids:
+            attachment = self._store.get_attachment(attachment_id)
+            if attachment is not None and attachment.message_id is not None:
+                chips.append((attachment.message_id, attachment_id))
+        return (gen_id, tuple(chips), decision.tokens) if chips else None
+
+    def _end_documents_reading(self) -> None:
+        self._turn_documents = None
+        if self._documents_shown:
+            self._documents_shown = False
+            self.documents_reading.emit((), 1.0, -1.0)
 
     def _known_prompt_rate(self) -> float:
         """Prompt tokens/s before this prompt measured its own: the last answers', else the plan's."""
@@ -1395,6 +1431,7 @@ class ConversationController(QObject):
         )
 
     def _end_answer(self) -> None:
+        self._end_documents_reading()
         self._answering = None
         self._streaming_message = None
         self._inference.generating = False

@@ -11,15 +11,38 @@ import pytest
 
 from app.core import forecast as fc
 from app.core.engine.probe import MeasuredBuffers
-from app.core.forecast import GB, GpuSpeeds, LlamaSpeeds, MachineSpeeds, Placement, Pool, SpeedCache
+from app.core.forecast import (
+    GB,
+    GpuSpeeds,
+    LlamaFigures,
+    LlamaSpeeds,
+    MachineSpeeds,
+    Placement,
+    Pool,
+    SpeedCache,
+)
 from app.core.gguf_info import GGUFInfo, read_gguf_info
 from app.core.hardware import SimulatedHardware
-from app.core.planner import PlanOverrides, forecast_for, make_plan, plan_with_dry_run
-from app.core.projection import N_UBATCH
+from app.core.planner import (
+    GEN_LOSS_MAX,
+    UBATCH_CHOICES,
+    UBATCH_GAIN,
+    PlanOverrides,
+    forecast_for,
+    make_plan,
+    placement_of,
+    plan_with_dry_run,
+    with_ubatch,
+)
+from app.core.projection import N_UBATCH, Config, Projector, compute_model
 from app.core.scout_shape import write_scout_shape
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from app.core.forecast import Forecast
+    from app.core.hardware import HardwareInfo
+    from app.core.planner import Plan
 
 LLAMA_1 = LlamaSpeeds(
     n_threads=1,
@@ -68,6 +91,26 @@ def test_generation_is_the_per_token_cost_plus_active_bytes_over_the_rate(tiny_m
     )
     assert f.prompt_tokens_per_s == pytest.approx(512 / prompt_s)
     assert f.minutes_to_read(100) == pytest.approx(100 * fc.TOKENS_PER_PAGE / f.prompt_tokens_per_s / 60)
+
+
+def test_weights_larger_than_the_cache_stream_at_the_rate_measured_from_ram(tiny_model: Path) -> None:
+    """A model held in the CPU's cache decodes at the probe's in-cache rate; a larger one at its
+    rate from RAM (a probe from before that figure: no faster than numpy reads RAM)."""
+    info = read_gguf_info(tiny_model)
+    speeds = dataclasses.replace(LLAMA_1, read_gbs=16.0, ram_read_gbs=6.0, ram_gbs=12.0)
+
+    def token_s(resident: int, llama: LlamaSpeeds) -> float:
+        pool = Pool(None, dense_bytes=resident, expert_bytes=0, dense_params=resident, expert_params=0,
+                    layers=info.n_layer, kv_bytes_per_cell=0, attn_layers=())  # fmt: skip
+        placement = Placement((pool,), n_threads=1, n_ubatch=512, n_batch=512, n_ctx=4096, has_gpu=False)
+        machine = MachineSpeeds("x", 300 * 10**6, (), (llama,))
+        f = fc.forecast(info, placement, machine, depth=0, prompt_tokens=512)
+        return 1 / f.tokens_per_s - llama.token_s - fc.SAMPLE_S_PER_VOCAB * info.vocab_size
+
+    assert token_s(10**8, speeds) == pytest.approx(10**8 / (16.0 * GB))  # in the cache
+    assert token_s(10**9, speeds) == pytest.approx(10**9 / (6.0 * GB))  # from RAM
+    older = dataclasses.replace(speeds, ram_read_gbs=0.0)
+    assert token_s(10**9, older) == pytest.approx(10**9 / (12.0 * GB))
 
 
 def test_a_deeper_context_is_slower_and_unmeasured_machines_say_so(tiny_model: Path) -> None:
@@ -144,6 +187,65 @@ def test_the_micro_batch_shrinks_when_llama_cpp_measures_it_too_big(scout: GGUFI
     assert any(s > 1024 for s in sizes)  # the larger choice was checked and given up
 
 
+def _every_plan(info: GGUFInfo, hw: HardwareInfo, plan: Plan) -> list[tuple[bool, Forecast]]:
+    """Every layout (GPU layers × experts in RAM) × micro-batch at the plan's context and KV
+    cache: (fits, forecast)."""
+    proj = Projector(info, hw, mmproj_bytes=0, compute_for=compute_model(info, hw.devices, {}))
+    params = fc.params_of(info)
+    n_ctx, kv, fa = plan.n_ctx, plan.type_k, plan.flash_attn
+    out = []
+    for g in range(info.n_layer + 2):
+        for e in range(info.n_layer + 1):
+            cfg = Config(g, e, n_ctx, kv, fa)
+            placement = placement_of(info, hw, proj, cfg, plan.n_threads, params=params)
+            for u in UBATCH_CHOICES:
+                fits = with_ubatch(proj.project(cfg), info, u).fits
+                at_u = dataclasses.replace(placement, n_ubatch=u, n_batch=max(512, u))
+                out.append((fits, fc.forecast(info, at_u, hw.speeds)))
+    return out
+
+
+def test_a_slow_gpu_loses_to_the_cpu_and_the_plan_says_why(scout: GGUFInfo) -> None:
+    """Fed figures: a GPU whose memory is slower than this machine's RAM. Every layout fits (80 GB
+    of GPU memory); the forecast's fastest is the one with nothing on the GPU, and it is chosen."""
+    hw = SimulatedHardware.nvidia(80, 128).probe()
+    hw = dataclasses.replace(hw, speeds=fed(gpus=(GpuSpeeds("CUDA0", 3.0, 25.0),)))
+    plan = make_plan(scout, hw, PlanOverrides(n_ctx=8192))
+    assert plan.fits
+    assert plan.forecast.measured
+    assert plan.n_gpu_layers == 0
+    assert plan.label == "CPU only"
+    every = _every_plan(scout, hw, plan)
+    assert plan.forecast.tokens_per_s == pytest.approx(max(f.tokens_per_s for fits, f in every if fits))
+    assert "fastest answers" in plan.explanation
+    assert "all 48 layers on the GPU" in plan.explanation  # what it is compared with
+    # the usual fast GPU: everything on it, no such note
+    fast = dataclasses.replace(hw, speeds=fed(gpus=(GpuSpeeds("CUDA0", 2000.0, 25.0),)))
+    usual = make_plan(scout, fast, PlanOverrides(n_ctx=8192))
+    assert usual.verdict == "full GPU"
+    assert "fastest answers" not in usual.explanation
+
+
+def test_the_fastest_plan_that_fits_is_chosen_never_one_that_does_not(scout: GGUFInfo) -> None:
+    """Fed figures, a 24 GB GPU: putting everything on it would be fastest but does not fit; the
+    plan is the forecast's fastest of those that fit (its generation within GEN_LOSS_MAX of their
+    best, traded for faster prompts), and no faster plan that fits is left out."""
+    hw = SimulatedHardware.nvidia(24, 128).probe()
+    hw = dataclasses.replace(hw, speeds=fed(gpus=(GpuSpeeds("CUDA0", 900.0, 25.0),)))
+    plan = make_plan(scout, hw, PlanOverrides(n_ctx=8192))
+    assert plan.fits
+    every = _every_plan(scout, hw, plan)
+    fitting = [f for fits, f in every if fits]
+    best_gen = max(f.tokens_per_s for f in fitting)
+    assert max(f.tokens_per_s for fits, f in every if not fits) > 1.5 * best_gen  # the GPU would be faster
+    assert plan.forecast.tokens_per_s >= (1 - GEN_LOSS_MAX) * best_gen
+    near = [f for f in fitting if f.tokens_per_s >= (1 - GEN_LOSS_MAX) * best_gen]
+    assert plan.forecast.prompt_tokens_per_s * UBATCH_GAIN >= max(f.prompt_tokens_per_s for f in near)
+    # the plan's own projection fits, at its micro-batch
+    assert all(d.total <= d.budget for d in plan.devices)
+    assert plan.ram.total <= plan.ram.budget
+
+
 # --------------------------------------------------------------------------------------------
 # the probe and its cache (real llama.cpp, real ggml)
 
@@ -155,7 +257,7 @@ def test_the_probe_runs_and_is_cached_per_hardware(tmp_path: Path) -> None:
     hw = SimulatedHardware.cpu_only(16).probe()
     calls: list[int] = []
 
-    def counted(n: int) -> tuple[float, float, float, float, float]:
+    def counted(n: int) -> LlamaFigures:
         calls.append(n)
         return measure_llama(n)
 
@@ -166,13 +268,15 @@ def test_the_probe_runs_and_is_cached_per_hardware(tmp_path: Path) -> None:
     assert all(v > 0 for v in dataclasses.astuple(llama))
     assert cache.load(fc.fingerprint(hw)) == speeds
 
-    def refuse(_n: int) -> tuple[float, float, float, float, float]:
+    def refuse(_n: int) -> LlamaFigures:
         raise AssertionError("measured again")
 
     assert fc.machine_speeds(hw, 1, cache, measure_llama=refuse) == speeds  # cached
     other = dataclasses.replace(hw, cpu_name="another CPU")
     assert fc.fingerprint(other) != fc.fingerprint(hw)
-    remeasured = fc.machine_speeds(other, 1, cache, measure_llama=lambda n: (0.001, 1e-5, 5.0, 4.0, 30.0))
+    remeasured = fc.machine_speeds(
+        other, 1, cache, measure_llama=lambda n: (0.001, 1e-5, 5.0, 4.0, 30.0, 3.0)
+    )
     assert remeasured.fingerprint == fc.fingerprint(other)
     assert cache.load(fc.fingerprint(hw)) == speeds  # both kept
 
@@ -186,7 +290,7 @@ def test_gpus_are_measured_once_per_hardware_and_new_thread_counts_added(tmp_pat
         gpu_calls.append(1)
         return [GpuSpeeds("CUDA0", 900.0, 25.0)]
 
-    figures = (0.001, 1e-5, 5.0, 4.0, 30.0)
+    figures = (0.001, 1e-5, 5.0, 4.0, 30.0, 3.0)
     fc.machine_speeds(hw, 1, cache, measure_llama=lambda n: figures, measure_gpus=gpus)
     both = fc.machine_speeds(hw, 8, cache, measure_llama=lambda n: figures, measure_gpus=gpus)
     assert gpu_calls == [1]
@@ -198,7 +302,7 @@ def test_a_damaged_cache_is_measured_again(tmp_path: Path) -> None:
     path = tmp_path / "speeds.json"
     path.write_text("{not json")
     assert SpeedCache(path).load("x") is None
-    path.write_text('{"version": 1, "machines": {"x": {"cache_bytes": "?"}}}')
+    path.write_text(f'{{"version": {fc.CACHE_VERSION}, "machines": {{"x": {{"cache_bytes": "?"}}}}}}')
     assert SpeedCache(path).load("x") is None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ from tests.fakes import FakeEngine
 from tests.vision_fixtures import png_bytes
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from PySide6.QtWidgets import QWidget
 
     from app.core.types import LoadParams, ModelInfo
@@ -484,3 +487,66 @@ def test_screenshots(qtbot, qapp, make_window, files) -> None:
         qapp.setStyleSheet(old_sheet)
         qapp.setPalette(old_palette)
         qapp.setStyle(old_style)
+
+
+class SlowPromptEngine(FakeEngine):
+    """A FakeEngine that reads its prompt in four batches, reporting each, and waits after the
+    second until ``go`` is set (the test looks at the window in the middle of a long prompt)."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        super().__init__(pieces)
+        self.go = threading.Event()
+
+    def stream_chat(self, messages, sampling, cancel, on_prompt_progress=None, **kwargs) -> Iterator[str]:
+        total = self.count_chat_tokens(messages)
+
+        def progress(done: int, _total: int) -> None:
+            if on_prompt_progress is not None:
+                for step in (1, 2):
+                    on_prompt_progress(total * step // 4, total)
+                self.go.wait(10)
+                on_prompt_progress(total, total)
+
+        return super().stream_chat(messages, sampling, cancel, progress, **kwargs)
+
+
+def test_a_document_being_read_in_a_long_prompt_says_how_long_its_reading_takes(
+    qtbot, make_window, files
+) -> None:
+    """The chip of the document the model reads whole shows the time left from the rate measured
+    while the prompt is read (a quarter of it in 2 s: the half left takes 4 s); once read, its
+    pages and tokens again."""
+    engine = SlowPromptEngine(ANSWER)
+    env = make_window(engine)
+    drop(env.window, url_mime(files.pdf))
+    (composer_chip,) = wait_ready(qtbot, env.bar, 1)
+    details = composer_chip.detail_label.text()
+    times = iter(range(100, 1000, 2))
+    env.controller.conversations.clock = lambda: float(next(times))
+    env.window.composer.set_text("What is the vault code?")
+    with qtbot.waitSignal(env.controller.conversations.generation_finished, timeout=10_000):
+        qtbot.keyClick(env.window.composer.edit, Qt.Key.Key_Return)
+
+        def reading_chip() -> AttachmentChip | None:
+            user = env.window.chat_view.last_message("user")
+            if user is None or user.attachments_widget is None:
+                return None
+            return user.attachments_widget.chips[0]
+
+        qtbot.waitUntil(
+            lambda: (
+                (chip := reading_chip()) is not None
+                and chip.detail_label.text() == "Reading — about 4 s left"
+            ),
+            timeout=5000,
+        )
+        chip = reading_chip()
+        assert chip is not None
+        assert chip.progress.isVisible()
+        assert chip.progress.value() == 500
+        assert "about 4 s left" in env.window.status.activity_label.text()
+        engine.go.set()
+    chip = reading_chip()
+    assert chip is not None
+    qtbot.waitUntil(lambda: chip.detail_label.text() == details)
+    assert not chip.progress.isVisible()

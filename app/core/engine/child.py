@@ -40,6 +40,8 @@ from app.core.engine.errors import EngineError
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
+    from app.core.forecast import LlamaFigures
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 0.5
@@ -168,7 +170,7 @@ class _Handlers:
 
         return measure_buffers(params)
 
-    def measure_speeds(self, n_threads: int) -> tuple[float, float, float, float, float]:
+    def measure_speeds(self, n_threads: int) -> LlamaFigures:
         from app.core.engine.speed_probe import measure_llama
 
         return measure_llama(int(n_threads))

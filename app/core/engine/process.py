@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
     from app.core.engine.probe import MeasuredBuffers
     from app.core.engine.rpc import ComputeDevice
+    from app.core.forecast import LlamaFigures
     from app.core.types import ChatMessage, LoadParams, ModelInfo, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -291,7 +292,7 @@ class EngineProxy:
         )
         return buffers
 
-    def measure_speeds(self, n_threads: int) -> tuple[float, float, float, float, float]:
+    def measure_speeds(self, n_threads: int) -> LlamaFigures:
         """llama.cpp's speeds on this machine for the forecast
         (:func:`app.core.engine.speed_probe.measure_llama`), in the engine process."""
         figures = self._call("measuring this computer's speed", ("measure_speeds", n_threads))

@@ -8,7 +8,13 @@ thread count the app will use. Two llama4 models are generated into a temporary 
 * ``work`` (Q8_0, 768 wide, ~45 MB): the weights it streams per decoded token beyond the tiny
   model's time gives the streaming rate; a 256-token prompt gives the matrix-multiply rate.
 
-Returns ``(token_s, prompt_token_s, attention_gflops, read_gbs, gflops)``; see
+The work model fits in a server CPU's last-level cache, and a real model does not: decoded
+one token after another, its weights stay in the cache and stream faster than from RAM (with two
+threads on this 2-core machine, 1.5–2.5× faster). So it also decodes a few tokens each after
+reading an array twice the size of the cache (not timed), which leaves the weights in RAM: the
+rate llama.cpp streams weights from RAM, as every model larger than the cache is read.
+
+Returns ``(token_s, prompt_token_s, attention_gflops, read_gbs, gflops, ram_read_gbs)``; see
 :mod:`app.core.forecast` for how they are used.
 The whole probe takes a few seconds.
 """
@@ -19,8 +25,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from app.core.forecast import GB, bits_per_weight
+
+if TYPE_CHECKING:
+    from app.core.forecast import LlamaFigures
 
 WORK_SPEC = {
     "n_layer": 4,
@@ -38,27 +48,33 @@ SHORT_PROMPT = 64
 DECODES = 12
 DECODE_BUDGET_S = 3.0  # no new block after this long (a busy machine: 2 threads on 2 shared cores)
 DECODE_BLOCKS = 5  # the median block: one stall (another process took the core) does not count
+COLD_TOKENS = 7  # tokens decoded with the weights out of the cache (the median counts)
+FLUSH_MIN = 128 * 1024**2  # the array read between them: twice the last-level cache, within these
+FLUSH_MAX = 1024**3
 
 
-def measure_llama(n_threads: int) -> tuple[float, float, float, float, float]:
-    """(seconds per token, seconds per prompt token, attention GFLOP/s, GB/s streamed, prompt
-    GFLOP/s).
+def measure_llama(n_threads: int) -> LlamaFigures:
+    """(seconds per token, seconds per prompt token, attention GFLOP/s, GB/s streamed from the
+    cache, prompt GFLOP/s, GB/s streamed from RAM).
 
     Decoding: tiny and work model each take the fixed cost plus their active weights over the
     streaming rate — two equations, two unknowns. Prompts (the fixed cost of the batch taken off):
     a cost per token, the attention's FLOPs (which grow with the square of the prompt) and the
-    weights' FLOPs — the tiny model at two lengths and the work model: three equations."""
+    weights' FLOPs — the tiny model at two lengths and the work model: three equations. From RAM:
+    the work model's tokens decoded after the cache was flushed, less the fixed cost."""
     import numpy as np
 
-    from app.core.forecast import attention_flops
+    from app.core.forecast import attention_flops, last_level_cache_bytes
     from app.core.gguf_info import read_gguf_info
     from app.core.tiny_model import TinyModelSpec, quantized, write_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="scout-speed-") as tmp:
         tiny = write_tiny_model(Path(tmp) / "tiny.gguf", quantized(TinyModelSpec(), "Q8_0"))[0]
         work = write_tiny_model(Path(tmp) / "work.gguf", TinyModelSpec(**WORK_SPEC))[0]  # type: ignore[arg-type]
-        tiny_token, tiny_short, tiny_prompt = _time_model(tiny, n_threads)
-        work_token, _work_short, work_prompt = _time_model(work, n_threads)
+        tiny_token, tiny_short, tiny_prompt, _ = _time_model(tiny, n_threads)
+        flush = _flush_array(last_level_cache_bytes())
+        work_token, _work_short, work_prompt, work_cold = _time_model(work, n_threads, flush)
+        del flush
         tiny_info, work_info = read_gguf_info(tiny), read_gguf_info(work)
     tiny_bytes, tiny_params = _active(tiny_info)
     work_bytes, work_params = _active(work_info)
@@ -66,6 +82,8 @@ def measure_llama(n_threads: int) -> tuple[float, float, float, float, float]:
     inv_rate = stream_s / max(1.0, work_bytes - tiny_bytes)  # seconds per byte
     token_s = max(1e-6, tiny_token - tiny_bytes * inv_rate)
     read_gbs = 1 / inv_rate / GB
+    # from RAM: never faster than from the cache (a stall in the warm blocks is not a faster RAM)
+    ram_read_gbs = min(read_gbs, max(1.0, work_bytes - tiny_bytes) / max(work_cold - tiny_token, 1e-6) / GB)
     n1, n2 = SHORT_PROMPT, PROMPT_TOKENS
     rows = [
         [n1, attention_flops(tiny_info, n1), 2 * tiny_params * n1],
@@ -84,7 +102,15 @@ def measure_llama(n_threads: int) -> tuple[float, float, float, float, float]:
     # the tiny model's attention is a small share of its time, so its rate is poorly determined;
     # llama.cpp's CPU attention (f16 cache, f32 softmax) is never faster than its matmuls
     per_attention = max(per_attention, per_flop)
-    return token_s, per_token, 1 / per_attention / 1e9, read_gbs, 1 / per_flop / 1e9
+    return token_s, per_token, 1 / per_attention / 1e9, read_gbs, 1 / per_flop / 1e9, ram_read_gbs
+
+
+def _flush_array(cache_bytes: int) -> Any:
+    """An array twice the last-level cache (unknown: 512 MiB), read to push weights out of it."""
+    import numpy as np
+
+    size = min(FLUSH_MAX, max(FLUSH_MIN, 2 * cache_bytes)) if cache_bytes else FLUSH_MAX // 2
+    return np.ones(size // 8, dtype=np.float64)
 
 
 def _active(info: object) -> tuple[float, float]:
@@ -104,9 +130,10 @@ def _active(info: object) -> tuple[float, float]:
     return total_bytes, total_params
 
 
-def _time_model(model: Path, n_threads: int) -> tuple[float, float, float]:
-    """Seconds of one decoded token (the median of DECODE_BLOCKS blocks' means) and the median of
-    a SHORT_PROMPT- and a PROMPT_TOKENS-token prompt. Means over blocks, not the fastest token:
+def _time_model(model: Path, n_threads: int, flush: Any = None) -> tuple[float, float, float, float]:
+    """Seconds of one decoded token (the median of DECODE_BLOCKS blocks' means), the median of
+    a SHORT_PROMPT- and a PROMPT_TOKENS-token prompt, and (with a ``flush`` array, else 0.0) the
+    median of COLD_TOKENS tokens each decoded after reading it. Means over blocks, not the fastest token:
     llama.cpp's threads spin-wait between operations, and on a busy machine some tokens take many
     times the others (2 threads on 2 shared cores: a median token of 0.4 ms, a mean of 4 ms) —
     the mean is what an answer takes; the median block keeps one long stall from deciding it."""
@@ -145,6 +172,19 @@ def _time_model(model: Path, n_threads: int) -> tuple[float, float, float]:
                 llm.eval([tokens[1 + b * DECODES + k]])
             blocks.append((time.perf_counter() - started) / DECODES)
         token = statistics.median(blocks)
-        return token, statistics.median(times[SHORT_PROMPT]), statistics.median(times[PROMPT_TOKENS])
+        cold: list[float] = []
+        if flush is not None:
+            at = 1 + DECODE_BLOCKS * DECODES
+            for k in range(COLD_TOKENS):
+                float(flush.sum())
+                started = time.perf_counter()
+                llm.eval([tokens[at + k]])
+                cold.append(time.perf_counter() - started)
+        return (
+            token,
+            statistics.median(times[SHORT_PROMPT]),
+            statistics.median(times[PROMPT_TOKENS]),
+            statistics.median(cold) if cold else 0.0,
+        )
     finally:
         llm.close()
