@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.core.types import GenerationStats, ModelInfo
+from demo_app import MODEL_NAME, ScriptedEngine, demo_window, settle
 
 if TYPE_CHECKING:
-    import threading
-    from collections.abc import Callable
-
-MODEL_NAME = "Llama-4-Scout-17B-16E-Instruct-Q4_K_M"
+    from app.core.store import Conversation, Store
 
 ANSWER_1 = """Here is a quick way to **read a CSV file** in Python and average one column:
 
@@ -66,58 +61,21 @@ loading everything at once.
 """
 
 
-class DemoEngine:
-    """Replays scripted answers token by token (implements app.core.ports.Engine)."""
+class DemoEngine(ScriptedEngine):
+    """Replays scripted answers in turn (implements app.core.ports.Engine)."""
+
+    prompt_overhead = 900
+    has_vision = True
 
     def __init__(self, answers: list[str]) -> None:
+        super().__init__()
         self._answers = answers
         self._turn = 0
-        self._info: ModelInfo | None = None
-        self._stats = GenerationStats()
 
-    @property
-    def model_info(self) -> ModelInfo | None:
-        return self._info
-
-    @property
-    def last_stats(self) -> GenerationStats:
-        return self._stats
-
-    def load(self, params, progress=None) -> ModelInfo:  # type: ignore[no-untyped-def]
-        if progress:
-            progress(1.0)
-        self._info = ModelInfo(
-            path=Path(params.model_path), name=MODEL_NAME, architecture="llama4", n_ctx=32768,
-            n_ctx_train=10_485_760, n_params=107_770_000_000, size_bytes=65_360_000_000,
-            has_chat_template=True, load_seconds=41.0, has_vision=True,
-        )  # fmt: skip
-        return self._info
-
-    def unload(self) -> None:
-        self._info = None
-
-    def count_tokens(self, text: str) -> int:
-        return max(1, len(text) // 4)
-
-    def count_chat_tokens(self, messages) -> int:  # type: ignore[no-untyped-def]
-        return 900 + sum(self.count_tokens(m.content) for m in messages)
-
-    def stream_chat(self, messages, sampling, cancel: threading.Event, on_prompt_progress=None):  # type: ignore[no-untyped-def]
+    def answer_for(self, messages, sampling) -> str:  # type: ignore[no-untyped-def]
         answer = self._answers[min(self._turn, len(self._answers) - 1)]
         self._turn += 1
-        pieces = [answer[i : i + 4] for i in range(0, len(answer), 4)]
-        finish = "stop"
-        for piece in pieces:
-            if cancel.is_set():
-                finish = "cancelled"
-                break
-            time.sleep(0.004)
-            yield piece
-        prompt = self.count_chat_tokens(messages)
-        self._stats = GenerationStats(
-            prompt_tokens=prompt, prompt_tokens_evaluated=40, completion_tokens=len(pieces), ttft_s=0.62,
-            tokens_per_s=21.4, n_ctx=32768, context_used=prompt + len(pieces), finish_reason=finish,
-        )  # fmt: skip
+        return answer
 
 
 def main() -> int:
@@ -125,33 +83,19 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     from PySide6.QtWidgets import QApplication
 
-    from app.config import AppPaths, Settings
-    from app.core.store import Store
-    from app.ui.main_window import MainWindow
     from app.ui.theme import apply_theme
-    from app.workers.controller import AppController
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
 
-    def settle(seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            app.processEvents()
-            time.sleep(0.005)
+    def seed(store: Store) -> None:
+        for title in ("Explain mixture-of-experts routing", "Summarise the lease agreement"):
+            store.create_conversation(title, MODEL_NAME)
 
     for theme in ("light", "dark"):
         apply_theme(app, theme)
-        with tempfile.TemporaryDirectory() as tmp:
-            paths = AppPaths.under(Path(tmp)).ensure()
-            store = Store(paths.database)
-            for title in ("Explain mixture-of-experts routing", "Summarise the lease agreement"):
-                store.create_conversation(title, MODEL_NAME)
-            engine = DemoEngine([ANSWER_1, ANSWER_2])
-            controller = AppController(store, paths, Settings(theme=theme), lambda engine=engine: engine)
-            window = MainWindow(controller)
-            window.resize(1200, 800)
-            window.show()
-            controller.models.load_model(f"/models/{MODEL_NAME}.gguf")
+        engine = DemoEngine([ANSWER_1, ANSWER_2])
+        with demo_window(engine, (1200, 800), theme, seed) as demo:
+            controller = demo.controller
             settle(0.5)
             done: list[int] = []
             controller.conversations.generation_finished.connect(lambda m, _s, done=done: done.append(m))
@@ -160,14 +104,11 @@ def main() -> int:
                 settle(0.05)
             controller.conversations.send("And with pandas, for a file too big for memory?")
             settle(0.9)  # mid-answer: the screenshot shows streaming
-            window.grab().save(str(out / f"screenshot-{theme}.png"))
+            demo.window.grab().save(str(out / f"screenshot-{theme}.png"))
             while len(done) < 2:
                 settle(0.05)
-            controller.shutdown()
-            window.close()
-            store.close()
     apply_theme(app, "light")
-    shoot_presets_and_pins(out, settle)
+    shoot_presets_and_pins(out)
     sys.stdout.write(
         f"wrote {out}/screenshot-light.png, screenshot-dark.png, screenshot-instructions.png "
         "and screenshot-pinned.png\n"
@@ -175,13 +116,9 @@ def main() -> int:
     return 0
 
 
-def shoot_presets_and_pins(out: Path, settle: Callable[[float], None]) -> None:
+def shoot_presets_and_pins(out: Path) -> None:
     """The "Instructions & preset" dialog over the window, and a sidebar with pinned chats."""
-    from app.config import AppPaths, Settings
     from app.core.presets import ConversationOptions, Preset
-    from app.core.store import Store
-    from app.ui.main_window import MainWindow
-    from app.workers.controller import AppController
 
     titles = [
         "Lease agreement: notice periods",
@@ -192,22 +129,19 @@ def shoot_presets_and_pins(out: Path, settle: Callable[[float], None]) -> None:
         "Birthday speech ideas",
         "Compare two job offers",
     ]
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = AppPaths.under(Path(tmp)).ensure()
-        store = Store(paths.database)
+
+    def seed(store: Store) -> list[Conversation]:
         made = [store.create_conversation(title, MODEL_NAME) for title in titles]
         for pinned in (made[0], made[3]):
             store.set_pinned(pinned.id, True)
-        engine = DemoEngine([ANSWER_1])
-        controller = AppController(store, paths, Settings(theme="light"), lambda engine=engine: engine)
-        chats = controller.conversations
+        return made
+
+    with demo_window(DemoEngine([ANSWER_1]), (1200, 800), seed=seed) as demo:
+        window, made = demo.window, demo.seeded
+        chats = demo.controller.conversations
         chats.save_preset(
             Preset("Legal reviewer", 0.3, 0.9, 0.05, "Quote the clause you rely on.", builtin=False)
         )
-        window = MainWindow(controller)
-        window.resize(1200, 800)
-        window.show()
-        controller.models.load_model(f"/models/{MODEL_NAME}.gguf")
         settle(0.5)
         chats.open_conversation(made[0].id)
         chats.set_conversation_options(
@@ -238,9 +172,6 @@ def shoot_presets_and_pins(out: Path, settle: Callable[[float], None]) -> None:
         painter.end()
         shot.save(str(out / "screenshot-instructions.png"))
         dialog.close()
-        controller.shutdown()
-        window.close()
-        store.close()
 
 
 if __name__ == "__main__":

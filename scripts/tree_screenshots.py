@@ -11,21 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.core.types import GenerationStats, ModelInfo
-
-if TYPE_CHECKING:
-    import threading
-    from collections.abc import Callable
-
-MODEL_NAME = "Llama-4-Scout-17B-16E-Instruct-Q4_K_M"
+from demo_app import ScriptedEngine, demo_window, settle, until
 
 # (question, temperature) → answer; a question with several answers gives them in turn
 ANSWERS: dict[str, list[str]] = {
@@ -57,68 +48,25 @@ COMPARE_ANSWERS = {
 }
 
 
-class TreeDemoEngine:
+class TreeDemoEngine(ScriptedEngine):
     """Replays scripted answers chosen by the question and the temperature (implements
     app.core.ports.Engine). ``delay``: seconds per 4-character piece."""
 
     def __init__(self) -> None:
-        self._info: ModelInfo | None = None
-        self._stats = GenerationStats()
+        super().__init__()
         self._turns: dict[str, int] = {}
-        self.delay = 0.004
 
-    @property
-    def model_info(self) -> ModelInfo | None:
-        return self._info
-
-    @property
-    def last_stats(self) -> GenerationStats:
-        return self._stats
-
-    def load(self, params, progress=None) -> ModelInfo:  # type: ignore[no-untyped-def]
-        if progress:
-            progress(1.0)
-        self._info = ModelInfo(
-            path=Path(params.model_path), name=MODEL_NAME, architecture="llama4", n_ctx=32768,
-            n_ctx_train=10_485_760, n_params=107_770_000_000, size_bytes=65_360_000_000,
-            has_chat_template=True, load_seconds=41.0,
-        )  # fmt: skip
-        return self._info
-
-    def unload(self) -> None:
-        self._info = None
-
-    def count_tokens(self, text: str) -> int:
-        return max(1, len(text) // 4)
-
-    def count_chat_tokens(self, messages) -> int:  # type: ignore[no-untyped-def]
-        return 40 + sum(self.count_tokens(m.content) for m in messages)
-
-    def _answer(self, question: str, temperature: float) -> str:
+    def answer_for(self, messages, sampling) -> str:  # type: ignore[no-untyped-def]
+        question = next(m.content for m in reversed(messages) if m.role == "user")
         if question == COMPARE_QUESTION:
-            return COMPARE_ANSWERS.get(round(temperature, 2), COMPARE_ANSWERS[0.6])
+            return COMPARE_ANSWERS.get(round(sampling.temperature, 2), COMPARE_ANSWERS[0.6])
         answers = ANSWERS.get(question, ["That depends on what you need it for."])
         turn = self._turns.get(question, 0)
         self._turns[question] = turn + 1
         return answers[min(turn, len(answers) - 1)]
 
-    def stream_chat(self, messages, sampling, cancel: threading.Event, on_prompt_progress=None):  # type: ignore[no-untyped-def]
-        question = next(m.content for m in reversed(messages) if m.role == "user")
-        answer = self._answer(question, sampling.temperature)
-        pieces = [answer[i : i + 4] for i in range(0, len(answer), 4)]
-        finish = "stop"
-        for piece in pieces:
-            if cancel.is_set():
-                finish = "cancelled"
-                break
-            time.sleep(self.delay)
-            yield piece
-        prompt = self.count_chat_tokens(messages)
-        tps = 21.4 if sampling.temperature >= 0.5 else 22.1
-        self._stats = GenerationStats(
-            prompt_tokens=prompt, prompt_tokens_evaluated=40, completion_tokens=len(pieces), ttft_s=0.62,
-            tokens_per_s=tps, n_ctx=32768, context_used=prompt + len(pieces), finish_reason=finish,
-        )  # fmt: skip
+    def tokens_per_s(self, sampling) -> float:  # type: ignore[no-untyped-def]
+        return 21.4 if sampling.temperature >= 0.5 else 22.1
 
 
 def main() -> int:
@@ -126,38 +74,15 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     from PySide6.QtWidgets import QApplication
 
-    from app.config import AppPaths, Settings
-    from app.core.store import Store
-    from app.ui.main_window import MainWindow
     from app.ui.theme import apply_theme
-    from app.workers.controller import AppController
     from app.workers.conversations import CompareSide
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     apply_theme(app, "light")
 
-    def settle(seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            app.processEvents()
-            time.sleep(0.005)
-
-    def until(condition: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 30
-        while not condition():
-            if time.monotonic() > deadline:
-                raise RuntimeError("the scripted conversation did not get there")
-            settle(0.02)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = AppPaths.under(Path(tmp)).ensure()
-        store = Store(paths.database)
-        engine = TreeDemoEngine()
-        controller = AppController(store, paths, Settings(theme="light"), lambda: engine)
-        window = MainWindow(controller)
-        window.resize(1100, 680)
-        window.show()
-        controller.models.load_model(f"/models/{MODEL_NAME}.gguf")
+    engine = TreeDemoEngine()
+    with demo_window(engine, (1100, 680)) as demo:
+        controller, window = demo.controller, demo.window
         until(lambda: controller.models.model_info is not None)
         chats = controller.conversations
         idle = lambda: not chats.is_busy  # noqa: E731 - a condition for until()
@@ -197,9 +122,6 @@ def main() -> int:
         settle(0.3)
         window.grab().save(str(out / "screenshot-compare.png"))
 
-        controller.shutdown()
-        window.close()
-        store.close()
     sys.stdout.write(f"wrote {out}/screenshot-branches.png, screenshot-queue.png, screenshot-compare.png\n")
     return 0
 
