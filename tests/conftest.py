@@ -86,12 +86,14 @@ import pytest  # noqa: E402
 
 from app.config import DATA_DIR_ENV, AppPaths  # noqa: E402
 from app.core.tiny_model import TinyModelSpec, quantized, write_tiny_model  # noqa: E402
+from tests.launch import AppLauncher  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
     from PySide6.QtCore import QThread
+    from pytestqt.qtbot import QtBot
 
 
 pytest_plugins = ["pytester"]  # tests/test_suite_guards.py runs small suites to prove the guards below
@@ -266,6 +268,15 @@ def _no_leaked_threads() -> object:
         thread.join(timeout=5)
     still = [t.name for t in leaked if t.is_alive()]
     assert not still, f"threads leaked by the test: {still}"
+
+
+@pytest.fixture
+def start_app(qtbot: QtBot) -> Iterator[AppLauncher]:
+    """Start the app like ``scout-chat --data-dir DIR ...`` (tests/launch.py); every app started is
+    closed cleanly after the test."""
+    launcher = AppLauncher(qtbot)
+    yield launcher
+    launcher.close_all()
 
 
 @pytest.fixture

@@ -6,14 +6,17 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PySide6.QtCore import Qt
 
-from app.config import AppPaths, Settings, load_settings, save_settings
+from app.config import Settings, load_settings
 from app.core.engine.process import EngineProxy
 from app.core.tiny_model import TinyModelSpec, write_tiny_model
-from app.main import Application, build_application, parse_args
+
+if TYPE_CHECKING:
+    from app.main import Application
 
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints")
 
@@ -21,40 +24,20 @@ ARTIFACTS = Path(os.environ.get("SCOUT_TEST_ARTIFACTS", "artifacts"))
 
 
 @pytest.fixture
-def start_app(qtbot, request):
-    """Start the app like `scout-chat --data-dir DIR [--model PATH]`; close it cleanly afterwards."""
-    running: list[Application] = []
-
-    def start(data_dir: Path, *extra: str) -> Application:
-        paths = AppPaths.default(str(data_dir))
-        if not paths.settings_file.exists():
-            # One llama.cpp thread: the suite shares 2 cores with Qt's threads (and, on a loaded
-            # machine, with others), and llama.cpp's spinning threads collapse when oversubscribed
-            # (tiny model here: 927 tokens/s with 1 thread, 43 with 2 under a load of 9).
-            save_settings(paths.ensure(), Settings(n_threads=1))
-        application = build_application(parse_args(["--data-dir", str(data_dir), *extra]))
-        qtbot.addWidget(application.window)
-        application.window.resize(1100, 760)
-        application.window.show()
-        running.append(application)
-        return application
-
-    def close(application: Application) -> None:
-        application.controller.shutdown()
-        if application.downloads is not None:
-            application.downloads.shutdown()
-        application.window.close()
-        application.store.close()
-        running.remove(application)
-
-    start.close = close  # type: ignore[attr-defined]
-    yield start
+def start_app(start_app, request):
+    """Start the app like `scout-chat --data-dir DIR [--model PATH]`, at 1100x760; a screenshot of
+    each window still open goes to the artifacts when the test failed."""
+    start_app.size = (1100, 760)
+    # One llama.cpp thread: the suite shares 2 cores with Qt's threads (and, on a loaded
+    # machine, with others), and llama.cpp's spinning threads collapse when oversubscribed
+    # (tiny model here: 927 tokens/s with 1 thread, 43 with 2 under a load of 9).
+    start_app.first_settings = Settings(n_threads=1)
+    yield start_app
     failed = getattr(request.node, "rep_call", None)
-    for application in list(running):
-        if failed is not None and failed.failed:
-            ARTIFACTS.mkdir(exist_ok=True)
+    if failed is not None and failed.failed:
+        ARTIFACTS.mkdir(exist_ok=True)
+        for application in start_app.running:
             application.window.grab().save(str(ARTIFACTS / f"{request.node.name}.png"))
-        close(application)
 
 
 def wait_loaded(qtbot, application: Application) -> None:

@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from app.config import AppPaths, Settings, load_settings, save_settings
+from app.config import Settings, load_settings
 from app.core.engine.llama_tools import find_llama_tools, why_missing
-from app.main import Application, build_application, parse_args
 from tests.remote_servers import MemoryLimit, free_port, memory_shim, rpc_server
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from pytestqt.qtbot import QtBot
+
+    from tests.launch import AppLauncher
 
 TOOLS = find_llama_tools()
 pytestmark = [
@@ -27,29 +27,6 @@ pytestmark = [
     pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints"),
 ]
 MIB = 1024**2
-
-
-@pytest.fixture
-def start_app(qtbot: QtBot) -> Iterator[Callable[[Path, Settings], Application]]:
-    """Start the app like ``scout-chat --data-dir DIR`` with ``settings`` saved first (one
-    llama.cpp thread, a small context); close it cleanly afterwards."""
-    running: list[Application] = []
-
-    def start(data_dir: Path, settings: Settings) -> Application:
-        save_settings(AppPaths.default(str(data_dir)).ensure(), settings)
-        application = build_application(parse_args(["--data-dir", str(data_dir)]))
-        qtbot.addWidget(application.window)
-        application.window.show()
-        running.append(application)
-        return application
-
-    yield start
-    for application in running:
-        application.controller.shutdown()
-        if application.downloads is not None:
-            application.downloads.shutdown()
-        application.window.close()
-        application.store.close()
 
 
 def rpc_buffers(text: str) -> dict[str, float]:
@@ -60,7 +37,7 @@ def rpc_buffers(text: str) -> dict[str, float]:
 
 
 def test_the_last_model_is_reloaded_at_start_across_two_compute_servers_as_planned(
-    start_app: Callable[[Path, Settings], Application], qtbot: QtBot, tiny_model: Path, tmp_path: Path
+    start_app: AppLauncher, qtbot: QtBot, tiny_model: Path, tmp_path: Path
 ) -> None:
     assert TOOLS is not None
     shim = memory_shim(tmp_path)
@@ -72,7 +49,7 @@ def test_the_last_model_is_reloaded_at_start_across_two_compute_servers_as_plann
     ):
         servers = (f"127.0.0.1:{small.port}", f"127.0.0.1:{big.port}")
         settings = Settings(n_threads=1, n_ctx=512, last_model=str(tiny_model), compute_servers=servers)
-        application = start_app(tmp_path / "data", settings)
+        application = start_app(tmp_path / "data", settings=settings)
         models = application.controller.models
         if models.model_info is None:
             with qtbot.waitSignal(models.model_loaded, timeout=120_000):
@@ -98,14 +75,14 @@ def test_the_last_model_is_reloaded_at_start_across_two_compute_servers_as_plann
 
 
 def test_a_compute_server_down_at_start_is_named_and_nothing_is_half_loaded(
-    start_app: Callable[[Path, Settings], Application], qtbot: QtBot, tiny_model: Path, tmp_path: Path
+    start_app: AppLauncher, qtbot: QtBot, tiny_model: Path, tmp_path: Path
 ) -> None:
     assert TOOLS is not None
     down = f"127.0.0.1:{free_port()}"
     with rpc_server(TOOLS.rpc_server, tmp_path / "rpc-up.log") as up:
         servers = (f"127.0.0.1:{up.port}", down)
         settings = Settings(n_threads=1, n_ctx=512, last_model=str(tiny_model), compute_servers=servers)
-        application = start_app(tmp_path / "data", settings)
+        application = start_app(tmp_path / "data", settings=settings)
         models, banner = application.controller.models, application.window.error_banner
         log = application.paths.log_dir / "engine.log"
 

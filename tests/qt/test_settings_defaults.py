@@ -19,7 +19,6 @@ from app.config import (
     current_defaults,
     read_settings,
 )
-from app.main import Application, build_application, parse_args
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,26 +36,6 @@ FIRST_RELEASE_FILE = {
     "n_threads": 0,
     "theme": "dark",
 }
-
-
-@pytest.fixture
-def start_app(qtbot):
-    running: list[Application] = []
-
-    def start(data_dir: Path) -> Application:
-        application = build_application(parse_args(["--data-dir", str(data_dir)]))
-        qtbot.addWidget(application.window)
-        application.window.show()
-        running.append(application)
-        return application
-
-    yield start
-    for application in running:
-        application.controller.shutdown()
-        if application.downloads is not None:
-            application.downloads.shutdown()
-        application.window.close()
-        application.store.close()
 
 
 def _write(tmp_path: Path, data: dict[str, object]) -> AppPaths:

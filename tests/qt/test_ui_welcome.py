@@ -10,7 +10,6 @@ from PySide6.QtCore import Qt
 
 from app.core.hardware import SimulatedHardware
 from app.core.units import format_gb
-from app.main import Application, build_application, parse_args
 from app.ui.welcome import WelcomePage
 
 pytestmark = pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints")
@@ -95,25 +94,11 @@ def test_screenshot(qtbot, tmp_path: Path, themed, mode: str) -> None:
 
 
 @pytest.fixture
-def start_app(qtbot):
-    running: list[Application] = []
-
-    def start(data_dir: Path, *extra: str) -> Application:
-        application = build_application(parse_args(["--data-dir", str(data_dir), *extra]))
-        qtbot.addWidget(application.window)
-        application.window.resize(1100, 760)
-        application.window.show()
-        qtbot.waitExposed(application.window)
-        running.append(application)
-        return application
-
-    yield start
-    for application in running:
-        application.controller.shutdown()
-        if application.downloads is not None:
-            application.downloads.shutdown()
-        application.window.close()
-        application.store.close()
+def start_app(start_app):
+    """The app, at 1100x760 and exposed."""
+    start_app.size = (1100, 760)
+    start_app.wait_exposed = True
+    return start_app
 
 
 def test_first_run_shows_welcome_until_a_gguf_is_opened(
