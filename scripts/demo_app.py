@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.core.ports import EngineState
 from app.core.types import GenerationStats, ModelInfo
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 MODEL_NAME = "Llama-4-Scout-17B-16E-Instruct-Q4_K_M"
 
 
-class ScriptedEngine:
+class ScriptedEngine(EngineState):
     """Implements app.core.ports.Engine for a screenshot: a subclass picks the answer
     (``answer_for``); it is streamed in 4-character pieces, ``delay`` seconds apart, and the stats
     look like Scout's. ``prompt_overhead``: the tokens a chat costs beyond its messages."""
@@ -36,17 +37,8 @@ class ScriptedEngine:
     has_vision = False
 
     def __init__(self) -> None:
-        self._info: ModelInfo | None = None
-        self._stats = GenerationStats()
+        super().__init__()
         self.delay = 0.004
-
-    @property
-    def model_info(self) -> ModelInfo | None:
-        return self._info
-
-    @property
-    def last_stats(self) -> GenerationStats:
-        return self._stats
 
     def load(self, params, progress=None) -> ModelInfo:  # type: ignore[no-untyped-def]
         if progress:

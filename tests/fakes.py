@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.core.engine import EngineError, LoadCancelled
+from app.core.ports import EngineState
 from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, SamplingParams
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from app.core.turns import TurnRequest
 
 
-class FakeEngine:
+class FakeEngine(EngineState):
     """Implements app.core.ports.Engine: one 'token' per character-group, 4 tokens per word."""
 
     def __init__(
@@ -31,25 +32,16 @@ class FakeEngine:
         delay: float = 0.0,
         load_error: str | None = None,
     ) -> None:
+        super().__init__()
         self.pieces = pieces if pieces is not None else ["Hel", "lo", " there", "!"]
         self.fail_at = fail_at
         self.n_ctx = n_ctx
         self.delay = delay
         self.load_error = load_error
-        self._info: ModelInfo | None = None
-        self._stats = GenerationStats()
         self.seen: list[list[ChatMessage]] = []
         self.continued: list[bool] = []  # per answer: was it Continue (the last message carried on)
         self.sampling: list[SamplingParams] = []  # per answer: the sampling it was asked with
         self.hold = False  # True: after its pieces the answer stays open until it is stopped
-
-    @property
-    def model_info(self) -> ModelInfo | None:
-        return self._info
-
-    @property
-    def last_stats(self) -> GenerationStats:
-        return self._stats
 
     def load(self, params: LoadParams, progress: Callable[[float], bool] | None = None) -> ModelInfo:
         for step in range(11):

@@ -9,7 +9,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
-    from app.core.types import ChatMessage, GenerationStats, LoadParams, ModelInfo, SamplingParams
+    from app.core.types import ChatMessage, LoadParams, ModelInfo, SamplingParams
+
+from app.core.types import GenerationStats
 
 ProgressCallback = "Callable[[float], bool]"
 
@@ -49,6 +51,23 @@ class Engine(Protocol):
         ``continue_last``: the last message is an unfinished answer to carry on (Continue): the
         prompt ends with its text, without the end of its turn, and the pieces continue it."""
         ...
+
+
+class EngineState:
+    """The part of ``Engine`` every implementation keeps alike: the loaded model's info (``_info``,
+    None when no model is loaded) and the last answer's stats (``_stats``), read as properties."""
+
+    def __init__(self) -> None:
+        self._info: ModelInfo | None = None
+        self._stats = GenerationStats()
+
+    @property
+    def model_info(self) -> ModelInfo | None:
+        return self._info
+
+    @property
+    def last_stats(self) -> GenerationStats:
+        return self._stats
 
 
 @runtime_checkable

@@ -56,6 +56,7 @@ from app.core.engine.templates import (
 )
 from app.core.engine.tokens import LiteralSpecials, PromptTokenizer
 from app.core.hardware import physical_cores
+from app.core.ports import EngineState
 from app.core.types import (
     ChatMessage,
     FinishReason,
@@ -76,19 +77,18 @@ LLAMA4_CHUNK = 8192  # llama.cpp hard-codes Llama 4's attention chunk
 _PARAMS_LOCK = threading.Lock()
 
 
-class LlamaEngine:
+class LlamaEngine(EngineState):
     """The real engine: llama.cpp through llama-cpp-python. One thread only."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._llm: Any = None
-        self._info: ModelInfo | None = None
         self._params: LoadParams | None = None
         self._render: Callable[[list[dict[str, Any]]], str] | None = None  # the chat format in use
         self._fallback_render: Callable[[list[dict[str, Any]]], str] | None = None
         self._template_note = ""
         self._stop_strings: tuple[str, ...] = ()
         self._overrides: Overrides | None = None
-        self._stats = GenerationStats()
         self._speculation_stats = SpeculationStats()
         self._is_iswa = False
         self._recurrent = False  # recurrent/hybrid memory cannot take back a draft: no speculation
@@ -99,14 +99,6 @@ class LlamaEngine:
         self.last_sampling: SamplingParams | None = None  # the last answer's sampling (tests)
 
     # -- properties -------------------------------------------------------------------------
-    @property
-    def model_info(self) -> ModelInfo | None:
-        return self._info
-
-    @property
-    def last_stats(self) -> GenerationStats:
-        return self._stats
-
     @property
     def last_speculation(self) -> SpeculationStats:
         """What speculation did in the last answer (drafted, accepted, logits rows per batch)."""

@@ -50,6 +50,7 @@ from app.core.engine.errors import (
     TrialCrashedError,
 )
 from app.core.engine.rpc import lost_compute_server
+from app.core.ports import EngineState
 from app.core.types import FinishReason, GenerationStats
 
 if TYPE_CHECKING:
@@ -151,20 +152,19 @@ class _Child:
         return "\n".join(lines[-n:])
 
 
-class EngineProxy:
+class EngineProxy(EngineState):
     """The ``Engine`` of the app: a :class:`LlamaEngine` in an engine process. One thread only
     (the inference worker's), like the engine it stands for."""
 
     def __init__(
         self, watchdog_s: float = WATCHDOG_S, log_path: Path | None = None, stall_s: float = STALL_S
     ) -> None:
+        super().__init__()
         self.watchdog_s = watchdog_s
         self.stall_s = stall_s
         self._log_path = log_path
         self._own_log = log_path is None
         self._child: _Child | None = None
-        self._info: ModelInfo | None = None
-        self._stats = GenerationStats()
         self._owed = False  # a cancelled stream's final reply has not been read yet
         self._compute_servers: tuple[str, ...] = ()  # of the last load: named if the engine dies
 
@@ -241,14 +241,6 @@ class EngineProxy:
         return version
 
     # -- Engine -----------------------------------------------------------------------------------
-    @property
-    def model_info(self) -> ModelInfo | None:
-        return self._info
-
-    @property
-    def last_stats(self) -> GenerationStats:
-        return self._stats
-
     def load(self, params: LoadParams, progress: Callable[[float], bool] | None = None) -> ModelInfo:
         self._info = None
         self.start()

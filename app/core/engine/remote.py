@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.chunking import estimate_tokens
 from app.core.engine.errors import ContextOverflowError, EngineError, NoModelError
+from app.core.ports import EngineState
 from app.core.tools import TOOL_ROLE
 from app.core.types import FinishReason, GenerationStats, ModelInfo
 
@@ -483,28 +484,19 @@ def _identify(http_: _Http, progress: Callable[[float], bool] | None = None) -> 
     return identity
 
 
-class RemoteEngine:
+class RemoteEngine(EngineState):
     """The ``Engine`` for a model on an OpenAI-compatible server. One thread uses it (the
     inference worker's), like the local engines."""
 
     def __init__(self, config: ServerConfig) -> None:
+        super().__init__()
         self.config = config
         self._http = _Http(config)
         self._identity: ServerIdentity | None = None
-        self._info: ModelInfo | None = None
-        self._stats = GenerationStats()
         self._counts: dict[str, int] = {}  # text → tokens (the same passages are counted often)
         self._count_base: int | None = None  # tokens a server adds to any text it counts
 
     # -- Engine -----------------------------------------------------------------------------------
-    @property
-    def model_info(self) -> ModelInfo | None:
-        return self._info
-
-    @property
-    def last_stats(self) -> GenerationStats:
-        return self._stats
-
     @property
     def identity(self) -> ServerIdentity | None:
         return self._identity
