@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from app.core.planner import LoadRequest, PlannedLoad, PlanOverrides
     from app.core.types import ModelInfo
+    from app.ui.main_window import MainWindow
 
 
 @pytest.fixture
@@ -58,6 +59,60 @@ def load_fake_model(qtbot):
         return loaded.args[0]
 
     return load
+
+
+@pytest.fixture
+def show_window(qtbot):
+    """Show a MainWindow on ``controller`` (resized to ``size`` first when given)."""
+
+    def show(controller: AppController, size: tuple[int, int] | None = None) -> MainWindow:
+        from app.ui.main_window import MainWindow
+
+        window = MainWindow(controller)
+        qtbot.addWidget(window)
+        if size is not None:
+            window.resize(*size)
+        window.show()
+        return window
+
+    return show
+
+
+@pytest.fixture
+def fake_window(make_controller, load_fake_model, show_window):
+    """A shown MainWindow on a real AppController around the FakeEngine ``engine``, its model loaded."""
+
+    def make(engine: FakeEngine) -> MainWindow:
+        controller = make_controller(engine)
+        load_fake_model(controller)
+        return show_window(controller)
+
+    return make
+
+
+@pytest.fixture
+def llama_controller(qtbot, make_controller, tiny_model: Path):
+    """A real AppController on the real llama.cpp (a LlamaEngine) with the tiny model loaded; returns
+    ``(controller, engine)``. ``planned``: the plan is made for a simulated 32 GB CPU-only machine
+    and the context is 1,024 tokens (else the app's own planner and the settings' context)."""
+    from app.core.engine import LlamaEngine
+    from app.core.hardware import SimulatedHardware
+    from app.core.planner import PlanOverrides, plan_load
+
+    def make(settings: Settings, *, planned: bool = True) -> tuple[AppController, LlamaEngine]:
+        engine = LlamaEngine()
+        if planned:
+            hardware = SimulatedHardware.cpu_only(ram_gb=32).probe()
+            controller = make_controller(
+                engine, settings, planner=lambda request: plan_load(request, hardware)
+            )
+        else:
+            controller = make_controller(engine, settings)
+        with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
+            controller.models.load_model(str(tiny_model), PlanOverrides(n_ctx=1024) if planned else None)
+        return controller, engine
+
+    return make
 
 
 @pytest.fixture

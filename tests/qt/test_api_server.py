@@ -32,12 +32,9 @@ SETTINGS = Settings(n_ctx=2048, n_threads=1, max_tokens=64, api_server=True, api
 
 
 @pytest.fixture
-def served(qtbot, make_controller, tiny_model: Path) -> tuple[AppController, LlamaEngine]:
+def served(llama_controller) -> tuple[AppController, LlamaEngine]:
     """An app with the tiny model loaded and its API server on (any free port)."""
-    engine = LlamaEngine()
-    controller = make_controller(engine, SETTINGS)  # type: ignore[arg-type]
-    with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
-        controller.models.load_model(str(tiny_model))
+    controller, engine = llama_controller(SETTINGS, planned=False)
     assert controller.api.address.startswith("127.0.0.1:")
     return controller, engine
 

@@ -15,13 +15,11 @@ import openai
 import pytest
 
 from app.core import tools
-from app.core.engine import LlamaEngine
 from tests.fakes import FakeEngine
 from tests.qt.test_api_server import SETTINGS, client, raw
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
+    from app.core.engine import LlamaEngine
     from app.workers.controller import AppController
 
 ADD = {
@@ -41,12 +39,8 @@ QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 
 @pytest.fixture
-def real(qtbot, make_controller, tiny_model: Path) -> tuple[AppController, LlamaEngine]:
-    engine = LlamaEngine()
-    controller = make_controller(engine, SETTINGS)  # type: ignore[arg-type]
-    with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
-        controller.models.load_model(str(tiny_model))
-    return controller, engine
+def real(llama_controller) -> tuple[AppController, LlamaEngine]:
+    return llama_controller(SETTINGS, planned=False)
 
 
 @pytest.fixture

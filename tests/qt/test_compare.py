@@ -10,20 +10,17 @@ import pytest
 from PySide6.QtCore import Qt
 
 from app.config import Settings
-from app.core.engine import LlamaEngine
-from app.core.hardware import SimulatedHardware
-from app.core.planner import PlanOverrides, plan_load
 from app.ui.compare_view import CompareDialog
-from app.ui.main_window import MainWindow
 from app.ui.message_widget import MessageWidget
 from app.workers.conversations import CompareSide
 from tests.fakes import FakeEngine
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
+    from app.core.engine import LlamaEngine
     from app.core.types import SamplingParams
+    from app.ui.main_window import MainWindow
 
 pytestmark = pytest.mark.qt_log_ignore(
     "This plugin does not support propagateSizeHints", "This plugin does not support raise"
@@ -31,22 +28,10 @@ pytestmark = pytest.mark.qt_log_ignore(
 
 
 @pytest.fixture
-def real_window(qtbot, make_controller, tiny_model: Path) -> Callable[[int], tuple[MainWindow, LlamaEngine]]:
+def real_window(llama_controller, show_window) -> Callable[[int], tuple[MainWindow, LlamaEngine]]:
     def make(max_tokens: int) -> tuple[MainWindow, LlamaEngine]:
-        hardware = SimulatedHardware.cpu_only(ram_gb=32).probe()
-        engine = LlamaEngine()
-        controller = make_controller(
-            engine,
-            Settings(n_threads=1, max_tokens=max_tokens),
-            planner=lambda request: plan_load(request, hardware),
-        )
-        with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
-            controller.models.load_model(str(tiny_model), PlanOverrides(n_ctx=1024))
-        window = MainWindow(controller)
-        qtbot.addWidget(window)
-        window.resize(1000, 700)
-        window.show()
-        return window, engine
+        controller, engine = llama_controller(Settings(n_threads=1, max_tokens=max_tokens))
+        return show_window(controller, (1000, 700)), engine
 
     return make
 
@@ -173,15 +158,11 @@ def test_stop_during_compare_keeps_both_partial_and_whole_answers(qtbot, real_wi
     assert chats.messages()[-1].id == right.id  # a stopped answer can be kept (and continued)
 
 
-def test_stop_during_the_first_answer_writes_no_second(qtbot, make_controller, load_fake_model) -> None:
+def test_stop_during_the_first_answer_writes_no_second(qtbot, fake_window) -> None:
     engine = FakeEngine(pieces=["The left answer"])
     engine.hold = True
-    controller = make_controller(engine)
-    load_fake_model(controller)
-    window = MainWindow(controller)
-    qtbot.addWidget(window)
-    window.show()
-    chats = controller.conversations
+    window = fake_window(engine)
+    chats = window.conversations
     chats.compare("q", CompareSide("Default"), CompareSide("Precise"))
     qtbot.waitUntil(lambda: chats.compare_run is not None and len(chats.compare_run.answers) == 1)
     qtbot.waitUntil(lambda: window.chat_view.compare_panel.answer(0).text == "The left answer")
@@ -231,14 +212,9 @@ def test_compare_refuses_what_it_cannot_do(qtbot, make_controller, load_fake_mod
 
 
 # -- Delete this branch ------------------------------------------------------------------------------
-def test_delete_a_branch_from_the_context_menu(qtbot, make_controller, load_fake_model) -> None:
-    engine = FakeEngine(pieces=["answer"])
-    controller = make_controller(engine)
-    load_fake_model(controller)
-    window = MainWindow(controller)
-    qtbot.addWidget(window)
-    window.show()
-    chats = controller.conversations
+def test_delete_a_branch_from_the_context_menu(qtbot, fake_window) -> None:
+    window = fake_window(FakeEngine(pieces=["answer"]))
+    chats = window.conversations
     _send(qtbot, window, "question")
     for _ in range(2):
         with qtbot.waitSignal(chats.generation_finished, timeout=5000):

@@ -9,15 +9,13 @@ import pytest
 from PySide6.QtCore import Qt
 
 from app.config import Settings
-from app.core.engine import LlamaEngine
-from app.core.hardware import SimulatedHardware
-from app.core.planner import PlanOverrides, plan_load
-from app.ui.main_window import MainWindow
 from app.ui.message_widget import MessageWidget
 from tests.fakes import FakeEngine
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from app.ui.main_window import MainWindow
+
+    pass
 
 pytestmark = pytest.mark.qt_log_ignore(
     "This plugin does not support propagateSizeHints", "This plugin does not support raise"
@@ -33,19 +31,10 @@ def _answers(window: MainWindow) -> list[MessageWidget]:
 
 
 def test_continue_a_length_limited_answer_on_the_real_tiny_model(
-    qtbot, make_controller, tiny_model: Path
+    qtbot, llama_controller, show_window
 ) -> None:
-    hardware = SimulatedHardware.cpu_only(ram_gb=32).probe()
-    engine = LlamaEngine()
-    controller = make_controller(
-        engine, Settings(n_threads=1, max_tokens=6), planner=lambda request: plan_load(request, hardware)
-    )
-    with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
-        controller.models.load_model(str(tiny_model), PlanOverrides(n_ctx=1024))
-    window = MainWindow(controller)
-    qtbot.addWidget(window)
-    window.resize(900, 700)
-    window.show()
+    controller, engine = llama_controller(Settings(n_threads=1, max_tokens=6))
+    window = show_window(controller, (900, 700))
     chats = controller.conversations
 
     # the tiny model rarely ends on its own: answers are cut at 6 tokens, until one is
@@ -84,17 +73,11 @@ def test_continue_a_length_limited_answer_on_the_real_tiny_model(
     assert len(chats.store.tree(chats.current_conversation_id)) == len(chats.messages())
 
 
-def test_a_stopped_answer_continues_and_only_the_last_answer_offers_it(
-    qtbot, make_controller, load_fake_model
-) -> None:
+def test_a_stopped_answer_continues_and_only_the_last_answer_offers_it(qtbot, fake_window) -> None:
     engine = FakeEngine(pieces=["Once upon a time"])
     engine.hold = True
-    controller = make_controller(engine)
-    load_fake_model(controller)
-    window = MainWindow(controller)
-    qtbot.addWidget(window)
-    window.show()
-    chats = controller.conversations
+    window = fake_window(engine)
+    chats = window.conversations
     chats.send("a story")
     qtbot.waitUntil(lambda: bool(_answers(window)) and _answers(window)[-1].text == "Once upon a time")
     with qtbot.waitSignal(chats.generation_finished, timeout=5000):

@@ -3,17 +3,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from app.config import Settings
-from app.core.engine import LlamaEngine
-from app.core.hardware import SimulatedHardware
-from app.core.planner import PlanOverrides, plan_load
 from app.core.presets import ConversationOptions
 from tests.fakes import FakeEngine
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 def _answer(qtbot, chats, text: str) -> None:
@@ -21,18 +13,10 @@ def _answer(qtbot, chats, text: str) -> None:
         chats.send(text)
 
 
-def test_a_per_chat_system_prompt_reaches_the_rendered_prompt(
-    qtbot, make_controller, tiny_model: Path
-) -> None:
-    hardware = SimulatedHardware.cpu_only(ram_gb=32).probe()
-    engine = LlamaEngine()
-    controller = make_controller(
-        engine,
-        Settings(n_threads=1, max_tokens=4, system_prompt="The app's instructions."),
-        planner=lambda request: plan_load(request, hardware),
+def test_a_per_chat_system_prompt_reaches_the_rendered_prompt(qtbot, llama_controller) -> None:
+    controller, engine = llama_controller(
+        Settings(n_threads=1, max_tokens=4, system_prompt="The app's instructions.")
     )
-    with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
-        controller.models.load_model(str(tiny_model), PlanOverrides(n_ctx=1024))
     chats = controller.conversations
     chats.set_conversation_options(ConversationOptions(system_prompt="Only talk about lighthouses."))
     _answer(qtbot, chats, "hello")

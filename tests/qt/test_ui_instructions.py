@@ -10,16 +10,11 @@ import pytest
 from PySide6.QtCore import Qt
 
 from app.config import Settings, load_settings
-from app.core.engine import LlamaEngine
-from app.core.hardware import SimulatedHardware
-from app.core.planner import PlanOverrides, plan_load
 from app.core.presets import ConversationOptions
 from app.ui.main_window import MainWindow
 from tests.fakes import FakeEngine
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from app.ui.instructions_dialog import InstructionsDialog
     from app.workers.controller import AppController
 
@@ -97,18 +92,10 @@ def test_choosing_a_preset_sets_the_next_answers_sampling(qtbot, make_controller
     assert window.instructions_button.text() == "Precise · own sampling"
 
 
-def test_an_edited_system_prompt_reaches_the_rendered_prompt(
-    qtbot, make_controller, tiny_model: Path
-) -> None:
-    hardware = SimulatedHardware.cpu_only(ram_gb=32).probe()
-    engine = LlamaEngine()
-    controller = make_controller(
-        engine,
-        Settings(n_threads=1, max_tokens=4, system_prompt="The app's instructions."),
-        planner=lambda request: plan_load(request, hardware),
+def test_an_edited_system_prompt_reaches_the_rendered_prompt(qtbot, llama_controller) -> None:
+    controller, engine = llama_controller(
+        Settings(n_threads=1, max_tokens=4, system_prompt="The app's instructions.")
     )
-    with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
-        controller.models.load_model(str(tiny_model), PlanOverrides(n_ctx=1024))
     window = _window(qtbot, controller)
     dialog = _open(qtbot, window)
     dialog.prompt_edit.selectAll()
