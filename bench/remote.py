@@ -21,6 +21,7 @@ load parameters but no ``tensor_split``): tokens/s of each and whether the greed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -34,10 +35,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.core.engine.remote import RemoteEngine, ServerConfig
 from app.core.tiny_model import write_tiny_model
 from app.core.types import ChatMessage, SamplingParams
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from app.core.engine import LlamaEngine
 
 
 def free_port() -> int:
@@ -161,47 +168,15 @@ def rpc_rows(rpc_binary: Path, model: Path, tmp: Path, runs: int, tokens: int) -
     from app.core.engine import LlamaEngine
     from app.core.types import LoadParams
 
-    servers = []
-    for name in ("a", "b"):
-        port = free_port()
-        with (tmp / f"rpc-{name}.log").open("wb") as out:
-            command = [str(rpc_binary), "--host", "127.0.0.1", "--port", str(port), "--threads", "1"]
-            servers.append((subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), port))
-    try:
-        for _process, port in servers:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"rpc-server on port {port} did not start") from None
-                    time.sleep(0.1)
-        endpoints = tuple(f"127.0.0.1:{port}" for _process, port in servers)
+    with _rpc_servers(rpc_binary, tmp, (0, 0)) as endpoints:
         sampling = SamplingParams(temperature=0.0, max_tokens=tokens, seed=1)
         med: dict[str, tuple[float, float]] = {}
         engine = LlamaEngine()
         for side, pool in (("local", ()), ("2 × RPC", endpoints)):
             engine.load(LoadParams(model, n_ctx=1024, n_threads=1, n_threads_batch=1, compute_servers=pool))
-            rows = []
-            for run in range(runs + 1):
-                messages = [ChatMessage.user(f"Question {run}: say hello.")]
-                started = time.perf_counter()
-                first = last = 0.0
-                pieces = 0
-                for _piece in engine.stream_chat(messages, sampling, threading.Event()):
-                    last = time.perf_counter()
-                    first = first or last
-                    pieces += 1
-                if run:
-                    rows.append((first - started, (pieces - 1) / (last - first)))
+            rows, _answers = _timed_answers(engine, sampling, runs)
             engine.unload()
             med[side] = (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows))
-    finally:
-        for process, _port in servers:
-            process.kill()
-            process.wait()
     print(
         f"llama.cpp RPC {os.environ.get('BENCH_NOTE', '')}: tiny llama4, 1 thread, {runs} runs each, "
         f"{tokens} tokens"
@@ -214,35 +189,50 @@ def rpc_rows(rpc_binary: Path, model: Path, tmp: Path, runs: int, tokens: int) -
     )
 
 
-def _start_rpc_servers(
-    rpc_binary: Path, tmp: Path, memory_mib: tuple[int, ...]
-) -> list[tuple[subprocess.Popen[bytes], int]]:
-    """``rpc-server`` processes on 127.0.0.1 (one thread), each declaring ``memory_mib`` (0: the
-    machine's own), waited for until they accept connections."""
-    from tests.remote_servers import MemoryLimit, memory_shim
+@contextlib.contextmanager
+def _rpc_servers(rpc_binary: Path, tmp: Path, memory_mib: tuple[int, ...]) -> Iterator[tuple[str, ...]]:
+    """``rpc-server`` processes on 127.0.0.1 (tests/remote_servers.py ``rpc_server``: one thread,
+    waited for until they accept connections, killed afterwards), each declaring ``memory_mib``
+    (0: the machine's own); yields their endpoints."""
+    from tests.remote_servers import MemoryLimit, memory_shim, rpc_server
 
     shim = memory_shim(tmp) if any(memory_mib) else None
     if any(memory_mib) and shim is None:
         raise SystemExit("no C compiler for the memory shim the sized compute servers need")
-    servers = []
-    for index, mib in enumerate(memory_mib):
-        port = free_port()
-        env = {**os.environ, **MemoryLimit(shim, mib).env()} if mib and shim is not None else None
-        with (tmp / f"rpc-sized-{index}.log").open("wb") as out:
-            command = [str(rpc_binary), "--host", "127.0.0.1", "--port", str(port), "--threads", "1"]
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        servers.append((process, port))
-    for _process, port in servers:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"rpc-server on port {port} did not start") from None
-                time.sleep(0.1)
-    return servers
+    with contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(
+                rpc_server(
+                    rpc_binary,
+                    tmp / f"rpc-{index}.log",
+                    memory=MemoryLimit(shim, mib) if mib and shim is not None else None,
+                )
+            )
+            for index, mib in enumerate(memory_mib)
+        ]
+        yield tuple(f"127.0.0.1:{server.port}" for server in servers)
+
+
+def _timed_answers(
+    engine: LlamaEngine, sampling: SamplingParams, runs: int
+) -> tuple[list[tuple[float, float]], list[str]]:
+    """``runs`` + 1 answers (the first warms up) to "Question N: say hello.": (TTFT s, tokens/s from
+    the first piece to the last) of each but the first, and the text of every answer."""
+    rows: list[tuple[float, float]] = []
+    answers: list[str] = []
+    for run in range(runs + 1):
+        messages = [ChatMessage.user(f"Question {run}: say hello.")]
+        started = time.perf_counter()
+        first = last = 0.0
+        pieces: list[str] = []
+        for piece in engine.stream_chat(messages, sampling, threading.Event()):
+            last = time.perf_counter()
+            first = first or last
+            pieces.append(piece)
+        answers.append("".join(pieces))
+        if run:
+            rows.append((first - started, (len(pieces) - 1) / (last - first)))
+    return rows, answers
 
 
 def split_rows(rpc_binary: Path, model: Path, tmp: Path, runs: int, tokens: int) -> None:
@@ -254,9 +244,7 @@ def split_rows(rpc_binary: Path, model: Path, tmp: Path, runs: int, tokens: int)
     from app.core.hardware import SystemHardware, with_remote_devices
     from app.core.planner import LoadRequest, PlanOverrides, plan_load
 
-    servers = _start_rpc_servers(rpc_binary, tmp, (1024, 4096))
-    try:
-        endpoints = tuple(f"127.0.0.1:{port}" for _process, port in servers)
+    with _rpc_servers(rpc_binary, tmp, (1024, 4096)) as endpoints:
         devices = compute_devices(endpoints)
         hardware = with_remote_devices(SystemHardware().probe(), [d.as_device() for d in devices])
         request = LoadRequest(model, PlanOverrides(n_ctx=1024), n_threads=1, compute_servers=endpoints)
@@ -274,19 +262,7 @@ def split_rows(rpc_binary: Path, model: Path, tmp: Path, runs: int, tokens: int)
             for line in placed:
                 device = line.rsplit("device ", 1)[-1].split(",")[0].strip()
                 where[device] = where.get(device, 0) + 1
-            rows, answers = [], []
-            for run in range(runs + 1):
-                messages = [ChatMessage.user(f"Question {run}: say hello.")]
-                started = time.perf_counter()
-                first = last = 0.0
-                pieces: list[str] = []
-                for piece in engine.stream_chat(messages, sampling, threading.Event()):
-                    last = time.perf_counter()
-                    first = first or last
-                    pieces.append(piece)
-                answers.append("".join(pieces))
-                if run:
-                    rows.append((first - started, (len(pieces) - 1) / (last - first)))
+            rows, answers = _timed_answers(engine, sampling, runs)
             engine.unload()
             layout = ", ".join(f"{n} on {device}" for device, n in where.items())
             results[side] = (
@@ -295,10 +271,6 @@ def split_rows(rpc_binary: Path, model: Path, tmp: Path, runs: int, tokens: int)
                 layout,
                 "\n".join(answers),
             )
-    finally:
-        for process, _port in servers:
-            process.kill()
-            process.wait()
     print(
         f"planner split vs llama.cpp's default split {os.environ.get('BENCH_NOTE', '')}: tiny llama4, "
         f"1 thread, 2 loopback rpc-servers declaring 1 GiB ({endpoints[0]}) and 4 GiB ({endpoints[1]}), "
