@@ -348,19 +348,25 @@ class MemoryLimit:
         return {"LD_PRELOAD": str(self.shim), "SCOUT_TEST_MEMORY_MIB": str(self.mib)}
 
 
-def memory_shim(directory: Path) -> Path | None:
-    """The sysconf shim built with the C compiler (None, when there is none or not on Linux)."""
+def _preload_library(directory: Path, name: str, source_text: str) -> Path | None:
+    """``source_text`` built with the C compiler into ``directory``/lib``name``.so, to LD_PRELOAD
+    (None, when there is no compiler or not on Linux)."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if not sys.platform.startswith("linux") or compiler is None:
         return None
-    source, library = directory / "memory_shim.c", directory / "libmemory_shim.so"
-    source.write_text(_MEMORY_SHIM)
+    source, library = directory / f"{name}.c", directory / f"lib{name}.so"
+    source.write_text(source_text)
     subprocess.run(
         [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"],
         check=True,
         capture_output=True,
     )
     return library
+
+
+def memory_shim(directory: Path) -> Path | None:
+    """The sysconf shim built with the C compiler (None, when there is none or not on Linux)."""
+    return _preload_library(directory, "memory_shim", _MEMORY_SHIM)
 
 
 # The socket audit's recorder for the processes the app starts (the engine process, whose compute
@@ -405,14 +411,4 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
 def connect_recorder(directory: Path) -> Path | None:
     """The connect() recorder (LD_PRELOAD it with SCOUT_TEST_CONNECT_LOG set); None when there is
     no C compiler or not on Linux."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if not sys.platform.startswith("linux") or compiler is None:
-        return None
-    source, library = directory / "connect_recorder.c", directory / "libconnect_recorder.so"
-    source.write_text(_CONNECT_SHIM)
-    subprocess.run(
-        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"],
-        check=True,
-        capture_output=True,
-    )
-    return library
+    return _preload_library(directory, "connect_recorder", _CONNECT_SHIM)
