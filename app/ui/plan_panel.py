@@ -48,7 +48,7 @@ from app.ui.plan_widgets import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from PySide6.QtGui import QResizeEvent, QShowEvent
 
@@ -253,6 +253,16 @@ class PlanPanel(QDialog):
         buttons.addWidget(self.apply_button)
         return buttons
 
+    def _advanced_combo(self, choices: Sequence[tuple[str, object]], tooltip: str) -> QComboBox:
+        """A combo box of the Advanced settings: ``choices`` (label, value), ``tooltip``; a change
+        updates the preview."""
+        combo = QComboBox()
+        for label, value in choices:
+            combo.addItem(label, value)
+        combo.setToolTip(tooltip)
+        combo.currentIndexChanged.connect(self._on_advanced_input_changed)
+        return combo
+
     def _build_advanced(self) -> QWidget:
         box = QFrame()
         box.setObjectName("advancedBox")
@@ -274,41 +284,29 @@ class PlanPanel(QDialog):
         self.context_combo.addItem("Auto", None)
         self.context_combo.setToolTip("Context window in tokens; the KV cache grows with it")
         self.context_combo.currentIndexChanged.connect(self._on_advanced_input_changed)
-        self.kv_combo = QComboBox()
-        for label, value in KV_CHOICES:
-            self.kv_combo.addItem(label, value)
-        self.kv_combo.setToolTip(
+        self.kv_combo = self._advanced_combo(
+            KV_CHOICES,
             "Element type of the KV cache: q8_0 halves it with little loss, q4_0 quarters it. "
-            "A quantized cache needs flash attention"
+            "A quantized cache needs flash attention",
         )
-        self.kv_combo.currentIndexChanged.connect(self._on_advanced_input_changed)
-        self.flash_combo = QComboBox()
-        for label, flash in FLASH_CHOICES:
-            self.flash_combo.addItem(label, flash)
-        self.flash_combo.setToolTip(
+        self.flash_combo = self._advanced_combo(
+            FLASH_CHOICES,
             "Auto: on with a GPU (faster, smaller buffers); off on a CPU-only machine when its "
-            "larger buffers fit, because llama.cpp's CPU flash attention is slower"
+            "larger buffers fit, because llama.cpp's CPU flash attention is slower",
         )
-        self.flash_combo.currentIndexChanged.connect(self._on_advanced_input_changed)
-        self.ubatch_combo = QComboBox()
-        for label, ubatch in UBATCH_CHOICES:
-            self.ubatch_combo.addItem(label, ubatch)
-        self.ubatch_combo.setToolTip(
+        self.ubatch_combo = self._advanced_combo(
+            UBATCH_CHOICES,
             "Tokens of a prompt read at a time (n_ubatch). Auto: 512, larger on a GPU machine with "
             "weights in system RAM (they are copied to the GPU once per batch), as far as its larger "
-            "buffers fit"
+            "buffers fit",
         )
-        self.ubatch_combo.currentIndexChanged.connect(self._on_advanced_input_changed)
-        self.speculation_combo = QComboBox()
-        for label, choice in SPECULATION_CHOICES:
-            self.speculation_combo.addItem(label, choice)
-        self.speculation_combo.setToolTip(
+        self.speculation_combo = self._advanced_combo(
+            SPECULATION_CHOICES,
             "Draft-free speculation: the next tokens are guessed from the document and the "
             "conversation (answers that quote) and checked in one batch. Auto: with flash attention "
             "only, and only while it saves time. On: always (without flash attention a near-tie "
-            "can then go the other way)"
+            "can then go the other way)",
         )
-        self.speculation_combo.currentIndexChanged.connect(self._on_advanced_input_changed)
         self.advanced_note = _label("planMuted")
         self.advanced_note.hide()
         form = QFormLayout(box)
