@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.heartbeat import gui_stalls
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
@@ -71,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import openai
-    from PySide6.QtCore import QCoreApplication, QElapsedTimer, QEventLoop, Qt, QTimer
+    from PySide6.QtCore import QCoreApplication, QEventLoop
 
     from app.config import AppPaths, Settings
     from app.core.engine.process import EngineProxy
@@ -158,33 +160,9 @@ def main() -> None:
         tokens = int(out["tokens"])
         return out["first"], tokens / max(1e-9, out["last"] - out["first"]), tokens
 
-    def stalls(until: Any) -> list[float]:
-        """How late (ms beyond its 5 ms period) each heartbeat tick fired until ``until()``."""
-        period_ms = 5
-        lateness: list[float] = []
-        clock = QElapsedTimer()
-        last = [0.0]
-
-        def beat() -> None:
-            now = clock.nsecsElapsed() / 1e6
-            lateness.append(max(0.0, now - last[0] - period_ms))
-            last[0] = now
-
-        heartbeat = QTimer()
-        heartbeat.setTimerType(Qt.TimerType.PreciseTimer)
-        heartbeat.setInterval(period_ms)
-        heartbeat.timeout.connect(beat)
-        clock.start()
-        heartbeat.start()
-        while not until():
-            QCoreApplication.processEvents()
-            time.sleep(0.0005)
-        heartbeat.stop()
-        return lateness
-
     def burst(count: int) -> None:
         idle_end = time.monotonic() + 1.5
-        idle = stalls(lambda: time.monotonic() > idle_end)
+        idle = gui_stalls(lambda: time.monotonic() > idle_end)
         spawn = multiprocessing.get_context("spawn")
         results = spawn.Queue()
         clients = spawn.Process(
@@ -202,7 +180,7 @@ def main() -> None:
             return bool(got)
 
         started = time.perf_counter()
-        late = stalls(done)
+        late = gui_stalls(done)
         took = time.perf_counter() - started
         clients.join()
         statuses = [status for status, _s in got[0]]

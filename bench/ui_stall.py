@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.heartbeat import gui_stalls
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 CHUNK = """
@@ -75,7 +77,6 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=150.0, help="tokens per second from the engine")
     args = parser.parse_args()
 
-    from PySide6.QtCore import QElapsedTimer, QTimer
     from PySide6.QtWidgets import QApplication
 
     from app.config import AppPaths, Settings
@@ -97,49 +98,15 @@ def main() -> int:
         window.resize(1200, 820)
         window.show()
 
-        period_ms = 5
-        lateness: list[float] = []
-        clock = QElapsedTimer()
-        last = [0.0]
-
-        def beat() -> None:
-            now = clock.nsecsElapsed() / 1e6
-            lateness.append(max(0.0, now - last[0] - period_ms))
-            last[0] = now
-
-        heartbeat = QTimer()
-        heartbeat.setTimerType(heartbeat.timerType().PreciseTimer)
-        heartbeat.setInterval(period_ms)
-        heartbeat.timeout.connect(beat)
-
-        def measure(seconds: float) -> list[float]:
-            lateness.clear()
-            clock.start()
-            last[0] = 0.0
-            heartbeat.start()
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                app.processEvents()
-                time.sleep(0.0005)
-            heartbeat.stop()
-            return list(lateness)
-
         controller.models.load_model("stand-in.gguf")
-        idle = measure(1.5)  # baseline: idle window, same run
+        idle_end = time.monotonic() + 1.5
+        idle = gui_stalls(lambda: time.monotonic() > idle_end)  # baseline: idle window, same run
 
         finished = [False]
         controller.conversations.generation_finished.connect(lambda *_: finished.__setitem__(0, True))
         controller.conversations.send("Show me, in many parts, how to read a CSV file and average a column.")
-        lateness.clear()
-        clock.start()
-        last[0] = 0.0
-        heartbeat.start()
         started = time.monotonic()
-        while not finished[0] and time.monotonic() - started < 300:
-            app.processEvents()
-            time.sleep(0.0005)
-        heartbeat.stop()
-        streaming = list(lateness)
+        streaming = gui_stalls(lambda: finished[0] or time.monotonic() - started >= 300)
         elapsed = time.monotonic() - started
         rendered = window.chat_view.last_message("assistant")
         controller.shutdown()
