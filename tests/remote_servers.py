@@ -23,10 +23,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from app.core.engine.remote import RemoteEngine, ServerConfig
+from app.core.tools import TOOL_ROLE
+from app.core.types import ChatMessage
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from app.core.types import SamplingParams
 
 API_KEY = "sk-test-0123456789abcdef"  # what the tests' server requires
 START_TIMEOUT_S = 120.0
@@ -49,6 +53,23 @@ def connect(server: RunningServer, **config: object) -> RemoteEngine:
     _OPEN.append(engine)
     engine.load()
     return engine
+
+
+def check_a_tool_result_is_accepted(
+    server: RunningServer, question: list[ChatMessage], sampling: SamplingParams
+) -> None:
+    """A tool's result after the model's call, as the app sends it (Llama 4's "ipython" message
+    goes as OpenAI's "tool" message, which servers checking OpenAI's schema accept), is answered
+    and counted in the prompt's tokens."""
+    engine = connect(server)
+    messages = [
+        *question,
+        ChatMessage("assistant", '{"name": "add", "parameters": {"a": 2, "b": 3}}'),
+        ChatMessage(TOOL_ROLE, "5"),
+    ]
+    pieces = list(engine.stream_chat(messages, sampling, threading.Event()))
+    assert "".join(pieces).strip()
+    assert engine.count_chat_tokens(messages) > engine.count_chat_tokens(messages[:-1])
 
 
 def free_port() -> int:

@@ -25,10 +25,10 @@ from app.core.engine.remote import (
     ServerUnreachableError,
     probe_server,
 )
-from app.core.tools import TOOL_ROLE
 from app.core.types import ChatMessage, FinishReason, LoadParams, SamplingParams
 from tests.remote_servers import (  # noqa: F401 - close_remote_engines: fixture
     API_KEY,
+    check_a_tool_result_is_accepted,
     close_remote_engines,
     connect,
     free_port,
@@ -87,17 +87,7 @@ def test_an_answer_streams_with_its_figures(server: RunningServer) -> None:
 
 
 def test_a_tool_result_is_accepted_and_counted(server: RunningServer) -> None:
-    """A tool's result after the model's call, as the app sends it (Llama 4's "ipython" message
-    goes as OpenAI's "tool" message, which servers checking OpenAI's schema accept)."""
-    engine = connect(server)
-    messages = [
-        *QUESTION,
-        ChatMessage("assistant", '{"name": "add", "parameters": {"a": 2, "b": 3}}'),
-        ChatMessage(TOOL_ROLE, "5"),
-    ]
-    pieces = list(engine.stream_chat(messages, GREEDY, threading.Event()))
-    assert "".join(pieces).strip()
-    assert engine.count_chat_tokens(messages) > engine.count_chat_tokens(messages[:-1])
+    check_a_tool_result_is_accepted(server, QUESTION, GREEDY)
 
 
 def test_token_counts_come_from_the_server(server: RunningServer, tiny_model: Path) -> None:

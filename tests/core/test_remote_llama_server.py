@@ -22,9 +22,14 @@ from app.core.engine.remote import (
     ServerUnreachableError,
     probe_server,
 )
-from app.core.tools import TOOL_ROLE
 from app.core.types import ChatMessage, FinishReason, LoadParams, SamplingParams
-from tests.remote_servers import API_KEY, close_remote_engines, connect, llama_server  # noqa: F401 - fixture
+from tests.remote_servers import (  # noqa: F401 - fixture
+    API_KEY,
+    check_a_tool_result_is_accepted,
+    close_remote_engines,
+    connect,
+    llama_server,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -102,17 +107,7 @@ def test_an_answer_streams_with_the_servers_timings_and_prompt_progress(server: 
 
 
 def test_a_tool_result_is_accepted_and_counted(server: RunningServer) -> None:
-    """A tool's result after the model's call, as the app sends it (Llama 4's "ipython" message
-    goes as OpenAI's "tool" message, which servers checking OpenAI's schema accept)."""
-    engine = connect(server)
-    messages = [
-        *QUESTION,
-        ChatMessage("assistant", '{"name": "add", "parameters": {"a": 2, "b": 3}}'),
-        ChatMessage(TOOL_ROLE, "5"),
-    ]
-    pieces = list(engine.stream_chat(messages, GREEDY, threading.Event()))
-    assert "".join(pieces).strip()
-    assert engine.count_chat_tokens(messages) > engine.count_chat_tokens(messages[:-1])
+    check_a_tool_result_is_accepted(server, QUESTION, GREEDY)
 
 
 def test_token_counts_come_from_the_server(server: RunningServer, tiny_model: Path) -> None:
