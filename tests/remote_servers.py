@@ -429,6 +429,20 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
 """
 
 
+@contextlib.contextmanager
+def sized_rpc_servers(binary: Path, directory: Path) -> Iterator[list[RunningServer]]:
+    """Two compute servers (:func:`rpc_server`) that report 1 GiB and 4 GiB of memory; skips the test
+    when there is no C compiler for the memory shim."""
+    shim = memory_shim(directory)
+    if shim is None:
+        pytest.skip("no C compiler to build the memory shim the sized compute servers need")
+    with (
+        rpc_server(binary, directory / "rpc-small.log", memory=MemoryLimit(shim, 1024)) as small,
+        rpc_server(binary, directory / "rpc-big.log", memory=MemoryLimit(shim, 4096)) as big,
+    ):
+        yield [small, big]
+
+
 def connect_recorder(directory: Path) -> Path | None:
     """The connect() recorder (LD_PRELOAD it with SCOUT_TEST_CONNECT_LOG set); None when there is
     no C compiler or not on Linux."""

@@ -18,7 +18,7 @@ from app.core.engine.rpc import ComputeServerError, lost_compute_server, parse_e
 from app.core.hardware import SystemHardware, with_remote_devices
 from app.core.planner import LoadRequest, PlanOverrides, plan_load
 from app.core.types import ChatMessage, LoadParams, SamplingParams
-from tests.remote_servers import MemoryLimit, free_port, memory_shim, rpc_server
+from tests.remote_servers import free_port, rpc_server, sized_rpc_servers
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -61,14 +61,8 @@ def endpoints(servers: list[RunningServer]) -> tuple[str, ...]:
 @pytest.fixture
 def sized_servers(tools: LlamaTools, tmp_path: Path) -> Iterator[list[RunningServer]]:
     """Two compute servers that report 1 GiB and 4 GiB of memory."""
-    shim = memory_shim(tmp_path)
-    if shim is None:
-        pytest.skip("no C compiler to build the memory shim the sized compute servers need")
-    with (
-        rpc_server(tools.rpc_server, tmp_path / "rpc-small.log", memory=MemoryLimit(shim, 1024)) as small,
-        rpc_server(tools.rpc_server, tmp_path / "rpc-big.log", memory=MemoryLimit(shim, 4096)) as big,
-    ):
-        yield [small, big]
+    with sized_rpc_servers(tools.rpc_server, tmp_path) as servers:
+        yield servers
 
 
 def local_answer(model: Path, tmp_path: Path) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from app.config import Settings, load_settings
 from app.core.engine.llama_tools import find_llama_tools, why_missing
-from tests.remote_servers import MemoryLimit, free_port, memory_shim, rpc_server
+from tests.remote_servers import free_port, rpc_server, sized_rpc_servers
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,13 +40,7 @@ def test_the_last_model_is_reloaded_at_start_across_two_compute_servers_as_plann
     start_app: AppLauncher, qtbot: QtBot, tiny_model: Path, tmp_path: Path
 ) -> None:
     assert TOOLS is not None
-    shim = memory_shim(tmp_path)
-    if shim is None:
-        pytest.skip("no C compiler to build the memory shim the sized compute servers need")
-    with (
-        rpc_server(TOOLS.rpc_server, tmp_path / "rpc-small.log", memory=MemoryLimit(shim, 1024)) as small,
-        rpc_server(TOOLS.rpc_server, tmp_path / "rpc-big.log", memory=MemoryLimit(shim, 4096)) as big,
-    ):
+    with sized_rpc_servers(TOOLS.rpc_server, tmp_path) as (small, big):
         servers = (f"127.0.0.1:{small.port}", f"127.0.0.1:{big.port}")
         settings = Settings(n_threads=1, n_ctx=512, last_model=str(tiny_model), compute_servers=servers)
         application = start_app(tmp_path / "data", settings=settings)
