@@ -19,13 +19,15 @@ if TYPE_CHECKING:
 class AppLauncher:
     """``launcher(data_dir, *args, settings=...)`` builds the app through ``build_application`` (with
     ``settings`` saved first when given, else ``first_settings`` when the folder has no settings yet),
-    shows its window (resized to ``size`` when set; ``wait_exposed``: until it is exposed) and keeps it
-    in ``running``; ``close`` shuts one down cleanly (``close_all``: the rest)."""
+    shows its window (unless ``show`` is False; resized to ``size`` when set; ``wait_exposed``: until
+    it is exposed) and keeps it in ``running``; ``wait_loaded`` waits for the model it loads at start,
+    ``close`` shuts one down cleanly (``close_all``: the rest)."""
 
     def __init__(self, qtbot: QtBot) -> None:
         self.qtbot = qtbot
         self.size: tuple[int, int] | None = None
         self.wait_exposed = False
+        self.show = True
         self.first_settings: Settings | None = None
         self.running: list[Application] = []
 
@@ -41,11 +43,19 @@ class AppLauncher:
         self.qtbot.addWidget(application.window)
         if self.size is not None:
             application.window.resize(*self.size)
-        application.window.show()
+        if self.show:
+            application.window.show()
         if self.wait_exposed:
             self.qtbot.waitExposed(application.window)
         self.running.append(application)
         return application
+
+    def wait_loaded(self, application: Application, timeout_ms: int = 60_000) -> None:
+        """Wait until the model the app loads at start is loaded (at once when it is already)."""
+        models = application.controller.models
+        if models.model_info is None:
+            with self.qtbot.waitSignal(models.model_loaded, timeout=timeout_ms):
+                pass
 
     def close(self, application: Application) -> None:
         application.controller.shutdown()

@@ -15,11 +15,13 @@ from app.config import AppPaths, RedactingFormatter, load_settings, save_setting
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tests.launch import AppLauncher
+
 TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"  # the shape of a real token: hf_ + 34 alphanumerics
 
 
 def test_a_full_session_opens_no_socket(
-    qtbot, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    qtbot, start_app: AppLauncher, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     attempts: list[str] = []
     real_connect = socket.socket.connect  # already the suite's loopback guard: record before it
@@ -37,21 +39,17 @@ def test_a_full_session_opens_no_socket(
     monkeypatch.setattr(socket, "create_connection", record("create_connection", socket.create_connection))
     monkeypatch.setattr(socket, "getaddrinfo", record("getaddrinfo", socket.getaddrinfo))
 
-    from app.main import build_application, parse_args
-
+    start_app.show = False
     data = tmp_path / "data"
     doc = tmp_path / "notes about the lighthouse.md"
     doc.write_text("# Lighthouse\n\nThe keeper lights the lamp at dusk.\n", encoding="utf-8")
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "PNG")
     for round_ in range(2):  # the second round is the restart
-        application = build_application(parse_args(["--data-dir", str(data), "--model", str(tiny_model)]))
-        qtbot.addWidget(application.window)
+        application = start_app(data, "--model", str(tiny_model))
         controller = application.controller
         try:
-            if controller.models.model_info is None:
-                with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
-                    pass
+            start_app.wait_loaded(application)
             with qtbot.waitSignal(controller.attachments.attachment_updated, timeout=10_000):
                 controller.attachments.attach_files([str(doc)])
             with qtbot.waitSignal(controller.attachments.attachment_updated, timeout=10_000):
@@ -63,14 +61,12 @@ def test_a_full_session_opens_no_socket(
             with qtbot.waitSignal(controller.conversations.generation_finished, timeout=60_000):
                 controller.conversations.send(f"Round {round_}: what does the keeper do?")
         finally:
-            controller.shutdown()
-            application.window.close()
-            application.store.close()
+            start_app.close(application)
     assert attempts == [], attempts
 
 
 def test_with_a_server_and_a_compute_server_the_app_connects_only_to_them(
-    qtbot, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    qtbot, start_app: AppLauncher, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One OpenAI-compatible server (llama-server) and one compute server (rpc-server) configured,
     both on 127.0.0.1: an answer from the server, then the local model loaded across the compute
@@ -79,7 +75,6 @@ def test_with_a_server_and_a_compute_server_the_app_connects_only_to_them(
     is C) goes to one of those two addresses."""
     from app.config import Settings
     from app.core.engine.llama_tools import find_llama_tools, why_missing
-    from app.main import build_application, parse_args
     from tests.remote_servers import API_KEY, connect_recorder, llama_server, rpc_server
 
     tools = find_llama_tools()
@@ -112,19 +107,17 @@ def test_with_a_server_and_a_compute_server_the_app_connects_only_to_them(
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.setattr(socket.socket, "connect", connect)
         monkeypatch.setattr(socket, "create_connection", create_connection)
+        start_app.show = False
         data = tmp_path / "data"
         settings = Settings(
             n_threads=1, n_ctx=512, max_tokens=8, compute_servers=(f"127.0.0.1:{compute.port}",)
         )
-        save_settings(AppPaths.default(str(data)).ensure(), settings)
-        args = ["--data-dir", str(data), "--server", server.url, "--api-key-env", "SCOUT_TEST_KEY"]
-        application = build_application(parse_args(args))
-        qtbot.addWidget(application.window)
+        application = start_app(
+            data, "--server", server.url, "--api-key-env", "SCOUT_TEST_KEY", settings=settings
+        )
         controller = application.controller
         try:
-            if controller.models.model_info is None:
-                with qtbot.waitSignal(controller.models.model_loaded, timeout=60_000):
-                    pass
+            start_app.wait_loaded(application)
             assert controller.models.is_remote
             with qtbot.waitSignal(controller.conversations.generation_finished, timeout=60_000):
                 controller.conversations.send("From the server: say hello.")
@@ -135,9 +128,7 @@ def test_with_a_server_and_a_compute_server_the_app_connects_only_to_them(
             with qtbot.waitSignal(controller.conversations.generation_finished, timeout=60_000):
                 controller.conversations.send("From the compute server: say hello.")
         finally:
-            controller.shutdown()
-            application.window.close()
-            application.store.close()
+            start_app.close(application)
         allowed = {("127.0.0.1", server.port), ("127.0.0.1", compute.port)}
     children = [line.split() for line in children_log.read_text().splitlines()]
     elsewhere = [(host, int(port)) for _pid, host, port in children]
