@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QDialog, QMessageBox
+from PySide6.QtWidgets import QDialog
 
 from app.ui.compare_view import CompareDialog
+from app.ui.window_dialogs import confirm_delete
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,15 +24,12 @@ if TYPE_CHECKING:
 
 def ask_delete_branch(parent: QWidget) -> bool:
     """The default confirmation before a branch is deleted (a modal question)."""
-    answer = QMessageBox.question(
+    return confirm_delete(
         parent,
         "Delete this branch",
         "Delete this message and everything after it on this branch?\n"
         "The branch beside it stays and is shown instead; this cannot be undone.",
-        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
-        QMessageBox.StandardButton.Cancel,
     )
-    return answer == QMessageBox.StandardButton.Yes
 
 
 def ask_compare(dialog: CompareDialog) -> bool:

@@ -21,7 +21,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QInputDialog,
     QLabel,
-    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QVBoxLayout,
@@ -29,6 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.presets import ConversationOptions, Preset, all_presets
+from app.ui.window_dialogs import confirm_delete
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,14 +45,11 @@ def ask_preset_name(parent: QWidget, title: str, text: str) -> str | None:
 
 
 def confirm_preset_delete(parent: QWidget, name: str) -> bool:
-    answer = QMessageBox.question(
+    return confirm_delete(
         parent,
         "Delete preset",
         f"Delete the preset “{name}”?\nConversations that use it go back to the app settings.",
-        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
-        QMessageBox.StandardButton.Cancel,
     )
-    return answer == QMessageBox.StandardButton.Yes
 
 
 def _same(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:

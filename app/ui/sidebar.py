@@ -27,13 +27,13 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListView,
     QMenu,
-    QMessageBox,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
 from app.ui import theme
+from app.ui.window_dialogs import confirm_delete
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -259,14 +259,11 @@ class ConversationListModel(QAbstractListModel):
 
 def ask_confirmation(parent: QWidget, title: str) -> bool:
     """The default delete confirmation (a modal question)."""
-    answer = QMessageBox.question(
+    return confirm_delete(
         parent,
         "Delete conversation",
         f"Delete “{title}”?\nIts messages are removed from this computer; this cannot be undone.",
-        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
-        QMessageBox.StandardButton.Cancel,
     )
-    return answer == QMessageBox.StandardButton.Yes
 
 
 class ConversationSidebar(QFrame):

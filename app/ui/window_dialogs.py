@@ -51,6 +51,18 @@ def export_start_dir(last_export_dir: str) -> Path:
     return Path.home()
 
 
+def confirm_delete(parent: QWidget, title: str, text: str) -> bool:
+    """A modal question before something is deleted: Yes, or Cancel (the default); True for Yes."""
+    answer = QMessageBox.question(
+        parent,
+        title,
+        text,
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+        QMessageBox.StandardButton.Cancel,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
 def ask_resume_downloads(parent: QWidget, names: list[str]) -> bool:
     answer = QMessageBox.question(
         parent,
