@@ -64,6 +64,9 @@ def burst_clients(url: str, key: str, model: str, count: int, results: Any) -> N
     results.put(out)
 
 
+MIN_TOKENS = 128
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -71,6 +74,11 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=50, help="concurrent requests in the burst (0: none)")
     parser.add_argument("--model", type=Path, default=None, help="a GGUF (default: the generated tiny model)")
     args = parser.parse_args()
+    if args.tokens < MIN_TOKENS:
+        parser.error(
+            f"--tokens must be at least {MIN_TOKENS}: a shorter answer reaches the window in one or two "
+            "batches of pieces, so it has no meaningful rate"
+        )
 
     import openai
     from PySide6.QtCore import QCoreApplication, QEventLoop
@@ -116,6 +124,7 @@ def main() -> None:
             marks["last"] = time.perf_counter()
 
         def end(_id: int, stats: object) -> None:
+            marks["end"] = time.perf_counter()
             finished.append(stats)
 
         controller.conversations.tokens_streamed.connect(first)
@@ -127,7 +136,11 @@ def main() -> None:
         controller.conversations.tokens_streamed.disconnect(first)
         controller.conversations.generation_finished.disconnect(end)
         tokens = finished[0].completion_tokens  # type: ignore[attr-defined]
-        return marks["first"] - start, tokens / max(1e-9, marks["last"] - marks["first"]), tokens
+        # the window gets tokens in batches: a short answer can come in one (first == last), or
+        # only with the end; then the rate is over the whole answer, prompt included
+        first = marks.get("first", marks["end"])
+        span = marks["last"] - first if marks.get("last", first) > first else marks["end"] - start
+        return first - start, tokens / max(1e-9, span), tokens
 
     def api_run() -> tuple[float, float, int]:
         out: dict[str, float] = {}
@@ -151,6 +164,7 @@ def main() -> None:
                         out["last"] = time.perf_counter() - start
                     if chunk.usage is not None:
                         out["tokens"] = chunk.usage.completion_tokens
+                out["end"] = time.perf_counter() - start
             done.set()
 
         thread = threading.Thread(target=ask)
@@ -158,7 +172,9 @@ def main() -> None:
         wait(done)
         thread.join()
         tokens = int(out["tokens"])
-        return out["first"], tokens / max(1e-9, out["last"] - out["first"]), tokens
+        first = out.get("first", out["end"])
+        span = out["last"] - first if out.get("last", first) > first else out["end"]
+        return first, tokens / max(1e-9, span), tokens
 
     def burst(count: int) -> None:
         idle_end = time.monotonic() + 1.5
