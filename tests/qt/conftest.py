@@ -82,10 +82,10 @@ def show_window(qtbot):
 def fake_window(make_controller, load_fake_model, show_window):
     """A shown MainWindow on a real AppController around the FakeEngine ``engine``, its model loaded."""
 
-    def make(engine: FakeEngine) -> MainWindow:
+    def make(engine: FakeEngine, size: tuple[int, int] | None = None) -> MainWindow:
         controller = make_controller(engine)
         load_fake_model(controller)
-        return show_window(controller)
+        return show_window(controller, size)
 
     return make
 

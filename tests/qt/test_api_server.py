@@ -407,15 +407,11 @@ def test_no_model_loaded_is_503(make_controller) -> None:
     assert body["error"]["code"] == "model_not_loaded"
 
 
-def test_the_window_shows_and_stops_an_api_answer_and_settings_turn_it_on(served, qtbot) -> None:
+def test_the_window_shows_and_stops_an_api_answer_and_settings_turn_it_on(served, qtbot, show_window) -> None:
     from PySide6.QtGui import QGuiApplication
 
-    from app.ui.main_window import MainWindow
-
     controller, engine = served
-    window = MainWindow(controller)
-    qtbot.addWidget(window)
-    window.show()
+    window = show_window(controller)
     status = window.status
     assert status.api_label.isVisible()
     assert status.api_label.text() == f"API on {controller.api.address}"
@@ -553,15 +549,12 @@ def test_a_picture_as_a_data_uri_reaches_a_model_with_vision(
     assert streamed[-1].usage.prompt_tokens == with_picture.usage.prompt_tokens
 
 
-def test_the_composer_s_stop_and_esc_stop_an_api_answer(served, qtbot) -> None:
+def test_the_composer_s_stop_and_esc_stop_an_api_answer(served, qtbot, show_window) -> None:
     """While the window shows "Answering an API request…", its composer's Stop and Chat → Stop
     (Esc) stop that answer; typing still sends (after it)."""
-    from app.ui.main_window import MainWindow
 
     controller, engine = served
-    window = MainWindow(controller)
-    qtbot.addWidget(window)
-    window.show()
+    window = show_window(controller)
     assert window.composer.send_button.accessibleName() == "Send"
     assert not window.stop_action.isEnabled()
     for stop in (window.composer.send_button.click, window.stop_action.trigger):

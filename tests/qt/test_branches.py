@@ -13,12 +13,12 @@ from app.config import Settings
 from app.core.engine import LlamaEngine
 from app.core.hardware import SimulatedHardware
 from app.core.planner import PlanOverrides, plan_load
-from app.ui.main_window import MainWindow
 from app.ui.message_widget import MessageWidget
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from app.ui.main_window import MainWindow
     from app.workers.controller import AppController
 
 pytestmark = pytest.mark.qt_log_ignore(
@@ -41,12 +41,8 @@ def real(make_controller, qtbot, tiny_model: Path) -> AppController:
 
 
 @pytest.fixture
-def window(qtbot, real: AppController) -> MainWindow:
-    win = MainWindow(real)
-    qtbot.addWidget(win)
-    win.resize(900, 700)
-    win.show()
-    return win
+def window(show_window, real: AppController) -> MainWindow:
+    return show_window(real, (900, 700))
 
 
 def _send(qtbot, window: MainWindow, text: str) -> object:

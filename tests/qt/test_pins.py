@@ -45,14 +45,14 @@ def _pin_from_menu(sidebar: ConversationSidebar, conversation_id: int) -> str:
     return text
 
 
-def test_pin_and_unpin_from_the_context_menu_survive_a_restart(qtbot, make_controller, app_paths) -> None:
+def test_pin_and_unpin_from_the_context_menu_survive_a_restart(
+    qtbot, make_controller, app_paths, show_window
+) -> None:
     controller = make_controller()
     store = Store(app_paths.database)
     made = [store.create_conversation(f"Chat {n}") for n in range(1, 5)]  # 4 is the newest
     store.close()
-    window = MainWindow(controller)
-    qtbot.addWidget(window)
-    window.show()
+    window = show_window(controller)
     sidebar = window.sidebar
     sidebar.reload()
     first, second, _third, newest = (c.id for c in made)
@@ -97,11 +97,9 @@ def test_pin_and_unpin_from_the_context_menu_survive_a_restart(qtbot, make_contr
     assert sorted(_rows(window2.sidebar)) == sorted(c.id for c in made)
 
 
-def test_keyboard_skips_the_headings(qtbot, make_controller) -> None:
+def test_keyboard_skips_the_headings(qtbot, make_controller, show_window) -> None:
     controller = make_controller()
-    window = MainWindow(controller)
-    qtbot.addWidget(window)
-    window.show()
+    window = show_window(controller)
     chats = controller.conversations
     ids = [chats.ensure_conversation()]
     chats.new_conversation()

@@ -14,12 +14,12 @@ from app.config import Settings
 from app.core.engine import LlamaEngine
 from app.core.hardware import SimulatedHardware
 from app.core.planner import PlanOverrides, plan_load
-from app.ui.main_window import MainWindow
 from tests.fakes import FakeEngine
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from app.ui.main_window import MainWindow
     from app.workers.controller import AppController
 
 pytestmark = pytest.mark.qt_log_ignore(
@@ -35,14 +35,8 @@ def engine() -> FakeEngine:
 
 
 @pytest.fixture
-def window(qtbot, make_controller, load_fake_model, engine: FakeEngine) -> MainWindow:
-    controller = make_controller(engine)
-    load_fake_model(controller)
-    win = MainWindow(controller)
-    qtbot.addWidget(win)
-    win.resize(900, 700)
-    win.show()
-    return win
+def window(fake_window, engine: FakeEngine) -> MainWindow:
+    return fake_window(engine, (900, 700))
 
 
 def _type_and_enter(qtbot, window: MainWindow, text: str) -> None:
