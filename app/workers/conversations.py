@@ -1016,20 +1016,33 @@ class ConversationController(QObject):
         self._cut_view_from(path, index)
         self._start_generation()
 
+    def _editable(
+        self, message_id: int, role: Role, text: str
+    ) -> tuple[int, list[StoredMessage], int] | None:
+        """The conversation shown, its branch shown and the position in it of ``message_id``, when
+        that message can be edited now into ``text`` (not empty, nothing being written, a ``role``
+        message of that branch); an open comparison is settled first."""
+        conversation_id = self._conversation_id
+        if not text or self.is_busy or conversation_id is None:
+            return None
+        self._settle_compare()
+        path = self._store.messages(conversation_id)
+        index = _position(path, message_id)
+        if index is None or path[index].role != role.value:
+            return None
+        return conversation_id, path, index
+
     def edit_message(self, message_id: int, text: str) -> None:
         """Send ``text`` in place of the user message ``message_id``: a new branch beside it (the
         old message and everything after it stay, one ‹ › away)."""
         text = text.strip()
-        if not text or self.is_busy or self._conversation_id is None:
+        found = self._editable(message_id, Role.USER, text)
+        if found is None:
             return
-        self._settle_compare()
-        path = self._store.messages(self._conversation_id)
-        index = _position(path, message_id)
-        if index is None or path[index].role != Role.USER.value:
-            return
+        conversation_id, path, index = found
         old = path[index]
         if index == 0:
-            conversation = self._store.get_conversation(self._conversation_id)
+            conversation = self._store.get_conversation(conversation_id)
             if conversation is not None and conversation.title == make_title(old.content):
                 self._store.rename_conversation(conversation.id, DEFAULT_TITLE)  # retitled by send
         self._cut_view_from(path, index)
@@ -1070,17 +1083,14 @@ class ConversationController(QObject):
         """Keep ``text`` as the answer ``message_id`` (the user fixed it): a new branch beside it,
         marked ``stats["edited"]``; the model's answer stays one ‹ away."""
         text = text.strip()
-        if not text or self.is_busy or self._conversation_id is None:
+        found = self._editable(message_id, Role.ASSISTANT, text)
+        if found is None:
             return
-        self._settle_compare()
-        path = self._store.messages(self._conversation_id)
-        index = _position(path, message_id)
-        if index is None or path[index].role != Role.ASSISTANT.value:
-            return
+        conversation_id, path, index = found
         old = path[index]
         anchor = _branch_anchor(path, index)
         edited = self._store.add_message(
-            self._conversation_id,
+            conversation_id,
             Role.ASSISTANT.value,
             text,
             model=old.model,
@@ -1089,7 +1099,7 @@ class ConversationController(QObject):
             parent_id=anchor.parent_id,
         )
         self._show_path(edited.id)
-        self._announce(self._conversation_id)
+        self._announce(conversation_id)
 
     def edit_last_user_message(self, text: str) -> None:
         if self._conversation_id is None:
