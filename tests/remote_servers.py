@@ -72,6 +72,33 @@ def check_a_tool_result_is_accepted(
     assert engine.count_chat_tokens(messages) > engine.count_chat_tokens(messages[:-1])
 
 
+def check_a_killed_server_keeps_the_partial_answer(
+    engine: RemoteEngine, doomed: RunningServer, question: list[ChatMessage], greedy: SamplingParams
+) -> list[str]:
+    """The server is SIGKILLed after the answer's second piece: the engine says so in a sentence
+    that keeps the text (the pieces read, returned), and the next answer finds nothing there."""
+    from app.core.engine.remote import ServerLostError, ServerUnreachableError
+    from app.core.types import SamplingParams
+
+    pieces: list[str] = []
+    long = SamplingParams(temperature=0.0, max_tokens=1900)
+
+    def read_and_kill() -> None:
+        for piece in engine.stream_chat(question, long, threading.Event()):
+            pieces.append(piece)
+            if len(pieces) == 2:
+                doomed.kill()
+
+    with pytest.raises(ServerLostError) as lost:
+        read_and_kill()
+    assert len(pieces) >= 2
+    assert "in the middle of the answer" in lost.value.message
+    assert "The text so far is kept" in lost.value.message
+    with pytest.raises(ServerUnreachableError, match="connection refused"):
+        list(engine.stream_chat(question, greedy, threading.Event()))
+    return pieces
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

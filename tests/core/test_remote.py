@@ -19,7 +19,6 @@ from app.core.engine.remote import (
     RemoteError,
     ServerAuthError,
     ServerConfig,
-    ServerLostError,
     ServerModelError,
     ServerTimeoutError,
     ServerUnreachableError,
@@ -28,6 +27,7 @@ from app.core.engine.remote import (
 from app.core.types import ChatMessage, FinishReason, LoadParams, SamplingParams
 from tests.remote_servers import (  # noqa: F401 - close_remote_engines: fixture
     API_KEY,
+    check_a_killed_server_keeps_the_partial_answer,
     check_a_tool_result_is_accepted,
     close_remote_engines,
     connect,
@@ -192,23 +192,8 @@ def test_continue_on_a_server_that_cannot_carry_on_an_answer_says_so(server: Run
 def test_a_server_killed_mid_answer_keeps_the_partial_answer(tiny_model: Path, tmp_path: Path) -> None:
     with llama_cpp_server(tiny_model, tmp_path / "killed.log", n_ctx=2048) as doomed:
         engine = connect(doomed, n_ctx=2048)
-        pieces: list[str] = []
-        long = SamplingParams(temperature=0.0, max_tokens=1900)
-
-        def read_and_kill() -> None:
-            for piece in engine.stream_chat(QUESTION, long, threading.Event()):
-                pieces.append(piece)
-                if len(pieces) == 2:
-                    doomed.kill()
-
-        with pytest.raises(ServerLostError) as lost:
-            read_and_kill()
-        assert len(pieces) >= 2
-        assert "in the middle of the answer" in lost.value.message
-        assert "The text so far is kept" in lost.value.message
+        pieces = check_a_killed_server_keeps_the_partial_answer(engine, doomed, QUESTION, GREEDY)
         assert engine.last_stats.completion_tokens == len(pieces)
-        with pytest.raises(ServerUnreachableError, match="connection refused"):
-            list(engine.stream_chat(QUESTION, GREEDY, threading.Event()))
 
 
 def test_a_closed_port_is_refused() -> None:

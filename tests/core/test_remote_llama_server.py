@@ -18,13 +18,12 @@ from app.core.engine.remote import (
     LLAMA_SERVER,
     ServerAuthError,
     ServerConfig,
-    ServerLostError,
-    ServerUnreachableError,
     probe_server,
 )
 from app.core.types import ChatMessage, FinishReason, LoadParams, SamplingParams
 from tests.remote_servers import (  # noqa: F401 - fixture
     API_KEY,
+    check_a_killed_server_keeps_the_partial_answer,
     check_a_tool_result_is_accepted,
     close_remote_engines,
     connect,
@@ -171,20 +170,4 @@ def test_the_server_killed_mid_answer_keeps_the_partial_answer(
     tools: LlamaTools, tiny_model: Path, tmp_path: Path
 ) -> None:
     with llama_server(tools.llama_server, tiny_model, tmp_path / "killed.log", n_ctx=2048) as doomed:
-        engine = connect(doomed)
-        pieces: list[str] = []
-        long = SamplingParams(temperature=0.0, max_tokens=1900)
-
-        def read_and_kill() -> None:
-            for piece in engine.stream_chat(QUESTION, long, threading.Event()):
-                pieces.append(piece)
-                if len(pieces) == 2:
-                    doomed.kill()
-
-        with pytest.raises(ServerLostError) as lost:
-            read_and_kill()
-        assert len(pieces) >= 2
-        assert "in the middle of the answer" in lost.value.message
-        assert "The text so far is kept" in lost.value.message
-        with pytest.raises(ServerUnreachableError, match="connection refused"):
-            list(engine.stream_chat(QUESTION, GREEDY, threading.Event()))
+        check_a_killed_server_keeps_the_partial_answer(connect(doomed), doomed, QUESTION, GREEDY)
