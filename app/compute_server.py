@@ -11,7 +11,6 @@ receive the model's large tensors again.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from app.config import AppPaths
+from app.core.listen import address_kind
 
 if TYPE_CHECKING:
     import argparse
@@ -40,22 +40,6 @@ and read what it computes. Use it only on a network you trust.)"""
 def say(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-
-
-def address_kind(host: str) -> str:
-    """``loopback``, ``private`` (private, link-local, ``*.local``) or ``public`` (anything else,
-    and the unspecified addresses, which listen on every interface)."""
-    if host.lower() == "localhost":
-        return "loopback"
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return "private" if host.lower().endswith(".local") else "public"
-    if address.is_unspecified:
-        return "public"
-    if address.is_loopback:
-        return "loopback"
-    return "private" if address.is_private or address.is_link_local else "public"
 
 
 def run_compute_server(args: argparse.Namespace) -> int:

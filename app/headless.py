@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QCoreApplication, QObject, QTimer, Slot
 
 from app.config import AppPaths, load_settings, setup_logging
-from app.core.api_server import EXPOSED_WARNING, is_loopback
+from app.core.api_server import EXPOSED_WARNING
 from app.core.forecast import set_default_cache
+from app.core.listen import is_loopback
 from app.core.server_keys import ApiTokenStore
 
 if TYPE_CHECKING:

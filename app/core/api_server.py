@@ -54,16 +54,6 @@ EXPOSED_WARNING = (
 )
 
 
-def is_loopback(host: str) -> bool:
-    """True for an address only this computer can reach (127.0.0.1, ::1, localhost)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 class ApiBackend(Protocol):
     """What the server needs from the app. Called from the server's threads: thread-safe."""
 

@@ -24,8 +24,9 @@ from PySide6.QtWidgets import (
 )
 
 from app.config import Settings
-from app.core.api_server import EXPOSED_WARNING, is_loopback
+from app.core.api_server import EXPOSED_WARNING
 from app.core.hardware import physical_cores
+from app.core.listen import is_loopback
 from app.core.tools import ToolConfigError
 from app.ui.tools_settings import ToolServers, ToolsSection
 
